@@ -1,0 +1,230 @@
+"""Configuration: one TOML file validated into typed, frozen settings.
+
+Each section is a dataclass; each field's metadata carries its rule (range, choices), so the
+schema, the defaults and the validation live together and nowhere else. Every error names the
+dotted key and the reason, and all errors of a file are reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edged import limits
+
+#: Where ``edged run`` looks when no ``--config`` is given (relative to the working directory).
+DEFAULT_CONFIG_PATH = Path("configs/edged.toml")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used. ``problems`` lists (key, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        lines = [f"{where}{key}: {reason}" for key, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+def _rule(default: Any = dataclasses.MISSING, *, factory: Any = None, lo: float | None = None,
+          hi: float | None = None, choices: tuple[str, ...] | None = None, even: bool = False,
+          doc: str = "") -> Any:
+    meta = {"lo": lo, "hi": hi, "choices": choices, "even": even, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    id: str = _rule(factory=socket.gethostname, doc="device identifier written into every manifest")
+    unit_number: str = _rule("", doc="unit / callsign sent with uploads")
+    unit_location: str = _rule("", doc="free-text location sent with uploads")
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    source: str = _rule("auto", choices=("auto", "picamera2", "v4l2", "synthetic", "file"))
+    device: str = _rule("", doc="v4l2: /dev/videoN (empty: first found); file: path of the video")
+    width: int = _rule(limits.TARGET_WIDTH, lo=64, hi=3840, even=True)
+    height: int = _rule(limits.TARGET_HEIGHT, lo=64, hi=2160, even=True)
+    fps: int = _rule(limits.TARGET_FPS, lo=1, hi=60)
+    bitrate: int = _rule(limits.TARGET_VIDEO_BITRATE, lo=50_000, hi=8_000_000)
+    keyframe_seconds: float = _rule(10.0, lo=0.5, hi=60.0,
+                                    doc="longest gap between keyframes (segment starts are keyframes too)")
+    paced: bool = _rule(True, doc="false: synthetic/file sources run as fast as the encoder can")
+    cpu_used: int = _rule(8, lo=-16, hi=16, doc="libvpx speed; negative fixes the speed")
+    threads: int = _rule(1, lo=1, hi=8)
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    source: str = _rule("auto", choices=("auto", "alsa", "synthetic", "none"))
+    device: str = _rule("default", doc="ALSA device name")
+    bitrate: int = _rule(limits.TARGET_AUDIO_BITRATE, lo=6_000, hi=256_000)
+    sample_rate: int = _rule(48_000, choices=None, lo=8_000, hi=48_000)
+    channels: int = _rule(1, lo=1, hi=2)
+
+
+def _default_storage_dir() -> str:
+    # systemd's StateDirectory= sets this; elsewhere a folder under the working directory.
+    return os.environ.get("STATE_DIRECTORY", "edged-state").split(":")[0]
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    dir: str = _rule(factory=_default_storage_dir, doc="state folder: segments, index, status")
+    segment_seconds: float = _rule(10.0, lo=2.0, hi=60.0)
+    max_bytes: int = _rule(4_000_000_000, lo=10_000_000, doc="ring buffer budget (about 24 h at the target rate)")
+    min_free_bytes: int = _rule(500_000_000, lo=0, doc="never fill the file system past this")
+    sync_interval_seconds: float = _rule(1.0, lo=0.2, hi=10.0,
+                                         doc="how often the segment being written is flushed and fsynced")
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
+    origin: str = field(default="<embedded defaults>", compare=False)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.storage.dir)
+
+
+_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "origin"}
+
+
+def _resolve_type(t: Any) -> Any:
+    return eval(t, vars(typing) | vars(types)) if isinstance(t, str) else t  # noqa: S307 - own annotations
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tuple[str, str]]) -> Any:
+    want = _resolve_type(f.type)
+    meta = f.metadata
+    if want is bool:
+        if not isinstance(value, bool):
+            problems.append((key, f"must be true or false, not {value!r}"))
+            return None
+    elif want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((key, f"must be an integer, not {type(value).__name__} {value!r}"))
+            return None
+    elif want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append((key, f"must be a number, not {type(value).__name__} {value!r}"))
+            return None
+        value = float(value)
+    elif want is str:
+        if not isinstance(value, str):
+            problems.append((key, f"must be a string, not {type(value).__name__} {value!r}"))
+            return None
+    if meta.get("choices") and value not in meta["choices"]:
+        problems.append((key, f"must be one of {', '.join(meta['choices'])}; got {value!r}"))
+        return None
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo:
+        problems.append((key, f"must be at least {lo}; got {value!r}"))
+        return None
+    if hi is not None and value > hi:
+        problems.append((key, f"must be at most {hi}; got {value!r}"))
+        return None
+    if meta.get("even") and value % 2:
+        problems.append((key, f"must be even (4:2:0 video); got {value!r}"))
+        return None
+    return value
+
+
+def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
+    if s.camera.source == "file" and not s.camera.device:
+        problems.append(("camera.device", "must name the video file when camera.source = \"file\""))
+    # A clip is built from whole segments: a segment must fit the upload duration limit.
+    if s.storage.segment_seconds * 1000 > limits.MAX_DURATION_MS:
+        problems.append(("storage.segment_seconds", "must not exceed the upload duration limit"))
+    if s.storage.max_bytes < 3 * _segment_bytes_estimate(s):
+        problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
+
+
+def _segment_bytes_estimate(s: Settings) -> int:
+    return int((s.camera.bitrate + s.audio.bitrate) / 8 * s.storage.segment_seconds * 1.2)
+
+
+def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Settings:
+    """Validate a parsed TOML document into Settings; raise ConfigError listing every problem."""
+    problems: list[tuple[str, str]] = []
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in _SECTIONS:
+            problems.append((name, f"unknown section (known: {', '.join(_SECTIONS)})"))
+            continue
+        if not isinstance(table, dict):
+            problems.append((name, "must be a table, e.g. [" + name + "]"))
+            continue
+        cls = _SECTIONS[name]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            dotted = f"{name}.{key}"
+            if key not in fields:
+                problems.append((dotted, f"unknown key (known: {', '.join(fields)})"))
+                continue
+            checked = _check_value(dotted, fields[key], value, problems)
+            if checked is not None:
+                values[key] = checked
+        sections[name] = cls(**values)
+    if problems:
+        raise ConfigError(problems, origin)
+    settings = Settings(**sections, origin=origin)
+    _cross_checks(settings, problems)
+    if problems:
+        raise ConfigError(problems, origin)
+    return settings
+
+
+def load(path: Path | str) -> Settings:
+    """Read and validate one TOML file. Errors (missing, unreadable, syntax, values) raise ConfigError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([("<file>", "not found")], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([("<file>", f"cannot be read: {exc.strerror or exc}")], str(path)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([("<file>", "is not UTF-8 text")], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("<syntax>", str(exc))], str(path)) from None
+    return from_mapping(data, origin=str(path))
+
+
+def load_or_defaults(path: Path | str | None) -> Settings:
+    """``edged run``'s rule: an explicit path must load; the default path is optional."""
+    if path is not None:
+        return load(path)
+    if DEFAULT_CONFIG_PATH.exists():
+        return load(DEFAULT_CONFIG_PATH)
+    return Settings()
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """Every key with its embedded default and its doc line (for the sample config and README)."""
+    rows = []
+    defaults = Settings()
+    for section in _SECTIONS:
+        obj = getattr(defaults, section)
+        for f in dataclasses.fields(obj):
+            rows.append((f"{section}.{f.name}", getattr(obj, f.name), f.metadata.get("doc", "")))
+    return rows
