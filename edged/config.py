@@ -103,7 +103,7 @@ class Settings:
         return Path(self.storage.dir)
 
 
-_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "origin"}
+_SECTIONS: dict[str, type] = {name: t for name, t in typing.get_type_hints(Settings).items() if name != "origin"}
 
 
 def _resolve_type(t: Any) -> Any:

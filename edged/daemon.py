@@ -1,0 +1,139 @@
+"""The daemon: prepares the state folder, reconciles, records, reports status, stops cleanly."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from edged.clock import Clock, SystemClock
+from edged.config import Settings
+from edged.index import open_or_rebuild
+from edged.paths import StatePaths
+from edged.reconcile import reconcile
+from edged.recorder import Recorder
+from edged.ring import RingBuffer
+from edged.status import write_atomic
+
+log = logging.getLogger("edged.daemon")
+
+EXIT_STORAGE = 73  # EX_CANTCREAT: the state folder cannot be written
+EXIT_LOCKED = 75   # EX_TEMPFAIL: another daemon uses this state folder
+
+
+class StorageUnusable(Exception):
+    pass
+
+
+def prepare_state_dir(paths: StatePaths) -> None:
+    """Create the folders and prove they can be written; raise StorageUnusable saying why."""
+    try:
+        paths.segments.mkdir(parents=True, exist_ok=True)
+        probe = paths.segments / f".write-test-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        why = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "cannot be written"
+        raise StorageUnusable(f"storage.dir {paths.root} {why}: {exc.strerror or exc}") from exc
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Clock | None = None, stop_after_s: float | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.paths = StatePaths(settings.state_dir)
+        self.stop_after_s = stop_after_s
+        self.recorder: Recorder | None = None
+        self._lock_fd: int | None = None
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _status_dict(self) -> dict:
+        r = self.recorder
+        st = r.status
+        return {
+            "pid": os.getpid(), "state": st.state, "video_source": st.video_source,
+            "audio_source": st.audio_source, "frames_encoded": st.frames_encoded,
+            "frames_dropped": st.frames_dropped, "frames_not_stored": st.frames_not_stored,
+            "segments_written": st.segments_written, "current_segment": st.current_segment,
+            "alarms": sorted(st.alarms), "last_error": st.last_error,
+            "clock_synchronized": r.watch.synchronized, "updated": time.time(),
+            "config": self.settings.origin,
+        }
+
+    def write_status(self) -> None:
+        try:
+            write_atomic(self.paths.status, json.dumps(self._status_dict(), indent=1).encode())
+        except OSError as exc:
+            log.debug("status not written: %s", exc)
+
+    def run(self) -> int:
+        try:
+            prepare_state_dir(self.paths)
+        except StorageUnusable as exc:
+            log.critical("%s", exc)
+            return EXIT_STORAGE
+        try:
+            self._take_lock()
+        except BlockingIOError:
+            log.critical("another edged daemon is using %s", self.paths.root)
+            return EXIT_LOCKED
+
+        index, moved = open_or_rebuild(self.paths.index)
+        if moved:
+            log.critical("segment index was corrupt: moved to %s, rebuilding from the segment files", moved)
+        report = reconcile(index, self.paths.segments)
+        if report.salvaged:
+            log.warning("salvaged %d segment(s) cut off by a crash or power cut: %s",
+                        len(report.salvaged), ", ".join(report.salvaged))
+        st = self.settings.storage
+        ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
+        self.recorder = Recorder(self.settings, index, ring, self.clock, self.paths.segments,
+                                 stop_after_s=self.stop_after_s)
+        rec_thread = threading.Thread(target=self.recorder.run, name="recorder")
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.recorder.stop()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        log.info("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
+        rec_thread.start()
+        try:
+            while rec_thread.is_alive():
+                self.write_status()
+                rec_thread.join(timeout=1.0)
+        finally:
+            self.recorder.stop()
+            rec_thread.join()
+            self.write_status()
+            for s, h in old.items():
+                signal.signal(s, h)
+            index.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+        log.info("stopped: %d segments written", self.recorder.status.segments_written)
+        return 0
+
+
+def run(settings: Settings, stop_after_s: float | None = None) -> int:
+    return Daemon(settings, stop_after_s=stop_after_s).run()
+
+
+def state_paths(settings: Settings) -> StatePaths:
+    return StatePaths(Path(settings.storage.dir))

@@ -1,0 +1,429 @@
+"""The recorder: capture → encode → segment → ring store, without pause.
+
+One thread per source fills a bounded queue; this loop takes video frames in order, encodes the
+audio that belongs before each frame, then the frame, and routes every packet by its timestamp
+to the segment it belongs to. A segment starts with a forced keyframe every ``segment_seconds``
+of media; the previous one stays open until the audio has caught up with the boundary, so
+neighbouring segments join with no lost and no duplicated samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+
+from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
+from edged.capture.thread import LOST, CaptureThread
+from edged.clock import Clock, ClockWatch
+from edged.config import Settings
+from edged.encode import AudioEncoder, VideoEncoder
+from edged.index import Index
+from edged.ring import RingBuffer, Room
+from edged.salvage import salvage
+from edged.segment import SegmentStart, SegmentWriter, sha256_file
+
+log = logging.getLogger("edged.recorder")
+
+#: How long the previous segment waits for late audio after the boundary (media seconds).
+AUDIO_GRACE_S = 1.0
+#: Capture queues hold this much media; beyond it a live source drops (and we count the gap).
+QUEUE_SECONDS = 3.0
+#: No frame for this long while the camera claims to stream: it is stalled.
+STALL_S = 3.0
+
+
+@dataclass
+class RecorderStatus:
+    state: str = "starting"  # starting | recording | camera_lost | storage_full | stopped
+    video_source: str | None = None
+    audio_source: str | None = None
+    frames_encoded: int = 0
+    frames_dropped: int = 0
+    frames_not_stored: int = 0
+    audio_dropped: int = 0
+    segments_written: int = 0
+    segments_salvaged: int = 0
+    alarms: set[str] = field(default_factory=set)
+    last_error: str | None = None
+    last_frame_mono: float | None = None
+    current_segment: str | None = None
+
+
+class _Open:
+    """A segment being written, with the media time where it starts."""
+
+    def __init__(self, writer: SegmentWriter, start_pts: int, start_s: float) -> None:
+        self.writer = writer
+        self.start_pts = start_pts
+        self.start_s = start_s
+
+
+class Recorder:
+    def __init__(self, settings: Settings, index: Index, ring: RingBuffer, clock: Clock,
+                 segments_dir: Path, stop_after_s: float | None = None,
+                 on_segment: Callable[[int], None] | None = None,
+                 video_source_factory: Callable | None = None,
+                 audio_source_factory: Callable | None = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.ring = ring
+        self.clock = clock
+        self.watch = ClockWatch(clock)
+        self.dir = segments_dir
+        self.stop_after_s = stop_after_s
+        self.on_segment = on_segment
+        self.status = RecorderStatus()
+        cam, aud = settings.camera, settings.audio
+        self.fps = cam.fps
+        self.paced = cam.paced
+        self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
+        self._stop = threading.Event()
+        self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
+        self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
+        vfactory = video_source_factory or video_factory(cam)
+        afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
+        self._video_thread = CaptureThread("camera", vfactory, self._vq, cam.paced, 1.0 / cam.fps, self._stop)
+        self._audio_thread = (CaptureThread("microphone", afactory, self._aq, cam.paced, 0.02, self._stop)
+                              if afactory else None)
+        self.venc = VideoEncoder(cam)
+        self.aenc = AudioEncoder(aud) if afactory else None
+        # Media-time state.
+        self._origin: float | None = None        # source time of the first frame (media t = 0)
+        self._mono_anchor_ns = 0                  # monotonic ns of media t = 0
+        self._last_n: int | None = None
+        self._audio_next: int | None = None      # next audio pts (samples at the source rate)
+        self._audio_rate: int | None = None
+        self._audio_pending: AudioSample | None = None
+        self._cur: _Open | None = None
+        self._closing: _Open | None = None
+        self._closing_until_s = 0.0
+        self._next_room_check = 0.0
+        self._next_clock_look = 0.0
+        self._clock_noted = False
+        self._next_seq = index.next_seq()
+        self._segment_bytes_estimate = int((cam.bitrate + aud.bitrate) / 8 * settings.storage.segment_seconds * 1.3)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Record until ``stop()`` (or ``stop_after_s`` of media); finalises the open segment."""
+        self._video_thread.start()
+        if self._audio_thread:
+            self._audio_thread.start()
+        try:
+            self._loop()
+        finally:
+            self._stop.set()
+            self._finish_all()
+            self.status.state = "stopped"
+            self._video_thread.join(timeout=5)
+            if self._audio_thread:
+                self._audio_thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        st = self.status
+        while not self._stop.is_set():
+            self._look_at_clock()
+            st.video_source = self._video_thread.source_name
+            st.audio_source = self._audio_thread.source_name if self._audio_thread else None
+            try:
+                item = self._vq.get(timeout=0.5)
+            except queue.Empty:
+                self._no_frame()
+                continue
+            if item is LOST:
+                self._camera_lost()
+                continue
+            if self.stop_after_s is not None and self._origin is not None and \
+                    item.time - self._origin >= self.stop_after_s - 1e-9:
+                return
+            self._frame(item)
+
+    # --- per frame ----------------------------------------------------------------------------
+
+    def _frame(self, v: VideoSample) -> None:
+        st = self.status
+        if self._origin is None:
+            self._origin = v.time
+            self._mono_anchor_ns = int(v.time * 1e9) if self.paced else self.clock.monotonic_ns()
+        n = round((v.time - self._origin) * self.fps)
+        if self._last_n is not None:
+            if n <= self._last_n:
+                return  # the camera delivered faster than the configured rate: skip the extra frame
+            if n > self._last_n + 1:
+                st.frames_dropped += n - self._last_n - 1
+        self._last_n = n
+        st.last_frame_mono = time.monotonic()
+        st.state = "recording" if st.state != "storage_full" else st.state
+        t = n / self.fps
+        keyframe = False
+        if self._cur is None or n - self._cur.start_pts >= self.seg_frames:
+            keyframe = self._start_segment(n, t)
+        # Audio captured up to this frame goes first (routed by its own timestamps).
+        self._pump_audio(until=v.time)
+        if self._cur is None:
+            st.frames_not_stored += 1
+            return
+        try:
+            packets = self.venc.encode(v.frame, n, keyframe)
+            for p in packets:
+                self._route_video(p)
+        except (OSError, av.FFmpegError) as exc:
+            self._write_failed(exc)
+            return
+        st.frames_encoded += 1
+        if self._closing and t >= self._closing_until_s:
+            self._finish(self._closing)
+            self._closing = None
+        if self._cur:
+            try:
+                self._cur.writer.sync_if_due()
+            except OSError as exc:
+                self._write_failed(exc)
+
+    def _target(self, t: float) -> _Open | None:
+        """The segment a packet at media time ``t`` belongs to."""
+        if self._closing is not None and (self._cur is None or t < self._cur.start_s):
+            return self._closing
+        return self._cur
+
+    def _route_video(self, p: av.Packet) -> None:
+        target = self._target(p.pts / self.fps)
+        if target is not None:
+            target.writer.mux_video(p)
+
+    def _route_audio(self, p: av.Packet) -> None:
+        t = float(p.pts * p.time_base)
+        if self._closing is not None and self._cur is not None and t >= self._cur.start_s:
+            # Audio reached the boundary: the previous segment is complete.
+            self._finish(self._closing)
+            self._closing = None
+        target = self._target(t)
+        if target is not None:
+            target.writer.mux_audio(p)
+
+    # --- audio ----------------------------------------------------------------------------------
+
+    def _pump_audio(self, until: float) -> None:
+        """Encode the audio captured up to ``until`` (source time). Unpaced: wait for it."""
+        if self._audio_thread is None or self.aenc is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while True:
+            if self._audio_pending is None:
+                try:
+                    if self.paced:
+                        item = self._aq.get_nowait()
+                    else:
+                        item = self._aq.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return
+                if item is LOST:
+                    self._audio_next = None
+                    continue
+                self._audio_pending = item
+            a = self._audio_pending
+            if a.time > until:
+                return
+            self._audio_pending = None
+            self._encode_audio(a)
+
+    def _encode_audio(self, a: AudioSample) -> None:
+        if self._origin is None or a.time < self._origin:
+            return
+        rate = a.frame.sample_rate
+        by_time = round((a.time - self._origin) * rate)
+        if self._audio_next is None or self._audio_rate != rate or by_time - self._audio_next > rate // 5:
+            self._audio_next = by_time  # (re)start, or a gap of more than 200 ms: follow the clock
+            self._audio_rate = rate
+        elif self._audio_next - by_time > rate // 5:
+            self.status.audio_dropped += 1  # audio runs ahead of the video clock: drop to resync
+            return
+        pts = self._audio_next
+        self._audio_next += a.frame.samples
+        if self._cur is None and self._closing is None:
+            return
+        try:
+            for p in self.aenc.encode(a.frame, pts):
+                self._route_audio(p)
+        except (OSError, av.FFmpegError) as exc:
+            self._write_failed(exc)
+
+    # --- segments -------------------------------------------------------------------------------
+
+    def _start_segment(self, n: int, t: float) -> bool:
+        st = self.status
+        now = time.monotonic()
+        if self._cur is None and now < self._next_room_check:
+            return False
+        room = self.ring.make_room(self._segment_bytes_estimate)
+        self._set_alarm(Room.OVER_BUDGET.value, room is Room.OVER_BUDGET,
+                        "storage over budget: only protected footage is left; recording continues while the disk has room")
+        self._set_alarm(Room.FULL.value, room is Room.FULL,
+                        "STORAGE FULL of protected footage: recording is paused until space is freed")
+        if room is Room.FULL:
+            if self._cur is not None:
+                self._closing_handoff(None, t)
+            st.state = "storage_full"
+            self._next_room_check = now + 1.0
+            return False
+        mono = self._mono_anchor_ns + round(t * 1e9)
+        start = SegmentStart(seq=self._next_seq, boot_id=self.watch.boot_id, mono_start_ns=mono,
+                             wall_start_ns=self.watch.wall_at(mono), clock_synced=self.watch.synchronized,
+                             device_id=self.settings.device.id)
+        try:
+            self.index.begin(start.seq, start.name, start.boot_id, start.mono_start_ns, start.wall_start_ns,
+                             start.clock_synced)
+            writer = SegmentWriter(self.dir, start, self.venc.template,
+                                   self.aenc.template if self.aenc else None,
+                                   self.aenc.extradata if self.aenc else None,
+                                   video_origin_pts=n,
+                                   audio_origin_pts=round(t * 48_000) if self.aenc else None,
+                                   sync_interval=self.settings.storage.sync_interval_seconds)
+        except (OSError, av.FFmpegError) as exc:
+            self.index.set_state(start.seq, "lost", f"could not create: {exc}")
+            self._next_seq += 1
+            self._write_failed(exc)
+            self._next_room_check = now + 1.0
+            return False
+        self._next_seq += 1
+        self._closing_handoff(_Open(writer, n, t), t)
+        st.current_segment = start.name
+        if st.state == "storage_full":
+            st.state = "recording"
+        return True
+
+    def _closing_handoff(self, new: _Open | None, t: float) -> None:
+        if self._closing is not None:  # a previous boundary still waiting: finish it now
+            self._finish(self._closing)
+        self._closing = self._cur
+        self._closing_until_s = t + AUDIO_GRACE_S
+        self._cur = new
+        if new is None and self._closing is not None:
+            self._finish(self._closing)
+            self._closing = None
+
+    def _finish(self, seg: _Open) -> None:
+        w = seg.writer
+        frames = w.video_frames
+        last = w.last_video_pts if w.last_video_pts is not None else seg.start_pts
+        duration_ns = round((last - seg.start_pts + 1) * 1e9 / self.fps) if frames else 0
+        try:
+            path = w.finish()
+        except (OSError, av.FFmpegError) as exc:
+            log.error("segment %s could not be finalised (%s): salvaging", w.start.name, exc)
+            w.abandon()
+            self._salvage_now(w)
+            return
+        self.index.finish(w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets,
+                          sha256_file(path))
+        self.status.segments_written += 1
+        if self.on_segment:
+            self.on_segment(w.start.seq)
+
+    def _salvage_now(self, w: SegmentWriter) -> None:
+        result = salvage(w.part_path)
+        if result.path is None:
+            self.index.set_state(w.start.seq, "lost", result.reason)
+            return
+        from edged.segment import inspect
+        _, facts = inspect(result.path)
+        self.index.finish(w.start.seq, "salvaged", facts.duration_ns, facts.bytes, facts.video_frames,
+                          facts.audio_packets, facts.sha256, f"salvaged after write error: {result.reason}")
+        self.status.segments_salvaged += 1
+
+    def _close_segments(self) -> None:
+        for seg in (self._closing, self._cur):
+            if seg is not None:
+                self._finish(seg)
+        self._closing = self._cur = None
+        self.status.current_segment = None
+
+    def _finish_all(self) -> None:
+        """At stop: drain the encoders into the open segments, then finalise them."""
+        if self._cur is None and self._closing is None:
+            return
+        try:
+            for p in self.venc.flush():
+                self._route_video(p)
+            if self.aenc:
+                for p in self.aenc.flush():
+                    self._route_audio(p)
+        except (OSError, av.FFmpegError) as exc:
+            log.warning("flushing encoders at stop: %s", exc)
+        self._close_segments()
+
+    def _write_failed(self, exc: Exception) -> None:
+        """A write error (disk full, storage gone read-only): keep what was written, pause a moment."""
+        st = self.status
+        st.last_error = f"write failed: {exc}"
+        log.error("storage write failed: %s", exc)
+        for seg in (self._closing, self._cur):
+            if seg is not None:
+                seg.writer.abandon()
+                self._salvage_now(seg.writer)
+        self._closing = self._cur = None
+        st.current_segment = None
+        self._set_alarm("storage_error", True, "storage write error")
+        self._next_room_check = time.monotonic() + 1.0
+
+    # --- faults and housekeeping ----------------------------------------------------------------
+
+    def _camera_lost(self) -> None:
+        st = self.status
+        st.state = "camera_lost"
+        st.last_error = f"camera lost: {self._video_thread.last_error}"
+        self._set_alarm("camera_lost", True, "camera lost")
+        self._close_segments()  # the encoders keep running: no flush, they resume with the camera
+        self._last_n = None
+        self._audio_next = None
+
+    def _no_frame(self) -> None:
+        st = self.status
+        if self._video_thread.state == "lost":
+            st.state = "camera_lost"
+            st.last_error = f"camera lost: {self._video_thread.last_error}"
+            self._set_alarm("camera_lost", True, "camera lost")
+        elif st.last_frame_mono and time.monotonic() - st.last_frame_mono > STALL_S:
+            self._set_alarm("camera_stalled", True, "camera stalled: no frame for %.0f s" % STALL_S)
+
+    def _set_alarm(self, name: str, on: bool, message: str) -> None:
+        alarms = self.status.alarms
+        if on and name not in alarms:
+            alarms.add(name)
+            log.log(logging.CRITICAL if name == Room.FULL.value else logging.WARNING, "%s", message)
+        elif not on and name in alarms:
+            alarms.discard(name)
+            log.info("cleared: %s", name)
+
+    def _look_at_clock(self) -> None:
+        now = time.monotonic()
+        if now < self._next_clock_look:
+            return
+        self._next_clock_look = now + 1.0
+        if self.status.state == "recording":
+            self._set_alarm("camera_lost", False, "")
+            self._set_alarm("camera_stalled", False, "")
+        synced_before = self.watch.synchronized
+        step = self.watch.look()
+        if step is not None:
+            log.warning("wall clock stepped by %+.3f s (synchronised: %s)", step.step_ns / 1e9, step.synchronized)
+            self.index.note_step(step)
+        if step is not None or not self._clock_noted or synced_before != self.watch.synchronized:
+            self.index.note_clock(self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized,
+                                  self.clock.monotonic_ns())
+            self._clock_noted = True

@@ -1,0 +1,91 @@
+"""Salvage: recover a segment cut off mid-write up to its last complete frames.
+
+The ``.part`` file's header and every closed cluster reached the disk (see ``segment``); the
+tail may be a half-written cluster. Packets are copied (no re-encode) into a new file until the
+demuxer fails or a packet does not decode; the result is a normal standalone segment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from edged.segment import PART_SUFFIX, fsync_dir
+
+SALVAGE_SUFFIX = ".salvage"
+
+
+@dataclass(frozen=True, slots=True)
+class SalvageResult:
+    path: Path | None  # the recovered segment, or None when nothing was recoverable
+    video_frames: int
+    audio_packets: int
+    reason: str  # why copying stopped
+
+
+def salvage(part: Path) -> SalvageResult:
+    """Recover ``NAME.webm.part`` into ``NAME.webm``; remove the ``.part``."""
+    assert part.name.endswith(PART_SUFFIX), part
+    final = part.with_name(part.name[: -len(PART_SUFFIX)])
+    tmp = part.with_name(final.name + SALVAGE_SUFFIX)
+    frames = audio = 0
+    reason = "end of file"
+    try:
+        src = av.open(str(part))
+    except (av.FFmpegError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        return SalvageResult(None, 0, 0, f"header unreadable: {exc}")
+    with src, open(tmp, "wb") as out_file:
+        out = av.open(out_file, "w", format="webm")
+        out.metadata.update(src.metadata)
+        mapping = {}
+        decoders = {}
+        for s in src.streams:
+            if s.type in ("video", "audio"):
+                o = out.add_stream_from_template(s)
+                o.time_base = Fraction(1, 1000)
+                mapping[s.index] = o
+                decoders[s.index] = av.CodecContext.create(s.codec_context.name, "r")
+                if s.codec_context.extradata:
+                    decoders[s.index].extradata = s.codec_context.extradata
+        try:
+            for packet in src.demux():
+                if packet.size == 0 or packet.stream.index not in mapping:
+                    continue
+                if packet.is_corrupt:
+                    reason = "corrupt packet"
+                    break
+                try:
+                    decoders[packet.stream.index].decode(packet)
+                except av.FFmpegError as exc:
+                    reason = f"undecodable packet: {exc}"
+                    break
+                if packet.stream.type == "video":
+                    frames += 1
+                else:
+                    audio += 1
+                packet.stream = mapping[packet.stream.index]
+                out.mux(packet)
+        except av.FFmpegError as exc:
+            reason = f"cut off: {exc}"
+        if frames:
+            out.close()
+        else:
+            try:
+                out.close()
+            except av.FFmpegError:
+                pass
+        out_file.flush()
+        os.fsync(out_file.fileno())
+    if frames == 0:
+        tmp.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        return SalvageResult(None, 0, audio, f"no complete video frame ({reason})")
+    os.replace(tmp, final)
+    part.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return SalvageResult(final, frames, audio, reason)

@@ -1,0 +1,89 @@
+"""Status: what ``edged status --json`` prints.
+
+The daemon writes ``status.json`` in the state folder every second (atomically); the command
+reads it, adds what the index says about the footage, and says ``stopped`` when the daemon that
+wrote it is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edged.index import Index
+from edged.paths import StatePaths
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"
+
+
+def footage_summary(index: Index) -> dict[str, Any]:
+    stored = index.stored()
+    out: dict[str, Any] = {
+        "segments": len(stored),
+        "bytes_used": sum(s.bytes for s in stored),
+        "bytes_protected": index.held_bytes(),
+        "oldest_footage": iso(stored[0].best_wall_start_ns) if stored else None,
+        "newest_footage": iso(stored[-1].best_wall_end_ns) if stored else None,
+        "segments_salvaged": sum(1 for s in stored if s.state == "salvaged"),
+        "segments_evicted": len(index.segments(["evicted"])),
+        "segments_lost": len(index.segments(["lost"])),
+    }
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(paths: StatePaths) -> dict[str, Any]:
+    """Everything the operator asks for, whether or not the daemon runs."""
+    daemon: dict[str, Any] = {}
+    try:
+        daemon = json.loads(paths.status.read_text())
+    except (OSError, ValueError):
+        daemon = {}
+    running = bool(daemon.get("pid")) and _alive(int(daemon["pid"])) and daemon.get("state") != "stopped"
+    out: dict[str, Any] = {
+        "state": daemon.get("state", "stopped") if running else "stopped",
+        "pid": daemon.get("pid") if running else None,
+        "video_source": daemon.get("video_source"),
+        "audio_source": daemon.get("audio_source"),
+        "frames_encoded": daemon.get("frames_encoded", 0),
+        "frames_dropped": daemon.get("frames_dropped", 0),
+        "frames_not_stored": daemon.get("frames_not_stored", 0),
+        "current_segment": daemon.get("current_segment") if running else None,
+        "alarms": daemon.get("alarms", []) if running else [],
+        "last_error": daemon.get("last_error"),
+        "clock_synchronized": daemon.get("clock_synchronized"),
+        "updated": daemon.get("updated"),
+        "state_dir": str(paths.root),
+    }
+    if paths.index.exists():
+        idx = Index(paths.index)
+        try:
+            out.update(footage_summary(idx))
+        finally:
+            idx.close()
+    else:
+        out.update({"segments": 0, "bytes_used": 0, "oldest_footage": None, "newest_footage": None})
+    return out
