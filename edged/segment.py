@@ -107,12 +107,20 @@ class SegmentWriter:
             self._mux = av.open(self._file, "w", format="webm",
                                 options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"})
             self._mux.metadata.update(start.tags())
+            # The template's stream parameters were taken before its encoder was configured:
+            # copy what the header must say from the encoder itself.
+            venc = video_template.codec_context
             self._video = self._mux.add_stream_from_template(video_template)
+            vctx = self._video.codec_context
+            vctx.width, vctx.height, vctx.pix_fmt = venc.width, venc.height, venc.pix_fmt
             self._video.time_base = Fraction(1, 1000)
             self._audio = None
             if audio_template is not None:
+                aenc = audio_template.codec_context
                 self._audio = self._mux.add_stream_from_template(audio_template)
-                self._audio.codec_context.extradata = audio_extradata
+                actx = self._audio.codec_context
+                actx.sample_rate, actx.layout = aenc.sample_rate, aenc.layout
+                actx.extradata = audio_extradata
                 self._audio.time_base = Fraction(1, 1000)
         except BaseException:
             self._file.close()
