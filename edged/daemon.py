@@ -111,7 +111,9 @@ class Daemon:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self.recorder.stop()
 
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {}
+        if threading.current_thread() is threading.main_thread():  # tests run daemons in threads
+            old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log.info("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
         rec_thread.start()
         try:
