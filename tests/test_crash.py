@@ -73,12 +73,16 @@ def test_kill_9_loses_at_most_two_seconds(tmp_path, trial):
     Daemon(s, stop_after_s=1).run()
     idx = Index(StatePaths(state).index)
     rows = [r for r in idx.segments() if r.mono_start_ns < killed_at_ns]
-    assert rows and rows[-1].state == "salvaged", [(r.name, r.state) for r in rows]
-    assert all(r.state in ("final", "salvaged") for r in rows)
-    for r in rows:
+    states = [(r.name, r.state) for r in rows]
+    # The segment being written is salvaged; only if the kill came before its first cluster
+    # reached the disk is it "lost" (and then the loss is still bounded below).
+    assert rows and rows[-1].state in ("salvaged", "lost"), states
+    assert all(r.state in ("final", "salvaged") for r in rows[:-1]), states
+    kept = [r for r in rows if r.state != "lost"]
+    for r in kept:
         frames, _ = decode_all(state / "segments" / r.name)
         assert frames == r.frames
-    recorded_until = rows[-1].mono_start_ns + rows[-1].duration_ns
+    recorded_until = kept[-1].mono_start_ns + kept[-1].duration_ns
     lost_s = (killed_at_ns - recorded_until) / 1e9
     print(f"footage lost at kill: {lost_s:.2f} s")
     assert lost_s <= 2.0, f"lost {lost_s:.2f} s of footage"

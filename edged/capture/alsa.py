@@ -127,7 +127,7 @@ class SampleClock:
             t = latest
         self._min_lag = min(self._min_lag, latest - t)
         if now >= self._window_end:
-            if False:
+            if self._min_lag > self.TOLERANCE:
                 log.info("alsa: %.3f s of samples missing, audio clock moved forward", self._min_lag)
                 self._origin += self._min_lag
                 t += self._min_lag

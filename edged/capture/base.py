@@ -13,6 +13,7 @@ from fractions import Fraction
 from typing import Protocol
 
 import av
+from av.video.reformatter import ColorRange
 
 #: Every video sample leaves its source in this pixel format, at the configured size.
 PIX_FMT = "yuv420p"
@@ -59,7 +60,14 @@ class AudioSource(Protocol):
 
 
 def to_target(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-    """Scale/convert a frame to the recording format; a no-op when it already is."""
+    """Scale/convert a frame to the recording format; a no-op when it already is.
+
+    Full-range input (MJPEG cameras and files decode to it) is scaled to the limited range VP8
+    expects; a plain conversion would keep the levels, crushing blacks and clipping whites.
+    """
+    if frame.color_range == ColorRange.JPEG or frame.format.name.startswith("yuvj"):
+        return frame.reformat(width=width, height=height, format=PIX_FMT,
+                              src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG)
     if frame.width == width and frame.height == height and frame.format.name == PIX_FMT:
         return frame
     return frame.reformat(width=width, height=height, format=PIX_FMT)

@@ -52,13 +52,14 @@ class PicameraVideo:
         # Picamera2(n) takes an index into global_camera_info(), which lists USB cameras last.
         index = next((i for i, cam in enumerate(cameras) if "/usb" not in cam.get("Id", "")), None)
         if index is None:
-            usb = f" (only USB cameras: {', '.join(c.get('Model', '?') for c in cameras)}; the v4l2 source takes those)"
-            raise SourceUnavailable("libcamera found no Raspberry Pi camera" + (usb if cameras else ""))
+            models = ", ".join(c.get("Model", "?") for c in cameras)
+            usb = f" (only USB cameras: {models}; the v4l2 source takes those)" if cameras else ""
+            raise SourceUnavailable("libcamera found no Raspberry Pi camera" + usb)
         model = cameras[index].get("Model", "?")
         try:
             camera = picamera2_cls(index)
         except Exception as exc:
-            raise SourceUnavailable(f"camera {model} cannot be opened (in use by another program?): {exc!r}") from exc
+            raise SourceUnavailable(f"camera {model} cannot be opened (busy?): {exc!r}") from exc
         try:
             self._stream = self._configure(module, camera)
             camera.start()  # show_preview=False: picamera2 runs its NullPreview event loop for us

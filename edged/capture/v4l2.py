@@ -24,7 +24,8 @@ from fractions import Fraction
 
 import av
 
-from edged.capture.base import SourceError, SourceUnavailable, VideoSample, to_target
+
+from edged.capture.base import PIX_FMT, SourceError, SourceUnavailable, VideoSample, to_target
 
 log = logging.getLogger("edged.capture.v4l2")
 
