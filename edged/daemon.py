@@ -25,6 +25,7 @@ log = logging.getLogger("edged.daemon")
 
 EXIT_STORAGE = 73  # EX_CANTCREAT: the state folder cannot be written
 EXIT_LOCKED = 75   # EX_TEMPFAIL: another daemon uses this state folder
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: the recorder failed unexpectedly
 
 
 class StorageUnusable(Exception):
@@ -129,6 +130,8 @@ class Daemon:
             index.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+        if self.recorder.crashed is not None:
+            return EXIT_SOFTWARE  # let systemd restart us; reconcile salvages what was being written
         log.info("stopped: %d segments written", self.recorder.status.segments_written)
         return 0
 

@@ -80,6 +80,7 @@ class Recorder:
         self.stop_after_s = stop_after_s
         self.on_segment = on_segment
         self.status = RecorderStatus()
+        self.crashed: BaseException | None = None
         cam, aud = settings.camera, settings.audio
         self.fps = cam.fps
         self.paced = cam.paced
@@ -126,6 +127,10 @@ class Recorder:
             self._audio_thread.start()
         try:
             self._loop()
+        except BaseException as exc:
+            self.crashed = exc
+            log.critical("recorder failed: %r", exc, exc_info=True)
+            raise
         finally:
             self._stop.set()
             self._finish_all()
@@ -336,7 +341,13 @@ class Recorder:
             self.on_segment(w.start.seq)
 
     def _salvage_now(self, w: SegmentWriter) -> None:
-        result = salvage(w.part_path)
+        try:
+            self.ring.make_room(w.part_path.stat().st_size)  # salvage writes a copy
+            result = salvage(w.part_path)
+        except (OSError, av.FFmpegError) as exc:
+            # Leave the .part and its 'writing' row: reconcile salvages it at the next start.
+            log.error("segment %s could not be salvaged now (%s); kept for the next start", w.start.name, exc)
+            return
         if result.path is None:
             self.index.set_state(w.start.seq, "lost", result.reason)
             return

@@ -32,13 +32,29 @@ def salvage(part: Path) -> SalvageResult:
     assert part.name.endswith(PART_SUFFIX), part
     final = part.with_name(part.name[: -len(PART_SUFFIX)])
     tmp = part.with_name(final.name + SALVAGE_SUFFIX)
-    frames = audio = 0
-    reason = "end of file"
     try:
         src = av.open(str(part))
-    except (av.FFmpegError, OSError) as exc:
+    except av.InvalidDataError as exc:  # cut off before its header was complete: nothing to keep
         part.unlink(missing_ok=True)
         return SalvageResult(None, 0, 0, f"header unreadable: {exc}")
+    try:
+        frames, audio, reason = _copy_until_broken(src, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if frames == 0:
+        tmp.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        return SalvageResult(None, 0, audio, f"no complete video frame ({reason})")
+    os.replace(tmp, final)
+    part.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+    return SalvageResult(final, frames, audio, reason)
+
+
+def _copy_until_broken(src: av.container.InputContainer, tmp: Path) -> tuple[int, int, str]:
+    frames = audio = 0
+    reason = "end of file"
     with src, open(tmp, "wb") as out_file:
         out = av.open(out_file, "w", format="webm")
         out.metadata.update(src.metadata)
@@ -81,11 +97,4 @@ def salvage(part: Path) -> SalvageResult:
                 pass
         out_file.flush()
         os.fsync(out_file.fileno())
-    if frames == 0:
-        tmp.unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
-        return SalvageResult(None, 0, audio, f"no complete video frame ({reason})")
-    os.replace(tmp, final)
-    part.unlink(missing_ok=True)
-    fsync_dir(final.parent)
-    return SalvageResult(final, frames, audio, reason)
+    return frames, audio, reason
