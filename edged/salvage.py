@@ -32,9 +32,11 @@ def salvage(part: Path) -> SalvageResult:
     assert part.name.endswith(PART_SUFFIX), part
     final = part.with_name(part.name[: -len(PART_SUFFIX)])
     tmp = part.with_name(final.name + SALVAGE_SUFFIX)
+    with open(part, "rb") as f:  # a real I/O error propagates here, and nothing is deleted
+        f.read(4096)
     try:
         src = av.open(str(part))
-    except av.InvalidDataError as exc:  # cut off before its header was complete: nothing to keep
+    except av.FFmpegError as exc:  # readable, but cut off before its header was complete: nothing to keep
         part.unlink(missing_ok=True)
         return SalvageResult(None, 0, 0, f"header unreadable: {exc}")
     try:
