@@ -8,7 +8,8 @@ States of a segment row:
   lost      the file vanished or could not be recovered
 
 A *hold* protects a segment from eviction; several owners may hold the same segment (a marked
-clip, an upload waiting, a recall). Holds are owned by the modules that set them, which
+clip, an upload waiting, a recall). A *range hold* protects every segment of a boot that overlaps
+a monotonic time range, including segments not yet recorded (an event's post-roll). Holds are owned by the modules that set them, which
 re-assert them on start, so an index rebuilt from the folder does not stay unprotected.
 """
 
@@ -50,6 +51,12 @@ CREATE TABLE IF NOT EXISTS holds (
     PRIMARY KEY (owner, seq)
 );
 CREATE INDEX IF NOT EXISTS holds_seq ON holds(seq);
+CREATE TABLE IF NOT EXISTS range_holds (
+    owner         TEXT PRIMARY KEY,
+    boot_id       TEXT NOT NULL,
+    start_mono_ns INTEGER NOT NULL,
+    end_mono_ns   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS boot_clock (
     boot_id        TEXT PRIMARY KEY,
     offset_ns      INTEGER NOT NULL,
@@ -98,11 +105,16 @@ class Segment:
         return self.best_wall_start_ns + self.duration_ns
 
 
-_SELECT = """
+#: SQL: is segment ``s`` held, by a per-segment hold or by a time range it overlaps?
+_HELD = """(EXISTS (SELECT 1 FROM holds h WHERE h.seq = s.seq) OR EXISTS (SELECT 1 FROM range_holds r
+    WHERE r.boot_id = s.boot_id AND r.start_mono_ns < s.mono_start_ns + MAX(s.duration_ns, 1)
+      AND r.end_mono_ns > s.mono_start_ns))"""
+
+_SELECT = f"""
 SELECT s.seq, s.name, s.state, s.boot_id, s.mono_start_ns, s.wall_start_ns, s.clock_synced,
        s.duration_ns, s.bytes, s.frames, s.audio_packets, s.sha256, s.note,
        CASE WHEN b.synced = 1 THEN s.mono_start_ns + b.offset_ns ELSE s.wall_start_ns END,
-       EXISTS (SELECT 1 FROM holds h WHERE h.seq = s.seq)
+       {_HELD}
 FROM segments s LEFT JOIN boot_clock b ON b.boot_id = s.boot_id
 """
 
@@ -186,8 +198,8 @@ class Index:
     def mark_evicted_if_unheld(self, seq: int) -> bool:
         """Atomically mark a stored, unheld segment evicted; False if someone holds it now."""
         with self._tx() as db:
-            cur = db.execute("UPDATE segments SET state='evicted' WHERE seq=? AND state IN ('final','salvaged')"
-                             " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.seq = ?)", (seq, seq))
+            cur = db.execute("UPDATE segments AS s SET state='evicted' WHERE s.seq=? AND s.state IN"
+                             f" ('final','salvaged') AND NOT {_HELD}", (seq,))
             return cur.rowcount == 1
 
     def get(self, seq: int) -> Segment | None:
@@ -210,8 +222,8 @@ class Index:
     def eviction_candidates(self) -> list[Segment]:
         """Stored, unheld segments, oldest first."""
         with self._lock:
-            rows = self._db.execute(_SELECT + " WHERE s.state IN ('final','salvaged') AND NOT EXISTS"
-                                    " (SELECT 1 FROM holds h WHERE h.seq = s.seq) ORDER BY s.seq").fetchall()
+            rows = self._db.execute(_SELECT + f" WHERE s.state IN ('final','salvaged') AND NOT {_HELD}"
+                                    " ORDER BY s.seq").fetchall()
         return [_row(r) for r in rows]
 
     def stored_bytes(self) -> int:
@@ -234,8 +246,19 @@ class Index:
 
     def held_bytes(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(bytes),0) FROM segments WHERE state IN"
-                                    " ('final','salvaged') AND seq IN (SELECT seq FROM holds)").fetchone()[0]
+            return self._db.execute("SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN"
+                                    f" ('final','salvaged') AND {_HELD}").fetchone()[0]
+
+    def hold_range(self, owner: str, boot_id: str, start_mono_ns: int, end_mono_ns: int) -> None:
+        """Protect every segment of ``boot_id`` overlapping [start, end), recorded or not yet."""
+        with self._tx() as db:
+            db.execute("INSERT INTO range_holds VALUES (?,?,?,?) ON CONFLICT(owner) DO UPDATE SET"
+                       " boot_id=excluded.boot_id, start_mono_ns=excluded.start_mono_ns,"
+                       " end_mono_ns=excluded.end_mono_ns", (owner, boot_id, start_mono_ns, end_mono_ns))
+
+    def release_range(self, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM range_holds WHERE owner=?", (owner,))
 
     # --- clock ------------------------------------------------------------------------------
 
