@@ -90,11 +90,33 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ClipSettings:
+    pre_roll_seconds: float = _rule(30.0, lo=0.0, hi=120.0, doc="footage kept from before the press")
+    post_roll_seconds: float = _rule(30.0, lo=0.0, hi=600.0, doc="footage kept after the last press")
+    max_bytes: int = _rule(limits.MAX_UPLOAD_BYTES, lo=500_000, hi=limits.MAX_UPLOAD_BYTES,
+                           doc="largest part; the upload limit")
+    max_duration_ms: int = _rule(limits.MAX_DURATION_MS, lo=5_000, hi=limits.MAX_DURATION_MS,
+                                 doc="longest part; the upload limit")
+    dir: str = _rule("", doc="where clips are built (empty: <storage.dir>/clips)")
+
+
+@dataclass(frozen=True)
+class GpioSettings:
+    button_pin: str = _rule("", doc="mark button, e.g. \"GPIO17\" or \"BOARD11\" (empty: none)")
+    button_pull_up: bool = _rule(True, doc="button wired to ground with the internal pull-up")
+    button_bounce_ms: int = _rule(50, lo=0, hi=1000)
+    led_pin: str = _rule("", doc="status LED (empty: none)")
+    buzzer_pin: str = _rule("", doc="buzzer or vibration motor (empty: none)")
+
+
+@dataclass(frozen=True)
 class Settings:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    clips: ClipSettings = field(default_factory=ClipSettings)
+    gpio: GpioSettings = field(default_factory=GpioSettings)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
 

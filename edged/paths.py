@@ -25,3 +25,15 @@ class StatePaths:
     @property
     def lock(self) -> Path:
         return self.root / "edged.lock"
+
+    @property
+    def clips(self) -> Path:
+        return self.root / "clips"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.sqlite"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control.sock"
