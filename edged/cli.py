@@ -59,6 +59,67 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_or_exit(path: str | None) -> config_mod.Settings:
+    try:
+        return _load(path)
+    except config_mod.ConfigError as exc:
+        print(f"edged: bad configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(78) from None
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    from edged.control import ControlError, request
+    from edged.paths import StatePaths
+    settings = _settings_or_exit(args.config)
+    try:
+        answer = request(StatePaths(settings.state_dir).control, {"cmd": "mark", "note": args.note or ""})
+    except ControlError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
+    what = "extended event" if answer.get("extended") else "marked: event"
+    print(f"{what} {answer['event_id']}")
+    return 0
+
+
+def _open_clip_stores(settings: config_mod.Settings):
+    from edged.events import EventStore
+    from edged.outbox import Outbox
+    from edged.paths import StatePaths
+    paths = StatePaths(settings.state_dir)
+    if not paths.events.exists():
+        return paths, None, None
+    return paths, EventStore(paths.events), Outbox(paths.outbox)
+
+
+def cmd_clips_list(args: argparse.Namespace) -> int:
+    from edged.events import clip_summaries
+    settings = _settings_or_exit(args.config)
+    paths, store, outbox = _open_clip_stores(settings)
+    clips = clip_summaries(store, outbox, paths.clips) if store else []
+    if args.json:
+        print(json.dumps(clips, indent=2))
+    else:
+        for c in clips:
+            parts = c["parts"]
+            print(f"{c['id']}  {c['state']:7} {len(c['marks'])} mark(s)  {len(parts)} part(s)  "
+                  f"{c['wall_start'] or '-'} .. {c['wall_end'] or '-'}  {c['reason']}")
+    return 0
+
+
+def cmd_clips_export(args: argparse.Namespace) -> int:
+    from edged.events import export_clip
+    settings = _settings_or_exit(args.config)
+    from edged.paths import StatePaths
+    try:
+        files = export_clip(StatePaths(settings.state_dir).clips, args.id, args.dir)
+    except FileNotFoundError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Bodycam daemon: record, mark, deliver.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -81,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    mk = sub.add_parser("mark", help="mark an event now (pre-roll before, post-roll after)")
+    mk.add_argument("--config")
+    mk.add_argument("--note", help="free text stored with the mark")
+    mk.set_defaults(func=cmd_mark)
+
+    clips = sub.add_parser("clips", help="clips built from marked events")
+    clips_sub = clips.add_subparsers(dest="clips_command", required=True)
+    cl = clips_sub.add_parser("list", help="events, their clips and parts")
+    cl.add_argument("--config")
+    cl.add_argument("--json", action="store_true")
+    cl.set_defaults(func=cmd_clips_list)
+    ce = clips_sub.add_parser("export", help="copy a clip's parts and manifest into a folder")
+    ce.add_argument("--config")
+    ce.add_argument("id")
+    ce.add_argument("dir", type=Path)
+    ce.set_defaults(func=cmd_clips_export)
     return p
 
 

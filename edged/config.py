@@ -97,7 +97,6 @@ class ClipSettings:
                            doc="largest part; the upload limit")
     max_duration_ms: int = _rule(limits.MAX_DURATION_MS, lo=5_000, hi=limits.MAX_DURATION_MS,
                                  doc="longest part; the upload limit")
-    dir: str = _rule("", doc="where clips are built (empty: <storage.dir>/clips)")
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,10 @@ def prepare_state_dir(paths: StatePaths) -> None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None, stop_after_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None, stop_after_s: float | None = None,
+                 pin_factory=None) -> None:
         self.settings = settings
+        self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
         self.clock = clock or SystemClock()
         self.paths = StatePaths(settings.state_dir)
         self.stop_after_s = stop_after_s
@@ -64,6 +66,77 @@ class Daemon:
             raise
         self._lock_fd = fd
 
+    # --- the event stage: marks, clips, outbox, control socket, button and LED ---------------------
+
+    def _start_event_stage(self, index) -> None:
+        from edged.control import ControlServer
+        from edged.events import EventManager, EventStore, EventWorker
+        from edged.gpio import Feedback, GpioError, from_settings
+        from edged.outbox import Outbox
+
+        r = self.recorder
+        self.events_store = EventStore(self.paths.events)
+        self.outbox = Outbox(self.paths.outbox)
+        self.events = EventManager(
+            self.settings, self.events_store, index, self.outbox, self.paths.clips, self.paths.segments,
+            timeline_now_ns=r.timeline_now_ns, wall_offset_ns=lambda: r.watch.offset_ns,
+            clock_synced=lambda: r.watch.synchronized, boot_id=r.watch.boot_id,
+            request_boundary=r.request_boundary)
+        held = self.events.reassert_holds()
+        if held:
+            log.info("%d event(s) not yet delivered keep their footage protected", held)
+        self._stage_stop = threading.Event()
+        self._event_worker = EventWorker(self.events, self._stage_stop)
+        self._event_worker.start()
+        try:
+            self.button, self.feedback = from_settings(self.settings.gpio, lambda: self.mark("button"),
+                                                       pin_factory=self.pin_factory)
+        except GpioError as exc:  # recording matters more than the button: run without it, loudly
+            log.critical("GPIO unusable, running without button and LED: %s", exc)
+            r.status.alarms.add("gpio_error")
+            r.status.last_error = str(exc)
+            self.button, self.feedback = None, Feedback("", "")
+        self.events.on_mark = self.feedback.acknowledge_mark
+        self.control = ControlServer(self.paths.control, {
+            "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
+            "status": lambda req: {"status": self._status_dict()},
+        })
+        self.control.start()
+
+    def _stop_event_stage(self) -> None:
+        self.control.stop()
+        if self.button is not None:
+            self.button.close()
+        self.feedback.close()
+        self._stage_stop.set()
+        self._event_worker.join(timeout=10)
+        self.events.finish_ready()  # whatever became ready while stopping
+
+    def _close_stores(self) -> None:
+        self.events_store.close()
+        self.outbox.close()
+
+    def mark(self, source: str, note: str = ""):
+        result = self.events.mark(source, note)
+        if "storage_full" in self.recorder.status.alarms:
+            log.critical("MARK %s taken while storage is FULL of protected footage: its post-roll cannot be "
+                         "recorded until space is freed; the footage already held is kept", result.event_id)
+        return result
+
+    @staticmethod
+    def _mark_answer(result) -> dict:
+        return {"event_id": result.event_id, "extended": result.extended}
+
+    def _show_feedback(self) -> None:
+        from edged.gpio import DeviceState
+        st = self.recorder.status
+        counts = self.outbox.counts()
+        self.feedback.show(DeviceState(
+            recording=st.state == "recording",
+            fault=bool(st.alarms & {"storage_full", "storage_error", "camera_lost", "camera_stalled"}),
+            clock_synced=self.recorder.watch.synchronized,
+            uploads_pending=sum(n for state, n in counts.items() if state != "delivered")))
+
     def _status_dict(self) -> dict:
         r = self.recorder
         st = r.status
@@ -75,6 +148,8 @@ class Daemon:
             "alarms": sorted(st.alarms), "last_error": st.last_error,
             "clock_synchronized": r.watch.synchronized, "updated": time.time(),
             "config": self.settings.origin,
+            "events_open": len(self.events_store.events("open")),
+            "outbox": self.outbox.counts(),
         }
 
     def write_status(self) -> None:
@@ -107,6 +182,7 @@ class Daemon:
         self.recorder = Recorder(self.settings, index, ring, self.clock, self.paths.segments,
                                  stop_after_s=self.stop_after_s)
         rec_thread = threading.Thread(target=self.recorder.run, name="recorder")
+        self._start_event_stage(index)
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -120,11 +196,14 @@ class Daemon:
         try:
             while rec_thread.is_alive():
                 self.write_status()
+                self._show_feedback()
                 rec_thread.join(timeout=1.0)
         finally:
             self.recorder.stop()
             rec_thread.join()
+            self._stop_event_stage()
             self.write_status()
+            self._close_stores()
             for s, h in old.items():
                 signal.signal(s, h)
             index.close()

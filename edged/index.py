@@ -226,6 +226,12 @@ class Index:
                                     " ORDER BY s.seq").fetchall()
         return [_row(r) for r in rows]
 
+    def boot_end_ns(self, boot_id: str) -> int:
+        """End of the last footage recorded in a boot (0 if none)."""
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(mono_start_ns + duration_ns), 0) FROM segments"
+                                    " WHERE boot_id=?", (boot_id,)).fetchone()[0]
+
     def stored_bytes(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COALESCE(SUM(bytes),0) FROM segments WHERE state IN"

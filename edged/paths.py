@@ -35,5 +35,9 @@ class StatePaths:
         return self.root / "events.sqlite"
 
     @property
+    def outbox(self) -> Path:
+        return self.root / "outbox.sqlite"
+
+    @property
     def control(self) -> Path:
         return self.root / "control.sock"

@@ -109,7 +109,37 @@ class Recorder:
         self._next_clock_look = 0.0
         self._clock_noted = False
         self._next_seq = index.next_seq()
+        self._boundaries: list[int] = []
+        self._boundary_lock = threading.Lock()
+        self._last_frame_mono_ns = 0
         self._segment_bytes_estimate = int((cam.bitrate + aud.bitrate) / 8 * settings.storage.segment_seconds * 1.3)
+
+    # --- for the event stage ------------------------------------------------------------------
+
+    def timeline_now_ns(self) -> int:
+        """Now, on the recording timeline (monotonic ns of this boot). Unpaced runs are ahead of
+        the real clock: their timeline is that of the last frame recorded."""
+        if self.paced or self._origin is None:
+            return self.clock.monotonic_ns()
+        return self._last_frame_mono_ns
+
+    def request_boundary(self, mono_ns: int) -> None:
+        """Start a new segment at the first frame at or after ``mono_ns`` (an event's end), so the
+        segment holding the end of a post-roll is finalised at once, not a segment later."""
+        with self._boundary_lock:
+            self._boundaries.append(mono_ns)
+            self._boundaries.sort()
+
+    def _boundary_due(self, frame_mono_ns: int) -> bool:
+        with self._boundary_lock:
+            due = [b for b in self._boundaries if b <= frame_mono_ns]
+            if not due:
+                return False
+            self._boundaries = [b for b in self._boundaries if b > frame_mono_ns]
+        return self._cur is not None and self._mono_of(self._cur.start_s) < due[-1]
+
+    def _mono_of(self, t: float) -> int:
+        return self._mono_anchor_ns + round(t * 1e9)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -164,7 +194,10 @@ class Recorder:
         st = self.status
         if self._origin is None:
             self._origin = v.time
-            self._mono_anchor_ns = int(v.time * 1e9) if self.paced else self.clock.monotonic_ns()
+            # Unpaced runs (tests, benchmarks) move faster than the clock: start them after
+            # whatever this boot already recorded, so timelines never overlap.
+            self._mono_anchor_ns = int(v.time * 1e9) if self.paced else \
+                max(self.clock.monotonic_ns(), self.index.boot_end_ns(self.watch.boot_id))
         n = round((v.time - self._origin) * self.fps)
         if self._last_n is not None:
             if n <= self._last_n:
@@ -175,8 +208,10 @@ class Recorder:
         st.last_frame_mono = time.monotonic()
         st.state = "recording" if st.state != "storage_full" else st.state
         t = n / self.fps
+        self._last_frame_mono_ns = self._mono_of(t)
         keyframe = False
-        if self._cur is None or n - self._cur.start_pts >= self.seg_frames:
+        if self._cur is None or n - self._cur.start_pts >= self.seg_frames or \
+                self._boundary_due(self._last_frame_mono_ns):
             keyframe = self._start_segment(n, t)
         # Audio captured up to this frame goes first (routed by its own timestamps).
         self._pump_audio(until=v.time)
@@ -286,7 +321,7 @@ class Recorder:
             st.state = "storage_full"
             self._next_room_check = now + 1.0
             return False
-        mono = self._mono_anchor_ns + round(t * 1e9)
+        mono = self._mono_of(t)
         start = SegmentStart(seq=self._next_seq, boot_id=self.watch.boot_id, mono_start_ns=mono,
                              wall_start_ns=self.watch.wall_at(mono), clock_synced=self.watch.synchronized,
                              device_id=self.settings.device.id)

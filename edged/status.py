@@ -78,6 +78,16 @@ def read_status(paths: StatePaths) -> dict[str, Any]:
         "updated": daemon.get("updated"),
         "state_dir": str(paths.root),
     }
+    if paths.outbox.exists():
+        from edged.outbox import Outbox
+        ob = Outbox(paths.outbox)
+        try:
+            out["outbox"] = ob.counts()
+        finally:
+            ob.close()
+    else:
+        out["outbox"] = {}
+    out["events_open"] = daemon.get("events_open", 0)
     if paths.index.exists():
         idx = Index(paths.index)
         try:

@@ -1,0 +1,347 @@
+"""Marked events: a press opens an event [press − pre-roll, last press + post-roll].
+
+The event and its marks are stored durably at the press, and every segment overlapping its
+window is protected at once through a range hold in the index, including the post-roll that is
+not recorded yet. A press during the post-roll extends the event. When the recording timeline
+passes the event's end and no segment of the window is still being written, the clip builder
+joins the segments into upload-ready parts, a manifest is written, and the parts go to the
+outbox. A daemon restarted during a post-roll finds the open event in the store and finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edged.clip import ClipError, ClipPart, SourceSegment, build_clip
+from edged.config import Settings
+from edged.index import Index
+from edged.outbox import PRIORITY_MARK, Outbox
+from edged.segment import fsync_dir
+from edged.status import iso, write_atomic
+
+log = logging.getLogger("edged.events")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id             TEXT PRIMARY KEY,
+    boot_id        TEXT NOT NULL,
+    start_mono_ns  INTEGER NOT NULL,
+    end_mono_ns    INTEGER NOT NULL,
+    pre_roll_ns    INTEGER NOT NULL,
+    post_roll_ns   INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('open','built','failed')),
+    reason         TEXT NOT NULL DEFAULT '',
+    created_wall_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marks (
+    event_id  TEXT NOT NULL REFERENCES events(id),
+    mono_ns   INTEGER NOT NULL,
+    wall_ns   INTEGER NOT NULL,
+    clock_synced INTEGER NOT NULL,
+    source    TEXT NOT NULL,
+    note      TEXT NOT NULL DEFAULT ''
+);
+"""
+
+HOLD_PREFIX = "event:"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    mono_ns: int
+    wall_ns: int
+    clock_synced: bool
+    source: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    boot_id: str
+    start_mono_ns: int
+    end_mono_ns: int
+    pre_roll_ns: int
+    post_roll_ns: int
+    state: str
+    reason: str
+    created_wall_ns: int
+
+    @property
+    def hold_owner(self) -> str:
+        return HOLD_PREFIX + self.id
+
+
+class EventStore:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def events(self, state: str | None = None) -> list[Event]:
+        sql, args = "SELECT * FROM events", ()
+        if state:
+            sql, args = sql + " WHERE state=?", (state,)
+        with self._lock:
+            return [Event(*r) for r in self._db.execute(sql + " ORDER BY start_mono_ns", args)]
+
+    def get(self, event_id: str) -> Event | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM events WHERE id=?", (event_id,)).fetchone()
+        return Event(*r) if r else None
+
+    def marks(self, event_id: str) -> list[Mark]:
+        with self._lock:
+            rows = self._db.execute("SELECT mono_ns, wall_ns, clock_synced, source, note FROM marks"
+                                    " WHERE event_id=? ORDER BY mono_ns", (event_id,)).fetchall()
+        return [Mark(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    def set_state(self, event_id: str, state: str, reason: str = "") -> None:
+        with self.tx() as db:
+            db.execute("UPDATE events SET state=?, reason=? WHERE id=?", (state, reason, event_id))
+
+
+@dataclass(frozen=True, slots=True)
+class MarkResult:
+    event_id: str
+    extended: bool
+    start_mono_ns: int
+    end_mono_ns: int
+
+
+class EventManager:
+    """Takes marks, protects footage, and turns finished events into clips in the outbox."""
+
+    def __init__(self, settings: Settings, store: EventStore, index: Index, outbox: Outbox, clips_dir: Path,
+                 segments_dir: Path, timeline_now_ns, wall_offset_ns, clock_synced, boot_id: str,
+                 request_boundary=None) -> None:
+        self.settings = settings
+        self.store = store
+        self.index = index
+        self.outbox = outbox
+        self.clips_dir = clips_dir
+        self.segments_dir = segments_dir
+        self._now = timeline_now_ns
+        self._offset = wall_offset_ns
+        self._synced = clock_synced
+        self.boot_id = boot_id
+        self._request_boundary = request_boundary
+        self._lock = threading.Lock()
+        self.on_mark = None  # feedback hook (LED blink, beep)
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def reassert_holds(self) -> int:
+        """At start: every event not yet delivered protects its window again (an index rebuilt
+        from the folder has no holds of its own)."""
+        events = [e for e in self.store.events() if e.state in ("open", "built")]
+        for e in events:
+            self.index.hold_range(e.hold_owner, e.boot_id, e.start_mono_ns, e.end_mono_ns)
+        return len(events)
+
+    # --- marks ----------------------------------------------------------------------------------
+
+    def mark(self, source: str, note: str = "") -> MarkResult:
+        """Record a press now. Safe to call from any thread (button callback, control socket)."""
+        clips = self.settings.clips
+        with self._lock:
+            now = self._now()
+            wall = now + self._offset()
+            open_events = [e for e in self.store.events("open") if e.boot_id == self.boot_id]
+            current = next((e for e in open_events if e.start_mono_ns <= now <= e.end_mono_ns), None)
+            post = round(clips.post_roll_seconds * 1e9)
+            if current is not None:
+                end = max(current.end_mono_ns, now + post)
+                with self.store.tx() as db:
+                    db.execute("UPDATE events SET end_mono_ns=? WHERE id=?", (end, current.id))
+                    db.execute("INSERT INTO marks VALUES (?,?,?,?,?,?)",
+                               (current.id, now, wall, int(self._synced()), source, note))
+                event_id, start, extended = current.id, current.start_mono_ns, True
+            else:
+                pre = round(clips.pre_roll_seconds * 1e9)
+                event_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall / 1e9)) + "-" + uuid.uuid4().hex[:6]
+                start, end, extended = now - pre, now + post, False
+                with self.store.tx() as db:
+                    db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,'open','',?)",
+                               (event_id, self.boot_id, start, end, pre, post, time.time_ns()))
+                    db.execute("INSERT INTO marks VALUES (?,?,?,?,?,?)",
+                               (event_id, now, wall, int(self._synced()), source, note))
+            # Protect at once: the range covers footage not recorded yet.
+            self.index.hold_range(HOLD_PREFIX + event_id, self.boot_id, start, end)
+        if self._request_boundary:
+            self._request_boundary(end)
+        log.warning("MARK %s event %s (%s)%s", "extends" if extended else "opens", event_id, source,
+                    f": {note}" if note else "")
+        if self.on_mark:
+            self.on_mark()
+        return MarkResult(event_id, extended, start, end)
+
+    # --- finishing ------------------------------------------------------------------------------
+
+    def ready(self, event: Event) -> bool:
+        """The recording passed the event's end (or its boot is over) and nothing of its window
+        is still being written."""
+        if event.boot_id == self.boot_id and self._now() < event.end_mono_ns:
+            return False
+        for seg in self.index.segments(["writing"]):
+            if seg.boot_id == event.boot_id and seg.mono_start_ns < event.end_mono_ns:
+                return False
+        return True
+
+    def finish_ready(self) -> list[str]:
+        """Build every open event that is ready; return the ids built."""
+        built = []
+        for event in self.store.events("open"):
+            if self.ready(event):
+                if self.build(event):
+                    built.append(event.id)
+        return built
+
+    def build(self, event: Event) -> bool:
+        clips = self.settings.clips
+        segs = [s for s in self.index.stored()
+                if s.boot_id == event.boot_id and s.mono_start_ns < event.end_mono_ns
+                and s.mono_start_ns + s.duration_ns > event.start_mono_ns]
+        if not segs:
+            reason = "no footage recorded in the event's window"
+            self.store.set_state(event.id, "failed", reason)
+            log.error("event %s: %s", event.id, reason)
+            return False
+        out_dir = self.clips_dir / event.id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
+                   for s in segs]
+        t0 = time.monotonic()
+        try:
+            parts = build_clip(sources, event.start_mono_ns, event.end_mono_ns, out_dir, event.id,
+                               clips.max_bytes, clips.max_duration_ms)
+        except (ClipError, OSError) as exc:
+            self.store.set_state(event.id, "failed", f"clip not built: {exc}")
+            log.error("event %s: clip not built: %s", event.id, exc)
+            return False
+        offset = self._best_offset(event.boot_id, segs)
+        manifest = self._manifest(event, segs, parts, offset)
+        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
+        fsync_dir(out_dir)
+        self.outbox.enqueue(event.id, [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
+                            PRIORITY_MARK, event.start_mono_ns + offset)
+        self.store.set_state(event.id, "built")
+        log.warning("CLIP %s built: %d part(s), %.1f s, %d bytes, in %.2f s", event.id, len(parts),
+                    sum(p.duration_ms for p in parts) / 1000, sum(p.bytes for p in parts), time.monotonic() - t0)
+        return True
+
+    def _best_offset(self, boot_id: str, segs) -> int:
+        # The segments' best wall start already applies the boot's synchronised offset.
+        s = segs[0]
+        return s.best_wall_start_ns - s.mono_start_ns
+
+    def _manifest(self, event: Event, segs, parts: list[ClipPart], offset: int) -> dict:
+        marks = self.store.marks(event.id)
+        dev = self.settings.device
+        first = parts[0].start_mono_ns
+        end = parts[-1].start_mono_ns + parts[-1].duration_ms * 1_000_000
+        pre_actual = (marks[0].mono_ns - first) / 1e9 if marks else 0.0
+        asked = event.pre_roll_ns / 1e9
+        return {
+            "clip_id": event.id,
+            "device_id": dev.id,
+            "unit_number": dev.unit_number,
+            "unit_location": dev.unit_location,
+            "boot_id": event.boot_id,
+            "wall_start": iso(first + offset),
+            "wall_end": iso(end + offset),
+            "clock_synchronized": all(s.clock_synced for s in segs) and all(m.clock_synced for m in marks),
+            "pre_roll_seconds": {"asked": asked, "actual": round(pre_actual, 3),
+                                 "short": pre_actual + 0.05 < asked},
+            "post_roll_seconds": event.post_roll_ns / 1e9,
+            "marks": [{"wall": iso(m.mono_ns + offset), "source": m.source, "note": m.note,
+                       "clock_synchronized": m.clock_synced} for m in marks],
+            "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state} for s in segs],
+            "parts": [{"number": p.number, "file": p.path.name, "bytes": p.bytes, "duration_ms": p.duration_ms,
+                       "sha256": p.sha256, "reencoded": p.reencoded, "wall_start": iso(p.start_mono_ns + offset),
+                       "source_seqs": list(p.source_seqs)} for p in parts],
+        }
+
+
+class EventWorker(threading.Thread):
+    """Finishes events in the background, a few times a second."""
+
+    def __init__(self, manager: EventManager, stop: threading.Event, period: float = 0.2) -> None:
+        super().__init__(name="events", daemon=True)
+        self.manager = manager
+        self._halt = stop
+        self.period = period
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            try:
+                self.manager.finish_ready()
+            except Exception:  # noqa: BLE001 - never let one bad event stop the others
+                log.exception("finishing events failed")
+
+
+def export_clip(clips_dir: Path, clip_id: str, dest: Path) -> list[Path]:
+    """Copy a clip's parts and manifest to ``dest`` (each file atomically)."""
+    src = clips_dir / clip_id
+    if not (src / "manifest.json").exists():
+        raise FileNotFoundError(f"no built clip {clip_id!r} in {clips_dir}")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.name.startswith("."):
+            continue
+        target = dest / f.name
+        tmp = dest / f".{f.name}.tmp"
+        with open(f, "rb") as r, open(tmp, "wb") as w:
+            while block := r.read(1 << 20):
+                w.write(block)
+            w.flush()
+            os.fsync(w.fileno())
+        os.replace(tmp, target)
+        copied.append(target)
+    fsync_dir(dest)
+    return copied
+
+
+def clip_summaries(store: EventStore, outbox: Outbox, clips_dir: Path) -> list[dict]:
+    out = []
+    for e in store.events():
+        manifest_path = clips_dir / e.id / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+        out.append({
+            "id": e.id, "state": e.state, "reason": e.reason,
+            "marks": [asdict(m) | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
+            "wall_start": manifest["wall_start"] if manifest else None,
+            "wall_end": manifest["wall_end"] if manifest else None,
+            "parts": [{"number": p.number, "path": p.path, "bytes": p.bytes, "duration_ms": p.duration_ms,
+                       "sha256": p.sha256, "state": p.state} for p in outbox.parts(e.id)],
+        })
+    return out
