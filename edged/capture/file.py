@@ -58,28 +58,28 @@ class FileVideo:
                 raise SourceError(f"video file {self.path} unreadable: {exc}") from exc
 
     def _resampled(self) -> Iterator[av.VideoFrame]:
-        period = 1.0 / self.fps
-        next_out = 0.0
+        # Output frame k is due at k / fps; counted in integers so 1.8 k frames do not drift.
+        eps = 1e-6
+        k = 0
         offset = 0.0
         while True:
             prev: av.VideoFrame | None = None
             last_t = 0.0
             for t, frame in self._decode_once():
                 t += offset
-                while prev is not None and next_out < t:
+                while prev is not None and k / self.fps < t - eps:
                     yield prev
-                    next_out += period
+                    k += 1
                 prev = to_target(frame, self.width, self.height)
-                prev.pict_type = av.video.frame.PictureType.NONE
                 last_t = t
             if prev is None:
                 raise SourceError(f"video file {self.path} has no frames")
             # The last source frame lasts one output period, then the loop starts again.
-            end = last_t + period
-            while next_out < end:
+            end = last_t + 1.0 / self.fps
+            while k / self.fps < end - eps:
                 yield prev
-                next_out += period
-            offset = next_out
+                k += 1
+            offset = k / self.fps
 
     def read(self) -> VideoSample:
         assert self._frames is not None, "open() first"
