@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +28,12 @@ from edged.encode import AudioEncoder, VideoEncoder
 from edged.index import Index
 from edged.ring import RingBuffer, Room
 from edged.salvage import salvage
-from edged.segment import SegmentStart, SegmentWriter, sha256_file
+from edged.segment import SegmentStart, SegmentWriter, inspect, sha256_file
 
 log = logging.getLogger("edged.recorder")
+
+#: What a full, failing or read-only card raises: from the file, from FFmpeg, from SQLite.
+STORAGE_ERRORS = (OSError, av.FFmpegError, sqlite3.Error)
 
 #: How long the previous segment waits for late audio after the boundary (media seconds).
 AUDIO_GRACE_S = 1.0
@@ -108,6 +112,8 @@ class Recorder:
         self._next_room_check = 0.0
         self._next_clock_look = 0.0
         self._clock_noted = False
+        self._pending_steps: list = []
+        self._unsalvaged: list[SegmentWriter] = []
         self._next_seq = index.next_seq()
         self._boundaries: list[int] = []
         self._boundary_lock = threading.Lock()
@@ -222,7 +228,7 @@ class Recorder:
             packets = self.venc.encode(v.frame, n, keyframe)
             for p in packets:
                 self._route_video(p)
-        except (OSError, av.FFmpegError) as exc:
+        except STORAGE_ERRORS as exc:
             self._write_failed(exc)
             return
         st.frames_encoded += 1
@@ -300,7 +306,7 @@ class Recorder:
         try:
             for p in self.aenc.encode(a.frame, pts):
                 self._route_audio(p)
-        except (OSError, av.FFmpegError) as exc:
+        except STORAGE_ERRORS as exc:
             self._write_failed(exc)
 
     # --- segments -------------------------------------------------------------------------------
@@ -310,7 +316,11 @@ class Recorder:
         now = time.monotonic()
         if self._cur is None and now < self._next_room_check:
             return False
-        room = self.ring.make_room(self._segment_bytes_estimate)
+        try:
+            room = self.ring.make_room(self._segment_bytes_estimate)
+        except STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+            return False
         self._set_alarm(Room.OVER_BUDGET.value, room is Room.OVER_BUDGET,
                         "storage over budget: only protected footage is left; recording continues while the disk has room")
         self._set_alarm(Room.FULL.value, room is Room.FULL,
@@ -334,8 +344,11 @@ class Recorder:
                                    video_origin_pts=n,
                                    audio_origin_pts=round(t * 48_000) if self.aenc else None,
                                    sync_interval=self.settings.storage.sync_interval_seconds)
-        except (OSError, av.FFmpegError) as exc:
-            self.index.set_state(start.seq, "lost", f"could not create: {exc}")
+        except STORAGE_ERRORS as exc:
+            try:
+                self.index.set_state(start.seq, "lost", f"could not create: {exc}")
+            except STORAGE_ERRORS:
+                pass
             self._next_seq += 1
             self._write_failed(exc)
             self._next_room_check = now + 1.0
@@ -364,14 +377,22 @@ class Recorder:
         duration_ns = round((last - seg.start_pts + 1) * 1e9 / self.fps) if frames else 0
         try:
             path = w.finish()
-        except (OSError, av.FFmpegError) as exc:
+        except STORAGE_ERRORS as exc:
             log.error("segment %s could not be finalised (%s): salvaging", w.start.name, exc)
             w.abandon()
             self._salvage_now(w)
             return
-        self.index.finish(w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets,
-                          sha256_file(path))
+        try:
+            self.index.finish(w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets,
+                              sha256_file(path))
+        except STORAGE_ERRORS as exc:  # the file is safe; reconcile completes its row at the next start
+            log.error("segment %s is on disk but its index row could not be completed: %s", w.start.name, exc)
+            return
         self.status.segments_written += 1
+        self._set_alarm("storage_error", False, "")
+        for pending in list(self._unsalvaged):  # space is back: recover what a write error cut off
+            self._unsalvaged.remove(pending)
+            self._salvage_now(pending)
         if self.on_segment:
             self.on_segment(w.start.seq)
 
@@ -379,17 +400,26 @@ class Recorder:
         try:
             self.ring.make_room(w.part_path.stat().st_size)  # salvage writes a copy
             result = salvage(w.part_path)
-        except (OSError, av.FFmpegError) as exc:
-            # Leave the .part and its 'writing' row: reconcile salvages it at the next start.
-            log.error("segment %s could not be salvaged now (%s); kept for the next start", w.start.name, exc)
+        except STORAGE_ERRORS as exc:
+            # Keep the .part and its 'writing' row: retried when a segment next finishes, and
+            # reconcile salvages it at the next start in any case.
+            log.error("segment %s could not be salvaged now (%s); will retry", w.start.name, exc)
+            if w not in self._unsalvaged:
+                self._unsalvaged.append(w)
             return
         if result.path is None:
-            self.index.set_state(w.start.seq, "lost", result.reason)
+            try:
+                self.index.set_state(w.start.seq, "lost", result.reason)
+            except STORAGE_ERRORS:
+                pass  # reconcile finds no file and records the loss at the next start
             return
-        from edged.segment import inspect
-        _, facts = inspect(result.path)
-        self.index.finish(w.start.seq, "salvaged", facts.duration_ns, facts.bytes, facts.video_frames,
-                          facts.audio_packets, facts.sha256, f"salvaged after write error: {result.reason}")
+        try:
+            _, facts = inspect(result.path)
+            self.index.finish(w.start.seq, "salvaged", facts.duration_ns, facts.bytes, facts.video_frames,
+                              facts.audio_packets, facts.sha256, f"salvaged after write error: {result.reason}")
+        except STORAGE_ERRORS as exc:
+            log.error("salvaged segment %s could not be indexed now (%s); reconcile will", w.start.name, exc)
+            return
         self.status.segments_salvaged += 1
 
     def _close_segments(self) -> None:
@@ -409,7 +439,7 @@ class Recorder:
             if self.aenc:
                 for p in self.aenc.flush():
                     self._route_audio(p)
-        except (OSError, av.FFmpegError) as exc:
+        except STORAGE_ERRORS as exc:
             log.warning("flushing encoders at stop: %s", exc)
         self._close_segments()
 
@@ -418,12 +448,12 @@ class Recorder:
         st = self.status
         st.last_error = f"write failed: {exc}"
         log.error("storage write failed: %s", exc)
-        for seg in (self._closing, self._cur):
-            if seg is not None:
-                seg.writer.abandon()
-                self._salvage_now(seg.writer)
-        self._closing = self._cur = None
+        broken = [seg for seg in (self._closing, self._cur) if seg is not None]
+        self._closing = self._cur = None  # detach first: nothing may write to them again
         st.current_segment = None
+        for seg in broken:
+            seg.writer.abandon()
+            self._salvage_now(seg.writer)
         self._set_alarm("storage_error", True, "storage write error")
         self._next_room_check = time.monotonic() + 1.0
 
@@ -468,8 +498,16 @@ class Recorder:
         step = self.watch.look()
         if step is not None:
             log.warning("wall clock stepped by %+.3f s (synchronised: %s)", step.step_ns / 1e9, step.synchronized)
-            self.index.note_step(step)
+            self._pending_steps.append(step)
         if step is not None or not self._clock_noted or synced_before != self.watch.synchronized:
-            self.index.note_clock(self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized,
-                                  self.clock.monotonic_ns())
-            self._clock_noted = True
+            self._clock_noted = False
+        try:  # kept until the index takes them (a full card may refuse for a while)
+            while self._pending_steps:
+                self.index.note_step(self._pending_steps[0])
+                self._pending_steps.pop(0)
+            if not self._clock_noted:
+                self.index.note_clock(self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized,
+                                      self.clock.monotonic_ns())
+                self._clock_noted = True
+        except STORAGE_ERRORS as exc:
+            log.debug("clock record deferred: %s", exc)

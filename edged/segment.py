@@ -133,7 +133,12 @@ class SegmentWriter:
         self.audio_packets = 0
         self.last_video_pts: int | None = None
 
+    def _check_open(self) -> None:
+        if self._mux is None:  # muxing into a closed FFmpeg context would crash the process
+            raise OSError(f"segment {self.start.name} is closed")
+
     def mux_video(self, packet: av.Packet) -> None:
+        self._check_open()
         self.last_video_pts = packet.pts
         packet.pts -= self._video_origin
         packet.dts = packet.pts
@@ -142,6 +147,7 @@ class SegmentWriter:
         self.video_frames += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
+        self._check_open()
         if self._audio is None or self._audio_origin is None:
             return
         packet.pts -= self._audio_origin
@@ -160,6 +166,7 @@ class SegmentWriter:
 
     def finish(self) -> Path:
         """Write the trailer, make the file durable under its final name; return that path."""
+        self._check_open()
         self._mux.close()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -170,9 +177,11 @@ class SegmentWriter:
 
     def abandon(self) -> None:
         """Close after a write error, leaving the ``.part`` for salvage."""
-        for close in (self._mux.close, self._file.close):
+        mux, self._mux = self._mux, None
+        for close in ((mux.close if mux is not None else None), self._file.close):
             try:
-                close()
+                if close is not None:
+                    close()
             except Exception:  # noqa: BLE001 - the error that brought us here is what matters
                 pass
 

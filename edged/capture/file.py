@@ -44,7 +44,6 @@ class FileVideo:
             raise SourceError(f"video file {self.path} cannot be opened: {exc}") from exc
         with container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             t_first: float | None = None
             try:
                 for frame in container.decode(stream):
