@@ -72,6 +72,7 @@ class _Packet:
     t_ns: int
     size: int
     key: bool
+    packet: av.Packet  # kept from the scan: the event is read from disk once
 
 
 @dataclass(slots=True)
@@ -95,30 +96,41 @@ def _ns(pts: int, tb: Fraction) -> int:
     return int(pts * tb * 1_000_000_000)
 
 
-def _scan(sources: Sequence[SourceSegment]) -> tuple[list[_Packet], int]:
-    """Every packet of every source on the timeline, and the frame interval (ns)."""
+def _scan(sources: Sequence[SourceSegment]) -> tuple[list[_Packet], int, dict]:
+    """Every packet of every source on the timeline, the frame interval (ns), and the first source's
+    stream parameters. Memory: the event's packets (a 12-minute event at the target rate: ~33 MB)."""
     packets: list[_Packet] = []
     frame_ns = 0
+    params: dict = {}
     for i, src in enumerate(sources):
         try:
             with av.open(str(src.path)) as c:
                 if not c.streams.video:
                     raise ClipError(f"segment {src.path.name} has no video")
                 vs = c.streams.video[0]
+                if not params:
+                    params = _stream_params(c)
                 if vs.average_rate:
                     frame_ns = frame_ns or int(1_000_000_000 / vs.average_rate)
-                raw = [(p.stream.type == "video", _ns(p.pts, p.time_base), p.size, p.is_keyframe)
-                       for p in c.demux() if p.size and p.pts is not None and p.stream.type in ("video", "audio")]
+                raw = [(p.stream.type == "video", _ns(p.pts, p.time_base), p) for p in c.demux()
+                       if p.size and p.pts is not None and p.stream.type in ("video", "audio")]
         except av.FFmpegError as exc:
             raise ClipError(f"segment {src.path.name} unreadable: {exc}") from exc
-        first_video = min((t for v, t, _, _ in raw if v), default=None)
+        first_video = min((t for v, t, _ in raw if v), default=None)
         if first_video is None:
             continue
         base = src.mono_start_ns - first_video
-        packets.extend(_Packet(i, v, base + t, size, key) for v, t, size, key in raw)
+        packets.extend(_Packet(i, v, base + t, p.size, p.is_keyframe, p) for v, t, p in raw)
     if not frame_ns:
         frame_ns = 100_000_000
-    return packets, frame_ns
+    packets.sort(key=lambda p: p.t_ns)
+    return packets, frame_ns, params
+
+
+def _stream_params(c: av.container.InputContainer) -> dict:
+    vcc = c.streams.video[0].codec_context
+    return {"width": vcc.width, "height": vcc.height, "fps": int(c.streams.video[0].average_rate or 10),
+            "video_codec": vcc.name}
 
 
 def _gops(packets: list[_Packet], start_ns: int, end_ns: int, frame_ns: int) -> list[_Gop]:
@@ -177,18 +189,18 @@ def _plan(gops: list[_Gop], max_bytes: int, max_duration_ms: int) -> list[_Plan]
     return plans
 
 
-def _streams_like(out: av.container.OutputContainer, src: av.container.InputContainer,
+def _open_streams(out: av.container.OutputContainer, template: av.container.InputContainer,
                   video_template: av.stream.Stream | None = None):
-    """Output streams with the source segment's parameters (as the segment writer makes them);
-    ``video_template`` replaces the video stream's codec (a re-encode)."""
-    vs_in = src.streams.video[0]
+    """Output streams copying a source segment's parameters (as the segment writer makes them);
+    ``video_template`` replaces the video codec (a re-encode)."""
+    vs_in = template.streams.video[0]
     vs = out.add_stream_from_template(video_template or vs_in)
     vs.codec_context.width, vs.codec_context.height = vs_in.codec_context.width, vs_in.codec_context.height
     vs.codec_context.pix_fmt = vs_in.codec_context.pix_fmt or "yuv420p"
     vs.time_base = Fraction(1, 1000)
     aus = None
-    if src.streams.audio:
-        as_in = src.streams.audio[0]
+    if template.streams.audio:
+        as_in = template.streams.audio[0]
         aus = out.add_stream_from_template(as_in)
         aus.codec_context.sample_rate = as_in.codec_context.sample_rate
         aus.codec_context.layout = as_in.codec_context.layout
@@ -197,63 +209,64 @@ def _streams_like(out: av.container.OutputContainer, src: av.container.InputCont
     return vs, aus
 
 
-def _reencoder(src: av.container.InputContainer, bitrate: int) -> VideoEncoder:
-    vs = src.streams.video[0]
+def _reencoder(params: dict, bitrate: int) -> VideoEncoder:
     return VideoEncoder(dataclasses.replace(
-        CameraSettings(), width=vs.codec_context.width, height=vs.codec_context.height,
-        fps=int(vs.average_rate or 10), bitrate=bitrate, keyframe_seconds=60.0))
+        CameraSettings(), width=params["width"], height=params["height"], fps=params["fps"], bitrate=bitrate,
+        keyframe_seconds=60.0))
 
 
-def _write_part(sources: Sequence[SourceSegment], plan: _Plan, tmp: Path, bitrate: int | None) -> None:
+def _write_part(packets: list[_Packet], params: dict, template: Path, plan: _Plan, tmp: Path,
+                bitrate: int | None) -> None:
     """Copy (or, with ``bitrate``, re-encode the video of) the plan's span into ``tmp``."""
-    srcs = sorted(plan.srcs)
+    span = [p for p in packets if plan.start_ns <= p.t_ns < plan.end_ns]
     with open(tmp, "wb") as f:
-        with av.open(str(sources[srcs[0]].path)) as first, av.open(f, "w", format="webm") as out:
-            encoder = _reencoder(first, bitrate) if bitrate is not None else None
-            vs, aus = _streams_like(out, first, encoder.template if encoder else None)
-            _copy_span(sources, srcs, plan, out, vs, aus, encoder)
+        with av.open(str(template)) as tpl, av.open(f, "w", format="webm") as out:
+            encoder = _reencoder(params, bitrate) if bitrate is not None else None
+            vs, aus = _open_streams(out, tpl, encoder.template if encoder else None)
+            if encoder is None:
+                _copy(span, plan, out, vs, aus)
+            else:
+                _reencode(span, plan, out, vs, aus, encoder, params)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _copy_span(sources: Sequence[SourceSegment], srcs: list[int], plan: _Plan, out, vs, aus,
-               encoder: VideoEncoder | None) -> None:
-    frame_ms: dict[int, int] = {}  # re-encode: frame number -> its place on the part's timeline
+def _rebased(p: _Packet, plan: _Plan, stream) -> av.Packet:
+    pkt = p.packet
+    pkt.stream = stream
+    pkt.time_base = Fraction(1, 1000)
+    pkt.pts = pkt.dts = (p.t_ns - plan.start_ns) // 1_000_000
+    return pkt
+
+
+def _copy(span: list[_Packet], plan: _Plan, out, vs, aus) -> None:
+    for p in span:
+        target = vs if p.video else aus
+        if target is not None:
+            out.mux(_rebased(p, plan, target))
+
+
+def _reencode(span: list[_Packet], plan: _Plan, out, vs, aus, encoder: VideoEncoder, params: dict) -> None:
+    decoder = av.CodecContext.create(params["video_codec"], "r")
+    frame_ms: dict[int, int] = {}  # frame number -> its place on the part's timeline
 
     def mux_encoded(packets: list[av.Packet]) -> None:
         for q in packets:
-            ms = frame_ms[int(q.pts)]
             q.stream = vs
             q.time_base = Fraction(1, 1000)
-            q.pts = q.dts = ms
+            q.pts = q.dts = frame_ms[int(q.pts)]
             out.mux(q)
 
-    for i in srcs:
-        src = sources[i]
-        with av.open(str(src.path)) as c:
-            packets = [p for p in c.demux() if p.size and p.pts is not None and p.stream.type in ("video", "audio")]
-            first_video = min(_ns(p.pts, p.time_base) for p in packets if p.stream.type == "video")
-            base = src.mono_start_ns - first_video
-            for p in packets:
-                t = base + _ns(p.pts, p.time_base)
-                if not plan.start_ns <= t < plan.end_ns:
-                    continue
-                ms = (t - plan.start_ns) // 1_000_000
-                if p.stream.type == "video" and encoder is not None:
-                    for frame in p.decode():
-                        n = len(frame_ms)
-                        frame_ms[n] = ms
-                        mux_encoded(encoder.encode(frame, n, keyframe=(n == 0)))
-                    continue
-                target = vs if p.stream.type == "video" else aus
-                if target is None:
-                    continue
-                p.stream = target
-                p.time_base = Fraction(1, 1000)
-                p.pts = p.dts = ms
-                out.mux(p)
-    if encoder is not None:
-        mux_encoded(encoder.flush())
+    for p in span:
+        if not p.video:
+            if aus is not None:
+                out.mux(_rebased(p, plan, aus))
+            continue
+        for frame in decoder.decode(p.packet):
+            n = len(frame_ms)
+            frame_ms[n] = (p.t_ns - plan.start_ns) // 1_000_000
+            mux_encoded(encoder.encode(frame, n, keyframe=(n == 0)))
+    mux_encoded(encoder.flush())
 
 
 def measure(path: Path) -> tuple[int, int, int]:
@@ -282,12 +295,6 @@ def measure(path: Path) -> tuple[int, int, int]:
     return frames, audio, duration_ms
 
 
-def _video_span_ms(path: Path) -> int:
-    with av.open(str(path)) as c:
-        ts = [_ns(p.pts, p.time_base) for p in c.demux(c.streams.video[0]) if p.size and p.pts is not None]
-    return (max(ts) - min(ts)) // 1_000_000 if ts else 0
-
-
 def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_ns: int, out_dir: Path,
                name: str, max_bytes: int, max_duration_ms: int) -> list[ClipPart]:
     if end_mono_ns <= start_mono_ns:
@@ -296,7 +303,7 @@ def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_n
                       and s.mono_start_ns + s.duration_ns > start_mono_ns), key=lambda s: s.mono_start_ns)
     if not sources:
         raise ClipError("no recorded segment overlaps the requested time range")
-    packets, frame_ns = _scan(sources)
+    packets, frame_ns, params = _scan(sources)
     plans = _plan(_gops(packets, start_mono_ns, end_mono_ns, frame_ns), max_bytes, max_duration_ms)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts: list[ClipPart] = []
@@ -312,7 +319,7 @@ def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_n
             bitrate = max(20_000, int((max_bytes - BYTES_OVERHEAD) * REENCODE_FILL * 8 / seconds) - 64_000)
             log.warning("clip %s part %d: %.1f s of footage cannot fit %d bytes between keyframes; "
                         "re-encoding it at %d bps", name, number, seconds, max_bytes, bitrate)
-        _write_part(sources, plan, tmp, bitrate)
+        _write_part(packets, params, sources[min(plan.srcs)].path, plan, tmp, bitrate)
         size = tmp.stat().st_size
         if size > max_bytes and not plan.reencode:
             split = _split(plan, packets, frame_ns)

@@ -43,8 +43,13 @@ def vp8_options(cam: CameraSettings) -> dict[str, str]:
     }
 
 
+#: Opus frame length. 60 ms instead of the usual 20 ms: a third of the packets to write, remux and
+#: upload (each WebM block costs ~10 bytes: 20 ms frames spend 4 kbps on block headers alone).
+OPUS_FRAME_MS = 60
+
+
 def opus_options(aud: AudioSettings) -> dict[str, str]:
-    return {"vbr": "off", "application": "audio"}
+    return {"vbr": "off", "application": "audio", "frame_duration": str(OPUS_FRAME_MS)}
 
 
 def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:

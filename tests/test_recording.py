@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edged.daemon import Daemon
+from edged.encode import OPUS_FRAME_MS
 from edged.index import Index
 from edged.paths import StatePaths
 from tests.helpers import decode_all, packets, segment_files
@@ -41,13 +42,13 @@ def test_segments_are_standalone_keyframe_first_and_continuous(settings_factory)
         assert set(steps.tolist()) == {100}, f"{f.name}: frames not at exact 100 ms steps: {set(steps.tolist())}"
         total_frames += frames
         # Audio covers the segment's video span: starts within one Opus frame of it, ends at or after it.
-        assert abs(a.pts_ms[0] - v.pts_ms[0]) <= 21
+        assert abs(a.pts_ms[0] - v.pts_ms[0]) <= OPUS_FRAME_MS + 1
         audio_end_ms.append(a.pts_ms[-1] + a.durations_ms[-1] - v.pts_ms[0])
         assert samples > 0
     assert total_frames == 250, "frames lost or duplicated across segment boundaries"
     # Joined, the audio neither gaps nor overlaps: each segment's audio ends within one
     # Opus frame after its 10 s of video, and the next picks up from there.
-    assert all(10_000 <= e <= 10_021 for e in audio_end_ms[:2]), audio_end_ms
+    assert all(10_000 <= e <= 10_000 + OPUS_FRAME_MS + 1 for e in audio_end_ms[:2]), audio_end_ms
 
 
 def test_audio_joins_without_gap_or_overlap(settings_factory):
