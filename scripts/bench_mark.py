@@ -61,6 +61,8 @@ def main() -> int:
                 outbox.close()
                 latencies.append((queued_at - result.end_mono_ns) / 1e9)
                 store = EventStore(daemon.paths.events)
+                while store.get(result.event_id).state == "open":  # queued just before it is marked built
+                    time.sleep(0.01)
                 assert store.get(result.event_id).state == "built"
                 store.close()
                 time.sleep(1.0)
