@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from edged import limits  # noqa: E402
 from edged.config import CameraSettings  # noqa: E402
-from edged.encode import vp8_options  # noqa: E402
+from edged.encode import OPUS_FRAME_MS, vp8_options  # noqa: E402
 from scripts.shake import shaken  # noqa: E402
 
 SEGMENT_S = 10
@@ -95,7 +95,7 @@ def ffmpeg_cmd(source: Path, seconds: float, out: Path) -> list[str]:
             "-b:v", str(cam.bitrate), "-minrate", o["minrate"], "-maxrate", o["maxrate"], "-bufsize", o["bufsize"],
             "-rc_init_occupancy", o["rc_init_occupancy"], "-g", o["g"],
             "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_S})",
-            "-c:a", "libopus", "-b:a", "64k", "-vbr", "off", "-ac", "1",
+            "-c:a", "libopus", "-b:a", "64k", "-vbr", "off", "-ac", "1", "-frame_duration", str(OPUS_FRAME_MS),
             "-f", "segment", "-segment_time", str(SEGMENT_S), "-segment_format", "webm",
             "-reset_timestamps", "1", str(out / "seg%05d.webm")]
 
