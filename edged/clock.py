@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,18 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5  # adjtimex() return value when the clock is not synchronised (STA_UNSYNC set)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Looked up once: find_library runs ldconfig in a subprocess.
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
 def _kernel_says_synchronized() -> bool:
     """What timedatectl's "System clock synchronized" reads: adjtimex() != TIME_ERROR."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    libc = _libc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     tx = _Timex()
     rc = libc.adjtimex(ctypes.byref(tx))
     return rc not in (-1, _TIME_ERROR)
