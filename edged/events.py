@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edged.clip import ClipError, ClipPart, SourceSegment, build_clip
 from edged.config import Settings
+from edged.db import Store
 from edged.index import Index
 from edged.outbox import PRIORITY_MARK, Outbox
 from edged.segment import fsync_dir
@@ -82,45 +80,23 @@ class Event:
         return HOLD_PREFIX + self.id
 
 
-class EventStore:
+class EventStore(Store):
     def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     def events(self, state: str | None = None) -> list[Event]:
         sql, args = "SELECT * FROM events", ()
         if state:
             sql, args = sql + " WHERE state=?", (state,)
-        with self._lock:
-            return [Event(*r) for r in self._db.execute(sql + " ORDER BY start_mono_ns", args)]
+        return [Event(*r) for r in self.query(sql + " ORDER BY start_mono_ns", args)]
 
     def get(self, event_id: str) -> Event | None:
-        with self._lock:
-            r = self._db.execute("SELECT * FROM events WHERE id=?", (event_id,)).fetchone()
-        return Event(*r) if r else None
+        rows = self.query("SELECT * FROM events WHERE id=?", (event_id,))
+        return Event(*rows[0]) if rows else None
 
     def marks(self, event_id: str) -> list[Mark]:
-        with self._lock:
-            rows = self._db.execute("SELECT mono_ns, wall_ns, clock_synced, source, note FROM marks"
-                                    " WHERE event_id=? ORDER BY mono_ns", (event_id,)).fetchall()
+        rows = self.query("SELECT mono_ns, wall_ns, clock_synced, source, note FROM marks"
+                          " WHERE event_id=? ORDER BY mono_ns", (event_id,))
         return [Mark(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
 
     def set_state(self, event_id: str, state: str, reason: str = "") -> None:

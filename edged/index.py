@@ -16,14 +16,13 @@ re-assert them on start, so an index rebuilt from the folder does not stay unpro
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edged.clock import ClockStep
+from edged.db import Store
 
 SCHEMA_VERSION = 1
 
@@ -124,41 +123,21 @@ def _row(r: tuple) -> Segment:
                    r[13], bool(r[14]))
 
 
-class Index:
+class Index(Store):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise IndexCorrupt(f"{path}: quick_check says {check}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            super().__init__(path, _SCHEMA)
+            with self.tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
-            try:
-                self._db.close()
-            except Exception:  # noqa: BLE001
-                pass
             raise IndexCorrupt(f"{path}: {exc}") from exc
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def _check(self) -> None:
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise IndexCorrupt(f"{self.path}: quick_check says {check}")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    _tx = Store.tx
 
     # --- segments ---------------------------------------------------------------------------
 

@@ -8,13 +8,11 @@ cut from stays held in the ring buffer.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from edged.db import Store
 
 #: Lower sorts first.
 PRIORITY_MARK = 10
@@ -54,35 +52,16 @@ class OutboxPart:
     created_ns: int
 
 
-class Outbox:
+class Outbox(Store):
     def __init__(self, path: Path) -> None:
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     def enqueue(self, clip_id: str, parts: list[tuple[int, Path, int, int, str]], priority: int,
                 event_wall_ns: int) -> None:
         """Queue every part of a clip in one transaction: (number, path, bytes, duration_ms, sha256).
         Enqueuing the same clip again is a no-op (a restart may rebuild a clip)."""
         now = time.time_ns()
-        with self._tx() as db:
+        with self.tx() as db:
             db.executemany("INSERT OR IGNORE INTO parts (clip_id, number, path, bytes, duration_ms, sha256,"
                            " priority, event_wall_ns, created_ns) VALUES (?,?,?,?,?,?,?,?,?)",
                            [(clip_id, n, str(p), b, d, h, priority, event_wall_ns, now) for n, p, b, d, h in parts])
@@ -93,10 +72,7 @@ class Outbox:
         if clip_id is not None:
             sql += " WHERE clip_id=?"
             args = (clip_id,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY priority, event_wall_ns, clip_id, number", args).fetchall()
-        return [OutboxPart(*r) for r in rows]
+        return [OutboxPart(*r) for r in self.query(sql + " ORDER BY priority, event_wall_ns, clip_id, number", args)]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT state, COUNT(*) FROM parts GROUP BY state").fetchall())
+        return dict(self.query("SELECT state, COUNT(*) FROM parts GROUP BY state"))
