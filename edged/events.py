@@ -218,7 +218,7 @@ class EventManager:
         t0 = time.monotonic()
         try:
             parts = build_clip(sources, event.start_mono_ns, event.end_mono_ns, out_dir, event.id,
-                               clips.max_bytes, clips.max_duration_ms)
+                               clips.max_bytes, clips.max_duration_ms, camera=self.settings.camera)
         except (ClipError, OSError) as exc:
             self.store.set_state(event.id, "failed", f"clip not built: {exc}")
             log.error("event %s: clip not built: %s", event.id, exc)
@@ -263,7 +263,9 @@ class EventManager:
             "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state} for s in segs],
             "parts": [{"number": p.number, "file": p.path.name, "bytes": p.bytes, "duration_ms": p.duration_ms,
                        "sha256": p.sha256, "reencoded": p.reencoded, "wall_start": iso(p.start_mono_ns + offset),
-                       "source_seqs": list(p.source_seqs)} for p in parts],
+                       "source_seqs": list(p.source_seqs),
+                       # sources whose bytes no longer match the sha256 recorded when they were written
+                       "source_seqs_changed_since_recorded": list(p.mismatched_seqs)} for p in parts],
         }
 
 
