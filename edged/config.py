@@ -173,6 +173,12 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     # A clip is built from whole segments: a segment must fit the upload duration limit.
     if s.storage.segment_seconds * 1000 > limits.MAX_DURATION_MS:
         problems.append(("storage.segment_seconds", "must not exceed the upload duration limit"))
+    # Clips are cut on keyframes: a part can be no shorter than a keyframe interval (nor than a
+    # segment, whose start is a keyframe), or every clip would have to be re-encoded.
+    gop_ms = min(s.camera.keyframe_seconds, s.storage.segment_seconds) * 1000
+    if gop_ms > s.clips.max_duration_ms - 100:
+        problems.append(("camera.keyframe_seconds", f"keyframes {gop_ms / 1000:g} s apart do not fit clip parts "
+                                                    f"of clips.max_duration_ms = {s.clips.max_duration_ms}"))
     if s.storage.max_bytes < 3 * _segment_bytes_estimate(s):
         problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
 

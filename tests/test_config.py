@@ -91,6 +91,7 @@ def test_unknown_section_and_key(tmp_path):
     ("[clips]\nmax_duration_ms = 130000", "clips.max_duration_ms", "at most 120000"),
     ("[camera]\nsource = \"file\"", "camera.device", "must name the video file"),
     ("camera = 3", "camera", "must be a table"),
+    ("[clips]\nmax_duration_ms = 8000", "camera.keyframe_seconds", "do not fit clip parts"),
 ])
 def test_bad_values_name_the_key_and_reason(tmp_path, line, key, words):
     p = problems(line + "\n", tmp_path)
