@@ -135,7 +135,8 @@ class Daemon:
             recording=st.state == "recording",
             fault=bool(st.alarms & {"storage_full", "storage_error", "camera_lost", "camera_stalled"}),
             clock_synced=self.recorder.watch.synchronized,
-            uploads_pending=sum(n for state, n in counts.items() if state != "delivered")))
+            uploads_pending=sum(n for state, n in counts.items() if state != "delivered"),
+            event_open=bool(self.events_store.events("open"))))
 
     def _status_dict(self) -> dict:
         r = self.recorder
