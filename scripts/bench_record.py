@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
 """Benchmark: recording high-motion footage, edged against the ffmpeg command line.
 
-Both record the same shaken real footage (scripts/shake.py) plus the same tone, unpaced, into
-10 s VP8/Opus WebM segments at 960x540, 10 fps, 300 kbps, with the same libvpx settings
-(edged/encode.py is the one place they live; the ffmpeg flags below mirror it). Printed side by
-side: CPU seconds per recorded minute, peak RSS, video and audio bitrate, the largest 120 s span
-(12 consecutive segments) in bytes, frames dropped, SSIM-Y against the source.
+Both record the same shaken real footage (scripts/shake.py, cached raw YUV) plus the same tone,
+unpaced, into 10 s VP8/Opus WebM segments at 960x540, 10 fps, 300 kbps. The ffmpeg flags are
+generated from edged's own encoder settings (``edged.encode.vp8_options`` / ``opus_options``), so
+both run the same libvpx and Opus configuration; where that differs from the reference command
+(ENCODING.md's "CBR + 1 s buffer" row), the difference is printed.
 
-    .venv/bin/python scripts/bench_record.py [--seconds 180] [--noise 6] [--json PATH]
+Printed side by side, with the targets and edged's pass/fail:
+  * CPU seconds per recorded minute: user+sys of the child process (``os.wait4`` rusage),
+    median of --repeat alternating runs; peak RSS (``ru_maxrss``, the largest run);
+  * video and audio bitrate: packet bytes per stream / that stream's duration in the segments;
+  * the largest 120 s span: the most bytes in consecutive whole segments lasting at most 120 s;
+  * frames dropped: expected frame instants (seconds x fps) with no frame in the segments;
+  * SSIM-Y against the source: output frames paired with source frames by timestamp (segment
+    start + pts), SSIM of the luma planes as FFmpeg's ssim filter computes it (8x8 windows on a
+    4-pixel grid), every --ssim-every'th frame, streamed (two frames in memory at a time).
+
+    .venv/bin/python scripts/bench_record.py [--seconds 120] [--noise 6] [--footage vtest.avi]
+        [--repeat 3] [--keep] [--only edged|ffmpeg] [--json bench-out/bench_record.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -21,7 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import av
@@ -31,196 +44,463 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edged import limits  # noqa: E402
-from edged.config import CameraSettings  # noqa: E402
-from edged.encode import OPUS_FRAME_MS, vp8_options  # noqa: E402
+from edged.config import AudioSettings, CameraSettings, StorageSettings  # noqa: E402
+from edged.encode import opus_options, vp8_options  # noqa: E402
+from edged.segment import TAG_MONO  # noqa: E402
 from scripts.shake import shaken  # noqa: E402
 
-SEGMENT_S = 10
-SPAN_SEGMENTS = 12  # 120 s
+CAM, AUD, STORE = CameraSettings(), AudioSettings(), StorageSettings()
+SPAN_S = limits.MAX_DURATION_MS / 1000  # the longest clip part: 120 s
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+TONE = "sine=frequency=440:beep_factor=4:sample_rate=48000"  # what edged's synthetic audio plays
+SEGMENT_LIST = "segments.csv"
+
+#: The reference ffmpeg recipe this benchmark was specified with (values in plain units).
+REFERENCE_FLAGS = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "threads": "1",
+                   "b:v": "300000", "minrate": "300000", "maxrate": "300000", "bufsize": "300000",
+                   "rc_init_occupancy": "200000", "g": "100", "keyint_min": "100",
+                   "b:a": "64000", "vbr": "off", "ac": "1"}
+
+
+# --- running the two recorders ----------------------------------------------------------------
+
+@dataclass
+class Run:
+    cpu_s: float
+    rss_mb: float
+    wall_s: float
+
+
+def ensure_ffmpeg() -> bool:
+    """The ffmpeg command line, installed with apt-get when missing and running as root."""
+    if shutil.which("ffmpeg"):
+        return True
+    if os.geteuid() != 0:
+        print("bench_record: the ffmpeg command line is missing; install it with\n"
+              "    sudo apt-get update && sudo apt-get install -y ffmpeg", file=sys.stderr)
+        return False
+    print("bench_record: installing ffmpeg (apt-get) ...", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "ffmpeg"], check=True, env=env)
+    return shutil.which("ffmpeg") is not None
+
+
+def edged_python() -> str:
+    return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+
+
+def edged_cli_problem(python: str) -> str | None:
+    """Why ``edged run --config CFG --for SECONDS`` cannot be used, or None."""
+    try:
+        p = subprocess.run([python, "-m", "edged", "run", "--help"], capture_output=True, text=True, timeout=60,
+                           cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{python} -m edged run --help` failed: {exc}"
+    if p.returncode != 0:
+        return f"`{python} -m edged run --help` exited {p.returncode}: {p.stderr.strip()[-500:]}"
+    if "--for" not in p.stdout:
+        return "`edged run` has no --for option yet: the edged half cannot run (the CLI is still being written)"
+    return None
+
+
+def run_measured(cmd: list[str], log: Path) -> Run:
+    """Run a child to completion; its stderr goes to ``log`` (a pipe could fill up and block it)."""
+    t0 = time.monotonic()
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=REPO)
+        _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}; log {log}:\n{tail}")
+    return Run(cpu_s=ru.ru_utime + ru.ru_stime, rss_mb=ru.ru_maxrss / 1024, wall_s=wall)
+
+
+def edged_config(source: Path, state_dir: Path) -> str:
+    return (f'[camera]\nsource = "file"\ndevice = "{source}"\npaced = false\n'
+            f'[audio]\nsource = "synthetic"\n'
+            f'[storage]\ndir = "{state_dir}"\nmax_bytes = 10000000000\nmin_free_bytes = 0\n')
+
+
+def edged_cmd(source: Path, seconds: float, out: Path) -> list[str]:
+    cfg = out / "edged.toml"
+    cfg.write_text(edged_config(source, out / "edged"))
+    return [edged_python(), "-m", "edged", "run", "--config", str(cfg), "--for", f"{seconds:g}"]
+
+
+def run_edged(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
+    cmd = edged_cmd(source, seconds, out)
+    return run_measured(cmd, out / "edged.log"), out / "edged" / "segments", cmd
+
+
+def video_flags() -> dict[str, str]:
+    """edged's VP8 settings as ffmpeg flags (name without the dash -> value)."""
+    return {"b:v": str(CAM.bitrate), **vp8_options(CAM)}
+
+
+def audio_flags() -> dict[str, str]:
+    """edged's Opus settings as ffmpeg flags."""
+    return {"b:a": str(AUD.bitrate), "ac": str(AUD.channels), "ar": "48000", **opus_options(AUD)}
+
+
+def as_args(flags: dict[str, str]) -> list[str]:
+    return [x for k, v in flags.items() for x in (f"-{k}", v)]
+
+
+def ffmpeg_cmd(source: Path, seconds: float, seg_dir: Path) -> list[str]:
+    seg = f"{STORE.segment_seconds:g}"
+    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-i", str(source), "-f", "lavfi", "-i", TONE, "-t", f"{seconds:g}", "-map", "0:v", "-map", "1:a",
+            "-c:v", "libvpx", *as_args(video_flags()), "-force_key_frames", f"expr:gte(t,n_forced*{seg})",
+            "-c:a", "libopus", *as_args(audio_flags()),
+            "-f", "segment", "-segment_time", seg, "-segment_format", "webm", "-reset_timestamps", "1",
+            "-segment_list", str(seg_dir / SEGMENT_LIST), "-segment_list_type", "csv",
+            str(seg_dir / "seg%05d.webm")]
+
+
+def run_ffmpeg(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
+    seg_dir = out / "segments"
+    seg_dir.mkdir(parents=True)
+    cmd = ffmpeg_cmd(source, seconds, seg_dir)
+    return run_measured(cmd, out / "ffmpeg.log"), seg_dir, cmd
+
+
+def settings_notes() -> list[str]:
+    """Where the mirrored command differs from the reference recipe, and the library versions."""
+    mine, notes = video_flags() | audio_flags(), []
+    for key in sorted(REFERENCE_FLAGS.keys() | mine.keys()):
+        ref, got = REFERENCE_FLAGS.get(key), mine.get(key)
+        if ref == got or (ref is None and key == "ar"):
+            continue
+        if got is None:
+            notes.append(f"-{key} {ref}: in the reference command, not set by edged (so not passed to ffmpeg)")
+        elif ref is None:
+            notes.append(f"-{key} {got}: set by edged (passed to ffmpeg too), not in the reference command")
+        else:
+            notes.append(f"-{key}: edged {got}, reference {ref} (ffmpeg gets edged's value)")
+    cli = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    notes.append(f"libraries differ: edged runs PyAV {av.__version__} with FFmpeg {av.ffmpeg_version_info} "
+                 f"(its bundled libvpx/libopus); the command line is {' '.join(cli.split()[:3])} "
+                 f"(system libvpx/libopus)")
+    return notes
+
+
+# --- measuring the segments -------------------------------------------------------------------
+
+@dataclass
+class Segment:
+    path: Path
+    bytes: int
+    start_s: float = 0.0  # on the recording's timeline
+    video_frames: int = 0
+    video_bytes: int = 0
+    audio_bytes: int = 0
+    audio_s: float = 0.0
+    keyframes: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def video_s(self) -> float:
+        return self.video_frames / CAM.fps
+
+
+def scan_segment(path: Path) -> Segment:
+    """One demux pass: bytes per stream, frames, keyframes, audio duration, container tags."""
+    seg = Segment(path, path.stat().st_size)
+    a_first = a_end = None
+    with av.open(str(path)) as c:
+        seg.tags = {k.upper(): v for k, v in c.metadata.items()}
+        for p in c.demux():
+            if not p.size or p.pts is None:
+                continue
+            if p.stream.type == "video":
+                seg.video_bytes += p.size
+                seg.video_frames += 1
+                seg.keyframes += bool(p.is_keyframe)
+            elif p.stream.type == "audio":
+                seg.audio_bytes += p.size
+                t0 = float(p.pts * p.time_base)
+                t1 = t0 + float((p.duration or 0) * p.time_base)
+                a_first = t0 if a_first is None else min(a_first, t0)
+                a_end = t1 if a_end is None else max(a_end, t1)
+    if a_first is not None:
+        seg.audio_s = a_end - a_first
+    return seg
+
+
+def place_segments(seg_dir: Path, segments: list[Segment]) -> None:
+    """Set each segment's start on the recording timeline, as the recorder itself recorded it:
+    ffmpeg's segment list, edged's EDGED_MONO_START_NS tag; else back to back."""
+    listed: dict[str, float] = {}
+    if (seg_dir / SEGMENT_LIST).exists():
+        with (seg_dir / SEGMENT_LIST).open() as f:
+            listed = {row[0]: float(row[1]) for row in csv.reader(f) if row}
+    if segments and all(s.path.name in listed for s in segments):
+        for s in segments:
+            s.start_s = listed[s.path.name]
+    elif segments and all(TAG_MONO in s.tags for s in segments):
+        origin = int(segments[0].tags[TAG_MONO])
+        for s in segments:
+            s.start_s = (int(s.tags[TAG_MONO]) - origin) / 1e9
+    else:
+        t = 0.0
+        for s in segments:
+            s.start_s, t = t, t + s.video_s
+
+
+def largest_span(segments: list[Segment], span_s: float = SPAN_S) -> int:
+    """Most bytes in consecutive whole segments lasting at most ``span_s`` (half a frame of slack)."""
+    best = 0
+    for i in range(len(segments)):
+        total_s = total_b = 0
+        for s in segments[i:]:
+            total_s += s.video_s
+            if total_s > span_s + 0.5 / CAM.fps:
+                break
+            total_b += s.bytes
+        best = max(best, total_b)
+    return best
+
+
+def ssim_y(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two luma planes over 8x8 windows on a 4-pixel grid: x264's and FFmpeg's
+    ``ssim`` filter's definition (checked: same figures to 6 digits)."""
+    h, w = a.shape[0] // 4 * 4, a.shape[1] // 4 * 4
+    a, b = a[:h, :w].astype(np.float64), b[:h, :w].astype(np.float64)
+
+    def sums(x: np.ndarray) -> np.ndarray:  # 4x4 block sums, then 2x2 blocks of them: 8x8 windows
+        s = x.reshape(h // 4, 4, w // 4, 4).sum(axis=(1, 3))
+        return s[:-1, :-1] + s[1:, :-1] + s[:-1, 1:] + s[1:, 1:]
+
+    s1, s2, ss, s12 = sums(a), sums(b), sums(a * a + b * b), sums(a * b)
+    c1, c2 = 0.01 ** 2 * 255 ** 2 * 64, 0.03 ** 2 * 255 ** 2 * 64 * 63
+    var = ss * 64 - s1 * s1 - s2 * s2
+    cov = s12 * 64 - s1 * s2
+    return float((((2 * s1 * s2 + c1) * (2 * cov + c2)) / ((s1 * s1 + s2 * s2 + c1) * (var + c2))).mean())
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane as stored (a conversion to "gray" would stretch limited range to full range)."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    return frame.to_ndarray()[:frame.height]
+
+
+def output_frames(segments: list[Segment]) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Decoded output frames with their frame index on the recording timeline (by timestamp)."""
+    for s in segments:
+        with av.open(str(s.path)) as c:
+            stream = c.streams.video[0]
+            for frame in c.decode(stream):
+                yield round((s.start_s + float(frame.pts * stream.time_base)) * CAM.fps), frame
+
+
+def source_frames(source: Path) -> Iterator[tuple[int, av.VideoFrame]]:
+    with av.open(str(source)) as c:
+        stream = c.streams.video[0]
+        for frame in c.decode(stream):
+            yield round(float(frame.pts * stream.time_base) * CAM.fps), frame
+
+
+def timeline_and_ssim(segments: list[Segment], source: Path, expected: int,
+                      every: int) -> tuple[int, float, int]:
+    """(expected frame instants with no output frame, mean SSIM-Y of every ``every``'th frame,
+    frames compared).
+
+    A merge of two time-ordered streams: at most one frame of each is held at a time."""
+    src = source_frames(source)
+    src_i, src_frame = -1, None
+    seen: set[int] = set()
+    scores: list[float] = []
+    for i, frame in output_frames(segments):
+        seen.add(i)
+        if i % every:
+            continue
+        while src_i < i:
+            try:
+                src_i, src_frame = next(src)
+            except StopIteration:
+                src_i, src_frame = sys.maxsize, None
+        if src_i == i and src_frame is not None:
+            scores.append(ssim_y(luma(src_frame), luma(frame)))
+    src.close()
+    missing = sum(1 for i in range(expected) if i not in seen)
+    return missing, float(np.mean(scores)) if scores else float("nan"), len(scores)
 
 
 @dataclass
 class Figures:
     cpu_s_per_min: float
     peak_rss_mb: float
+    wall_s: float
     video_kbps: float
     audio_kbps: float
+    peak_1s_video_kbps: float
     max_120s_bytes: int
     frames: int
     frames_dropped: int
-    ssim_y: float
+    keyframes: int
     segments: int
-    wall_s: float
+    ssim_y: float
+    ssim_frames: int
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, float]:
-    """Run a child; return (CPU seconds user+sys, peak RSS MB, wall seconds)."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{err[-3000:]}")
-    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, wall
+def peak_1s_kbps(segments: list[Segment]) -> float:
+    """Busiest whole second of video on the timeline (one more demux pass)."""
+    per_s: dict[int, int] = {}
+    for s in segments:
+        with av.open(str(s.path)) as c:
+            for p in c.demux(video=0):
+                if p.size and p.pts is not None:
+                    sec = int(s.start_s + float(p.pts * p.time_base) + 1e-6)
+                    per_s[sec] = per_s.get(sec, 0) + p.size
+    return max(per_s.values(), default=0) * 8 / 1000
 
 
-def run_edged(source: Path, seconds: float, out: Path) -> tuple[float, float, float, Path]:
-    cfg = out / "edged.toml"
-    cfg.write_text(f"""
-[camera]
-source = "file"
-device = "{source}"
-paced = false
-[audio]
-source = "synthetic"
-[storage]
-dir = "{out / 'state'}"
-max_bytes = 100000000000
-min_free_bytes = 0
-""")
-    cpu, rss, wall = run_measured([sys.executable, "-m", "edged", "run", "--config", str(cfg), "--for", str(seconds)])
-    return cpu, rss, wall, out / "state" / "segments"
-
-
-def ffmpeg_cmd(source: Path, seconds: float, out: Path) -> list[str]:
-    cam = CameraSettings()
-    o = vp8_options(cam)  # the same libvpx settings edged uses
-    return ["ffmpeg", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
-            "-f", "lavfi", "-i", "sine=frequency=440:beep_factor=4:sample_rate=48000",
-            "-t", str(seconds), "-map", "0:v", "-map", "1:a",
-            "-c:v", "libvpx", "-deadline", o["deadline"], "-cpu-used", o["cpu-used"],
-            "-lag-in-frames", o["lag-in-frames"], "-threads", o["threads"], "-auto-alt-ref", o["auto-alt-ref"],
-            "-b:v", str(cam.bitrate), "-minrate", o["minrate"], "-maxrate", o["maxrate"], "-bufsize", o["bufsize"],
-            "-rc_init_occupancy", o["rc_init_occupancy"], "-g", o["g"],
-            "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_S})",
-            "-c:a", "libopus", "-b:a", "64k", "-vbr", "off", "-ac", "1", "-frame_duration", str(OPUS_FRAME_MS),
-            "-f", "segment", "-segment_time", str(SEGMENT_S), "-segment_format", "webm",
-            "-reset_timestamps", "1", str(out / "seg%05d.webm")]
-
-
-def run_ffmpeg(source: Path, seconds: float, out: Path) -> tuple[float, float, float, Path]:
-    seg_dir = out / "segments"
-    seg_dir.mkdir(parents=True)
-    cpu, rss, wall = run_measured(ffmpeg_cmd(source, seconds, seg_dir))
-    return cpu, rss, wall, seg_dir
-
-
-def _ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two luma planes with a uniform 8x8 window (integral images)."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    c1, c2, w = (0.01 * 255) ** 2, (0.03 * 255) ** 2, 8
-
-    def box(x: np.ndarray) -> np.ndarray:
-        s = np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-        return (s[w:, w:] - s[:-w, w:] - s[w:, :-w] + s[:-w, :-w]) / (w * w)
-
-    ma, mb = box(a), box(b)
-    va, vb, cov = box(a * a) - ma * ma, box(b * b) - mb * mb, box(a * b) - ma * mb
-    ssim = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
-    return float(ssim.mean())
-
-
-def source_luma(source: Path, every: int):
-    with av.open(str(source)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i % every == 0:
-                yield i, f.to_ndarray(format="gray")
-
-
-def measure(seg_dir: Path, source: Path, seconds: float, fps: int, ssim_every: int) -> dict:
+def measure(seg_dir: Path, source: Path, seconds: float, runs: list[Run], every: int) -> Figures:
     files = sorted(seg_dir.glob("*.webm"))
-    vbytes = abytes = frames = 0
-    sizes = [f.stat().st_size for f in files]
-    out_luma: dict[int, np.ndarray] = {}
-    n = 0
-    for f in files:
-        with av.open(str(f)) as c:
-            for p in c.demux():
-                if not p.size:
-                    continue
-                if p.stream.type == "video":
-                    vbytes += p.size
-                    for frame in p.decode():
-                        if n % ssim_every == 0:
-                            out_luma[n] = frame.to_ndarray(format="gray")
-                        n += 1
-                elif p.stream.type == "audio":
-                    abytes += p.size
-    frames = n
-    scores = [_ssim(ref, out_luma[i]) for i, ref in source_luma(source, ssim_every) if i in out_luma]
-    spans = [sum(sizes[i:i + SPAN_SEGMENTS]) for i in range(max(1, len(sizes) - SPAN_SEGMENTS + 1))]
-    return {"video_kbps": vbytes * 8 / seconds / 1000, "audio_kbps": abytes * 8 / seconds / 1000,
-            "max_120s_bytes": max(spans), "frames": frames, "frames_dropped": max(0, round(seconds * fps) - frames),
-            "ssim_y": float(np.mean(scores)) if scores else float("nan"), "segments": len(files)}
+    if not files:
+        raise RuntimeError(f"no segments in {seg_dir}")
+    segments = [scan_segment(f) for f in files]
+    place_segments(seg_dir, segments)
+    expected = round(seconds * CAM.fps)
+    dropped, ssim, compared = timeline_and_ssim(segments, source, expected, every)
+    video_s = sum(s.video_s for s in segments)
+    audio_s = sum(s.audio_s for s in segments)
+    return Figures(
+        cpu_s_per_min=statistics.median(r.cpu_s for r in runs) / (seconds / 60),
+        peak_rss_mb=max(r.rss_mb for r in runs),
+        wall_s=statistics.median(r.wall_s for r in runs),
+        video_kbps=sum(s.video_bytes for s in segments) * 8 / video_s / 1000,
+        audio_kbps=sum(s.audio_bytes for s in segments) * 8 / audio_s / 1000 if audio_s else 0.0,
+        peak_1s_video_kbps=peak_1s_kbps(segments),
+        max_120s_bytes=largest_span(segments),
+        frames=sum(s.video_frames for s in segments),
+        frames_dropped=dropped,
+        keyframes=sum(s.keyframes for s in segments),
+        segments=len(segments),
+        ssim_y=ssim,
+        ssim_frames=compared)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def checks(e: Figures, f: Figures | None) -> dict[str, tuple[float | int, bool]]:
+    """edged's verdicts: key -> (value, pass)."""
+    target = CAM.bitrate / 1000
+    out: dict[str, tuple[float | int, bool]] = {
+        "video_kbps": (e.video_kbps, abs(e.video_kbps / target - 1) <= 0.10),
+        "max_120s_bytes": (e.max_120s_bytes, e.max_120s_bytes <= limits.SPAN_120S_BUDGET_BYTES),
+        "frames_dropped": (e.frames_dropped, e.frames_dropped == 0),
+    }
+    if f is not None:
+        ratio = e.cpu_s_per_min / f.cpu_s_per_min
+        out["cpu_s_per_min"] = (ratio, ratio <= 1.0)
+    return out
+
+
+ROWS = [  # label, Figures field, format, target
+    ("CPU s per recorded minute", "cpu_s_per_min", "{:.2f}", "<= 1.0x ffmpeg"),
+    ("peak RSS MB", "peak_rss_mb", "{:.0f}", ""),
+    ("wall s (unpaced)", "wall_s", "{:.1f}", ""),
+    ("video kbps", "video_kbps", "{:.1f}", f"{CAM.bitrate / 1000:.0f} ±10 %"),
+    ("video kbps, busiest 1 s", "peak_1s_video_kbps", "{:.0f}", ""),
+    ("audio kbps", "audio_kbps", "{:.1f}", f"{AUD.bitrate / 1000:.0f}"),
+    ("largest 120 s span, bytes", "max_120s_bytes", "{:,}", f"<= {limits.SPAN_120S_BUDGET_BYTES:,}"),
+    ("frames in segments", "frames", "{}", ""),
+    ("frames dropped", "frames_dropped", "{}", "0"),
+    ("keyframes", "keyframes", "{}", "1 per segment"),
+    ("segments", "segments", "{}", ""),
+    ("SSIM-Y vs source", "ssim_y", "{:.3f}", ""),
+]
+
+
+def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bool]]) -> str:
+    e, f = results.get("edged"), results.get("ffmpeg")
+    lines = [f"{'':28} {'edged':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
+             f"{'-' * 28} {'-' * 12} {'-' * 12}   {'-' * 18} ----"]
+    for label, key, fmt, target in ROWS:
+        ev = fmt.format(getattr(e, key)) if e else "-"
+        fv = fmt.format(getattr(f, key)) if f else "-"
+        verdict = ""
+        if key in verdicts:
+            value, ok = verdicts[key]
+            verdict = "PASS" if ok else "FAIL"
+            if key == "cpu_s_per_min":
+                verdict += f" ({value:.2f}x)"
+        if key == "keyframes" and e:
+            target = f"{e.segments} (1 per segment)"
+        lines.append(f"{label:28} {ev:>12} {fv:>12}   {target:<18} {verdict}")
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=180)
-    ap.add_argument("--noise", type=int, default=6, help="sensor noise: 6 shaky daylight, 20 low light")
-    ap.add_argument("--footage", default="vtest.avi")
-    ap.add_argument("--ssim-every", type=int, default=10, help="compare every Nth frame")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; CPU and wall are medians")
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--footage", default="vtest.avi", help="a file in ../shared/footage/")
+    ap.add_argument("--noise", type=int, default=6, help="sensor noise: 6 shaky daylight, 20 low light (stress)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; CPU and wall are medians")
+    ap.add_argument("--ssim-every", type=int, default=5, help="compare every Nth frame")
+    ap.add_argument("--only", choices=("edged", "ffmpeg"), help="run one recorder only")
+    ap.add_argument("--keep", action="store_true", help="keep the outputs in bench-out/bench_record-runs/")
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_record.json")
     args = ap.parse_args()
-    if shutil.which("ffmpeg") is None:
-        print("bench_record: the ffmpeg command line is needed (apt-get install ffmpeg)", file=sys.stderr)
-        return 2
-    source = shaken(args.seconds, args.noise, args.footage)
-    cam = CameraSettings()
-    results: dict[str, Figures] = {}
-    runs: dict[str, list[tuple[float, float, float]]] = {"edged": [], "ffmpeg": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeat):  # alternate, so machine noise hits both alike
-            for name, runner in (("edged", run_edged), ("ffmpeg", run_ffmpeg)):
-                out = Path(tmp) / f"{name}-{r}"
-                out.mkdir()
-                cpu, rss, wall, seg_dir = runner(source, args.seconds, out)
-                runs[name].append((cpu, rss, wall))
-                if r == args.repeat - 1:  # the output is deterministic: measure it once
-                    m = measure(seg_dir, source, args.seconds, cam.fps, args.ssim_every)
-                    cpu_med = statistics.median(c for c, _, _ in runs[name])
-                    results[name] = Figures(cpu_s_per_min=cpu_med / (args.seconds / 60),
-                                            peak_rss_mb=max(x for _, x, _ in runs[name]),
-                                            wall_s=statistics.median(w for _, _, w in runs[name]), **m)
-                shutil.rmtree(out)
 
-    e, f = results["edged"], results["ffmpeg"]
-    target_kbps = cam.bitrate / 1000
-    checks = {
-        "cpu_vs_ffmpeg": (e.cpu_s_per_min / f.cpu_s_per_min, e.cpu_s_per_min <= f.cpu_s_per_min * 1.0),
-        "video_bitrate_within_10pct": (e.video_kbps / target_kbps, abs(e.video_kbps / target_kbps - 1) <= 0.10),
-        "max_120s_span_under_budget": (e.max_120s_bytes, e.max_120s_bytes <= limits.SPAN_120S_BUDGET_BYTES),
-        "zero_frames_dropped": (e.frames_dropped, e.frames_dropped == 0),
-    }
-    rows = [("CPU s per recorded minute", "cpu_s_per_min", "{:.2f}", "<= 1.0x ffmpeg"),
-            ("peak RSS MB", "peak_rss_mb", "{:.0f}", ""),
-            ("video kbps", "video_kbps", "{:.1f}", f"{target_kbps:.0f} ±10 %"),
-            ("audio kbps", "audio_kbps", "{:.1f}", "64"),
-            ("largest 120 s span, bytes", "max_120s_bytes", "{:,}", f"<= {limits.SPAN_120S_BUDGET_BYTES:,}"),
-            ("frames", "frames", "{}", f"{round(args.seconds * cam.fps)}"),
-            ("frames dropped", "frames_dropped", "{}", "0"),
-            ("SSIM-Y vs source", "ssim_y", "{:.3f}", ""),
-            ("segments", "segments", "{}", ""),
-            ("wall s", "wall_s", "{:.1f}", "")]
-    print(f"\n{args.seconds:.0f} s of shaken {args.footage} (noise {args.noise}), 960x540 10 fps, unpaced;"
-          f" CPU and wall: median of {args.repeat} alternating runs\n")
-    print(f"{'':28} {'edged':>14} {'ffmpeg CLI':>14}   target")
-    for label, key, fmt, target in rows:
-        print(f"{label:28} {fmt.format(getattr(e, key)):>14} {fmt.format(getattr(f, key)):>14}   {target}")
-    print()
-    for name, (value, ok) in checks.items():
-        print(f"{name:28} {value:>14.3f}   {'PASS' if ok else 'FAIL'}" if isinstance(value, float)
-              else f"{name:28} {value:>14}   {'PASS' if ok else 'FAIL'}")
+    if not ensure_ffmpeg():
+        return 2
+    names = [args.only] if args.only else ["edged", "ffmpeg"]
+    if "edged" in names and (problem := edged_cli_problem(edged_python())):
+        print(f"bench_record: {problem}", file=sys.stderr)
+        return 1
+    source = shaken(args.seconds, args.noise, args.footage)
+    runners = {"edged": run_edged, "ffmpeg": run_ffmpeg}
+    work = REPO / "bench-out" / "bench_record-runs" if args.keep else Path(tempfile.mkdtemp(prefix="bench_record-"))
+    shutil.rmtree(work, ignore_errors=True)
+    runs: dict[str, list[Run]] = {n: [] for n in names}
+    results: dict[str, Figures] = {}
+    shown: dict[str, list[str]] = {}
+    try:
+        for r in range(args.repeat):  # alternate, so the machine's noise hits both alike
+            for name in names:
+                out = work / f"{name}-{r}"
+                out.mkdir(parents=True)
+                print(f"run {r + 1}/{args.repeat}: {name} ...", file=sys.stderr, flush=True)
+                run, seg_dir, cmd = runners[name](source, args.seconds, out)
+                runs[name].append(run)
+                if r == args.repeat - 1:  # same input, same output: measure the last run's segments
+                    results[name] = measure(seg_dir, source, args.seconds, runs[name], args.ssim_every)
+                    shown[name] = cmd
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    verdicts = checks(results["edged"], results.get("ffmpeg")) if "edged" in results else {}
+    notes = settings_notes()
+    print(f"\n{args.seconds:g} s of {source.name} ({args.footage} shaken, noise {args.noise}), "
+          f"{CAM.width}x{CAM.height} {CAM.fps} fps, unpaced; CPU and wall: median of {args.repeat} alternating runs;"
+          f" SSIM-Y on every {args.ssim_every}th frame\n")
+    print(table(results, verdicts))
+    print("\nSettings (ffmpeg mirrors edged's encoder options):")
+    for n in notes:
+        print(f"  - {n}")
+    for name, cmd in shown.items():
+        print(f"\n{name} command:\n  {' '.join(cmd)}")
+    if args.keep:
+        print(f"\noutputs kept in {work}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seconds": args.seconds, "noise": args.noise, "footage": args.footage,
-                                     "cpu_runs": {k: [c for c, _, _ in v] for k, v in runs.items()},
-                                     "edged": asdict(e), "ffmpeg": asdict(f),
-                                     "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in checks.items()}},
-                                    indent=2))
+    args.json.write_text(json.dumps({
+        "seconds": args.seconds, "footage": args.footage, "noise": args.noise, "source": str(source),
+        "repeat": args.repeat, "ssim_every": args.ssim_every,
+        "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
+        "results": {n: asdict(fig) for n, fig in results.items()},
+        "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in verdicts.items()},
+        "all_pass": bool(verdicts) and all(ok for _, ok in verdicts.values()),
+        "commands": shown, "edged_config": edged_config(source, Path("<tmp>") / "edged"),
+        "settings_notes": notes,
+    }, indent=2))
+    print(f"JSON: {args.json}")
     return 0
 
 
