@@ -74,7 +74,10 @@ class ControlServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # storage gone read-only: shutting down must go on
+            log.warning("control socket %s not removed: %s", self.path, exc)
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
