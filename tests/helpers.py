@@ -48,3 +48,118 @@ def decode_all(path: Path) -> tuple[int, int]:
 
 def segment_files(state_dir: Path) -> list[Path]:
     return sorted((state_dir / "segments").glob("*.webm"))
+
+
+# --- clocks, real small file systems, waiting (test_clock, test_ring, test_storage_faults) -------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+
+class SteppableClock:
+    """The Clock protocol (edged.clock.Clock) with a wall clock the test sets, as NTP does after
+    boot: monotonic is the machine's; wall = monotonic + ``offset_ns``; ``synced`` is what
+    adjtimex would say; the boot id is fixed (a new one is a reboot)."""
+
+    def __init__(self, offset_ns: int | None = None, synced: bool = False, boot: str = "test-boot") -> None:
+        self.offset_ns = time.time_ns() - time.monotonic_ns() if offset_ns is None else offset_ns
+        self.synced = synced
+        self.boot = boot
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def wall_ns(self) -> int:
+        return time.monotonic_ns() + self.offset_ns
+
+    def boot_id(self) -> str:
+        return self.boot
+
+    def synchronized(self) -> bool:
+        return self.synced
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``pred`` until true; fail naming ``what`` (a deadline, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
+
+
+@contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs at ``path`` (root only); skips the test if it cannot be mounted."""
+    import pytest
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {out.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextmanager
+def ext4_loop(path: Path, size_mb: int = 32) -> Iterator[tuple[Path, Path, Path]]:
+    """A real ext4 on a loop device, mounted with ``errors=remount-ro`` at ``path``.
+
+    Yields (mount point, sysfs folder of the file system, image file); writing to ``<sysfs>/trigger_fs_error``
+    makes the kernel turn the file system read-only under open files, as it does when an SD card
+    fails (``mount -o remount,ro`` refuses with EBUSY while files are open for writing). Skips the
+    test if loop devices or mkfs.ext4 are unavailable."""
+    import pytest
+    img = path.with_name(path.name + ".img")
+    with open(img, "wb") as f:
+        f.truncate(size_mb << 20)
+    mk = subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], capture_output=True, text=True)
+    if mk.returncode != 0:
+        pytest.skip(f"cannot make an ext4 image: {mk.stderr.strip()}")
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(img), str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 image (needs root and loop devices): {out.stderr.strip()}")
+    try:
+        src = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True, text=True).stdout.strip()
+        sysfs = Path("/sys/fs/ext4") / os.path.basename(src)
+        if not (sysfs / "trigger_fs_error").exists():
+            pytest.skip(f"{sysfs}/trigger_fs_error not available in this kernel")
+        yield path, sysfs, img
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class Running:
+    """A Daemon run in a thread, keeping what ``run()`` returned or raised."""
+
+    def __init__(self, daemon) -> None:
+        import threading
+        self.daemon = daemon
+        self.rc: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="daemon-under-test", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.rc = self.daemon.run()
+        except BaseException as exc:  # noqa: BLE001 - the test asserts on it
+            self.error = exc
+
+    @property
+    def recorder(self):
+        return self.daemon.recorder
+
+    def stop(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + 10
+        while self.daemon.recorder is None and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.daemon.recorder is not None:
+            self.daemon.recorder.stop()
+        self.thread.join(timeout)
