@@ -108,6 +108,55 @@ class GpioSettings:
     buzzer_pin: str = _rule("", doc="buzzer or vibration motor (empty: none)")
 
 
+UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "directory")
+
+
+@dataclass(frozen=True)
+class SonoranV2Settings:
+    base_url: str = _rule("https://api.sonorancad.com")
+    api_key_file: str = _rule("", doc="file holding the API key (empty: $CREDENTIALS_DIRECTORY/sonoran_api_key)")
+    account_uuid: str = _rule("", doc="exactly one of account_uuid, community_user_id, roblox, discord")
+    community_user_id: str = _rule("")
+    roblox: int = _rule(0, lo=0, doc="Roblox user id (0: not used)")
+    discord: str = _rule("")
+    plan: str = _rule("free", choices=tuple(limits.PLAN_MINUTES), doc="the community's plan: its 24 h minute allowance")
+    ident_id: int = _rule(0, lo=0, doc="identifier id sent with each clip (0: not sent)")
+    devices_sharing_key: int = _rule(1, lo=1, hi=1000,
+                                     doc="devices uploading with this API key; each keeps to its share of the rate")
+
+
+@dataclass(frozen=True)
+class SonoranLegacySettings:
+    base_url: str = _rule("https://api.sonorancad.com")
+    community: str = _rule("", doc="community id")
+    account: str = _rule("", doc="the user's account UUID")
+    session_id: str = _rule("", doc="the user's active session UUID")
+    username: str = _rule("", doc="the user's Sonoran CAD username")
+    plan: str = _rule("free", choices=tuple(limits.PLAN_MINUTES))
+    ident_id: str = _rule("", doc="identifier id sent with each clip (empty: not sent)")
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    path: str = _rule("", doc="folder clips are copied into (empty: <storage.dir>/delivered)")
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    targets: tuple[str, ...] = _rule(("directory",), choices=UPLOAD_TARGETS,
+                                     doc="where every clip goes, each target independently")
+    retry_base_seconds: float = _rule(2.0, lo=0.1, hi=600.0, doc="first back-off after a network or server error")
+    retry_cap_seconds: float = _rule(600.0, lo=1.0, hi=86400.0, doc="longest back-off (full jitter below it)")
+    auth_retry_minutes: float = _rule(30.0, lo=1.0, hi=1440.0,
+                                      doc="a target paused by a refused key or account tries again after this")
+    connect_timeout_seconds: float = _rule(15.0, lo=1.0, hi=120.0)
+    timeout_seconds: float = _rule(60.0, lo=5.0, hi=600.0, doc="longest wait for the server to read or answer")
+    bandwidth_kbps: int = _rule(0, lo=0, doc="upload bandwidth cap in kbit/s (0: none)")
+    sonoran_v2: SonoranV2Settings = field(default_factory=SonoranV2Settings)
+    sonoran_legacy: SonoranLegacySettings = field(default_factory=SonoranLegacySettings)
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
+
+
 @dataclass(frozen=True)
 class Settings:
     device: DeviceSettings = field(default_factory=DeviceSettings)
@@ -116,6 +165,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     clips: ClipSettings = field(default_factory=ClipSettings)
     gpio: GpioSettings = field(default_factory=GpioSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
 
@@ -123,12 +173,16 @@ class Settings:
     def state_dir(self) -> Path:
         return Path(self.storage.dir)
 
+    @property
+    def delivery_dir(self) -> Path:
+        return Path(self.upload.directory.path) if self.upload.directory.path else self.state_dir / "delivered"
+
 
 _SECTIONS: dict[str, type] = {name: t for name, t in typing.get_type_hints(Settings).items() if name != "origin"}
 
 
 def _resolve_type(t: Any) -> Any:
-    return eval(t, vars(typing) | vars(types)) if isinstance(t, str) else t  # noqa: S307 - own annotations
+    return eval(t, vars(typing) | vars(types) | globals()) if isinstance(t, str) else t  # noqa: S307 - own annotations
 
 
 def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tuple[str, str]]) -> Any:
@@ -151,6 +205,18 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tupl
         if not isinstance(value, str):
             problems.append((key, f"must be a string, not {type(value).__name__} {value!r}"))
             return None
+    elif typing.get_origin(want) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append((key, f"must be a list of strings, not {value!r}"))
+            return None
+        if len(set(value)) != len(value):
+            problems.append((key, f"lists an entry twice: {value!r}"))
+            return None
+        bad = [v for v in value if meta.get("choices") and v not in meta["choices"]]
+        if bad:
+            problems.append((key, f"entries must be among {', '.join(meta['choices'])}; got {', '.join(map(repr, bad))}"))
+            return None
+        return tuple(value)
     if meta.get("choices") and value not in meta["choices"]:
         problems.append((key, f"must be one of {', '.join(meta['choices'])}; got {value!r}"))
         return None
@@ -181,14 +247,84 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
                                                     f"of clips.max_duration_ms = {s.clips.max_duration_ms}"))
     if s.storage.max_bytes < 3 * _segment_bytes_estimate(s):
         problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
+    _upload_checks(s.upload, problems)
+
+
+def api_key_path(v2: SonoranV2Settings) -> Path | None:
+    """Where the Sonoran v2 API key is read from: the configured file, else systemd's credentials."""
+    if v2.api_key_file:
+        return Path(v2.api_key_file)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(creds) / "sonoran_api_key" if creds else None
+
+
+def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
+    if u.retry_cap_seconds < u.retry_base_seconds:
+        problems.append(("upload.retry_cap_seconds", "must not be below upload.retry_base_seconds"))
+    if "sonoran_v2" in u.targets:
+        v2 = u.sonoran_v2
+        _check_url("upload.sonoran_v2.base_url", v2.base_url, problems)
+        ids = {"account_uuid": v2.account_uuid, "community_user_id": v2.community_user_id,
+               "roblox": v2.roblox, "discord": v2.discord}
+        given = [k for k, v in ids.items() if v]
+        if len(given) != 1:
+            problems.append(("upload.sonoran_v2.account_uuid",
+                             "set exactly one of account_uuid, community_user_id, roblox, discord"
+                             + (f" (got {', '.join(given)})" if given else "")))
+        key = api_key_path(v2)
+        if key is None:
+            problems.append(("upload.sonoran_v2.api_key_file",
+                             "must name the file holding the API key (or run under systemd with a "
+                             "sonoran_api_key credential)"))
+        else:
+            try:
+                if not key.read_text().strip():
+                    problems.append(("upload.sonoran_v2.api_key_file", f"{key} is empty"))
+            except OSError as exc:
+                problems.append(("upload.sonoran_v2.api_key_file", f"{key} cannot be read: {exc.strerror or exc}"))
+    if "sonoran_legacy" in u.targets:
+        lg = u.sonoran_legacy
+        _check_url("upload.sonoran_legacy.base_url", lg.base_url, problems)
+        for name in ("community", "account", "session_id", "username"):
+            if not getattr(lg, name):
+                problems.append((f"upload.sonoran_legacy.{name}", "is required by the sonoran_legacy target"))
+
+
+def _check_url(key: str, url: str, problems: list[tuple[str, str]]) -> None:
+    if not (url.startswith("https://") or url.startswith("http://")) or "://" == url[-3:]:
+        problems.append((key, f"must be an http(s) URL; got {url!r}"))
 
 
 def _segment_bytes_estimate(s: Settings) -> int:
     return int((s.camera.bitrate + s.audio.bitrate) / 8 * s.storage.segment_seconds * 1.2)
 
 
+def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[tuple[str, str]]) -> Any:
+    """One section (or sub-section) from its TOML table; bad or unknown keys are reported and
+    left at their defaults, so cross-checks still see a whole object."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            problems.append((dotted, f"unknown key (known: {', '.join(fields)})"))
+            continue
+        want = _resolve_type(fields[key].type)
+        if dataclasses.is_dataclass(want):
+            if not isinstance(value, dict):
+                problems.append((dotted, f"must be a table, e.g. [{dotted}]"))
+            else:
+                values[key] = _build(want, value, dotted + ".", problems)
+            continue
+        checked = _check_value(dotted, fields[key], value, problems)
+        if checked is not None:
+            values[key] = checked
+    return cls(**values)
+
+
 def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Settings:
-    """Validate a parsed TOML document into Settings; raise ConfigError listing every problem."""
+    """Validate a parsed TOML document into Settings; raise ConfigError listing every problem,
+    value errors and cross-checks together."""
     problems: list[tuple[str, str]] = []
     sections: dict[str, Any] = {}
     for name, table in data.items():
@@ -198,22 +334,12 @@ def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Settings:
         if not isinstance(table, dict):
             problems.append((name, "must be a table, e.g. [" + name + "]"))
             continue
-        cls = _SECTIONS[name]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            dotted = f"{name}.{key}"
-            if key not in fields:
-                problems.append((dotted, f"unknown key (known: {', '.join(fields)})"))
-                continue
-            checked = _check_value(dotted, fields[key], value, problems)
-            if checked is not None:
-                values[key] = checked
-        sections[name] = cls(**values)
-    if problems:
-        raise ConfigError(problems, origin)
+        sections[name] = _build(_SECTIONS[name], table, name + ".", problems)
     settings = Settings(**sections, origin=origin)
-    _cross_checks(settings, problems)
+    reported = {key for key, _ in problems}
+    cross: list[tuple[str, str]] = []
+    _cross_checks(settings, cross)
+    problems += [(k, r) for k, r in cross if k not in reported]  # a bad value is reported once
     if problems:
         raise ConfigError(problems, origin)
     return settings
@@ -248,10 +374,17 @@ def load_or_defaults(path: Path | str | None) -> Settings:
 
 def describe() -> list[tuple[str, Any, str]]:
     """Every key with its embedded default and its doc line (for the sample config and README)."""
-    rows = []
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", value, f.metadata.get("doc", "")))
+
     defaults = Settings()
     for section in _SECTIONS:
-        obj = getattr(defaults, section)
-        for f in dataclasses.fields(obj):
-            rows.append((f"{section}.{f.name}", getattr(obj, f.name), f.metadata.get("doc", "")))
+        walk(getattr(defaults, section), section + ".")
     return rows

@@ -14,8 +14,12 @@ MIN_DURATION_MS = 1
 MAX_DURATION_MS = 120_000
 #: Only WebM is accepted.
 UPLOAD_EXTENSION = ".webm"
-#: Requests per minute per API key.
+#: Requests per rolling minute per API key (Sonoran v2; shared by every client using the key).
 REQUESTS_PER_MINUTE = 30
+RATE_WINDOW_S = 60
+#: Uploaded bodycam minutes per rolling 24 h, per plan (the community's allowance).
+PLAN_MINUTES = {"free": 10, "standard": 100, "pro": 1000}
+ALLOWANCE_WINDOW_S = 24 * 3600
 
 #: The recommended recording target (what Sonoran's own client records).
 TARGET_WIDTH = 960

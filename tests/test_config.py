@@ -202,7 +202,6 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert set(p) == {"camera.fps", "camera.width", "audio.bitrate", "storage.nope", "camra"}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, issue 2: cross-checks skipped when a value error exists")
 def test_cross_checks_are_reported_with_the_value_errors(tmp_path):
     """README: errors are reported "all at once". A file source without a device is as much a
     problem of the file as a bad frame rate next to it; it must not need a second round."""
