@@ -120,6 +120,50 @@ def cmd_clips_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from edged.status import iso
+    settings = _settings_or_exit(args.config)
+    _, _, outbox = _open_clip_stores(settings)
+    rows = []
+    if outbox is not None:
+        for d in outbox.deliveries(states=[args.state] if args.state else None):
+            row = d.as_dict()
+            row["next_try"] = iso(d.next_try_ns) if d.state == "deferred" else None
+            row["delivered"] = iso(d.delivered_ns) if d.delivered_ns else None
+            del row["next_try_ns"], row["delivered_ns"]
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            when = r["next_try"] or r["delivered"] or ""
+            print(f"{r['id']:5} {r['clip_id']} part {r['part']:<2} {r['target']:15} {r['state']:9} "
+                  f"attempts {r['attempts']:<3} {when}  {r['reason']}")
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    from edged.control import ControlError, request
+    from edged.outbox import Outbox
+    from edged.paths import StatePaths
+    settings = _settings_or_exit(args.config)
+    paths = StatePaths(settings.state_dir)
+    try:
+        n = request(paths.control, {"cmd": "outbox_retry", "id": args.id})["retried"]
+        where = "now"
+    except ControlError:  # no daemon running: the next start sends them
+        if not paths.outbox.exists():
+            print("edged: no outbox in " + str(paths.root), file=sys.stderr)
+            return 1
+        n = Outbox(paths.outbox).retry(args.id)
+        where = "when the daemon next runs"
+    if not n:
+        print(f"edged: nothing to retry for {args.id!r} (unknown, or already delivered)", file=sys.stderr)
+        return 1
+    print(f"{n} deliver{'y' if n == 1 else 'ies'} of {args.id} will be sent {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Bodycam daemon: record, mark, deliver.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("id")
     ce.add_argument("dir", type=Path)
     ce.set_defaults(func=cmd_clips_export)
+
+    ob = sub.add_parser("outbox", help="uploads waiting, sent, refused")
+    ob_sub = ob.add_subparsers(dest="outbox_command", required=True)
+    ol = ob_sub.add_parser("list", help="every delivery: state, attempts, next try, last reason")
+    ol.add_argument("--config")
+    ol.add_argument("--json", action="store_true")
+    ol.add_argument("--state", choices=("queued", "sending", "delivered", "deferred", "failed"))
+    ol.set_defaults(func=cmd_outbox_list)
+    orr = ob_sub.add_parser("retry", help="send a part (numeric id) or a whole clip (clip id) again now")
+    orr.add_argument("--config")
+    orr.add_argument("id")
+    orr.set_defaults(func=cmd_outbox_retry)
     return p
 
 

@@ -76,7 +76,7 @@ class Daemon:
 
         r = self.recorder
         self.events_store = EventStore(self.paths.events)
-        self.outbox = Outbox(self.paths.outbox)
+        self.outbox = Outbox(self.paths.outbox, targets=self.settings.upload.targets)
         self.events = EventManager(
             self.settings, self.events_store, index, self.outbox, self.paths.clips, self.paths.segments,
             timeline_now_ns=r.timeline_now_ns, wall_offset_ns=lambda: r.watch.offset_ns,
@@ -97,14 +97,37 @@ class Daemon:
             r.status.last_error = str(exc)
             self.button, self.feedback = None, Feedback("", "")
         self.events.on_mark = self.feedback.acknowledge_mark
+        self._start_uploader()
         self.control = ControlServer(self.paths.control, {
             "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
             "status": lambda req: {"status": self._status_dict()},
+            "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
         })
         self.control.start()
 
+    def _start_uploader(self) -> None:
+        from edged.network import LinkWatch
+        from edged.upload.policy import RetryPolicy
+        from edged.upload.targets import build_targets
+        from edged.upload.uploader import Uploader
+
+        self.uploader = Uploader(self.outbox, build_targets(self.settings),
+                                 RetryPolicy.from_settings(self.settings.upload),
+                                 on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
+        self.uploader.start()
+        self.link_watch = LinkWatch(on_change=self.uploader.on_link_change)
+        self.link_watch.start()
+        log.info("uploading to %s (link events from %s)", ", ".join(self.settings.upload.targets) or "nowhere",
+                 self.link_watch.source)
+
+    def _set_alarm(self, name: str, active: bool) -> None:
+        alarms = self.recorder.status.alarms
+        alarms.add(name) if active else alarms.discard(name)
+
     def _stop_event_stage(self) -> None:
         self.control.stop()
+        self.link_watch.stop()
+        self.uploader.stop()
         if self.button is not None:
             self.button.close()
         self.feedback.close()
@@ -133,9 +156,9 @@ class Daemon:
         counts = self.outbox.counts()
         self.feedback.show(DeviceState(
             recording=st.state == "recording",
-            fault=bool(st.alarms & {"storage_full", "storage_error", "camera_lost", "camera_stalled"}),
+            fault=bool(st.alarms & {"storage_full", "storage_error", "camera_lost", "camera_stalled", "upload_paused"}),
             clock_synced=self.recorder.watch.synchronized,
-            uploads_pending=sum(n for state, n in counts.items() if state != "delivered"),
+            uploads_pending=sum(n for state, n in counts.items() if state not in ("delivered", "failed")),
             event_open=bool(self.events_store.events("open"))))
 
     def _status_dict(self) -> dict:
@@ -151,6 +174,8 @@ class Daemon:
             "config": self.settings.origin,
             "events_open": len(self.events_store.events("open")),
             "outbox": self.outbox.counts(),
+            "outbox_resends": self.outbox.resends(),
+            "uploads": self.uploader.status(),
         }
 
     def write_status(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from pathlib import Path
 from edged.clip import ClipError, ClipPart, SourceSegment, build_clip
 from edged.config import Settings
 from edged.db import Store
+from edged.files import durable_copy
 from edged.index import Index
 from edged.outbox import PRIORITY_MARK, Outbox
 from edged.segment import fsync_dir
@@ -132,13 +132,24 @@ class EventManager:
         self._lock = threading.Lock()
         self.on_mark = None  # feedback hook (LED blink, beep)
 
+    def release_delivered(self, clip_id: str) -> bool:
+        """A clip confirmed by every target no longer protects its footage in the ring buffer
+        (the clip's own files stay in the clips folder)."""
+        event = self.store.get(clip_id)
+        if event is None or not self.outbox.clip_delivered(clip_id):
+            return False
+        self.index.release_range(event.hold_owner)
+        log.info("event %s delivered everywhere: its footage is no longer held", clip_id)
+        return True
+
     def configure(self, settings: Settings) -> None:
         self.settings = settings
 
     def reassert_holds(self) -> int:
         """At start: every event not yet delivered protects its window again (an index rebuilt
         from the folder has no holds of its own)."""
-        events = [e for e in self.store.events() if e.state in ("open", "built")]
+        events = [e for e in self.store.events() if e.state in ("open", "built")
+                  and not (e.state == "built" and self.outbox.clip_delivered(e.id))]
         for e in events:
             self.index.hold_range(e.hold_owner, e.boot_id, e.start_mono_ns, e.end_mono_ns)
         return len(events)
@@ -296,16 +307,8 @@ def export_clip(clips_dir: Path, clip_id: str, dest: Path) -> list[Path]:
     for f in sorted(src.iterdir()):
         if f.name.startswith("."):
             continue
-        target = dest / f.name
-        tmp = dest / f".{f.name}.tmp"
-        with open(f, "rb") as r, open(tmp, "wb") as w:
-            while block := r.read(1 << 20):
-                w.write(block)
-            w.flush()
-            os.fsync(w.fileno())
-        os.replace(tmp, target)
-        copied.append(target)
-    fsync_dir(dest)
+        durable_copy(f, dest / f.name)
+        copied.append(dest / f.name)
     return copied
 
 
@@ -320,6 +323,8 @@ def clip_summaries(store: EventStore, outbox: Outbox, clips_dir: Path) -> list[d
             "wall_start": manifest["wall_start"] if manifest else None,
             "wall_end": manifest["wall_end"] if manifest else None,
             "parts": [{"number": p.number, "path": p.path, "bytes": p.bytes, "duration_ms": p.duration_ms,
-                       "sha256": p.sha256, "state": p.state} for p in outbox.parts(e.id)],
+                       "sha256": p.sha256, "state": outbox.part_state(p.id),
+                       "deliveries": {d.target: d.state for d in outbox.deliveries(clip_id=e.id) if d.part.id == p.id}}
+                      for p in outbox.parts(e.id)],
         })
     return out

@@ -92,15 +92,21 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
         held_now = [x for x in Index(d.paths.index).stored() if x.held]
         assert held_now and held_now[0].mono_start_ns <= event.start_mono_ns
         wait(lambda: built(d, event_id), 60, "clip built")
+        # The embedded default target copies it into <state>/delivered; then its footage is released.
+        wait(lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 30, "clip delivered to the directory target")
+        wait(lambda: not any(x.held for x in Index(d.paths.index).stored()), 10, "footage released")
     event = EventStore(s.state_dir / "events.sqlite").get(event_id)
     assert event.state == "built", event.reason
     manifest = json.loads((s.state_dir / "clips" / event_id / "manifest.json").read_text())
     assert manifest["marks"][0]["note"] == "suspect vehicle" and manifest["marks"][0]["source"] == "cli"
     assert manifest["pre_roll_seconds"]["short"] is False
     assert manifest["pre_roll_seconds"]["actual"] >= 12.0  # trimmed to the keyframe at or before
-    parts = Outbox(StatePaths(s.state_dir).outbox).parts(event_id)
-    assert [p.state for p in parts] == ["queued"]
+    outbox = Outbox(StatePaths(s.state_dir).outbox)
+    parts = outbox.parts(event_id)
+    assert [(x.target, x.state, x.attempts) for x in outbox.deliveries(clip_id=event_id)] == [("directory", "delivered", 1)]
     part = Path(parts[0].path)
+    assert (s.delivery_dir / event_id / part.name).read_bytes() == part.read_bytes()
+    assert json.loads((s.delivery_dir / event_id / "manifest.json").read_text())["parts"][0]["sha256"] == parts[0].sha256
     frames, _ = decode_all(part)
     v = packets(part, "video")
     assert v.keyframes[0] == v.pts_ms[0]

@@ -1,0 +1,155 @@
+"""Limits kept on our side, before the server has to say no, persisted across restarts.
+
+``RequestBudget``: requests per rolling minute per API key (Sonoran: 30, counted per key for
+every client using it). Each device starts at its configured share of the limit and paces its
+requests evenly. When the server still answers 429 (other devices share the key), the device
+sets its rate to what it actually got through in the window that filled up — its share of the
+key — and waits for Retry-After; afterwards it probes upwards slowly (additive increase, one
+request per minute every ``PROBE_WINDOWS`` full windows), so a fleet settles near the limit with
+few refusals.
+
+``PlanAllowance``: uploaded minutes per rolling 24 h per community (free 10, standard 100, pro
+1000). A part that would exceed the window waits until enough earlier uploads age out.
+
+Both live in the outbox's SQLite file (one store per device, ``synchronous=FULL``), keyed by a
+fingerprint of the API key (never the key itself) or the legacy community id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable
+
+from edged import limits
+from edged.db import Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_requests (key TEXT NOT NULL, at_ns INTEGER NOT NULL, refused INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS rate_requests_key ON rate_requests(key, at_ns);
+CREATE TABLE IF NOT EXISTS rate_state (key TEXT PRIMARY KEY, rate REAL NOT NULL, blocked_until_ns INTEGER NOT NULL,
+                                       next_ns INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS allowance_used (key TEXT NOT NULL, at_ns INTEGER NOT NULL, duration_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS allowance_used_key ON allowance_used(key, at_ns);
+"""
+
+#: Our clock and the server's see a request a little apart (latency): count our window this much longer.
+WINDOW_MARGIN_S = 1.0
+#: Full windows of success between two one-request-per-minute increases of the rate.
+PROBE_WINDOWS = 4
+
+
+def key_fingerprint(secret: str) -> str:
+    return "key:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def install(store: Store) -> None:
+    with store.tx() as db:
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            db.execute(statement)
+
+
+class RequestBudget:
+    def __init__(self, store: Store, key: str, share: int = 1, limit: int = limits.REQUESTS_PER_MINUTE,
+                 window_s: float = limits.RATE_WINDOW_S, now_ns: Callable[[], int] | None = None,
+                 rng: random.Random | None = None) -> None:
+        install(store)
+        self.store, self.key = store, key
+        self.ceiling = max(1.0, limit / share)
+        self.window_ns = int((window_s + WINDOW_MARGIN_S) * 1e9)
+        self.rng = rng or random.Random()
+
+    def _state(self, db) -> tuple[float, int, int]:
+        row = db.execute("SELECT rate, blocked_until_ns, next_ns FROM rate_state WHERE key=?", (self.key,)).fetchone()
+        if row is None:
+            db.execute("INSERT INTO rate_state VALUES (?,?,0,0)", (self.key, self.ceiling))
+            return self.ceiling, 0, 0
+        return min(row[0], self.ceiling), row[1], row[2]
+
+    def rate(self) -> float:
+        with self.store.tx() as db:
+            return self._state(db)[0]
+
+    def try_take(self, now_ns: int) -> float:
+        """Reserve one request now and return 0, or return the seconds to wait before asking again.
+        A reserved request is recorded at once (a crash after it still counts it)."""
+        with self.store.tx() as db:
+            rate, blocked, next_ns = self._state(db)
+            db.execute("DELETE FROM rate_requests WHERE key=? AND at_ns<=?", (self.key, now_ns - self.window_ns))
+            if blocked > now_ns:
+                return (blocked - now_ns) / 1e9
+            times = [t for (t,) in db.execute("SELECT at_ns FROM rate_requests WHERE key=? AND at_ns<=? ORDER BY at_ns",
+                                              (self.key, now_ns))]
+            allowed = max(1, math.floor(rate))
+            waits = []
+            if len(times) >= allowed:  # the window is full: wait for its oldest request to age out
+                waits.append(times[len(times) - allowed] + self.window_ns - now_ns)
+            # Paced: one request every window/rate. ``next_ns`` is when the next may go; a clock
+            # stepped backwards (next far ahead) does not block for longer than one spacing.
+            spacing = int(self.window_ns / rate)
+            if now_ns < next_ns <= now_ns + 2 * spacing:
+                waits.append(next_ns - now_ns)
+            if waits:
+                return max(waits) / 1e9
+            db.execute("INSERT INTO rate_requests (key, at_ns) VALUES (?,?)", (self.key, now_ns))
+            # Random phase for the next slot: devices sharing a key do not stay in lock-step.
+            jitter = int(self.rng.uniform(-0.25, 0.25) * spacing)
+            db.execute("UPDATE rate_state SET next_ns=? WHERE key=?", (now_ns + spacing + jitter, self.key))
+            return 0.0
+
+    def accepted(self) -> None:
+        """The server took a request: probe upwards slowly."""
+        with self.store.tx() as db:
+            rate, _, _ = self._state(db)
+            rate = min(self.ceiling, rate + 1.0 / (rate * PROBE_WINDOWS))
+            db.execute("UPDATE rate_state SET rate=? WHERE key=?", (rate, self.key))
+
+    def refused(self, now_ns: int, wait_s: float) -> float:
+        """The server answered 429: take as our rate what got through in the window that filled up
+        (our share of the key), at most half the old rate (just half when nothing got through);
+        block until the server's window frees.
+        Returns the new rate."""
+        with self.store.tx() as db:
+            rate, _, _ = self._state(db)
+            db.execute("UPDATE rate_requests SET refused=1 WHERE rowid = (SELECT rowid FROM rate_requests"
+                       " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)", (self.key, now_ns))
+            got = db.execute("SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
+                             (self.key, now_ns - self.window_ns)).fetchone()[0]
+            # Nothing got through: no measure of our share yet, so only halve.
+            rate = max(1.0, min(rate / 2, float(got)) if got else rate / 2)
+            db.execute("UPDATE rate_state SET rate=?, blocked_until_ns=? WHERE key=?",
+                       (rate, now_ns + int(wait_s * 1e9), self.key))
+        return rate
+
+
+class PlanAllowance:
+    def __init__(self, store: Store, key: str, plan: str, window_s: float = limits.ALLOWANCE_WINDOW_S) -> None:
+        install(store)
+        self.store, self.key, self.plan = store, key, plan
+        self.minutes = limits.PLAN_MINUTES[plan]
+        self.window_ns = int(window_s * 1e9)
+
+    def used_ms(self, now_ns: int) -> int:
+        row = self.store.query("SELECT COALESCE(SUM(duration_ms),0) FROM allowance_used WHERE key=? AND at_ns>?",
+                               (self.key, now_ns - self.window_ns))
+        return row[0][0]
+
+    def wait_s(self, duration_ms: int, now_ns: int) -> float:
+        """0 if a part of this length fits the rolling window now, else the seconds until it does."""
+        cap = self.minutes * 60_000
+        rows = self.store.query("SELECT at_ns, duration_ms FROM allowance_used WHERE key=? AND at_ns>? ORDER BY at_ns",
+                                (self.key, now_ns - self.window_ns))
+        used = sum(d for _, d in rows)
+        if used + duration_ms <= cap:
+            return 0.0
+        for at, d in rows:  # oldest first: when has enough aged out?
+            used -= d
+            if used + duration_ms <= cap:
+                return max(0.0, (at + self.window_ns - now_ns) / 1e9)
+        return self.window_ns / 1e9
+
+    def record(self, duration_ms: int, now_ns: int) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM allowance_used WHERE key=? AND at_ns<=?", (self.key, now_ns - self.window_ns))
+            db.execute("INSERT INTO allowance_used VALUES (?,?,?)", (self.key, now_ns, duration_ms))

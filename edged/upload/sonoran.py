@@ -1,0 +1,131 @@
+"""Sonoran CAD bodycam upload, v2 and legacy (../shared/reference/sonoran-*.md|txt).
+
+v2: ``POST {base_url}/v2/general/bodycam-recordings``, multipart, ``Authorization: Bearer <key>``,
+exactly one owner identifier, ``durationMs``, optional ``identId``, ``unitNumber``,
+``unitLocation``; answers a JSON list of URLs, errors as problem+json.
+Legacy: ``POST {base_url}/upload`` with ``community``, ``account``, ``sessionId``, ``username``,
+``type=bodycam``; errors as plain text ``Error: ...``.
+The file is streamed from disk (httpx reads it in 64 KiB blocks), optionally throttled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from edged import __version__
+from edged.config import Settings, api_key_path
+from edged.outbox import OutboxPart
+from edged.upload.answers import Kind, Verdict, classify_error, classify_response
+from edged.upload.budget import key_fingerprint
+from edged.upload.targets import Target, ThrottledFile
+
+
+def _endpoint(url: str) -> tuple[str, int]:
+    u = urlsplit(url)
+    return u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+
+
+class _SonoranTarget(Target):
+    def __init__(self, settings: Settings, base_url: str) -> None:
+        u = settings.upload
+        self.device = settings.device
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = _endpoint(self.base_url)
+        self.bytes_per_s = u.bandwidth_kbps * 1000 / 8
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(connect=u.connect_timeout_seconds, read=u.timeout_seconds,
+                                  write=u.timeout_seconds, pool=u.connect_timeout_seconds),
+            follow_redirects=False, headers={"User-Agent": f"edged/{__version__}"})
+
+    def _metadata(self) -> dict[str, str]:
+        fields = {}
+        if self.device.unit_number:
+            fields["unitNumber"] = self.device.unit_number
+        if self.device.unit_location:
+            fields["unitLocation"] = self.device.unit_location
+        return fields
+
+    def _post(self, url: str, fields: dict[str, str], part: OutboxPart, headers: dict[str, str]) -> Verdict:
+        path = Path(part.path)
+        try:
+            with open(path, "rb") as f:
+                body = ThrottledFile(f, self.bytes_per_s) if self.bytes_per_s else f
+                r = self.client.post(url, data=fields, files={"file": (path.name, body, "video/webm")},
+                                     headers=headers)
+        except httpx.HTTPError as exc:
+            return classify_error(exc)
+        except OSError as exc:
+            return Verdict(Kind.RETRY, f"clip file unreadable while sending: {exc.strerror or exc}")
+        return classify_response(r.status_code, r.headers, r.text, time.time())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SonoranV2Target(_SonoranTarget):
+    name = "sonoran_v2"
+
+    def __init__(self, settings: Settings) -> None:
+        v2 = settings.upload.sonoran_v2
+        super().__init__(settings, v2.base_url)
+        self.settings = v2
+        self.url = self.base_url + "/v2/general/bodycam-recordings"
+        self.key_path = api_key_path(v2)
+        self.plan, self.share = v2.plan, v2.devices_sharing_key
+        self.budget_key = key_fingerprint(self._key())
+
+    def _key(self) -> str:
+        """Read at every use: a key rotated in its file (or credential) takes effect at once."""
+        try:
+            return self.key_path.read_text().strip() if self.key_path else ""
+        except OSError:
+            return ""
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr((self.settings, self._key())).encode()).hexdigest()
+
+    def _owner(self) -> dict[str, str]:
+        v2 = self.settings
+        for field, value in (("accountUuid", v2.account_uuid), ("communityUserId", v2.community_user_id),
+                             ("roblox", v2.roblox), ("discord", v2.discord)):
+            if value:
+                return {field: str(value)}
+        return {}
+
+    def send(self, part: OutboxPart) -> Verdict:
+        key = self._key()
+        if not key:
+            return Verdict(Kind.PAUSE, f"no API key in {self.key_path}")
+        fields = {**self._owner(), "durationMs": str(part.duration_ms), **self._metadata()}
+        if self.settings.ident_id:
+            fields["identId"] = str(self.settings.ident_id)
+        return self._post(self.url, fields, part, {"Authorization": f"Bearer {key}"})
+
+
+class SonoranLegacyTarget(_SonoranTarget):
+    name = "sonoran_legacy"
+
+    def __init__(self, settings: Settings) -> None:
+        lg = settings.upload.sonoran_legacy
+        super().__init__(settings, lg.base_url)
+        self.settings = lg
+        self.url = self.base_url + "/upload"
+        self.plan = lg.plan
+        self.budget_key = "community:" + lg.community
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr(self.settings).encode()).hexdigest()
+
+    def send(self, part: OutboxPart) -> Verdict:
+        lg = self.settings
+        fields = {"community": lg.community, "account": lg.account, "sessionId": lg.session_id,
+                  "username": lg.username, "type": "bodycam", "durationMs": str(part.duration_ms),
+                  **self._metadata()}
+        if lg.ident_id:
+            fields["identId"] = lg.ident_id
+        return self._post(self.url, fields, part, {})

@@ -1,0 +1,292 @@
+"""The uploader: one worker per target takes the outbox's next due delivery and carries it out.
+
+For each delivery, in this order: a target paused (refused key or account) or offline waits; the
+part is checked locally (file intact, within the contract); the plan's allowance and the key's
+request budget are consulted *before* the request; then the target sends, and the ``Verdict``
+decides the row's next state (``outbox``), the retry time (``policy``) and the budgets
+(``budget``). Nothing here deletes a file: a refused clip is kept and marked failed.
+
+Waiting never spins: a worker sleeps on its wake event until its next due time, and is woken by a
+new part, an operator's retry, a link appearing (``edged.network``) or stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edged.outbox import Delivery, Outbox
+from edged.status import iso
+from edged.upload.answers import Kind, Verdict
+from edged.upload.budget import PlanAllowance, RequestBudget
+from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
+from edged.upload.targets import Target, check_part
+
+log = logging.getLogger("edged.upload")
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS target_state (name TEXT PRIMARY KEY, paused_reason TEXT NOT NULL,
+    paused_until_ns INTEGER NOT NULL, fingerprint TEXT NOT NULL)"""
+
+#: Longest sleep with nothing due (a safety net; wake-ups come from events).
+IDLE_WAIT_S = 60.0
+#: How long the reachability probe may take.
+PROBE_TIMEOUT_S = 2.0
+
+#: Alarm names raised in the daemon's status.
+ALARM_PAUSED = "upload_paused"
+ALARM_FAILED = "upload_failed"
+
+
+@dataclass
+class _Pause:
+    reason: str
+    until_ns: int
+    fingerprint: str
+
+
+class _Worker(threading.Thread):
+    def __init__(self, up: Uploader, target: Target) -> None:
+        super().__init__(name=f"upload-{target.name}", daemon=True)
+        self.up, self.target, self.outbox = up, target, up.outbox
+        self.wake = threading.Event()
+        self.link_changed = threading.Event()
+        self.budget = allowance = None
+        if target.budget_key:
+            self.budget = RequestBudget(self.outbox, target.budget_key, share=target.share, now_ns=up.now_ns,
+                                        rng=up.policy.rng)
+            if target.plan:
+                allowance = PlanAllowance(self.outbox, target.budget_key, target.plan)
+        self.allowance = allowance
+        self.pause: _Pause | None = self._load_pause()
+        self.offline = False
+        self._net_failures = 0
+        self._net_retry_ns = 0
+        self._allowance_until_ns = 0
+        self.last_delivered_ns = 0
+
+    # --- pause (refused key or account), persisted ----------------------------------------------
+
+    def _load_pause(self) -> _Pause | None:
+        rows = self.outbox.query("SELECT paused_reason, paused_until_ns, fingerprint FROM target_state WHERE name=?",
+                                 (self.target.name,))
+        return _Pause(*rows[0]) if rows else None
+
+    def _set_pause(self, pause: _Pause | None) -> None:
+        with self.outbox.tx() as db:
+            db.execute("DELETE FROM target_state WHERE name=?", (self.target.name,))
+            if pause:
+                db.execute("INSERT INTO target_state VALUES (?,?,?,?)",
+                           (self.target.name, pause.reason, pause.until_ns, pause.fingerprint))
+        self.pause = pause
+        self.up.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.up.workers))
+
+    def resume(self, why: str) -> None:
+        if self.pause:
+            log.warning("upload target %s resumes: %s", self.target.name, why)
+            self._set_pause(None)
+        self.offline, self._net_retry_ns = False, 0
+        self.wake.set()
+
+    def _paused_wait_s(self, now: int) -> float | None:
+        """Seconds to stay paused, or None when the pause is over."""
+        if not self.pause:
+            return None
+        if self.target.fingerprint() != self.pause.fingerprint:
+            self.resume("its configuration or credentials changed")
+            return None
+        if now < self.pause.until_ns:
+            # Look again within a minute: a key rotated in its file resumes without a restart.
+            return min(IDLE_WAIT_S, (self.pause.until_ns - now) / 1e9)
+        if now >= self.pause.until_ns:
+            log.warning("upload target %s: trying again after its pause (%s)", self.target.name, self.pause.reason)
+            self.pause.until_ns = now + int(self.up.policy.auth_retry_s * 1e9)  # one try; a refusal re-pauses
+        return None
+
+    # --- offline: wait for a link or the back-off timer, then probe -------------------------------
+
+    def _offline_wait_s(self, now: int) -> float | None:
+        if not self.offline:
+            return None
+        if not self.link_changed.is_set() and now < self._net_retry_ns:
+            return (self._net_retry_ns - now) / 1e9
+        self.link_changed.clear()
+        from edged.network import probe
+        host, port = self.target.endpoint or ("", 0)
+        if self.target.endpoint is None or probe(host, port, PROBE_TIMEOUT_S):
+            log.info("upload target %s reachable again", self.target.name)
+            self.offline, self._net_failures = False, 0
+            self.outbox.expedite(self.target.name)
+            return None
+        self._net_failures += 1
+        self._net_retry_ns = self.up.now_ns() + int(self.up.policy.backoff_s(self._net_failures) * 1e9)
+        return max(0.05, (self._net_retry_ns - self.up.now_ns()) / 1e9)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.up.stopping.is_set():
+            try:
+                wait = self.step()
+            except Exception:  # noqa: BLE001 - a worker must not die; the row stays where it was
+                log.exception("upload target %s: unexpected error", self.target.name)
+                wait = 5.0
+            if wait:
+                self.wake.wait(wait / self.up.time_scale)
+                self.wake.clear()
+
+    def step(self) -> float:
+        """Do one thing; return how long to sleep (0: go on at once)."""
+        name = self.target.name
+        now = self.up.now_ns()
+        for gate in (self._paused_wait_s, self._offline_wait_s):
+            w = gate(now)
+            if w is not None:
+                return w
+        if now < self._allowance_until_ns:
+            return (self._allowance_until_ns - now) / 1e9
+        d = self.outbox.next_due(name, now)
+        if d is None:
+            nxt = self.outbox.next_try_ns(name)
+            return IDLE_WAIT_S if nxt is None else min(IDLE_WAIT_S, max(0.01, (nxt - now) / 1e9))
+        local = check_part(d.part, self.target.contract)
+        if local is not None:
+            self.apply(d, local, now)
+            return 0.0
+        if self.allowance:
+            w = self.allowance.wait_s(d.part.duration_ms, now)
+            if w > 0:
+                self._allowance_until_ns = now + int(w * 1e9)
+                self.outbox.defer(d, now + int(w * 1e9), f"waiting for the {self.target.plan} plan's 24 h allowance "
+                                                          f"(free again at {iso(now + int(w * 1e9))})")
+                log.warning("upload target %s: 24 h allowance used up; next upload at %s", name,
+                            iso(now + int(w * 1e9)))
+                return 0.0
+        if self.budget:
+            w = self.budget.try_take(now)
+            if w > 0:
+                return w
+        self.outbox.begin(d)
+        t0 = time.monotonic()
+        verdict = self.target.send(d.part)
+        self.apply(self.outbox.get(d.part.id, name), verdict, self.up.now_ns(), time.monotonic() - t0)
+        return 0.0
+
+    def apply(self, d: Delivery, v: Verdict, now: int, took_s: float = 0.0) -> None:
+        name, part = self.target.name, d.part
+        what = f"{part.clip_id} part {part.number} → {name}"
+        if v.kind is Kind.DELIVERED:
+            self.outbox.delivered(d, v.response)
+            if self.budget:
+                self.budget.accepted()
+            if self.allowance:
+                self.allowance.record(part.duration_ms, now)
+            self.last_delivered_ns = now
+            if self.pause:
+                self.resume("the server accepted an upload")
+            log.info("UPLOADED %s: %d bytes, %d ms, in %.1f s (attempt %d)%s", what, part.bytes, part.duration_ms,
+                     took_s, d.attempts, f", resent {d.resends}x after interruptions" if d.resends else "")
+            if self.outbox.clip_delivered(part.clip_id) and self.up.on_delivered:
+                self.up.on_delivered(part.clip_id)
+        elif v.kind is Kind.RATE_LIMITED:
+            wait = self.up.policy.retry_after_s(v.retry_after_s)
+            rate = self.budget.refused(now, wait) if self.budget else 0
+            self.outbox.defer(d, now + int(wait * 1e9), v.reason)
+            log.warning("upload %s: rate limited (%s); waiting %.0f s, now %.1f requests/min", what, v.reason, wait, rate)
+        elif v.kind is Kind.ALLOWANCE:
+            w = self.allowance.wait_s(part.duration_ms, now) if self.allowance else 0.0
+            w = w or ALLOWANCE_RECHECK_S  # the community's other devices used it: look again later
+            self._allowance_until_ns = now + int(w * 1e9)
+            self.outbox.defer(d, now + int(w * 1e9), v.reason)
+            log.warning("upload %s: plan allowance used up (%s); next try at %s", what, v.reason, iso(now + int(w * 1e9)))
+        elif v.kind is Kind.PAUSE:
+            self.outbox.defer(d, now, f"target paused: {v.reason}")
+            self._set_pause(_Pause(v.reason, now + int(self.up.policy.auth_retry_s * 1e9), self.target.fingerprint()))
+            log.critical("upload target %s PAUSED: %s. Every clip would be refused the same way; clips wait. Fix the "
+                         "configuration (a change resumes at once) or run `edged outbox retry`.", name, v.reason)
+        elif v.kind is Kind.FAILED:
+            self.outbox.fail(d, v.reason)
+            self.up.raise_alarm(ALARM_FAILED, True)
+            log.error("upload %s FAILED for good: %s (clip kept: %s)", what, v.reason, part.path)
+        else:
+            wait = self.up.policy.backoff_s(max(1, d.attempts))
+            self.outbox.defer(d, now + int(wait * 1e9), v.reason, wait_net=v.offline)
+            if v.offline and self.target.endpoint is not None:
+                self.offline, self._net_failures = True, 1
+                self._net_retry_ns = now + int(wait * 1e9)
+            log.warning("upload %s: %s; next try in %.1f s (attempt %d)", what, v.reason, wait, d.attempts)
+
+
+class Uploader:
+    def __init__(self, outbox: Outbox, targets: list[Target], policy: RetryPolicy, *,
+                 now_ns: Callable[[], int] = time.time_ns,
+                 on_delivered: Callable[[str], None] | None = None,
+                 on_alarm: Callable[[str, bool], None] | None = None, time_scale: float = 1.0) -> None:
+        """``now_ns``: the wall clock the outbox, budgets and allowance use. ``time_scale``: tests and
+        benchmarks run that clock faster than real time (waits shrink by the same factor)."""
+        self.outbox, self.targets, self.policy, self.now_ns = outbox, targets, policy, now_ns
+        self.time_scale = time_scale
+        self.on_delivered, self.on_alarm = on_delivered, on_alarm
+        self.stopping = threading.Event()
+        with outbox.tx() as db:
+            db.execute(_SCHEMA)
+        self.workers: list[_Worker] = []
+        self.workers = [_Worker(self, t) for t in targets]
+        self.interrupted = 0
+
+    def start(self) -> None:
+        self.interrupted = self.outbox.recover()
+        if self.interrupted:
+            log.warning("%d upload(s) were cut off by a stop or power cut; sending them again "
+                        "(the server may receive them twice)", self.interrupted)
+        self.outbox.on_change = self.wake
+        self.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.workers))
+        for w in self.workers:
+            w.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.wake()
+        for w in self.workers:
+            if w.is_alive():
+                w.join(timeout)
+        for t in self.targets:
+            t.close()
+
+    def wake(self) -> None:
+        for w in self.workers:
+            w.wake.set()
+
+    def on_link_change(self, what: str = "") -> None:
+        """A network interface appeared or changed: offline targets probe at once."""
+        for w in self.workers:
+            w.link_changed.set()
+            w.wake.set()
+
+    def retry(self, ident: str) -> int:
+        """Operator: send a part (id) or a clip (id) again now, and lift any pause."""
+        n = self.outbox.retry(ident)
+        for w in self.workers:
+            w.resume("retry requested by the operator")
+        return n
+
+    def raise_alarm(self, name: str, active: bool) -> None:
+        if self.on_alarm:
+            self.on_alarm(name, active)
+
+    def status(self) -> dict:
+        now = self.now_ns()
+        out = {}
+        for w in self.workers:
+            t = w.target
+            out[t.name] = {
+                "paused": w.pause.reason if w.pause else None,
+                "paused_until": iso(w.pause.until_ns) if w.pause else None,
+                "offline": w.offline,
+                "requests_per_min": round(w.budget.rate(), 2) if w.budget else None,
+                "allowance_used_minutes": round(w.allowance.used_ms(now) / 60000, 2) if w.allowance else None,
+                "last_delivered": iso(w.last_delivered_ns) if w.last_delivered_ns else None,
+            }
+        return out

@@ -1,0 +1,209 @@
+"""The uploader's rules, one at a time: answers classified, back-off, request budget, plan allowance.
+
+These are the pieces the end-to-end uploader tests (tests/test_upload.py) rely on; each test here
+feeds one rule the documented inputs (../shared/reference/) and checks the decision.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+
+import httpx
+import pytest
+
+from edged import limits
+from edged.outbox import Outbox
+from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
+from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
+from edged.upload.policy import RetryPolicy
+
+PROBLEM = {"content-type": "application/problem+json"}
+TEXT = {"content-type": "text/plain"}
+
+
+def problem(detail: str, status: int = 400) -> str:
+    return f'{{"title": "Unable to upload bodycam recording", "status": {status}, "detail": "{detail}"}}'
+
+
+# --- answers ---------------------------------------------------------------------------------------
+
+def test_success_keeps_the_url_list():
+    v = classify_response(200, {"content-type": "application/json"}, '["https://files.example.com/a.webm"]', 0)
+    assert v.kind is Kind.DELIVERED and v.urls == ["https://files.example.com/a.webm"]
+    assert "files.example.com" in v.response
+
+
+@pytest.mark.parametrize("status,headers,body,kind", [
+    (429, {"retry-after": "17"}, problem("Too many requests", 429), Kind.RATE_LIMITED),
+    (400, PROBLEM, problem("Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."), Kind.ALLOWANCE),
+    (400, TEXT, "Error: Bodycam uploads are limited to 100 minutes per 24 hours for the STANDARD plan.", Kind.ALLOWANCE),
+    (401, PROBLEM, problem("Invalid API key", 401), Kind.PAUSE),
+    (403, PROBLEM, problem("Forbidden", 403), Kind.PAUSE),
+    (400, PROBLEM, problem("Account 0000-1 was not found in this community."), Kind.PAUSE),
+    (400, PROBLEM, problem("Provide exactly one of accountUuid, communityUserId, roblox, or discord."), Kind.PAUSE),
+    (400, TEXT, "Error: Invalid account ID.", Kind.PAUSE),
+    (400, TEXT, "Error: Invalid session ID.", Kind.PAUSE),
+    (400, TEXT, "Error: Unable to validate bodycam upload session.", Kind.PAUSE),
+    (400, PROBLEM, problem("Bodycam uploads must be webm files."), Kind.FAILED),
+    (400, PROBLEM, problem("File exceeds 6000000 bytes."), Kind.FAILED),
+    (400, TEXT, "Error: Bodycam clips must be between 1ms and 120000ms.", Kind.FAILED),
+    (413, TEXT, "too large", Kind.FAILED),
+    (400, PROBLEM, problem("Uploaded bodycam clip but failed to save recording metadata."), Kind.RETRY),
+    (500, TEXT, "oops", Kind.RETRY),
+    (502, TEXT, "<html>bad gateway</html>", Kind.RETRY),
+    (503, {"retry-after": "5"}, "", Kind.RETRY),
+    (408, TEXT, "", Kind.RETRY),
+])
+def test_every_documented_answer_is_classified(status, headers, body, kind):
+    v = classify_response(status, headers, body, 0)
+    assert v.kind is kind, v
+    assert str(status) in v.reason
+
+
+def test_the_reason_is_the_servers_own_words():
+    v = classify_response(400, PROBLEM, problem("Bodycam uploads must be webm files."), 0)
+    assert v.reason == "HTTP 400: Bodycam uploads must be webm files."
+    v = classify_response(400, TEXT, "Error: Invalid session ID.", 0)
+    assert v.reason == "HTTP 400: Error: Invalid session ID."
+
+
+def test_retry_after_in_seconds_and_as_an_http_date():
+    assert parse_retry_after("120", 1000.0) == 120.0
+    date = email.utils.formatdate(1000.0 + 90, usegmt=True)
+    assert parse_retry_after(date, 1000.0) == pytest.approx(90, abs=1)
+    assert parse_retry_after("soon", 0) is None and parse_retry_after(None, 0) is None
+    v = classify_response(429, {"retry-after": date}, "", 1000.0)
+    assert v.retry_after_s == pytest.approx(90, abs=1)
+
+
+def test_transport_errors_are_retried_and_connect_failures_mean_offline():
+    req = httpx.Request("POST", "http://127.0.0.1:9/")
+    assert classify_error(httpx.ConnectError("[Errno 111] Connection refused", request=req)).offline
+    assert classify_error(httpx.ConnectTimeout("timed out", request=req)).offline
+    v = classify_error(httpx.ReadTimeout("timed out", request=req))
+    assert v.kind is Kind.RETRY and not v.offline and "timed out" in v.reason
+    v = classify_error(httpx.RemoteProtocolError("Server disconnected", request=req))
+    assert v.kind is Kind.RETRY and not v.offline
+    v = classify_error(httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate is not yet valid", request=req))
+    assert v.kind is Kind.RETRY and "clock" in v.reason and not v.offline
+
+
+# --- back-off ---------------------------------------------------------------------------------------
+
+def test_backoff_is_full_jitter_doubling_up_to_the_cap():
+    p = RetryPolicy(base_s=2, cap_s=60, rng=random.Random(1))
+    for attempts, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (30, 60)]:
+        draws = [p.backoff_s(attempts) for _ in range(400)]
+        assert 0 <= min(draws) and max(draws) <= ceiling
+        assert max(draws) > 0.9 * ceiling and min(draws) < 0.1 * ceiling, "full jitter spans [0, ceiling]"
+
+
+def test_retry_after_is_honoured_never_shortened():
+    p = RetryPolicy(rng=random.Random(2))
+    waits = [p.retry_after_s(30) for _ in range(200)]
+    assert min(waits) >= 30 and max(waits) <= 36
+    assert p.retry_after_s(None) >= limits.RATE_WINDOW_S
+
+
+# --- request budget ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    s = Outbox(tmp_path / "outbox.sqlite")
+    yield s
+    s.close()
+
+
+def take_all(budget: RequestBudget, start_ns: int, seconds: float, step_s: float = 0.1) -> list[int]:
+    """Ask every ``step_s`` for ``seconds``; return the times (ns) a request was granted."""
+    granted, t = [], start_ns
+    while t < start_ns + seconds * 1e9:
+        if budget.try_take(t) == 0:
+            granted.append(t)
+        t += int(step_s * 1e9)
+    return granted
+
+
+def test_budget_never_exceeds_30_per_rolling_minute_and_paces_them(store):
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(3))
+    granted = take_all(b, 10**12, 180)
+    for i, t in enumerate(granted):  # any 60 s window holds at most 30
+        assert sum(1 for u in granted[i:] if u < t + 60e9) <= limits.REQUESTS_PER_MINUTE
+    assert len(granted) >= 80, "about 30 a minute over three minutes"
+    gaps = [(b2 - a) / 1e9 for a, b2 in zip(granted, granted[1:])]
+    assert min(gaps) >= 1.4, "paced about 2 s apart, not in a burst"
+
+
+def test_budget_is_shared_by_every_target_using_the_key_and_survives_a_restart(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    t = 10**12
+    s1 = Outbox(path)
+    a = RequestBudget(s1, key_fingerprint("shared"), rng=random.Random(4))
+    b = RequestBudget(s1, key_fingerprint("shared"), rng=random.Random(5))
+    granted = []
+    for i in range(300):  # 30 s: two targets asking every 0.1 s
+        now = t + i * int(0.1e9)
+        granted += [now] * ((a.try_take(now) == 0) + (b.try_take(now) == 0))
+    assert 12 <= len(granted) <= 17, "two targets with one key share its pace (one request every ~2 s)"
+    s1.close()
+    s2 = Outbox(path)  # restarted: the requests and the pace of the last minute still count
+    c = RequestBudget(s2, key_fingerprint("shared"), rng=random.Random(6))
+    after = take_all(c, t + 30 * 10**9, 30)
+    assert len(granted) + len(after) <= limits.REQUESTS_PER_MINUTE
+    assert len(after) >= 12
+    other = RequestBudget(s2, key_fingerprint("another key"))
+    assert other.try_take(t + 60 * 10**9) == 0, "a different key has its own budget"
+    s2.close()
+
+
+def test_a_429_sets_the_rate_to_the_share_that_got_through_and_blocks_until_retry_after(store):
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(7))
+    t0 = 10**12
+    granted = take_all(b, t0, 8)  # paced: about 4-5 in 8 s
+    now = granted[-1]
+    rate = b.refused(now, 50.0)   # the last one was refused: the window was full
+    assert rate == len(granted) - 1
+    assert b.try_take(now + 10**9) == pytest.approx(49, abs=0.01)
+    assert b.try_take(now + 51 * 10**9) > 0, "our own requests of the last minute still exceed the new rate"
+    assert b.try_take(now + 61 * 10**9) == 0
+
+
+def test_the_rate_recovers_slowly_after_a_429(store):
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(8))
+    b.refused(10**12, 1.0)
+    assert b.rate() == 1.0
+    for _ in range(40):
+        b.accepted()
+    assert 2.0 < b.rate() < 6.0, "additive increase: a few more per minute after 40 successes"
+
+
+def test_devices_sharing_a_key_each_keep_to_their_share(store):
+    b = RequestBudget(store, key_fingerprint("fleet"), share=10, rng=random.Random(9))
+    granted = take_all(b, 10**12, 60)
+    assert len(granted) <= 3
+
+
+# --- plan allowance ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("plan", sorted(limits.PLAN_MINUTES))
+def test_allowance_waits_for_the_rolling_24h_window(store, plan):
+    a = PlanAllowance(store, "key:x", plan)
+    cap_ms = limits.PLAN_MINUTES[plan] * 60_000
+    t0 = 10**15
+    n = cap_ms // 120_000
+    for i in range(n):
+        assert a.wait_s(120_000, t0 + i * 10**9) == 0
+        a.record(120_000, t0 + i * 10**9)
+    assert a.used_ms(t0 + n * 10**9) == cap_ms
+    wait = a.wait_s(60_000, t0 + n * 10**9)
+    assert wait == pytest.approx(limits.ALLOWANCE_WINDOW_S - n, abs=1), "the first upload ages out in 24 h"
+    assert a.wait_s(1, t0 + limits.ALLOWANCE_WINDOW_S * 10**9 + 1) == 0
+
+
+def test_allowance_is_per_community(store):
+    a = PlanAllowance(store, "key:a", "free")
+    b = PlanAllowance(store, "key:b", "free")
+    for i in range(5):
+        a.record(120_000, 10**15 + i)
+    assert a.wait_s(1000, 10**15 + 10) > 0 and b.wait_s(1000, 10**15 + 10) == 0
