@@ -141,6 +141,10 @@ class Outbox(Store):
                            " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id)"
                            " OR EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id"
                            "            AND d.state NOT IN ('delivered','failed'))", (t, self.now_ns()))
+            marks = ",".join("?" * len(self.targets))
+            db.execute(f"UPDATE deliveries SET state='failed', reason='target removed from the configuration',"
+                       f" updated_ns=? WHERE state NOT IN ('delivered','failed') AND target NOT IN ({marks})",
+                       (self.now_ns(), *self.targets))
 
     def enqueue(self, clip_id: str, parts: list[tuple[int, Path, int, int, str]], priority: int,
                 event_wall_ns: int) -> None:
@@ -259,9 +263,15 @@ class Outbox(Store):
         return "queued"
 
     def clip_delivered(self, clip_id: str) -> bool:
-        """Every part of the clip confirmed by every target it was queued for."""
-        row = self.query("SELECT COUNT(*), SUM(d.state='delivered') FROM deliveries d JOIN parts p ON p.id=d.part_id"
-                         " WHERE p.clip_id=?", (clip_id,))[0]
+        """Every part of the clip confirmed by every configured target it was queued for (a target
+        since removed from the configuration no longer counts)."""
+        sql = ("SELECT COUNT(*), SUM(d.state='delivered') FROM deliveries d JOIN parts p ON p.id=d.part_id"
+               " WHERE p.clip_id=?")
+        args: tuple = (clip_id,)
+        if self.targets:
+            sql += f" AND d.target IN ({','.join('?' * len(self.targets))})"
+            args += self.targets
+        row = self.query(sql, args)[0]
         return row[0] > 0 and row[0] == row[1]
 
     def counts(self) -> dict[str, int]:

@@ -491,3 +491,23 @@ def test_bandwidth_cap(tmp_path, server):
         wait_until(rig.settled, 30, "delivered")
         took = time.monotonic() - t0
     assert took >= size / 200_000 * 0.9, f"{size} bytes at 200 kB/s took only {took:.2f} s"
+
+
+def test_a_target_added_later_gets_the_backlog_and_a_removed_one_stops_counting(tmp_path, server):
+    s1 = settings(tmp_path, ["directory"], server)
+    with Rig(tmp_path, s1, server.test_clock) as rig:
+        rig.add("old-clip")
+        wait_until(rig.settled, 10, "delivered to the directory")
+    s2 = settings(tmp_path, ["sonoran_v2"], server)
+    server.down()  # the new target cannot deliver yet
+    rig2 = Rig(tmp_path, s2, server.test_clock)
+    rig2.add("new-clip")
+    states = {(d.part.clip_id, d.target): d.state for d in rig2.outbox.deliveries()}
+    assert states == {("old-clip", "directory"): "delivered", ("new-clip", "sonoran_v2"): "queued"}, \
+        "a settled clip is not sent again to a new target; new clips go to it"
+    s3 = settings(tmp_path, ["directory"], server)
+    ob3 = Outbox(tmp_path / "outbox.sqlite", targets=s3.upload.targets)
+    d = {x.target: (x.state, x.reason) for x in ob3.deliveries(clip_id="new-clip")}
+    assert d == {"sonoran_v2": ("failed", "target removed from the configuration"),
+                 "directory": ("queued", "")}, "the configured target receives it instead"
+    assert not ob3.clip_delivered("new-clip")
