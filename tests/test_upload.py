@@ -257,6 +257,18 @@ def test_a_refused_clip_fails_with_the_servers_reason_and_is_kept(tmp_path, serv
     assert by_clip["clip-good"].state == "delivered", "one refused clip does not stop the queue"
     assert bad.exists(), "a refused clip is kept"
     assert rig.alarms.get("upload_failed") is True
+    # The operator asks for it again (no daemon running: recorded for the next start).
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    rig.outbox.close()  # the last connection checkpoints the WAL into the file
+    (tmp_path / "outbox.sqlite").rename(state / "outbox.sqlite")
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[storage]\ndir = "{state}"\n')
+    out = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "clip-bad", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "when the daemon next runs" in out.stdout, out.stderr
+    again = Outbox(state / "outbox.sqlite").deliveries(clip_id="clip-bad")[0]
+    assert again.state == "queued" and again.reason == "retry requested"
 
 
 def test_a_part_outside_the_contract_is_refused_locally_without_a_request(tmp_path, server):
@@ -511,3 +523,39 @@ def test_a_target_added_later_gets_the_backlog_and_a_removed_one_stops_counting(
     assert d == {"sonoran_v2": ("failed", "target removed from the configuration"),
                  "directory": ("queued", "")}, "the configured target receives it instead"
     assert not ob3.clip_delivered("new-clip")
+
+
+# --- the whole daemon ---------------------------------------------------------------------------------
+
+def test_daemon_marks_and_delivers_to_sonoran_v2_and_the_operator_sees_it(tmp_path, server):
+    from tests.test_events import SMALL, Running, timeline_s
+    (tmp_path / "api.key").write_text("test-key\n")
+    s = config.from_mapping({
+        "camera": {"source": "synthetic", "paced": False} | SMALL, "audio": {"source": "synthetic"},
+        "storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0, "segment_seconds": 2.0},
+        "clips": {"pre_roll_seconds": 2.0, "post_roll_seconds": 2.0},
+        "upload": {"targets": ["sonoran_v2", "directory"], "retry_base_seconds": 0.2,
+                   "sonoran_v2": {"base_url": server.url, "api_key_file": str(tmp_path / "api.key"),
+                                  "account_uuid": ACCOUNT}}}, origin="<test>")
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n')
+    server.fail_next(1, 502, "bad gateway")
+    with Running(s) as d:
+        wait_until(lambda: timeline_s(d) > 5, 30, "footage")
+        event_id = d.mark("cli", "upload me").event_id
+        wait_until(lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 60, "delivered to both targets")
+        wait_until(lambda: json.loads(d.paths.status.read_text())["outbox"].get("delivered", 0) == 2, 5,
+                   "status written")
+        status = json.loads(d.paths.status.read_text())
+    assert status["uploads"]["sonoran_v2"]["paused"] is None
+    assert status["uploads"]["sonoran_v2"]["last_delivered"]
+    assert server.uploads[0].fields["durationMs"] == str(Outbox(tmp_path / "state" / "outbox.sqlite").parts()[0].duration_ms)
+    listing = json.loads(subprocess.run([sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
+                                        capture_output=True, text=True, timeout=60).stdout)
+    by_target = {r["target"]: r for r in listing}
+    assert by_target["sonoran_v2"]["state"] == "delivered" and by_target["sonoran_v2"]["attempts"] == 2
+    assert json.loads(by_target["sonoran_v2"]["response"])[0].startswith(server.url)
+    assert by_target["directory"]["state"] == "delivered"
+    retry = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "999", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert retry.returncode == 1 and "nothing to retry" in retry.stderr
