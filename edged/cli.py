@@ -86,16 +86,16 @@ def _open_clip_stores(settings: config_mod.Settings):
     from edged.outbox import Outbox
     from edged.paths import StatePaths
     paths = StatePaths(settings.state_dir)
-    if not paths.events.exists():
-        return paths, None, None
-    return paths, EventStore(paths.events), Outbox(paths.outbox)
+    store = EventStore(paths.events, read_only=True) if paths.events.exists() else None
+    outbox = Outbox(paths.outbox, read_only=True) if paths.outbox.exists() else None
+    return paths, store, outbox
 
 
 def cmd_clips_list(args: argparse.Namespace) -> int:
     from edged.events import clip_summaries
     settings = _settings_or_exit(args.config)
     paths, store, outbox = _open_clip_stores(settings)
-    clips = clip_summaries(store, outbox, paths.clips) if store else []
+    clips = clip_summaries(store, outbox, paths.clips) if store and outbox else []
     if args.json:
         print(json.dumps(clips, indent=2))
     else:

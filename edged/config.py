@@ -245,7 +245,7 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     if gop_ms > s.clips.max_duration_ms - 100:
         problems.append(("camera.keyframe_seconds", f"keyframes {gop_ms / 1000:g} s apart do not fit clip parts "
                                                     f"of clips.max_duration_ms = {s.clips.max_duration_ms}"))
-    if s.storage.max_bytes < 3 * _segment_bytes_estimate(s):
+    if s.storage.max_bytes < 3 * segment_bytes_estimate(s):
         problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
     _upload_checks(s.upload, problems)
 
@@ -295,8 +295,10 @@ def _check_url(key: str, url: str, problems: list[tuple[str, str]]) -> None:
         problems.append((key, f"must be an http(s) URL; got {url!r}"))
 
 
-def _segment_bytes_estimate(s: Settings) -> int:
-    return int((s.camera.bitrate + s.audio.bitrate) / 8 * s.storage.segment_seconds * 1.2)
+def segment_bytes_estimate(s: Settings) -> int:
+    """A generous size of one segment at the configured bitrates (one place: config, ring, recorder)."""
+    audio = s.audio.bitrate if s.audio.source != "none" else 0
+    return int((s.camera.bitrate + audio) / 8 * s.storage.segment_seconds * 1.3)
 
 
 def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[tuple[str, str]]) -> Any:

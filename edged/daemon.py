@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edged.clock import Clock, SystemClock
-from edged.config import Settings
+from edged.config import Settings, segment_bytes_estimate
 from edged.index import open_or_rebuild
 from edged.paths import StatePaths
 from edged.reconcile import reconcile
@@ -34,16 +34,26 @@ class StorageUnusable(Exception):
 
 def prepare_state_dir(paths: StatePaths) -> None:
     """Create the folders and prove they can be written; raise StorageUnusable saying why."""
+    probe = paths.segments / f".write-test-{os.getpid()}"
     try:
         paths.segments.mkdir(parents=True, exist_ok=True)
-        probe = paths.segments / f".write-test-{os.getpid()}"
         with open(probe, "wb") as f:
             f.write(b"x")
             os.fsync(f.fileno())
-        probe.unlink()
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            # Full, most likely of our own ring: the ring makes room at start; not a reason to refuse
+            # (systemd would restart us forever).
+            log.warning("storage.dir %s is full: making room by overwriting the oldest unprotected footage",
+                        paths.root)
+            return
         why = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "cannot be written"
         raise StorageUnusable(f"storage.dir {paths.root} {why}: {exc.strerror or exc}") from exc
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 class Daemon:
@@ -199,12 +209,20 @@ class Daemon:
         index, moved = open_or_rebuild(self.paths.index)
         if moved:
             log.critical("segment index was corrupt: moved to %s, rebuilding from the segment files", moved)
-        report = reconcile(index, self.paths.segments)
-        if report.salvaged:
-            log.warning("salvaged %d segment(s) cut off by a crash or power cut: %s",
-                        len(report.salvaged), ", ".join(report.salvaged))
         st = self.settings.storage
         ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
+        try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
+            ring.make_room(segment_bytes_estimate(self.settings))
+        except OSError as exc:
+            log.error("could not make room at start: %s", exc)
+        try:
+            report = reconcile(index, self.paths.segments)
+        except OSError as exc:  # e.g. a salvage copy on a full disk: the recorder retries later
+            log.error("reconciling the segment folder failed: %s; continuing", exc)
+        else:
+            if report.salvaged:
+                log.warning("salvaged %d segment(s) cut off by a crash or power cut: %s",
+                            len(report.salvaged), ", ".join(report.salvaged))
         self.recorder = Recorder(self.settings, index, ring, self.clock, self.paths.segments,
                                  stop_after_s=self.stop_after_s)
         rec_thread = threading.Thread(target=self.recorder.run, name="recorder")

@@ -13,14 +13,40 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+WAL_LIMIT_BYTES = 512 * 1024
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes: for the operator's commands, which must work on a card that
+    went read-only. ``mode=ro`` still sees a WAL; on a read-only file system where SQLite cannot
+    open the WAL's shared memory, ``immutable=1`` reads the main file (what was checkpointed)."""
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"file:{path}?{query}", uri=True, timeout=30, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+    raise sqlite3.OperationalError(f"{path}: cannot be opened read-only")
+
+
 class Store:
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self.read_only = read_only
+        if read_only:
+            self._db = open_read_only(path)
+            return
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
+            # Bounded journals: checkpoint every ~400 KB of WAL and truncate it back afterwards,
+            # so the stores' disk use stays small and predictable next to the ring buffer.
+            self._db.execute("PRAGMA wal_autocheckpoint=100")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._check()
             self._db.executescript(schema)

@@ -81,8 +81,8 @@ class Event:
 
 
 class EventStore(Store):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, _SCHEMA)
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        super().__init__(path, _SCHEMA, read_only=read_only)
 
     def events(self, state: str | None = None) -> list[Event]:
         sql, args = "SELECT * FROM events", ()

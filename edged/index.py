@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +124,11 @@ def _row(r: tuple) -> Segment:
 
 
 class Index(Store):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self._unmarked_evictions: set[int] = set()
+        if read_only:  # the operator's view: no schema, no check, no write
+            super().__init__(path, _SCHEMA, read_only=True)
+            return
         try:
             super().__init__(path, _SCHEMA)
             with self.tx() as db:
@@ -173,6 +177,35 @@ class Index(Store):
                 db.execute("UPDATE segments SET state=? WHERE seq=?", (state, seq))
             else:
                 db.execute("UPDATE segments SET state=?, note=? WHERE seq=?", (state, note, seq))
+
+    def evict_if_unheld(self, seq: int, remove_file: Callable[[], None]) -> bool:
+        """Evict a stored, unheld segment: under the index lock (no hold can slip in between),
+        check, remove the file, then mark the row. The file goes first because on a full disk
+        the row update itself may be refused (SQLite needs room for its journal): then the row is
+        remembered and marked by ``retry_evictions`` once there is room."""
+        with self._lock:
+            held_or_gone = not self._db.execute(
+                f"SELECT 1 FROM segments s WHERE s.seq=? AND s.state IN ('final','salvaged') AND NOT {_HELD}",
+                (seq,)).fetchone()
+            if held_or_gone:
+                return False
+            remove_file()
+            try:
+                self.mark_evicted_if_unheld(seq)
+            except sqlite3.OperationalError:
+                self._unmarked_evictions.add(seq)
+            return True
+
+    def retry_evictions(self) -> None:
+        with self._lock:
+            for seq in sorted(self._unmarked_evictions):
+                try:
+                    with self._tx() as db:
+                        db.execute("UPDATE segments SET state='evicted' WHERE seq=? AND state IN ('final','salvaged')",
+                                   (seq,))
+                except sqlite3.OperationalError:
+                    return
+                self._unmarked_evictions.discard(seq)
 
     def mark_evicted_if_unheld(self, seq: int) -> bool:
         """Atomically mark a stored, unheld segment evicted; False if someone holds it now."""

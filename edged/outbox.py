@@ -116,10 +116,10 @@ def _delivery(row: tuple) -> Delivery:
 
 class Outbox(Store):
     def __init__(self, path: Path, targets: Sequence[str] | None = None,
-                 now_ns: Callable[[], int] = time.time_ns) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, read_only: bool = False) -> None:
         """``targets``: the configured upload targets (the daemon); None opens the rows as they are
-        (the command line's listing), without adding deliveries."""
-        super().__init__(path, _SCHEMA)
+        (the command line's listing), without adding deliveries. ``read_only``: never writes."""
+        super().__init__(path, _SCHEMA, read_only=read_only)
         self.now_ns = now_ns
         self.targets: tuple[str, ...] = ()
         #: Called after parts are enqueued or made due again (the uploader wakes).

@@ -61,6 +61,22 @@ def _start_of(row) -> SegmentStart:
     return SegmentStart(row.seq, row.boot_id, row.mono_start_ns, row.wall_start_ns, row.clock_synced, "")
 
 
+def _restore_boot_clocks(index: Index) -> None:
+    """A rebuilt index has no clock records: each file's tags carry its boot, monotonic and wall
+    starts and whether the clock was synchronised, so a boot's synchronised offset (wall − mono
+    of its latest synchronised segment) is derived again, and its footage recorded before the
+    clock was set is placed right, not by the wrong wall time it was stamped with."""
+    known = {b for (b,) in index.query("SELECT boot_id FROM boot_clock WHERE synced=1")}
+    latest: dict[str, tuple[int, int]] = {}
+    for seg in index.segments():
+        if seg.clock_synced and seg.boot_id not in known and seg.wall_start_ns:
+            if seg.boot_id not in latest or seg.mono_start_ns > latest[seg.boot_id][0]:
+                latest[seg.boot_id] = (seg.mono_start_ns, seg.wall_start_ns - seg.mono_start_ns)
+    for boot_id, (mono, offset) in latest.items():
+        index.note_clock(boot_id, offset, True, mono)
+        log.info("clock offset of boot %s restored from its segments' tags", boot_id)
+
+
 def reconcile(index: Index, directory: Path) -> ReconcileReport:
     report = ReconcileReport()
     for leftover in directory.glob(f"*{SALVAGE_SUFFIX}"):
@@ -107,6 +123,7 @@ def reconcile(index: Index, directory: Path) -> ReconcileReport:
         else:
             report.unreadable.append(path.name)
 
+    _restore_boot_clocks(index)
     if report.any():
         log.warning("reconciled index with folder: salvaged=%d adopted=%d lost=%d deleted=%d unreadable=%d",
                     len(report.salvaged), len(report.adopted), len(report.lost), len(report.deleted),

@@ -23,7 +23,7 @@ import av
 from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
 from edged.capture.thread import LOST, CaptureThread
 from edged.clock import Clock, ClockWatch
-from edged.config import Settings
+from edged.config import Settings, segment_bytes_estimate
 from edged.encode import AudioEncoder, VideoEncoder
 from edged.index import Index
 from edged.ring import RingBuffer, Room
@@ -114,11 +114,12 @@ class Recorder:
         self._clock_noted = False
         self._pending_steps: list = []
         self._unsalvaged: list[SegmentWriter] = []
+        self._pending_rows: list[tuple[str, Callable[[], None]]] = []
         self._next_seq = index.next_seq()
         self._boundaries: list[int] = []
         self._boundary_lock = threading.Lock()
         self._last_frame_mono_ns = 0
-        self._segment_bytes_estimate = int((cam.bitrate + aud.bitrate) / 8 * settings.storage.segment_seconds * 1.3)
+        self._segment_bytes_estimate = segment_bytes_estimate(settings)
 
     # --- for the event stage ------------------------------------------------------------------
 
@@ -317,7 +318,9 @@ class Recorder:
         if self._cur is None and now < self._next_room_check:
             return False
         try:
-            room = self.ring.make_room(self._segment_bytes_estimate)
+            # The segment being closed is not in the index's stored bytes yet: count it, or the
+            # ring would overshoot its budget by about one segment.
+            room = self.ring.make_room(self._segment_bytes_estimate + self._open_bytes())
         except STORAGE_ERRORS as exc:
             self._write_failed(exc)
             return False
@@ -370,6 +373,16 @@ class Recorder:
             self._finish(self._closing)
             self._closing = None
 
+    def _open_bytes(self) -> int:
+        total = 0
+        for seg in (self._cur, self._closing):
+            if seg is not None:
+                try:
+                    total += seg.writer.part_path.stat().st_size
+                except OSError:
+                    pass
+        return total
+
     def _finish(self, seg: _Open) -> None:
         w = seg.writer
         frames = w.video_frames
@@ -390,6 +403,7 @@ class Recorder:
             return
         self.status.segments_written += 1
         self._set_alarm("storage_error", False, "")
+        self._retry_rows()
         for pending in list(self._unsalvaged):  # space is back: recover what a write error cut off
             self._unsalvaged.remove(pending)
             self._salvage_now(pending)
@@ -408,19 +422,33 @@ class Recorder:
                 self._unsalvaged.append(w)
             return
         if result.path is None:
-            try:
-                self.index.set_state(w.start.seq, "lost", result.reason)
-            except STORAGE_ERRORS:
-                pass  # reconcile finds no file and records the loss at the next start
+            # A 'writing' row left behind would keep marks waiting: retried until it is written.
+            self._update_row(w.start.name, lambda seq=w.start.seq, why=result.reason:
+                             self.index.set_state(seq, "lost", why))
             return
         try:
             _, facts = inspect(result.path)
-            self.index.finish(w.start.seq, "salvaged", facts.duration_ns, facts.bytes, facts.video_frames,
-                              facts.audio_packets, facts.sha256, f"salvaged after write error: {result.reason}")
         except STORAGE_ERRORS as exc:
-            log.error("salvaged segment %s could not be indexed now (%s); reconcile will", w.start.name, exc)
+            log.error("salvaged segment %s could not be read back now (%s); reconcile will", w.start.name, exc)
             return
+        self._update_row(w.start.name, lambda seq=w.start.seq, f=facts, why=result.reason: self.index.finish(
+            seq, "salvaged", f.duration_ns, f.bytes, f.video_frames, f.audio_packets, f.sha256,
+            f"salvaged after write error: {why}"))
         self.status.segments_salvaged += 1
+
+    def _update_row(self, name: str, update: Callable[[], None]) -> None:
+        """Write an index row now, or keep it to retry when writing works again (a full disk can
+        refuse SQLite too)."""
+        try:
+            update()
+        except STORAGE_ERRORS as exc:
+            log.error("index row of segment %s not written now (%s); will retry", name, exc)
+            self._pending_rows.append((name, update))
+
+    def _retry_rows(self) -> None:
+        pending, self._pending_rows = self._pending_rows, []
+        for name, update in pending:
+            self._update_row(name, update)
 
     def _close_segments(self) -> None:
         for seg in (self._closing, self._cur):

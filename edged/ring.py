@@ -23,6 +23,11 @@ from edged.index import Index
 log = logging.getLogger("edged.ring")
 
 
+#: Kept free beyond ``min_free_bytes`` for SQLite's journals and the status file: a disk filled
+#: to the last byte by footage could not even record an eviction. (WAL files are capped in db.py.)
+METADATA_RESERVE_BYTES = 256 * 1024
+
+
 class Room(enum.Enum):
     OK = "ok"
     OVER_BUDGET = "storage_over_budget"  # recording goes on, only held footage is left to evict
@@ -56,13 +61,15 @@ class RingBuffer:
         return Usage(self.index.stored_bytes(), self.index.held_bytes(), free_bytes(self.dir))
 
     def make_room(self, reserve_bytes: int) -> Room:
-        """Evict until ``reserve_bytes`` more fit in the budget and on the disk."""
+        """Evict until ``reserve_bytes`` more fit in the budget and on the disk (with room kept
+        for the stores' own writes: index, events, outbox, status)."""
+        self.index.retry_evictions()
         candidates = iter(self.index.eviction_candidates())
         while True:
             stored = self.index.stored_bytes()
             free = free_bytes(self.dir)
             over_budget = stored + reserve_bytes > self.max_bytes
-            over_disk = free - reserve_bytes < self.min_free_bytes
+            over_disk = free - reserve_bytes < self.min_free_bytes + METADATA_RESERVE_BYTES
             if not over_budget and not over_disk:
                 return Room.OK
             victim = next(candidates, None)
@@ -71,14 +78,10 @@ class RingBuffer:
             self.evict(victim.seq, victim.name)
 
     def evict(self, seq: int, name: str) -> bool:
-        # Row first (only if still unheld: a mark may have just protected it), then the file:
-        # a crash between leaves a file that reconcile deletes.
-        if not self.index.mark_evicted_if_unheld(seq):
+        # Checked unheld, file removed, row marked: atomically with respect to holds (the index
+        # lock). A crash between file and row leaves a row whose file is gone: reconcile records it.
+        if not self.index.evict_if_unheld(seq, lambda: (self.dir / name).unlink(missing_ok=True)):
             return False
-        try:
-            (self.dir / name).unlink()
-        except FileNotFoundError:
-            pass
         self.evicted += 1
         log.debug("evicted segment %s", name)
         return True

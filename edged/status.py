@@ -80,7 +80,7 @@ def read_status(paths: StatePaths) -> dict[str, Any]:
     }
     if paths.outbox.exists():
         from edged.outbox import Outbox
-        ob = Outbox(paths.outbox)
+        ob = Outbox(paths.outbox, read_only=True)
         try:
             out["outbox"] = ob.counts()
         finally:
@@ -89,7 +89,7 @@ def read_status(paths: StatePaths) -> dict[str, Any]:
         out["outbox"] = {}
     out["events_open"] = daemon.get("events_open", 0)
     if paths.index.exists():
-        idx = Index(paths.index)
+        idx = Index(paths.index, read_only=True)
         try:
             out.update(footage_summary(idx))
         finally:

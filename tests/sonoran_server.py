@@ -1,17 +1,32 @@
 """A contract server for the tests: Sonoran CAD's bodycam upload endpoints on 127.0.0.1, enforcing
-what ../shared/reference/ documents (and NOTES.md adds):
+what ../shared/reference/ documents (and NOTES.md adds). The numbers come from ``edged.limits``.
 
-v2  ``POST /v2/general/bodycam-recordings``: ``Authorization: Bearer <key>``; 30 requests per rolling
-    60 s per key (every request with a valid key counts, refused ones too) → 429 + Retry-After;
-    multipart with exactly one ``file`` part, ``.webm`` name and EBML magic, ≤ 6,000,000 bytes;
-    exactly one of accountUuid / communityUserId / roblox / discord; durationMs 1..120000; the
-    plan's rolling 24 h minutes per key. Errors as application/problem+json. Success: a JSON list
-    with one URL.
-legacy ``POST /upload``: community, account, sessionId, username, type=bodycam, durationMs; same
-    limits per community; errors as text/plain ``Error: ...``.
+v2  ``POST /v2/general/bodycam-recordings``, in this order:
+    ``Authorization: Bearer <key>`` (missing/unknown → 401); 30 requests per rolling 60 s per key,
+    every request with a valid key counted, refused ones (429s too) included (→ 429 + Retry-After:
+    whole seconds until a request would be let through); then the body: multipart/form-data with
+    exactly one file part, named ``file``; ≤ 6,000,000 bytes; ``.webm`` name and EBML magic;
+    exactly one of accountUuid / communityUserId / roblox (integer) / discord; the account known
+    (if ``accounts`` is given); durationMs an integer in 1..120000; identId an integer if given;
+    the plan's minutes per rolling 24 h per key. Errors are application/problem+json
+    ``{"title": "Unable to upload bodycam recording", "status": N, "detail": "..."}``.
+    Success: 200, a JSON list with one URL (``<url>/files/<sha256>.webm``).
+legacy ``POST /upload``: community, account, sessionId, username, type=bodycam, durationMs (identId,
+    unitNumber, unitLocation optional); the same limits, counted per community; errors are
+    text/plain ``Error: ...`` with status 400 (429 for the rate limit).
 
-Fault knobs for tests: ``fail_next``, ``reset_next`` (RST mid-body), ``stall_next``, ``down``/``up``.
-Runnable as a process (for a network namespace): ``python tests/sonoran_server.py --host H --port P``.
+Bodies may come with Content-Length or chunked; they are parsed as they arrive (the boundary from
+the Content-Type header), file parts spooled to temporary files, never held in memory.
+``GET /files/<sha256>.webm`` serves a stored upload (with ``store_dir``); other paths answer 404.
+
+Fault knobs for tests, each for the next n upload requests: ``fail_next`` (answer so, after reading
+the body), ``reset_next`` (read some bytes, then RST), ``stall_next`` (the request is judged and
+recorded at once, the answer is held back); ``down``/``up`` stop and resume listening on the same
+port (``down`` also cuts open connections, so kept-alive ones cannot bypass it).
+
+Runnable as a process (for a network namespace):
+``python tests/sonoran_server.py --host H --port P [--store-dir D] [--key K=plan ...]``
+prints ``READY http://H:P`` once listening and serves until SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,17 +35,26 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
 import signal
 import socket
+import socketserver
 import struct
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import HeaderParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edged import limits  # noqa: E402
@@ -38,30 +62,133 @@ from edged import limits  # noqa: E402
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 V2_PATH = "/v2/general/bodycam-recordings"
 LEGACY_PATH = "/upload"
+FILES_PREFIX = "/files/"
 OWNER_FIELDS = ("accountUuid", "communityUserId", "roblox", "discord")
-_MAX_BODY = limits.MAX_UPLOAD_BYTES + 1_000_000  # room for the other form fields
+PROBLEM_TITLE = "Unable to upload bodycam recording"
+
+_BLOCK = 65536
+#: Guards against broken clients; far above anything the contract lets through.
+_MAX_FIELD_BYTES = 64 * 1024
+_MAX_PART_HEADER_BYTES = 16 * 1024
+_MAX_PARTS = 64
+#: A body larger than this is not read to its end: answered, then the connection is closed.
+_MAX_BODY_BYTES = 4 * limits.MAX_UPLOAD_BYTES
+_INT = re.compile(r"[0-9]+")
+_STORED = re.compile(r"/files/([0-9a-f]{64})\.webm")
 
 
 @dataclass
 class Upload:
-    api: str
-    key: str
-    fields: dict[str, str]
+    """One accepted upload."""
+    api: str                 # "v2" | "legacy"
+    key: str                 # v2: the bearer key; legacy: the community id
+    fields: dict[str, str]   # every non-file form field as received
     filename: str
     size: int
     sha256: str
     duration_ms: int
-    at: float
+    at: float                # server clock time of acceptance
 
 
 @dataclass
 class Request:
+    """Every request that reached a handler, accepted or not (status 0: no answer was sent)."""
     api: str
     key: str
     status: int
     detail: str
     at: float
 
+
+# --- request bodies -----------------------------------------------------------------------------------
+
+class _ClientGone(ConnectionError):
+    """The connection ended before the body did."""
+
+
+class _BadFraming(Exception):
+    """The body cannot be delimited (bad Content-Length or chunked framing): answer 400 and close."""
+
+
+class _Body:
+    """The request body as a stream: Content-Length or chunked, never read past its end."""
+
+    def __init__(self, rfile, headers) -> None:
+        self.rfile = rfile
+        self.total = 0
+        te = headers.get("Transfer-Encoding")
+        cl = headers.get("Content-Length")
+        self.chunked = False
+        self.left = 0           # Content-Length: bytes still to come; chunked: of the current chunk
+        self.done = False
+        if te is not None:
+            if cl is not None:
+                raise _BadFraming("Both Content-Length and Transfer-Encoding given.")
+            codings = [c.strip().lower() for c in te.split(",") if c.strip()]
+            if codings != ["chunked"]:
+                raise _BadFraming(f"Unsupported Transfer-Encoding: {te}.")
+            self.chunked = True
+        elif cl is not None:
+            if not _INT.fullmatch(cl.strip()):
+                raise _BadFraming(f"Bad Content-Length: {cl!r}.")
+            self.left = int(cl.strip())
+            self.done = self.left == 0
+        else:
+            self.done = True    # no body
+
+    def _next_chunk(self) -> None:
+        line = self.rfile.readline(1024)
+        if not line:
+            raise _ClientGone("connection closed in the chunked body")
+        if not line.endswith(b"\n"):
+            raise _BadFraming("Chunk size line too long.")
+        size = line.split(b";", 1)[0].strip()
+        if not re.fullmatch(rb"[0-9a-fA-F]{1,15}", size):
+            raise _BadFraming(f"Bad chunk size {size!r}.")
+        self.left = int(size, 16)
+        if self.left == 0:
+            for _ in range(100):  # trailer fields, then the blank line
+                line = self.rfile.readline(8192)
+                if not line:
+                    raise _ClientGone("connection closed in the chunked trailer")
+                if line in (b"\r\n", b"\n"):
+                    self.done = True
+                    return
+            raise _BadFraming("Too many trailer lines.")
+
+    def read(self, n: int = _BLOCK) -> bytes:
+        """Up to ``n`` bytes; b"" at the end of the body."""
+        if self.done:
+            return b""
+        if self.chunked and self.left == 0:
+            self._next_chunk()
+            if self.done:
+                return b""
+        data = self.rfile.read(min(n, self.left))
+        if not data:
+            raise _ClientGone(f"connection closed after {self.total} bytes of the body")
+        self.left -= len(data)
+        self.total += len(data)
+        if self.left == 0:
+            if self.chunked:
+                if self.rfile.read(2) != b"\r\n":
+                    raise _BadFraming("Chunk not followed by CRLF.")
+            else:
+                self.done = True
+        return data
+
+    def drain(self) -> bool:
+        """Read to the end (True), or stop at the body cap (False: the connection must close)."""
+        try:
+            while self.total <= _MAX_BODY_BYTES:
+                if not self.read():
+                    return True
+        except _BadFraming:
+            pass
+        return False
+
+
+# --- multipart/form-data ----------------------------------------------------------------------------
 
 class _Refuse(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -70,102 +197,178 @@ class _Refuse(Exception):
 
 
 @dataclass
-class _Part:
+class _FilePart:
     name: str
-    filename: str | None
-    data: bytes
+    filename: str
+    spool: object = field(default_factory=lambda: tempfile.TemporaryFile(prefix="sonoran-upload-"))
+    size: int = 0
+    head: bytes = b""
+    hasher: object = field(default_factory=hashlib.sha256)
+
+    def write(self, data: bytes) -> None:
+        if len(self.head) < len(EBML_MAGIC):
+            self.head += bytes(data[:len(EBML_MAGIC) - len(self.head)])
+        if self.size + len(data) <= limits.MAX_UPLOAD_BYTES:  # past the cap only the size matters
+            self.spool.write(data)
+            self.hasher.update(data)
+        self.size += len(data)
 
     @property
-    def value(self) -> bytes:
-        return self.data if self.filename is None else b""
+    def too_large(self) -> bool:
+        return self.size > limits.MAX_UPLOAD_BYTES
+
+    def close(self) -> None:
+        self.spool.close()
 
 
-def _read_all(body, limit: int) -> bytes | None:
-    """The whole body, or None (drained) when it is larger than ``limit``."""
-    chunks, size = [], 0
-    while block := body.readline(65536):
-        size += len(block)
-        if size <= limit:
-            chunks.append(block)
-    return b"".join(chunks) if size <= limit else None
+class _FieldPart:
+    def __init__(self, name: str) -> None:
+        self.name, self.data = name, bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > _MAX_FIELD_BYTES:
+            raise _Refuse(400, f"Form field {self.name} is too large.")
+
+    def close(self) -> None:
+        pass
 
 
-def _parse_multipart(raw: bytes, boundary: bytes) -> list[_Part]:
-    delim = b"--" + boundary
-    if delim not in raw:
-        raise _Refuse(400, "Malformed multipart body.")
-    parts = []
-    for chunk in raw.split(delim)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
-        head, sep, data = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise _Refuse(400, "Malformed multipart body.")
-        data = data[:-2] if data.endswith(b"\r\n") else data
-        params = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            k, _, v = line.partition(":")
-            if k.strip().lower() == "content-disposition":
-                for item in v.split(";")[1:]:
-                    pk, _, pv = item.strip().partition("=")
-                    params[pk.lower()] = pv.strip('"')
-        parts.append(_Part(params.get("name", ""), params.get("filename"), data))
-    return parts
+@dataclass
+class _Form:
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    files: list[_FilePart] = field(default_factory=list)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def get(self, name: str) -> list[str]:
+        return [v for k, v in self.fields if k == name]
 
 
-class _ChunkedReader:
-    """A file-like view of a chunked request body."""
-
-    def __init__(self, rfile) -> None:
-        self.rfile, self.buf, self.done = rfile, b"", False
-
-    def _fill(self) -> None:
-        size_line = self.rfile.readline()
-        n = int(size_line.split(b";")[0].strip() or b"0", 16)
-        if n == 0:
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            self.done = True
-            return
-        self.buf += self.rfile.read(n)
-        self.rfile.readline()
-
-    def readline(self, limit: int = -1) -> bytes:
-        while b"\n" not in self.buf and not self.done and (limit < 0 or len(self.buf) < limit):
-            self._fill()
-        i = self.buf.find(b"\n")
-        n = len(self.buf) if i < 0 else i + 1
-        if limit >= 0:
-            n = min(n, limit)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+def _boundary(content_type: str) -> bytes | None:
+    m = Message()
+    m["Content-Type"] = content_type
+    if not content_type or m.get_content_type() != "multipart/form-data":
+        return None
+    b = m.get_boundary()
+    if not b or len(b) > 70:
+        return None
+    return b.encode("latin-1", "replace")
 
 
-class _Limited:
-    """Content-Length body: never reads past it."""
+def _part_head(raw: bytes) -> tuple[str, str | None]:
+    """(name, filename or None) from a part's header block."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    msg = HeaderParser().parsestr(text + "\r\n\r\n")
+    disp = msg.get("Content-Disposition")
+    if disp is None or msg.get_content_disposition() != "form-data":
+        raise _Refuse(400, "Malformed multipart body: a part without Content-Disposition: form-data.")
+    name = msg.get_param("name", header="content-disposition")
+    if isinstance(name, tuple):  # RFC 2231
+        from email.utils import collapse_rfc2231_value
+        name = collapse_rfc2231_value(name)
+    if not name:
+        raise _Refuse(400, "Malformed multipart body: a part without a name.")
+    return name, msg.get_filename()
 
-    def __init__(self, rfile, length: int) -> None:
-        self.rfile, self.left = rfile, length
 
-    def readline(self, limit: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        n = self.left if limit < 0 else min(limit, self.left)
-        line = self.rfile.readline(n)
-        self.left -= len(line)
-        return line
+def _parse_form(body: _Body, boundary: bytes) -> _Form:
+    """Parse as the bytes arrive (RFC 7578 / RFC 2046); file contents go to temporary files."""
+    delim = b"\r\n--" + boundary
+    buf = bytearray(b"\r\n")  # so the first delimiter looks like the others
+    form = _Form()
+
+    def fill() -> None:
+        data = body.read(_BLOCK)
+        if not data:
+            raise _Refuse(400, "Malformed multipart body: it ends before the closing boundary.")
+        buf.extend(data)
+
+    try:
+        # preamble
+        while (i := buf.find(delim)) < 0:
+            del buf[:max(0, len(buf) - len(delim) + 1)]
+            fill()
+        del buf[:i + len(delim)]
+        while True:
+            while len(buf) < 2:
+                fill()
+            if buf[:2] == b"--":
+                break  # the closing delimiter; the epilogue is drained by the caller
+            while (j := buf.find(b"\r\n")) < 0:  # transport padding, then CRLF
+                if len(buf) > 1024:
+                    raise _Refuse(400, "Malformed multipart body: junk after a boundary.")
+                fill()
+            if buf[:j].strip(b" \t"):
+                raise _Refuse(400, "Malformed multipart body: junk after a boundary.")
+            del buf[:j + 2]
+            if len(form.fields) + len(form.files) >= _MAX_PARTS:
+                raise _Refuse(400, "Too many form parts.")
+            # the part's header block ends at the first blank line (possibly at once: no headers)
+            while (k := (b"\r\n" + buf).find(b"\r\n\r\n")) < 0:
+                if len(buf) > _MAX_PART_HEADER_BYTES:
+                    raise _Refuse(400, "Malformed multipart body: part headers too long.")
+                fill()
+            head = bytes(buf[:k - 2]) if k >= 2 else b""
+            del buf[:k + 2]
+            name, filename = _part_head(head)
+            sink: _FilePart | _FieldPart
+            if filename is not None:
+                sink = _FilePart(name, filename)
+                form.files.append(sink)
+            else:
+                sink = _FieldPart(name)
+            keep = len(delim) - 1
+            while (i := buf.find(delim)) < 0:
+                if len(buf) > keep:
+                    sink.write(bytes(buf[:-keep]))
+                    del buf[:-keep]
+                fill()
+            sink.write(bytes(buf[:i]))
+            del buf[:i + len(delim)]
+            if isinstance(sink, _FieldPart):
+                form.fields.append((name, sink.data.decode("utf-8", "replace")))
+        return form
+    except BaseException:
+        form.close()
+        raise
+
+
+# --- the server -------------------------------------------------------------------------------------
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False     # down() must not wait for stalled handlers
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, address, handler, app: SonoranServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.app = app
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # no getfqdn(): a reverse lookup can be slow
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 class SonoranServer:
     def __init__(self, *, keys: dict[str, str] | None = None, accounts: set[str] | None = None,
                  legacy: dict[str, dict] | None = None, clock: Callable[[], float] = time.monotonic,
                  store_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.keys = dict(keys or {"test-key": "free"})
-        self.accounts = accounts
-        self.legacy = legacy or {}
+        self.keys = dict(keys if keys is not None else {"test-key": "free"})
+        self.accounts = set(accounts) if accounts is not None else None
+        self.legacy = dict(legacy or {})
+        for plan in [*self.keys.values(), *(c.get("plan", "free") for c in self.legacy.values())]:
+            if plan not in limits.PLAN_MINUTES:
+                raise ValueError(f"unknown plan {plan!r} (one of {', '.join(limits.PLAN_MINUTES)})")
         self.clock = clock
-        self.store_dir = store_dir
+        self.store_dir = Path(store_dir) if store_dir is not None else None
         self.host, self.port = host, port
         self.uploads: list[Upload] = []
         self.requests: list[Request] = []
@@ -173,37 +376,48 @@ class SonoranServer:
         self._windows: dict[str, deque[float]] = {}
         self._used: dict[str, list[tuple[float, int]]] = {}
         self._faults: deque[tuple[str, dict]] = deque()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._conns: set[socket.socket] = set()
+        self._wake = threading.Event()
+        self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> SonoranServer:
         self.up()
         return self
 
     def up(self) -> None:
-        server = self
-
-        class Handler(_Handler):
-            srv = server
-
-        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
-        httpd.daemon_threads = True
+        """Listen (again) on the same port."""
+        if self._httpd is not None:
+            return
+        httpd = _HTTPServer((self.host, self.port), _Handler, self)
         self.port = httpd.server_address[1]
+        self._wake = threading.Event()
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"sonoran-{self.port}", daemon=True)
         self._thread.start()
 
     def down(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        """Stop listening (connects are refused) and cut every open connection."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        self._wake.set()  # stalled answers are abandoned
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self.down()
@@ -217,14 +431,17 @@ class SonoranServer:
     # --- fault knobs ------------------------------------------------------------------------------
 
     def fail_next(self, n: int, status: int = 503, body: str = "", headers: dict[str, str] | None = None) -> None:
+        """The next ``n`` upload requests are answered ``status``/``body``/``headers`` (after the body is read)."""
         with self._lock:
-            self._faults.extend([("fail", {"status": status, "body": body, "headers": headers or {}})] * n)
+            self._faults.extend([("fail", {"status": status, "body": body, "headers": dict(headers or {})})] * n)
 
     def reset_next(self, n: int, after_bytes: int = 0) -> None:
+        """The next ``n`` upload requests: read ``after_bytes`` of the body, then reset the connection."""
         with self._lock:
             self._faults.extend([("reset", {"after": after_bytes})] * n)
 
     def stall_next(self, n: int, seconds: float) -> None:
+        """The next ``n`` upload requests are judged (and recorded) at once, answered ``seconds`` later."""
         with self._lock:
             self._faults.extend([("stall", {"seconds": seconds})] * n)
 
@@ -233,181 +450,262 @@ class SonoranServer:
             return self._faults.popleft() if self._faults else None
 
     def count(self, status: int | None = None, api: str | None = None) -> int:
-        return sum(1 for r in self.requests if (status is None or r.status == status) and (api is None or r.api == api))
+        with self._lock:
+            return sum(1 for r in self.requests
+                       if (status is None or r.status == status) and (api is None or r.api == api))
+
+    def _record(self, api: str, key: str, status: int, detail: str) -> None:
+        with self._lock:
+            self.requests.append(Request(api, key, status, detail, self.clock()))
 
     # --- the rules --------------------------------------------------------------------------------
 
-    def _rate(self, key: str, refuse) -> None:
-        """30 per rolling 60 s per key; every request counts."""
-        now = self.clock()
+    def _rate(self, key: str, prefix: str) -> None:
+        """30 per rolling 60 s per key; every request counts, the refused ones too."""
         with self._lock:
+            now = self.clock()
             w = self._windows.setdefault(key, deque())
             while w and w[0] <= now - limits.RATE_WINDOW_S:
                 w.popleft()
-            if len(w) >= limits.REQUESTS_PER_MINUTE:
-                retry = max(1, math.ceil(w[0] + limits.RATE_WINDOW_S - now))
-                w.append(now)
-                raise refuse(429, "Too many requests: 30 per minute per API key.", {"Retry-After": str(retry)})
             w.append(now)
+            if len(w) > limits.REQUESTS_PER_MINUTE:
+                # a request is let through once no more than N-1 of these are in its window
+                free_at = w[len(w) - limits.REQUESTS_PER_MINUTE] + limits.RATE_WINDOW_S
+                retry = max(1, math.ceil(free_at - now))
+                raise _Refuse(429, f"{prefix}Too many requests: {limits.REQUESTS_PER_MINUTE} per "
+                                   f"{limits.RATE_WINDOW_S} s. Try again in {retry} s.",
+                              {"Retry-After": str(retry)})
 
-    def _allowance(self, key: str, plan: str, duration_ms: int, prefix: str) -> None:
-        now = self.clock()
-        with self._lock:
-            used = [(t, d) for t, d in self._used.get(key, []) if t > now - limits.ALLOWANCE_WINDOW_S]
-            self._used[key] = used
-            if sum(d for _, d in used) + duration_ms > limits.PLAN_MINUTES[plan] * 60_000:
-                raise _Refuse(400, f"{prefix}Bodycam uploads are limited to {limits.PLAN_MINUTES[plan]} minutes "
-                                   f"per 24 hours for the {plan.upper()} plan.")
-
-    def _file_rules(self, parts: list[_Part], prefix: str) -> _Part:
-        files = [p for p in parts if p.filename is not None]
-        if len(files) != 1 or files[0].name != "file":
-            raise _Refuse(400, f"{prefix}Exactly one file named 'file' is required.")
-        f = files[0]
-        if len(f.data) > limits.MAX_UPLOAD_BYTES:
+    @staticmethod
+    def _file(form: _Form, prefix: str) -> _FilePart:
+        if len(form.files) != 1 or form.files[0].name != "file":
+            raise _Refuse(400, f"{prefix}Exactly one file, in a form field named 'file', is required.")
+        f = form.files[0]
+        if f.too_large:
             raise _Refuse(400, f"{prefix}File exceeds {limits.MAX_UPLOAD_BYTES} bytes.")
-        if not f.filename.lower().endswith(limits.UPLOAD_EXTENSION) or not f.data.startswith(EBML_MAGIC):
+        if not f.filename.lower().endswith(limits.UPLOAD_EXTENSION) or f.head != EBML_MAGIC:
             raise _Refuse(400, f"{prefix}Bodycam uploads must be webm files.")
         return f
 
     @staticmethod
-    def _duration(fields: dict[str, str], prefix: str) -> int:
-        raw = fields.get("durationMs", "")
-        try:
-            ms = int(raw)
-        except ValueError:
-            ms = 0
+    def _duration(form: _Form, prefix: str) -> int:
+        values = form.get("durationMs")
+        raw = values[0].strip() if len(values) == 1 else ""
+        ms = int(raw) if _INT.fullmatch(raw) else 0
         if not limits.MIN_DURATION_MS <= ms <= limits.MAX_DURATION_MS:
             raise _Refuse(400, f"{prefix}Bodycam clips must be between {limits.MIN_DURATION_MS}ms and "
                                f"{limits.MAX_DURATION_MS}ms.")
         return ms
 
-    def _accept(self, api: str, key: str, fields: dict[str, str], f: _Part, ms: int) -> list[str]:
-        now = self.clock()
-        digest = hashlib.sha256(f.data).hexdigest()
-        if self.store_dir:
-            self.store_dir.mkdir(parents=True, exist_ok=True)
-            (self.store_dir / f"{digest}.webm").write_bytes(f.data)
+    def _accept(self, api: str, key: str, allowance_key: str, plan: str, form: _Form, f: _FilePart,
+                ms: int, prefix: str) -> list[str]:
+        """The plan's rolling 24 h allowance, then keep the upload (one at a time: no race past it)."""
+        digest = f.hasher.hexdigest()
         with self._lock:
-            self._used.setdefault(key, []).append((now, ms))
-            self.uploads.append(Upload(api, key, fields, f.filename, len(f.data), digest, ms, now))
+            now = self.clock()
+            used = [(t, d) for t, d in self._used.get(allowance_key, []) if t > now - limits.ALLOWANCE_WINDOW_S]
+            self._used[allowance_key] = used
+            minutes = limits.PLAN_MINUTES[plan]
+            if sum(d for _, d in used) + ms > minutes * 60_000:
+                raise _Refuse(400, f"{prefix}Bodycam uploads are limited to {minutes} minutes per 24 hours "
+                                   f"for the {plan.upper()} plan.")
+            if self.store_dir is not None:
+                self.store_dir.mkdir(parents=True, exist_ok=True)
+                f.spool.seek(0)
+                tmp = self.store_dir / f".{digest}.{threading.get_ident()}.partial"
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(f.spool, out, _BLOCK)
+                os.replace(tmp, self.store_dir / f"{digest}.webm")
+            used.append((now, ms))
+            self.uploads.append(Upload(api, key, dict(form.fields), f.filename, f.size, digest, ms, now))
         return [f"{self.url}/files/{digest}.webm"]
 
-    def handle_v2(self, headers, parts_reader) -> tuple[str, list[str]]:
-        auth = headers.get("Authorization", "")
-        key = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        if key not in self.keys:
-            raise _Refuse(401, "Missing or invalid API key.")
-        self._rate(key, _Refuse)
-        parts = parts_reader()
-        fields = {p.name: p.value.decode() for p in parts if p.filename is None}
-        f = self._file_rules(parts, "")
-        owners = [k for k in OWNER_FIELDS if fields.get(k)]
-        if len(owners) != 1:
-            raise _Refuse(400, "Provide exactly one of accountUuid, communityUserId, roblox, or discord.")
-        if owners[0] == "roblox" and not fields["roblox"].isdigit():
-            raise _Refuse(400, "roblox must be an integer.")
-        if self.accounts is not None and owners[0] in ("accountUuid", "communityUserId") \
-                and fields[owners[0]] not in self.accounts:
-            raise _Refuse(400, f"Account {fields[owners[0]]} was not found in this community.")
-        ms = self._duration(fields, "")
-        if "identId" in fields and not fields["identId"].isdigit():
-            raise _Refuse(400, "identId must be a number.")
-        self._allowance(key, self.keys[key], ms, "")
-        return key, self._accept("v2", key, fields, f, ms)
+    def _form(self, headers, body: _Body, prefix: str) -> _Form:
+        boundary = _boundary(headers.get("Content-Type", ""))
+        if boundary is None:
+            raise _Refuse(400, f"{prefix}Request must be multipart/form-data with a boundary.")
+        return _parse_form(body, boundary)
 
-    def handle_legacy(self, headers, parts_reader) -> tuple[str, list[str]]:
-        parts = parts_reader()
-        fields = {p.name: p.value.decode() for p in parts if p.filename is None}
-        community = fields.get("community", "")
-        if community in self.legacy:
-            self._rate("community:" + community, _Refuse)
-        comm = self.legacy.get(community)
-        acct = (comm or {}).get("accounts", {}).get(fields.get("account", ""))
-        if acct is None:
-            raise _Refuse(400, "Error: Invalid account ID.")
-        if fields.get("sessionId") != acct.get("session"):
-            raise _Refuse(400, "Error: Invalid session ID.")
-        if fields.get("type") != "bodycam" or fields.get("username") != acct.get("username"):
-            raise _Refuse(400, "Error: Unable to validate bodycam upload session.")
-        f = self._file_rules(parts, "Error: ")
-        ms = self._duration(fields, "Error: ")
-        self._allowance("community:" + community, comm.get("plan", "free"), ms, "Error: ")
-        return community, self._accept("legacy", community, fields, f, ms)
+    def judge_v2(self, headers, body: _Body, ctx: dict) -> list[str]:
+        key = ctx["key"] = _bearer(headers)
+        if key not in self.keys:
+            raise _Refuse(401, "Missing or invalid API key.", {"WWW-Authenticate": "Bearer"})
+        self._rate(key, "")
+        form = self._form(headers, body, "")
+        try:
+            f = self._file(form, "")
+            owners = [(k, v) for k, v in form.fields if k in OWNER_FIELDS]
+            if len(owners) != 1 or not owners[0][1].strip():
+                raise _Refuse(400, "Provide exactly one of accountUuid, communityUserId, roblox, or discord.")
+            owner, who = owners[0]
+            if owner == "roblox" and not _INT.fullmatch(who.strip()):
+                raise _Refuse(400, "roblox must be an integer.")
+            if self.accounts is not None and owner in ("accountUuid", "communityUserId") \
+                    and who not in self.accounts:
+                raise _Refuse(400, f"Account {who} was not found in this community.")
+            ms = self._duration(form, "")
+            ident = form.get("identId")
+            if ident and (len(ident) > 1 or not _INT.fullmatch(ident[0].strip())):
+                raise _Refuse(400, "identId must be an integer.")
+            return self._accept("v2", key, key, self.keys[key], form, f, ms, "")
+        finally:
+            form.close()
+
+    def judge_legacy(self, headers, body: _Body, ctx: dict) -> list[str]:
+        p = "Error: "
+        form = self._form(headers, body, p)
+        try:
+            one = {k: (form.get(k) or [""])[-1] for k in ("community", "account", "sessionId", "username", "type")}
+            community = ctx["key"] = one["community"]
+            comm = self.legacy.get(community)
+            if comm is None:
+                raise _Refuse(400, p + "Invalid account ID.")
+            self._rate("community:" + community, p)
+            acct = comm.get("accounts", {}).get(one["account"])
+            if acct is None:
+                raise _Refuse(400, p + "Invalid account ID.")
+            if one["sessionId"] != acct.get("session"):
+                raise _Refuse(400, p + "Invalid session ID.")
+            if one["type"] != "bodycam" or ("username" in acct and one["username"] != acct["username"]):
+                raise _Refuse(400, p + "Unable to validate bodycam upload session.")
+            f = self._file(form, p)
+            ms = self._duration(form, p)
+            return self._accept("legacy", community, "community:" + community,
+                                           comm.get("plan", "free"), form, f, ms, p)
+        finally:
+            form.close()
+
+
+def _bearer(headers) -> str:
+    scheme, _, key = (headers.get("Authorization") or "").strip().partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 class _Handler(BaseHTTPRequestHandler):
-    srv: SonoranServer
+    server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    timeout = 300  # a client that stops sending mid-request does not hold a thread forever
 
     def log_message(self, *args) -> None:  # quiet
         pass
 
-    def _body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return _ChunkedReader(self.rfile)
-        return _Limited(self.rfile, int(self.headers.get("Content-Length", "0") or 0))
+    def setup(self) -> None:
+        super().setup()
+        with self.server.app._lock:
+            self.server.app._conns.add(self.connection)
 
-    def _drain(self, body) -> None:
-        while body.readline(65536):
+    def finish(self) -> None:
+        with self.server.app._lock:
+            self.server.app._conns.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
             pass
 
+    # --- routing ----------------------------------------------------------------------------------
+
     def do_POST(self) -> None:  # noqa: N802
-        srv = self.srv
-        if self.path == V2_PATH:
-            api, handle = "v2", srv.handle_v2
-        elif self.path == LEGACY_PATH:
-            api, handle = "legacy", srv.handle_legacy
-        else:
-            self._drain(self._body())
-            return self._send(404, "text/plain", b"Not found")
-        body = self._body()
-        fault = srv._take_fault()
+        try:
+            self._post()
+        except _ClientGone as exc:
+            self.close_connection = True
+            api = {V2_PATH: "v2", LEGACY_PATH: "legacy"}.get(urlsplit(self.path).path, "")
+            self.server.app._record(api, _bearer(self.headers) if api == "v2" else "", 0, f"client went away: {exc}")
+        except (ConnectionError, TimeoutError, OSError):
+            self.close_connection = True
+        except Exception:  # a bug here: say so to both sides rather than hang up silently
+            traceback.print_exc()
+            self.close_connection = True
+            try:
+                self._send(500, "text/plain", traceback.format_exc().encode())
+            except OSError:
+                pass
+
+    def _other(self) -> None:
+        app = self.server.app
+        path = urlsplit(self.path).path
+        try:
+            body = _Body(self.rfile, self.headers)
+            self.close_connection = self.close_connection or not body.drain()
+        except _BadFraming:
+            self.close_connection = True
+        except _ClientGone:
+            self.close_connection = True
+            return
+        stored = _STORED.fullmatch(path)
+        if self.command in ("GET", "HEAD") and stored and app.store_dir is not None \
+                and (app.store_dir / f"{stored[1]}.webm").is_file():
+            data = (app.store_dir / f"{stored[1]}.webm").read_bytes()
+            return self._send(200, "video/webm", data)
+        if path in (V2_PATH, LEGACY_PATH):
+            api = "v2" if path == V2_PATH else "legacy"
+            app._record(api, "", 405, f"{self.command} not allowed")
+            return self._send(405, "text/plain", b"Method not allowed", {"Allow": "POST"})
+        app._record("", "", 404, f"{self.command} {path}")
+        self._send(404, "text/plain", b"Not found")
+
+    do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other  # noqa: N815
+
+    def _post(self) -> None:
+        app = self.server.app
+        path = urlsplit(self.path).path
+        api = {V2_PATH: "v2", LEGACY_PATH: "legacy"}.get(path)
+        if api is None:
+            return self._other()
+        prefix = "Error: " if api == "legacy" else ""
+        try:
+            body = _Body(self.rfile, self.headers)
+        except _BadFraming as exc:
+            self.close_connection = True
+            app._record(api, "", 400, str(exc))
+            return self._refuse(api, _Refuse(400, prefix + str(exc)))
+        ctx = {"key": _bearer(self.headers) if api == "v2" else ""}
+        fault = app._take_fault()
         if fault and fault[0] == "reset":
             left = fault[1]["after"]
-            while left > 0 and (chunk := body.readline(min(65536, left))):
-                left -= len(chunk)
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
+            try:
+                while left > 0 and (chunk := body.read(min(_BLOCK, left))):
+                    left -= len(chunk)
+            except _BadFraming:
+                pass
+            app._record(api, ctx["key"], 0, "connection reset")
             self.close_connection = True
-            srv.requests.append(Request(api, "", 0, "connection reset", srv.clock()))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()  # with linger 0 the close is an RST (once rfile/wfile let go, in finish())
             return
-        if fault and fault[0] == "stall":
-            time.sleep(fault[1]["seconds"])
         if fault and fault[0] == "fail":
-            self._drain(body)
+            self.close_connection = self.close_connection or not body.drain()
             f = fault[1]
-            srv.requests.append(Request(api, "", f["status"], f["body"], srv.clock()))
-            headers = {"Content-Type": "text/plain"} | f["headers"]
-            return self._send(f["status"], headers.pop("Content-Type"), f["body"].encode(), headers)
-        boundary = b""
-        ctype = self.headers.get("Content-Type", "")
-        for item in ctype.split(";")[1:]:
-            k, _, v = item.strip().partition("=")
-            if k.lower() == "boundary":
-                boundary = v.strip('"').encode()
-        key = ""
+            app._record(api, ctx["key"], f["status"], f["body"])
+            headers = dict(f["headers"])
+            ctype = next((headers.pop(k) for k in list(headers) if k.lower() == "content-type"), "text/plain")
+            return self._send(f["status"], ctype, f["body"].encode(), headers)
+        urls: list[str] = []
+        refusal: _Refuse | None = None
         try:
-            if not ctype.startswith("multipart/form-data") or not boundary:
-                def reader():
-                    raise _Refuse(400, ("Error: " if api == "legacy" else "") + "Expected multipart/form-data.")
-            else:
-                def reader():
-                    raw = _read_all(body, _MAX_BODY)
-                    if raw is None:
-                        raise _Refuse(400, ("Error: " if api == "legacy" else "")
-                                      + f"File exceeds {limits.MAX_UPLOAD_BYTES} bytes.")
-                    return _parse_multipart(raw, boundary)
-            key, urls = handle(self.headers, reader)
+            urls = (app.judge_v2 if api == "v2" else app.judge_legacy)(self.headers, body, ctx)
+        except _BadFraming as exc:
+            self.close_connection = True
+            refusal = _Refuse(400, prefix + str(exc))
         except _Refuse as r:
-            self._drain(body)
-            srv.requests.append(Request(api, key, r.status, r.detail, srv.clock()))
-            if api == "v2":
-                doc = {"title": "Unable to upload bodycam recording", "status": r.status, "detail": r.detail}
-                return self._send(r.status, "application/problem+json", json.dumps(doc).encode(), r.headers)
-            return self._send(r.status, "text/plain", r.detail.encode(), r.headers)
-        srv.requests.append(Request(api, key, 200, "", srv.clock()))
+            refusal = r
+        if refusal is None:
+            app._record(api, ctx["key"], 200, "")
+        else:
+            app._record(api, ctx["key"], refusal.status, refusal.detail)
+        if fault and fault[0] == "stall":
+            if app._wake.wait(fault[1]["seconds"]):  # the server went down meanwhile: no answer
+                self.close_connection = True
+                return
+        if refusal is not None:
+            return self._refuse(api, refusal)
         self._send(200, "application/json", json.dumps(urls).encode())
+
+    def _refuse(self, api: str, r: _Refuse) -> None:
+        if api == "v2":
+            doc = {"title": PROBLEM_TITLE, "status": r.status, "detail": r.detail}
+            return self._send(r.status, "application/problem+json", json.dumps(doc).encode(), r.headers)
+        self._send(r.status, "text/plain; charset=utf-8", r.detail.encode(), r.headers)
 
     def _send(self, status: int, ctype: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -415,26 +713,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="Sonoran bodycam upload contract server")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Sonoran CAD bodycam upload contract server (tests)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--store-dir", type=Path)
-    ap.add_argument("--key", action="append", default=[], help="KEY=plan (repeatable)")
-    args = ap.parse_args()
-    keys = dict(k.split("=", 1) for k in args.key) or None
-    srv = SonoranServer(keys=keys, host=args.host, port=args.port, store_dir=args.store_dir, clock=time.time)
-    srv.start()
-    print(f"READY {srv.url}", flush=True)
+    ap.add_argument("--key", action="append", default=[], metavar="KEY=PLAN",
+                    help=f"an API key and its plan ({'|'.join(limits.PLAN_MINUTES)}); repeatable")
+    args = ap.parse_args(argv)
+    keys = {}
+    for item in args.key:
+        k, sep, plan = item.partition("=")
+        if not sep or not k or plan not in limits.PLAN_MINUTES:
+            ap.error(f"--key {item!r}: expected KEY=PLAN with PLAN one of {', '.join(limits.PLAN_MINUTES)}")
+        keys[k] = plan
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    srv.stop()
+    srv = SonoranServer(keys=keys or None, host=args.host, port=args.port, store_dir=args.store_dir)
+    srv.start()
+    print(f"READY {srv.url}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        srv.stop()
     return 0
 
 

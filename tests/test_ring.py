@@ -165,12 +165,11 @@ def test_disk_floor_evicts_unheld_footage_first(ring_copy):
     assert {r.seq for r in rows[-2:]} <= {r.seq for r in idx.stored()}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, issue 2: the closing segment counts 0 bytes, ring overshoots by ~1 segment")
 def test_a_real_recording_stays_within_the_smallest_allowed_budget(tmp_path):
     """The recorder's own ring with the smallest budget the configuration accepts (three
     segments): after every finished segment and after the stop, the stored footage fits."""
     s = make_settings(tmp_path / "state", camera=SMALL, storage={"segment_seconds": 2.0})
-    budget = 3 * config._segment_bytes_estimate(s)
+    budget = 3 * config.segment_bytes_estimate(s)
     paths = StatePaths(s.state_dir)
     prepare_state_dir(paths)
     idx = Index(paths.index)
@@ -295,7 +294,7 @@ def test_over_budget_with_only_held_footage_keeps_recording_and_warns(tmp_path):
     """Everything held, budget exceeded, disk still has room: recording goes on past the budget
     (alarm storage_over_budget), nothing is deleted; once released the ring shrinks back."""
     s = make_settings(tmp_path / "state", camera=SMALL, storage={"segment_seconds": 2.0})
-    budget = 3 * config._segment_bytes_estimate(s)
+    budget = 3 * config.segment_bytes_estimate(s)
     paths = StatePaths(s.state_dir)
     prepare_state_dir(paths)
     idx = Index(paths.index)
