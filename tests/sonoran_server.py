@@ -12,8 +12,9 @@ v2  ``POST /v2/general/bodycam-recordings``, in this order:
     ``{"title": "Unable to upload bodycam recording", "status": N, "detail": "..."}``.
     Success: 200, a JSON list with one URL (``<url>/files/<sha256>.webm``).
 legacy ``POST /upload``: community, account, sessionId, username, type=bodycam, durationMs (identId,
-    unitNumber, unitLocation optional); the same limits, counted per community; errors are
-    text/plain ``Error: ...`` with status 400 (429 for the rate limit).
+    unitNumber, unitLocation optional); the same limits, counted per community (known only from the
+    body, so the rate limit comes after parsing it; an unknown community is not counted); errors
+    are text/plain ``Error: ...`` with status 400 (429 for the rate limit).
 
 Bodies may come with Content-Length or chunked; they are parsed as they arrive (the boundary from
 the Content-Type header), file parts spooled to temporary files, never held in memory.
@@ -52,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import HeaderParser
+from email.utils import collapse_rfc2231_value
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -270,7 +272,6 @@ def _part_head(raw: bytes) -> tuple[str, str | None]:
         raise _Refuse(400, "Malformed multipart body: a part without Content-Disposition: form-data.")
     name = msg.get_param("name", header="content-disposition")
     if isinstance(name, tuple):  # RFC 2231
-        from email.utils import collapse_rfc2231_value
         name = collapse_rfc2231_value(name)
     if not name:
         raise _Refuse(400, "Malformed multipart body: a part without a name.")
@@ -326,10 +327,12 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
             keep = len(delim) - 1
             while (i := buf.find(delim)) < 0:
                 if len(buf) > keep:
-                    sink.write(bytes(buf[:-keep]))
+                    with memoryview(buf) as view, view[:-keep] as data:
+                        sink.write(data)
                     del buf[:-keep]
                 fill()
-            sink.write(bytes(buf[:i]))
+            with memoryview(buf) as view, view[:i] as data:
+                sink.write(data)
             del buf[:i + len(delim)]
             if isinstance(sink, _FieldPart):
                 form.fields.append((name, sink.data.decode("utf-8", "replace")))
@@ -358,6 +361,11 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class SonoranServer:
+    """The contract server. ``keys``: v2 API key → plan (default ``{"test-key": "free"}``);
+    ``accounts``: the known accountUuid/communityUserId values (None: any); ``legacy``: community id →
+    ``{"plan": ..., "accounts": {account: {"session": sid, "username": name}}}``; ``clock`` drives the
+    rate window and the 24 h allowance; ``store_dir`` keeps accepted files as ``<sha256>.webm``."""
+
     def __init__(self, *, keys: dict[str, str] | None = None, accounts: set[str] | None = None,
                  legacy: dict[str, dict] | None = None, clock: Callable[[], float] = time.monotonic,
                  store_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -570,8 +578,8 @@ class SonoranServer:
                 raise _Refuse(400, p + "Unable to validate bodycam upload session.")
             f = self._file(form, p)
             ms = self._duration(form, p)
-            return self._accept("legacy", community, "community:" + community,
-                                           comm.get("plan", "free"), form, f, ms, p)
+            return self._accept("legacy", community, "community:" + community, comm.get("plan", "free"),
+                                form, f, ms, p)
         finally:
             form.close()
 
@@ -689,6 +697,7 @@ class _Handler(BaseHTTPRequestHandler):
             refusal = _Refuse(400, prefix + str(exc))
         except _Refuse as r:
             refusal = r
+        self.close_connection = self.close_connection or not body.drain()
         if refusal is None:
             app._record(api, ctx["key"], 200, "")
         else:
