@@ -37,7 +37,7 @@ CREATE INDEX IF NOT EXISTS allowance_used_key ON allowance_used(key, at_ns);
 #: Our clock and the server's see a request a little apart (latency): count our window this much longer.
 WINDOW_MARGIN_S = 1.0
 #: Full windows of success between two one-request-per-minute increases of the rate.
-PROBE_WINDOWS = 4
+PROBE_WINDOWS = 10
 
 
 def key_fingerprint(secret: str) -> str:
@@ -102,7 +102,9 @@ class RequestBudget:
         """The server took a request: probe upwards slowly."""
         with self.store.tx() as db:
             rate, _, _ = self._state(db)
-            rate = min(self.ceiling, rate + 1.0 / (rate * PROBE_WINDOWS))
+            # A random step (mean as stated above): devices sharing a key drift apart, so when the
+            # key's window fills again one of them meets the 429, not all at once.
+            rate = min(self.ceiling, rate + self.rng.uniform(0, 2) / (rate * PROBE_WINDOWS))
             db.execute("UPDATE rate_state SET rate=? WHERE key=?", (rate, self.key))
 
     def refused(self, now_ns: int, wait_s: float) -> float:
@@ -116,8 +118,12 @@ class RequestBudget:
                        " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)", (self.key, now_ns))
             got = db.execute("SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
                              (self.key, now_ns - self.window_ns)).fetchone()[0]
-            # Nothing got through: no measure of our share yet, so only halve.
-            rate = max(1.0, min(rate / 2, float(got)) if got else rate / 2)
+            if not got:  # nothing got through: no measure of our share yet, so only halve
+                rate = max(1.0, rate / 2)
+            elif got < 0.75 * rate:  # far over our share: take what we really got
+                rate = max(1.0, float(got))
+            else:  # about at our share, a probe went one over: step back by one
+                rate = max(1.0, rate - 1.0)
             db.execute("UPDATE rate_state SET rate=?, blocked_until_ns=? WHERE key=?",
                        (rate, now_ns + int(wait_s * 1e9), self.key))
         return rate
