@@ -79,6 +79,18 @@ class IndexCorrupt(Exception):
     """The index file is not a usable database."""
 
 
+class IndexUnavailable(Exception):
+    """A sound index cannot be opened now (disk full, read-only, I/O error, locked): it must be left
+    where it is, not moved aside and rebuilt."""
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """Does SQLite say the file itself is damaged? Only SQLITE_CORRUPT and SQLITE_NOTADB do (their
+    extended codes included); a full disk or an I/O error is no reason to give up an index."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
     seq: int
@@ -134,7 +146,9 @@ class Index(Store):
             with self.tx() as db:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
-            raise IndexCorrupt(f"{path}: {exc}") from exc
+            if is_corruption(exc):
+                raise IndexCorrupt(f"{path}: {exc}") from exc
+            raise IndexUnavailable(f"{path}: {exc}") from exc
 
     def _check(self) -> None:
         check = self._db.execute("PRAGMA quick_check").fetchone()[0]
@@ -306,7 +320,8 @@ def open_or_rebuild(path: Path) -> tuple[Index, str | None]:
     """Open the index; if it is corrupt, move it aside and start an empty one.
 
     Returns the index and, when it was replaced, where the corrupt file was moved (the caller
-    rebuilds the rows from the segment files and says so loudly).
+    rebuilds the rows from the segment files and says so loudly). An index that is sound but
+    cannot be opened now raises ``IndexUnavailable`` and is left untouched.
     """
     try:
         return Index(path), None

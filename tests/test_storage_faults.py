@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edged.daemon import EXIT_STORAGE, Daemon
-from edged.index import Index
+from edged.index import Index, IndexUnavailable, open_or_rebuild
 from edged.paths import StatePaths
 from edged.segment import PART_SUFFIX
 from tests.conftest import REPO, make_settings
@@ -94,6 +96,21 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
             f"the segment cut off by the full disk must end salvaged or lost, not {[(r.seq, r.state) for r in hit]}"
         assert not list((s.state_dir / "segments").glob(f"*{PART_SUFFIX}"))
         assert_stored_segments_decode(s.state_dir, rows)
+
+
+def _fill_to_the_last_byte(path: Path) -> None:
+    """Another writer takes every byte left on the file system of ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (65536, 4096, 512, 1):
+            while True:
+                try:
+                    os.write(fd, b"x" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
 
 
 def _fill_own_disk(mnt: Path, monkeypatch):
@@ -199,6 +216,35 @@ def test_restart_on_a_disk_full_of_own_footage_records(tmp_path, monkeypatch):
         assert rc == 0, f"exit {rc} on a disk full of evictable footage"
         assert again.recorder.status.segments_written >= 1
         assert not list((s.state_dir / "segments").glob(".write-test-*")), "no probe file left behind"
+
+
+def test_restart_on_a_disk_topped_up_to_the_last_byte_makes_room_before_opening_the_index(tmp_path):
+    """The card holds the ring (kept below the disk by the ring's reserve) and something else took
+    the last bytes while edged was stopped: SQLite cannot even open the index then (no room for
+    its shared-memory file). That is no corruption: the index stays, the oldest footage makes room,
+    recording goes on."""
+    with tmpfs(tmp_path / "small", "size=2m") as mnt:
+        s = make_settings(mnt / "state", camera=SMALL | {"bitrate": 300_000}, storage={"segment_seconds": 2.0})
+        run = Running(Daemon(s))
+        try:
+            wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 10, 60,
+                       "the disk's worth of segments")
+        finally:
+            run.stop()
+        assert run.error is None and run.rc == 0
+        before = {r.seq: r for r in rows_of(s.state_dir)}
+        assert not Path(str(StatePaths(s.state_dir).index) + "-shm").exists(), "a clean stop removes it"
+        _fill_to_the_last_byte(mnt / "someone-elses-file")
+        again = Daemon(s, stop_after_s=4)
+        rc = again.run()
+        assert rc == 0, f"exit {rc} on a disk full of evictable footage"
+        assert not list(s.state_dir.glob("index.sqlite.corrupt-*")), "a sound index is not moved aside"
+        rows = rows_of(s.state_dir)
+        assert [r.seq for r in rows][: len(before)] == sorted(before), "the index kept its rows"
+        assert [r for r in rows if r.seq in before and r.state == "evicted" and before[r.seq].state == "final"]
+        assert [r for r in rows if r.seq > max(before) and r.state == "final"], "recorded after the restart"
+        assert not list((s.state_dir / "segments").glob(".write-test-*")), "no probe file left behind"
+        assert_stored_segments_decode(s.state_dir, rows)
 
 
 # --- read-only storage ------------------------------------------------------------------------
@@ -310,6 +356,33 @@ def test_index_rebuilt_from_the_segment_files(tmp_path, damage):
         assert not aside
     else:
         assert [p.name for p in aside if not p.name.endswith(("-wal", "-shm"))], "the corrupt index is kept aside"
+
+
+@pytest.mark.parametrize("trouble", ["disk-full", "read-only"])
+def test_a_sound_index_that_cannot_be_opened_now_is_left_in_place(tmp_path, trouble):
+    """A full disk or a read-only card makes SQLite fail to open the index (an I/O error, a
+    read-only database): no reason to move a healthy index aside and rebuild it."""
+    with tmpfs(tmp_path / "card", "size=1m") as mnt:
+        path = mnt / "index.sqlite"
+        idx = Index(path)
+        idx.begin(1, "1.webm", "boot", 1, 2, True)
+        idx.close()
+        if trouble == "disk-full":
+            _fill_to_the_last_byte(mnt / "filler")
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(IndexUnavailable):
+            open_or_rebuild(path)
+        assert sorted(p.name for p in mnt.iterdir() if "corrupt" in p.name) == []
+        if trouble == "disk-full":
+            (mnt / "filler").unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        idx, moved = open_or_rebuild(path)
+        try:
+            assert moved is None and [r.name for r in idx.segments()] == ["1.webm"]
+        finally:
+            idx.close()
 
 
 def test_index_rebuild_keeps_the_clock_correction(tmp_path):

@@ -3,10 +3,11 @@
 ``RequestBudget``: requests per rolling minute per API key (Sonoran: 30, counted per key for
 every client using it). Each device starts at its configured share of the limit and paces its
 requests evenly. When the server still answers 429 (other devices share the key), the device
-sets its rate to what it actually got through in the window that filled up — its share of the
-key — and waits for Retry-After; afterwards it probes upwards slowly (additive increase, one
-request per minute every ``PROBE_WINDOWS`` full windows), so a fleet settles near the limit with
-few refusals.
+waits for Retry-After and sets its rate to what it actually got through in the window that
+filled up — its share of the key — or, when it was already about at its share, one less; then
+it probes upwards slowly (a random step averaging one request per minute every
+``PROBE_WINDOWS`` full windows, so devices drift apart), and a fleet settles near the limit with
+few refusals (scripts/bench_upload.py).
 
 ``PlanAllowance``: uploaded minutes per rolling 24 h per community (free 10, standard 100, pro
 1000). A part that would exceed the window waits until enough earlier uploads age out.
