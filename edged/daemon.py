@@ -8,17 +8,18 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from edged.clock import Clock, SystemClock
 from edged.config import Settings, segment_bytes_estimate
-from edged.index import open_or_rebuild
+from edged.index import IndexUnavailable
 from edged.paths import StatePaths
 from edged.reconcile import reconcile
 from edged.recorder import Recorder
-from edged.ring import RingBuffer
+from edged.ring import RingBuffer, open_index_making_room
 from edged.status import write_atomic
 
 log = logging.getLogger("edged.daemon")
@@ -206,18 +207,25 @@ class Daemon:
             log.critical("another edged daemon is using %s", self.paths.root)
             return EXIT_LOCKED
 
-        index, moved = open_or_rebuild(self.paths.index)
+        st = self.settings.storage
+        try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
+            index, moved = open_index_making_room(self.paths.index, self.paths.segments, st.max_bytes,
+                                                  st.min_free_bytes, segment_bytes_estimate(self.settings))
+        except IndexUnavailable as exc:  # sound but unusable now: kept as it is, never rebuilt
+            log.critical("segment index cannot be opened: %s", exc)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            return EXIT_STORAGE
         if moved:
             log.critical("segment index was corrupt: moved to %s, rebuilding from the segment files", moved)
-        st = self.settings.storage
         ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
-        try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
+        try:
             ring.make_room(segment_bytes_estimate(self.settings))
-        except OSError as exc:
+        except (OSError, sqlite3.OperationalError) as exc:
             log.error("could not make room at start: %s", exc)
         try:
             report = reconcile(index, self.paths.segments)
-        except OSError as exc:  # e.g. a salvage copy on a full disk: the recorder retries later
+        except (OSError, sqlite3.OperationalError) as exc:  # e.g. a salvage copy on a full disk
             log.error("reconciling the segment folder failed: %s; continuing", exc)
         else:
             if report.salvaged:

@@ -32,7 +32,9 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, path: Path, schema: str, read_only: bool = False) -> None:
+    def __init__(self, path: Path, schema: str, read_only: bool = False, exclusive: bool = False) -> None:
+        """``exclusive``: no other connection may use the file while this one is open; SQLite then
+        keeps the WAL index in memory and needs no ``-shm`` file, which a full disk cannot allocate."""
         self.path = path
         self._lock = threading.RLock()
         self.read_only = read_only
@@ -41,6 +43,8 @@ class Store:
             return
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
+            if exclusive:
+                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
             # Bounded journals: checkpoint every ~400 KB of WAL and truncate it back afterwards,

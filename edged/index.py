@@ -136,13 +136,13 @@ def _row(r: tuple) -> Segment:
 
 
 class Index(Store):
-    def __init__(self, path: Path, read_only: bool = False) -> None:
+    def __init__(self, path: Path, read_only: bool = False, exclusive: bool = False) -> None:
         self._unmarked_evictions: set[int] = set()
         if read_only:  # the operator's view: no schema, no check, no write
             super().__init__(path, _SCHEMA, read_only=True)
             return
         try:
-            super().__init__(path, _SCHEMA)
+            super().__init__(path, _SCHEMA, exclusive=exclusive)
             with self.tx() as db:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.index import Index
+from edged.index import Index, IndexCorrupt, IndexUnavailable, open_or_rebuild
 
 log = logging.getLogger("edged.ring")
 
@@ -85,3 +86,31 @@ class RingBuffer:
         self.evicted += 1
         log.debug("evicted segment %s", name)
         return True
+
+
+def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int, min_free_bytes: int,
+                           reserve_bytes: int) -> tuple[Index, str | None]:
+    """``open_or_rebuild`` at start. On a disk full to the last byte SQLite cannot open the index
+    as usual (it cannot allocate the shared-memory file): room is made first, by the same policy,
+    through an exclusive connection, which needs none (nobody else uses the index yet; the
+    operator's read-only view waits meanwhile). Raises ``IndexUnavailable`` if it still fails."""
+    try:
+        return open_or_rebuild(index_path)
+    except IndexUnavailable as exc:
+        if free_bytes(segments_dir) >= min_free_bytes + METADATA_RESERVE_BYTES:
+            raise  # not for lack of room: read-only, an I/O error, ...
+        log.warning("segment index cannot be opened on the full disk (%s): overwriting the oldest unprotected"
+                    " footage first", exc)
+    try:
+        index = Index(index_path, exclusive=True)
+        try:
+            room = RingBuffer(index, segments_dir, max_bytes, min_free_bytes).make_room(reserve_bytes)
+            index.retry_evictions()  # rows a full disk refused while the first files went
+        finally:
+            index.close()
+    except (IndexCorrupt, IndexUnavailable, OSError, sqlite3.OperationalError) as exc:
+        log.error("could not make room before opening the segment index: %s", exc)
+    else:
+        if room is Room.FULL:
+            log.error("no unprotected footage left to overwrite on the full disk")
+    return open_or_rebuild(index_path)
