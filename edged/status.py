@@ -7,6 +7,7 @@ wrote it is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,10 +19,19 @@ from edged.paths import StatePaths
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole or not at all. A write that fails (a full or read-only
+    disk) leaves the previous file and no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    done = False
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                tmp.unlink(missing_ok=True)
 
 
 def iso(ns: int | None) -> str | None:

@@ -17,6 +17,7 @@ from edged.daemon import EXIT_STORAGE, Daemon
 from edged.index import Index, IndexUnavailable, open_or_rebuild
 from edged.paths import StatePaths
 from edged.segment import PART_SUFFIX
+from edged.status import write_atomic
 from tests.conftest import REPO, make_settings
 from tests.helpers import (Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs,
                            wait_until)
@@ -111,6 +112,19 @@ def _fill_to_the_last_byte(path: Path) -> None:
                     break
     finally:
         os.close(fd)
+
+
+def test_a_status_write_refused_by_a_full_disk_leaves_no_temporary_file(tmp_path):
+    """status.json (and a clip's manifest) are replaced whole or not at all; a write the disk
+    refuses leaves the previous file and no temporary file taking up the little room left."""
+    with tmpfs(tmp_path / "card", "size=256k") as mnt:
+        target = mnt / "status.json"
+        write_atomic(target, b"{}")
+        _fill_to_the_last_byte(mnt / "filler")
+        with pytest.raises(OSError):
+            write_atomic(target, b"x" * 65536)
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "status.json"]
+        assert target.read_bytes() == b"{}"
 
 
 def _fill_own_disk(mnt: Path, monkeypatch):
