@@ -15,6 +15,7 @@ re-assert them on start, so an index rebuilt from the folder does not stay unpro
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -150,6 +151,13 @@ class Index(Store):
                 raise IndexCorrupt(f"{path}: {exc}") from exc
             raise IndexUnavailable(f"{path}: {exc}") from exc
 
+    def close(self) -> None:
+        with self._lock:
+            if self._unmarked_evictions and not self.read_only:
+                with contextlib.suppress(sqlite3.Error):  # else the next start finds the files missing: 'lost'
+                    self.retry_evictions()
+            super().close()
+
     def _check(self) -> None:
         check = self._db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -210,6 +218,11 @@ class Index(Store):
                 self._unmarked_evictions.add(seq)
             return True
 
+    def _unmarked(self) -> tuple[str, tuple[int, ...]]:
+        """SQL excluding the segments evicted whose rows are not marked yet: their files are gone."""
+        seqs = tuple(sorted(self._unmarked_evictions))
+        return (f" AND s.seq NOT IN ({','.join('?' * len(seqs))})" if seqs else ""), seqs
+
     def retry_evictions(self) -> None:
         with self._lock:
             for seq in sorted(self._unmarked_evictions):
@@ -248,8 +261,9 @@ class Index(Store):
     def eviction_candidates(self) -> list[Segment]:
         """Stored, unheld segments, oldest first."""
         with self._lock:
+            unmarked, args = self._unmarked()
             rows = self._db.execute(_SELECT + f" WHERE s.state IN ('final','salvaged') AND NOT {_HELD}"
-                                    " ORDER BY s.seq").fetchall()
+                                    + unmarked + " ORDER BY s.seq", args).fetchall()
         return [_row(r) for r in rows]
 
     def boot_end_ns(self, boot_id: str) -> int:
@@ -260,8 +274,9 @@ class Index(Store):
 
     def stored_bytes(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(bytes),0) FROM segments WHERE state IN"
-                                    " ('final','salvaged','writing')").fetchone()[0]
+            unmarked, args = self._unmarked()
+            return self._db.execute("SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN"
+                                    " ('final','salvaged','writing')" + unmarked, args).fetchone()[0]
 
     # --- holds ------------------------------------------------------------------------------
 

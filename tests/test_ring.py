@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -163,6 +164,34 @@ def test_disk_floor_evicts_unheld_footage_first(ring_copy):
     gone = [r.seq for r in idx.segments(["evicted"])]
     assert gone[:3] == [1, 2, 3] and gone == list(range(1, len(gone) + 1)), "oldest first, no gap"
     assert {r.seq for r in rows[-2:]} <= {r.seq for r in idx.stored()}
+
+
+def test_evictions_whose_rows_a_full_disk_refuses_still_count_as_gone(ring_copy, monkeypatch):
+    """On a full disk the file goes first and SQLite may refuse the 'evicted' row for a while: the
+    ring must still see that room as made (not evict everything else unheld meanwhile), and the
+    rows are marked once SQLite can write again."""
+    idx, ring, seg_dir = ring_copy
+    rows = idx.stored()
+
+    def refused(seq: int) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(idx, "mark_evicted_if_unheld", refused)
+    monkeypatch.setattr(idx, "_tx", lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database or disk is full")))
+    budget = sum(r.bytes for r in rows[-5:])
+    ring.configure(max_bytes=budget, min_free_bytes=0)
+    assert ring.make_room(0) is Room.OK
+    assert ring.evicted == 7
+    assert sorted(p.name for p in seg_dir.iterdir()) == [r.name for r in rows[-5:]], "only the oldest 7 went"
+    assert ring.usage().stored_bytes == budget
+    assert [r.seq for r in idx.eviction_candidates()] == [r.seq for r in rows[-5:]]
+    assert ring.make_room(0) is Room.OK and ring.evicted == 7, "asked again: nothing more goes"
+    assert not idx.segments(["evicted"]), "not marked yet: the disk refuses"
+
+    monkeypatch.undo()  # room again
+    assert ring.make_room(0) is Room.OK and ring.evicted == 7
+    assert [r.seq for r in idx.segments(["evicted"])] == [r.seq for r in rows[:7]]
+    assert ring.usage().stored_bytes == budget
 
 
 def test_a_real_recording_stays_within_the_smallest_allowed_budget(tmp_path):
