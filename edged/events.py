@@ -236,7 +236,7 @@ class EventManager:
             return False
         offset = self._best_offset(event.boot_id, segs)
         manifest = self._manifest(event, segs, parts, offset)
-        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
+        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
         fsync_dir(out_dir)
         self.outbox.enqueue(event.id, [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
                             PRIORITY_MARK, event.start_mono_ns + offset)

@@ -18,14 +18,19 @@ from edged.index import Index
 from edged.paths import StatePaths
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
     """Replace ``path`` with ``data`` whole or not at all. A write that fails (a full or read-only
-    disk) leaves the previous file and no temporary file behind."""
+    disk) leaves the previous file and no temporary file behind. ``durable``: also survive a power
+    cut (the data is fsynced before the rename; the caller fsyncs the folder) — for records such
+    as a clip's manifest, not for the status file rewritten every second."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     done = False
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         done = True
     finally:

@@ -441,3 +441,24 @@ def test_segment_files_are_what_the_index_says(tmp_path):
         assert int(tags["EDGED_SEQ"]) == r.seq and tags["EDGED_BOOT_ID"] == r.boot_id
         assert int(tags["EDGED_MONO_START_NS"]) == r.mono_start_ns
         assert int(tags["EDGED_WALL_START_NS"]) == r.wall_start_ns
+
+
+def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """A clip's manifest must survive a power cut with its parts: its data reaches the disk
+    before it replaces the old file. The status file, rewritten every second, skips the fsync."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    write_atomic(tmp_path / "status.json", b"{}")
+    assert synced == []
+    write_atomic(tmp_path / "manifest.json", b'{"parts": []}', durable=True)
+    assert len(synced) == 1 and synced[0].endswith(".tmp") and "manifest.json" in synced[0]
+    assert (tmp_path / "manifest.json").read_bytes() == b'{"parts": []}'
+    import inspect as pyinspect
+
+    from edged import events
+    assert "durable=True" in pyinspect.getsource(events.EventManager.build), "the manifest is written durably"
