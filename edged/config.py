@@ -137,6 +137,13 @@ class SonoranLegacySettings:
 
 
 @dataclass(frozen=True)
+class BotaSettings:
+    base_url: str = _rule("https://api.bota.dev", doc="the presigned-URL backend; paths /v1/recordings... below it")
+    token_file: str = _rule("", doc="file holding the API key or device token (empty: $CREDENTIALS_DIRECTORY/bota_token)")
+    device_id: str = _rule("", doc="device id sent when a recording is created (empty: device.id)")
+
+
+@dataclass(frozen=True)
 class DirectorySettings:
     path: str = _rule("", doc="folder clips are copied into (empty: <storage.dir>/delivered)")
 
@@ -154,7 +161,15 @@ class UploadSettings:
     bandwidth_kbps: int = _rule(0, lo=0, doc="upload bandwidth cap in kbit/s (0: none)")
     sonoran_v2: SonoranV2Settings = field(default_factory=SonoranV2Settings)
     sonoran_legacy: SonoranLegacySettings = field(default_factory=SonoranLegacySettings)
+    bota: BotaSettings = field(default_factory=BotaSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    dir: str = _rule("", doc="folder a sync tool (Syncthing, rsync) fills: edged.toml, recall/; edged writes status/ (empty: off)")
+    fleet_public_key: str = _rule("", doc="Ed25519 public key (base64, or a file path): a synced config must be signed by it")
+    poll_seconds: float = _rule(2.0, lo=0.2, hi=60.0, doc="how often the synced folder is looked at")
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,7 @@ class Settings:
     clips: ClipSettings = field(default_factory=ClipSettings)
     gpio: GpioSettings = field(default_factory=GpioSettings)
     upload: UploadSettings = field(default_factory=UploadSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
 
