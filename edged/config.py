@@ -53,6 +53,7 @@ class DeviceSettings:
 @dataclass(frozen=True)
 class CameraSettings:
     source: str = _rule("auto", choices=("auto", "picamera2", "v4l2", "synthetic", "file"))
+    position: str = _rule("front", doc="this camera's position name, as recall requests' camera_positions name it")
     device: str = _rule("", doc="v4l2: /dev/videoN (empty: first found); file: path of the video")
     width: int = _rule(limits.TARGET_WIDTH, lo=64, hi=3840, even=True)
     height: int = _rule(limits.TARGET_HEIGHT, lo=64, hi=2160, even=True)
