@@ -12,8 +12,9 @@ from edged import config as config_mod
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """The journal (structured fields) when there is one, else stderr; secrets scrubbed."""
+    from edged.journal import setup_logging
+    setup_logging(verbose)
 
 
 def _load(path: str | None) -> config_mod.Settings:
