@@ -8,6 +8,7 @@ dotted key and the reason, and all errors of a file are reported at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import tomllib
@@ -36,8 +37,10 @@ class ConfigError(Exception):
 
 def _rule(default: Any = dataclasses.MISSING, *, factory: Any = None, lo: float | None = None,
           hi: float | None = None, choices: tuple[str, ...] | None = None, even: bool = False,
-          doc: str = "") -> Any:
-    meta = {"lo": lo, "hi": hi, "choices": choices, "even": even, "doc": doc}
+          doc: str = "", live: bool = False) -> Any:
+    # live: the running daemon can take a new value (a synced config) without a restart; a table
+    # marked live makes every key below it live. One place for the rule: is_live().
+    meta = {"lo": lo, "hi": hi, "choices": choices, "even": even, "doc": doc, "live": live}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,7 +61,7 @@ class CameraSettings:
     width: int = _rule(limits.TARGET_WIDTH, lo=64, hi=3840, even=True)
     height: int = _rule(limits.TARGET_HEIGHT, lo=64, hi=2160, even=True)
     fps: int = _rule(limits.TARGET_FPS, lo=1, hi=60)
-    bitrate: int = _rule(limits.TARGET_VIDEO_BITRATE, lo=50_000, hi=8_000_000)
+    bitrate: int = _rule(limits.TARGET_VIDEO_BITRATE, lo=50_000, hi=8_000_000, live=True)
     keyframe_seconds: float = _rule(10.0, lo=0.5, hi=60.0,
                                     doc="longest gap between keyframes (segment starts are keyframes too)")
     paced: bool = _rule(True, doc="false: synthetic/file sources run as fast as the encoder can")
@@ -70,7 +73,7 @@ class CameraSettings:
 class AudioSettings:
     source: str = _rule("auto", choices=("auto", "alsa", "synthetic", "none"))
     device: str = _rule("default", doc="ALSA device name")
-    bitrate: int = _rule(limits.TARGET_AUDIO_BITRATE, lo=6_000, hi=256_000)
+    bitrate: int = _rule(limits.TARGET_AUDIO_BITRATE, lo=6_000, hi=256_000, live=True)
     sample_rate: int = _rule(48_000, choices=None, lo=8_000, hi=48_000)
     channels: int = _rule(1, lo=1, hi=2)
 
@@ -84,8 +87,9 @@ def _default_storage_dir() -> str:
 class StorageSettings:
     dir: str = _rule(factory=_default_storage_dir, doc="state folder: segments, index, status")
     segment_seconds: float = _rule(10.0, lo=2.0, hi=60.0)
-    max_bytes: int = _rule(4_000_000_000, lo=10_000_000, doc="ring buffer budget (about 24 h at the target rate)")
-    min_free_bytes: int = _rule(500_000_000, lo=0, doc="never fill the file system past this")
+    max_bytes: int = _rule(4_000_000_000, lo=10_000_000, doc="ring buffer budget (about 24 h at the target rate)",
+                           live=True)
+    min_free_bytes: int = _rule(500_000_000, lo=0, doc="never fill the file system past this", live=True)
     sync_interval_seconds: float = _rule(1.0, lo=0.2, hi=10.0,
                                          doc="how often the segment being written is flushed and fsynced")
 
@@ -179,9 +183,9 @@ class Settings:
     camera: CameraSettings = field(default_factory=CameraSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
-    clips: ClipSettings = field(default_factory=ClipSettings)
+    clips: ClipSettings = _rule(factory=ClipSettings, live=True)
     gpio: GpioSettings = field(default_factory=GpioSettings)
-    upload: UploadSettings = field(default_factory=UploadSettings)
+    upload: UploadSettings = _rule(factory=UploadSettings, live=True)
     sync: SyncSettings = field(default_factory=SyncSettings)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
@@ -265,6 +269,12 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     if s.storage.max_bytes < 3 * segment_bytes_estimate(s):
         problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
     _upload_checks(s.upload, problems)
+    if s.sync.fleet_public_key:
+        from edged.configsign import KeyLoadError, load_public_key
+        try:
+            load_public_key(s.sync.fleet_public_key)
+        except KeyLoadError as exc:
+            problems.append(("sync.fleet_public_key", str(exc)))
 
 
 def api_key_path(v2: SonoranV2Settings) -> Path | None:
@@ -366,6 +376,11 @@ def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Settings:
 
 def load(path: Path | str) -> Settings:
     """Read and validate one TOML file. Errors (missing, unreadable, syntax, values) raise ConfigError."""
+    return from_mapping(read_mapping(path), origin=str(path))
+
+
+def read_mapping(path: Path | str) -> dict[str, Any]:
+    """One TOML file parsed but not validated (the local layer under a synced config)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -379,7 +394,119 @@ def load(path: Path | str) -> Settings:
         raise ConfigError([("<file>", "is not UTF-8 text")], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("<syntax>", str(exc))], str(path)) from None
-    return from_mapping(data, origin=str(path))
+    return data
+
+
+# --- layers: a synced config over the local one, and what may change while running ---------------
+
+#: Keys only the local config may set: a synced folder must not move the footage or turn off
+#: the signature check of what it delivers.
+LOCAL_ONLY = ("sync", "storage.dir")
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _local_only_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in data.items():
+        dotted = prefix + key
+        if dotted in LOCAL_ONLY or any(dotted.startswith(k + ".") for k in LOCAL_ONLY):
+            found += [f"{dotted}.{k}" for k in value] if isinstance(value, dict) else [dotted]
+        elif isinstance(value, dict) and any(k.startswith(dotted + ".") for k in LOCAL_ONLY):
+            found += _local_only_keys(value, dotted + ".")
+    return found
+
+
+def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin: str = "<synced>") -> Settings:
+    """The synced document overlaid table by table, key by key, on the local one (lists replace),
+    validated whole. A synced key in LOCAL_ONLY is an error naming it; ConfigError lists all."""
+    forbidden = _local_only_keys(synced_data)
+    problems = [(k, "can only be set in the local config") for k in forbidden]
+    allowed = synced_data
+    for key in forbidden:  # dropped, so each forbidden key is reported once and nothing else follows from it
+        *parents, last = key.split(".")
+        allowed = _without(allowed, parents, last)
+    try:
+        settings = from_mapping(_overlay(local_data, allowed), origin)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems, origin)
+    return settings
+
+
+def _without(data: dict[str, Any], parents: list[str], last: str) -> dict[str, Any]:
+    if not parents:
+        return {k: v for k, v in data.items() if k != last}
+    head, *rest = parents
+    return {**data, head: _without(data[head], rest, last)}
+
+
+def _leaves(obj: Any, prefix: str = "", live: bool = False) -> list[tuple[str, Any, bool]]:
+    """(dotted key, value, live) for every key below ``obj``."""
+    rows = []
+    for f in dataclasses.fields(obj):
+        if f.name == "origin":
+            continue
+        value = getattr(obj, f.name)
+        is_live = live or bool(f.metadata.get("live"))
+        if dataclasses.is_dataclass(value):
+            rows += _leaves(value, f"{prefix}{f.name}.", is_live)
+        else:
+            rows.append((prefix + f.name, value, is_live))
+    return rows
+
+
+def live_keys() -> list[str]:
+    """Every key the running daemon takes without a restart."""
+    return [key for key, _, live in _leaves(Settings()) if live]
+
+
+@functools.cache
+def _live_set() -> frozenset[str]:
+    return frozenset(live_keys())
+
+
+def is_live(key: str) -> bool:
+    return key in _live_set()
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """Dotted keys whose values differ, in schema order."""
+    return [key for (key, a, _), (_, b, _) in zip(_leaves(old), _leaves(new)) if a != b]
+
+
+def needs_restart(keys: list[str]) -> list[str]:
+    """Those of ``keys`` the running daemon cannot take: they apply at the next start."""
+    return [k for k in keys if not is_live(k)]
+
+
+def overlay_live(base: Settings, new: Settings) -> Settings:
+    """``base`` with every live key taken from ``new``: what runs after a live apply."""
+    def merge(b: Any, n: Any, live: bool) -> Any:
+        if live:
+            return n
+        if not dataclasses.is_dataclass(b):
+            return b
+        changes = {f.name: merge(getattr(b, f.name), getattr(n, f.name), bool(f.metadata.get("live")))
+                   for f in dataclasses.fields(b) if f.name != "origin"}
+        return dataclasses.replace(b, **changes)
+    return merge(base, new, False)
+
+
+def cross_check(settings: Settings) -> list[tuple[str, str]]:
+    """The checks across keys, for settings put together from layers (overlay_live)."""
+    problems: list[tuple[str, str]] = []
+    _cross_checks(settings, problems)
+    return problems
 
 
 def load_or_defaults(path: Path | str | None) -> Settings:
