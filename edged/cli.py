@@ -43,6 +43,40 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_keygen(args: argparse.Namespace) -> int:
+    from edged import configsign
+    try:
+        private, public, b64 = configsign.generate(args.dir)
+    except FileExistsError as exc:
+        print(f"edged: {exc.filename} exists; a fleet key is never overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"edged: cannot write the key pair into {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"private key {private} (owner-only; keep it off the devices)\npublic key  {public}\n"
+          f"devices: [sync] fleet_public_key = \"{b64}\"")
+    return 0
+
+
+def cmd_config_sign(args: argparse.Namespace) -> int:
+    from edged import configsign
+    from edged.status import write_atomic
+    try:
+        key = configsign.load_private_key(args.key)
+        data = args.file.read_bytes()
+    except (configsign.KeyLoadError, OSError) as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
+    out = args.output or args.file
+    try:  # atomic: a sync tool watching the folder never sees half a file
+        write_atomic(out, configsign.sign(data, key))
+    except OSError as exc:
+        print(f"edged: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"signed {out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from edged.paths import StatePaths
     from edged.status import read_status
@@ -182,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a config file; non-zero exit if bad")
     check.add_argument("path", type=Path)
     check.set_defaults(func=cmd_config_check)
+    kg = cfg_sub.add_parser("keygen", help="new fleet signing key pair (private PEM, owner-only; public base64)")
+    kg.add_argument("dir", type=Path)
+    kg.set_defaults(func=cmd_config_keygen)
+    sg = cfg_sub.add_parser("sign", help="sign a config for devices with sync.fleet_public_key set")
+    sg.add_argument("--key", required=True, type=Path, help="the fleet private key (PEM)")
+    sg.add_argument("file", type=Path)
+    sg.add_argument("-o", "--output", type=Path, help="write here (default: replace FILE)")
+    sg.set_defaults(func=cmd_config_sign)
 
     st = sub.add_parser("status", help="recording state, footage held, errors")
     st.add_argument("--config")
