@@ -14,10 +14,13 @@ RECORDING_STOPPED 8287fc16ac4244d9b229e540bde3380f  REASON, SEGMENTS
 SEGMENT_SALVAGED  fbb9ef0ab6cd42ef893501dc6a673fb4  SEGMENT, DURATION_MS, REASON
 STORAGE_ALARM     83d34d921a5645ea80632a17a90dcc22  ALARM, STORAGE_DIR, REASON
 MARK              384e080c244f4063a4265356494da8c9  EVENT_ID, NOTE, SOURCE
-CLIP_BUILT        a7758b3eb80f40d2b385fb8d77e2f70a  CLIP_ID, EVENT_ID, PARTS, DURATION_MS
+CLIP_BUILT        a7758b3eb80f40d2b385fb8d77e2f70a  CLIP_ID, EVENT_ID, PARTS, DURATION_MS, BYTES
+CLIP_FAILED       ee1ac69955c5404a9ed4909da8fff0e2  CLIP_ID, EVENT_ID, REASON
 UPLOAD_DELIVERED  c86e321f264842789fca95965b7e3837  CLIP_ID, PART, TARGET, ATTEMPTS
 UPLOAD_DEFERRED   a25d9db4de5545ad8758e15b34073e78  CLIP_ID, PART, TARGET, REASON, NEXT_TRY
 UPLOAD_FAILED     14c1033b35494a5ba803a8a61351ab8c  CLIP_ID, PART, TARGET, REASON
+UPLOAD_PAUSED     a43e97405681458bb801bf62f1cf25c9  TARGET, REASON (key or account refused)
+UPLOAD_RESUMED    1e51f80f9dab4fe28162a8966ffd533c  TARGET, REASON
 CONFIG_APPLIED    f6bbbb768fb24144b1bb8b9671b6b688  CONFIG, KEY
 CONFIG_REJECTED   80c8fd56f2984177a15bcb498857b5ec  CONFIG, KEY, REASON
 WATCHDOG          b4eca48812964b808b7df3d848e0bff1  STALL (camera/disk), SECONDS
@@ -40,6 +43,7 @@ message, its arguments, the exception text and every upper-case (journal) field.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import re
@@ -64,9 +68,12 @@ class Msg(enum.Enum):
     STORAGE_ALARM = "83d34d921a5645ea80632a17a90dcc22"
     MARK = "384e080c244f4063a4265356494da8c9"
     CLIP_BUILT = "a7758b3eb80f40d2b385fb8d77e2f70a"
+    CLIP_FAILED = "ee1ac69955c5404a9ed4909da8fff0e2"
     UPLOAD_DELIVERED = "c86e321f264842789fca95965b7e3837"
     UPLOAD_DEFERRED = "a25d9db4de5545ad8758e15b34073e78"
     UPLOAD_FAILED = "14c1033b35494a5ba803a8a61351ab8c"
+    UPLOAD_PAUSED = "a43e97405681458bb801bf62f1cf25c9"
+    UPLOAD_RESUMED = "1e51f80f9dab4fe28162a8966ffd533c"
     CONFIG_APPLIED = "f6bbbb768fb24144b1bb8b9671b6b688"
     CONFIG_REJECTED = "80c8fd56f2984177a15bcb498857b5ec"
     WATCHDOG = "b4eca48812964b808b7df3d848e0bff1"
@@ -109,7 +116,7 @@ def log_event(logger: logging.Logger, msg: Msg, text: str, *args: Any, level: in
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_secret_files: dict[Path, tuple[tuple[int, int, int] | None, str]] = {}
+_secret_files: dict[Path, tuple[int, int, int] | None] = {}   # path → what was last read
 _MIN_SECRET = 4
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
@@ -143,26 +150,26 @@ def register_secret(value: str) -> None:
 
 
 def register_secret_file(path: str | os.PathLike[str]) -> None:
-    """Never log the (stripped) content of ``path``; re-read when the file changes (key rotation)."""
+    """Never log the (stripped) content of ``path``: looked at again whenever the file changes
+    (a key rotated in its file), and every value it ever held stays hidden."""
     with _lock:
-        _secret_files.setdefault(Path(path), (None, ""))
+        _secret_files.setdefault(Path(path), None)
 
 
 def _current_secrets() -> list[str]:
     with _lock:
-        for path, (sig, _old) in list(_secret_files.items()):
+        for path, seen in list(_secret_files.items()):
             try:
                 st = path.stat()
                 now = (st.st_mtime_ns, st.st_size, st.st_ino)
-                if now != sig:
-                    _secret_files[path] = (now, path.read_text(errors="replace").strip())
+                if now != seen:
+                    _secret_files[path] = now
+                    text = path.read_text(errors="replace").strip()
+                    if len(text) >= _MIN_SECRET:
+                        _secrets.update({text, urllib.parse.quote(text, safe="")})
             except OSError:
-                pass        # keep the last value read: a key that vanished must stay hidden
-        values = set(_secrets)
-        for _sig, text in _secret_files.values():
-            if len(text) >= _MIN_SECRET:
-                values.add(text)
-                values.add(urllib.parse.quote(text, safe=""))
+                pass        # absent or unreadable now: what it held before stays hidden
+        values = list(_secrets)
     return sorted(values, key=len, reverse=True)      # longest first: no partial leftovers
 
 
@@ -211,6 +218,11 @@ def _send_to_journal(MESSAGE: str, **fields: Any) -> None:
     journal.send(MESSAGE, **clean)
 
 
+def _compact(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c in text for c in ' "\'=[]\n') else text
+
+
 class StderrFormatter(logging.Formatter):
     """``time LEVEL logger: message [event key=value …]``; the brackets only for events."""
 
@@ -226,7 +238,7 @@ class StderrFormatter(logging.Formatter):
             kind = Msg(mid).name.lower()
         except ValueError:
             kind = str(mid)
-        fields = " ".join(f"{k[6:].lower()}={v}" for k, v in vars(record).items()
+        fields = " ".join(f"{k[6:].lower()}={_compact(v)}" for k, v in vars(record).items()
                           if k.startswith("EDGED_"))
         return f"{line} [{kind}{' ' if fields else ''}{fields}]"
 
