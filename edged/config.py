@@ -113,7 +113,7 @@ class GpioSettings:
     buzzer_pin: str = _rule("", doc="buzzer or vibration motor (empty: none)")
 
 
-UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "directory")
+UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota", "directory")
 
 
 @dataclass(frozen=True)
@@ -277,12 +277,36 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append(("sync.fleet_public_key", str(exc)))
 
 
+def _credential_path(configured: str, credential: str) -> Path | None:
+    """A secret's file: the configured one, else systemd's credential of that name (LoadCredential=)."""
+    if configured:
+        return Path(configured)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(creds) / credential if creds else None
+
+
 def api_key_path(v2: SonoranV2Settings) -> Path | None:
     """Where the Sonoran v2 API key is read from: the configured file, else systemd's credentials."""
-    if v2.api_key_file:
-        return Path(v2.api_key_file)
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(creds) / "sonoran_api_key" if creds else None
+    return _credential_path(v2.api_key_file, "sonoran_api_key")
+
+
+def token_path(bota: BotaSettings) -> Path | None:
+    """Where the Bota API key or device token is read from: the configured file, else systemd's credentials."""
+    return _credential_path(bota.token_file, "bota_token")
+
+
+def _check_credential(key: str, path: Path | None, credential: str, what: str,
+                      problems: list[tuple[str, str]]) -> None:
+    """A secret's file must be named (or be a systemd credential), readable and not empty."""
+    if path is None:
+        problems.append((key, f"must name the file holding the {what} (or run under systemd with a "
+                              f"{credential} credential)"))
+        return
+    try:
+        if not path.read_text().strip():
+            problems.append((key, f"{path} is empty"))
+    except OSError as exc:
+        problems.append((key, f"{path} cannot be read: {exc.strerror or exc}"))
 
 
 def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
@@ -298,23 +322,18 @@ def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
             problems.append(("upload.sonoran_v2.account_uuid",
                              "set exactly one of account_uuid, community_user_id, roblox, discord"
                              + (f" (got {', '.join(given)})" if given else "")))
-        key = api_key_path(v2)
-        if key is None:
-            problems.append(("upload.sonoran_v2.api_key_file",
-                             "must name the file holding the API key (or run under systemd with a "
-                             "sonoran_api_key credential)"))
-        else:
-            try:
-                if not key.read_text().strip():
-                    problems.append(("upload.sonoran_v2.api_key_file", f"{key} is empty"))
-            except OSError as exc:
-                problems.append(("upload.sonoran_v2.api_key_file", f"{key} cannot be read: {exc.strerror or exc}"))
+        _check_credential("upload.sonoran_v2.api_key_file", api_key_path(v2), "sonoran_api_key", "API key",
+                          problems)
     if "sonoran_legacy" in u.targets:
         lg = u.sonoran_legacy
         _check_url("upload.sonoran_legacy.base_url", lg.base_url, problems)
         for name in ("community", "account", "session_id", "username"):
             if not getattr(lg, name):
                 problems.append((f"upload.sonoran_legacy.{name}", "is required by the sonoran_legacy target"))
+    if "bota" in u.targets:
+        _check_url("upload.bota.base_url", u.bota.base_url, problems)
+        _check_credential("upload.bota.token_file", token_path(u.bota), "bota_token", "API key or device token",
+                          problems)
 
 
 def _check_url(key: str, url: str, problems: list[tuple[str, str]]) -> None:
