@@ -61,6 +61,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (part_id, target)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(target, state, next_try_ns);
+-- A multi-step target's progress on a clip (e.g. bota: recording id, media uploaded, completed),
+-- one committed row per step, so a kill between steps resumes instead of starting over. Added
+-- after the first release: IF NOT EXISTS is its migration (an older file gains it at the next open).
+CREATE TABLE IF NOT EXISTS progress (
+    clip_id    TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    step       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (clip_id, target, step)
+);
 """
 
 
@@ -220,6 +231,19 @@ class Outbox(Store):
         if n:
             self._changed()
         return n
+
+    # --- a multi-step target's progress on a clip -------------------------------------------------
+
+    def progress(self, clip_id: str, target: str) -> dict[str, str]:
+        """Every step this target recorded for the clip: {step: value}."""
+        return dict(self.query("SELECT step, value FROM progress WHERE clip_id=? AND target=?", (clip_id, target)))
+
+    def record_progress(self, clip_id: str, target: str, step: str, value: str) -> None:
+        """One step done (or its value changed), committed before the next step starts."""
+        with self.tx() as db:
+            db.execute("INSERT INTO progress (clip_id, target, step, value, updated_ns) VALUES (?,?,?,?,?)"
+                       " ON CONFLICT (clip_id, target, step) DO UPDATE SET value=excluded.value,"
+                       " updated_ns=excluded.updated_ns", (clip_id, target, step, value, self.now_ns()))
 
     # --- reading ----------------------------------------------------------------------------------
 
