@@ -1,0 +1,455 @@
+"""Remote config by file sync (issue 6): atomic renames and in-place writes, temporary files,
+bad files, restart-needed keys, signatures, a failing apply, restart persistence, and the
+keygen/sign commands end to end. Real files, the real watcher thread, poll 0.2 s."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edged import config, configsign
+from edged.configsync import ConfigSync, version_of
+from tests.conftest import REPO
+from tests.helpers import wait_until
+
+POLL = 0.2
+WAIT = 5.0  # a deadline, not a speed claim: "within seconds"
+
+A = b"[camera]\nbitrate = 400000\n"
+B = b"[clips]\npre_roll_seconds = 10.0\n"
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, sync: dict[str, Any] | None = None, **sections: dict[str, Any]) -> None:
+        self.sync_dir = tmp_path / "sync"
+        self.sync_dir.mkdir(exist_ok=True)
+        self.file = self.sync_dir / "edged.toml"
+        self.data: dict[str, Any] = {
+            "camera": {"source": "synthetic"}, "audio": {"source": "synthetic"},
+            "storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0},
+            "sync": {"dir": str(self.sync_dir), "poll_seconds": POLL, **(sync or {})},
+        }
+        for name, values in sections.items():
+            self.data.setdefault(name, {}).update(values)
+        self.local = config.from_mapping(self.data, origin="<local>")
+        self.calls: list[tuple[config.Settings, list[str], list[str]]] = []
+        self.fail: Exception | None = None
+        self.lock = threading.Lock()
+        self.cs = ConfigSync(self.local, self.data, self.on_apply)
+
+    def on_apply(self, settings: config.Settings, live: list[str], restart: list[str]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        with self.lock:
+            self.calls.append((settings, live, restart))
+
+    def start(self) -> config.Settings:
+        s = self.cs.startup()
+        self.cs.start()
+        return s
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.sync_dir / "status" / "config.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def wait_status(self, data: bytes, state: str) -> dict[str, Any]:
+        v = version_of(data)
+        wait_until(lambda: (st := self.status()) is not None and st["version"] == v and st["state"] == state,
+                   WAIT, f"status {state} for {v[:12]} (now {self.status()})")
+        st = self.status()
+        assert st is not None
+        return st
+
+    def atomic(self, data: bytes, temp_name: str) -> None:
+        """What Syncthing and rsync do: the whole file under a temporary name, then a rename."""
+        tmp = self.sync_dir / temp_name
+        tmp.write_bytes(data)
+        os.replace(tmp, self.file)
+
+
+@pytest.fixture
+def make(tmp_path):
+    made: list[Harness] = []
+
+    def factory(**kw: Any) -> Harness:
+        h = Harness(tmp_path, **kw)
+        made.append(h)
+        return h
+    yield factory
+    for h in made:
+        h.cs.stop()
+
+
+def errors(st: dict[str, Any]) -> dict[str, str]:
+    return {e["key"]: e["reason"] for e in st["errors"]}
+
+
+# --- the config layer ---------------------------------------------------------------------------
+
+def test_live_rule_changed_keys_and_layers():
+    assert config.is_live("camera.bitrate") and config.is_live("audio.bitrate")
+    assert config.is_live("storage.max_bytes") and config.is_live("storage.min_free_bytes")
+    assert config.is_live("clips.pre_roll_seconds") and config.is_live("upload.sonoran_v2.base_url")
+    assert config.is_live("upload.targets")
+    for key in ("camera.width", "camera.source", "storage.dir", "storage.segment_seconds", "gpio.button_pin",
+                "device.id", "sync.dir", "audio.source"):
+        assert not config.is_live(key), key
+    assert config.needs_restart(["camera.width", "camera.bitrate", "gpio.led_pin"]) == ["camera.width", "gpio.led_pin"]
+
+    local = {"storage": {"dir": "/var/lib/edged", "min_free_bytes": 0},
+             "upload": {"directory": {"path": "/mnt/a"}, "retry_base_seconds": 3.0}}
+    new = config.from_layers(local, {"upload": {"retry_cap_seconds": 900.0}, "camera": {"width": 640}})
+    # overlaid key by key: the local sub-table and sibling key survive
+    assert new.upload.directory.path == "/mnt/a" and new.upload.retry_base_seconds == 3.0
+    assert new.upload.retry_cap_seconds == 900.0
+    base = config.from_mapping(local)
+    assert config.changed_keys(base, new) == ["camera.width", "upload.retry_cap_seconds"]
+    running = config.overlay_live(base, new)
+    assert running.camera.width == base.camera.width and running.upload.retry_cap_seconds == 900.0
+
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_layers(local, {"storage": {"dir": "/tmp/elsewhere"}, "sync": {"fleet_public_key": ""},
+                                   "camera": {"bitrate": 1}})
+    assert dict(exc.value.problems) == {
+        "storage.dir": "can only be set in the local config",
+        "sync.fleet_public_key": "can only be set in the local config",
+        "camera.bitrate": "must be at least 50000; got 1"}
+
+
+def test_fleet_public_key_forms(tmp_path):
+    key = Ed25519PrivateKey.generate().public_key()
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    b64 = base64.b64encode(raw).decode()
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    rawf, b64f, ssh = tmp_path / "k.raw", tmp_path / "k.pub", tmp_path / "k.ssh"
+    rawf.write_bytes(raw)
+    b64f.write_text(b64 + "\n")
+    ssh.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    for value in (b64, str(pem), str(rawf), str(b64f), str(ssh)):
+        assert configsign.load_public_key(value).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw, value
+    for bad in ("not-a-key", base64.b64encode(b"short").decode(), str(tmp_path / "missing.pem")):
+        with pytest.raises(config.ConfigError) as exc:
+            config.from_mapping({"sync": {"fleet_public_key": bad}})
+        assert [k for k, _ in exc.value.problems] == ["sync.fleet_public_key"]
+
+
+# --- how files arrive -------------------------------------------------------------------------
+
+def test_atomic_renames_of_syncthing_and_rsync_are_applied(make):
+    h = make()
+    h.start()
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    st = h.wait_status(A, "applied")
+    assert st["applied_version"] == version_of(A) and st["applied_keys"] == ["camera.bitrate"]
+    assert st["errors"] == [] and st["restart_needed"] == [] and st["device"] == h.local.device.id
+    assert st["at"].endswith("Z")
+    assert len(h.calls) == 1
+    settings, live, restart = h.calls[0]
+    assert settings.camera.bitrate == 400_000 and live == ["camera.bitrate"] and restart == []
+    assert h.cs.settings.camera.bitrate == 400_000
+
+    h.atomic(B, ".edged.toml.Ab12Cd")  # rsync's temporary name
+    h.wait_status(B, "applied")
+    settings, live, restart = h.calls[-1]
+    # B is overlaid on the local config, not on A: the bitrate returns to the local value
+    assert live == ["camera.bitrate", "clips.pre_roll_seconds"]
+    assert settings.camera.bitrate == h.local.camera.bitrate and settings.clips.pre_roll_seconds == 10.0
+    assert len(h.calls) == 2
+
+
+def test_temporary_files_of_sync_tools_are_never_read(make, monkeypatch):
+    h = make()
+    opened: list[str] = []
+    real_open = open
+
+    def spy_open(file, *a, **kw):  # noqa: ANN001
+        opened.append(str(file))
+        return real_open(file, *a, **kw)
+    monkeypatch.setattr("builtins.open", spy_open)
+    h.start()
+    for name in (".syncthing.edged.toml.tmp", ".edged.toml.Ab12Cd", "~syncthing~edged.toml.tmp"):
+        (h.sync_dir / name).write_bytes(A)
+    time.sleep(6 * POLL)
+    assert h.calls == [] and h.status() is None
+    assert not [p for p in opened if Path(p).parent == h.sync_dir]
+    h.atomic(A, ".edged.toml.Ab12Cd")  # the watcher is alive: the rename is seen
+    h.wait_status(A, "applied")
+
+
+def _chunks(text: bytes, lines_per_chunk: int) -> list[bytes]:
+    lines = text.splitlines(keepends=True)
+    return [b"".join(lines[i:i + lines_per_chunk]) for i in range(0, len(lines), lines_per_chunk)]
+
+
+def test_in_place_writes_in_chunks_are_read_only_whole(make, caplog):
+    full = (b"[clips]\npre_roll_seconds = 10.0\npost_roll_seconds = 20.0\n[camera]\nbitrate = 400000\n"
+            b"[audio]\nbitrate = 32000\n[upload]\nretry_base_seconds = 5.0\nretry_cap_seconds = 700.0\n")
+    chunks = _chunks(full, 2)
+    h = make()
+    # Every prefix cut at a line is a valid config that differs from the whole file, so a reader
+    # that looked at a half-written file would apply something else.
+    whole = config.from_layers(h.data, tomllib.loads(full.decode()))
+    for n in range(1, len(chunks)):
+        part = config.from_layers(h.data, tomllib.loads(b"".join(chunks[:n]).decode()))
+        assert part != whole
+    h.file.write_bytes(A)
+    h.start()
+    h.wait_status(A, "applied")
+    del h.calls[:]
+    ino = h.file.stat().st_ino
+    caplog.set_level(logging.INFO, logger="edged.configsync")
+    for _ in range(2):  # twice: truncate-and-rewrite of the applied file, then again
+        with open(h.file, "wb") as f:  # in place: same inode, truncated, written in pieces
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(POLL / 4)
+        assert h.file.stat().st_ino == ino
+        h.wait_status(full, "applied" if _ == 0 else "unchanged")
+    assert len(h.calls) == 1, [c[1] for c in h.calls]
+    settings, live, _ = h.calls[0]
+    assert settings.camera.bitrate == 400_000 and settings.audio.bitrate == 32_000
+    assert settings.upload.retry_cap_seconds == 700.0
+    assert live == ["audio.bitrate", "clips.pre_roll_seconds", "clips.post_roll_seconds",
+                    "upload.retry_base_seconds", "upload.retry_cap_seconds"]
+    assert not [r for r in caplog.records if "rejected" in r.getMessage()]
+
+
+def test_an_unchanged_file_touched_or_resynced_applies_nothing(make):
+    h = make()
+    h.file.write_bytes(A)
+    old = time.time() - 60
+    os.utime(h.file, (old, old))
+    assert h.start().camera.bitrate == 400_000  # present at start: started on, not applied
+    assert h.calls == []
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    h.wait_status(A, "unchanged")
+    assert h.calls == []
+
+
+# --- bad files --------------------------------------------------------------------------------
+
+BAD = [
+    (b"[camera]\nbitrate = = 3\n", "<syntax>", "Invalid value"),
+    (b"[camera]\nbitrate = 5\n", "camera.bitrate", "must be at least 50000; got 5"),
+    (b"[camera]\nbitrate = 400000\nzoom = 2\n", "camera.zoom", "unknown key"),
+    (b"[storage]\ndir = \"/tmp/elsewhere\"\n", "storage.dir", "can only be set in the local config"),
+    (b"[sync]\nfleet_public_key = \"\"\n", "sync.fleet_public_key", "can only be set in the local config"),
+    (b"[sync]\ndir = \"/tmp/x\"\n", "sync.dir", "can only be set in the local config"),
+    (b"[upload]\ntargets = [\"ftp\"]\n", "upload.targets", "entries must be among"),
+    (b"\xff\xfe[camera]\n", "<file>", "not UTF-8"),
+]
+
+
+def test_a_bad_file_is_rejected_once_naming_the_key_and_the_last_good_runs(make, caplog):
+    h = make()
+    h.start()
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    h.wait_status(A, "applied")
+    caplog.set_level(logging.ERROR, logger="edged.configsync")
+    for bad, key, reason in BAD:
+        h.atomic(bad, ".syncthing.edged.toml.tmp")
+        st = h.wait_status(bad, "rejected")
+        assert key in errors(st) and reason in errors(st)[key], st["errors"]
+        assert st["applied_version"] == version_of(A) and st["applied_keys"] == []
+        assert len(h.calls) == 1 and h.cs.settings == h.calls[0][0]
+        assert h.cs.settings.storage.dir == h.local.storage.dir and h.cs.settings.sync == h.local.sync
+    time.sleep(5 * POLL)  # a stable bad file is not judged, logged or written again every poll
+    assert h.status() == st
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == len(BAD)
+    assert h.cs.saved_path.read_bytes() == A
+    h.atomic(B, ".edged.toml.Zz9Yy8")  # a change is judged again
+    h.wait_status(B, "applied")
+    assert len(h.calls) == 2
+
+
+def test_restart_needed_keys_are_reported_and_wait_for_the_restart(make):
+    h = make()
+    h.start()
+    text = b"[camera]\nwidth = 640\nheight = 360\nbitrate = 400000\n[storage]\nsegment_seconds = 5.0\n"
+    h.atomic(text, ".syncthing.edged.toml.tmp")
+    st = h.wait_status(text, "applied")
+    restart = ["camera.width", "camera.height", "storage.segment_seconds"]
+    assert st["restart_needed"] == restart and st["applied_keys"] == ["camera.bitrate"]
+    settings, live, r = h.calls[-1]
+    assert live == ["camera.bitrate"] and r == restart
+    # what runs: the live key from the file, the others as started
+    assert (settings.camera.width, settings.camera.bitrate, settings.storage.segment_seconds) == (960, 400_000, 10.0)
+
+    # Live values that do not fit what runs until the restart: clips of 5 s with the running 10 s
+    # segments would break the keyframe rule, so the whole file waits for the restart.
+    text2 = b"[storage]\nsegment_seconds = 4.0\n[clips]\nmax_duration_ms = 5000\n"
+    h.atomic(text2, ".syncthing.edged.toml.tmp")
+    st = h.wait_status(text2, "applied")
+    assert st["applied_keys"] == [] and h.calls[-1][1] == []
+    assert st["restart_needed"] == ["camera.bitrate", "storage.segment_seconds", "clips.max_duration_ms"]
+    assert h.cs.settings.clips.max_duration_ms == h.local.clips.max_duration_ms
+    assert h.cs.settings.camera.bitrate == 400_000  # what ran keeps running
+
+    # After the restart the accepted file runs whole, with nothing left waiting.
+    h.cs.stop()
+    h2 = Harness(h.sync_dir.parent)
+    s = h2.cs.startup()
+    assert (s.storage.segment_seconds, s.clips.max_duration_ms) == (4.0, 5000)
+    assert h2.calls == []
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+@pytest.fixture
+def fleet_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _b64pub(key: Ed25519PrivateKey) -> str:
+    return configsign.public_key_b64(key.public_key())
+
+
+def test_signed_configs(make, fleet_key):
+    h = make(sync={"fleet_public_key": _b64pub(fleet_key)})
+    h.start()
+    good = configsign.sign(A, fleet_key)
+    assert good.endswith(A) and good.startswith(b"# edged-signature: ed25519:")
+    h.atomic(good, ".syncthing.edged.toml.tmp")
+    h.wait_status(good, "applied")
+    assert h.cs.settings.camera.bitrate == 400_000
+
+    cases = {
+        "missing": (B, "missing"),
+        "wrong key": (configsign.sign(B, Ed25519PrivateKey.generate()), "does not verify"),
+        "tampered body": (configsign.sign(B, fleet_key).replace(b"10.0", b"90.0"), "does not verify"),
+        "malformed": (b"# edged-signature: ed25519:@@@\n" + B, "not valid base64"),
+        "short": (b"# edged-signature: ed25519:" + base64.b64encode(b"x" * 10) + b"\n" + B, "10 bytes"),
+    }
+    for what, (data, reason) in cases.items():
+        h.atomic(data, ".edged.toml.Ab12Cd")
+        st = h.wait_status(data, "rejected")
+        assert list(errors(st)) == ["<signature>"] and reason in errors(st)["<signature>"], (what, st)
+        assert st["applied_version"] == version_of(good), what
+    assert len(h.calls) == 1 and h.cs.settings.clips.pre_roll_seconds == 30.0
+    # re-signing replaces the old signature line and keeps the body
+    resigned = configsign.sign(configsign.sign(B, Ed25519PrivateKey.generate()), fleet_key)
+    assert resigned.count(b"edged-signature") == 1
+    h.atomic(resigned, ".edged.toml.Ab12Cd")
+    h.wait_status(resigned, "applied")
+    assert h.cs.settings.clips.pre_roll_seconds == 10.0
+
+
+def test_a_failing_apply_is_a_rejection_with_its_reason(make):
+    h = make()
+    h.start()
+    h.fail = RuntimeError("uploader refused the new targets")
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    st = h.wait_status(A, "rejected")
+    assert errors(st) == {"<apply>": "RuntimeError: uploader refused the new targets"}
+    assert st["applied_version"] is None and h.cs.settings == h.local
+    assert not h.cs.saved_path.exists()  # never kept as the last good
+    h.fail = None
+    h.atomic(B, ".syncthing.edged.toml.tmp")
+    h.wait_status(B, "applied")
+
+
+# --- restarts ---------------------------------------------------------------------------------
+
+def test_a_restart_comes_up_on_the_last_good_even_after_a_bad_file(make, tmp_path):
+    h = make()
+    h.start()
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    h.wait_status(A, "applied")
+    h.cs.stop()
+    assert h.cs.saved_path.read_bytes() == A
+
+    bad = b"[camera]\nbitrate = 5\n"  # arrived while the daemon was down
+    h.file.write_bytes(bad)
+    old = time.time() - 60
+    os.utime(h.file, (old, old))
+    h2 = make()
+    s = h2.start()
+    assert s.camera.bitrate == 400_000 and h2.calls == []
+    st = h2.status()
+    assert st is not None and st["state"] == "rejected" and "camera.bitrate" in errors(st)
+    assert st["applied_version"] == version_of(A)
+
+    h2.cs.stop()
+    h.file.unlink()  # no synced file at all: the kept one still runs
+    h3 = make()
+    assert h3.start().camera.bitrate == 400_000
+
+
+def test_a_file_still_being_written_at_start_is_left_to_the_watcher(make):
+    h = make()
+    h.file.write_bytes(A)  # mtime now: perhaps half written
+    s = h.start()
+    assert s.camera.bitrate == h.local.camera.bitrate
+    h.wait_status(A, "applied")
+    assert h.calls[0][1] == ["camera.bitrate"]
+
+
+def test_a_kept_config_signed_by_an_old_key_is_not_started_on(make, fleet_key):
+    h = make(sync={"fleet_public_key": _b64pub(fleet_key)})
+    h.start()
+    signed = configsign.sign(A, fleet_key)
+    h.atomic(signed, ".syncthing.edged.toml.tmp")
+    h.wait_status(signed, "applied")
+    h.cs.stop()
+    h.file.unlink()
+    h2 = make(sync={"fleet_public_key": _b64pub(Ed25519PrivateKey.generate())})  # key rotated locally
+    assert h2.start().camera.bitrate == h2.local.camera.bitrate
+
+
+# --- the commands, end to end -----------------------------------------------------------------
+
+def _edged(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edged", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_keygen_and_sign_commands_end_to_end(make, tmp_path):
+    keys = tmp_path / "fleet"
+    r = _edged("config", "keygen", str(keys))
+    assert r.returncode == 0, r.stderr
+    private, public = keys / "fleet-key.pem", keys / "fleet-key.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert public.read_text().strip() in r.stdout
+    again = _edged("config", "keygen", str(keys))
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    assert configsign.load_private_key(private)  # untouched, still a key
+
+    h = make(sync={"fleet_public_key": str(public)})  # the key as a file path
+    h.start()
+    draft = tmp_path / "fleet.toml"
+    draft.write_bytes(b"[upload]\nretry_base_seconds = 4.0\n")
+    r = _edged("config", "sign", "--key", str(private), str(draft), "-o", str(h.file))
+    assert r.returncode == 0, r.stderr
+    signed = h.file.read_bytes()
+    h.wait_status(signed, "applied")
+    assert h.cs.settings.upload.retry_base_seconds == 4.0
+    assert _edged("config", "check", str(h.file)).returncode == 0  # the signature line is a comment
+
+    draft.write_bytes(signed.replace(b"4.0", b"8.0"))  # edited after signing: refused ...
+    r = _edged("config", "sign", "--key", str(private), str(draft))  # ... until signed again in place
+    assert r.returncode == 0, r.stderr
+    os.replace(draft, h.file)
+    h.wait_status(h.file.read_bytes(), "applied")
+    assert h.cs.settings.upload.retry_base_seconds == 8.0
+
+    r = _edged("config", "sign", "--key", str(public), str(draft))
+    assert r.returncode == 1 and "private key" in r.stderr
