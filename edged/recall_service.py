@@ -1,0 +1,530 @@
+"""Answering recall requests: accept, protect, wait for the footage, build, deliver, report.
+
+Stage "recall" of capture → encode → segment → ring store → mark/**recall** → clip → outbox → target.
+
+A request (``edged.recall``) arrives from the synced inbox (``edged.recall_inbox``) or from
+``edged recall`` through the control socket. Its life, as the operator reads it in
+``<sync.dir>/status/recall-<id>.json`` (``<storage.dir>/recall-status/`` without a sync folder):
+
+  ``rejected``    invalid (every reason listed) or a duplicate; nothing is stored or held
+  ``pending``     accepted and stored; its footage is **protected at once**: a range hold
+                  ``recall:<id>`` on this boot's timeline (covering footage not recorded yet) and a
+                  hold on every stored segment of the window (any boot); waits until the recording
+                  has passed the window's end and no segment of it is still being written (the
+                  recorder is asked to start a segment at the window's end, as for a mark)
+  ``processing``  being built, then uploading: ``regular`` through the clip builder (remuxed, full
+                  quality, split into parts within the upload limits); ``timelapse`` rendered to one
+                  part (``edged.timelapse``). A manifest goes with the parts, which go to the outbox
+                  at ``PRIORITY_RECALL`` (after every marked clip), once per configured target
+  ``completed``   every part delivered to every target; the status lists the URLs (or paths) the
+                  targets returned; the footage is released to the ring buffer
+  ``failed``      with the reason: no footage in the window (overwritten by the ring buffer, lost,
+                  or never recorded: said per gap), the clip could not be built, or an upload was
+                  refused for good (the parts are kept, the footage stays protected and
+                  ``edged outbox retry recall-<id>`` sends them again)
+
+Partly available footage is delivered as it is and the status names every gap with its reason
+(``footage.missing``): what exists is worth more to a fleet operator than nothing.
+
+The work runs in one background thread at a lower CPU priority (nice +10) than the recording.
+A daemon restarted mid-way re-protects the footage of every unfinished request and builds again
+what was not in the outbox yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edged.clip import ClipError, SourceSegment, build_clip
+from edged.config import Settings
+from edged.index import STORED, Index, Segment
+from edged.outbox import PRIORITY_RECALL, Outbox
+from edged.paths import StatePaths
+from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, PENDING, PROCESSING, REJECTED, DuplicateRequest,
+                          InvalidRequest, Recall, RecallRequest, RecallStore, parse_request)
+from edged.recall_inbox import Inbox, InboxItem
+from edged.segment import fsync_dir
+from edged.status import iso, write_atomic
+from edged.timeline import Gap, coverage
+from edged.timelapse import Interrupted, Timelapse, render
+
+log = logging.getLogger("edged.recall")
+
+#: The worker's niceness relative to the daemon (the recording must never wait for a timelapse).
+WORKER_NICE = 10
+
+
+def store_path(paths: StatePaths) -> Path:
+    return paths.root / "recall.sqlite"
+
+
+def status_dir(settings: Settings) -> Path:
+    """Where status files go: the synced folder's ``status/``, else the state folder's ``recall-status/``."""
+    return Path(settings.sync.dir) / "status" if settings.sync.dir else settings.state_dir / "recall-status"
+
+
+def inbox_dir(settings: Settings) -> Path | None:
+    return Path(settings.sync.dir) / "recall" if settings.sync.dir else None
+
+
+def new_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def _overlaps(s: Segment, start_ns: int, end_ns: int) -> bool:
+    return s.best_wall_start_ns < end_ns and s.best_wall_start_ns + max(s.duration_ns, 1) > start_ns
+
+
+def _urls(response: str) -> list[str]:
+    """The URL list a server returned (JSON list), or the path a directory target wrote."""
+    try:
+        doc = json.loads(response)
+    except ValueError:
+        return [response] if response else []
+    if isinstance(doc, list):
+        return [u for u in doc if isinstance(u, str)]
+    return [response]
+
+
+class RecallService:
+    def __init__(self, settings: Settings, store: RecallStore, index: Index, outbox: Outbox, *, clips_dir: Path,
+                 segments_dir: Path, status_folder: Path, inbox: Inbox | None, now_wall_ns: Callable[[], int],
+                 wall_offset_ns: Callable[[], int], boot_id: str, clock_synced: Callable[[], bool] = lambda: True,
+                 request_boundary: Callable[[int], None] | None = None, period_s: float = 0.5) -> None:
+        """``now_wall_ns``: the newest instant footage can exist for (the recording's timeline on the wall
+        clock); ``wall_offset_ns``: this boot's wall − monotonic offset; ``request_boundary``: the
+        recorder's (a new segment at a monotonic instant)."""
+        self.settings = settings
+        self.store = store
+        self.index = index
+        self.outbox = outbox
+        self.clips_dir = clips_dir
+        self.segments_dir = segments_dir
+        self.status_folder = status_folder
+        self.inbox = inbox
+        self._now = now_wall_ns
+        self._offset = wall_offset_ns
+        self.boot_id = boot_id
+        self._synced = clock_synced
+        self._boundary = request_boundary
+        self.period_s = period_s
+        self._accept_lock = threading.Lock()  # one request accepted at a time (duplicate check + hold + store)
+        self._status_lock = threading.Lock()  # a status file always shows the store's latest state
+        self._written: dict[str, str] = {}  # id -> digest of the status file last written
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_inbox = 0.0
+
+    @classmethod
+    def for_daemon(cls, daemon: Any, index: Index) -> RecallService:
+        """Built from a running daemon's recorder, outbox and uploader; started."""
+        s: Settings = daemon.settings
+        r = daemon.recorder
+        folder = inbox_dir(s)
+        service = cls(s, RecallStore(store_path(daemon.paths)), index, daemon.outbox, clips_dir=daemon.paths.clips,
+                      segments_dir=daemon.paths.segments, status_folder=status_dir(s),
+                      inbox=Inbox(folder) if folder else None,
+                      now_wall_ns=lambda: r.timeline_now_ns() + r.watch.offset_ns,
+                      wall_offset_ns=lambda: r.watch.offset_ns, boot_id=r.watch.boot_id,
+                      clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary)
+        service.attach(daemon.uploader)
+        service.start()
+        return service
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+        folder = inbox_dir(settings)
+        if (folder and (self.inbox is None or self.inbox.folder != folder)) or (not folder and self.inbox):
+            self.inbox = Inbox(folder) if folder else None
+        self.status_folder = status_dir(settings)
+
+    def attach(self, uploader: Any) -> None:
+        """Be told when the uploader has delivered a clip everywhere (after whoever it told before)."""
+        before = uploader.on_delivered
+
+        def delivered(clip_id: str) -> None:
+            if before is not None:
+                before(clip_id)
+            self.on_delivered(clip_id)
+
+        uploader.on_delivered = delivered
+
+    def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        def recall(req: dict[str, Any]) -> dict[str, Any]:
+            body = req.get("request")
+            rid = req.get("id") or None
+            return {"recall": self.submit(body, str(rid) if rid is not None else None, source="cli")}
+
+        def recall_status(req: dict[str, Any]) -> dict[str, Any]:
+            doc = self.status(str(req.get("id", "")))
+            if doc is None:
+                raise ValueError(f"no recall request {req.get('id')!r}")
+            return {"recall": doc}
+
+        return {"recall": recall, "recall_status": recall_status}
+
+    # --- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="recall", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # a timelapse being rendered stops at its next segment
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except OSError as exc:  # pragma: no cover - not Linux, or not allowed
+            log.debug("recall worker keeps the daemon's priority: %s", exc)
+        while not self._halt.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad request must not stop the others
+                log.exception("recall work failed")
+            self._wake.wait(self.period_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One round: read the inbox when due, build what is ready, follow the uploads."""
+        if self.inbox is not None and time.monotonic() >= self._next_inbox:
+            self._next_inbox = time.monotonic() + self.settings.sync.poll_seconds
+            self.poll_inbox()
+        self.process_ready()
+        self.refresh()
+
+    def recover(self) -> None:
+        """At start: requests cut off while being built are built again; every unfinished request
+        protects its footage again (an index rebuilt from the folder has no holds of its own)."""
+        for rec in self.store.recalls([PROCESSING]):
+            if not rec.built:
+                self.store.update(rec.id, PENDING, detail=rec.detail | {"progress": "building again after a restart"})
+        held = 0
+        for rec in self.store.recalls([PENDING, PROCESSING, FAILED]):
+            if rec.status == FAILED and not rec.built:
+                continue
+            self._hold(rec.request, (rec.hold_boot_id, rec.hold_start_mono_ns, rec.hold_end_mono_ns))
+            held += 1
+        if held:
+            log.info("%d recall request(s) not yet delivered keep their footage protected", held)
+        for rec in self.store.recalls():
+            self._write_status(rec.id)
+
+    # --- accepting ----------------------------------------------------------------------------------
+
+    def submit(self, body: Any, request_id: str | None = None, source: str = "cli") -> dict[str, Any]:
+        """Validate and accept a request; answer with its status document (``rejected`` with the
+        reasons when it cannot be accepted). Safe from any thread."""
+        rid = request_id or new_id()
+        dev = self.settings.device
+        try:
+            req = parse_request(body, rid, now_ns=self._now(), positions=[self.settings.camera.position],
+                                device_names=[n for n in (dev.id, dev.unit_number) if n], source=source,
+                                clock_synchronized=self._synced())
+        except InvalidRequest as exc:
+            return self._reject(rid, exc.reasons, body, source)
+        with self._accept_lock:
+            existing = self.store.get(req.id)
+            if existing is not None and existing.request.key == req.key:
+                log.info("recall %s received again (%s): answered with its state, %s", req.id, source, existing.status)
+                return self._write_status(req.id) | {"duplicate": True}
+            off = self._offset()
+            hold = (self.boot_id, req.start_ns - off, req.end_ns - off)
+            try:
+                self.store.add(req, hold)
+            except DuplicateRequest as dup:
+                return self._reject(rid, [str(dup)], body, source, duplicate_of=dup.existing, conflict=dup.conflict)
+            self._hold(req, hold)
+        if self._boundary is not None:
+            self._boundary(req.end_ns - off)  # the segment holding the window's end is finished promptly
+        log.warning("RECALL %s accepted (%s): %s %d min from %s, cameras %s", req.id, source, req.recall_type,
+                    req.duration_min, iso(req.start_ns), ", ".join(req.cameras))
+        self._wake.set()
+        return self._write_status(req.id)
+
+    def _hold(self, req: RecallRequest, hold: tuple[str, int, int]) -> None:
+        """Protect the window: the range on its boot's timeline (footage still to come included), then
+        every stored segment of any boot overlapping it on the wall clock."""
+        boot, start_mono, end_mono = hold
+        if boot:
+            self.index.hold_range(req.hold_owner, boot, start_mono, end_mono)
+        seqs = [s.seq for s in self.index.stored() if _overlaps(s, req.start_ns, req.end_ns)]
+        self.index.hold(req.hold_owner, seqs)
+
+    def _release(self, req: RecallRequest) -> None:
+        self.index.release_range(req.hold_owner)
+        self.index.release(req.hold_owner)
+
+    # --- building -----------------------------------------------------------------------------------
+
+    def ready(self, rec: Recall) -> bool:
+        """The recording passed the window's end and no segment of the window is still being written."""
+        req = rec.request
+        if self._now() < req.end_ns:
+            return False
+        return not any(_overlaps(s, req.start_ns, req.end_ns) for s in self.index.segments(["writing"]))
+
+    def process_ready(self) -> list[str]:
+        done = []
+        for rec in self.store.recalls([PENDING]):
+            if self._halt.is_set():
+                break
+            if self.ready(rec):
+                self.process(rec)
+                done.append(rec.id)
+            elif rec.detail.get("progress") is None:
+                self._set(rec, PENDING, detail={"progress": f"waiting for the footage up to {iso(rec.request.end_ns)}"})
+        return done
+
+    def process(self, rec: Recall) -> None:
+        req = rec.request
+        rec = self._set(rec, PROCESSING, detail={"progress": "building"})
+        rows = self.index.segments()
+        available, gaps = coverage(rows, req.start_ns, req.end_ns)
+        footage = {"available": [{"start": iso(a), "end": iso(b)} for a, b in available],
+                   "missing": [g.as_dict() for g in gaps]}
+        if not available:
+            self._fail(rec, "no footage in the requested range: " + _describe(gaps), footage)
+            return
+        stored = [s for s in rows if s.state in STORED]
+        used = [s for s in stored if _overlaps(s, req.start_ns, req.end_ns)]
+        out_dir = self.clips_dir / req.clip_id
+        t0, c0 = time.monotonic(), time.process_time()
+        try:
+            if req.recall_type == "timelapse":
+                tl = self._timelapse(req, used, out_dir)
+                parts = [(1, tl.path, tl.bytes, tl.duration_ms, tl.sha256, tl.first_frame_ns, tl.source_seqs,
+                          tl.mismatched_seqs, True)]
+            else:
+                tl = None
+                parts = self._regular(req, stored, used, out_dir)
+        except Interrupted:
+            self.store.update(rec.id, PENDING, detail={"progress": "building again after a restart"})
+            log.info("recall %s: interrupted while building; built again at the next start", req.id)
+            return
+        except (ClipError, OSError) as exc:
+            self._fail(rec, f"recall not built: {exc}", footage)
+            return
+        took = {"wall_s": round(time.monotonic() - t0, 3), "thread_cpu_s": round(time.process_time() - c0, 3)}
+        manifest = self._manifest(rec, used, parts, footage, tl)
+        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
+        fsync_dir(out_dir)
+        self.outbox.enqueue(req.clip_id, [(n, path, size, ms, sha) for n, path, size, ms, sha, *_ in parts],
+                            PRIORITY_RECALL, rec.created_ns)
+        detail = {"progress": "uploading", "footage": footage, "build": took,
+                  "timelapse": manifest["timelapse"]}
+        self.store.update(rec.id, PROCESSING, built=True, detail=detail)
+        log.warning("RECALL %s built: %d part(s), %.1f s, %d bytes, in %.2f s%s", req.id, len(parts),
+                    sum(p[3] for p in parts) / 1000, sum(p[2] for p in parts), took["wall_s"],
+                    f"; missing: {_describe(gaps)}" if gaps else "")
+        self.refresh(rec.id)
+
+    def _regular(self, req: RecallRequest, stored: list[Segment], used: list[Segment], out_dir: Path) -> list[tuple]:
+        """Remux each boot's share of the window (a window across a reboot gives parts from each)."""
+        boots: list[str] = []
+        for s in sorted(used, key=lambda s: s.best_wall_start_ns):
+            if s.boot_id not in boots:
+                boots.append(s.boot_id)
+        parts: list[tuple] = []
+        clips = self.settings.clips
+        for i, boot in enumerate(boots):
+            first = next(s for s in used if s.boot_id == boot)
+            off = first.best_wall_start_ns - first.mono_start_ns
+            sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
+                       for s in stored if s.boot_id == boot]
+            name = req.clip_id if len(boots) == 1 else f"{req.clip_id}-b{i + 1}"
+            built = build_clip(sources, req.start_ns - off, req.end_ns - off, out_dir, name, clips.max_bytes,
+                               clips.max_duration_ms, camera=self.settings.camera)
+            parts += [(len(parts) + 1, p.path, p.bytes, p.duration_ms, p.sha256, p.start_mono_ns + off,
+                       p.source_seqs, p.mismatched_seqs, p.reencoded) for p in built]
+        return parts
+
+    def _timelapse(self, req: RecallRequest, used: list[Segment], out_dir: Path) -> Timelapse:
+        # Placed on the wall clock (best wall start), so footage of several boots lines up.
+        sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.best_wall_start_ns, s.duration_ns, s.sha256 or "")
+                   for s in sorted(used, key=lambda s: s.best_wall_start_ns)]
+        clips = self.settings.clips
+        return render(sources, req.start_ns, req.end_ns, out_dir, req.clip_id, clips.max_bytes, clips.max_duration_ms,
+                      self.settings.camera, cancelled=self._halt.is_set)
+
+    def _manifest(self, rec: Recall, used: list[Segment], parts: list[tuple], footage: dict,
+                  tl: Timelapse | None) -> dict:
+        req, dev = rec.request, self.settings.device
+        timelapse = None
+        if tl is not None:
+            timelapse = {"interval_seconds": tl.interval_ns / 1e9, "fps": tl.fps, "speed": round(tl.speed, 3),
+                         "frames": tl.frames, "planned_frames": tl.slots, "bitrate": tl.bitrate, "audio": False,
+                         "first_frame": iso(tl.first_frame_ns),
+                         "source_frames": tl.source_frames, "decoded_frames": tl.decoded_frames,
+                         "frame_offsets_ms": [(t - tl.first_frame_ns) // 1_000_000 for t in tl.frame_times_ns]}
+        return {
+            "clip_id": req.clip_id, "recall_id": req.id, "device_id": dev.id, "unit_number": dev.unit_number,
+            "unit_location": dev.unit_location, "request": req.fields() | {"source": req.source},
+            "camera_position": self.settings.camera.position,
+            "clock_synchronized": all(s.clock_synced for s in used), "footage": footage, "timelapse": timelapse,
+            "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state,
+                                 "boot_id": s.boot_id, "wall_start": iso(s.best_wall_start_ns)} for s in used],
+            "parts": [{"number": n, "file": path.name, "bytes": size, "duration_ms": ms, "sha256": sha,
+                       "wall_start": iso(start), "source_seqs": list(seqs), "reencoded": reencoded,
+                       "source_seqs_changed_since_recorded": list(mismatched)}
+                      for n, path, size, ms, sha, start, seqs, mismatched, reencoded in parts],
+        }
+
+    # --- delivery -----------------------------------------------------------------------------------
+
+    def on_delivered(self, clip_id: str) -> bool:
+        """The uploader delivered a clip everywhere: a recall's completes and releases its footage."""
+        if not clip_id.startswith(CLIP_PREFIX):
+            return False
+        return self.refresh(clip_id[len(CLIP_PREFIX):])
+
+    def refresh(self, recall_id: str | None = None) -> bool:
+        """Follow the uploads of built requests: all delivered → completed (footage released); one
+        refused for good → failed (footage kept). True if one completed."""
+        recs = [self.store.get(recall_id)] if recall_id else self.store.recalls([PROCESSING, FAILED])
+        completed = False
+        for rec in recs:
+            if rec is None or not rec.built or rec.status == COMPLETED:
+                continue
+            clip_id = rec.request.clip_id
+            if self.outbox.clip_delivered(clip_id):
+                self._release(rec.request)
+                self._set(rec, COMPLETED, detail=rec.detail | {"progress": "delivered"})
+                log.warning("RECALL %s completed: delivered everywhere; its footage is no longer held", rec.id)
+                completed = True
+                continue
+            targets = set(self.outbox.targets) or None
+            deliveries = [d for d in self.outbox.deliveries(clip_id=clip_id) if targets is None or d.target in targets]
+            refused = [d for d in deliveries if d.state == "failed"]
+            if refused and rec.status != FAILED:
+                d = refused[0]
+                reason = (f"upload of part {d.part.number} to {d.target} refused for good: {d.reason} (the parts are "
+                          f"kept; `edged outbox retry {clip_id}` sends them again)")
+                self._set(rec, FAILED, reason, detail=rec.detail | {"progress": "upload refused"})
+                log.error("RECALL %s failed: %s", rec.id, reason)
+            elif not refused:
+                done = sum(d.state == "delivered" for d in deliveries)
+                progress = f"uploading: {done} of {len(deliveries)} deliveries done"
+                if rec.status != PROCESSING or rec.detail.get("progress") != progress:
+                    self._set(rec, PROCESSING, detail=rec.detail | {"progress": progress})
+        return completed
+
+    def _fail(self, rec: Recall, reason: str, footage: dict) -> None:
+        self._release(rec.request)
+        self._set(rec, FAILED, reason, detail={"progress": "failed", "footage": footage})
+        log.error("RECALL %s failed: %s", rec.id, reason)
+
+    # --- the inbox ----------------------------------------------------------------------------------
+
+    def poll_inbox(self) -> int:
+        if self.inbox is None:
+            return 0
+        items = self.inbox.scan()
+        for item in items:
+            self._take(item)
+        return len(items)
+
+    def _take(self, item: InboxItem) -> None:
+        source = f"inbox:{item.path.name}"
+        rid = item.request_id
+        if item.error:
+            self._reject(rid, [item.error], None, source)
+        else:
+            self.submit(item.body, rid, source=source)
+        self.inbox.done(item)  # type: ignore[union-attr]
+
+    # --- status documents ---------------------------------------------------------------------------
+
+    def _set(self, rec: Recall, status: str, reason: str = "", detail: dict | None = None) -> Recall:
+        rec = self.store.update(rec.id, status, reason, detail=detail)
+        self._write_status(rec.id)
+        return rec
+
+    def status(self, recall_id: str) -> dict[str, Any] | None:
+        rec = self.store.get(recall_id)
+        return self._document(rec) if rec else None
+
+    def _document(self, rec: Recall) -> dict[str, Any]:
+        dev = self.settings.device
+        doc: dict[str, Any] = {"id": rec.id, "status": rec.status, "reason": rec.reason, **rec.request.fields(),
+                               "device_id": dev.id, "unit_number": dev.unit_number, "source": rec.request.source,
+                               "created_at": iso(rec.created_ns), "updated_at": iso(rec.updated_ns),
+                               "progress": rec.detail.get("progress")}
+        doc["footage"] = rec.detail.get("footage")
+        if rec.detail.get("timelapse"):
+            doc["timelapse"] = {k: v for k, v in rec.detail["timelapse"].items() if k != "frame_offsets_ms"}
+        parts, urls = [], []
+        if rec.built:
+            deliveries = self.outbox.deliveries(clip_id=rec.request.clip_id)
+            for p in self.outbox.parts(rec.request.clip_id):
+                mine = [d for d in deliveries if d.part.id == p.id]
+                for d in mine:
+                    if d.state == "delivered":
+                        urls += _urls(d.response)
+                parts.append({"number": p.number, "file": Path(p.path).name, "bytes": p.bytes,
+                              "duration_ms": p.duration_ms, "sha256": p.sha256,
+                              "deliveries": [{"target": d.target, "state": d.state, "reason": d.reason,
+                                              "urls": _urls(d.response) if d.state == "delivered" else []}
+                                             for d in mine]})
+        doc["cameras"] = [{"position": pos, "parts": parts, "urls": urls} for pos in rec.request.cameras]
+        doc["urls"] = urls
+        return doc
+
+    def _write_status(self, recall_id: str) -> dict[str, Any]:
+        with self._status_lock:
+            rec = self.store.get(recall_id)
+            assert rec is not None
+            doc = self._document(rec)
+            self._put(f"recall-{recall_id}.json", doc, recall_id)
+        return doc
+
+    def _reject(self, rid: str, reasons: list[str], body: Any, source: str, duplicate_of: Recall | None = None,
+                conflict: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": rid, "status": REJECTED, "reason": "; ".join(reasons), "reasons": reasons,
+                               "request": body, "source": source, "updated_at": iso(time.time_ns())}
+        if duplicate_of is not None and not conflict:
+            doc["duplicate_of"] = self._document(duplicate_of)
+        log.error("RECALL %s rejected (%s): %s", rid, source, doc["reason"])
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:64] or "unnamed"
+        # A conflicting id must not overwrite the answer its first request owns.
+        name = f"recall-{safe}.rejected.json" if conflict else f"recall-{safe}.json"
+        with self._status_lock:
+            self._put(name, doc, None)
+        return doc
+
+    def _put(self, name: str, doc: dict[str, Any], recall_id: str | None) -> None:
+        data = json.dumps(doc, indent=2).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        if recall_id is not None and self._written.get(recall_id) == digest:
+            return
+        try:
+            self.status_folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.status_folder / name, data, durable=True)
+            fsync_dir(self.status_folder)
+        except OSError as exc:  # the answer is in the store; the next change writes it again
+            log.warning("recall status %s not written: %s", name, exc)
+            return
+        if recall_id is not None:
+            self._written[recall_id] = digest
+
+
+def _describe(gaps: list[Gap]) -> str:
+    return "; ".join(f"{iso(g.start_ns)} to {iso(g.end_ns)} {g.reason}" for g in gaps) or "none recorded"
