@@ -109,10 +109,13 @@ class Daemon:
             self.button, self.feedback = None, Feedback("", "")
         self.events.on_mark = self.feedback.acknowledge_mark
         self._start_uploader()
+        from edged.recall_service import RecallService
+        self.recall = RecallService.for_daemon(self, index)  # recall requests: inbox, status files, worker
         self.control = ControlServer(self.paths.control, {
             "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
             "status": lambda req: {"status": self._status_dict()},
             "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
+            **self.recall.control_handlers(),
         })
         self.control.start()
 
@@ -137,6 +140,7 @@ class Daemon:
 
     def _stop_event_stage(self) -> None:
         self.control.stop()
+        self.recall.stop()
         self.link_watch.stop()
         self.uploader.stop()
         if self.button is not None:
@@ -147,6 +151,7 @@ class Daemon:
         self.events.finish_ready()  # whatever became ready while stopping
 
     def _close_stores(self) -> None:
+        self.recall.close()
         self.events_store.close()
         self.outbox.close()
 
