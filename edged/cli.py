@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     orr.add_argument("--config")
     orr.add_argument("id")
     orr.set_defaults(func=cmd_outbox_retry)
+
+    from edged.recall_cli import add_parsers as add_recall_parsers
+    add_recall_parsers(sub, _settings_or_exit)  # edged recall, edged timeline
     return p
 
 
