@@ -199,6 +199,13 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edged import doctor
+    checks = doctor.run(Path(args.config) if args.config else None)
+    print(doctor.as_json(checks) if args.json else doctor.as_text(checks))
+    return 1 if doctor.failed(checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="Bodycam daemon: record, mark, deliver.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("file", type=Path)
     sg.add_argument("-o", "--output", type=Path, help="write here (default: replace FILE)")
     sg.set_defaults(func=cmd_config_sign)
+
+    dr = sub.add_parser("doctor", help="check camera, microphone, storage, clock, network, keys, service; "
+                                       "say what to fix (exit 1 if anything fails)")
+    dr.add_argument("--config")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
 
     st = sub.add_parser("status", help="recording state, footage held, errors")
     st.add_argument("--config")
