@@ -23,6 +23,7 @@ from edged.config import Settings
 from edged.db import Store
 from edged.files import durable_copy
 from edged.index import Index
+from edged.journal import Msg, log_event
 from edged.outbox import PRIORITY_MARK, Outbox
 from edged.segment import fsync_dir
 from edged.status import iso, write_atomic
@@ -185,8 +186,9 @@ class EventManager:
             self.index.hold_range(HOLD_PREFIX + event_id, self.boot_id, start, end)
         if self._request_boundary:
             self._request_boundary(end)
-        log.warning("MARK %s event %s (%s)%s", "extends" if extended else "opens", event_id, source,
-                    f": {note}" if note else "")
+        log_event(log, Msg.MARK, "MARK %s event %s (%s)%s", "extends" if extended else "opens", event_id, source,
+                  f": {note}" if note else "", level=logging.WARNING, event_id=event_id, clip_id=event_id,
+                  source=source, note=note or None, extended=int(extended))
         if self.on_mark:
             self.on_mark()
         return MarkResult(event_id, extended, start, end)
@@ -220,7 +222,8 @@ class EventManager:
         if not segs:
             reason = "no footage recorded in the event's window"
             self.store.set_state(event.id, "failed", reason)
-            log.error("event %s: %s", event.id, reason)
+            log_event(log, Msg.CLIP_FAILED, "event %s: %s", event.id, reason, level=logging.ERROR,
+                      event_id=event.id, clip_id=event.id, reason=reason)
             return False
         out_dir = self.clips_dir / event.id
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +235,8 @@ class EventManager:
                                clips.max_bytes, clips.max_duration_ms, camera=self.settings.camera)
         except (ClipError, OSError) as exc:
             self.store.set_state(event.id, "failed", f"clip not built: {exc}")
-            log.error("event %s: clip not built: %s", event.id, exc)
+            log_event(log, Msg.CLIP_FAILED, "event %s: clip not built: %s", event.id, exc, level=logging.ERROR,
+                      event_id=event.id, clip_id=event.id, reason=exc)
             return False
         offset = self._best_offset(event.boot_id, segs)
         manifest = self._manifest(event, segs, parts, offset)
@@ -241,8 +245,11 @@ class EventManager:
         self.outbox.enqueue(event.id, [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
                             PRIORITY_MARK, event.start_mono_ns + offset)
         self.store.set_state(event.id, "built")
-        log.warning("CLIP %s built: %d part(s), %.1f s, %d bytes, in %.2f s", event.id, len(parts),
-                    sum(p.duration_ms for p in parts) / 1000, sum(p.bytes for p in parts), time.monotonic() - t0)
+        duration_ms, size = sum(p.duration_ms for p in parts), sum(p.bytes for p in parts)
+        log_event(log, Msg.CLIP_BUILT, "CLIP %s built: %d part(s), %.1f s, %d bytes, in %.2f s", event.id, len(parts),
+                  duration_ms / 1000, size, time.monotonic() - t0, level=logging.WARNING, clip_id=event.id,
+                  event_id=event.id, parts=len(parts), duration_ms=duration_ms, bytes=size,
+                  reencoded=sum(1 for p in parts if p.reencoded))
         return True
 
     def _best_offset(self, boot_id: str, segs) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 
 from edged.index import STORED, Index
+from edged.journal import Msg, log_event
 from edged.salvage import SALVAGE_SUFFIX, salvage
 from edged.segment import PART_SUFFIX, SUFFIX, SegmentStart, inspect
 
@@ -57,6 +58,11 @@ def _record(index: Index, path: Path, state: str, note: str, fallback: SegmentSt
     return True
 
 
+def _salvaged(name: str, reason: str, cause: str) -> None:
+    log_event(log, Msg.SEGMENT_SALVAGED, "segment %s salvaged after a %s: %s", name, cause, reason,
+              level=logging.WARNING, segment=name, reason=reason, cause=cause)
+
+
 def _start_of(row) -> SegmentStart:
     return SegmentStart(row.seq, row.boot_id, row.mono_start_ns, row.wall_start_ns, row.clock_synced, "")
 
@@ -93,7 +99,8 @@ def reconcile(index: Index, directory: Path) -> ReconcileReport:
                     index.set_state(seg.seq, "lost", f"nothing recoverable: {result.reason}")
                     report.lost.append(seg.name)
                     continue
-                _record(index, final, "salvaged", f"salvaged after crash: {result.reason}", _start_of(seg))
+                if _record(index, final, "salvaged", f"salvaged after crash: {result.reason}", _start_of(seg)):
+                    _salvaged(seg.name, result.reason, "crash")
                 report.salvaged.append(seg.name)
             elif final.exists():
                 _record(index, final, "final", "finished before crash", _start_of(seg))
@@ -114,6 +121,7 @@ def reconcile(index: Index, directory: Path) -> ReconcileReport:
             continue
         result = salvage(part)
         if result.path and _record(index, result.path, "salvaged", f"salvaged, no index row: {result.reason}", None):
+            _salvaged(name, result.reason, "crash, no index row")
             report.salvaged.append(name)
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         if path.name in known or path.name in report.salvaged:

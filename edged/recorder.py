@@ -26,6 +26,7 @@ from edged.clock import Clock, ClockWatch
 from edged.config import Settings, segment_bytes_estimate
 from edged.encode import AudioEncoder, VideoEncoder
 from edged.index import Index
+from edged.journal import Msg, log_event
 from edged.ring import RingBuffer, Room
 from edged.salvage import salvage
 from edged.segment import SegmentStart, SegmentWriter, inspect, sha256_file
@@ -58,6 +59,11 @@ class RecorderStatus:
     last_error: str | None = None
     last_frame_mono: float | None = None
     current_segment: str | None = None
+    #: When the last frame made it through (encoded and written, or not stored by storage policy):
+    #: the service watchdog is pinged only while this keeps moving.
+    progress_mono: float | None = None
+    #: Footage has reached the disk: the first segment's media is synced (the service is ready).
+    on_disk: bool = False
 
 
 class _Open:
@@ -120,6 +126,7 @@ class Recorder:
         self._boundary_lock = threading.Lock()
         self._last_frame_mono_ns = 0
         self._segment_bytes_estimate = segment_bytes_estimate(settings)
+        self._stop_reason = "stop requested"
 
     # --- for the event stage ------------------------------------------------------------------
 
@@ -166,12 +173,20 @@ class Recorder:
             self._loop()
         except BaseException as exc:
             self.crashed = exc
+            self._stop_reason = f"recorder failed: {exc!r}"
             log.critical("recorder failed: %r", exc, exc_info=True)
             raise
         finally:
             self._stop.set()
             self._finish_all()
             self.status.state = "stopped"
+            if self._origin is not None:
+                st = self.status
+                log_event(log, Msg.RECORDING_STOPPED, "recording stopped (%s): %d segment(s) written",
+                          self._stop_reason, st.segments_written,
+                          level=logging.ERROR if self.crashed else logging.INFO, reason=self._stop_reason,
+                          segments=st.segments_written, salvaged=st.segments_salvaged,
+                          frames=st.frames_encoded, dropped=st.frames_dropped)
             self._video_thread.join(timeout=5)
             if self._audio_thread:
                 self._audio_thread.join(timeout=5)
@@ -192,8 +207,12 @@ class Recorder:
                 continue
             if self.stop_after_s is not None and self._origin is not None and \
                     item.time - self._origin >= self.stop_after_s - 1e-9:
+                self._stop_reason = f"{self.stop_after_s:g} s of footage recorded"
                 return
             self._frame(item)
+            st.progress_mono = time.monotonic()
+            if not st.on_disk:
+                st.on_disk = st.segments_written > 0 or (self._cur is not None and self._cur.writer.synced)
 
     # --- per frame ----------------------------------------------------------------------------
 
@@ -201,6 +220,11 @@ class Recorder:
         st = self.status
         if self._origin is None:
             self._origin = v.time
+            log_event(log, Msg.RECORDING_STARTED, "recording started: camera %s, microphone %s, into %s",
+                      self._video_thread.source_name, self._audio_thread.source_name if self._audio_thread else
+                      "none", self.dir, source=self._video_thread.source_name,
+                      audio=self._audio_thread.source_name if self._audio_thread else "none",
+                      storage_dir=self.dir, fps=self.fps)
             # Unpaced runs (tests, benchmarks) move faster than the clock: start them after
             # whatever this boot already recorded, so timelines never overlap.
             self._mono_anchor_ns = int(v.time * 1e9) if self.paced else \
@@ -435,6 +459,10 @@ class Recorder:
             seq, "salvaged", f.duration_ns, f.bytes, f.video_frames, f.audio_packets, f.sha256,
             f"salvaged after write error: {why}"))
         self.status.segments_salvaged += 1
+        log_event(log, Msg.SEGMENT_SALVAGED, "segment %s salvaged after a write error: %s (%.1f s kept)",
+                  w.start.name, result.reason, facts.duration_ns / 1e9, level=logging.WARNING,
+                  segment=w.start.name, reason=result.reason, duration_ms=facts.duration_ns // 1_000_000,
+                  cause="write error")
 
     def _update_row(self, name: str, update: Callable[[], None]) -> None:
         """Write an index row now, or keep it to retry when writing works again (a full disk can
@@ -509,10 +537,25 @@ class Recorder:
         alarms = self.status.alarms
         if on and name not in alarms:
             alarms.add(name)
-            log.log(logging.CRITICAL if name == Room.FULL.value else logging.WARNING, "%s", message)
+            level = logging.CRITICAL if name == Room.FULL.value else logging.WARNING
+            if name == "camera_lost":
+                log_event(log, Msg.CAMERA_LOST, "%s: %s", message, self._video_thread.last_error, level=level,
+                          source=self._video_thread.source_name, reason=self._video_thread.last_error,
+                          alarm=name)
+            elif name == "camera_stalled":
+                log_event(log, Msg.WATCHDOG, "%s", message, level=level, stall="camera", seconds=STALL_S,
+                          source=self._video_thread.source_name, alarm=name)
+            else:
+                log_event(log, Msg.STORAGE_ALARM, "%s", message, level=level, alarm=name, state="raised",
+                          storage_dir=self.dir, reason=self.status.last_error if name == "storage_error" else None)
         elif not on and name in alarms:
             alarms.discard(name)
-            log.info("cleared: %s", name)
+            if name in ("camera_lost", "camera_stalled"):
+                log_event(log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name,
+                          alarm=name)
+            else:
+                log_event(log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared",
+                          storage_dir=self.dir)
 
     def _look_at_clock(self) -> None:
         now = time.monotonic()

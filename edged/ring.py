@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.index import Index, IndexCorrupt, IndexUnavailable, open_or_rebuild
+from edged.journal import Msg, log_event
 
 log = logging.getLogger("edged.ring")
 
@@ -99,8 +100,9 @@ def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int,
     except IndexUnavailable as exc:
         if free_bytes(segments_dir) >= min_free_bytes + METADATA_RESERVE_BYTES:
             raise  # not for lack of room: read-only, an I/O error, ...
-        log.warning("segment index cannot be opened on the full disk (%s): overwriting the oldest unprotected"
-                    " footage first", exc)
+        log_event(log, Msg.STORAGE_ALARM, "segment index cannot be opened on the full disk (%s): overwriting the "
+                  "oldest unprotected footage first", exc, level=logging.WARNING, alarm="disk_full_at_start",
+                  state="raised", storage_dir=segments_dir, reason=exc)
     try:
         index = Index(index_path, exclusive=True)
         try:
@@ -109,8 +111,10 @@ def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int,
         finally:
             index.close()
     except (IndexCorrupt, IndexUnavailable, OSError, sqlite3.OperationalError) as exc:
-        log.error("could not make room before opening the segment index: %s", exc)
+        log_event(log, Msg.STORAGE_ALARM, "could not make room before opening the segment index: %s", exc,
+                  level=logging.ERROR, alarm="storage_error", state="raised", storage_dir=segments_dir, reason=exc)
     else:
         if room is Room.FULL:
-            log.error("no unprotected footage left to overwrite on the full disk")
+            log_event(log, Msg.STORAGE_ALARM, "no unprotected footage left to overwrite on the full disk",
+                      level=logging.ERROR, alarm=Room.FULL.value, state="raised", storage_dir=segments_dir)
     return open_or_rebuild(index_path)
