@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edged.journal import Msg, log_event, register_secret_file
 from edged.outbox import Delivery, Outbox
 from edged.status import iso
 from edged.upload.answers import Kind, Verdict
@@ -38,6 +39,11 @@ PROBE_TIMEOUT_S = 2.0
 #: Alarm names raised in the daemon's status.
 ALARM_PAUSED = "upload_paused"
 ALARM_FAILED = "upload_failed"
+
+
+def _fields(d: Delivery, target: str) -> dict[str, object]:
+    """The journal fields naming a delivery: ``EDGED_CLIP_ID``, ``EDGED_PART``, ``EDGED_TARGET``."""
+    return {"clip_id": d.part.clip_id, "part": d.part.number, "target": target, "part_id": d.part.id}
 
 
 @dataclass
@@ -85,7 +91,8 @@ class _Worker(threading.Thread):
 
     def resume(self, why: str) -> None:
         if self.pause:
-            log.warning("upload target %s resumes: %s", self.target.name, why)
+            log_event(log, Msg.UPLOAD_RESUMED, "upload target %s resumes: %s", self.target.name, why,
+                      level=logging.WARNING, target=self.target.name, reason=why)
             self._set_pause(None)
         self.offline, self._net_retry_ns = False, 0
         self.wake.set()
@@ -161,8 +168,9 @@ class _Worker(threading.Thread):
                 self._allowance_until_ns = now + int(w * 1e9)
                 self.outbox.defer(d, now + int(w * 1e9), f"waiting for the {self.target.plan} plan's 24 h allowance "
                                                           f"(free again at {iso(now + int(w * 1e9))})")
-                log.warning("upload target %s: 24 h allowance used up; next upload at %s", name,
-                            iso(now + int(w * 1e9)))
+                log_event(log, Msg.UPLOAD_DEFERRED, "upload target %s: 24 h allowance used up; next upload at %s",
+                          name, iso(now + int(w * 1e9)), level=logging.WARNING, **_fields(d, name),
+                          reason="plan allowance used up", next_try=iso(now + int(w * 1e9)))
                 return 0.0
         if self.budget:
             w = self.budget.try_take(now)
@@ -186,37 +194,48 @@ class _Worker(threading.Thread):
             self.last_delivered_ns = now
             if self.pause:
                 self.resume("the server accepted an upload")
-            log.info("UPLOADED %s: %d bytes, %d ms, in %.1f s (attempt %d)%s", what, part.bytes, part.duration_ms,
-                     took_s, d.attempts, f", resent {d.resends}x after interruptions" if d.resends else "")
+            log_event(log, Msg.UPLOAD_DELIVERED, "UPLOADED %s: %d bytes, %d ms, in %.1f s (attempt %d)%s", what,
+                      part.bytes, part.duration_ms, took_s, d.attempts,
+                      f", resent {d.resends}x after interruptions" if d.resends else "", **_fields(d, name),
+                      bytes=part.bytes, duration_ms=part.duration_ms, attempts=d.attempts, resends=d.resends)
             if self.outbox.clip_delivered(part.clip_id) and self.up.on_delivered:
                 self.up.on_delivered(part.clip_id)
         elif v.kind is Kind.RATE_LIMITED:
             wait = self.up.policy.retry_after_s(v.retry_after_s)
             rate = self.budget.refused(now, wait) if self.budget else 0
             self.outbox.defer(d, now + int(wait * 1e9), v.reason)
-            log.warning("upload %s: rate limited (%s); waiting %.0f s, now %.1f requests/min", what, v.reason, wait, rate)
+            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: rate limited (%s); waiting %.0f s, now %.1f requests/min",
+                      what, v.reason, wait, rate, level=logging.WARNING, **_fields(d, name), reason=v.reason,
+                      next_try=iso(now + int(wait * 1e9)), attempts=d.attempts)
         elif v.kind is Kind.ALLOWANCE:
             w = self.allowance.wait_s(part.duration_ms, now) if self.allowance else 0.0
             w = w or ALLOWANCE_RECHECK_S  # the community's other devices used it: look again later
             self._allowance_until_ns = now + int(w * 1e9)
             self.outbox.defer(d, now + int(w * 1e9), v.reason)
-            log.warning("upload %s: plan allowance used up (%s); next try at %s", what, v.reason, iso(now + int(w * 1e9)))
+            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: plan allowance used up (%s); next try at %s", what,
+                      v.reason, iso(now + int(w * 1e9)), level=logging.WARNING, **_fields(d, name), reason=v.reason,
+                      next_try=iso(now + int(w * 1e9)), attempts=d.attempts)
         elif v.kind is Kind.PAUSE:
             self.outbox.defer(d, now, f"target paused: {v.reason}")
             self._set_pause(_Pause(v.reason, now + int(self.up.policy.auth_retry_s * 1e9), self.target.fingerprint()))
-            log.critical("upload target %s PAUSED: %s. Every clip would be refused the same way; clips wait. Fix the "
-                         "configuration (a change resumes at once) or run `edged outbox retry`.", name, v.reason)
+            log_event(log, Msg.UPLOAD_PAUSED, "upload target %s PAUSED: %s. Every clip would be refused the same way; "
+                      "clips wait. Fix the configuration (a change resumes at once) or run `edged outbox retry`.",
+                      name, v.reason, level=logging.CRITICAL, **_fields(d, name), reason=v.reason)
         elif v.kind is Kind.FAILED:
             self.outbox.fail(d, v.reason)
             self.up.raise_alarm(ALARM_FAILED, True)
-            log.error("upload %s FAILED for good: %s (clip kept: %s)", what, v.reason, part.path)
+            log_event(log, Msg.UPLOAD_FAILED, "upload %s FAILED for good: %s (clip kept: %s)", what, v.reason,
+                      part.path, level=logging.ERROR, **_fields(d, name), reason=v.reason, file=part.path,
+                      attempts=d.attempts)
         else:
             wait = self.up.policy.backoff_s(max(1, d.attempts))
             self.outbox.defer(d, now + int(wait * 1e9), v.reason, wait_net=v.offline)
             if v.offline and self.target.endpoint is not None:
                 self.offline, self._net_failures = True, 1
                 self._net_retry_ns = now + int(wait * 1e9)
-            log.warning("upload %s: %s; next try in %.1f s (attempt %d)", what, v.reason, wait, d.attempts)
+            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: %s; next try in %.1f s (attempt %d)", what, v.reason,
+                      wait, d.attempts, level=logging.WARNING, **_fields(d, name), reason=v.reason,
+                      next_try=iso(now + int(wait * 1e9)), attempts=d.attempts, offline=int(bool(v.offline)))
 
 
 class Uploader:
@@ -234,6 +253,10 @@ class Uploader:
             db.execute(_SCHEMA)
         self.workers: list[_Worker] = []
         self.workers = [_Worker(self, t) for t in targets]
+        for t in targets:  # a key read from a file at every use: never logged, even after rotation
+            key_path = getattr(t, "key_path", None)
+            if key_path:
+                register_secret_file(key_path)
         self.interrupted = 0
 
     def start(self) -> None:
