@@ -6,29 +6,40 @@ Every event a fleet operator searches for is logged through :func:`log_event` wi
     journalctl -t edged MESSAGE_ID=a7758b3eb80f40d2b385fb8d77e2f70a      # clips built
     journalctl -t edged EDGED_CLIP_ID=<id> -o json                      # a clip's whole story
 
-================  ================================  ==========================================
-event             MESSAGE_ID                        typical fields (``EDGED_…``)
-================  ================================  ==========================================
-RECORDING_STARTED e7884386447342ac945d558a5f2d7569  SOURCE, AUDIO, STORAGE_DIR
-RECORDING_STOPPED 8287fc16ac4244d9b229e540bde3380f  REASON, SEGMENTS
-SEGMENT_SALVAGED  fbb9ef0ab6cd42ef893501dc6a673fb4  SEGMENT, DURATION_MS, REASON
-STORAGE_ALARM     83d34d921a5645ea80632a17a90dcc22  ALARM, STORAGE_DIR, REASON
-MARK              384e080c244f4063a4265356494da8c9  EVENT_ID, NOTE, SOURCE
-CLIP_BUILT        a7758b3eb80f40d2b385fb8d77e2f70a  CLIP_ID, EVENT_ID, PARTS, DURATION_MS, BYTES
-CLIP_FAILED       ee1ac69955c5404a9ed4909da8fff0e2  CLIP_ID, EVENT_ID, REASON
-UPLOAD_DELIVERED  c86e321f264842789fca95965b7e3837  CLIP_ID, PART, TARGET, ATTEMPTS
-UPLOAD_DEFERRED   a25d9db4de5545ad8758e15b34073e78  CLIP_ID, PART, TARGET, REASON, NEXT_TRY
-UPLOAD_FAILED     14c1033b35494a5ba803a8a61351ab8c  CLIP_ID, PART, TARGET, REASON
-UPLOAD_PAUSED     a43e97405681458bb801bf62f1cf25c9  TARGET, REASON (key or account refused)
-UPLOAD_RESUMED    1e51f80f9dab4fe28162a8966ffd533c  TARGET, REASON
-CONFIG_APPLIED    f6bbbb768fb24144b1bb8b9671b6b688  CONFIG, KEY
-CONFIG_REJECTED   80c8fd56f2984177a15bcb498857b5ec  CONFIG, KEY, REASON
-WATCHDOG          b4eca48812964b808b7df3d848e0bff1  STALL (camera/disk), SECONDS
-CAMERA_LOST       195f5972c9e54bbfa9c3b8734e58fff2  SOURCE, REASON
-CAMERA_RESTORED   dee849102f9c47d287511d0f2df0adf4  SOURCE
-RECALL_COMPLETED  fd595d2eb10249a3b1fc2a3dea768962  CLIP_ID, EVENT_ID
-RECALL_FAILED     ca3d32fe9720492e9c4af125c48be7d0  REASON
-================  ================================  ==========================================
+=================  ================================  ============================================
+event              MESSAGE_ID                        fields (``EDGED_…``) and who logs it
+=================  ================================  ============================================
+RECORDING_STARTED  e7884386447342ac945d558a5f2d7569  SOURCE, AUDIO, STORAGE_DIR, FPS (recorder,
+                                                     at the first frame)
+RECORDING_STOPPED  8287fc16ac4244d9b229e540bde3380f  REASON, SEGMENTS, SALVAGED, FRAMES, DROPPED
+SEGMENT_SALVAGED   fbb9ef0ab6cd42ef893501dc6a673fb4  SEGMENT, REASON, CAUSE, DURATION_MS
+                                                     (recorder: write error; reconcile: crash)
+STORAGE_ALARM      83d34d921a5645ea80632a17a90dcc22  ALARM (storage_over_budget, storage_full,
+                                                     storage_error, disk_full_at_start),
+                                                     STATE (raised/cleared), STORAGE_DIR, REASON
+MARK               384e080c244f4063a4265356494da8c9  EVENT_ID, CLIP_ID, SOURCE, NOTE, EXTENDED
+CLIP_BUILT         a7758b3eb80f40d2b385fb8d77e2f70a  CLIP_ID, EVENT_ID, PARTS, DURATION_MS, BYTES,
+                                                     REENCODED
+CLIP_FAILED        ee1ac69955c5404a9ed4909da8fff0e2  CLIP_ID, EVENT_ID, REASON
+UPLOAD_DELIVERED   c86e321f264842789fca95965b7e3837  CLIP_ID, PART, PART_ID, TARGET, ATTEMPTS,
+                                                     RESENDS, BYTES, DURATION_MS
+UPLOAD_DEFERRED    a25d9db4de5545ad8758e15b34073e78  CLIP_ID, PART, PART_ID, TARGET, REASON,
+                                                     NEXT_TRY, ATTEMPTS, OFFLINE
+UPLOAD_FAILED      14c1033b35494a5ba803a8a61351ab8c  CLIP_ID, PART, PART_ID, TARGET, REASON, FILE
+UPLOAD_PAUSED      a43e97405681458bb801bf62f1cf25c9  TARGET, REASON (key or account refused),
+                                                     CLIP_ID, PART
+UPLOAD_RESUMED     1e51f80f9dab4fe28162a8966ffd533c  TARGET, REASON
+CONFIG_APPLIED     f6bbbb768fb24144b1bb8b9671b6b688  CONFIG, KEY
+CONFIG_REJECTED    80c8fd56f2984177a15bcb498857b5ec  CONFIG, KEY, REASON
+WATCHDOG           b4eca48812964b808b7df3d848e0bff1  STALL (camera/disk), SECONDS, SOURCE
+CAMERA_LOST        195f5972c9e54bbfa9c3b8734e58fff2  SOURCE, REASON, ALARM
+CAMERA_RESTORED    dee849102f9c47d287511d0f2df0adf4  SOURCE, ALARM (camera_lost/camera_stalled)
+RECALL_COMPLETED   fd595d2eb10249a3b1fc2a3dea768962  CLIP_ID, EVENT_ID
+RECALL_FAILED      ca3d32fe9720492e9c4af125c48be7d0  REASON
+=================  ================================  ============================================
+
+Every entry also has ``SYSLOG_IDENTIFIER=edged``, ``PRIORITY`` (from the level), ``LOGGER``,
+``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` (the caller of :func:`log_event`) and ``THREAD_NAME``.
 
 ``systemd/edged.catalog`` explains each one (``journalctl -x``) once it is installed in
 ``/usr/lib/systemd/catalog/`` and ``journalctl --update-catalog`` has run.
