@@ -10,6 +10,7 @@ installing a copy of this checkout, and the installed ``edged`` is run afterward
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,22 @@ def test_install_twice_update_uninstall_reinstall_purge(source: Path, root: Path
     where = subprocess.run([str(venv / "bin/python"), "-I", "-c", "import edged; print(edged.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path)
     assert where.stdout.startswith(str(venv)), where
+
+    # --- the installed doctor, with the folders the unit gives the service ---
+    service_env = dict(os.environ, STATE_DIRECTORY=str(root / "var/lib/edged"),
+                       CREDENTIALS_DIRECTORY=str(etc / "credentials"))
+    doc = subprocess.run([str(venv / "bin/edged"), "doctor", "--config", str(etc / "edged.toml"), "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, env=service_env)
+    checks = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}
+    assert checks["config"]["status"] == "ok" and checks["credentials"]["status"] == "ok", checks
+    assert checks["storage"]["status"] != "fail" and str(root / "var/lib/edged") in checks["storage"]["summary"]
+    v2 = tmp_path / "v2.toml"  # a Sonoran target before its key is written: the empty placeholder is named
+    v2.write_text('[upload]\ntargets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
+    doc = subprocess.run([str(venv / "bin/edged"), "doctor", "--config", str(v2), "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, env=service_env)
+    key_check = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["credentials.sonoran_v2"]
+    assert doc.returncode == 1 and key_check["status"] == "fail", key_check
+    assert key_check["summary"] == f"{etc / 'credentials/sonoran_api_key'} is empty"
 
     # --- the administrator configures it ---
     key = etc / "credentials/sonoran_api_key"
