@@ -18,8 +18,9 @@ from edged.config import Settings, segment_bytes_estimate
 from edged.index import IndexUnavailable
 from edged.paths import StatePaths
 from edged.reconcile import reconcile
-from edged.recorder import Recorder
+from edged.recorder import STALL_S, Recorder
 from edged.ring import RingBuffer, open_index_making_room
+from edged.service import ServiceNotifier, summary
 from edged.status import write_atomic
 
 log = logging.getLogger("edged.daemon")
@@ -59,8 +60,9 @@ def prepare_state_dir(paths: StatePaths) -> None:
 
 class Daemon:
     def __init__(self, settings: Settings, clock: Clock | None = None, stop_after_s: float | None = None,
-                 pin_factory=None) -> None:
+                 pin_factory=None, notifier: ServiceNotifier | None = None) -> None:
         self.settings = settings
+        self.notifier = notifier or ServiceNotifier()  # systemd's readiness / watchdog / status
         self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
         self.clock = clock or SystemClock()
         self.paths = StatePaths(settings.state_dir)
@@ -194,11 +196,26 @@ class Daemon:
             "uploads": self.uploader.status(),
         }
 
-    def write_status(self) -> None:
+    def write_status(self) -> dict:
+        status = self._status_dict()
         try:
-            write_atomic(self.paths.status, json.dumps(self._status_dict(), indent=1).encode())
+            write_atomic(self.paths.status, json.dumps(status, indent=1).encode())
         except OSError as exc:
             log.debug("status not written: %s", exc)
+        return status
+
+    def _tell_systemd(self, status: dict) -> None:
+        """Readiness once footage is on disk; a watchdog ping only while frames go through the
+        recorder (a hung camera or a blocked disk stops them); the status line."""
+        st = self.recorder.status
+        line = summary(status)
+        if st.on_disk:
+            self.notifier.ready(line)
+        if st.progress_mono is not None and time.monotonic() - st.progress_mono <= STALL_S \
+                and not self.recorder.stopping:
+            self.notifier.watchdog()
+        if self.notifier.is_ready:
+            self.notifier.status(line)
 
     def run(self) -> int:
         try:
@@ -243,6 +260,7 @@ class Daemon:
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.notifier.stopping()
             self.recorder.stop()
 
         old = {}
@@ -250,11 +268,13 @@ class Daemon:
             old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log.info("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
         rec_thread.start()
+        # The main loop also carries the watchdog: it ticks at least four times per WatchdogSec.
+        tick = min(1.0, self.notifier.watchdog_s / 4) if self.notifier.watchdog_s else 1.0
         try:
             while rec_thread.is_alive():
-                self.write_status()
+                self._tell_systemd(self.write_status())
                 self._show_feedback()
-                rec_thread.join(timeout=1.0)
+                rec_thread.join(timeout=tick)
         finally:
             self.recorder.stop()
             rec_thread.join()

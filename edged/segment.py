@@ -129,6 +129,7 @@ class SegmentWriter:
         self._audio_origin = audio_origin_pts
         self._sync_interval = sync_interval
         self._last_sync = time.monotonic()
+        self.synced = False  # some media of this segment has reached the disk (fdatasync'd)
         self.video_frames = 0
         self.audio_packets = 0
         self.last_video_pts: int | None = None
@@ -163,6 +164,7 @@ class SegmentWriter:
             self._file.flush()
             os.fdatasync(self._file.fileno())
             self._last_sync = now
+            self.synced = self.synced or self.video_frames > 0
 
     def finish(self) -> Path:
         """Write the trailer, make the file durable under its final name; return that path."""
