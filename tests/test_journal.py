@@ -426,3 +426,51 @@ def test_the_daemon_logs_its_events_to_the_journal_and_never_its_key(tmp_path):
 
     assert secret not in box.everything()
     assert "Logging error" not in box.stderr and "Traceback" not in box.stderr
+
+
+CRASH = """
+    import signal, subprocess, sys, time
+    from pathlib import Path
+
+    cfg, state = sys.argv[1:3]
+    run = [sys.executable, "-m", "edged", "run", "--config", cfg]
+    daemon = subprocess.Popen(run)
+    deadline = time.monotonic() + 30
+    while not list(Path(state, "segments").glob("*.part")):
+        assert time.monotonic() < deadline and daemon.poll() is None, "no segment started"
+        time.sleep(0.05)
+    time.sleep(3.5)                          # a few clusters of the first segment are on disk
+    [part] = Path(state, "segments").glob("*.part")
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    print(part.name.removesuffix(".part"), daemon.pid, flush=True)
+    sys.exit(subprocess.run(run + ["--for", "1"]).returncode)
+"""
+
+
+def test_a_crash_shows_as_a_start_without_a_stop_then_the_salvage(tmp_path):
+    state = tmp_path / "state"
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [camera]
+        source = "synthetic"
+        paced = true
+        [audio]
+        source = "synthetic"
+        [storage]
+        dir = "{state}"
+        min_free_bytes = 0
+    """))
+    box = boxed(tmp_path, [sys.executable, str(payload(tmp_path, "crash.py", CRASH)), str(cfg), str(state)],
+                timeout=180)
+    assert box.rc == 0, box.stderr
+    segment, killed_pid = box.stdout.split()
+    started, stopped = box.by_id(Msg.RECORDING_STARTED), box.by_id(Msg.RECORDING_STOPPED)
+    assert [e["_PID"] for e in started][0] == killed_pid and len(started) == 2
+    assert [e["_PID"] for e in stopped] == [started[1]["_PID"]], "the killed daemon never said it stopped"
+    [salvaged] = box.by_id(Msg.SEGMENT_SALVAGED)
+    assert (salvaged["EDGED_SEGMENT"], salvaged["EDGED_CAUSE"], salvaged["LOGGER"]) == \
+        (segment, "crash", "edged.reconcile")
+    assert salvaged["PRIORITY"] == "4" and salvaged["_PID"] == started[1]["_PID"]
+    assert int(salvaged["__MONOTONIC_TIMESTAMP"]) < int(started[1]["__MONOTONIC_TIMESTAMP"]), \
+        "salvaged at start, before recording resumes"
