@@ -57,6 +57,14 @@ def version_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def local_layer(local: Settings) -> dict[str, Any]:
+    """The local config file's mapping, the layer a synced file goes over: the file the settings
+    were loaded from, none for the embedded defaults. ConfigSync checks that it still describes
+    ``local`` (a local file edited since the start is refused, not silently mixed in)."""
+    origin = Path(local.origin)
+    return config_mod.read_mapping(origin) if origin.is_file() else {}
+
+
 class ConfigSync:
     """Watches ``<sync.dir>/edged.toml``. Call ``startup()`` before building anything from the
     settings (it returns the settings to start with), then ``start()``; ``stop()`` at the end.

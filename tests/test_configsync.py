@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged import config, configsign
-from edged.configsync import ConfigSync, version_of
+from edged.configsync import ConfigSync, local_layer, version_of
 from tests.conftest import REPO
 from tests.helpers import wait_until
 
@@ -151,6 +151,19 @@ def test_fleet_public_key_forms(tmp_path):
         assert [k for k, _ in exc.value.problems] == ["sync.fleet_public_key"]
 
 
+def test_the_local_layer_is_the_file_the_daemon_was_started_with(tmp_path):
+    local_file = tmp_path / "local.toml"
+    local_file.write_text(f"[storage]\ndir = \"{tmp_path / 'state'}\"\nmin_free_bytes = 0\n"
+                          f"[sync]\ndir = \"{tmp_path / 'sync'}\"\n[upload.directory]\npath = \"/mnt/usb\"\n")
+    local = config.load(local_file)
+    data = local_layer(local)
+    assert data["upload"] == {"directory": {"path": "/mnt/usb"}}
+    ConfigSync(local, data, lambda *a: None)
+    assert local_layer(config.Settings()) == {}
+    with pytest.raises(ValueError, match="local_data"):  # a mapping that is not the local config
+        ConfigSync(local, {"sync": {"dir": str(tmp_path / "sync")}}, lambda *a: None)
+
+
 # --- how files arrive -------------------------------------------------------------------------
 
 def test_atomic_renames_of_syncthing_and_rsync_are_applied(make):
@@ -231,6 +244,81 @@ def test_in_place_writes_in_chunks_are_read_only_whole(make, caplog):
     assert live == ["audio.bitrate", "clips.pre_roll_seconds", "clips.post_roll_seconds",
                     "upload.retry_base_seconds", "upload.retry_cap_seconds"]
     assert not [r for r in caplog.records if "rejected" in r.getMessage()]
+
+
+# The same rules, one poll at a time (no thread): what a poll does is then exact.
+
+def test_a_writer_pausing_for_a_poll_mid_file_is_given_one_more_look(make):
+    h = make()
+    h.cs.startup()
+    with open(h.file, "wb") as f:
+        f.write(b"[camera]\nbitrate = 4")  # valid TOML, bad value: a naive reader rejects it
+        f.flush()
+        h.cs.poll()  # first look
+        h.cs.poll()  # unchanged for one poll: read; fails; perhaps a pause, so not judged yet
+        assert h.status() is None and h.calls == []
+        f.write(b"00000\n")
+    h.cs.poll()
+    h.cs.poll()
+    assert h.status()["state"] == "applied" and h.calls[0][0].camera.bitrate == 400_000
+
+    h.atomic(b"[camera]\nbitrate = 5\n", ".syncthing.edged.toml.tmp")
+    h.cs.poll()
+    h.cs.poll()
+    assert h.status()["state"] == "applied"  # not yet ...
+    h.cs.poll()
+    assert h.status()["state"] == "rejected"  # ... a bad file unchanged for two polls is
+
+
+def test_the_same_bad_bytes_again_are_not_judged_again(make, caplog):
+    clock = iter(range(1_700_000_000, 1_800_000_000))
+    h = make()
+    h.cs = ConfigSync(h.local, h.data, h.on_apply, wall=lambda: float(next(clock)))
+    h.cs.startup()
+    bad = b"[camera]\nbitrate = 5\n"
+    caplog.set_level(logging.ERROR, logger="edged.configsync")
+    h.atomic(bad, ".syncthing.edged.toml.tmp")
+    for _ in range(3):
+        h.cs.poll()
+    st = h.status()
+    assert st["state"] == "rejected"
+    h.atomic(bad, ".edged.toml.Ab12Cd")  # re-synced: a new inode, the same bytes
+    for _ in range(4):
+        h.cs.poll()
+    assert h.status() == st  # not rewritten (the clock moved on: "at" would differ)
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1
+
+
+def test_a_file_that_grows_while_it_is_read_is_read_again(make, monkeypatch):
+    h = make()
+    h.cs.startup()
+    h.file.write_bytes(A)
+    real_open = open
+
+    class Racing:  # the writer appends right after the read: the bytes read are not the file
+        def __init__(self, *a: Any) -> None:
+            self.f = real_open(*a)
+
+        def __enter__(self) -> Racing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+            monkeypatch.undo()
+
+        def read(self, n: int) -> bytes:
+            data = self.f.read(n)
+            with real_open(h.file, "ab") as w:
+                w.write(b"[audio]\nbitrate = 32000\n")
+            return data
+    h.cs.poll()
+    monkeypatch.setattr("edged.configsync.open", Racing, raising=False)
+    h.cs.poll()
+    assert h.calls == [] and h.status() is None
+    h.cs.poll()
+    h.cs.poll()
+    assert len(h.calls) == 1
+    assert (h.calls[0][0].camera.bitrate, h.calls[0][0].audio.bitrate) == (400_000, 32_000)
 
 
 def test_an_unchanged_file_touched_or_resynced_applies_nothing(make):
