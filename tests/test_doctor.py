@@ -391,3 +391,45 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError:
         return ""
+
+
+UNPRIVILEGED_DOCTOR = """
+import json, sys
+from pathlib import Path
+from edged import doctor
+checks = doctor.run(Path(sys.argv[1]), doctor.Host(service_user="daemon"))
+print(json.dumps({c.name: c.__dict__ for c in checks}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """A person checking the service's folders without sudo is told to use it, not that they are broken."""
+    import tempfile
+    shared = Path(tempfile.mkdtemp(prefix="edged-doctor-"))  # tmp_path's parents are root-only
+    try:
+        shared.chmod(0o755)
+        creds = shared / "creds"
+        creds.mkdir(mode=0o700)
+        (creds / "sonoran_api_key").write_text(SECRET)
+        (creds / "sonoran_api_key").chmod(0o600)
+        state = shared / "state"
+        state.mkdir(mode=0o750)
+        os.chown(state, 1, 1)  # the 'daemon' user stands for the service user
+        cfg = shared / "edged.toml"
+        cfg.write_text(f'[storage]\ndir = "{state}"\nmin_free_bytes = 0\nmax_bytes = 10000000\n[upload]\n'
+                       f'targets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
+        cfg.chmod(0o644)
+        (shared / "run.py").write_text(UNPRIVILEGED_DOCTOR)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                              str(shared / "run.py"), str(cfg)], capture_output=True, text=True, cwd=shared,
+                             env=dict(os.environ, PYTHONPATH=str(REPO), CREDENTIALS_DIRECTORY=str(creds)))
+        assert out.returncode == 0, out.stderr
+        checks = json.loads(out.stdout)
+        assert checks["config"]["status"] == OK
+        assert checks["storage"]["status"] == WARN and "belongs to the service user daemon" in checks["storage"]["summary"]
+        key = checks["credentials.sonoran_v2"]
+        assert key["status"] == WARN and "cannot be looked at by uid 65534" in key["summary"] and "sudo" in key["fix"]
+        assert SECRET not in out.stdout
+    finally:
+        shutil.rmtree(shared)

@@ -83,34 +83,39 @@ def _salvage(path: Path | None) -> tuple[config_mod.Settings | None, tuple[str, 
 
 def check_storage(s: config_mod.Settings, host: Host) -> Check:
     root = s.state_dir.absolute()
-    paths = StatePaths(root)
     existing = root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    full = False
-    if existing != root:
-        if not os.access(existing, os.W_OK | os.X_OK):
+    if existing != root:  # created at start: by systemd (StateDirectory=) or by the daemon
+        if root != SERVICE_STATE_DIR and not os.access(existing, os.W_OK | os.X_OK) \
+                and not _service_user_may(existing, host):
             return Check("storage", FAIL, f"storage.dir {root} does not exist and {existing} is not writable "
                                           f"by uid {os.geteuid()}",
                          f"create it: sudo install -d -o {host.service_user} -g {host.service_user} {root}")
-    else:
-        if not root.is_dir():
-            return Check("storage", FAIL, f"storage.dir {root} is not a folder", "set storage.dir to a folder")
-        try:
-            _write_probe(root)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                why = "is on a read-only file system" if exc.errno == errno.EROFS else "cannot be written"
-                return Check("storage", FAIL, f"storage.dir {root} {why}: {exc.strerror}",
-                             "remount it read-write (sudo mount -o remount,rw), check the card "
-                             "(dmesg), or set storage.dir" if exc.errno == errno.EROFS else
-                             f"chown {host.service_user}: {root}, or set storage.dir")
-            full = True
-        owner = _service_user_cannot_write(root, host)
-        if owner:
-            return Check("storage", FAIL, f"storage.dir {root}: {owner}",
-                         f"sudo chown -R {host.service_user}: {root}")
-    return _space(s, root, existing, paths, full)
+        return _space(s, root, existing, full=False)
+    if not root.is_dir():
+        return Check("storage", FAIL, f"storage.dir {root} is not a folder", "set storage.dir to a folder")
+    full = False
+    try:
+        _write_probe(root)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            full = True  # the ring may still make room from its own footage: judged by _space
+        elif exc.errno == errno.EROFS:
+            return Check("storage", FAIL, f"storage.dir {root} is on a read-only file system",
+                         "remount it read-write (sudo mount -o remount,rw ...), check the card (dmesg), "
+                         "or set storage.dir")
+        elif exc.errno in (errno.EACCES, errno.EPERM) and _service_user_may(root, host):
+            return Check("storage", WARN, f"storage.dir {root} belongs to the service user {host.service_user}: "
+                                          f"uid {os.geteuid()} cannot write it, so it is unverified",
+                         "run doctor as root: sudo edged doctor ...")
+        else:
+            return Check("storage", FAIL, f"storage.dir {root} cannot be written: {exc.strerror}",
+                         f"sudo chown -R {host.service_user}: {root}, or set storage.dir")
+    owner = _service_user_cannot_write(root, host)
+    if owner:
+        return Check("storage", FAIL, f"storage.dir {root}: {owner}", f"sudo chown -R {host.service_user}: {root}")
+    return _space(s, root, root, full)
 
 
 def _write_probe(folder: Path) -> None:
@@ -139,6 +144,13 @@ def _service_user_cannot_write(folder: Path, host: Host) -> str:
     return ""
 
 
+def _service_user_may(path: Path, host: Host) -> bool:
+    try:
+        return user_may(path, pwd.getpwnam(host.service_user), os.W_OK | os.X_OK)
+    except (KeyError, OSError):
+        return False
+
+
 def user_may(path: Path, user: pwd.struct_passwd, want: int) -> bool:
     """Whether ``user`` has the ``want`` (os.R_OK/W_OK/X_OK) permission bits on ``path``."""
     st = path.stat()
@@ -150,15 +162,23 @@ def user_may(path: Path, user: pwd.struct_passwd, want: int) -> bool:
     return (mode >> shift) & want == want
 
 
-def _space(s: config_mod.Settings, root: Path, folder: Path, paths: StatePaths, full: bool) -> Check:
+def _footage_bytes(root: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in StatePaths(root).segments.glob("*") if f.is_file())
+    except OSError:  # not there yet, or not ours to look into
+        return 0
+
+
+def _space(s: config_mod.Settings, root: Path, folder: Path, full: bool) -> Check:
     """Room for the ring on ``folder``'s file system (``root`` itself, or its nearest ancestor)."""
     st = os.statvfs(folder)
     free = st.f_bavail * st.f_frsize
-    ours = sum(f.stat().st_size for f in paths.segments.glob("*") if f.is_file()) if paths.segments.is_dir() else 0
+    ours = _footage_bytes(root)
     room = free + ours - s.storage.min_free_bytes - METADATA_RESERVE_BYTES  # what the ring can use
     segment = config_mod.segment_bytes_estimate(s)
     rate = (s.camera.bitrate + (s.audio.bitrate if s.audio.source != "none" else 0)) / 8
-    where = (f"storage.dir {root}" + ("" if folder == root else " (created at start)")
+    created = " (created by systemd at start)" if root == SERVICE_STATE_DIR else " (created at start)"
+    where = (f"storage.dir {root}" + ("" if folder == root else created)
              + f": {_size(free)} free" + (" (full)" if full else "") + (f", {_size(ours)} in segments" if ours else ""))
     if room < 3 * segment:
         return Check("storage", FAIL, f"{where}: after storage.min_free_bytes ({_size(s.storage.min_free_bytes)}) "
