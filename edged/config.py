@@ -8,6 +8,7 @@ dotted key and the reason, and all errors of a file are reported at once.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import os
 import socket
@@ -433,24 +434,43 @@ def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _local_only_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
-    found = []
+#: Keys that decide where evidence goes or which file is read as a key: a synced config may set
+#: them only when it is signed (``sync.fleet_public_key``); an unsigned synced folder can tune the
+#: recording, never redirect it.
+SIGNED_ONLY = ("upload.targets", "upload.*.base_url", "upload.*.api_key_file", "upload.*.token_file",
+               "upload.directory.path")
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
     for key, value in data.items():
-        dotted = prefix + key
-        if dotted in LOCAL_ONLY or any(dotted.startswith(k + ".") for k in LOCAL_ONLY):
-            found += [f"{dotted}.{k}" for k in value] if isinstance(value, dict) else [dotted]
-        elif isinstance(value, dict) and any(k.startswith(dotted + ".") for k in LOCAL_ONLY):
-            found += _local_only_keys(value, dotted + ".")
-    return found
+        if isinstance(value, dict):
+            keys += _leaf_keys(value, f"{prefix}{key}.") or [prefix + key]
+        else:
+            keys.append(prefix + key)
+    return keys
 
 
-def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin: str = "<synced>") -> Settings:
+def _matching(keys: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """Keys equal to, below, or (``*``) matching one of ``patterns``."""
+    return [k for k in keys
+            if any(fnmatch.fnmatchcase(k, p) or k.startswith(p + ".") for p in patterns)]
+
+
+def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin: str = "<synced>",
+                signed: bool = False) -> Settings:
     """The synced document overlaid table by table, key by key, on the local one (lists replace),
-    validated whole. A synced key in LOCAL_ONLY is an error naming it; ConfigError lists all."""
-    forbidden = _local_only_keys(synced_data)
-    problems = [(k, "can only be set in the local config") for k in forbidden]
+    validated whole. A synced key in LOCAL_ONLY (or, unsigned, in SIGNED_ONLY) is an error naming
+    it; ConfigError lists all."""
+    leaves = _leaf_keys(synced_data)
+    local_only = _matching(leaves, LOCAL_ONLY)
+    problems = [(k, "can only be set in the local config") for k in local_only]
+    if not signed:
+        problems += [(k, "decides where evidence goes: only a signed synced config may set it "
+                         "(set sync.fleet_public_key in the local config)")
+                     for k in _matching(leaves, SIGNED_ONLY) if k not in local_only]
     allowed = synced_data
-    for key in forbidden:  # dropped, so each forbidden key is reported once and nothing else follows from it
+    for key, _ in problems:  # dropped, so each refused key is reported once and nothing else follows from it
         *parents, last = key.split(".")
         allowed = _without(allowed, parents, last)
     try:

@@ -232,7 +232,7 @@ class ConfigSync:
             raise _Rejected([("<syntax>", str(exc))]) from None
         origin = f"{self.local.origin} + {self.path} ({version_of(data)[:12]})"
         try:
-            new = config_mod.from_layers(self._local_data, parsed, origin)
+            new = config_mod.from_layers(self._local_data, parsed, origin, signed=self._key is not None)
         except ConfigError as exc:
             raise _Rejected(exc.problems) from None
         if new.sync != self.local.sync or new.storage.dir != self.local.storage.dir:  # from_layers' promise

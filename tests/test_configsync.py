@@ -342,7 +342,11 @@ BAD = [
     (b"[storage]\ndir = \"/tmp/elsewhere\"\n", "storage.dir", "can only be set in the local config"),
     (b"[sync]\nfleet_public_key = \"\"\n", "sync.fleet_public_key", "can only be set in the local config"),
     (b"[sync]\ndir = \"/tmp/x\"\n", "sync.dir", "can only be set in the local config"),
-    (b"[upload]\ntargets = [\"ftp\"]\n", "upload.targets", "entries must be among"),
+    (b"[upload]\ntargets = [\"ftp\"]\n", "upload.targets", "only a signed synced config may set it"),
+    (b"[upload.directory]\npath = \"/tmp/elsewhere\"\n", "upload.directory.path", "only a signed synced config"),
+    (b"[upload.sonoran_v2]\nbase_url = \"https://evil.example\"\napi_key_file = \"/etc/shadow\"\n",
+     "upload.sonoran_v2.base_url", "only a signed synced config"),
+    (b"[clips]\npre_roll_seconds = 500.0\n", "clips.pre_roll_seconds", "must be at most"),
     (b"\xff\xfe[camera]\n", "<file>", "not UTF-8"),
 ]
 
@@ -409,6 +413,22 @@ def fleet_key() -> Ed25519PrivateKey:
 
 def _b64pub(key: Ed25519PrivateKey) -> str:
     return configsign.public_key_b64(key.public_key())
+
+
+def test_where_evidence_goes_is_changed_only_by_a_signed_config(make, fleet_key):
+    """Unsigned, a synced file may tune the recording but never redirect it (targets, URLs, key
+    files, the delivery folder); signed by the fleet key, it may."""
+    redirect = b"[upload]\ntargets = [\"directory\"]\n[upload.directory]\npath = \"/mnt/usb\"\n"
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_layers({}, tomllib.loads(redirect.decode()))
+    assert sorted(k for k, _ in exc.value.problems) == ["upload.directory.path", "upload.targets"]
+    assert config.from_layers({}, tomllib.loads(redirect.decode()), signed=True).upload.directory.path == "/mnt/usb"
+    h = make(sync={"fleet_public_key": _b64pub(fleet_key)})
+    h.start()
+    signed = configsign.sign(redirect, fleet_key)
+    h.atomic(signed, ".syncthing.edged.toml.tmp")
+    h.wait_status(signed, "applied")
+    assert h.cs.settings.upload.directory.path == "/mnt/usb"
 
 
 def test_signed_configs(make, fleet_key):
