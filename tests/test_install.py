@@ -288,3 +288,60 @@ def test_shellcheck_clean() -> None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
     proc = subprocess.run(["shellcheck", str(REPO / SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+REAL_PATHS = r"""
+set -eu
+T=$1 SRC=$2
+for d in etc opt var usr; do  # every system path the installer writes, copy-on-write, this namespace only
+  mkdir -p "$T/$d.up" "$T/$d.work"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/$d.up,workdir=$T/$d.work" "/$d"
+done
+bash "$SRC/scripts/install-pi.sh" --no-apt >"$T/first.out" 2>&1
+bash "$SRC/scripts/install-pi.sh" --no-apt >"$T/second.out" 2>&1
+getent passwd edged >"$T/passwd"
+id -nG edged >"$T/groups"
+readlink /etc/systemd/system/multi-user.target.wants/edged.service >"$T/wants"
+(cd / && /opt/edged/.venv/bin/edged doctor --config /etc/edged/edged.toml --json >"$T/doctor.json") || true
+bash "$SRC/scripts/install-pi.sh" --purge >"$T/purge.out" 2>&1
+if getent passwd edged; then echo "user still there" >&2; exit 1; fi
+"""
+
+
+@pytest.mark.slow
+def test_real_paths_in_a_private_mount_namespace(source: Path, tmp_path: Path) -> None:
+    """No --root: /etc, /opt, /var and /usr are overlays in a mount namespace of its own, so the
+    script's real-system paths (getent, systemctl without --root, /etc/edged) run for real, and
+    doctor checks the service's configuration as the unit would see it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not installed")
+    host_passwd = Path("/etc/passwd").read_bytes()
+    work = tmp_path / "ns"
+    work.mkdir()
+    (tmp_path / "real.sh").write_text(REAL_PATHS)
+    proc = subprocess.run(["unshare", "--mount", "sh", str(tmp_path / "real.sh"), str(work), str(source)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"))
+    if proc.returncode != 0 and "overlay" in proc.stderr:
+        pytest.skip(f"cannot mount overlays here: {proc.stderr.strip()}")
+    logs = "".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(work.glob("*.out")))
+    assert proc.returncode == 0, proc.stderr + logs
+
+    first = (work / "first.out").read_text()
+    assert "created system user edged" in first
+    assert "not starting edged.service: systemd is not PID 1 here" in first or "started edged.service" in first
+    assert "nothing to do: edged is installed and up to date" in (work / "second.out").read_text()
+    fields = (work / "passwd").read_text().strip().split(":")
+    assert fields[0] == "edged" and fields[5] == "/var/lib/edged" and fields[6] == "/usr/sbin/nologin"
+    assert {"video", "audio", "gpio"} <= set((work / "groups").read_text().split())
+    assert (work / "wants").read_text().strip() == "/etc/systemd/system/edged.service"
+
+    checks = {c["name"]: c for c in json.loads((work / "doctor.json").read_text())["checks"]}
+    assert checks["config"]["status"] == "ok" and "/etc/edged/edged.toml" in checks["config"]["summary"]
+    assert checks["storage"]["status"] != "fail" and "storage.dir /var/lib/edged" in checks["storage"]["summary"]
+    assert checks["credentials"]["status"] == "ok"
+
+    purge = (work / "purge.out").read_text()
+    assert "deleted /etc/edged" in purge and "deleted /var/lib/edged" in purge and "deleted user edged" in purge
+    assert Path("/etc/passwd").read_bytes() == host_passwd
+    assert not Path("/etc/edged").exists() and not Path("/opt/edged").exists()
