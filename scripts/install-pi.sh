@@ -11,9 +11,12 @@
 #   apt packages       python3, python3-venv, python3-pip, python3-systemd; on a Pi also
 #                      python3-picamera2, python3-libcamera, python3-lgpio (only those missing)
 #   user edged         a system user (no login, home /var/lib/edged) in the video, audio, gpio groups
+#                      (a missing group, e.g. gpio off a Pi, is created: the unit's
+#                      SupplementaryGroups= refuses to start without it)
 #   /opt/edged/.venv   python3 -m venv --system-site-packages (picamera2's recommended way: the apt
 #                      packages above are seen from the venv), edged pip-installed into it
-#   /etc/edged/edged.toml         configs/edged.toml, only when absent (never overwritten)
+#   /etc/edged/edged.toml         configs/edged.toml, 0640 root:edged, only when absent (never
+#                                 overwritten); /opt/edged/edged.toml.example tracks the sample
 #   /etc/edged/credentials/       0700 root; sonoran_api_key and bota_token, 0600 root, created
 #                                 empty when absent (systemd's LoadCredential= refuses to start a
 #                                 unit whose credential file is missing); never overwritten
