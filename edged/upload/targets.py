@@ -11,9 +11,12 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
-from edged import limits
-from edged.config import Settings
+import httpx
+
+from edged import __version__, limits
+from edged.config import Settings, UploadSettings
 from edged.outbox import OutboxPart
 from edged.upload.answers import Kind, Verdict
 
@@ -102,9 +105,24 @@ class ThrottledFile:
         return self._f.tell()
 
 
+def endpoint_of(url: str) -> tuple[str, int]:
+    """(host, port) of a base URL, for the reachability probe."""
+    u = urlsplit(url)
+    return u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+
+
+def http_client(u: UploadSettings) -> httpx.Client:
+    """An HTTP client with the upload timeouts (suited to cellular links) and no redirects."""
+    return httpx.Client(timeout=httpx.Timeout(connect=u.connect_timeout_seconds, read=u.timeout_seconds,
+                                              write=u.timeout_seconds, pool=u.connect_timeout_seconds),
+                        follow_redirects=False, headers={"User-Agent": f"edged/{__version__}"})
+
+
 def build_targets(settings: Settings) -> list[Target]:
+    from edged.upload.bota import BotaTarget
     from edged.upload.directory import DirectoryTarget
     from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
 
-    makers = {"sonoran_v2": SonoranV2Target, "sonoran_legacy": SonoranLegacyTarget, "directory": DirectoryTarget}
+    makers = {"sonoran_v2": SonoranV2Target, "sonoran_legacy": SonoranLegacyTarget, "bota": BotaTarget,
+              "directory": DirectoryTarget}
     return [makers[name](settings) for name in settings.upload.targets]
