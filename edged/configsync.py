@@ -32,6 +32,7 @@ from typing import Any
 from edged import config as config_mod
 from edged import configsign
 from edged.config import ConfigError, Settings
+from edged.journal import Msg, log_event
 from edged.segment import fsync_dir
 from edged.status import iso, write_atomic
 
@@ -286,15 +287,20 @@ class ConfigSync:
         except OSError as exc:
             log.error("last good synced config not kept in %s: %s (a restart would fall back)",
                       self.saved_path, exc.strerror or exc)
-        log.info("synced config %s applied: %s%s", version[:12], ", ".join(live) or "nothing changed live",
-                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        log_event(log, Msg.CONFIG_APPLIED, "synced config %s applied: %s%s", version[:12],
+                  ", ".join(live) or "nothing changed live",
+                  f"; needs a restart: {', '.join(restart)}" if restart else "",
+                  config=version, keys=",".join(live) or None, restart_needed=",".join(restart) or None)
         self._write_status("applied", version, live, [])
 
     def _reject(self, version: str | None, st: _Stat, problems: list[tuple[str, str]]) -> None:
         self._rejected_version, self._evaluated = version, st
-        log.error("synced config %s rejected, %s keeps running:\n%s", (version or "(unreadable)")[:12],
+        log_event(log, Msg.CONFIG_REJECTED, "synced config %s rejected, %s keeps running:\n%s",
+                  (version or "(unreadable)")[:12],
                   self._applied_version[:12] if self._applied_version else "the local config",
-                  "\n".join(f"  {k}: {r}" for k, r in problems))
+                  "\n".join(f"  {k}: {r}" for k, r in problems), level=logging.ERROR,
+                  config=version, key=",".join(k for k, _ in problems),
+                  reason="; ".join(f"{k}: {r}" for k, r in problems))
         self._write_status("rejected", version, [], problems)
 
     def _write_status(self, state: str, version: str | None, live: list[str], problems: list[tuple[str, str]]) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from edged.clock import Clock, SystemClock
+from edged import config as config_mod
 from edged.config import Settings, segment_bytes_estimate
 from edged.index import IndexUnavailable
 from edged.paths import StatePaths
@@ -69,6 +70,7 @@ class Daemon:
         self.stop_after_s = stop_after_s
         self.recorder: Recorder | None = None
         self._lock_fd: int | None = None
+        self._config_lock = threading.Lock()
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -120,6 +122,8 @@ class Daemon:
             **self.recall.control_handlers(),
         })
         self.control.start()
+        if self.config_sync is not None:
+            self.config_sync.start()
 
     def _start_uploader(self) -> None:
         from edged.network import LinkWatch
@@ -131,16 +135,59 @@ class Daemon:
                                  RetryPolicy.from_settings(self.settings.upload),
                                  on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
         self.uploader.start()
-        self.link_watch = LinkWatch(on_change=self.uploader.on_link_change)
+        self.link_watch = LinkWatch(on_change=lambda what="": self.uploader.on_link_change(what))
         self.link_watch.start()
         log.info("uploading to %s (link events from %s)", ", ".join(self.settings.upload.targets) or "nowhere",
                  self.link_watch.source)
+
+    # --- a synced config, applied while running ----------------------------------------------------
+
+    def _start_config_sync(self) -> None:
+        """With ``[sync] dir``: the settings to start with (the last good synced config over the
+        local one), then a watcher that applies what can change live."""
+        self.config_sync = None
+        if not self.settings.sync.dir:
+            return
+        from edged.configsync import ConfigSync, local_layer
+        try:
+            sync = ConfigSync(self.settings, local_layer(self.settings), self._apply_config)
+            self.settings = sync.startup()
+        except (OSError, ValueError, config_mod.ConfigError) as exc:
+            log.error("synced config is off for this run: %s", exc)
+            return
+        self.config_sync = sync
+
+    def _apply_config(self, running: Settings, live: list[str], restart: list[str]) -> None:
+        """All or nothing (ConfigSync rejects the file if this raises): targets first, as the only
+        part that can fail, then the recorder (at its next segment), the ring, clips and recall."""
+        from edged.upload.policy import RetryPolicy
+        from edged.upload.targets import build_targets
+        from edged.upload.uploader import Uploader
+
+        with self._config_lock:
+            old = self.settings
+            if running.upload != old.upload:
+                targets = build_targets(running)  # a bad key file raises here, before anything changed
+                self.uploader.stop()
+                self.outbox.set_targets(running.upload.targets)
+                self.uploader = Uploader(self.outbox, targets, RetryPolicy.from_settings(running.upload),
+                                         on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
+                self.uploader.start()
+            self.recorder.reconfigure(running)
+            self.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
+            self.events.configure(running)
+            self.recall.settings = running
+            self.settings = running
+        if restart:
+            log.warning("synced config: %s take effect at the next start", ", ".join(restart))
 
     def _set_alarm(self, name: str, active: bool) -> None:
         alarms = self.recorder.status.alarms
         alarms.add(name) if active else alarms.discard(name)
 
     def _stop_event_stage(self) -> None:
+        if self.config_sync is not None:
+            self.config_sync.stop()
         self.control.stop()
         self.recall.stop()
         self.link_watch.stop()
@@ -194,6 +241,7 @@ class Daemon:
             "outbox": self.outbox.counts(),
             "outbox_resends": self.outbox.resends(),
             "uploads": self.uploader.status(),
+            "synced_config": self.config_sync.last_status if self.config_sync is not None else None,
         }
 
     def write_status(self) -> dict:
@@ -229,6 +277,7 @@ class Daemon:
             log.critical("another edged daemon is using %s", self.paths.root)
             return EXIT_LOCKED
 
+        self._start_config_sync()
         st = self.settings.storage
         try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
             index, moved = open_index_making_room(self.paths.index, self.paths.segments, st.max_bytes,
@@ -240,7 +289,7 @@ class Daemon:
             return EXIT_STORAGE
         if moved:
             log.critical("segment index was corrupt: moved to %s, rebuilding from the segment files", moved)
-        ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
+        ring = self.ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
         try:
             ring.make_room(segment_bytes_estimate(self.settings))
         except (OSError, sqlite3.OperationalError) as exc:

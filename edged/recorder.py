@@ -124,6 +124,7 @@ class Recorder:
         self._next_seq = index.next_seq()
         self._boundaries: list[int] = []
         self._boundary_lock = threading.Lock()
+        self._pending_settings: Settings | None = None
         self._last_frame_mono_ns = 0
         self._segment_bytes_estimate = segment_bytes_estimate(settings)
         self._stop_reason = "stop requested"
@@ -336,9 +337,36 @@ class Recorder:
 
     # --- segments -------------------------------------------------------------------------------
 
+    def reconfigure(self, settings: Settings) -> None:
+        """New live settings (a synced config): bitrates and storage limits take effect at the next
+        segment start, where the encoders are replaced (each segment starts on a keyframe anyway)."""
+        with self._boundary_lock:
+            self._pending_settings = settings
+
+    def _apply_pending_settings(self) -> None:
+        with self._boundary_lock:
+            new, self._pending_settings = self._pending_settings, None
+        if new is None:
+            return
+        old = self.settings
+        if new.camera != old.camera:
+            for p in self.venc.flush():  # what the old encoder still holds belongs to the old segment
+                self._route_video(p)
+            self.venc = VideoEncoder(new.camera)
+        if self.aenc is not None and new.audio != old.audio:
+            for p in self.aenc.flush():
+                self._route_audio(p)
+            self.aenc = AudioEncoder(new.audio)
+        self.settings = new
+        self.seg_frames = max(1, round(new.storage.segment_seconds * self.fps))
+        self._segment_bytes_estimate = segment_bytes_estimate(new)
+        log.info("new settings in force from this segment: video %d bps, audio %d bps",
+                 new.camera.bitrate, new.audio.bitrate)
+
     def _start_segment(self, n: int, t: float) -> bool:
         st = self.status
         now = time.monotonic()
+        self._apply_pending_settings()
         if self._cur is None and now < self._next_room_check:
             return False
         try:
