@@ -324,11 +324,24 @@ def test_systemd_not_pid1(tmp_path: Path) -> None:
     ("LoadState=loaded\nUnitFileState=disabled\nActiveState=inactive", WARN, "not enabled"),
 ])
 def test_systemd_unit_states(tmp_path: Path, props: str, status: str, words: str) -> None:
-    """systemd cannot run as PID 1 here: systemctl's `show` output is played back."""
-    tool = _script(tmp_path / "systemctl", f'[ "$1" = show ] && printf "{props}\\n"')
+    """systemd cannot run as PID 1 here: systemctl's `show` output is played back (with a drop-in's
+    ReadWritePaths= for the test's state folder)."""
+    tool = _script(tmp_path / "systemctl", f'[ "$1" = show ] && printf "{props}\\nReadWritePaths={tmp_path}\\n"')
     host = no_camera_host(tmp_path, systemd_dir=tmp_path, systemctl=str(tool))
     c = by_name(doctor.run(write_config(tmp_path), host))["systemd"]
     assert c.status == status and words in c.summary, c
+
+
+def test_systemd_sandbox_must_let_the_daemon_write_its_folders(tmp_path: Path) -> None:
+    """ProtectSystem=strict: a state folder outside /var/lib/edged needs a ReadWritePaths= drop-in."""
+    running = "LoadState=loaded\\nUnitFileState=enabled\\nActiveState=active\\nSubState=running"
+    host = no_camera_host(tmp_path, systemd_dir=tmp_path, systemctl=str(tmp_path / "systemctl"))
+    for rw, status in (("", FAIL), (f"-{tmp_path}/state /srv/x", OK), (f"{tmp_path}/stat", FAIL)):
+        _script(tmp_path / "systemctl", f'[ "$1" = show ] && printf "{running}\\nReadWritePaths={rw}\\n"')
+        c = by_name(doctor.run(write_config(tmp_path), host))["systemd"]
+        assert c.status == status, (rw, c)
+        if status == FAIL:
+            assert f"may not write {tmp_path / 'state'}" in c.summary and "ReadWritePaths=" in c.fix
 
 
 NETNS_DOCTOR = """

@@ -107,7 +107,7 @@ def run(config_path: Path | None, host: Host | None = None) -> list[Check]:
                        devices.check_gpio(settings.gpio, host)]
         checks += [system.check_clock(host),
                    system.check_network(settings, targets, host),
-                   system.check_service(host)]
+                   system.check_service(host, settings, targets)]
     return checks
 
 

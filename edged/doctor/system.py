@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edged.config import Settings
-from edged.doctor import FAIL, OK, SERVICE_UNIT, WARN, Check, Host
+from edged.doctor import FAIL, OK, SERVICE_STATE_DIR, SERVICE_UNIT, WARN, Check, Host
 
 #: Upload targets that talk to a server, and the settings section holding its base_url.
 NETWORK_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota")
@@ -86,12 +86,32 @@ def check_network(settings: Settings | None, targets: tuple[str, ...], host: Hos
 
 # --- service -----------------------------------------------------------------------------------
 
-def check_service(host: Host) -> Check:
+def written_folders(settings: Settings, targets: tuple[str, ...]) -> list[Path]:
+    """Folders the daemon writes: the state folder, a delivery folder, a synced folder."""
+    folders = [settings.state_dir]
+    if "directory" in targets:
+        folders.append(settings.delivery_dir)
+    if settings.sync.dir:
+        folders.append(Path(settings.sync.dir))
+    return [f.absolute() for f in folders]
+
+
+def _sandboxed(settings: Settings | None, targets: tuple[str, ...], props: dict[str, str]) -> list[Path]:
+    """Folders the unit's ProtectSystem=strict leaves read-only: not under its StateDirectory=
+    (/var/lib/edged) nor any ReadWritePaths= (a drop-in)."""
+    if settings is None:
+        return []
+    writable = [SERVICE_STATE_DIR] + [Path(p.lstrip("-+")) for p in props.get("ReadWritePaths", "").split()]
+    return [f for f in written_folders(settings, targets)
+            if not any(f == w or w in f.parents for w in writable)]
+
+
+def check_service(host: Host, settings: Settings | None = None, targets: tuple[str, ...] = ()) -> Check:
     if not host.systemd_dir.is_dir():
         return Check("systemd", WARN, f"systemd is not running here (PID 1 is {_pid1()}): {SERVICE_UNIT} "
                                       f"cannot be checked", "on the device, sudo scripts/install-pi.sh installs it")
     props = _properties([host.systemctl, "show", "-p", "LoadState", "-p", "UnitFileState", "-p", "ActiveState",
-                         "-p", "SubState", "-p", "Result", "-p", "NRestarts", SERVICE_UNIT])
+                         "-p", "SubState", "-p", "Result", "-p", "NRestarts", "-p", "ReadWritePaths", SERVICE_UNIT])
     if props is None:
         return Check("systemd", WARN, f"`{host.systemctl} show {SERVICE_UNIT}` failed", "run doctor as root")
     if props.get("LoadState") == "not-found":
@@ -99,6 +119,12 @@ def check_service(host: Host) -> Check:
     if props.get("LoadState") != "loaded":
         return Check("systemd", FAIL, f"{SERVICE_UNIT} does not load (LoadState={props.get('LoadState')})",
                      f"systemd-analyze verify /etc/systemd/system/{SERVICE_UNIT}")
+    blocked = _sandboxed(settings, targets, props)
+    if blocked:
+        paths = " ".join(map(str, blocked))
+        return Check("systemd", FAIL, f"{SERVICE_UNIT} may not write {paths} (ProtectSystem=strict: only "
+                                      f"{SERVICE_STATE_DIR} and ReadWritePaths= are writable)",
+                     f"sudo systemctl edit edged: [Service] ReadWritePaths={paths}; then restart it")
     active, sub = props.get("ActiveState", "?"), props.get("SubState", "?")
     restarts = props.get("NRestarts", "0")
     logs = "journalctl -u edged -b -n 50 says why"
