@@ -319,6 +319,19 @@ def test_a_refused_token_pauses_the_target_and_a_fixed_one_resumes_it_and_no_tok
             assert "X-Amz-Signature" not in text, f"a presigned URL logged by {r.name}"
 
 
+def test_a_stored_url_about_to_expire_is_not_used_again(delivered, tmp_path, caplog):
+    from edged.upload.bota import URL_MARGIN_S
+    with BotaServer({TOKEN}, url_ttl_s=int(URL_MARGIN_S) - 20) as server:
+        server.s3.gate.fail_next(1, 500)  # the first PUT fails; its URL has < URL_MARGIN_S left
+        with caplog.at_level(logging.WARNING, logger="edged"), Rig(tmp_path, delivered, server) as rig:
+            wait_until(rig.settled, 60, "delivered")
+        assert rig.states() == ["delivered", "delivered"]
+        assert server.count("/upload-url") == 7, "a new URL rather than one that may expire mid-upload"
+        assert not [p for p in server.s3.gate.puts if p.code == "AccessDenied"]
+    # Storage's XML error is read into its code and message for the operator.
+    assert any("upload part01-video: HTTP 500: InternalError: injected" in r.getMessage() for r in caplog.records)
+
+
 def test_a_storage_403_that_is_not_expiry_retries_with_a_new_url_and_does_not_pause(delivered, tmp_path, server):
     server.s3.gate.fail_next(1, 403, "SignatureDoesNotMatch")
     with Rig(tmp_path, delivered, server) as rig:

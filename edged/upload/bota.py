@@ -125,6 +125,14 @@ def _blocks(f: BinaryIO) -> Iterator[bytes]:
         yield block
 
 
+def _storage_message(r: httpx.Response) -> str:
+    """S3's XML error as "Code: Message"; other answers as :func:`answers.message` reads them."""
+    code, msg = re.search(r"<Code>([^<]*)</Code>", r.text), re.search(r"<Message>([^<]*)</Message>", r.text)
+    if code:
+        return f"{code.group(1)}: {msg.group(1) if msg else ''}".rstrip(": ")
+    return message(r.status_code, r.headers.get("content-type", ""), r.text)
+
+
 def _step(v: Verdict, what: str) -> Verdict:
     return dataclasses.replace(v, reason=f"{what}: {v.reason}")
 
@@ -216,6 +224,9 @@ class _Job:
             return Verdict(Kind.DELIVERED, f"in recording {rec} (sent with the clip's first delivery)",
                            response=self.done["completed"])
         parts = self.outbox.parts(self.clip_id)
+        if part.id not in {p.id for p in parts}:
+            return Verdict(Kind.PAUSE, f"part {part.id} of clip {self.clip_id} is not in {self.outbox.path}: "
+                                       "the bota target must use the daemon's outbox")
         for p in parts:
             bad = check_part(p, contract=False)
             if bad is not None:
@@ -352,13 +363,14 @@ class _Job:
             raise _Refused(Verdict(Kind.RETRY, f"{what}: media file unreadable: {exc.strerror or exc}")) from exc
         if 200 <= r.status_code < 300:
             return True
+        detail = _storage_message(r)
         if r.status_code != 403:
-            raise _Refused(_step(classify_response(r.status_code, r.headers, r.text, time.time()), what))
+            v = classify_response(r.status_code, r.headers, r.text, time.time())
+            raise _Refused(dataclasses.replace(v, reason=f"{what}: HTTP {r.status_code}: {detail}"))
         # A 403 from storage is about the URL, never the token: this URL is not used again.
         self._record(f"url:{item.key}", json.dumps({**url, "valid_until": 0}))
         if _EXPIRED.search(r.text) or url["valid_until"] <= time.time():
             return False
-        detail = message(r.status_code, r.headers.get("content-type", ""), r.text)
         raise _Refused(Verdict(Kind.RETRY, f"{what}: storage refused the upload URL: HTTP 403: {detail}", status=403))
 
     def _complete(self, recording: str, items: list[MediaItem], media_dir: Path) -> Verdict:
