@@ -353,8 +353,8 @@ class RecallService:
             name = req.clip_id if len(boots) == 1 else f"{req.clip_id}-b{i + 1}"
             built = build_clip(sources, req.start_ns - off, req.end_ns - off, out_dir, name, clips.max_bytes,
                                clips.max_duration_ms, camera=self.settings.camera)
-            parts += [(len(parts) + 1, p.path, p.bytes, p.duration_ms, p.sha256, p.start_mono_ns + off,
-                       p.source_seqs, p.mismatched_seqs, p.reencoded) for p in built]
+            parts += [(len(parts) + n, p.path, p.bytes, p.duration_ms, p.sha256, p.start_mono_ns + off,
+                       p.source_seqs, p.mismatched_seqs, p.reencoded) for n, p in enumerate(built, 1)]
         return parts
 
     def _timelapse(self, req: RecallRequest, used: list[Segment], out_dir: Path) -> Timelapse:

@@ -296,6 +296,32 @@ def test_regular_recall_of_real_footage_is_delivered_remuxed_bit_identical(real,
     assert not any(s.held for s in rig.index.stored())
 
 
+def test_three_minute_regular_recall_is_split_into_contiguous_parts_within_the_limits(synthetic, rig_factory):
+    rig = rig_factory(synthetic)
+    key = rig.index.stored()[4].best_wall_start_ns
+    start = key + 3 * S + 50 * MS  # mid-GOP, between two frames: from the keyframe 3.05 s before
+    rig.service.submit(body(start, 3), "three")
+    rig.upload()
+    rig.service.process_ready()
+    wait_until(lambda: rig.service.status("three")["status"] == "completed", 30, "3-minute recall delivered")
+    doc = rig.status_file("three")
+    parts = doc["cameras"][0]["parts"]
+    assert len(parts) == 2 and [p["number"] for p in parts] == [1, 2]
+    for p in parts:
+        assert 1 <= p["duration_ms"] <= limits.MAX_DURATION_MS and p["bytes"] <= limits.MAX_UPLOAD_BYTES
+        assert [d["state"] for d in p["deliveries"]] == ["delivered"]
+    files = [rig.settings.delivery_dir / "recall-three" / p["file"] for p in parts]
+    assert len(doc["urls"]) == 2 and sorted(map(Path, doc["urls"])) == sorted(files)
+    # Together: every source frame from the keyframe to the end, once, in order, byte for byte.
+    src = [d for t, _, d in source_video(rig.state) if key - MS < t < start + 3 * MIN]
+    assert [d for f in files for _, _, d in video_payloads(f)] == src
+    assert sum(p["duration_ms"] for p in parts) in range(183_100, 183_100 + 2 * 60 + 1)
+    manifest = json.loads((files[0].parent / "manifest.json").read_text())
+    first, second = manifest["parts"]
+    assert parse_time(second["wall_start"]) - parse_time(first["wall_start"]) in range(
+        first["duration_ms"] * MS - 100 * MS, first["duration_ms"] * MS + 1)  # no gap, no overlap
+
+
 # --- timelapse ----------------------------------------------------------------------------------------
 
 
