@@ -26,7 +26,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = _load(args.config)
     except config_mod.ConfigError as exc:
-        print(f"edged: bad configuration:\n{exc}", file=sys.stderr)
+        from edged.journal import Msg, log_event
+        log_event(logging.getLogger("edged"), Msg.CONFIG_REJECTED, "bad configuration, not starting:\n%s", exc,
+                  level=logging.CRITICAL, config=exc.source, key=",".join(k for k, _ in exc.problems),
+                  reason="; ".join(f"{k}: {r}" for k, r in exc.problems))
         return 78  # EX_CONFIG
     from edged.daemon import run
     return run(settings, stop_after_s=args.for_seconds)

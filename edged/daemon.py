@@ -17,6 +17,7 @@ from edged.clock import Clock, SystemClock
 from edged import config as config_mod
 from edged.config import Settings, segment_bytes_estimate
 from edged.index import IndexUnavailable
+from edged.journal import Msg, log_event, register_secret
 from edged.paths import StatePaths
 from edged.reconcile import reconcile
 from edged.recorder import STALL_S, Recorder
@@ -47,8 +48,8 @@ def prepare_state_dir(paths: StatePaths) -> None:
         if exc.errno == errno.ENOSPC:
             # Full, most likely of our own ring: the ring makes room at start; not a reason to refuse
             # (systemd would restart us forever).
-            log.warning("storage.dir %s is full: making room by overwriting the oldest unprotected footage",
-                        paths.root)
+            log_event(log, Msg.STORAGE_ALARM, "storage.dir %s is full: making room by overwriting the oldest "
+                      "unprotected footage", paths.root, level=logging.WARNING, alarm="disk_full_at_start")
             return
         why = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "cannot be written"
         raise StorageUnusable(f"storage.dir {paths.root} {why}: {exc.strerror or exc}") from exc
@@ -125,12 +126,19 @@ class Daemon:
         if self.config_sync is not None:
             self.config_sync.start()
 
+    def _register_secrets(self) -> None:
+        """Secrets that live in the config itself (key files are registered by their targets)."""
+        session = self.settings.upload.sonoran_legacy.session_id
+        if len(session) >= 4:
+            register_secret(session)
+
     def _start_uploader(self) -> None:
         from edged.network import LinkWatch
         from edged.upload.policy import RetryPolicy
         from edged.upload.targets import build_targets
         from edged.upload.uploader import Uploader
 
+        self._register_secrets()
         self.uploader = Uploader(self.outbox, build_targets(self.settings),
                                  RetryPolicy.from_settings(self.settings.upload),
                                  on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
@@ -178,6 +186,7 @@ class Daemon:
             self.events.configure(running)
             self.recall.settings = running
             self.settings = running
+            self._register_secrets()
         if restart:
             log.warning("synced config: %s take effect at the next start", ", ".join(restart))
 
@@ -207,8 +216,9 @@ class Daemon:
     def mark(self, source: str, note: str = ""):
         result = self.events.mark(source, note)
         if "storage_full" in self.recorder.status.alarms:
-            log.critical("MARK %s taken while storage is FULL of protected footage: its post-roll cannot be "
-                         "recorded until space is freed; the footage already held is kept", result.event_id)
+            log_event(log, Msg.STORAGE_ALARM, "MARK %s taken while storage is FULL of protected footage: its "
+                      "post-roll cannot be recorded until space is freed; the footage already held is kept",
+                      result.event_id, level=logging.CRITICAL, alarm="storage_full", event_id=result.event_id)
         return result
 
     @staticmethod
@@ -269,7 +279,7 @@ class Daemon:
         try:
             prepare_state_dir(self.paths)
         except StorageUnusable as exc:
-            log.critical("%s", exc)
+            log_event(log, Msg.STORAGE_ALARM, "%s", exc, level=logging.CRITICAL, alarm="storage_unusable")
             return EXIT_STORAGE
         try:
             self._take_lock()
@@ -283,12 +293,14 @@ class Daemon:
             index, moved = open_index_making_room(self.paths.index, self.paths.segments, st.max_bytes,
                                                   st.min_free_bytes, segment_bytes_estimate(self.settings))
         except IndexUnavailable as exc:  # sound but unusable now: kept as it is, never rebuilt
-            log.critical("segment index cannot be opened: %s", exc)
+            log_event(log, Msg.STORAGE_ALARM, "segment index cannot be opened: %s", exc, level=logging.CRITICAL,
+                      alarm="index_unavailable")
             os.close(self._lock_fd)
             self._lock_fd = None
             return EXIT_STORAGE
         if moved:
-            log.critical("segment index was corrupt: moved to %s, rebuilding from the segment files", moved)
+            log_event(log, Msg.STORAGE_ALARM, "segment index was corrupt: moved to %s, rebuilding from the "
+                      "segment files", moved, level=logging.CRITICAL, alarm="index_corrupt")
         ring = self.ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
         try:
             ring.make_room(segment_bytes_estimate(self.settings))
@@ -315,7 +327,7 @@ class Daemon:
         old = {}
         if threading.current_thread() is threading.main_thread():  # tests run daemons in threads
             old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        log.info("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
+        log.debug("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
         rec_thread.start()
         # The main loop also carries the watchdog: it ticks at least four times per WatchdogSec.
         tick = min(1.0, self.notifier.watchdog_s / 4) if self.notifier.watchdog_s else 1.0
@@ -337,7 +349,7 @@ class Daemon:
                 os.close(self._lock_fd)
         if self.recorder.crashed is not None:
             return EXIT_SOFTWARE  # let systemd restart us; reconcile salvages what was being written
-        log.info("stopped: %d segments written", self.recorder.status.segments_written)
+        log.debug("stopped: %d segments written", self.recorder.status.segments_written)
         return 0
 
 
