@@ -281,12 +281,13 @@ def test_server_errors_back_off_and_nothing_is_lost(delivered, tmp_path, server)
 
 
 def test_a_refused_media_fails_the_delivery_and_keeps_every_file_then_retry_resumes(delivered, tmp_path, server):
-    server.fail_next(1, 400, {"error": "bad_request", "message": "content_type not accepted for video"},
+    server.fail_next(2, 400, {"error": "bad_request", "message": "content_type not accepted for video"},
                      path="/upload-url")
     with Rig(tmp_path, delivered, server) as rig:
-        wait_until(lambda: "failed" in rig.states(), 30, "the delivery carrying the event failed")
-        failed = [d for d in rig.outbox.deliveries() if d.state == "failed"]
-        assert len(failed) == 1 and "content_type not accepted for video" in failed[0].reason
+        # Each of the clip's deliveries may carry the event: both try, both are refused.
+        wait_until(lambda: rig.states() == ["failed", "failed"], 30, "the deliveries failed")
+        assert all("content_type not accepted for video" in d.reason for d in rig.outbox.deliveries())
+        assert server.count("/v1/recordings") == 1, "the second try went on with the same recording"
         assert rig.alarms.get(ALARM_FAILED) is True
         assert rig.clip_intact(), "a refusal deletes nothing"
         rig.uploader.retry(rig.clip_id)  # the operator: edged outbox retry <clip>
