@@ -64,7 +64,7 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
             wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 1, 20,
                        "a first segment")
             time.sleep(0.5)  # into the next segment
-            with open(filler, "wb") as f:  # take every free byte
+            with open(filler, "wb", buffering=0) as f:  # take every free byte (unbuffered: close cannot fail)
                 try:
                     while True:
                         f.write(b"\0" * 65536)
