@@ -139,7 +139,7 @@ class Daemon:
         from edged.upload.uploader import Uploader
 
         self._register_secrets()
-        self.uploader = Uploader(self.outbox, build_targets(self.settings),
+        self.uploader = Uploader(self.outbox, build_targets(self.settings, self.outbox),
                                  RetryPolicy.from_settings(self.settings.upload),
                                  on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
         self.uploader.start()
@@ -175,7 +175,7 @@ class Daemon:
         with self._config_lock:
             old = self.settings
             if running.upload != old.upload:
-                targets = build_targets(running)  # a bad key file raises here, before anything changed
+                targets = build_targets(running, self.outbox)  # a bad key file raises here, before anything changed
                 self.uploader.stop()
                 self.outbox.set_targets(running.upload.targets)
                 self.uploader = Uploader(self.outbox, targets, RetryPolicy.from_settings(running.upload),

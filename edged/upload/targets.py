@@ -118,11 +118,14 @@ def http_client(u: UploadSettings) -> httpx.Client:
                         follow_redirects=False, headers={"User-Agent": f"edged/{__version__}"})
 
 
-def build_targets(settings: Settings) -> list[Target]:
+def build_targets(settings: Settings, outbox=None) -> list[Target]:
+    """One target per configured name. ``outbox``: the daemon's, for targets that keep their own
+    progress in it (bota); without it such a target opens the state folder's outbox itself."""
     from edged.upload.bota import BotaTarget
     from edged.upload.directory import DirectoryTarget
     from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
 
     makers = {"sonoran_v2": SonoranV2Target, "sonoran_legacy": SonoranLegacyTarget, "bota": BotaTarget,
               "directory": DirectoryTarget}
-    return [makers[name](settings) for name in settings.upload.targets]
+    return [BotaTarget(settings, outbox) if name == "bota" else makers[name](settings)
+            for name in settings.upload.targets]
