@@ -443,6 +443,33 @@ def test_recall_footage_is_protected_from_the_ring_until_delivered(synthetic, ri
     assert rig.status_file("keep")["status"] == "completed"
 
 
+def test_a_window_reaching_past_the_recording_waits_and_protects_footage_not_recorded_yet(synthetic, rig_factory):
+    rig = rig_factory(synthetic)
+    end = rig.last.best_wall_end_ns
+    now = [end]
+    rig.service._now = lambda: now[0]
+    asked = []
+    rig.service._boundary = asked.append
+    answer = rig.service.submit(body(end - 40 * S, 1), "live")  # 40 s recorded, 20 s still to come
+    assert answer["status"] == "pending"
+    assert asked == [parse_time(at(end - 40 * S)) + MIN - rig.offset]  # a segment starts at the window's end
+    # A segment recorded after the request, inside the window, is protected by the range hold at once.
+    seq = rig.index.next_seq()
+    rig.index.begin(seq, "later.webm", rig.boot, rig.last.mono_start_ns + rig.last.duration_ns,
+                    end, False)
+    rig.index.finish(seq, "final", 10 * S, 1000, 100, 10, "0" * 64)
+    assert rig.index.get(seq).held
+    assert rig.service.process_ready() == []
+    assert rig.status_file("live")["progress"].startswith("waiting for the footage up to")
+    now[0] = end + 25 * S
+    rig.index.set_state(seq, "lost")  # (its file does not exist: the gap is reported as such)
+    assert rig.service.process_ready() == ["live"]
+    doc = rig.status_file("live")
+    # 10 s of the 20 s still to come were recorded (then lost); the last 10 s were never recorded.
+    assert doc["status"] == "processing" and [g["reason"] for g in doc["footage"]["missing"]] == [LOST, NOT_RECORDED]
+    assert [g["seconds"] for g in doc["footage"]["missing"]] == [10.0, 10.0]
+
+
 def test_recall_parts_go_after_a_mark_made_at_the_same_time(synthetic, rig_factory):
     rig = rig_factory(synthetic, clips={"pre_roll_seconds": 20.0, "post_roll_seconds": 0.0})
     end_mono = rig.last.mono_start_ns + rig.last.duration_ns
