@@ -318,6 +318,13 @@ class Index(Store):
                        " WHERE excluded.synced >= boot_clock.synced",
                        (boot_id, offset_ns, int(synced), mono_ns))
 
+    def synced_offset(self, boot_id: str) -> int | None:
+        """The boot's latest synchronised wall-minus-monotonic offset, if it ever had one."""
+        with self._lock:
+            r = self._db.execute("SELECT offset_ns FROM boot_clock WHERE boot_id=? AND synced=1",
+                                 (boot_id,)).fetchone()
+        return r[0] if r else None
+
     def note_step(self, step: ClockStep) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO clock_steps (boot_id, mono_ns, before_offset_ns, after_offset_ns, synced)"

@@ -135,8 +135,8 @@ class RecallService:
         service = cls(s, RecallStore(store_path(daemon.paths)), index, daemon.outbox, clips_dir=daemon.paths.clips,
                       segments_dir=daemon.paths.segments, status_folder=status_dir(s),
                       inbox=Inbox(folder) if folder else None,
-                      now_wall_ns=lambda: r.timeline_now_ns() + r.watch.offset_ns,
-                      wall_offset_ns=lambda: r.watch.offset_ns, boot_id=r.watch.boot_id,
+                      now_wall_ns=lambda: r.timeline_now_ns() + r.best_offset_ns(),
+                      wall_offset_ns=r.best_offset_ns, boot_id=r.watch.boot_id,
                       clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary)
         service.attach(daemon.uploader)
         service.start()

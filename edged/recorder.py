@@ -138,6 +138,16 @@ class Recorder:
             return self.clock.monotonic_ns()
         return self._last_frame_mono_ns
 
+    def best_offset_ns(self) -> int:
+        """This boot's wall-minus-monotonic offset as the index places its footage
+        (``Segment.best_wall_start_ns``): the current one while the clock is synchronised, else the
+        latest synchronised one (a clock later set wrong by hand does not move the timeline), else
+        the current one."""
+        if self.watch.synchronized:
+            return self.watch.offset_ns
+        synced = self.index.synced_offset(self.watch.boot_id)
+        return self.watch.offset_ns if synced is None else synced
+
     def request_boundary(self, mono_ns: int) -> None:
         """Start a new segment at the first frame at or after ``mono_ns`` (an event's end), so the
         segment holding the end of a post-roll is finalised at once, not a segment later."""
