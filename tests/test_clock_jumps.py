@@ -82,14 +82,15 @@ class RetentionWatch:
         self.state = state
         self.stored_before: int | None = None
         self.worst_drop = 0
+        self.released: set[int] = set()  # segments of delivered events: older, unheld since their release
 
     def look(self) -> list[Segment]:
         rows = rows_of(self.state)
         stored = [r for r in rows if r.state in STORED]
         evicted = [r.seq for r in rows if r.state == "evicted"]
-        unheld = [r.seq for r in stored if not r.held]
+        unheld = [r.seq for r in stored if not r.held and r.seq not in self.released]
         if evicted and unheld:
-            assert min(unheld) > min(evicted), f"newer footage overwritten before older: {evicted}, {unheld}"
+            assert max(evicted) < min(unheld), f"newer footage overwritten before older: {evicted}, {unheld}"
         if self.stored_before is not None:
             self.worst_drop = max(self.worst_drop, self.stored_before - len(stored))
         self.stored_before = len(stored)
@@ -138,6 +139,8 @@ def test_retention_and_clips_follow_the_monotonic_timeline_across_steps(tmp_path
             events[event_id] = step
             # Built within the recording's own time, not a day later (or never).
             wait_until(lambda: run.daemon.events_store.get(event_id).state == "built", 30, f"clip built ({step})")
+            manifest = json.loads((StatePaths(s.state_dir).clips / event_id / "manifest.json").read_text())
+            watch.released |= {x["seq"] for x in manifest["source_segments"]}
             wait_until(lambda: run.daemon.outbox.clip_delivered(event_id), 30, f"clip delivered ({step})")
             for _ in range(10):
                 record_more(run, 1, "footage")
@@ -149,13 +152,9 @@ def test_retention_and_clips_follow_the_monotonic_timeline_across_steps(tmp_path
         step_clock(run, clock, s.state_dir, true_offset, synced=True)
         mark_and_deliver("clock set right again")
         # Released footage is overwritten in its turn: every event's segments go, oldest first.
-        held_seqs = {seq for e in events for seq in
-                     (x["seq"] for x in json.loads((StatePaths(s.state_dir).clips / e / "manifest.json")
-                                                   .read_text())["source_segments"])}
-
         def all_overwritten() -> bool:
             rows = {r.seq: r for r in watch.look()}
-            return all(rows[seq].state == "evicted" for seq in held_seqs)
+            return all(rows[seq].state == "evicted" for seq in watch.released)
         wait_until(all_overwritten, 60, "the delivered events' footage to be overwritten")
     finally:
         run.stop()
