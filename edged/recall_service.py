@@ -307,7 +307,7 @@ class RecallService:
         stored = [s for s in rows if s.state in STORED]
         used = [s for s in stored if _overlaps(s, req.start_ns, req.end_ns)]
         out_dir = self.clips_dir / req.clip_id
-        t0, c0 = time.monotonic(), time.process_time()
+        t0, c0 = time.monotonic(), time.thread_time()
         try:
             if req.recall_type == "timelapse":
                 tl = self._timelapse(req, used, out_dir)
@@ -323,7 +323,11 @@ class RecallService:
         except (ClipError, OSError) as exc:
             self._fail(rec, f"recall not built: {exc}", footage)
             return
-        took = {"wall_s": round(time.monotonic() - t0, 3), "thread_cpu_s": round(time.process_time() - c0, 3)}
+        except Exception as exc:  # noqa: BLE001 - an unforeseen error fails this request, not the worker
+            log.exception("recall %s: building failed", req.id)
+            self._fail(rec, f"recall not built: internal error {exc!r}", footage)
+            return
+        took = {"wall_s": round(time.monotonic() - t0, 3), "thread_cpu_s": round(time.thread_time() - c0, 3)}
         manifest = self._manifest(rec, used, parts, footage, tl)
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
         fsync_dir(out_dir)

@@ -433,7 +433,7 @@ def test_recall_footage_is_protected_from_the_ring_until_delivered(synthetic, ri
     ring.make_room(10**6)
     assert [r.seq for r in rig.index.stored()] == wanted
     rig.service.process_ready()
-    assert rig.service.status("keep")["progress"] == "uploading: 0 of 1 deliveries done"
+    assert rig.service.status("keep")["progress"] == "uploading: 0 of 2 deliveries done"  # 125 s: two parts
     ring.make_room(10**6)
     assert [r.seq for r in rig.index.stored()] == wanted  # built, not delivered: still protected
     rig.upload()
@@ -621,6 +621,8 @@ def test_cli_recall_and_timeline_against_a_running_daemon(synthetic, tmp_path):
     try:
         wait_until(lambda: d.paths.control.exists() and getattr(d, "recall", None) is not None, 20, "daemon")
         wait_until(lambda: d.recorder.status.segments_written >= 1, 30, "a live segment")
+        worker = next(th for th in threading.enumerate() if th.name == "recall")
+        assert os.getpriority(os.PRIO_PROCESS, worker.native_id) - os.getpriority(os.PRIO_PROCESS, 0) == 10
         out = cli(cfg, "timeline", "--json")
         assert out.returncode == 0, out.stderr
         tl = json.loads(out.stdout)
