@@ -379,6 +379,8 @@ class Trial:
         if self._server_down:
             self.server.up()
             self.log("  server back up")
+        if self.mark() is None:  # one event after the last restart, in every trial
+            self.violation("the last mark was not taken")
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while not self._all_delivered() and time.monotonic() < deadline:
             if self.daemon.proc.poll() is not None:
