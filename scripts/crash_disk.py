@@ -66,8 +66,8 @@ class PlainDisk:
     def after_kill(self) -> CutReport | None:
         return None
 
-    def teardown(self) -> None:
-        pass
+    def teardown(self) -> str | None:
+        return None
 
 
 class LoopDisk:
@@ -130,12 +130,20 @@ class LoopDisk:
                 report.bytes_dropped += size - after[name]
         return report
 
-    def teardown(self) -> None:
+    def teardown(self) -> str | None:
+        """Unmount and remove the image; say so if e2fsck finds the file system damaged after the
+        cuts (that would make the simulation, not edged, suspect)."""
+        problem = None
         if self.mount.is_mount():
             if self._run("umount", str(self.mount)).returncode != 0:
                 self._run("umount", "-l", str(self.mount))
+            else:
+                fsck = self._run("e2fsck", "-fn", str(self._images[self._cur]))
+                if fsck.returncode != 0:
+                    problem = f"e2fsck after {self.cuts} power cut(s): {fsck.stdout.strip()[-500:]}"
         for img in self._images:
             img.unlink(missing_ok=True)
+        return problem
 
 
 def make_disk(work: Path, power_cut: bool) -> PlainDisk | LoopDisk:

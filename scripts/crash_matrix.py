@@ -69,6 +69,8 @@ MAX_GAP_S = 0.5
 #: Chance, before each kill, that the server goes down (or comes back if down): clips pile up,
 #: their footage stays held while the ring (10 MB, about 20 s at 4 Mbit/s) overwrites around it.
 OUTAGE_TOGGLE_P = 0.3
+#: Chance, at each restart, that the daemon is killed again while it starts (reconcile, salvage).
+STARTUP_KILL_P = 0.25
 
 Log = Callable[[str], None]
 
@@ -187,8 +189,8 @@ class KillRecord:
     trial: int
     kill: int
     planned: str
-    observed: str  # what was going on at the kill: recording | clip | upload
-    lost_s: float
+    observed: str  # what was going on at the kill: recording | clip | upload | startup
+    lost_s: float | None  # None: killed while starting, before its recording is known
     bytes_dropped: int = 0  # power cut: file data written but not on the block device
     files_lost: int = 0
 
@@ -315,7 +317,9 @@ class Trial:
         finally:
             self.daemon.ensure_dead()
             self.server.stop()
-            self.disk.teardown()
+            fs_problem = self.disk.teardown()
+            if fs_problem:
+                self.violation(fs_problem)
         return r
 
     def _toggle_outage(self) -> None:
@@ -339,8 +343,7 @@ class Trial:
         kill_ns = self.daemon.kill()
         self._kills_ns.append(kill_ns)
         cut = self.disk.after_kill()
-        self.daemon.start()
-        first_seq, new_start = self.daemon.wait_recording()
+        first_seq, new_start = self._restart(k)
         rows = checks.segment_rows(self.state)
         lost = checks.footage_lost_s(rows, kill_ns, run_start)
         rec = KillRecord(self.number, k, planned, observed, round(lost, 3))
@@ -351,6 +354,22 @@ class Trial:
                  + (f"; power cut dropped {cut.bytes_dropped} bytes, {cut.files_lost} file(s)" if cut else ""))
         self._check_running(first_seq, f"after kill {k}")
         return new_start
+
+    def _restart(self, k: int) -> tuple[int, int]:
+        """Start the daemon again; sometimes kill it once more while it starts (reconciling,
+        salvaging what the last kill cut off) and start it again. (seq, start) of the run."""
+        while True:
+            self.daemon.start()
+            if self.rng.random() >= STARTUP_KILL_P:
+                return self.daemon.wait_recording()
+            time.sleep(self.rng.uniform(0.05, 1.5))
+            self._kills_ns.append(self.daemon.kill())
+            cut = self.disk.after_kill()
+            rec = KillRecord(self.number, k, "startup", "startup", None)
+            if cut is not None:
+                rec.bytes_dropped, rec.files_lost = cut.bytes_dropped, cut.files_lost
+            self.result.kills.append(rec)
+            self.log(f"  kill {k}': while starting" + (f"; power cut dropped {cut.bytes_dropped} bytes" if cut else ""))
 
     def _check_running(self, first_seq: int, when: str) -> None:
         problems = checks.settled_folder_problems(self.state, self.cache, first_seq)
@@ -422,7 +441,7 @@ class Trial:
 
 def _summary(results: list[TrialResult], seed: int, power_cut: bool, seconds: float) -> dict:
     kills = [k for r in results for k in r.kills]
-    lost = [k.lost_s for k in kills]
+    lost = [k.lost_s for k in kills if k.lost_s is not None]
     total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
     return {
         "mode": "power_cut" if power_cut else "sigkill",
@@ -483,14 +502,14 @@ def run(trials: int, seed: int, power_cut: bool, kills: tuple[int, int] = (2, 4)
 
 
 def table(summaries: list[dict]) -> str:
-    head = ("mode", "trials", "kills", "rec/clip/upload", "lost/kill max s", "median s", "parts",
+    head = ("mode", "trials", "kills", "rec/clip/upload/start", "lost/kill max s", "median s", "parts",
             "parts lost", "protected lost", "undecodable", "index≠folder", "events", "undelivered",
             "duplicates", "resends")
     rows = [head]
     for s in summaries:
         by = s["kills_by_phase"]
         rows.append((s["mode"], str(s["trials"]), str(s["kills"]),
-                     f"{by.get('recording', 0)}/{by.get('clip', 0)}/{by.get('upload', 0)}",
+                     f"{by.get('recording', 0)}/{by.get('clip', 0)}/{by.get('upload', 0)}/{by.get('startup', 0)}",
                      f"{s['footage_lost_per_kill_s']['max']:.2f}", f"{s['footage_lost_per_kill_s']['median']:.2f}",
                      str(s["parts"]), str(s["parts_lost"]), str(s["protected_lost"]), str(s["undecodable"]),
                      str(s["index_mismatches"]), str(s["events"]), str(s["events_undelivered"]),

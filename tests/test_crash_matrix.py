@@ -79,6 +79,7 @@ def test_power_cut_keeps_what_was_synced_and_loses_what_was_not(tmp_path):
         assert not unsynced.exists() or unsynced.stat().st_size == 0, "unsynced data is lost"
         assert grown.read_bytes() == b"a" * 100_000, "an unsynced append is lost, the synced part kept"
         assert cut.bytes_dropped >= 150_000 and cut.files_shortened + cut.files_lost >= 2
+        assert disk.teardown() is None, "e2fsck finds the file system clean after the cut"
     finally:
         disk.teardown()
 
