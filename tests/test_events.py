@@ -76,8 +76,13 @@ def config_file(tmp_path: Path, s) -> Path:
 
 
 def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory, tmp_path):
+    # The delivery folder sits below a file at first, so the clip cannot be delivered (and its
+    # footage released) before the test has looked at the hold; unpaced, 8 s of post-roll pass
+    # faster than a test can look.
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a folder")
     s = settings_factory(camera=SMALL, clips={"pre_roll_seconds": 12.0, "post_roll_seconds": 8.0},
-                         storage={"segment_seconds": 5.0})
+                         storage={"segment_seconds": 5.0}, upload={"directory": {"path": str(blocker / "delivered")}})
     cfg = config_file(tmp_path, s)
     with Running(s) as d:
         sock = d.paths.control
@@ -92,7 +97,10 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
         held_now = [x for x in Index(d.paths.index).stored() if x.held]
         assert held_now and held_now[0].mono_start_ns <= event.start_mono_ns
         wait(lambda: built(d, event_id), 60, "clip built")
-        # The embedded default target copies it into <state>/delivered; then its footage is released.
+        wait(lambda: any(x.attempts for x in Outbox(d.paths.outbox).deliveries(clip_id=event_id)), 30, "a first try")
+        assert any(x.held for x in Index(d.paths.index).stored()), "held until delivered"
+        blocker.unlink()  # the folder can be made now: the next try delivers
+        # The directory target copies it into the folder; then its footage is released.
         wait(lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 30, "clip delivered to the directory target")
         wait(lambda: not any(x.held for x in Index(d.paths.index).stored()), 10, "footage released")
     event = EventStore(s.state_dir / "events.sqlite").get(event_id)
@@ -103,7 +111,7 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
     assert manifest["pre_roll_seconds"]["actual"] >= 12.0  # trimmed to the keyframe at or before
     outbox = Outbox(StatePaths(s.state_dir).outbox)
     parts = outbox.parts(event_id)
-    assert [(x.target, x.state, x.attempts) for x in outbox.deliveries(clip_id=event_id)] == [("directory", "delivered", 1)]
+    assert [(x.target, x.state) for x in outbox.deliveries(clip_id=event_id)] == [("directory", "delivered")]
     part = Path(parts[0].path)
     assert (s.delivery_dir / event_id / part.name).read_bytes() == part.read_bytes()
     assert json.loads((s.delivery_dir / event_id / "manifest.json").read_text())["parts"][0]["sha256"] == parts[0].sha256
