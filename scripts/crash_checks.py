@@ -143,6 +143,11 @@ def settled_folder_problems(state: Path, cache: DecodeCache, below_seq: int | No
     return problems
 
 
+def stray_files(state: Path) -> list[str]:
+    """Temporary files left behind by interrupted writes (disk leaks, not data loss)."""
+    return sorted(str(p.relative_to(state)) for p in state.rglob(".*.tmp") if p.is_file())
+
+
 def footage_lost_s(rows: list[Row], kill_ns: int, run_start_ns: int) -> float:
     """Footage the kill cost: from the end of what was kept (the run's start at the earliest) to the
     kill. Evicted rows keep their timeline; lost rows have none."""

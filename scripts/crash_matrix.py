@@ -214,6 +214,7 @@ class TrialResult:
     segments_decoded: int = 0
     segments_evicted: int = 0
     largest_gap_s: float = 0.0
+    stray_files: list[str] = field(default_factory=list)
     outages: int = 0
     work: str = ""
 
@@ -435,6 +436,7 @@ class Trial:
         rows = checks.segment_rows(self.state)
         r.segments_evicted = sum(1 for row in rows if row.state == "evicted")
         r.largest_gap_s = round(checks.largest_gap_s(rows, self._kills_ns), 3)
+        r.stray_files = checks.stray_files(self.state)
         if r.largest_gap_s > MAX_GAP_S:
             self.violation(f"a {r.largest_gap_s:.2f} s hole in the timeline with no kill in it")
 
@@ -467,6 +469,7 @@ def _summary(results: list[TrialResult], seed: int, power_cut: bool, seconds: fl
         "segments_decoded": total("segments_decoded"),
         "segments_evicted": total("segments_evicted"),
         "server_outages": total("outages"),
+        "stray_temp_files": [f"trial {r.trial}: {f}" for r in results for f in r.stray_files],
         "largest_gap_not_at_a_kill_s": max((r.largest_gap_s for r in results), default=0.0),
         "violations": [f"trial {r.trial} (seed {r.seed}): {v}" for r in results for v in r.violations],
         "seconds": round(seconds, 1),
@@ -542,7 +545,7 @@ def main() -> int:
     print(table([summary]))
     print(f"segments decoded {summary['segments_decoded']}, evicted by the ring {summary['segments_evicted']}, "
           f"server outages {summary['server_outages']}, largest hole not at a kill "
-          f"{summary['largest_gap_not_at_a_kill_s']:.2f} s"
+          f"{summary['largest_gap_not_at_a_kill_s']:.2f} s, stray temporary files {len(summary['stray_temp_files'])}"
           + (f", power cuts dropped {summary['bytes_dropped_by_power_cuts']} written bytes"
              if args.power_cut else "") + f"; {summary['seconds']:.0f} s")
     for v in summary["violations"]:
