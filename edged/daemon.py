@@ -184,7 +184,7 @@ class Daemon:
             self.recorder.reconfigure(running)
             self.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
             self.events.configure(running)
-            self.recall.settings = running
+            self.recall.configure(running)
             self.settings = running
             self._register_secrets()
         if restart:

@@ -48,6 +48,7 @@ from typing import Any
 from edged.clip import ClipError, SourceSegment, build_clip
 from edged.config import Settings
 from edged.index import STORED, Index, Segment
+from edged.journal import Msg, log_event
 from edged.outbox import PRIORITY_RECALL, Outbox
 from edged.paths import StatePaths
 from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, PENDING, PROCESSING, REJECTED, DuplicateRequest,
@@ -412,7 +413,8 @@ class RecallService:
             if self.outbox.clip_delivered(clip_id):
                 self._release(rec.request)
                 self._set(rec, COMPLETED, detail=rec.detail | {"progress": "delivered"})
-                log.warning("RECALL %s completed: delivered everywhere; its footage is no longer held", rec.id)
+                log_event(log, Msg.RECALL_COMPLETED, "RECALL %s completed: delivered everywhere; its footage is no "
+                          "longer held", rec.id, level=logging.WARNING, recall_id=rec.id, clip_id=clip_id)
                 completed = True
                 continue
             targets = set(self.outbox.targets) or None
@@ -423,7 +425,8 @@ class RecallService:
                 reason = (f"upload of part {d.part.number} to {d.target} refused for good: {d.reason} (the parts are "
                           f"kept; `edged outbox retry {clip_id}` sends them again)")
                 self._set(rec, FAILED, reason, detail=rec.detail | {"progress": "upload refused"})
-                log.error("RECALL %s failed: %s", rec.id, reason)
+                log_event(log, Msg.RECALL_FAILED, "RECALL %s failed: %s", rec.id, reason, level=logging.ERROR,
+                          recall_id=rec.id, clip_id=clip_id, target=d.target, reason=reason)
             elif not refused:
                 done = sum(d.state == "delivered" for d in deliveries)
                 progress = f"uploading: {done} of {len(deliveries)} deliveries done"
@@ -434,7 +437,8 @@ class RecallService:
     def _fail(self, rec: Recall, reason: str, footage: dict) -> None:
         self._release(rec.request)
         self._set(rec, FAILED, reason, detail={"progress": "failed", "footage": footage})
-        log.error("RECALL %s failed: %s", rec.id, reason)
+        log_event(log, Msg.RECALL_FAILED, "RECALL %s failed: %s", rec.id, reason, level=logging.ERROR,
+                  recall_id=rec.id, reason=reason)
 
     # --- the inbox ----------------------------------------------------------------------------------
 
@@ -506,7 +510,8 @@ class RecallService:
                                "request": body, "source": source, "updated_at": iso(time.time_ns())}
         if duplicate_of is not None and not conflict:
             doc["duplicate_of"] = self._document(duplicate_of)
-        log.error("RECALL %s rejected (%s): %s", rid, source, doc["reason"])
+        log_event(log, Msg.RECALL_FAILED, "RECALL %s rejected (%s): %s", rid, source, doc["reason"],
+                  level=logging.ERROR, recall_id=rid, reason=doc["reason"], source=source)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:64] or "unnamed"
         # A conflicting id must not overwrite the answer its first request owns.
         name = f"recall-{safe}.rejected.json" if conflict else f"recall-{safe}.json"
