@@ -533,6 +533,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="work folder (default: a new one in /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep every trial's work folder")
     args = ap.parse_args()
+    # Stopped from outside (even from a background job, which starts with SIGINT ignored): clean up,
+    # i.e. kill the daemon under test and unmount the image, through the trial's finally blocks.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
     try:
