@@ -14,13 +14,14 @@ the ideal (clips ÷ 30 per minute). The server and the uploaders share one clock
 ``--scale`` times faster than real time (the limits are counted on it, so the figures are those of
 a real-time run, compressed).
 
-    .venv/bin/python scripts/bench_upload.py [--devices 10] [--clips 12] [--scale 10]
+    .venv/bin/python scripts/bench_upload.py [--devices 10] [--clips 12] [--scale 10] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import shutil
 import sys
@@ -135,6 +136,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=12, help="backlog per device")
     ap.add_argument("--scale", type=float, default=10.0, help="clock speed-up (1 = real time)")
     ap.add_argument("--modes", default="naive,edged,edged+share")
+    ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_upload.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-upload-clip-"))
     clip = make_webm(work / "clip.webm", frames=20, size=96)
@@ -142,11 +144,17 @@ def main() -> int:
           f"{limits.REQUESTS_PER_MINUTE}/min, clock ×{args.scale:g}")
     print(f"{'mode':12} {'delivered':>11} {'requests':>8} {'429s':>5} {'429 %':>6} {'drain min':>9} {'ideal min':>9} "
           f"{'drain/ideal':>11}")
+    results = []
     for mode in args.modes.split(","):
         r = run(mode, args, clip)
+        results.append(r)
         print(f"{r['mode']:12} {r['clips']:5d}/{args.devices * args.clips:<5d} {r['requests']:8d} {r['429']:5d} {r['429_pct']:6.1f} "
               f"{r['drain_min']:9.2f} {r['ideal_min']:9.2f} {r['drain_min'] / r['ideal_min']:11.2f}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"devices": args.devices, "clips": args.clips, "scale": args.scale,
+                                     "limit_per_min": limits.REQUESTS_PER_MINUTE, "results": results}, indent=2))
+    print(f"JSON: {args.json}")
     return 0
 
 
