@@ -52,6 +52,7 @@ def test_power_cut_matrix(tmp_path):
     except DiskUnavailable as exc:
         pytest.skip(str(exc))
     _assert_invariants(s)
+    assert s["footage_lost_per_kill_s"]["max"] <= MAX_LOST_S
 
 
 # --- the harness's own parts -------------------------------------------------------------------------
