@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -157,8 +158,11 @@ class DaemonProcess:
 
     def mark(self, note: str) -> str | None:
         """``edged mark`` through the control socket: the event id, or None if it was not taken."""
-        out = subprocess.run([sys.executable, "-m", "edged", "mark", "--config", str(self.cfg), "--note", note],
-                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        try:
+            out = subprocess.run([sys.executable, "-m", "edged", "mark", "--config", str(self.cfg), "--note", note],
+                                 capture_output=True, text=True, timeout=60, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return None
         return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.strip() else None
 
     def kill(self) -> int:
@@ -315,6 +319,9 @@ class Trial:
             self._drain_and_stop()
         except TrialError as exc:
             self.violation(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the harness's own failure: say so, go on with the next trial
+            self.log(traceback.format_exc())
+            self.violation(f"harness error: {exc!r}")
         finally:
             self.daemon.ensure_dead()
             self.server.stop()
