@@ -153,3 +153,51 @@ def test_ledger_counts_held_footage_and_parts_gone():
     assert ledger.parts_missing([]) == ["ev part 1: gone from the outbox"]
     assert ledger.parts_missing([checks.PartRow("ev", 1, "/x", "p2", "directory", "queued", 0)]) \
         == ["ev part 1: sha256 changed"]
+
+
+def test_a_clip_queued_by_a_run_cut_off_before_it_was_marked_built_is_sent_as_queued(tmp_path):
+    """Found by the matrix (seed 7024): killed between queueing a clip's parts and marking its
+    event built, the next run built the clip again; the parts came out with other bytes (a new
+    Matroska segment UID) under the same names, so a part not yet sent failed for good as "changed
+    on disk" and the event was never delivered. Here that state is made on purpose: the real
+    daemon builds and queues a clip while the server is down, is killed, and the event is set back
+    to 'open' as the kill would have left it."""
+    from scripts.crash_matrix import KEY, TARGETS, DaemonProcess, write_config
+    from tests.helpers import wait_until
+    from tests.sonoran_server import SonoranServer
+
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    state.mkdir()
+    logs.mkdir()
+    key = tmp_path / "api.key"
+    key.write_text(KEY + "\n")
+    with SonoranServer(keys={KEY: "pro"}, store_dir=tmp_path / "server") as server:
+        cfg = tmp_path / "edged.toml"
+        write_config(cfg, state, server.url, key)
+        server.down()
+        daemon = DaemonProcess(cfg, state, logs)
+        daemon.start()
+        try:
+            daemon.wait_recording()
+            event = daemon.mark("queued, then killed")
+            assert event
+            wait_until(lambda: checks.events(state)[event][3] == "built", 30, "clip built and queued")
+            queued = {(p.clip_id, p.number): p.sha256 for p in checks.outbox_rows(state)}
+            daemon.kill()
+            with sqlite3.connect(state / "events.sqlite") as db:
+                db.execute("UPDATE events SET state='open' WHERE id=?", (event,))
+            server.up()
+            daemon.start()
+            daemon.wait_recording()
+            wait_until(lambda: event in checks.delivered_clips(checks.outbox_rows(state), TARGETS)
+                       or any(p.state == "failed" for p in checks.outbox_rows(state)), 60, "the clip settled")
+            assert daemon.terminate() == 0
+        finally:
+            daemon.ensure_dead()
+        parts = checks.outbox_rows(state)
+        assert {(p.clip_id, p.number): p.sha256 for p in parts} == queued
+        assert [(p.number, p.target, p.state) for p in parts if p.state != "delivered"] == []
+        for p in parts:
+            assert checks.sha256_of(Path(p.path)) == p.sha256, "the queued part's file is what was queued"
+        assert {u.sha256 for u in server.uploads} == set(queued.values())
+        assert checks.events(state)[event][3] == "built"
