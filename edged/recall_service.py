@@ -216,7 +216,13 @@ class RecallService:
         """At start: requests cut off while being built are built again; every unfinished request
         protects its footage again (an index rebuilt from the folder has no holds of its own)."""
         for rec in self.store.recalls([PROCESSING]):
-            if not rec.built:
+            if rec.built:
+                continue
+            if self.outbox.parts(rec.request.clip_id):
+                # Queued by a run cut off before it said built: those parts are the recall (built
+                # again, they would come out with other bytes under the rows describing them).
+                self.store.update(rec.id, PROCESSING, built=True, detail=rec.detail | {"progress": "uploading"})
+            else:
                 self.store.update(rec.id, PENDING, detail=rec.detail | {"progress": "building again after a restart"})
         held = 0
         for rec in self.store.recalls([PENDING, PROCESSING, FAILED]):
