@@ -13,21 +13,14 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
-from edged import __version__
 from edged.config import Settings, api_key_path
 from edged.outbox import OutboxPart
 from edged.upload.answers import Kind, Verdict, classify_error, classify_response
 from edged.upload.budget import key_fingerprint
-from edged.upload.targets import Target, ThrottledFile
-
-
-def _endpoint(url: str) -> tuple[str, int]:
-    u = urlsplit(url)
-    return u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+from edged.upload.targets import Target, ThrottledFile, endpoint_of, http_client
 
 
 class _SonoranTarget(Target):
@@ -35,12 +28,9 @@ class _SonoranTarget(Target):
         u = settings.upload
         self.device = settings.device
         self.base_url = base_url.rstrip("/")
-        self.endpoint = _endpoint(self.base_url)
+        self.endpoint = endpoint_of(self.base_url)
         self.bytes_per_s = u.bandwidth_kbps * 1000 / 8
-        self.client = httpx.Client(
-            timeout=httpx.Timeout(connect=u.connect_timeout_seconds, read=u.timeout_seconds,
-                                  write=u.timeout_seconds, pool=u.connect_timeout_seconds),
-            follow_redirects=False, headers={"User-Agent": f"edged/{__version__}"})
+        self.client = http_client(u)
 
     def _metadata(self) -> dict[str, str]:
         fields = {}
