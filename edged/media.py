@@ -25,8 +25,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import av
 
 from edged import limits
-from edged.segment import fsync_dir
+from edged.files import atomic_path
 
 MP4_TYPE = "video/mp4"
 AUDIO_TYPE = "audio/webm"
@@ -91,21 +89,6 @@ def outputs(part: Path, out_dir: Path, still_ms: list[int]) -> Derived:
                    {ms: out_dir / f"{stem}-still-{ms}ms.jpg" for ms in sorted(set(still_ms))}, "")
 
 
-@contextmanager
-def _atomic(dst: Path) -> Iterator[Path]:
-    """A hidden temporary path that becomes ``dst`` (fsynced, renamed, folder fsynced) on success."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dst.parent)
-
-
 def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
     from edged.encode import EncoderError, _open_checked as open_checked
     try:
@@ -123,7 +106,7 @@ def audio_webm(src: Path, dst: Path) -> Path | None:
             if not inp.streams.audio:
                 return None
             ain = inp.streams.audio[0]
-            with _atomic(dst) as tmp, av.open(str(tmp), "w", format="webm") as out:
+            with atomic_path(dst) as tmp, av.open(str(tmp), "w", format="webm") as out:
                 aout = out.add_stream_from_template(ain)
                 aout.codec_context.sample_rate = ain.codec_context.sample_rate
                 aout.codec_context.layout = ain.codec_context.layout
@@ -183,7 +166,7 @@ def _write_jpeg(frame: av.VideoFrame, dst: Path) -> None:
     packets = ctx.encode(image) + ctx.encode(None)
     if not packets:
         raise MediaError("the JPEG encoder produced nothing")
-    with _atomic(dst) as tmp:
+    with atomic_path(dst) as tmp:
         tmp.write_bytes(b"".join(bytes(p) for p in packets))
 
 
@@ -231,7 +214,7 @@ def _video_stream(out: av.container.OutputContainer, encoder: str, vin: av.video
 
 def _encode_mp4(src: Path, dst: Path, encoder: str, bitrate: int) -> None:
     try:
-        with av.open(str(src)) as inp, _atomic(dst) as tmp, \
+        with av.open(str(src)) as inp, atomic_path(dst) as tmp, \
                 av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
             vin = inp.streams.video[0]
             vin.codec_context.thread_count = 1
