@@ -72,6 +72,7 @@ class Daemon:
         self.recorder: Recorder | None = None
         self._lock_fd: int | None = None
         self._config_lock = threading.Lock()
+        self.recall = None
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -132,16 +133,24 @@ class Daemon:
         if len(session) >= 4:
             register_secret(session)
 
+    def _new_uploader(self, settings: Settings, targets: list):
+        from edged.upload.policy import RetryPolicy
+        from edged.upload.uploader import Uploader
+        return Uploader(self.outbox, targets, RetryPolicy.from_settings(settings.upload),
+                        on_delivered=self._on_delivered, on_alarm=self._set_alarm)
+
+    def _on_delivered(self, clip_id: str) -> None:
+        """A clip delivered to every target: the event or recall that holds its footage lets go."""
+        self.events.release_delivered(clip_id)
+        if self.recall is not None:  # started after the uploader; its worker catches up on its own
+            self.recall.on_delivered(clip_id)
+
     def _start_uploader(self) -> None:
         from edged.network import LinkWatch
-        from edged.upload.policy import RetryPolicy
         from edged.upload.targets import build_targets
-        from edged.upload.uploader import Uploader
 
         self._register_secrets()
-        self.uploader = Uploader(self.outbox, build_targets(self.settings, self.outbox),
-                                 RetryPolicy.from_settings(self.settings.upload),
-                                 on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
+        self.uploader = self._new_uploader(self.settings, build_targets(self.settings, self.outbox))
         self.uploader.start()
         self.link_watch = LinkWatch(on_change=lambda what="": self.uploader.on_link_change(what))
         self.link_watch.start()
@@ -168,9 +177,7 @@ class Daemon:
     def _apply_config(self, running: Settings, live: list[str], restart: list[str]) -> None:
         """All or nothing (ConfigSync rejects the file if this raises): targets first, as the only
         part that can fail, then the recorder (at its next segment), the ring, clips and recall."""
-        from edged.upload.policy import RetryPolicy
         from edged.upload.targets import build_targets
-        from edged.upload.uploader import Uploader
 
         with self._config_lock:
             old = self.settings
@@ -178,8 +185,7 @@ class Daemon:
                 targets = build_targets(running, self.outbox)  # a bad key file raises here, before anything changed
                 self.uploader.stop()
                 self.outbox.set_targets(running.upload.targets)
-                self.uploader = Uploader(self.outbox, targets, RetryPolicy.from_settings(running.upload),
-                                         on_delivered=self.events.release_delivered, on_alarm=self._set_alarm)
+                self.uploader = self._new_uploader(running, targets)
                 self.uploader.start()
             self.recorder.reconfigure(running)
             self.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)

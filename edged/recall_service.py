@@ -129,7 +129,8 @@ class RecallService:
 
     @classmethod
     def for_daemon(cls, daemon: Any, index: Index) -> RecallService:
-        """Built from a running daemon's recorder, outbox and uploader; started."""
+        """Built from a running daemon's recorder and outbox; started. The daemon passes the uploader's
+        deliveries on to ``on_delivered``."""
         s: Settings = daemon.settings
         r = daemon.recorder
         folder = inbox_dir(s)
@@ -139,7 +140,6 @@ class RecallService:
                       now_wall_ns=lambda: r.timeline_now_ns() + r.best_offset_ns(),
                       wall_offset_ns=r.best_offset_ns, boot_id=r.watch.boot_id,
                       clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary)
-        service.attach(daemon.uploader)
         service.start()
         return service
 
@@ -149,17 +149,6 @@ class RecallService:
         if (folder and (self.inbox is None or self.inbox.folder != folder)) or (not folder and self.inbox):
             self.inbox = Inbox(folder) if folder else None
         self.status_folder = status_dir(settings)
-
-    def attach(self, uploader: Any) -> None:
-        """Be told when the uploader has delivered a clip everywhere (after whoever it told before)."""
-        before = uploader.on_delivered
-
-        def delivered(clip_id: str) -> None:
-            if before is not None:
-                before(clip_id)
-            self.on_delivered(clip_id)
-
-        uploader.on_delivered = delivered
 
     def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         def recall(req: dict[str, Any]) -> dict[str, Any]:

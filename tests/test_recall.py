@@ -106,8 +106,8 @@ class Rig:
 
     def upload(self) -> Uploader:
         self.uploader = Uploader(self.outbox, build_targets(self.settings),
-                                 RetryPolicy.from_settings(self.settings.upload))
-        self.service.attach(self.uploader)
+                                 RetryPolicy.from_settings(self.settings.upload),
+                                 on_delivered=self.service.on_delivered)
         self.uploader.start()
         return self.uploader
 
