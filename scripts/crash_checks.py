@@ -15,13 +15,13 @@ bug in its writers.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edged.segment import sha256_file
 from tests.helpers import decode_all
 
 STORED = ("final", "salvaged")
@@ -34,14 +34,6 @@ def query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +90,7 @@ def folder_problems(state: Path, cache: DecodeCache, below_seq: int | None = Non
             if size != r.bytes:
                 problems.append(f"{r.name}: {size} bytes on disk, row says {r.bytes}")
                 continue
-            digest = sha256_of(path)
+            digest = sha256_file(path)
             if digest != r.sha256:
                 problems.append(f"{r.name}: sha256 differs from its row")
                 continue
@@ -280,15 +272,15 @@ def check_delivery(ledger: Ledger, state: Path, server_uploads: list, server_sto
             lost.append(f"{what} → {p.target}: {p.state}")
             continue
         src = Path(p.path)
-        if not src.exists() or sha256_of(src) != p.sha256:
+        if not src.exists() or sha256_file(src) != p.sha256:
             lost.append(f"{what}: the clip's own file is missing or changed")
         if p.target == "sonoran_v2":
             stored = server_store / f"{p.sha256}.webm"
-            if received[p.sha256] == 0 or not stored.exists() or sha256_of(stored) != p.sha256:
+            if received[p.sha256] == 0 or not stored.exists() or sha256_file(stored) != p.sha256:
                 lost.append(f"{what}: the server never stored these bytes")
         elif p.target == "directory":
             copy = directory / p.clip_id / src.name
-            if not copy.exists() or sha256_of(copy) != p.sha256:
+            if not copy.exists() or sha256_file(copy) != p.sha256:
                 lost.append(f"{what}: the delivered copy is missing or differs")
     done = delivered_clips(parts, ledger.targets)
     undelivered = sorted(ev for ev in set(evs) | ledger.marked

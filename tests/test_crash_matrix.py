@@ -198,6 +198,6 @@ def test_a_clip_queued_by_a_run_cut_off_before_it_was_marked_built_is_sent_as_qu
         assert {(p.clip_id, p.number): p.sha256 for p in parts} == queued
         assert [(p.number, p.target, p.state) for p in parts if p.state != "delivered"] == []
         for p in parts:
-            assert checks.sha256_of(Path(p.path)) == p.sha256, "the queued part's file is what was queued"
+            assert checks.sha256_file(Path(p.path)) == p.sha256, "the queued part's file is what was queued"
         assert {u.sha256 for u in server.uploads} == set(queued.values())
         assert checks.events(state)[event][3] == "built"

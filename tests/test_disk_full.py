@@ -21,17 +21,15 @@ and the other program frees its space. Checked all along the run:
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 from edged.daemon import Daemon
 from edged.index import STORED, Index, Segment
 from edged.paths import StatePaths
 from edged.ring import free_bytes
-from edged.segment import PART_SUFFIX
+from edged.segment import PART_SUFFIX, sha256_file
 from tests.conftest import make_settings
 from tests.helpers import Running, decode_all, ext4_loop, wait_until
 from tests.sonoran_server import SonoranServer
@@ -74,14 +72,6 @@ class OtherProgram:
         self.path.unlink()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Watch:
     """Reads the index as the operator's tools do (read-only) and checks the policy at every look."""
 
@@ -108,7 +98,7 @@ class Watch:
             r = by_seq[seq]
             assert r.state in STORED, f"protected segment {seq} is {r.state}"
             assert r.held, f"protected segment {seq} lost its hold"
-            assert sha256(self.paths.segments / r.name) == digest, f"protected segment {seq} changed"
+            assert sha256_file(self.paths.segments / r.name) == digest, f"protected segment {seq} changed"
         evicted = [r.seq for r in rows if r.state == "evicted"]
         unheld = [r.seq for r in rows if r.state in STORED and not r.held and r.seq not in self.released]
         if evicted and unheld:
@@ -241,5 +231,5 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
             manifest = json.loads((watch.paths.clips / event_id / "manifest.json").read_text())
             for p in manifest["parts"]:
                 part = watch.paths.clips / event_id / p["file"]
-                assert sha256(part) == p["sha256"] and p["sha256"] in received
+                assert sha256_file(part) == p["sha256"] and p["sha256"] in received
                 assert decode_all(part)[0] > 0
