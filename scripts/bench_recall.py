@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import sys

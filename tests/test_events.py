@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edged.daemon import Daemon
