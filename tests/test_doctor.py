@@ -433,9 +433,14 @@ def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
                        f'targets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
         cfg.chmod(0o644)
         (shared / "run.py").write_text(UNPRIVILEGED_DOCTOR)
+        # The checkout may sit in a folder only root can enter (a mktemp clone): the unprivileged
+        # process imports a copy of the package (the doctor needs nothing outside it).
+        shutil.copytree(REPO / "edged", shared / "edged", ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [shared / "edged", *(shared / "edged").rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                               str(shared / "run.py"), str(cfg)], capture_output=True, text=True, cwd=shared,
-                             env=dict(os.environ, PYTHONPATH=str(REPO), CREDENTIALS_DIRECTORY=str(creds)))
+                             env=dict(os.environ, PYTHONPATH=str(shared), CREDENTIALS_DIRECTORY=str(creds)))
         assert out.returncode == 0, out.stderr
         checks = json.loads(out.stdout)
         assert checks["config"]["status"] == OK
