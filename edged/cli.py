@@ -63,7 +63,7 @@ def cmd_config_keygen(args: argparse.Namespace) -> int:
 
 def cmd_config_sign(args: argparse.Namespace) -> int:
     from edged import configsign
-    from edged.status import write_atomic
+    from edged.files import write_atomic
     try:
         key = configsign.load_private_key(args.key)
         data = args.file.read_bytes()

@@ -62,7 +62,7 @@ import av
 
 from edged.config import CameraSettings
 from edged.encode import VideoEncoder
-from edged.segment import fsync_dir, sha256_file
+from edged.files import fsync_dir, sha256_file
 
 log = logging.getLogger("edged.clip")
 

@@ -33,8 +33,8 @@ from edged import config as config_mod
 from edged import configsign
 from edged.config import ConfigError, Settings
 from edged.journal import Msg, log_event
-from edged.segment import fsync_dir
-from edged.status import iso, write_atomic
+from edged.files import write_atomic
+from edged.status import iso
 
 log = logging.getLogger("edged.configsync")
 
@@ -283,7 +283,6 @@ class ConfigSync:
         try:
             self.saved_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.saved_path, data, durable=True)
-            fsync_dir(self.saved_path.parent)
         except OSError as exc:
             log.error("last good synced config not kept in %s: %s (a restart would fall back)",
                       self.saved_path, exc.strerror or exc)

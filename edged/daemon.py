@@ -23,7 +23,7 @@ from edged.reconcile import reconcile
 from edged.recorder import STALL_S, Recorder
 from edged.ring import RingBuffer, open_index_making_room
 from edged.service import ServiceNotifier, summary
-from edged.status import write_atomic
+from edged.files import write_atomic
 
 log = logging.getLogger("edged.daemon")
 

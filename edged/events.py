@@ -21,12 +21,11 @@ from pathlib import Path
 from edged.clip import ClipError, ClipPart, SourceSegment, build_clip
 from edged.config import Settings
 from edged.db import Store
-from edged.files import durable_copy
+from edged.files import durable_copy, write_atomic
 from edged.index import Index
 from edged.journal import Msg, log_event
 from edged.outbox import PRIORITY_MARK, Outbox
-from edged.segment import fsync_dir
-from edged.status import iso, write_atomic
+from edged.status import iso
 
 log = logging.getLogger("edged.events")
 
@@ -247,7 +246,6 @@ class EventManager:
         offset = self._best_offset(event.boot_id, segs)
         manifest = self._manifest(event, segs, parts, offset)
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
-        fsync_dir(out_dir)
         self.outbox.enqueue(event.id, [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
                             PRIORITY_MARK, event.start_mono_ns + offset)
         self.store.set_state(event.id, "built")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.segment import fsync_dir
+from edged.files import fsync_dir
 
 log = logging.getLogger("edged.recall")
 

@@ -54,8 +54,8 @@ from edged.paths import StatePaths
 from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, PENDING, PROCESSING, REJECTED, DuplicateRequest,
                           InvalidRequest, Recall, RecallRequest, RecallStore, parse_request)
 from edged.recall_inbox import Inbox, InboxItem
-from edged.segment import fsync_dir
-from edged.status import iso, write_atomic
+from edged.files import fsync_dir, write_atomic
+from edged.status import iso
 from edged.timeline import Gap, coverage
 from edged.timelapse import Interrupted, Timelapse, render
 
@@ -326,7 +326,6 @@ class RecallService:
         took = {"wall_s": round(time.monotonic() - t0, 3), "thread_cpu_s": round(time.thread_time() - c0, 3)}
         manifest = self._manifest(rec, used, parts, footage, tl)
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
-        fsync_dir(out_dir)
         self.outbox.enqueue(req.clip_id, [(n, path, size, ms, sha) for n, path, size, ms, sha, *_ in parts],
                             PRIORITY_RECALL, rec.created_ns)
         detail = {"progress": "uploading", "footage": footage, "build": took,

@@ -29,7 +29,8 @@ from edged.index import Index
 from edged.journal import Msg, log_event
 from edged.ring import RingBuffer, Room
 from edged.salvage import salvage
-from edged.segment import SegmentStart, SegmentWriter, inspect, sha256_file
+from edged.files import sha256_file
+from edged.segment import SegmentStart, SegmentWriter, inspect
 
 log = logging.getLogger("edged.recorder")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import av
 
-from edged.segment import PART_SUFFIX, fsync_dir
+from edged.files import fsync_dir
+from edged.segment import PART_SUFFIX
 
 SALVAGE_SUFFIX = ".salvage"
 

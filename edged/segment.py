@@ -13,7 +13,6 @@ sync state, sequence number), so the index can be rebuilt from the folder alone.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+
+from edged.files import fsync_dir, sha256_file
 
 PART_SUFFIX = ".part"
 SUFFIX = ".webm"
@@ -78,22 +79,6 @@ class SegmentFacts:
     video_frames: int
     audio_packets: int
     sha256: str
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SegmentWriter:

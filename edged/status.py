@@ -7,7 +7,6 @@ wrote it is gone.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -16,27 +15,6 @@ from typing import Any
 
 from edged.index import Index
 from edged.paths import StatePaths
-
-
-def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
-    """Replace ``path`` with ``data`` whole or not at all. A write that fails (a full or read-only
-    disk) leaves the previous file and no temporary file behind. ``durable``: also survive a power
-    cut (the data is fsynced before the rename; the caller fsyncs the folder) — for records such
-    as a clip's manifest, not for the status file rewritten every second."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    done = False
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(OSError):  # the write's own error is the one to report
-                tmp.unlink(missing_ok=True)
 
 
 def iso(ns: int | None) -> str | None:

@@ -54,7 +54,7 @@ from edged.clip import (DURATION_MARGIN_MS, MIN_REENCODE_BITRATE, MS, OVERHEAD_F
                         _Pkt, _select, _Sources, measure)
 from edged.config import CameraSettings
 from edged.encode import VideoEncoder
-from edged.segment import fsync_dir, sha256_file
+from edged.files import fsync_dir, sha256_file
 
 log = logging.getLogger("edged.timelapse")
 

@@ -29,7 +29,8 @@ from edged.daemon import Daemon
 from edged.index import STORED, Index, Segment
 from edged.paths import StatePaths
 from edged.ring import free_bytes
-from edged.segment import PART_SUFFIX, sha256_file
+from edged.files import sha256_file
+from edged.segment import PART_SUFFIX
 from tests.conftest import make_settings
 from tests.helpers import Running, decode_all, ext4_loop, wait_until
 from tests.sonoran_server import SonoranServer

@@ -17,7 +17,7 @@ from edged.daemon import EXIT_STORAGE, Daemon
 from edged.index import Index, IndexUnavailable, open_or_rebuild
 from edged.paths import StatePaths
 from edged.segment import PART_SUFFIX
-from edged.status import write_atomic
+from edged.files import write_atomic
 from tests.conftest import REPO, make_settings
 from tests.helpers import (Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs,
                            wait_until)
@@ -456,7 +456,9 @@ def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypat
     write_atomic(tmp_path / "status.json", b"{}")
     assert synced == []
     write_atomic(tmp_path / "manifest.json", b'{"parts": []}', durable=True)
-    assert len(synced) == 1 and synced[0].endswith(".tmp") and "manifest.json" in synced[0]
+    # the data before the rename, then the folder that holds the new name
+    assert len(synced) == 2 and synced[0].endswith(".tmp") and "manifest.json" in synced[0]
+    assert synced[1] == str(tmp_path)
     assert (tmp_path / "manifest.json").read_bytes() == b'{"parts": []}'
     import inspect as pyinspect
 
