@@ -182,7 +182,11 @@ class Folder:
     def read(self, name: str, max_bytes: int) -> bytes:
         """The bytes of the regular file ``name`` (at most ``max_bytes``: a file that grows past it
         while read is refused)."""
-        fd, _ = self.open_regular(name, max_bytes)
+        return self.read_with_stat(name, max_bytes)[0]
+
+    def read_with_stat(self, name: str, max_bytes: int) -> tuple[bytes, os.stat_result]:
+        """``read``, and the ``fstat`` of what was read (to tell whether it changed since)."""
+        fd, st = self.open_regular(name, max_bytes)
         try:
             chunks, total = [], 0
             while block := os.read(fd, min(_BLOCK, max_bytes + 1 - total)):
@@ -190,7 +194,7 @@ class Folder:
                 total += len(block)
                 if total > max_bytes:
                     raise Refused(str(self.path / name), f"grew past {max_bytes} bytes while read", errno.EFBIG)
-            return b"".join(chunks)
+            return b"".join(chunks), st
         finally:
             os.close(fd)
 
