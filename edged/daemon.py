@@ -17,13 +17,13 @@ from edged.clock import Clock, SystemClock
 from edged import config as config_mod
 from edged.config import Settings, segment_bytes_estimate
 from edged.index import IndexUnavailable
-from edged.journal import Msg, log_event, register_secret
+from edged.journal import Msg, log_event, register_secret, scrub_doc
 from edged.paths import StatePaths
 from edged.reconcile import reconcile
 from edged.recorder import STALL_S, Recorder
 from edged.ring import RingBuffer, open_index_making_room
 from edged.service import ServiceNotifier, summary
-from edged.files import write_atomic
+from edged.files import owner_only, write_atomic
 
 log = logging.getLogger("edged.daemon")
 
@@ -40,7 +40,11 @@ def prepare_state_dir(paths: StatePaths) -> None:
     """Create the folders and prove they can be written; raise StorageUnusable saying why."""
     probe = paths.segments / f".write-test-{os.getpid()}"
     try:
-        paths.segments.mkdir(parents=True, exist_ok=True)
+        paths.segments.mkdir(parents=True, exist_ok=True, mode=0o700)
+        loosened = owner_only(paths.root)
+        if loosened:
+            log.warning("%d file(s) or folder(s) in %s were readable by others; now owner-only",
+                        loosened, paths.root)
         with open(probe, "wb") as f:
             f.write(b"x")
             os.fsync(f.fileno())
@@ -119,7 +123,7 @@ class Daemon:
         self.recall = RecallService.for_daemon(self, index)  # recall requests: inbox, status files, worker
         self.control = ControlServer(self.paths.control, {
             "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
-            "status": lambda req: {"status": self._status_dict()},
+            "status": lambda req: {"status": scrub_doc(self._status_dict())},
             "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
             **self.recall.control_handlers(),
         })
@@ -261,7 +265,7 @@ class Daemon:
         }
 
     def write_status(self) -> dict:
-        status = self._status_dict()
+        status = scrub_doc(self._status_dict())  # server reasons may echo a key: never stored
         try:
             write_atomic(self.paths.status, json.dumps(status, indent=1).encode())
         except OSError as exc:
@@ -282,6 +286,9 @@ class Daemon:
             self.notifier.status(line)
 
     def run(self) -> int:
+        # Owner-only, with or without systemd's UMask=: footage, clips, copies and stores are
+        # evidence and may hold personal data; no other local user reads them.
+        os.umask(0o077)
         try:
             prepare_state_dir(self.paths)
         except StorageUnusable as exc:

@@ -353,6 +353,38 @@ def read_bounded(path: Path | str, max_bytes: int) -> bytes:
         return folder.read(path.name, max_bytes)
 
 
+def owner_only(root: Path) -> int:
+    """Take group and world access away from ``root`` and everything below it that this user owns
+    (links are not followed, sockets and FIFOs left alone): what an earlier run, another umask or a
+    copy left readable. Returns how many entries were changed."""
+    changed = 0
+    uid = os.getuid()
+
+    def tighten(fd: int | None, path: str, st: os.stat_result) -> None:
+        nonlocal changed
+        if st.st_uid != uid or not st.st_mode & 0o077:
+            return
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            return
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700, dir_fd=fd, follow_symlinks=False) \
+            if fd is not None else os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+        changed += 1
+
+    try:
+        tighten(None, str(root), os.stat(root))
+    except FileNotFoundError:
+        return 0
+    for top, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
+        for name in dirs + files:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    tighten(dfd, name, st)
+            except (FileNotFoundError, NotImplementedError):
+                continue
+    return changed
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

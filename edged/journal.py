@@ -194,6 +194,20 @@ def scrub(text: str, secrets: list[str] | None = None) -> str:
     return text
 
 
+def scrub_doc(doc: Any, secrets: list[str] | None = None) -> Any:
+    """A JSON-shaped document (dicts, lists, strings, numbers) with every string scrubbed: what
+    edged stores or shows (status files, CLI output) goes through here, not only its logs."""
+    if secrets is None:
+        secrets = _current_secrets()
+    if isinstance(doc, str):
+        return scrub(doc, secrets)
+    if isinstance(doc, dict):
+        return {scrub(str(k), secrets) if isinstance(k, str) else k: scrub_doc(v, secrets) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [scrub_doc(v, secrets) for v in doc]
+    return doc
+
+
 class SecretFilter(logging.Filter):
     """Scrubs a record in place: message (formatted with its args), exception, stack, fields."""
 

@@ -20,7 +20,7 @@
 #   /etc/edged/credentials/       0700 root; sonoran_api_key and bota_token, 0600 root, created
 #                                 empty when absent (systemd's LoadCredential= refuses to start a
 #                                 unit whose credential file is missing); never overwritten
-#   /var/lib/edged     the state folder (systemd's StateDirectory=), 0750 edged, when absent
+#   /var/lib/edged     the state folder (systemd's StateDirectory=), 0700 edged, when absent
 #   /etc/systemd/system/edged.service, enabled (and started unless --no-start)
 #   /usr/lib/systemd/catalog/edged.catalog, when the checkout has systemd/edged.catalog
 #
@@ -285,8 +285,8 @@ install_config() {
 install_state_dir() {  # created once; afterwards systemd's StateDirectory= owns its mode and owner
   local uid=$1 gid=$2
   if [ ! -d "$STATE" ]; then
-    install -d -m 0750 -o "$uid" -g "$gid" "$STATE"
-    changed "created $STATE (0750 $SVC_USER)"
+    install -d -m 0700 -o "$uid" -g "$gid" "$STATE"
+    changed "created $STATE (0700 $SVC_USER)"
   fi
 }
 

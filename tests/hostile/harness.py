@@ -114,12 +114,14 @@ class DaemonUnderTest:
 
     # --- life ---------------------------------------------------------------------------------
 
-    def start(self, *, wait_recording: bool = True) -> DaemonUnderTest:
+    def start(self, *, wait_recording: bool = True, umask: int | None = None) -> DaemonUnderTest:
+        """Start ``edged run``; ``umask``: the one its shell had (default: the test's)."""
         self.starts += 1
         self.log_path = self.logs / f"run-{self.starts:02d}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env)
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                                         preexec_fn=None if umask is None else (lambda: os.umask(umask) and None))
         if wait_recording:
             self.wait_recording()
         return self
