@@ -62,7 +62,7 @@ import av
 
 from edged.config import CameraSettings
 from edged.encode import VideoEncoder
-from edged.files import fsync_dir, sha256_file
+from edged.files import Folder, remove_temporaries, sha256_file
 
 log = logging.getLogger("edged.clip")
 
@@ -476,10 +476,9 @@ class _Builder:
 
     # writing
 
-    def _paths(self) -> tuple[int, Path, Path]:
+    def _final(self) -> tuple[int, Path]:
         number = len(self.parts) + 1
-        final = self.out_dir / f"{self.name}-part{number:02d}.webm"
-        return number, final, self.out_dir / f".{final.name}.tmp"
+        return number, self.out_dir / f"{self.name}-part{number:02d}.webm"
 
     def _write_copy(self, gops: list[_Gop]) -> None:
         packets = [p for g in gops for p in g.packets]
@@ -488,37 +487,36 @@ class _Builder:
     def _write(self, fmt: _Format, start_ns: int, packets: list[_Pkt], encoded: list[tuple[int, av.Packet]] | None,
                reencoded: bool, video_template: av.stream.Stream | None = None) -> ClipPart:
         """Mux, fsync, verify, rename. ``encoded`` (ms, packet) replaces the video for a re-encode."""
-        number, final, tmp = self._paths()
+        number, final = self._final()
         seqs = tuple(sorted({p.seq for p in packets}))
         tpl = self.reader.templates[fmt]
         video_n = len(encoded) if encoded is not None else sum(1 for p in packets if p.video)
         audio_n = 0
-        try:
-            with open(tmp, "wb") as f:
-                with av.open(f, "w", format="webm") as out:
-                    out.metadata.update({TAG_CLIP: self.name, TAG_PART: str(number),
-                                         TAG_PART_MONO_START: str(start_ns),
-                                         TAG_SOURCE_SEQS: ",".join(map(str, seqs)),
-                                         TAG_REENCODED: "1" if reencoded else "0"})
-                    vs, aus = _add_streams(out, tpl, video_template)
-                    # (ms in the part, stream, packet), in time order: the muxer's interleaving
-                    # queue stays short and the clusters hold both tracks side by side.
-                    items = [((p.t_ns - start_ns) // MS, vs if p.video else aus, p.packet) for p in packets
-                             if not (p.video and encoded is not None) and (p.video or aus is not None)]
-                    if encoded is not None:
-                        items += [(ms, vs, pkt) for ms, pkt in encoded]
-                        items.sort(key=lambda i: (i[0], i[1] is not vs))
-                    for ms, stream, pkt in items:
-                        pkt.stream = stream
-                        pkt.time_base = Fraction(1, 1000)
-                        pkt.pts = pkt.dts = ms
-                        out.mux(pkt)
-                        audio_n += stream is not vs
-                f.flush()
-                os.fsync(f.fileno())
-            size = tmp.stat().st_size
+        with Folder.open(self.out_dir) as folder, folder.atomic(final.name) as tmp:
+            f = tmp.file  # the muxer writes the temporary; verified before it takes the final name
+            with av.open(f, "w", format="webm") as out:
+                out.metadata.update({TAG_CLIP: self.name, TAG_PART: str(number),
+                                     TAG_PART_MONO_START: str(start_ns),
+                                     TAG_SOURCE_SEQS: ",".join(map(str, seqs)),
+                                     TAG_REENCODED: "1" if reencoded else "0"})
+                vs, aus = _add_streams(out, tpl, video_template)
+                # (ms in the part, stream, packet), in time order: the muxer's interleaving
+                # queue stays short and the clusters hold both tracks side by side.
+                items = [((p.t_ns - start_ns) // MS, vs if p.video else aus, p.packet) for p in packets
+                         if not (p.video and encoded is not None) and (p.video or aus is not None)]
+                if encoded is not None:
+                    items += [(ms, vs, pkt) for ms, pkt in encoded]
+                    items.sort(key=lambda i: (i[0], i[1] is not vs))
+                for ms, stream, pkt in items:
+                    pkt.stream = stream
+                    pkt.time_base = Fraction(1, 1000)
+                    pkt.pts = pkt.dts = ms
+                    out.mux(pkt)
+                    audio_n += stream is not vs
+            f.flush()
+            size = os.fstat(f.fileno()).st_size
             try:
-                m = measure(tmp)
+                m = measure(tmp.path)
             except ClipError as exc:
                 raise ClipError(f"clip {self.name} part {number} failed verification: {exc}") from exc
             problems = []
@@ -536,11 +534,7 @@ class _Builder:
                 raise ClipError(f"clip {self.name} part {number} failed verification: " + "; ".join(problems))
             if size > self.max_bytes or m.duration_ms > self.max_duration_ms:
                 raise _Over(size, m.duration_ms)
-            os.replace(tmp, final)
-            fsync_dir(self.out_dir)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            # leaving the block: fsynced, renamed to ``final``, folder fsynced (any raise above: removed)
         # Read back under the final name: what the outbox will upload.
         if final.stat().st_size != size:
             raise ClipError(f"clip {self.name} part {number} changed size after the rename")
@@ -664,10 +658,11 @@ def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_n
         raise ClipError(f"no recorded segment overlaps the requested time range "
                         f"({start_mono_ns / 1e9:.3f} s to {end_mono_ns / 1e9:.3f} s on the monotonic timeline)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = re.compile(rf"\.?{re.escape(name)}-part\d+\.webm(\.tmp)?")
+    stale = re.compile(rf"{re.escape(name)}-part\d+\.webm")
     for old in out_dir.iterdir():
         if stale.fullmatch(old.name):
             old.unlink()
+    remove_temporaries(out_dir)
     reader = _Sources()
     builder = _Builder(reader, out_dir, name, max_bytes, max_duration_ms, camera, start_mono_ns)
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -261,6 +262,30 @@ class Folder:
             self.close()
         except OSError:
             pass
+
+
+#: The name of a temporary AtomicFile makes: ``.<final name>.<8 hex>.tmp``.
+_TEMP = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """A temporary of this module's (left behind by a kill mid-write)."""
+    return bool(_TEMP.fullmatch(name))
+
+
+def remove_temporaries(path: Path) -> int:
+    """Remove what kills mid-write left in ``path`` (a folder edged owns); how many."""
+    removed = 0
+    try:
+        folder = Folder.open(path)
+    except FileNotFoundError:
+        return 0
+    with folder:
+        for name, st in folder.entries():
+            if is_temporary(name) and stat.S_ISREG(st.st_mode):
+                folder.unlink(name)
+                removed += 1
+    return removed
 
 
 class AtomicFile:

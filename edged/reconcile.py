@@ -18,7 +18,8 @@ import av
 
 from edged.index import STORED, Index
 from edged.journal import Msg, log_event
-from edged.salvage import SALVAGE_SUFFIX, salvage
+from edged.files import remove_temporaries
+from edged.salvage import LEGACY_SALVAGE_SUFFIX, salvage
 from edged.segment import PART_SUFFIX, SUFFIX, SegmentStart, inspect
 
 log = logging.getLogger("edged.reconcile")
@@ -85,8 +86,9 @@ def _restore_boot_clocks(index: Index) -> None:
 
 def reconcile(index: Index, directory: Path) -> ReconcileReport:
     report = ReconcileReport()
-    for leftover in directory.glob(f"*{SALVAGE_SUFFIX}"):
+    for leftover in directory.glob(f"*{LEGACY_SALVAGE_SUFFIX}"):
         leftover.unlink(missing_ok=True)
+    remove_temporaries(directory)  # a salvage cut off by another crash
 
     known = {s.name: s for s in index.segments()}
     for seg in known.values():

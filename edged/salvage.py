@@ -7,17 +7,18 @@ demuxer fails or a packet does not decode; the result is a normal standalone seg
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
-from edged.files import fsync_dir
+from edged.files import Folder, fsync_dir
 from edged.segment import PART_SUFFIX
 
-SALVAGE_SUFFIX = ".salvage"
+#: What salvage's temporary was called before edged.files made every temporary (still cleaned up).
+LEGACY_SALVAGE_SUFFIX = ".salvage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,6 @@ def salvage(part: Path) -> SalvageResult:
     """Recover ``NAME.webm.part`` into ``NAME.webm``; remove the ``.part``."""
     assert part.name.endswith(PART_SUFFIX), part
     final = part.with_name(part.name[: -len(PART_SUFFIX)])
-    tmp = part.with_name(final.name + SALVAGE_SUFFIX)
     with open(part, "rb") as f:  # a real I/O error propagates here, and nothing is deleted
         f.read(4096)
     try:
@@ -40,25 +40,23 @@ def salvage(part: Path) -> SalvageResult:
     except av.FFmpegError as exc:  # readable, but cut off before its header was complete: nothing to keep
         part.unlink(missing_ok=True)
         return SalvageResult(None, 0, 0, f"header unreadable: {exc}")
-    try:
-        frames, audio, reason = _copy_until_broken(src, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Copied into a temporary that takes the final name only whole and on disk (edged.files).
+    with Folder.open(part.parent) as folder, folder.atomic(final.name) as tmp:
+        frames, audio, reason = _copy_until_broken(src, tmp.file)
+        if frames == 0:
+            tmp.discard()
     if frames == 0:
-        tmp.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
         return SalvageResult(None, 0, audio, f"no complete video frame ({reason})")
-    os.replace(tmp, final)
     part.unlink(missing_ok=True)
     fsync_dir(final.parent)
     return SalvageResult(final, frames, audio, reason)
 
 
-def _copy_until_broken(src: av.container.InputContainer, tmp: Path) -> tuple[int, int, str]:
+def _copy_until_broken(src: av.container.InputContainer, out_file: BinaryIO) -> tuple[int, int, str]:
     frames = audio = 0
     reason = "end of file"
-    with src, open(tmp, "wb") as out_file:
+    with src:
         out = av.open(out_file, "w", format="webm")
         out.metadata.update(src.metadata)
         mapping = {}
@@ -99,5 +97,4 @@ def _copy_until_broken(src: av.container.InputContainer, tmp: Path) -> tuple[int
             except av.FFmpegError:
                 pass
         out_file.flush()
-        os.fsync(out_file.fileno())
     return frames, audio, reason

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
@@ -54,7 +55,7 @@ from edged.clip import (DURATION_MARGIN_MS, MIN_REENCODE_BITRATE, MS, OVERHEAD_F
                         _Pkt, _select, _Sources, measure)
 from edged.config import CameraSettings
 from edged.encode import VideoEncoder
-from edged.files import fsync_dir, sha256_file
+from edged.files import Folder, sha256_file
 
 log = logging.getLogger("edged.timelapse")
 
@@ -161,21 +162,18 @@ def render(segments: Sequence[SourceSegment], start_ns: int, end_ns: int, out_di
     camera = camera or CameraSettings()
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-timelapse.webm"
-    tmp = out_dir / f".{final.name}.tmp"
     bitrate: int | None = None
     t0 = time.monotonic()
     for _ in range(REENCODE_ATTEMPTS):
-        try:
-            p, bitrate = _render_once(sources, start_ns, end_ns, tmp, name, max_duration_ms, max_bytes, camera,
-                                      bitrate, cancelled or (lambda: False))
-            size = tmp.stat().st_size
-            m = _verify(tmp, p, name, max_duration_ms)
-            if size <= max_bytes:
-                os.replace(tmp, final)
-                fsync_dir(out_dir)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # Rendered into a temporary, verified, and only then renamed to ``final`` (edged.files);
+        # one over the byte cap is discarded and rendered again lower.
+        with Folder.open(out_dir) as folder, folder.atomic(final.name) as tmp:
+            p, bitrate = _render_once(sources, start_ns, end_ns, tmp.file, name, max_duration_ms, max_bytes,
+                                      camera, bitrate, cancelled or (lambda: False))
+            size = os.fstat(tmp.file.fileno()).st_size
+            m = _verify(tmp.path, p, name, max_duration_ms)
+            if size > max_bytes:
+                tmp.discard()
         if size <= max_bytes:
             assert p.plan is not None
             result = Timelapse(final, m.duration_ms, size, sha256_file(final), p.muxed, p.plan.fps,
@@ -186,7 +184,6 @@ def render(segments: Sequence[SourceSegment], start_ns: int, end_ns: int, out_di
                      m.duration_ms / 1000, size, bitrate, result.decoded_frames, result.source_frames,
                      time.monotonic() - t0)
             return result
-        tmp.unlink(missing_ok=True)
         log.warning("timelapse %s: %d bytes at %d bps, over %d; rendering again lower", name, size, bitrate,
                     max_bytes)
         bitrate = int(bitrate * min(0.85, 0.95 * max_bytes / size))
@@ -212,7 +209,7 @@ def _verify(path: Path, p: _Pass, name: str, max_duration_ms: int) -> Measuremen
     return m
 
 
-def _render_once(sources: Sequence[SourceSegment], start_ns: int, end_ns: int, tmp: Path, name: str,
+def _render_once(sources: Sequence[SourceSegment], start_ns: int, end_ns: int, f: BinaryIO, name: str,
                  max_duration_ms: int, max_bytes: int, camera: CameraSettings,
                  bitrate: int | None, cancelled: Callable[[], bool]) -> tuple[_Pass, int]:
     reader = _Sources()
@@ -220,48 +217,46 @@ def _render_once(sources: Sequence[SourceSegment], start_ns: int, end_ns: int, t
     decoder: av.CodecContext | None = None
     decoder_fmt = None
     try:
-        with open(tmp, "wb") as f:
-            for src in sources:
-                if cancelled():
-                    raise Interrupted(f"timelapse {name}: interrupted")
-                packets, fmt, frame_ns = reader.read(src)
-                video = [q for q in packets if q.video]
-                p.source_frames += len(video)
-                if not video:
-                    continue
-                if p.plan is None:
-                    p.plan = plan(start_ns, end_ns, frame_ns, max_duration_ms)
-                    if bitrate is None:
-                        budget = max_bytes * REENCODE_FILL - OVERHEAD_FIXED_BYTES \
-                            - OVERHEAD_PER_PACKET_BYTES * p.plan.slots
-                        bitrate = max(MIN_REENCODE_BITRATE, int(budget * 8 * p.plan.fps / p.plan.slots))
-                    p.size = (fmt.video[1], fmt.video[2])
-                    cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps,
-                                              bitrate=bitrate)
-                    p.encoder = VideoEncoder(cam)
-                    p.out = av.open(f, "w", format="webm")
-                    p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1",
-                                           TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
-                    p.stream = p.out.add_stream_from_template(p.encoder.template)
-                    p.stream.codec_context.width, p.stream.codec_context.height = p.size
-                    p.stream.codec_context.pix_fmt = "yuv420p"
-                    p.stream.time_base = Fraction(1, 1000)
-                if fmt != decoder_fmt:
-                    decoder = av.CodecContext.create(fmt.video[0], "r")
-                    decoder.thread_count = 1
-                    decoder_fmt = fmt
-                assert decoder is not None
-                _render_segment(p, decoder, video, src.seq)
-            if p.encoder is None or p.out is None:
-                raise ClipError("the segments overlapping the requested time range hold no video")
-            _mux(p, p.encoder.flush())
-            if p.muxed == 0:
-                raise ClipError("no frame of the requested time range could be decoded")
-            p.out.metadata[TAG_FIRST_FRAME_NS] = str(p.times[0])
-            p.out.close()
-            p.out = None
-            f.flush()
-            os.fsync(f.fileno())
+        for src in sources:
+            if cancelled():
+                raise Interrupted(f"timelapse {name}: interrupted")
+            packets, fmt, frame_ns = reader.read(src)
+            video = [q for q in packets if q.video]
+            p.source_frames += len(video)
+            if not video:
+                continue
+            if p.plan is None:
+                p.plan = plan(start_ns, end_ns, frame_ns, max_duration_ms)
+                if bitrate is None:
+                    budget = max_bytes * REENCODE_FILL - OVERHEAD_FIXED_BYTES \
+                        - OVERHEAD_PER_PACKET_BYTES * p.plan.slots
+                    bitrate = max(MIN_REENCODE_BITRATE, int(budget * 8 * p.plan.fps / p.plan.slots))
+                p.size = (fmt.video[1], fmt.video[2])
+                cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps,
+                                          bitrate=bitrate)
+                p.encoder = VideoEncoder(cam)
+                p.out = av.open(f, "w", format="webm")
+                p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1",
+                                       TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
+                p.stream = p.out.add_stream_from_template(p.encoder.template)
+                p.stream.codec_context.width, p.stream.codec_context.height = p.size
+                p.stream.codec_context.pix_fmt = "yuv420p"
+                p.stream.time_base = Fraction(1, 1000)
+            if fmt != decoder_fmt:
+                decoder = av.CodecContext.create(fmt.video[0], "r")
+                decoder.thread_count = 1
+                decoder_fmt = fmt
+            assert decoder is not None
+            _render_segment(p, decoder, video, src.seq)
+        if p.encoder is None or p.out is None:
+            raise ClipError("the segments overlapping the requested time range hold no video")
+        _mux(p, p.encoder.flush())
+        if p.muxed == 0:
+            raise ClipError("no frame of the requested time range could be decoded")
+        p.out.metadata[TAG_FIRST_FRAME_NS] = str(p.times[0])
+        p.out.close()
+        p.out = None
+        f.flush()
     except av.FFmpegError as exc:
         raise ClipError(f"timelapse {name}: {exc}") from exc
     finally:

@@ -270,7 +270,7 @@ def test_a_source_changed_since_indexing_is_reported(sources, tmp_path, caplog):
 
 def test_a_rebuild_replaces_earlier_parts(sources, tmp_path):
     t0 = sources[0].mono_start_ns
-    stale = [tmp_path / "c-part07.webm", tmp_path / ".c-part01.webm.tmp"]
+    stale = [tmp_path / "c-part07.webm", tmp_path / ".c-part01.webm.0123abcd.tmp"]  # a kill mid-write
     for f in stale:
         f.write_bytes(b"old")
     other = tmp_path / "manifest.json"
