@@ -29,7 +29,6 @@ import errno
 import hashlib
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -299,7 +298,7 @@ class AtomicFile:
         self.name = name
         self.durable = durable
         for _ in range(16):
-            tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+            tmp = f".{name}.{os.urandom(4).hex()}.tmp"
             try:
                 fd = os.open(tmp, _CREATE, mode, dir_fd=folder.fd)
                 break

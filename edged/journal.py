@@ -65,6 +65,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from edged.files import read_bounded
+
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "edged"
 MASK = "***"
@@ -175,7 +177,8 @@ def _current_secrets() -> list[str]:
                 now = (st.st_mtime_ns, st.st_size, st.st_ino)
                 if now != seen:
                     _secret_files[path] = now
-                    text = path.read_text(errors="replace").strip()
+                    # bounded, and a FIFO or device there never blocks the logger
+                    text = read_bounded(path, 64 * 1024).decode(errors="replace").strip()
                     if len(text) >= _MIN_SECRET:
                         _secrets.update({text, urllib.parse.quote(text, safe="")})
             except OSError:
