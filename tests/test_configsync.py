@@ -461,6 +461,38 @@ def test_signed_configs(make, fleet_key):
     assert h.cs.settings.clips.pre_roll_seconds == 10.0
 
 
+def test_the_serial_and_the_devices_are_signed(fleet_key):
+    pub = fleet_key.public_key()
+    signed = configsign.sign(A, fleet_key, serial=7, devices=["cam-2", "cam-1", "cam-2"])
+    assert signed.split(b"\n")[0].endswith(b" serial=7 devices=cam-1,cam-2")
+    assert configsign.verified(signed, pub) == configsign.Signed(A, 7, ("cam-1", "cam-2"))
+    head, body = signed.split(b"\n", 1)
+    for forged in (head.replace(b"serial=7", b"serial=9"), head.replace(b"cam-1,cam-2", b"cam-1,cam-3"),
+                   head.replace(b" devices=cam-1,cam-2", b"")):
+        with pytest.raises(configsign.SignatureError, match="does not verify"):
+            configsign.verified(forged + b"\n" + body, pub)
+    # An old-format file (no serial) is refused with what to do about it.
+    old = configsign.PREFIX + base64.b64encode(fleet_key.sign(A)) + b"\n" + A
+    with pytest.raises(configsign.SignatureError, match="sign it again"):
+        configsign.verified(old, pub)
+    for bad in (b" serial=-1", b" serial=x", b" serial=1 serial=2", b" serial=1 colour=red", b" serial=1 devices=b,a",
+                b" serial=99999999999999999999"):
+        with pytest.raises(configsign.SignatureError):
+            configsign.verified(head.split(b" ")[0] + b" " + head.split(b" ")[1] + bad + b"\n" + body, pub)
+    with pytest.raises(ValueError):
+        configsign.sign(A, fleet_key, devices=["has space"])
+    with pytest.raises(ValueError):
+        configsign.sign(A, fleet_key, serial=-1)
+
+
+def test_the_default_serial_is_the_time_and_rises_when_signed_again(fleet_key):
+    before = int(time.time())
+    first = configsign.verified(configsign.sign(A, fleet_key), fleet_key.public_key()).serial
+    assert before <= first <= int(time.time())
+    again = configsign.sign(configsign.sign(A, fleet_key, serial=first + 100), fleet_key)
+    assert configsign.verified(again, fleet_key.public_key()).serial == first + 101
+
+
 def test_a_failing_apply_is_a_rejection_with_its_reason(make):
     h = make()
     h.start()
