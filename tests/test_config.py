@@ -263,3 +263,202 @@ def test_run_with_a_missing_config_does_not_fall_back_to_defaults(tmp_path):
     out = run_cli("run", "--config", str(tmp_path / "absent.toml"), "--for", "2", cwd=tmp_path)
     assert out.returncode == 78 and "absent.toml" in out.stderr and "not found" in out.stderr
     assert list(tmp_path.iterdir()) == [], "no state folder from the embedded defaults"
+
+
+# --- hostile files: bounded, never hanging, never crashing -------------------------------------
+
+@pytest.mark.parametrize("text,key,words", [
+    ("a = " + "[" * 3000 + "]" * 3000, "<file>", "deeper than"),
+    ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "<file>", "deeper than"),
+    ("a." * 3000 + "b = 1", "a.a.a", "nested deeper than"),            # dotted keys nest without brackets
+    ("[" + "a." * 3000 + "b]\nc = 1", "a.a.a", "nested deeper than"),
+    ("[camera]\nfps = 1" + "0" * 5000, "<syntax>", "4300"),             # past int()'s digit limit
+    ("[clips]\npre_roll_seconds = nan", "clips.pre_roll_seconds", "finite"),
+    ("[clips]\npost_roll_seconds = inf", "clips.post_roll_seconds", "finite"),
+    ("[device]\nunit_location = \"" + "x" * 300 + "\"", "device.unit_location", "at most 256 characters"),
+    ('[device]\nid = "a\\u0000b"', "device.id", "control characters"),
+    ('[upload]\ntargets = [' + ", ".join(['"directory"'] * 17) + "]", "upload.targets", "at most 16"),
+    ("[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.5", "clips.post_roll_seconds", "at least 1 s"),
+    ("[storage]\nmin_free_bytes = 1000000000000000000", "storage.min_free_bytes", "at most"),
+    ("[upload]\nbandwidth_kbps = 100000000", "upload.bandwidth_kbps", "at most"),
+    ("[upload.sonoran_v2]\nroblox = 10000000000000", "upload.sonoran_v2.roblox", "at most"),
+])
+def test_hostile_values_are_named_not_crashed_on(tmp_path, text, key, words):
+    p = problems(text + "\n", tmp_path)
+    assert any(k.startswith(key) for k in p), p
+    reason = next(r for k, r in p.items() if k.startswith(key))
+    assert words in reason, reason
+    assert len(str(p)) < 2000, "messages stay short whatever the input"
+
+
+def test_deep_nesting_is_refused_before_the_parser_recurses(monkeypatch):
+    calls = []
+    monkeypatch.setattr(config.tomllib, "loads", lambda text: calls.append(text) or {})
+    with pytest.raises(config.ConfigError):
+        config.parse_toml(("a = " + "[" * 40 + "]" * 40).encode())
+    assert calls == []
+    # Brackets inside strings and comments are not nesting.
+    text = 'a = "[[[[[[[[[[[[[[[[[[[[" # [[[[[[[[[[[[[[[[[[[[\nb = \'{{{{{{{{{{{{{{{{{{{{\'\nc = """\\"[[[[[[[[[[[[[[[[[["""\n'
+    assert not config.bracket_depth_exceeds(text)
+
+
+def test_every_numeric_key_has_both_bounds_and_every_key_a_trust_class():
+    for key, value, _ in config.describe():
+        f = config._field_of(key)
+        assert config.trust_of(key) in config.TRUST_CLASSES, key
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert f.metadata["lo"] is not None and f.metadata["hi"] is not None, f"{key} needs lo and hi"
+
+
+def test_trust_classes_of_what_matters():
+    signed = ["upload.targets", "upload.directory.path", "device.id", "device.unit_number",
+              "camera.source", "camera.device", "audio.source", "audio.device", "upload.bota.device_id",
+              "upload.bota.base_url", "upload.bota.token_file"]
+    signed += [f"upload.sonoran_v2.{k}" for k in ("base_url", "api_key_file", "account_uuid", "community_user_id",
+                                                  "roblox", "discord", "ident_id", "plan", "devices_sharing_key")]
+    signed += [f"upload.sonoran_legacy.{k}" for k in ("base_url", "community", "account", "session_id", "username",
+                                                      "ident_id", "plan")]
+    for key in signed:
+        assert config.trust_of(key) == config.SIGNED, key
+    for key in ("storage.dir", "sync.dir", "sync.fleet_public_key", "sync.poll_seconds", "sync.status_group"):
+        assert config.trust_of(key) == config.LOCAL, key
+    assert set(config.keys_of(config.LOCAL)) == {"storage.dir", "sync.dir", "sync.fleet_public_key",
+                                                 "sync.poll_seconds", "sync.status_group"}
+    assert "clips.pre_roll_seconds" in config.keys_of(config.TUNABLE)
+
+
+def _fifo(path: Path) -> Path:
+    import os
+    os.mkfifo(path)
+    return path
+
+
+def test_the_local_loader_never_hangs_nor_reads_forever(tmp_path):
+    import os
+    import time
+    fifo = _fifo(tmp_path / "fifo.toml")
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    (tmp_path / "fifo-link.toml").symlink_to(fifo)
+    (tmp_path / "huge.toml").write_bytes(b"# " + b"x" * (config.MAX_FILE_BYTES + 10) + b"\n")
+    for name, words in (("fifo.toml", "FIFO"), ("zero.toml", "device"), ("fifo-link.toml", "FIFO"),
+                        ("huge.toml", "bytes")):
+        t0 = time.monotonic()
+        with pytest.raises(config.ConfigError) as exc:
+            config.load(tmp_path / name)
+        assert time.monotonic() - t0 < 5, name
+        assert exc.value.problems[0][0] == "<file>" and words in exc.value.problems[0][1], (name, exc.value.problems)
+    # A local config that is a link to a regular file is still followed (the local config is trusted).
+    (tmp_path / "real.toml").write_text("[camera]\nfps = 5\n")
+    (tmp_path / "link.toml").symlink_to(tmp_path / "real.toml")
+    assert config.load(tmp_path / "link.toml").camera.fps == 5
+    assert os.path.exists(fifo)
+
+
+def test_folders_that_must_stay_apart(tmp_path):
+    state, sync = tmp_path / "state", tmp_path / "sync"
+
+    def check(**sections: dict) -> dict[str, str]:
+        data = {"storage": {"dir": str(state), "min_free_bytes": 0}, "sync": {"dir": str(sync)}}
+        for k, v in sections.items():
+            data.setdefault(k, {}).update(v)
+        try:
+            config.from_mapping(data)
+        except config.ConfigError as exc:
+            return dict(exc.problems)
+        return {}
+    assert check() == {}
+    assert "sync.dir" in check(sync={"dir": str(state / "sync")})
+    assert "sync.dir" in check(storage={"dir": str(sync / "state")})
+    assert "upload.directory.path" in check(upload={"directory": {"path": str(sync / "out")}})
+    assert "upload.directory.path" in check(upload={"directory": {"path": str(state)}})
+    assert "upload.directory.path" in check(upload={"directory": {"path": str(tmp_path)}})
+    assert "camera.device" in check(camera={"source": "file", "device": str(sync / "video.webm")})
+    assert "upload.sonoran_v2.api_key_file" in check(upload={"sonoran_v2": {"api_key_file": str(sync / "k")}})
+    sync.mkdir()
+    (sync / "fleet.pub").write_text("x")
+    assert "sync.fleet_public_key" in check(sync={"fleet_public_key": str(sync / "fleet.pub")})
+    # Through a link: the sync folder a link to the state folder is still the state folder.
+    state.mkdir()
+    (tmp_path / "alias").symlink_to(state)
+    assert "sync.dir" in check(sync={"dir": str(tmp_path / "alias")})
+
+
+# --- the trust model for synced files ----------------------------------------------------------------
+
+LOCAL = {"storage": {"dir": "/tmp/edged-trust-state", "min_free_bytes": 0}}
+GiB = 1 << 30
+
+
+def synced(data: dict, *, signed: bool = False, local: dict | None = None, fs: int = 64 * GiB) -> dict[str, str]:
+    try:
+        config.from_layers(local or LOCAL, data, signed=signed, size_of=lambda _: fs)
+    except config.ConfigError as exc:
+        return dict(exc.problems)
+    return {}
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"storage": {"max_bytes": 40_000_000}}, "storage.max_bytes"),          # below the local budget
+    ({"storage": {"sync_interval_seconds": 5.0}}, "storage.sync_interval_seconds"),
+    ({"clips": {"pre_roll_seconds": 0.0}}, "clips.pre_roll_seconds"),
+    ({"clips": {"post_roll_seconds": 2.0}}, "clips.post_roll_seconds"),
+    ({"upload": {"bandwidth_kbps": 1}}, "upload.bandwidth_kbps"),
+    ({"upload": {"retry_cap_seconds": 86400.0}}, "upload.retry_cap_seconds"),
+    ({"upload": {"timeout_seconds": 5.0}}, "upload.timeout_seconds"),
+    ({"camera": {"bitrate": 50_000}}, "camera.bitrate"),
+    ({"audio": {"bitrate": 6_000}}, "audio.bitrate"),
+])
+def test_unsigned_cannot_keep_less_evidence(data, key):
+    p = synced(data)
+    assert set(p) == {key} and "unsigned synced config" in p[key], p
+    assert synced(data, signed=True) == {}, "a signed config may"
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"upload": {"sonoran_v2": {"account_uuid": "someone-else"}}}, "upload.sonoran_v2.account_uuid"),
+    ({"upload": {"sonoran_legacy": {"community": "c", "account": "a", "session_id": "s", "username": "u"}}},
+     "upload.sonoran_legacy.community"),
+    ({"upload": {"bota": {"device_id": "other"}}}, "upload.bota.device_id"),
+    ({"device": {"id": "other"}}, "device.id"),
+    ({"camera": {"source": "file", "device": "/tmp/x.webm"}}, "camera.source"),
+    ({"audio": {"source": "none"}}, "audio.source"),
+    ({"camera": {"width": 64}}, "camera.width"),
+    ({"gpio": {"button_pin": ""}}, "gpio.button_pin"),
+])
+def test_unsigned_cannot_set_signed_only_keys(data, key):
+    p = synced(data)
+    assert key in p and "signed-only" in p[key], p
+
+
+def test_unsigned_bounds_that_allow_what_keeps_more():
+    assert synced({"upload": {"bandwidth_kbps": 0}}) == {}
+    assert synced({"upload": {"bandwidth_kbps": 600}}) == {}
+    assert synced({"storage": {"max_bytes": 8_000_000_000}}) == {}        # raised above the local 4 GB
+    assert synced({"clips": {"pre_roll_seconds": 10.0, "post_roll_seconds": 60.0}}) == {}
+    # The floor is against the local value, not the default.
+    assert "storage.max_bytes" in synced({"storage": {"max_bytes": 2 * GiB}},
+                                         local={"storage": {"max_bytes": 3 * GiB, "min_free_bytes": 0}})
+
+
+def test_min_free_bytes_is_a_fraction_of_the_file_system_for_every_synced_config(tmp_path):
+    for signed in (False, True):
+        p = synced({"storage": {"min_free_bytes": 10**18}}, signed=signed)
+        assert set(p) == {"storage.min_free_bytes"}, p
+        p = synced({"storage": {"min_free_bytes": 7 * GiB}}, signed=signed, fs=64 * GiB)
+        assert set(p) == {"storage.min_free_bytes"} and "10%" in p["storage.min_free_bytes"], p
+        assert synced({"storage": {"min_free_bytes": 6 * GiB}}, signed=signed, fs=64 * GiB) == {}
+    # The real file system of the state folder (its nearest existing parent) by default.
+    size = config.fs_size(str(tmp_path / "not" / "made"))
+    assert size > 0
+    local = {"storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0}}
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_layers(local, {"storage": {"min_free_bytes": size // 5}})
+    assert [k for k, _ in exc.value.problems] == ["storage.min_free_bytes"]
+
+
+def test_a_quoted_dotted_key_is_neither_a_crash_nor_a_way_round():
+    p = synced({"sync.dir": "/tmp/x"})
+    assert "sync.dir" in p and "unknown section" in p["sync.dir"]
+    p = synced({"storage": {"dir.x": 1}})
+    assert set(p) == {"storage.dir.x"}
+

@@ -114,14 +114,15 @@ def test_live_rule_changed_keys_and_layers():
 
     local = {"storage": {"dir": "/var/lib/edged", "min_free_bytes": 0},
              "upload": {"directory": {"path": "/mnt/a"}, "retry_base_seconds": 3.0}}
-    new = config.from_layers(local, {"upload": {"retry_cap_seconds": 900.0}, "camera": {"width": 640}})
+    new = config.from_layers(local, {"upload": {"retry_cap_seconds": 900.0}, "camera": {"keyframe_seconds": 5.0}})
     # overlaid key by key: the local sub-table and sibling key survive
     assert new.upload.directory.path == "/mnt/a" and new.upload.retry_base_seconds == 3.0
     assert new.upload.retry_cap_seconds == 900.0
     base = config.from_mapping(local)
-    assert config.changed_keys(base, new) == ["camera.width", "upload.retry_cap_seconds"]
+    assert config.changed_keys(base, new) == ["camera.keyframe_seconds", "upload.retry_cap_seconds"]
     running = config.overlay_live(base, new)
-    assert running.camera.width == base.camera.width and running.upload.retry_cap_seconds == 900.0
+    assert running.camera.keyframe_seconds == base.camera.keyframe_seconds
+    assert running.upload.retry_cap_seconds == 900.0
 
     with pytest.raises(config.ConfigError) as exc:
         config.from_layers(local, {"storage": {"dir": "/tmp/elsewhere"}, "sync": {"fleet_public_key": ""},
@@ -376,15 +377,16 @@ def test_a_bad_file_is_rejected_once_naming_the_key_and_the_last_good_runs(make,
 def test_restart_needed_keys_are_reported_and_wait_for_the_restart(make):
     h = make()
     h.start()
-    text = b"[camera]\nwidth = 640\nheight = 360\nbitrate = 400000\n[storage]\nsegment_seconds = 5.0\n"
+    text = b"[camera]\nkeyframe_seconds = 5.0\nthreads = 2\nbitrate = 400000\n[storage]\nsegment_seconds = 5.0\n"
     h.atomic(text, ".syncthing.edged.toml.tmp")
     st = h.wait_status(text, "applied")
-    restart = ["camera.width", "camera.height", "storage.segment_seconds"]
+    restart = ["camera.keyframe_seconds", "camera.threads", "storage.segment_seconds"]
     assert st["restart_needed"] == restart and st["applied_keys"] == ["camera.bitrate"]
     settings, live, r = h.calls[-1]
     assert live == ["camera.bitrate"] and r == restart
     # what runs: the live key from the file, the others as started
-    assert (settings.camera.width, settings.camera.bitrate, settings.storage.segment_seconds) == (960, 400_000, 10.0)
+    assert (settings.camera.keyframe_seconds, settings.camera.bitrate, settings.storage.segment_seconds) == \
+        (10.0, 400_000, 10.0)
 
     # Live values that do not fit what runs until the restart: clips of 5 s with the running 10 s
     # segments would break the keyframe rule, so the whole file waits for the restart.

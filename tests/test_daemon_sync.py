@@ -94,18 +94,20 @@ def test_live_keys_apply_while_recording_and_a_bad_file_keeps_the_last_good(tmp_
     daemon, t = _run(cfg)
     try:
         seq_before = daemon.recorder.status.segments_written
-        _drop(sync_dir, b"[camera]\nbitrate = 150000\nwidth = 640\n[audio]\nbitrate = 32000\n"
-                        b"[clips]\npre_roll_seconds = 1.0\n[storage]\nmax_bytes = 40000000\n")
+        # Unsigned, so only tunable keys within their synced bounds (config's trust model):
+        # a pre-roll of at least 10 s, a ring budget raised, not lowered.
+        _drop(sync_dir, b"[camera]\nbitrate = 150000\nkeyframe_seconds = 5.0\n[audio]\nbitrate = 32000\n"
+                        b"[clips]\npre_roll_seconds = 12.0\n[storage]\nmax_bytes = 5000000000\n")
         st = _wait(lambda: (s := _status(sync_dir)) and s["state"] == "applied" and s, 10, "applied")
         assert sorted(st["applied_keys"]) == ["audio.bitrate", "camera.bitrate", "clips.pre_roll_seconds",
                                               "storage.max_bytes"]
-        assert st["restart_needed"] == ["camera.width"] and st["errors"] == []
-        # The encoders change at the next segment start; width waits for a restart.
+        assert st["restart_needed"] == ["camera.keyframe_seconds"] and st["errors"] == []
+        # The encoders change at the next segment start; the keyframe interval waits for a restart.
         _wait(lambda: daemon.recorder.venc._ctx.bit_rate == 150_000, 10, "new video encoder")
         assert daemon.recorder.aenc._ctx.bit_rate == 32_000
-        assert daemon.recorder.settings.camera.width == 960
-        assert daemon.ring.max_bytes == 40_000_000 and daemon.events.settings.clips.pre_roll_seconds == 1.0
-        assert daemon.settings.clips.pre_roll_seconds == 1.0
+        assert daemon.recorder.settings.camera.keyframe_seconds == 10.0
+        assert daemon.ring.max_bytes == 5_000_000_000 and daemon.events.settings.clips.pre_roll_seconds == 12.0
+        assert daemon.settings.clips.pre_roll_seconds == 12.0
         _wait(lambda: daemon.recorder.status.segments_written >= seq_before + 3, 20, "segments after the change")
 
         # A bad file: refused, naming the key; the last good keeps running.
