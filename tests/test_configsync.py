@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged import config, configsign
 from edged.configsync import ConfigSync, local_layer, version_of
+from edged.files import Folder
+from edged.syncfolder import SyncFolder
 from tests.conftest import REPO
 from tests.helpers import wait_until
 
@@ -47,9 +49,10 @@ class Harness:
             self.data.setdefault(name, {}).update(values)
         self.local = config.from_mapping(self.data, origin="<local>")
         self.calls: list[tuple[config.Settings, list[str], list[str]]] = []
+        self.alarms: list[tuple[str, bool]] = []
         self.fail: Exception | None = None
         self.lock = threading.Lock()
-        self.cs = ConfigSync(self.local, self.data, self.on_apply)
+        self.cs = ConfigSync(self.local, self.data, self.on_apply, on_alarm=lambda *a: self.alarms.append(a))
 
     def on_apply(self, settings: config.Settings, live: list[str], restart: list[str]) -> None:
         if self.fail is not None:
@@ -191,19 +194,19 @@ def test_atomic_renames_of_syncthing_and_rsync_are_applied(make):
 
 def test_temporary_files_of_sync_tools_are_never_read(make, monkeypatch):
     h = make()
-    opened: list[str] = []
-    real_open = open
+    opened: list[Path] = []
+    real_open = Folder.open_regular
 
-    def spy_open(file, *a, **kw):  # noqa: ANN001
-        opened.append(str(file))
-        return real_open(file, *a, **kw)
-    monkeypatch.setattr("builtins.open", spy_open)
+    def spy_open(self: Folder, name: str, max_bytes: int | None = None) -> Any:
+        opened.append(self.path / name)
+        return real_open(self, name, max_bytes)
+    monkeypatch.setattr(Folder, "open_regular", spy_open)
     h.start()
     for name in (".syncthing.edged.toml.tmp", ".edged.toml.Ab12Cd", "~syncthing~edged.toml.tmp"):
         (h.sync_dir / name).write_bytes(A)
     time.sleep(6 * POLL)
     assert h.calls == [] and h.status() is None
-    assert not [p for p in opened if Path(p).parent == h.sync_dir]
+    assert opened == []
     h.atomic(A, ".edged.toml.Ab12Cd")  # the watcher is alive: the rename is seen
     h.wait_status(A, "applied")
 
@@ -294,26 +297,17 @@ def test_a_file_that_grows_while_it_is_read_is_read_again(make, monkeypatch):
     h = make()
     h.cs.startup()
     h.file.write_bytes(A)
-    real_open = open
+    real_read = SyncFolder.read_config
 
-    class Racing:  # the writer appends right after the read: the bytes read are not the file
-        def __init__(self, *a: Any) -> None:
-            self.f = real_open(*a)
-
-        def __enter__(self) -> Racing:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.f.close()
-            monkeypatch.undo()
-
-        def read(self, n: int) -> bytes:
-            data = self.f.read(n)
-            with real_open(h.file, "ab") as w:
-                w.write(b"[audio]\nbitrate = 32000\n")
-            return data
+    def racing(self: SyncFolder, max_bytes: int) -> Any:
+        """The writer appends right after the read: the bytes read are not the file."""
+        got = real_read(self, max_bytes)
+        with open(h.file, "ab") as w:
+            w.write(b"[audio]\nbitrate = 32000\n")
+        monkeypatch.undo()
+        return got
     h.cs.poll()
-    monkeypatch.setattr("edged.configsync.open", Racing, raising=False)
+    monkeypatch.setattr(SyncFolder, "read_config", racing)
     h.cs.poll()
     assert h.calls == [] and h.status() is None
     h.cs.poll()
@@ -595,3 +589,205 @@ def test_keygen_and_sign_commands_end_to_end(make, tmp_path):
 
     r = _edged("config", "sign", "--key", str(public), str(draft))
     assert r.returncode == 1 and "private key" in r.stderr
+
+
+# --- hostile files and folders (issue 12): rejected once with the reason, never a crash or a hang ---
+
+def _settle(h: Harness, polls: int = 4) -> None:
+    for _ in range(polls):
+        h.cs.poll()
+
+
+def _rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+
+
+def _hostile_files(tmp_path: Path) -> dict[str, tuple[Any, str, str]]:
+    """name -> (how to make <sync>/edged.toml, the key named, words of the reason)."""
+    target = tmp_path / "outside.toml"
+    target.write_bytes(A)
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    return {
+        "fifo": (lambda p: os.mkfifo(p), "<file>", "FIFO"),
+        "link to a fifo": (lambda p: p.symlink_to(fifo), "<file>", "symbolic link"),
+        "link to /dev/zero": (lambda p: p.symlink_to("/dev/zero"), "<file>", "symbolic link"),
+        "link to a regular file": (lambda p: p.symlink_to(target), "<file>", "symbolic link"),
+        "huge": (lambda p: p.write_bytes(b"#" * (config.MAX_FILE_BYTES + 1)), "<file>", "bytes"),
+        "not UTF-8": (lambda p: p.write_bytes(b"[camera]\nbitrate = 4\xff\n"), "<file>", "UTF-8"),
+        "deep arrays": (lambda p: p.write_bytes(b"a = " + b"[" * 3000 + b"]" * 3000), "<file>", "deeper"),
+        "deep dotted keys": (lambda p: p.write_bytes(b"a." * 3000 + b"b = 1\n"), "a.a.a", "deeper"),
+        "a folder": (lambda p: p.mkdir(), "<file>", "folder"),
+    }
+
+
+def test_hostile_files_are_rejected_once_with_the_reason_and_the_watcher_goes_on(make, tmp_path, caplog):
+    h = make()
+    h.cs.startup()
+    caplog.set_level(logging.INFO, logger="edged.configsync")
+    for what, (make_file, key, words) in _hostile_files(tmp_path).items():
+        before = len(_rejections(caplog))
+        if h.file.is_dir() and not h.file.is_symlink():
+            h.file.rmdir()
+        else:
+            h.file.unlink(missing_ok=True)
+        _settle(h, 1)
+        t0 = time.monotonic()
+        make_file(h.file)
+        _settle(h, 6)
+        assert time.monotonic() - t0 < 5, f"{what}: a poll must not block"
+        st = h.status()
+        assert st is not None and st["state"] == "rejected", (what, st)
+        named = {k: r for k, r in errors(st).items() if k.startswith(key)}
+        assert named and words in next(iter(named.values())), (what, st["errors"])
+        assert len(_rejections(caplog)) == before + 1, f"{what}: one log line, not one per poll"
+        assert h.calls == [] and h.cs.settings == h.local
+    refused = [a for a in h.alarms if a[0] == "sync_folder_refused"]
+    assert refused and refused[0] == ("sync_folder_refused", True)
+    h.file.rmdir()
+    h.atomic(A, ".syncthing.edged.toml.tmp")  # the watcher is alive: a good file is applied
+    _settle(h, 3)
+    assert h.status()["state"] == "applied" and h.calls[-1][0].camera.bitrate == 400_000
+    assert h.alarms[-1] == ("sync_folder_refused", False)
+
+
+def test_hostile_files_at_start_neither_block_nor_stop_it(make, tmp_path):
+    for what, (make_file, key, _) in _hostile_files(tmp_path).items():
+        h = make()
+        if h.file.is_dir() and not h.file.is_symlink():
+            h.file.rmdir()
+        else:
+            h.file.unlink(missing_ok=True)
+        make_file(h.file)
+        old = time.time() - 60
+        os.utime(h.file, (old, old), follow_symlinks=False)
+        t0 = time.monotonic()
+        assert h.cs.startup() == h.local, what
+        assert time.monotonic() - t0 < 5, what
+        st = h.status()
+        assert st is not None and st["state"] == "rejected", (what, st)
+        assert any(k.startswith(key) for k in errors(st)), (what, st)
+
+
+def test_any_exception_while_judging_is_a_rejection_once_not_a_crash_loop(make, monkeypatch, caplog):
+    h = make()
+    h.cs.startup()
+    caplog.set_level(logging.INFO, logger="edged.configsync")
+
+    def boom(*a: Any, **kw: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(config, "from_layers", boom)
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    _settle(h, 10)
+    st = h.status()
+    assert st["state"] == "rejected" and "<file>" in errors(st) and "nested too deeply" in errors(st)["<file>"]
+    monkeypatch.undo()
+
+    def surprise(*a: Any) -> Any:
+        raise KeyError("surprise")
+    monkeypatch.setattr(config, "changed_keys", surprise)  # after validation, before on_apply
+    h.atomic(B, ".syncthing.edged.toml.tmp")
+    _settle(h, 10)
+    st = h.status()
+    assert st["state"] == "rejected" and "surprise" in errors(st)["<internal>"], st
+    assert len(_rejections(caplog)) == 2
+    assert h.calls == []
+
+
+def test_a_symlinked_status_folder_is_refused_and_raises_the_alarm(make, tmp_path):
+    h = make()
+    elsewhere = tmp_path / "evidence-like"
+    elsewhere.mkdir()
+    (h.sync_dir / "status").symlink_to(elsewhere)
+    h.cs.startup()
+    h.atomic(A, ".syncthing.edged.toml.tmp")
+    _settle(h, 3)
+    assert list(elsewhere.iterdir()) == [], "nothing written through the link"
+    assert h.calls and h.calls[-1][0].camera.bitrate == 400_000, "the config still applies"
+    assert h.alarms == [("sync_folder_refused", True)]
+    (h.sync_dir / "status").unlink()
+    _settle(h, 1)  # the status not written is written at the next poll, and the alarm clears
+    assert h.status()["state"] == "applied" and h.alarms[-1] == ("sync_folder_refused", False)
+
+
+def test_a_replayed_signed_config_is_refused_even_after_a_restart(make, fleet_key):
+    sync = {"fleet_public_key": _b64pub(fleet_key)}
+    h = make(sync=sync)
+    h.cs.startup()
+    new = configsign.sign(A, fleet_key, serial=200)
+    h.atomic(new, ".syncthing.edged.toml.tmp")
+    _settle(h, 3)
+    assert h.status()["state"] == "applied" and h.status()["serial"] == 200
+    older = configsign.sign(B, fleet_key, serial=100)
+    same_serial = configsign.sign(B, fleet_key, serial=200)
+    for data in (older, same_serial):
+        h.atomic(data, ".syncthing.edged.toml.tmp")
+        _settle(h, 3)
+        st = h.status()
+        assert st["state"] == "rejected" and "not above 200" in errors(st)["<serial>"], st
+    h.atomic(new, ".edged.toml.Ab12Cd")  # the very file accepted, synced again: not a replay
+    _settle(h, 3)
+    assert h.status()["state"] == "unchanged"
+    h.cs.stop()
+    assert json.loads((h.local.state_dir / "synced-config.serial").read_text())["serial"] == 200
+
+    h.atomic(older, ".syncthing.edged.toml.tmp")  # arrived while the daemon was down
+    old = time.time() - 60
+    os.utime(h.file, (old, old))
+    h2 = make(sync=sync)
+    assert h2.cs.startup().camera.bitrate == 400_000, "started on the kept config"
+    assert "<serial>" in errors(h2.status())
+    h2.atomic(configsign.sign(B, fleet_key, serial=201), ".syncthing.edged.toml.tmp")
+    _settle(h2, 3)
+    assert h2.status()["state"] == "applied" and h2.cs.last_serial == 201
+
+
+def test_a_signed_config_for_other_devices_is_refused(make, fleet_key):
+    h = make(sync={"fleet_public_key": _b64pub(fleet_key)}, device={"id": "cam-7"})
+    h.cs.startup()
+    for_others = configsign.sign(A, fleet_key, serial=10, devices=["cam-1", "cam-2"])
+    h.atomic(for_others, ".syncthing.edged.toml.tmp")
+    _settle(h, 3)
+    st = h.status()
+    assert st["state"] == "rejected" and "cam-1, cam-2" in errors(st)["<devices>"] and "cam-7" in errors(st)["<devices>"]
+    for_me = configsign.sign(A, fleet_key, serial=11, devices=["cam-1", "cam-7"])
+    h.atomic(for_me, ".syncthing.edged.toml.tmp")
+    _settle(h, 3)
+    assert h.status()["state"] == "applied" and h.cs.settings.camera.bitrate == 400_000
+
+
+def test_an_old_format_signed_config_is_refused_with_what_to_do(make, fleet_key):
+    h = make(sync={"fleet_public_key": _b64pub(fleet_key)})
+    h.cs.startup()
+    old = configsign.PREFIX + base64.b64encode(fleet_key.sign(A)) + b"\n" + A
+    h.atomic(old, ".syncthing.edged.toml.tmp")
+    _settle(h, 3)
+    assert "sign it again" in errors(h.status())["<signature>"]
+
+
+def test_unsigned_evidence_reducing_values_are_refused_naming_the_key(make):
+    h = make()
+    h.cs.startup()
+    cases = {
+        b"[storage]\nmin_free_bytes = 1000000000000000000\n": "storage.min_free_bytes",
+        b"[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.0\n": "clips.pre_roll_seconds",
+        b"[upload]\nbandwidth_kbps = 1\n": "upload.bandwidth_kbps",
+        b"[upload.sonoran_v2]\naccount_uuid = \"someone-else\"\n": "upload.sonoran_v2.account_uuid",
+        b"[upload.sonoran_legacy]\nusername = \"x\"\n": "upload.sonoran_legacy.username",
+        b"[camera]\nsource = \"file\"\n[audio]\nsource = \"none\"\n[device]\nid = \"x\"\n": "camera.source",
+    }
+    for data, key in cases.items():
+        h.atomic(data, ".syncthing.edged.toml.tmp")
+        _settle(h, 3)
+        st = h.status()
+        assert st["state"] == "rejected" and key in errors(st), (key, st)
+    assert h.calls == []
+
+
+def test_startup_never_raises_whatever_the_state_folder_holds(make):
+    h = make()
+    h.local.state_dir.mkdir(parents=True, exist_ok=True)
+    (h.local.state_dir / "synced-config.toml").mkdir()   # not a file
+    (h.local.state_dir / "synced-config.serial").write_text("{not json")
+    h2 = make()
+    assert h2.cs.startup() == h2.local
