@@ -462,3 +462,10 @@ def test_a_quoted_dotted_key_is_neither_a_crash_nor_a_way_round():
     p = synced({"storage": {"dir.x": 1}})
     assert set(p) == {"storage.dir.x"}
 
+
+def test_the_readme_table_is_the_schemas():
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- config-table: python -m edged.config -->\n", "<!-- end of config-table -->"
+    assert begin in readme and end in readme
+    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert table == config.markdown_table(), "README's config table is stale: paste python -m edged.config"
