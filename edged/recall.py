@@ -15,6 +15,14 @@ video recall request (../shared/reference/motive-video-recall-request.txt):
 Every problem of a request is reported at once, each with its reason, as the configuration does;
 an unknown field is refused (a misspelt ``duraton`` would otherwise be silently ignored).
 
+Requests are untrusted (a sync party writes them): ``load_request`` turns bytes into JSON with the
+size, the encoding and the nesting depth bounded *before* the parser runs (60 KB of ``[`` would
+exhaust Python's recursion); ``parse_request`` bounds every string and list, and range-checks the
+time (2000 to 2100) before it becomes nanoseconds, so nothing that reaches SQLite or arithmetic can
+overflow an int64. Only ``InvalidRequest`` leaves either; every value echoed in a reason is shown
+through a bounded ``repr``. Text stored or written as a status (reasons, details, echoed bodies)
+goes through ``edged.journal.scrub`` first: a server may echo a key in its error body.
+
 Duplicates: a request with the id of a stored one is the same request if its fields are the same
 (answered with the stored state, nothing done twice: a sync tool may deliver a file again), and a
 conflict otherwise. A request with another id asking for the same footage (start, duration, type
@@ -29,7 +37,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
+import reprlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.db import Store
+from edged.journal import scrub
 from edged.status import iso
 
 #: Allowed durations in minutes, per recall type (the contract's lists).
@@ -61,6 +72,30 @@ CLIP_PREFIX = "recall-"
 
 MINUTE_NS = 60_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: Footage can only be from these years: anything else is refused before it becomes nanoseconds
+#: (year 1600 or 9999 would not fit SQLite's int64).
+MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+MAX_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+MIN_TIME_NS = (MIN_TIME - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+MAX_TIME_NS = (MAX_TIME - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+#: Longest duration of any recall type (a window ends before ``MAX_TIME_NS`` + this).
+MAX_DURATION_MIN = max(max(d) for d in DURATIONS.values())
+
+#: Bounds on what a request may hold (a request is a few hundred bytes).
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_DEPTH = 8  # a request is one object of lists of strings: depth 2
+MAX_TIME_CHARS = 64
+MAX_NAME_CHARS = 64
+MAX_POSITIONS = 16
+#: Reasons name at most this many unknown fields.
+_MAX_LISTED = 8
+
+_shown = reprlib.Repr()
+_shown.maxstring = 80
+_shown.maxother = 80
+_shown.maxlevel = 3
+_shown.maxlist = _shown.maxtuple = _shown.maxdict = _shown.maxset = 6
+_shown.maxlong = 40
 
 
 class InvalidRequest(Exception):
@@ -69,6 +104,117 @@ class InvalidRequest(Exception):
     def __init__(self, reasons: list[str]) -> None:
         self.reasons = reasons
         super().__init__("; ".join(reasons))
+
+
+def show(value: Any) -> str:
+    """A bounded ``repr`` of an untrusted value, for a reason: never long, never raising (a huge
+    int, a deeply nested list)."""
+    try:
+        return _shown.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, a list nested past the limit
+        return f"<{type(value).__name__}>"
+
+
+def bounded(value: Any, depth: int = 4, items: int = 32, chars: int = 256) -> Any:
+    """A copy of an untrusted JSON value small enough to echo in a status document: nesting cut at
+    ``depth``, lists and objects at ``items`` entries, strings at ``chars``; numbers JSON cannot
+    hold (NaN, infinities, ints past 64 bits) as their bounded ``repr``."""
+    if isinstance(value, str):
+        return value if len(value) <= chars else value[:chars] + "…"
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -2**63 <= value < 2**63 else show(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else show(value)
+    if depth <= 0:
+        return show(value)
+    if isinstance(value, dict):
+        out = {bounded(k, 0, items, 64) if isinstance(k, str) else show(k): bounded(v, depth - 1, items, chars)
+               for k, v in list(value.items())[:items]}
+        if len(value) > items:
+            out["…"] = f"{len(value) - items} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        out_list = [bounded(v, depth - 1, items, chars) for v in value[:items]]
+        if len(value) > items:
+            out_list.append(f"… {len(value) - items} more")
+        return out_list
+    return show(value)
+
+
+def scrub_value(value: Any) -> Any:
+    """``value`` with every string (keys included) scrubbed of secrets (``edged.journal.scrub``)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(k) if isinstance(k, str) else k: scrub_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_value(v) for v in value]
+    return value
+
+
+def scrubbed_json(doc: Any, indent: int | None = None) -> str:
+    """``doc`` as JSON with no secret in it: every string scrubbed, then the text itself (which
+    catches ``"api_key": "…"`` entries by their name); the second pass is kept only if it is still
+    valid JSON."""
+    text = json.dumps(scrub_value(doc), indent=indent)
+    again = scrub(text)
+    if again != text:
+        try:
+            json.loads(again)
+        except ValueError:
+            return text
+        return again
+    return text
+
+
+def json_depth(text: str, limit: int) -> int:
+    """How deeply ``text``'s arrays and objects nest, counted without parsing (strings skipped);
+    stops counting once past ``limit``."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "[" or ch == "{":
+            depth += 1
+            if depth > limit:
+                return depth
+        elif ch == "]" or ch == "}":
+            depth -= 1
+    return max(depth, 0)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def load_request(data: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> Any:
+    """The JSON value of a request file's bytes; InvalidRequest (one reason) when it is too big, not
+    UTF-8, nested too deeply or not JSON. Never anything else."""
+    if len(data) > max_bytes:
+        raise InvalidRequest([f"the request is {len(data)} bytes; at most {max_bytes} are read"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest([f"the request is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})"]) from None
+    text = text.removeprefix("\ufeff")  # the byte order mark some editors write
+    if json_depth(text, MAX_DEPTH) > MAX_DEPTH:
+        raise InvalidRequest([f"the request nests arrays or objects more than {MAX_DEPTH} deep"])
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:  # (json_depth should have caught it)
+        raise InvalidRequest([f"the request nests arrays or objects more than {MAX_DEPTH} deep"]) from None
+    except ValueError as exc:
+        raise InvalidRequest([f"the request is not valid JSON: {str(exc)[:200]}"]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,94 +251,171 @@ class RecallRequest:
 
 def check_id(request_id: str) -> str:
     if not isinstance(request_id, str) or not ID_PATTERN.fullmatch(request_id):
-        raise InvalidRequest([f"id: {request_id!r} is not a plain name (letters, digits, '.', '_', '-'; "
+        raise InvalidRequest([f"id: {show(request_id)} is not a plain name (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)"])
     return request_id
 
 
 def parse_time(value: Any) -> int:
-    """ISO 8601 with a time zone → UTC ns; ValueError saying why not."""
+    """ISO 8601 with a time zone, from 2000 to 2100 → UTC ns; ValueError saying why not."""
+    t = _parse_datetime(value)
+    if not _in_range(t):
+        raise ValueError(f"{value!r} is not between {MIN_TIME.year} and {MAX_TIME.year}: no footage is from then")
+    return _ns(t)
+
+
+def _parse_datetime(value: Any) -> dt.datetime:
+    """ISO 8601 with a time zone → an aware datetime (any year); ValueError saying why not."""
     if not isinstance(value, str):
-        raise ValueError(f"must be an ISO 8601 string, got {type(value).__name__} {value!r}")
+        raise ValueError(f"must be an ISO 8601 string, got {type(value).__name__} {show(value)}")
+    if len(value) > MAX_TIME_CHARS:
+        raise ValueError(f"{show(value)} is {len(value)} characters; an ISO 8601 time is at most {MAX_TIME_CHARS}")
     try:
         t = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO 8601 date and time (e.g. 2024-05-01T14:30:00Z)") from None
-    if t.tzinfo is None:
+    if t.tzinfo is None or t.utcoffset() is None:
         raise ValueError(f"{value!r} has no time zone: add Z (UTC) or an offset such as +02:00")
+    return t
+
+
+def _in_range(t: dt.datetime) -> bool:
+    try:
+        return MIN_TIME <= t < MAX_TIME
+    except OverflowError:  # (an offset pushing year 1 or 9999 past what datetime holds)
+        return False
+
+
+def _ns(t: dt.datetime) -> int:
+    """An aware datetime within [MIN_TIME, MAX_TIME) as UTC ns (fits an int64)."""
     return (t - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _as_name(value: Any) -> str | None:
+    """A ``vehicle_number`` / ``asset_name`` as text: a short string or a plain integer; else None."""
+    if isinstance(value, str) and len(value) <= MAX_NAME_CHARS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and -10**18 < value < 10**18:
+        return str(value)
+    return None
 
 
 def parse_request(data: Any, request_id: str, *, now_ns: int, positions: Sequence[str],
                   device_names: Sequence[str], source: str = "", clock_synchronized: bool = True) -> RecallRequest:
     """Validate a request body (a JSON object) against this device. ``now_ns``: the newest instant
     footage can exist for (wall clock); ``positions``: this device's cameras; ``device_names``:
-    names a ``vehicle_number`` / ``asset_name`` may use for this device. Raises InvalidRequest."""
+    names a ``vehicle_number`` / ``asset_name`` may use for this device. Raises InvalidRequest,
+    nothing else, whatever ``data`` is."""
     check_id(request_id)
     if not isinstance(data, dict):
         raise InvalidRequest([f"the request must be a JSON object, got {type(data).__name__}"])
     problems: list[str] = []
-    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    known = REQUIRED + OPTIONAL
+    unknown = sorted(show(k) if not isinstance(k, str) else show(k)[1:-1] for k in data if k not in known)
     if unknown:
-        problems.append(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(REQUIRED + OPTIONAL)})")
+        more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        problems.append(f"unknown field(s) {', '.join(unknown[:_MAX_LISTED])}{more} (known: {', '.join(known)})")
     for name in REQUIRED:
         if name not in data:
             problems.append(f"{name}: missing (required)")
 
-    start_ns: int | None = None
-    if "start_time" in data:
-        try:
-            start_ns = parse_time(data["start_time"])
-        except ValueError as exc:
-            problems.append(f"start_time: {exc}")
-        else:
-            if start_ns > now_ns:
-                hint = "" if clock_synchronized else " (this device's clock is not synchronised yet)"
-                problems.append(f"start_time: {iso(start_ns)} is in the future; the newest footage is from "
-                                f"{iso(now_ns)}{hint}")
-
-    recall_type = data.get("recall_type", DEFAULT_TYPE)
-    if recall_type not in DURATIONS:
-        problems.append(f"recall_type: {recall_type!r} is not one of {', '.join(DURATIONS)}")
-        recall_type = None
-
-    duration = data.get("duration")
-    if "duration" in data:
-        if isinstance(duration, bool) or not isinstance(duration, int):
-            problems.append(f"duration: must be a whole number of minutes, got {duration!r}")
-            duration = None
-        elif recall_type is not None and duration not in DURATIONS[recall_type]:
-            allowed = ", ".join(map(str, DURATIONS[recall_type]))
-            other = [t for t, ds in DURATIONS.items() if duration in ds]
-            hint = f" ({duration} minutes is a {other[0]} duration)" if other else ""
-            problems.append(f"duration: {recall_type} recalls last {allowed} minutes, got {duration}{hint}")
-
-    cameras: tuple[str, ...] = tuple(sorted(positions))
-    if "camera_positions" in data:
-        asked = data["camera_positions"]
-        if not isinstance(asked, list) or not all(isinstance(p, str) for p in asked):
-            problems.append(f"camera_positions: must be a list of position names, got {asked!r}")
-        elif not asked:
-            problems.append(f"camera_positions: empty list; leave it out for every camera, or name some of: "
-                            f"{', '.join(positions)}")
-        else:
-            unknown_pos = sorted(set(asked) - set(positions))
-            if unknown_pos:
-                problems.append(f"camera_positions: {', '.join(map(repr, unknown_pos))} not on this device "
-                                f"(it has: {', '.join(positions)})")
-            cameras = tuple(sorted(set(asked)))
-
-    addressed = [k for k in ("vehicle_number", "asset_name") if k in data]
-    if len(addressed) > 1:
-        problems.append("vehicle_number and asset_name: give at most one of them")
-    for k in addressed:
-        if str(data[k]) not in device_names:
-            problems.append(f"{k}: {data[k]!r} is not this device (it is {' / '.join(n for n in device_names if n)})")
+    start_ns = _start(data, now_ns, clock_synchronized, problems)
+    recall_type = _recall_type(data, problems)
+    duration = _duration(data, recall_type, problems)
+    cameras = _cameras(data, positions, problems)
+    _addressee(data, device_names, problems)
 
     if problems:
         raise InvalidRequest(problems)
     assert start_ns is not None and isinstance(duration, int) and recall_type is not None
     return RecallRequest(request_id, start_ns, duration, recall_type, cameras, source)
+
+
+def request_from_bytes(data: bytes, request_id: str, **context: Any) -> RecallRequest:
+    """A request file's bytes → a request (``load_request`` then ``parse_request``); InvalidRequest."""
+    return parse_request(load_request(data), request_id, **context)
+
+
+def _start(data: dict, now_ns: int, clock_synchronized: bool, problems: list[str]) -> int | None:
+    if "start_time" not in data:
+        return None
+    try:
+        t = _parse_datetime(data["start_time"])
+    except ValueError as exc:
+        problems.append(f"start_time: {exc}")
+        return None
+    hint = "" if clock_synchronized else " (this device's clock is not synchronised yet)"
+    try:
+        future = t > _EPOCH + dt.timedelta(microseconds=now_ns // 1000)
+    except OverflowError:
+        future = t.year > 1970
+    if not _in_range(t):
+        why = "is in the future" if future else "is before any footage"
+        problems.append(f"start_time: {data['start_time']!r} {why}: no footage is from outside "
+                        f"{MIN_TIME.year} to {MAX_TIME.year}{hint if future else ''}")
+        return None
+    start_ns = _ns(t)
+    if start_ns > now_ns:
+        problems.append(f"start_time: {iso(start_ns)} is in the future; the newest footage is from "
+                        f"{iso(now_ns)}{hint}")
+    return start_ns
+
+
+def _recall_type(data: dict, problems: list[str]) -> str | None:
+    recall_type = data.get("recall_type", DEFAULT_TYPE)
+    if not isinstance(recall_type, str) or recall_type not in DURATIONS:
+        problems.append(f"recall_type: {show(recall_type)} is not one of {', '.join(DURATIONS)}")
+        return None
+    return recall_type
+
+
+def _duration(data: dict, recall_type: str | None, problems: list[str]) -> int | None:
+    if "duration" not in data:
+        return None
+    duration = data["duration"]
+    if isinstance(duration, bool) or not isinstance(duration, int):
+        problems.append(f"duration: must be a whole number of minutes, got {show(duration)}")
+        return None
+    if recall_type is not None and duration not in DURATIONS[recall_type]:
+        allowed = ", ".join(map(str, DURATIONS[recall_type]))
+        other = [t for t, ds in DURATIONS.items() if duration in ds]
+        hint = f" ({duration} minutes is a {other[0]} duration)" if other else ""
+        problems.append(f"duration: {recall_type} recalls last {allowed} minutes, got {show(duration)}{hint}")
+    return duration if 0 < duration <= MAX_DURATION_MIN else None
+
+
+def _cameras(data: dict, positions: Sequence[str], problems: list[str]) -> tuple[str, ...]:
+    cameras: tuple[str, ...] = tuple(sorted(positions))
+    if "camera_positions" not in data:
+        return cameras
+    asked = data["camera_positions"]
+    if not isinstance(asked, list) or not all(isinstance(p, str) for p in asked):
+        problems.append(f"camera_positions: must be a list of position names, got {show(asked)}")
+    elif not asked:
+        problems.append(f"camera_positions: empty list; leave it out for every camera, or name some of: "
+                        f"{', '.join(positions)}")
+    elif len(asked) > MAX_POSITIONS or any(len(p) > MAX_NAME_CHARS for p in asked):
+        problems.append(f"camera_positions: at most {MAX_POSITIONS} names of at most {MAX_NAME_CHARS} characters")
+    else:
+        unknown_pos = sorted(set(asked) - set(positions))
+        if unknown_pos:
+            problems.append(f"camera_positions: {', '.join(map(show, unknown_pos))} not on this device "
+                            f"(it has: {', '.join(positions)})")
+        cameras = tuple(sorted(set(asked)))
+    return cameras
+
+
+def _addressee(data: dict, device_names: Sequence[str], problems: list[str]) -> None:
+    addressed = [k for k in ("vehicle_number", "asset_name") if k in data]
+    if len(addressed) > 1:
+        problems.append("vehicle_number and asset_name: give at most one of them")
+    for k in addressed:
+        name = _as_name(data[k])
+        if name is None:
+            problems.append(f"{k}: must be a name of at most {MAX_NAME_CHARS} characters, got {show(data[k])}")
+        elif name not in device_names:
+            problems.append(f"{k}: {show(data[k])} is not this device "
+                            f"(it is {' / '.join(n for n in device_names if n)})")
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -279,7 +502,11 @@ class RecallStore(Store):
         return [_recall(r) for r in self.query(sql + " ORDER BY created_ns, id", args)]
 
     def add(self, req: RecallRequest, hold: tuple[str, int, int], now_ns: int | None = None) -> Recall:
-        """Store a new pending request; raise DuplicateRequest (checked in the same transaction)."""
+        """Store a new pending request; raise DuplicateRequest (checked in the same transaction), or
+        InvalidRequest for times no parsed request has (nothing past int64 reaches SQLite)."""
+        check_id(req.id)
+        if not (MIN_TIME_NS <= req.start_ns < MAX_TIME_NS and 0 < req.duration_min <= MAX_DURATION_MIN):
+            raise InvalidRequest([f"start {req.start_ns} ns, {req.duration_min} min: out of range"])
         now = time.time_ns() if now_ns is None else now_ns
         with self.tx() as db:
             same_id = db.execute(f"SELECT {_COLS} FROM recalls WHERE id=?", (req.id,)).fetchone()
@@ -294,19 +521,21 @@ class RecallStore(Store):
                 raise DuplicateRequest(_recall(same), conflict=False)
             db.execute(f"INSERT INTO recalls ({_COLS}) VALUES (?,?,?,?,?,?,?,'',0,'{{}}',?,?,?,?,?)",
                        (req.id, PENDING, req.start_ns, req.duration_min, req.recall_type,
-                        json.dumps(list(req.cameras)), req.source, *hold, now, now))
+                        json.dumps(list(req.cameras)), scrub(req.source), *hold, now, now))
         rec = self.get(req.id)
         assert rec is not None
         return rec
 
     def update(self, recall_id: str, status: str, reason: str = "", *, built: bool | None = None,
                detail: dict | None = None, now_ns: int | None = None) -> Recall:
-        cols: dict[str, object] = {"status": status, "reason": reason,
+        """Set a request's status; the reason and the detail are stored scrubbed of secrets (an
+        upload refusal may quote a key)."""
+        cols: dict[str, object] = {"status": status, "reason": scrub(reason),
                                    "updated_ns": time.time_ns() if now_ns is None else now_ns}
         if built is not None:
             cols["built"] = int(built)
         if detail is not None:
-            cols["detail"] = json.dumps(detail)
+            cols["detail"] = scrubbed_json(detail)
         with self.tx() as db:
             db.execute(f"UPDATE recalls SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
                        (*cols.values(), recall_id))
