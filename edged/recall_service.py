@@ -29,6 +29,19 @@ Partly available footage is delivered as it is and the status names every gap wi
 The work runs in one background thread at a lower CPU priority (nice +10) than the recording.
 A daemon restarted mid-way re-protects the footage of every unfinished request and builds again
 what was not in the outbox yet.
+
+Untrusted input (issue 12): whatever the synced folder holds, the thread handles each request
+file on its own — any error is that file's rejection, never the inbox's end — and never blocks
+on it (see ``edged.recall_inbox``). Status files go through ``SyncFolder.write_status`` (the
+state folder's ``recall-status/`` through ``edged.files`` without a sync folder): atomic, never
+through a link. A link or non-folder at ``status/``, ``recall/`` or ``recall/processed/`` is
+refused: the alarm ``sync_folder_refused`` (``on_alarm``) is raised and one line logged while it
+lasts, nothing is written, read or moved there, and the status files not written are written
+once it is a real folder again. Every status document and every stored reason is scrubbed of
+secrets. Who owns ``status/recall-<id>.json``: the accepted request with that id, once there is
+one; a rejection reusing an accepted id (or a name that is not a plain id) is written beside it
+as ``recall-<id>.rejected.json`` (the latest such rejection), so it can never overwrite an
+accepted request's answer.
 """
 
 from __future__ import annotations
@@ -48,13 +61,15 @@ from typing import Any
 from edged.clip import ClipError, SourceSegment, build_clip
 from edged.config import Settings
 from edged.index import STORED, Index, Segment
+from edged.files import DIR_MODE, Folder, Refused, write_atomic
 from edged.journal import Msg, log_event
 from edged.outbox import PRIORITY_RECALL, Outbox
 from edged.paths import StatePaths
-from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, PENDING, PROCESSING, REJECTED, DuplicateRequest,
-                          InvalidRequest, Recall, RecallRequest, RecallStore, parse_request)
+from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, ID_PATTERN, PENDING, PROCESSING, REJECTED,
+                          DuplicateRequest, InvalidRequest, Recall, RecallRequest, RecallStore, bounded,
+                          parse_request, scrub_value, scrubbed_json, show)
 from edged.recall_inbox import Inbox, InboxItem
-from edged.files import fsync_dir, write_atomic
+from edged.syncfolder import ALARM, STATUS, SyncFolder
 from edged.status import iso
 from edged.timeline import Gap, coverage
 from edged.timelapse import Interrupted, Timelapse, render
@@ -63,6 +78,11 @@ log = logging.getLogger("edged.recall")
 
 #: The worker's niceness relative to the daemon (the recording must never wait for a timelapse).
 WORKER_NICE = 10
+#: How long ``stop`` waits for the worker (a timelapse stops at its next segment; well inside
+#: systemd's TimeoutStopSec=20 with the recorder's own stop).
+STOP_WAIT_S = 8.0
+#: Status files kept to write again while they cannot be written (oldest dropped first).
+MAX_UNWRITTEN = 1000
 
 
 def store_path(paths: StatePaths) -> Path:
@@ -101,10 +121,12 @@ class RecallService:
     def __init__(self, settings: Settings, store: RecallStore, index: Index, outbox: Outbox, *, clips_dir: Path,
                  segments_dir: Path, status_folder: Path, inbox: Inbox | None, now_wall_ns: Callable[[], int],
                  wall_offset_ns: Callable[[], int], boot_id: str, clock_synced: Callable[[], bool] = lambda: True,
-                 request_boundary: Callable[[int], None] | None = None, period_s: float = 0.5) -> None:
+                 request_boundary: Callable[[int], None] | None = None, period_s: float = 0.5,
+                 on_alarm: Callable[[str, bool], None] = lambda name, active: None) -> None:
         """``now_wall_ns``: the newest instant footage can exist for (the recording's timeline on the wall
         clock); ``wall_offset_ns``: this boot's wall − monotonic offset; ``request_boundary``: the
-        recorder's (a new segment at a monotonic instant)."""
+        recorder's (a new segment at a monotonic instant); ``on_alarm(name, active)``: raises or
+        clears ``sync_folder_refused``."""
         self.settings = settings
         self.store = store
         self.index = index
@@ -126,9 +148,15 @@ class RecallService:
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_inbox = 0.0
+        self._on_alarm = on_alarm
+        self._trouble_lock = threading.Lock()
+        self._troubles: dict[str, tuple[str, bool]] = {}  # area -> (why, alarm) while it lasts
+        self._logged: dict[str, set[str]] = {}  # area -> reasons logged while it lasts (once each)
+        self._unwritten: dict[str, tuple[bytes, str | None, str]] = {}  # status name -> (data, id, digest)
 
     @classmethod
-    def for_daemon(cls, daemon: Any, index: Index) -> RecallService:
+    def for_daemon(cls, daemon: Any, index: Index,
+                   on_alarm: Callable[[str, bool], None] = lambda name, active: None) -> RecallService:
         """Built from a running daemon's recorder and outbox; started. The daemon passes the uploader's
         deliveries on to ``on_delivered``."""
         s: Settings = daemon.settings
@@ -139,7 +167,8 @@ class RecallService:
                       inbox=Inbox(folder) if folder else None,
                       now_wall_ns=lambda: r.timeline_now_ns() + r.best_offset_ns(),
                       wall_offset_ns=r.best_offset_ns, boot_id=r.watch.boot_id,
-                      clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary)
+                      clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary,
+                      on_alarm=on_alarm)
         service.start()
         return service
 
@@ -148,6 +177,7 @@ class RecallService:
         folder = inbox_dir(settings)
         if (folder and (self.inbox is None or self.inbox.folder != folder)) or (not folder and self.inbox):
             self.inbox = Inbox(folder) if folder else None
+            self._trouble("inbox", "", alarm=True)  # looked at afresh at the next poll
         self.status_folder = status_dir(settings)
 
     def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -172,10 +202,16 @@ class RecallService:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the worker to stop and wait for it at most ``STOP_WAIT_S``: it never blocks on a file
+        (reads are non-blocking, a look takes at most ``MAX_PER_LOOK`` files, a timelapse stops at
+        its next segment), so only a regular recall being remuxed can take that long."""
         self._halt.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)  # a timelapse being rendered stops at its next segment
+            self._thread.join(timeout=STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("recall worker still busy after %.0f s; not waited for (what it was building is "
+                            "built again at the next start)", STOP_WAIT_S)
 
     def close(self) -> None:
         self.store.close()
@@ -195,9 +231,11 @@ class RecallService:
 
     def tick(self) -> None:
         """One round: read the inbox when due, build what is ready, follow the uploads."""
-        if self.inbox is not None and time.monotonic() >= self._next_inbox:
+        if time.monotonic() >= self._next_inbox:
             self._next_inbox = time.monotonic() + self.settings.sync.poll_seconds
-            self.poll_inbox()
+            self.flush_status()
+            if self.inbox is not None:
+                self.poll_inbox()
         self.process_ready()
         self.refresh()
 
@@ -237,6 +275,10 @@ class RecallService:
                                 clock_synchronized=self._synced())
         except InvalidRequest as exc:
             return self._reject(rid, exc.reasons, body, source)
+        except Exception as exc:  # noqa: BLE001 - a request that breaks the checks is refused, not fatal
+            log.exception("recall %s: the request could not be checked", show(rid))
+            return self._reject(rid, [f"the request could not be checked (internal error {type(exc).__name__})"],
+                                body, source)
         with self._accept_lock:
             existing = self.store.get(req.id)
             if existing is not None and existing.request.key == req.key:
@@ -247,8 +289,15 @@ class RecallService:
             try:
                 self.store.add(req, hold)
             except DuplicateRequest as dup:
-                return self._reject(rid, [str(dup)], body, source, duplicate_of=dup.existing, conflict=dup.conflict)
-            self._hold(req, hold)
+                refused: tuple[list[str], Recall | None, bool] | None = ([str(dup)], dup.existing, dup.conflict)
+            except InvalidRequest as exc:
+                refused = (exc.reasons, None, False)
+            else:
+                refused = None
+                self._hold(req, hold)
+        if refused is not None:
+            reasons, existing, conflict = refused
+            return self._reject(rid, reasons, body, source, duplicate_of=existing, conflict=conflict)
         if self._boundary is not None:
             self._boundary(req.end_ns - off)  # the segment holding the window's end is finished promptly
         log.warning("RECALL %s accepted (%s): %s %d min from %s, cameras %s", req.id, source, req.recall_type,
@@ -437,21 +486,30 @@ class RecallService:
     # --- the inbox ----------------------------------------------------------------------------------
 
     def poll_inbox(self) -> int:
-        if self.inbox is None:
+        """One look at the inbox: every settled request file answered (each on its own: an error is
+        that file's rejection) and moved. A refused folder raises the alarm instead."""
+        inbox = self.inbox
+        if inbox is None:
             return 0
-        items = self.inbox.scan()
-        for item in items:
-            self._take(item)
-        return len(items)
+        taken = inbox.take(self._take, stop=self._halt.is_set)
+        self._trouble("inbox", f"recall inbox refused: {inbox.refused}" if inbox.refused else "", alarm=True)
+        return taken
 
     def _take(self, item: InboxItem) -> None:
-        source = f"inbox:{item.path.name}"
+        source = f"inbox:{_plain(item.name)}"
         rid = item.request_id
-        if item.error:
-            self._reject(rid, [item.error], None, source)
-        else:
-            self.submit(item.body, rid, source=source)
-        self.inbox.done(item)  # type: ignore[union-attr]
+        try:
+            if item.error:
+                self._reject(rid, [item.error], None, source)
+            else:
+                self.submit(item.body, rid, source=source)
+        except Exception as exc:  # noqa: BLE001 - answered once with the reason; the inbox goes on
+            log.exception("recall inbox: %s not handled", source)
+            try:
+                self._reject(rid, [f"the request could not be handled (internal error {type(exc).__name__}); "
+                                   "send it again under a new id"], None, source)
+            except Exception:  # noqa: BLE001
+                log.exception("recall inbox: %s not answered", source)
 
     # --- status documents ---------------------------------------------------------------------------
 
@@ -462,7 +520,7 @@ class RecallService:
 
     def status(self, recall_id: str) -> dict[str, Any] | None:
         rec = self.store.get(recall_id)
-        return self._document(rec) if rec else None
+        return scrub_value(self._document(rec)) if rec else None
 
     def _document(self, rec: Recall) -> dict[str, Any]:
         dev = self.settings.device
@@ -494,39 +552,131 @@ class RecallService:
         with self._status_lock:
             rec = self.store.get(recall_id)
             assert rec is not None
-            doc = self._document(rec)
+            doc = scrub_value(self._document(rec))
             self._put(f"recall-{recall_id}.json", doc, recall_id)
         return doc
 
     def _reject(self, rid: str, reasons: list[str], body: Any, source: str, duplicate_of: Recall | None = None,
                 conflict: bool = False) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": rid, "status": REJECTED, "reason": "; ".join(reasons), "reasons": reasons,
-                               "request": body, "source": source, "updated_at": iso(time.time_ns())}
+        """Answer a request that is not accepted: one log line and a status file that never takes the
+        place of an accepted request's (see ``_rejection_name``)."""
+        shown = rid if isinstance(rid, str) and ID_PATTERN.fullmatch(rid) else _plain(str(rid))[:80]
+        reasons = [r for r in reasons if r] or ["rejected"]
+        doc: dict[str, Any] = {"id": shown, "status": REJECTED, "reason": "; ".join(reasons), "reasons": reasons,
+                               "request": bounded(body), "source": source, "updated_at": iso(time.time_ns())}
         if duplicate_of is not None and not conflict:
             doc["duplicate_of"] = self._document(duplicate_of)
-        log_event(log, Msg.RECALL_FAILED, "RECALL %s rejected (%s): %s", rid, source, doc["reason"],
-                  level=logging.ERROR, recall_id=rid, reason=doc["reason"], source=source)
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:64] or "unnamed"
-        # A conflicting id must not overwrite the answer its first request owns.
-        name = f"recall-{safe}.rejected.json" if conflict else f"recall-{safe}.json"
-        with self._status_lock:
-            self._put(name, doc, None)
+        doc = scrub_value(doc)
+        log_event(log, Msg.RECALL_FAILED, "RECALL %s rejected (%s): %s", shown, source, doc["reason"],
+                  level=logging.ERROR, recall_id=shown, reason=doc["reason"], source=source)
+        with self._status_lock:  # the name and the write in one step: an acceptance's write waits
+            self._put(self._rejection_name(str(rid)), doc, None)
         return doc
 
+    def _rejection_name(self, rid: str) -> str:
+        """``recall-<id>.json`` for a plain id no accepted request has; ``recall-<id>.rejected.json``
+        when one has it (its answer stays) or when the name is not a plain id (made plain)."""
+        if ID_PATTERN.fullmatch(rid):
+            return f"recall-{rid}.rejected.json" if self.store.get(rid) is not None else f"recall-{rid}.json"
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", rid)[:64] or "unnamed"
+        return f"recall-{safe}.rejected.json"
+
     def _put(self, name: str, doc: dict[str, Any], recall_id: str | None) -> None:
-        data = json.dumps(doc, indent=2).encode()
+        """Write ``status/<name>`` (scrubbed); kept to write again if it cannot be written now."""
+        data = scrubbed_json(doc, indent=2).encode()
         digest = hashlib.sha256(data).hexdigest()
-        if recall_id is not None and self._written.get(recall_id) == digest:
+        if recall_id is not None and self._written.get(recall_id) == digest and name not in self._unwritten:
             return
+        self._unwritten.pop(name, None)
+        self._unwritten[name] = (data, recall_id, digest)
+        while len(self._unwritten) > MAX_UNWRITTEN:
+            self._unwritten.pop(next(iter(self._unwritten)))
+        self._write_one(name)
+
+    def flush_status(self) -> int:
+        """Write the status files that could not be written (a refused ``status/``), oldest first;
+        stops at the first that still cannot. Returns how many were written."""
+        written = 0
+        with self._status_lock:
+            for name in list(self._unwritten):
+                if not self._write_one(name):
+                    break
+                written += 1
+        return written
+
+    def _write_one(self, name: str) -> bool:
+        data, recall_id, digest = self._unwritten[name]
         try:
-            self.status_folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.status_folder / name, data, durable=True)
-            fsync_dir(self.status_folder)
-        except OSError as exc:  # the answer is in the store; the next change writes it again
-            log.warning("recall status %s not written: %s", name, exc)
-            return
+            self._write_file(name, data)
+        except Refused as exc:  # a link or not a folder at status/: nothing is written there
+            self._trouble("status", f"recall status files not written: {exc}", alarm=self._synced_status())
+            return False
+        except (OSError, KeyError) as exc:  # (KeyError: sync.status_group names no group)
+            self._trouble("status", f"recall status files not written: {exc}", alarm=False)
+            return False
+        del self._unwritten[name]
         if recall_id is not None:
             self._written[recall_id] = digest
+        if not self._unwritten:
+            self._trouble("status", "", alarm=False)
+        return True
+
+    def _synced_status(self) -> bool:
+        sync_dir = self.settings.sync.dir
+        return bool(sync_dir) and self.status_folder == Path(sync_dir) / STATUS
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        """``status/<name>`` in the synced folder through its boundary; else in the state folder's
+        ``recall-status/`` (trusted, made when missing); atomic and durable either way."""
+        if not self._synced_status():
+            with Folder.open(self.status_folder, create=True) as folder:
+                folder.write(name, data, durable=True)
+            return
+        sync = SyncFolder(Path(self.settings.sync.dir), getattr(self.settings.sync, "status_group", ""))
+        try:
+            sync.write_status(name, data)
+        except FileNotFoundError:  # the synced folder itself is not there yet: it is edged's to make
+            sync.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            sync.write_status(name, data)
+
+    # --- troubles: logged once while they last; the refused ones raise the alarm -------------------
+
+    def _trouble(self, area: str, why: str, *, alarm: bool) -> None:
+        """``area`` ("inbox", "status") has a problem (``why``) or none (''): each reason is logged once
+        while the area is in trouble, its end once; ``ALARM`` is active while any ``alarm`` one lasts."""
+        with self._trouble_lock:
+            before = self._troubles.get(area)
+            was_alarm = any(a for _, a in self._troubles.values())
+            if why:
+                self._troubles[area] = (why, alarm)
+                logged = self._logged.setdefault(area, set())
+                new = why not in logged and len(logged) < 100
+                logged.add(why)
+            else:
+                self._troubles.pop(area, None)
+                self._logged.pop(area, None)
+                new = False
+            is_alarm = any(a for _, a in self._troubles.values())
+        if new:
+            log.error("%s%s", why, f" (alarm {ALARM}: nothing is read, written or moved through it until it is a "
+                                   "real folder)" if alarm else "")
+        elif not why and before is not None:
+            log.warning("recall %s: usable again (%s)", area, "alarm " + ALARM + " cleared" if before[1] and
+                        not is_alarm else "resolved")
+        if is_alarm != was_alarm:
+            self._on_alarm(ALARM, is_alarm)
+
+    @property
+    def troubles(self) -> dict[str, str]:
+        """What is wrong now, per area (tests and status)."""
+        with self._trouble_lock:
+            return {area: why for area, (why, _) in self._troubles.items()}
+
+
+def _plain(name: str) -> str:
+    """A name from the synced folder as plain printable text (control characters and bytes that are
+    not UTF-8 escaped), for logs and status documents."""
+    return name if name.isascii() and name.isprintable() else json.dumps(name)[1:-1]
 
 
 def _describe(gaps: list[Gap]) -> str:

@@ -527,27 +527,32 @@ def test_duplicates_are_detected(synthetic, rig_factory):
 def test_inbox_ignores_sync_tools_temporary_files_and_files_being_written(tmp_path):
     folder = tmp_path / "recall"
     folder.mkdir()
-    clock = [time.time() + 10]
+    clock = [100.0]  # the inbox's monotonic clock: settling never looks at a file's mtime
     inbox = Inbox(folder, settle_s=1.0, now=lambda: clock[0])
+    taken = []
+
+    def look() -> int:
+        return inbox.take(taken.append)
     for name in (".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp"):
         (folder / name).write_text('{"start_time": "2025-01-01T00:00:00Z", "duration": 1}')
         assert is_temporary(name)
     growing = folder / "r4.json"
     growing.write_text('{"start_time": "2025-01-')
-    assert inbox.scan() == []  # first sight: not yet known to be settled
+    assert look() == 0  # first sight: not yet known to be settled
     with open(growing, "a") as f:
         f.write('01T00:00:00Z", "duration": 1}')
-    assert inbox.scan() == []  # changed since the last look: still being written
-    [item] = inbox.scan()
+    clock[0] += 5
+    assert look() == 0  # changed since the last look: still being written
+    clock[0] += 0.5
+    assert look() == 0  # unchanged, but for less than settle_s
+    clock[0] += 0.5
+    assert look() == 1
+    [item] = taken
     assert item.request_id == "r4" and item.body == {"start_time": "2025-01-01T00:00:00Z", "duration": 1}
-    fresh = folder / "r6.json"  # a file younger than settle_s is left alone even if unchanged
-    fresh.write_text("{}")
-    young = int((clock[0] - 0.2) * 1e9)
-    os.utime(fresh, ns=(young, young))
-    inbox.scan()
-    assert [i.request_id for i in inbox.scan()] == ["r4"]
-    inbox.done(item)
     assert (folder / "processed" / "r4.json").exists() and not growing.exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp",
+         "processed"])
 
 
 def test_inbox_requests_get_status_files_pending_processing_completed(synthetic, rig_factory):
