@@ -492,3 +492,29 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
         assert rc == 0, (argv, err)
         assert "***" in out, (argv, out)
         assert not [s for s in secrets if s in out + err], (argv, out)
+
+
+def test_config_sign_takes_a_serial_and_the_devices(tmp_path: Path) -> None:
+    from edged import configsign
+    rc, _, err = run_main(["config", "keygen", str(tmp_path / "keys")])
+    assert rc == 0, err
+    key = tmp_path / "keys" / configsign.PRIVATE_KEY_NAME
+    public = configsign.load_public_key(str(tmp_path / "keys" / configsign.PUBLIC_KEY_NAME))
+    draft = tmp_path / "edged.toml"
+    draft.write_text("[camera]\nfps = 10\n")
+    rc, out, err = run_main(["config", "sign", "--key", str(key), str(draft), "--serial", "42",
+                             "--device", "cam-2", "--device", "cam-1"])
+    assert rc == 0 and "serial 42; for cam-1, cam-2" in out, err
+    signed = configsign.verified(draft.read_bytes(), public)
+    assert (signed.serial, signed.devices, signed.body) == (42, ("cam-1", "cam-2"), b"[camera]\nfps = 10\n")
+    rc, out, err = run_main(["config", "sign", "--key", str(key), str(draft)])  # default: now, above 42
+    assert rc == 0 and not err, err
+    again = configsign.verified(draft.read_bytes(), public)
+    assert again.serial > 42 and again.devices == ()
+    rc, out, err = run_main(["config", "sign", "--key", str(key), str(draft), "--serial", "7"])
+    assert rc == 0 and "serial 7 is not above" in err  # signed as asked, with a warning
+    assert configsign.verified(draft.read_bytes(), public).serial == 7
+    for bad in (["--serial", "-1"], ["--serial", "²"], ["--serial", str(2**63)], ["--device", "a b"],
+                ["--device", ""], ["--device", "x" * 129]):
+        rc, _, err = run_main(["config", "sign", "--key", str(key), str(draft), *bad])
+        assert rc == 2 and len(err.strip().splitlines()) == 1, (bad, err)
