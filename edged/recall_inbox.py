@@ -115,9 +115,10 @@ class Inbox:
             for name, mark in self._settled(inbox):
                 if stop() or taken >= limit:
                     break
-                item = self._read(inbox, name, mark)
-                if item is None:
+                read = self._read(inbox, name, mark)
+                if read is None:
                     continue
+                item, mark = read
                 try:
                     handle(item)
                 except Exception:  # noqa: BLE001 - one file must not stop the others
@@ -172,9 +173,9 @@ class Inbox:
         self._seen, self._kept = seen, kept  # names gone from the folder are forgotten
         return [(name, mark) for _, name, mark in sorted(ready)]
 
-    def _read(self, inbox: Folder, name: str, mark: Mark) -> InboxItem | None:
-        """The request in ``name``; an item with the reason when it is not one; None when it went
-        away or changed since it settled (it settles again first)."""
+    def _read(self, inbox: Folder, name: str, mark: Mark) -> tuple[InboxItem, Mark] | None:
+        """The request in ``name``, or an item with the reason it is not one, and the mark of the
+        entry to move; None when it went away or was rewritten since it settled (it settles again)."""
         rid = name[:-len(SUFFIX)]
         where = f"{RECALL}/{name}"
         try:
@@ -182,17 +183,19 @@ class Inbox:
         except FileNotFoundError:
             self._seen.pop(name, None)
             return None
-        except Refused as exc:  # a link, a FIFO, a device, a folder, too big
-            return InboxItem(name, rid, None, f"{where} {exc.why}")
-        except OSError as exc:
-            return InboxItem(name, rid, None, f"{where} cannot be read: {exc.strerror or exc}")
+        except (Refused, OSError) as exc:  # a link, a FIFO, a device, a folder, too big, unreadable
+            now = inbox.lstat(name)  # what was refused, even if swapped in after the listing
+            if now is None:
+                return None
+            why = exc.why if isinstance(exc, Refused) else f"cannot be read: {exc.strerror or exc}"
+            return InboxItem(name, rid, None, f"{where} {why}"), _mark(now)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != mark[:3]:
             self._seen.pop(name, None)  # rewritten since the last look
             return None
         try:
-            return InboxItem(name, rid, load_request(data), "")
+            return InboxItem(name, rid, load_request(data), ""), mark
         except InvalidRequest as exc:
-            return InboxItem(name, rid, None, f"{where}: {exc}")
+            return InboxItem(name, rid, None, f"{where}: {exc}"), mark
 
     def _move(self, inbox: Folder, processed: Folder, name: str, mark: Mark) -> None:
         """Rename ``name`` (the entry itself) into ``processed/``; remember it if that fails."""
