@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
@@ -352,10 +353,12 @@ class Settings:
 _SECTIONS: dict[str, type] = {name: t for name, t in typing.get_type_hints(Settings).items() if name != "origin"}
 
 
+@functools.cache
 def _resolve_type(t: Any) -> Any:
     return eval(t, vars(typing) | vars(types) | globals()) if isinstance(t, str) else t  # noqa: S307 - own annotations
 
 
+@functools.cache
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.name != "origin"}
 
@@ -421,6 +424,21 @@ def _check_type(key: str, want: Any, value: Any, problems: list[tuple[str, str]]
     else:  # pragma: no cover - the schema has no other types
         problems.append((key, f"has an unsupported type {want!r}"))
     return None
+
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_part(name: Any) -> str:
+    """One component of a key as TOML writes it: bare when it can be, else quoted (an empty
+    name, a dot or a space in a name still shows which key is meant)."""
+    name = str(name)
+    return name if _BARE.fullmatch(name) else json.dumps(name)
+
+
+def key_name(path: tuple[str, ...]) -> str:
+    """A key path as the dotted name errors use."""
+    return ".".join(key_part(p) for p in path)
 
 
 def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tuple[str, str]]) -> Any:
@@ -607,7 +625,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[tuple[s
     fields = _fields(cls)
     values: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = f"{prefix}{key}"
+        dotted = prefix + key_part(key)
         if key not in fields:
             problems.append((short(dotted, 120), f"unknown key (known: {', '.join(fields)})"))
             continue
@@ -633,7 +651,7 @@ def check_shape(data: Any, limit: int = MAX_DEPTH) -> str | None:
         if depth > limit:
             return path or "<file>"
         if isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
+            stack.extend((v, f"{path}.{key_part(k)}" if path else key_part(k), depth + 1) for k, v in node.items())
         elif isinstance(node, list):
             stack.extend((v, path, depth + 1) for v in node)
     return None
@@ -652,7 +670,7 @@ def _validate(data: dict[str, Any], origin: str) -> tuple[Settings, list[tuple[s
     sections: dict[str, Any] = {}
     for name, table in data.items():
         if name not in _SECTIONS:
-            problems.append((short(str(name), 120), f"unknown section (known: {', '.join(_SECTIONS)})"))
+            problems.append((short(key_part(name), 120), f"unknown section (known: {', '.join(_SECTIONS)})"))
             continue
         if not isinstance(table, dict):
             problems.append((name, "must be a table, e.g. [" + name + "]"))
@@ -911,14 +929,14 @@ def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin:
         if reason is None:
             kept.append(path)
             continue
-        problems.append((short(".".join(path), 120), reason))
+        problems.append((short(key_name(path), 120), reason))
         allowed = _without(allowed, path)  # dropped: reported once, and nothing else follows from it
     settings, found = _validate(_overlay(local_data, allowed), origin)
     problems += found
     local, _ = _validate(local_data, "<local>")
     reported = {key for key, _ in problems}
     for path in kept:
-        key = ".".join(path)
+        key = key_name(path)
         f = _field_of(path)
         if f is None or key in reported:
             continue

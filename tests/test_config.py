@@ -458,9 +458,10 @@ def test_min_free_bytes_is_a_fraction_of_the_file_system_for_every_synced_config
 
 def test_a_quoted_dotted_key_is_neither_a_crash_nor_a_way_round():
     p = synced({"sync.dir": "/tmp/x"})
-    assert "sync.dir" in p and "unknown section" in p["sync.dir"]
+    assert '"sync.dir"' in p and "unknown section" in p['"sync.dir"']
     p = synced({"storage": {"dir.x": 1}})
-    assert set(p) == {"storage.dir.x"}
+    assert set(p) == {'storage."dir.x"'}
+    assert set(synced({"": {"": 1}})) == {'""'}, "an empty name is still a named key"
 
 
 def test_the_readme_table_is_the_schemas():
