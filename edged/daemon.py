@@ -288,7 +288,13 @@ class Daemon:
     def run(self) -> int:
         # Owner-only, with or without systemd's UMask=: footage, clips, copies and stores are
         # evidence and may hold personal data; no other local user reads them.
-        os.umask(0o077)
+        umask = os.umask(0o077)
+        try:
+            return self._run()
+        finally:
+            os.umask(umask)  # a daemon run in-process (tests) leaves the caller's umask as it was
+
+    def _run(self) -> int:
         try:
             prepare_state_dir(self.paths)
         except StorageUnusable as exc:

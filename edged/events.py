@@ -21,7 +21,7 @@ from pathlib import Path
 from edged.clip import ClipError, ClipPart, SourceSegment, build_clip
 from edged.config import Settings
 from edged.db import Store
-from edged.files import durable_copy, write_atomic
+from edged.files import write_atomic
 from edged.index import Index
 from edged.journal import Msg, log_event
 from edged.outbox import PRIORITY_MARK, Outbox

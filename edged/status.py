@@ -13,8 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edged.files import read_bounded
 from edged.index import Index
 from edged.paths import StatePaths
+
+
+#: status.json is a few KB; anything bigger is not one.
+MAX_STATUS_BYTES = 1 << 20
 
 
 def iso(ns: int | None) -> str | None:
@@ -52,7 +57,7 @@ def read_status(paths: StatePaths) -> dict[str, Any]:
     """Everything the operator asks for, whether or not the daemon runs."""
     daemon: dict[str, Any] = {}
     try:
-        daemon = json.loads(paths.status.read_text())
+        daemon = json.loads(read_bounded(paths.status, MAX_STATUS_BYTES))
     except (OSError, ValueError):
         daemon = {}
     running = bool(daemon.get("pid")) and _alive(int(daemon["pid"])) and daemon.get("state") != "stopped"

@@ -433,6 +433,7 @@ def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
                        f'targets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
         cfg.chmod(0o644)
         (shared / "run.py").write_text(UNPRIVILEGED_DOCTOR)
+        (shared / "run.py").chmod(0o644)  # whatever the umask (a daemon run in-process sets 077)
         # The checkout may sit in a folder only root can enter (a mktemp clone): the unprivileged
         # process imports a copy of the package (the doctor needs nothing outside it).
         shutil.copytree(REPO / "edged", shared / "edged", ignore=shutil.ignore_patterns("__pycache__"))

@@ -55,7 +55,12 @@ def wait(pred, timeout: float, what: str) -> None:
 
 
 def timeline_s(d: Daemon) -> float:
-    return (d.recorder.timeline_now_ns() - d.recorder._mono_anchor_ns) / 1e9
+    """Seconds of recording so far; 0 before the first frame (the anchor is set by it: until then
+    timeline_now_ns is the machine's monotonic clock and the difference means nothing)."""
+    r = d.recorder
+    if r is None or r.status.frames_encoded == 0 or not r._mono_anchor_ns:
+        return 0.0
+    return (r.timeline_now_ns() - r._mono_anchor_ns) / 1e9
 
 
 def built(d: Daemon, event_id: str) -> bool:
