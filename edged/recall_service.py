@@ -189,7 +189,7 @@ class RecallService:
         def recall_status(req: dict[str, Any]) -> dict[str, Any]:
             doc = self.status(str(req.get("id", "")))
             if doc is None:
-                raise ValueError(f"no recall request {req.get('id')!r}")
+                raise ValueError(f"no recall request {show(req.get('id'))}")
             return {"recall": doc}
 
         return {"recall": recall, "recall_status": recall_status}
@@ -519,6 +519,8 @@ class RecallService:
         return rec
 
     def status(self, recall_id: str) -> dict[str, Any] | None:
+        if not isinstance(recall_id, str) or not ID_PATTERN.fullmatch(recall_id):
+            return None  # no stored request has such an id (and SQLite is not asked about it)
         rec = self.store.get(recall_id)
         return scrub_value(self._document(rec)) if rec else None
 
