@@ -131,13 +131,19 @@ def test_links_at_status_names_and_a_status_folder_swapped_for_a_link(tmp_path):
         # Links at every name edged writes for "ok-1", temporaries included (old and new style).
         os.symlink(clip / "manifest.json", status / "recall-ok-1.json")
         os.symlink(segment, status / "recall-ok-1.rejected.json")
-        for n in range(64):
-            os.symlink(segment, status / f".recall-ok-1.json.{n:08x}.tmp")
-        os.symlink(clip / "manifest.json", status / f".recall-ok-1.json.{d.proc.pid}.tmp")
-        drop(d, "ok-1.json", good(1))
+        for name in ("recall-ok-1.json", "recall-ok-1.rejected.json"):
+            for n in range(64):
+                os.symlink(segment, status / f".{name}.{n:08x}.tmp")
+            os.symlink(clip / "manifest.json", status / f".{name}.{d.proc.pid}.tmp")
+        body = good(1)
+        drop(d, "ok-1.json", body)
         doc = answer(d, "ok-1", "pending")
         assert doc["id"] == "ok-1"
         assert not (status / "recall-ok-1.json").is_symlink(), "the planted link was written through"
+        drop(d, "ok-1.json", body | {"duration": 2})  # the same id for other footage: rejected beside it
+        answer(d, "ok-1", "rejected", name="recall-ok-1.rejected.json")
+        assert not (status / "recall-ok-1.rejected.json").is_symlink()
+        assert d.sync_status("recall-ok-1.json")["status"] == "pending"
 
         # status/ swapped for a link into the clip folder, then into the segments folder.
         os.rename(status, d.sync / "status.real")
