@@ -501,8 +501,9 @@ class ConfigSync:
         if bool(self._refused) != before:
             try:
                 self.on_alarm(ALARM, bool(self._refused))
-            except Exception:  # noqa: BLE001 - the daemon's callback must not stop the watcher
-                log.exception("on_alarm(%s) failed", ALARM)
+            except Exception as exc:  # noqa: BLE001 - the daemon's callback must not stop the watcher
+                self._say("alarm", logging.ERROR, "alarm %s not %s: on_alarm failed: %s: %s", ALARM,
+                          "raised" if self._refused else "cleared", type(exc).__name__, exc)
 
     def _say(self, topic: str, level: int, msg: str, *args: Any) -> None:
         """Log ``msg`` unless the same was last said about ``topic``: once, not once per poll."""
