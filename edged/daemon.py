@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from edged.alarms import Alarms
 from edged.clock import Clock, SystemClock
 from edged import config as config_mod
 from edged.config import Settings, segment_bytes_estimate
@@ -26,6 +27,10 @@ from edged.service import ServiceNotifier, summary
 from edged.files import owner_only, write_atomic
 
 log = logging.getLogger("edged.daemon")
+
+#: Alarms the LED shows as a fault: evidence is not being kept or cannot leave the device. (A refused
+#: synced folder is the fleet's to fix, not the wearer's: status and journal only.)
+FAULT_ALARMS = frozenset({"storage_full", "storage_error", "camera_lost", "camera_stalled", "upload_paused"})
 
 EXIT_STORAGE = 73  # EX_CANTCREAT: the state folder cannot be written
 EXIT_LOCKED = 75   # EX_TEMPFAIL: another daemon uses this state folder
@@ -77,6 +82,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._config_lock = threading.Lock()
         self.recall = None
+        self.alarms = Alarms()  # every part's alarms, one guarded set (status, LED, systemd)
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -120,7 +126,8 @@ class Daemon:
         self.events.on_mark = self.feedback.acknowledge_mark
         self._start_uploader()
         from edged.recall_service import RecallService
-        self.recall = RecallService.for_daemon(self, index)  # recall requests: inbox, status files, worker
+        # recall requests: inbox, status files, worker
+        self.recall = RecallService.for_daemon(self, index, on_alarm=self._alarm_setter("recall"))
         self.control = ControlServer(self.paths.control, {
             "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
             "status": lambda req: {"status": scrub_doc(self._status_dict())},
@@ -171,10 +178,11 @@ class Daemon:
             return
         from edged.configsync import ConfigSync, local_layer
         try:
-            sync = ConfigSync(self.settings, local_layer(self.settings), self._apply_config)
+            sync = ConfigSync(self.settings, local_layer(self.settings), self._apply_config,
+                              on_alarm=self._alarm_setter("configsync"))
             self.settings = sync.startup()
-        except (OSError, ValueError, config_mod.ConfigError) as exc:
-            log.error("synced config is off for this run: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a synced folder never stops the recording
+            log.error("synced config is off for this run: %s: %s", type(exc).__name__, exc)
             return
         self.config_sync = sync
 
@@ -200,9 +208,13 @@ class Daemon:
         if restart:
             log.warning("synced config: %s take effect at the next start", ", ".join(restart))
 
-    def _set_alarm(self, name: str, active: bool) -> None:
-        alarms = self.recorder.status.alarms
-        alarms.add(name) if active else alarms.discard(name)
+    def _set_alarm(self, name: str, active: bool, owner: str = "uploader") -> None:
+        self.alarms.set(name, active, owner)
+
+    def _alarm_setter(self, owner: str):
+        """An ``on_alarm(name, active)`` for one part of the daemon: the alarm stays up while any
+        owner holds it (the config watcher and the recall inbox both refuse a linked status/)."""
+        return lambda name, active: self.alarms.set(name, active, owner)
 
     def _stop_event_stage(self) -> None:
         if self.config_sync is not None:
@@ -241,7 +253,7 @@ class Daemon:
         counts = self.outbox.counts()
         self.feedback.show(DeviceState(
             recording=st.state == "recording",
-            fault=bool(st.alarms & {"storage_full", "storage_error", "camera_lost", "camera_stalled", "upload_paused"}),
+            fault=bool(st.alarms & FAULT_ALARMS),
             clock_synced=self.recorder.watch.synchronized,
             uploads_pending=sum(n for state, n in counts.items() if state not in ("delivered", "failed")),
             event_open=bool(self.events_store.events("open"))))
@@ -334,7 +346,7 @@ class Daemon:
                 log.warning("salvaged %d segment(s) cut off by a crash or power cut: %s",
                             len(report.salvaged), ", ".join(report.salvaged))
         self.recorder = Recorder(self.settings, index, ring, self.clock, self.paths.segments,
-                                 stop_after_s=self.stop_after_s)
+                                 stop_after_s=self.stop_after_s, alarms=self.alarms)
         rec_thread = threading.Thread(target=self.recorder.run, name="recorder")
         self._start_event_stage(index)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import av
 
+from edged.alarms import Alarms
 from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
 from edged.capture.thread import LOST, CaptureThread
 from edged.clock import Clock, ClockWatch
@@ -56,7 +57,7 @@ class RecorderStatus:
     audio_dropped: int = 0
     segments_written: int = 0
     segments_salvaged: int = 0
-    alarms: set[str] = field(default_factory=set)
+    alarms: Alarms = field(default_factory=Alarms)  # raised here and by other threads (daemon)
     last_error: str | None = None
     last_frame_mono: float | None = None
     current_segment: str | None = None
@@ -81,7 +82,7 @@ class Recorder:
                  segments_dir: Path, stop_after_s: float | None = None,
                  on_segment: Callable[[int], None] | None = None,
                  video_source_factory: Callable | None = None,
-                 audio_source_factory: Callable | None = None) -> None:
+                 audio_source_factory: Callable | None = None, alarms: Alarms | None = None) -> None:
         self.settings = settings
         self.index = index
         self.ring = ring
@@ -90,7 +91,8 @@ class Recorder:
         self.dir = segments_dir
         self.stop_after_s = stop_after_s
         self.on_segment = on_segment
-        self.status = RecorderStatus()
+        # the daemon's alarms, shared with its other parts (an empty Alarms is falsy: no "or")
+        self.status = RecorderStatus(alarms=alarms if alarms is not None else Alarms())
         self.crashed: BaseException | None = None
         cam, aud = settings.camera, settings.audio
         self.fps = cam.fps

@@ -221,7 +221,6 @@ def test_a_symlinked_status_folder_is_never_written_through(tmp_path: Path) -> N
         assert d.stop() == 0
 
 
-@pytest.mark.xfail(strict=False, reason="needs daemon.py to pass on_alarm to ConfigSync (the lead wires it)")
 def test_a_symlinked_status_folder_raises_the_alarm(tmp_path: Path) -> None:
     d = DaemonUnderTest(tmp_path)
     elsewhere = tmp_path / "not-status"
