@@ -274,8 +274,9 @@ def assert_stores_sound(state: Path) -> None:
             db.close()
 
 
-def world_accessible(root: Path) -> list[str]:
-    """Files and folders under ``root`` that another local user could read or enter."""
+def accessible(root: Path, mask: int = 0o007) -> list[str]:
+    """Files and folders under ``root`` whose mode grants any bit of ``mask`` (0o007: another
+    local user; 0o070: the group). Links and sockets are left out."""
     bad = []
     for p in [root, *root.rglob("*")]:
         try:
@@ -284,6 +285,10 @@ def world_accessible(root: Path) -> list[str]:
             continue
         if p.is_symlink() or p.is_socket():
             continue
-        if st.st_mode & 0o007:
+        if st.st_mode & mask:
             bad.append(f"{p} {oct(st.st_mode & 0o777)}")
     return bad
+
+
+def world_accessible(root: Path) -> list[str]:
+    return accessible(root, 0o007)

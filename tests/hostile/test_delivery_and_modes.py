@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 
 import pytest
 
-from tests.hostile.harness import (DaemonUnderTest, assert_evidence_kept, assert_no_links, assert_stores_sound,
-                                   evidence_snapshot, sha256_of, world_accessible)
+from tests.hostile.harness import (DaemonUnderTest, accessible, assert_evidence_kept, assert_no_links,
+                                   assert_stores_sound, evidence_snapshot, sha256_of)
 
 
 def _delivered(d: DaemonUnderTest, share, event_id: str) -> bool:
@@ -98,25 +97,11 @@ def test_everything_kept_is_owner_only_without_systemd(tmp_path):
         d.start(umask=0o022)
         event = d.mark()
         d.wait(lambda: _delivered(d, d.state / "delivered", event), what="the clip delivered")
-        loose = world_accessible(d.state) + _group_accessible(d.state)
+        loose = accessible(d.state, 0o077)
         assert d.stop() == 0
     assert not loose, "readable by other users while running:\n" + "\n".join(loose)
-    loose = world_accessible(d.state) + _group_accessible(d.state)
+    loose = accessible(d.state, 0o077)
     assert not loose, "readable by other users after the stop:\n" + "\n".join(loose)
-
-
-def _group_accessible(root) -> list[str]:
-    out = []
-    for p in [root, *root.rglob("*")]:
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-            continue
-        if st.st_mode & 0o070:
-            out.append(f"{p} {oct(st.st_mode & 0o777)}")
-    return out
 
 
 @pytest.fixture(autouse=True)
