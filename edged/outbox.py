@@ -12,6 +12,11 @@ state the next start understands: a delivery found in ``sending`` was interrupte
 may have reached the server, so it goes back to ``queued`` and ``resends`` counts the possible
 duplicate (delivery is at-least-once). Marked clips go before recalls; within a priority the
 oldest event first. The uploader (``edged.upload``) owns the policy; this module owns the rows.
+
+No secret is stored: every reason, response and progress value goes through the scrubber that
+guards the logs (``edged.journal.scrub``: registered keys and tokens, ``Bearer …``, presigned
+signatures, ``key=`` values) on its way in, here, so no caller can forget it; and rows are
+scrubbed again on their way out (a file written before this rule, or before a key was known).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.db import Store
+from edged.journal import scrub
 
 #: Lower sorts first.
 PRIORITY_MARK = 10
@@ -122,7 +128,13 @@ _ORDER = " ORDER BY p.priority, p.event_wall_ns, p.clip_id, p.number"
 def _delivery(row: tuple) -> Delivery:
     part = OutboxPart(*row[:10])
     t, state, attempts, next_try, wait_net, reason, response, resends, updated, delivered = row[10:]
-    return Delivery(part, t, state, attempts, next_try, bool(wait_net), reason, response, resends, updated, delivered)
+    return Delivery(part, t, state, attempts, next_try, bool(wait_net), _clean(reason), _clean(response), resends,
+                    updated, delivered)
+
+
+def _clean(text: str) -> str:
+    """What may be stored or shown: secrets replaced by ``***``."""
+    return scrub(text) if text else text
 
 
 class Outbox(Store):
@@ -206,7 +218,15 @@ class Outbox(Store):
     def fail(self, d: Delivery, reason: str) -> None:
         self._set(d, "failed", reason=reason, wait_net=0)
 
+    def requeue(self, d: Delivery, reason: str) -> None:
+        """A send we cut off ourselves (stop, the operator's retry) after the request may have reached
+        the server: queued again, due now, and counted in ``resends`` like one cut off by a crash."""
+        self._set(d, "queued", next_try_ns=0, reason=reason, wait_net=0, resends=d.resends + 1)
+
     def _set(self, d: Delivery, state: str, **cols: object) -> None:
+        for text in ("reason", "response"):
+            if isinstance(cols.get(text), str):
+                cols[text] = _clean(cols[text])  # type: ignore[arg-type]
         cols = {"state": state, "updated_ns": self.now_ns(), **cols}
         with self.tx() as db:
             db.execute(f"UPDATE deliveries SET {', '.join(f'{k}=?' for k in cols)} WHERE part_id=? AND target=?",
@@ -239,11 +259,12 @@ class Outbox(Store):
         return dict(self.query("SELECT step, value FROM progress WHERE clip_id=? AND target=?", (clip_id, target)))
 
     def record_progress(self, clip_id: str, target: str, step: str, value: str) -> None:
-        """One step done (or its value changed), committed before the next step starts."""
+        """One step done (or its value changed), committed before the next step starts. The value is
+        scrubbed: a secret in it (a presigned URL's signature) is stored as ``***``."""
         with self.tx() as db:
             db.execute("INSERT INTO progress (clip_id, target, step, value, updated_ns) VALUES (?,?,?,?,?)"
                        " ON CONFLICT (clip_id, target, step) DO UPDATE SET value=excluded.value,"
-                       " updated_ns=excluded.updated_ns", (clip_id, target, step, value, self.now_ns()))
+                       " updated_ns=excluded.updated_ns", (clip_id, target, step, _clean(value), self.now_ns()))
 
     # --- reading ----------------------------------------------------------------------------------
 
