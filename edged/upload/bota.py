@@ -32,9 +32,16 @@ has no idempotency key): at-least-once, like the outbox itself. A 409 to ``compl
 ``completing`` was recorded means an earlier request got through: the recording is complete.
 
 Every answer of the Bota API goes through :mod:`edged.upload.answers` (401/403 pause the target,
-5xx back off, other 4xx fail the clip's delivery, which keeps every file). Storage's answers to the
-presigned PUT too, except 403, which there is about the URL, never about the token: expired →
-a new URL; anything else → try again later with a new URL.
+5xx back off, other 4xx fail the clip's delivery, which keeps every file), and a 2xx counts only
+with the documented shape (``BOTA_RECORDING``, ``BOTA_UPLOAD_URL``, ``BOTA_COMPLETE``): a captive
+portal's page is tried again later, never taken for a step done. Storage's answers to the
+presigned PUT too (``STORAGE_PUT``: an ETag, no body), except 403, which there is about the URL,
+never about the token: expired → a new URL; anything else → try again later with a new URL.
+
+Secrets in the progress: the outbox scrubs what it stores, which blanks a presigned URL's
+signature. This target keeps the URL as issued in memory for the run (``BotaTarget._secret_steps``);
+after a restart a stored URL without its signature is not used, a new one is asked for (the
+media record of the first stays empty on the server, as after a kill during upload-url).
 """
 
 from __future__ import annotations
@@ -58,11 +65,13 @@ import httpx
 
 from edged import media
 from edged.config import Settings, token_path
+from edged.journal import MASK, scrub
 from edged.outbox import Outbox, OutboxPart
 from edged.paths import StatePaths
 from edged.status import iso
-from edged.upload.answers import Kind, Verdict, classify_error, classify_response, message
-from edged.upload.targets import Target, ThrottledFile, check_part, endpoint_of, http_client
+from edged.upload.answers import (BOTA_COMPLETE, BOTA_RECORDING, BOTA_UPLOAD_URL, STORAGE_PUT, Answer, Contract,
+                                  Kind, Verdict, classify, classify_error, message)
+from edged.upload.targets import HttpTarget, ThrottledFile, check_part, endpoint_of
 
 log = logging.getLogger("edged.upload.bota")
 
@@ -125,14 +134,6 @@ def _blocks(f: BinaryIO) -> Iterator[bytes]:
         yield block
 
 
-def _storage_message(r: httpx.Response) -> str:
-    """S3's XML error as "Code: Message"; other answers as :func:`answers.message` reads them."""
-    code, msg = re.search(r"<Code>([^<]*)</Code>", r.text), re.search(r"<Message>([^<]*)</Message>", r.text)
-    if code:
-        return f"{code.group(1)}: {msg.group(1) if msg else ''}".rstrip(": ")
-    return message(r.status_code, r.headers.get("content-type", ""), r.text)
-
-
 def _step(v: Verdict, what: str) -> Verdict:
     return dataclasses.replace(v, reason=f"{what}: {v.reason}")
 
@@ -145,19 +146,20 @@ class _Refused(Exception):
         self.verdict = verdict
 
 
-class BotaTarget(Target):
+class BotaTarget(HttpTarget):
     name = NAME
     contract = False  # media of our own making, not the WebM contract; parts are checked for sha256
 
     def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
+        super().__init__(settings.upload)
         b = settings.upload.bota
         self.settings = b
         self.device_id = b.device_id or settings.device.id
         self.base_url = b.base_url.rstrip("/")
         self.endpoint = endpoint_of(self.base_url)
         self.token_path = token_path(b)
-        self.bytes_per_s = settings.upload.bandwidth_kbps * 1000 / 8
-        self.client = http_client(settings.upload)
+        #: clip id → {step: value} for the steps whose stored value the outbox had to scrub.
+        self._secret_steps: dict[str, dict[str, str]] = {}
         # The daemon's outbox file (a second connection; each step is its own transaction).
         self._outbox = outbox
         self._outbox_path = StatePaths(settings.state_dir).outbox
@@ -171,7 +173,7 @@ class BotaTarget(Target):
         return hashlib.sha256(repr((self.settings, self.device_id, self._token())).encode()).hexdigest()
 
     def close(self) -> None:
-        self.client.close()
+        super().close()
         if self._outbox is not None and self._owns_outbox:
             self._outbox.close()
 
@@ -210,11 +212,16 @@ class _Job:
     def __init__(self, target: BotaTarget, clip_id: str, token: str) -> None:
         self.t, self.clip_id, self.token = target, clip_id, token
         self.outbox = target.outbox
-        self.done = self.outbox.progress(clip_id, NAME)
+        self.done = {**self.outbox.progress(clip_id, NAME), **target._secret_steps.get(clip_id, {})}
 
     def _record(self, step: str, value: str) -> None:
-        self.outbox.record_progress(self.clip_id, NAME, step, value)
+        self.outbox.record_progress(self.clip_id, NAME, step, value)  # scrubbed there
         self.done[step] = value
+        secret = self.t._secret_steps.setdefault(self.clip_id, {})
+        if scrub(value) != value:
+            secret[step] = value
+        else:
+            secret.pop(step, None)
 
     # the steps
 
@@ -273,30 +280,23 @@ class _Job:
                     self._record(f"done:{i.key}", "")
         return files
 
-    def _api(self, path: str, body: dict, what: str) -> httpx.Response:
+    def _post(self, path: str, body: dict, what: str) -> Answer:
         try:
-            r = self.t.client.post(self.t.base_url + path, json=body,
+            return self.t.exchange("POST", self.t.base_url + path, json=body,
                                    headers={"Authorization": f"Bearer {self.token}"})
         except httpx.HTTPError as exc:
             raise _Refused(_step(classify_error(exc), what)) from exc
-        if not 200 <= r.status_code < 300:
-            raise _Refused(_step(classify_response(r.status_code, r.headers, r.text, time.time()), what))
-        return r
 
-    @staticmethod
-    def _json(r: httpx.Response, what: str, *fields: str) -> dict:
-        try:
-            doc = r.json()
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict) or any(not doc.get(f) for f in fields):
-            raise _Refused(Verdict(Kind.RETRY, f"{what}: unexpected answer (HTTP {r.status_code}, "
-                                               f"wanted {', '.join(fields)}): {r.text[:200]}"))
-        return doc
+    def _api(self, path: str, body: dict, what: str, contract: Contract) -> tuple[Answer, dict]:
+        """POST to the API; the answer's document when it is the contract's, else _Refused."""
+        answer = self._post(path, body, what)
+        v = classify(answer, contract, time.time())
+        if v.kind is not Kind.DELIVERED:
+            raise _Refused(_step(v, what))
+        return answer, v.document
 
     def _create(self) -> str:
-        r = self._api("/v1/recordings", {"device_id": self.t.device_id}, "create recording")
-        doc = self._json(r, "create recording", "id")
+        _, doc = self._api("/v1/recordings", {"device_id": self.t.device_id}, "create recording", BOTA_RECORDING)
         recording = str(doc["id"])
         self._record("recording", recording)
         log.info("clip %s → bota: recording %s created", self.clip_id, recording)
@@ -304,13 +304,10 @@ class _Job:
 
     def _new_url(self, recording: str, item: MediaItem, size: int) -> dict:
         what = f"upload URL for {item.key}"
-        r = self._api(f"/v1/recordings/{recording}/upload-url",
-                      {"type": item.type, "content_type": item.content_type, "file_size_bytes": size,
-                       "captured_at": item.captured_at}, what)
-        doc = self._json(r, what, "media_id", "upload_url")
+        r, doc = self._api(f"/v1/recordings/{recording}/upload-url",
+                           {"type": item.type, "content_type": item.content_type, "file_size_bytes": size,
+                            "captured_at": item.captured_at}, what, BOTA_UPLOAD_URL)
         headers = doc.get("headers") or {}
-        if not isinstance(headers, dict) or not str(doc["upload_url"]).startswith(("https://", "http://")):
-            raise _Refused(Verdict(Kind.RETRY, f"{what}: unexpected answer: {r.text[:200]}"))
         # How long it is valid, by the server's clock (its Date header): a device clock that is
         # off (no RTC, no NTP yet) then does not make every URL look expired, or never expired.
         now = time.time()
@@ -331,7 +328,8 @@ class _Job:
     def _upload(self, recording: str, item: MediaItem, path: Path) -> None:
         size = path.stat().st_size
         stored = json.loads(self.done[f"url:{item.key}"]) if f"url:{item.key}" in self.done else None
-        url = stored if stored and stored["size"] == size and \
+        # A URL stored without its signature (scrubbed; this run did not issue it) cannot be used.
+        url = stored if stored and stored["size"] == size and MASK not in stored["upload_url"] and \
             stored["valid_until"] - time.time() > URL_MARGIN_S else None
         for _ in range(MAX_URL_REQUESTS):
             if url is None:
@@ -356,21 +354,21 @@ class _Job:
                 body: BinaryIO = ThrottledFile(f, self.t.bytes_per_s) if self.t.bytes_per_s else f  # type: ignore[assignment]
                 # Exactly the returned headers, and a Content-Length: no chunked encoding.
                 headers = {**url["headers"], "Content-Length": str(size)}
-                r = self.t.client.put(url["upload_url"], content=_blocks(body), headers=headers)
+                r = self.t.exchange("PUT", url["upload_url"], body_bytes=size, content=_blocks(body), headers=headers)
         except httpx.HTTPError as exc:
             raise _Refused(_step(classify_error(exc), what)) from exc
         except OSError as exc:
             raise _Refused(Verdict(Kind.RETRY, f"{what}: media file unreadable: {exc.strerror or exc}")) from exc
-        if 200 <= r.status_code < 300:
-            return True
-        detail = _storage_message(r)
-        if r.status_code != 403:
-            v = classify_response(r.status_code, r.headers, r.text, time.time())
-            raise _Refused(dataclasses.replace(v, reason=f"{what}: HTTP {r.status_code}: {detail}"))
+        if r.status != 403:
+            v = classify(r, STORAGE_PUT, time.time())
+            if v.kind is Kind.DELIVERED:
+                return True
+            raise _Refused(_step(v, what))
         # A 403 from storage is about the URL, never the token: this URL is not used again.
         self._record(f"url:{item.key}", json.dumps({**url, "valid_until": 0}))
         if _EXPIRED.search(r.text) or url["valid_until"] <= time.time():
             return False
+        detail = message(r.status, r.content_type, r.body)
         raise _Refused(Verdict(Kind.RETRY, f"{what}: storage refused the upload URL: HTTP 403: {detail}", status=403))
 
     def _complete(self, recording: str, items: list[MediaItem], media_dir: Path) -> Verdict:
@@ -378,19 +376,18 @@ class _Job:
                   "media": {i.key: self.done[f"done:{i.key}"] for i in items if self.done.get(f"done:{i.key}")}}
         sent_before = "completing" in self.done
         self._record("completing", recording)
-        try:
-            r = self.t.client.post(f"{self.t.base_url}/v1/recordings/{recording}/complete", json={},
-                                   headers={"Authorization": f"Bearer {self.token}"})
-        except httpx.HTTPError as exc:
-            return _step(classify_error(exc), "complete recording")
-        if r.status_code == 409 and sent_before:
+        r = self._post(f"/v1/recordings/{recording}/complete", {}, "complete recording")
+        if r.status == 409 and sent_before:
             log.info("clip %s → bota: recording %s was already complete (an earlier request got through)",
                      self.clip_id, recording)
-        elif not 200 <= r.status_code < 300:
-            return _step(classify_response(r.status_code, r.headers, r.text, time.time()), "complete recording")
+        else:
+            v = classify(r, BOTA_COMPLETE, time.time())
+            if v.kind is not Kind.DELIVERED:
+                return _step(v, "complete recording")
         response = json.dumps(answer)
         self._record("completed", response)
+        self.t._secret_steps.pop(self.clip_id, None)
         shutil.rmtree(media_dir, ignore_errors=True)
         log.info("clip %s → bota: recording %s complete (%d media)", self.clip_id, recording, len(items))
         return Verdict(Kind.DELIVERED, f"recording {recording} complete", response=response,
-                       status=r.status_code)
+                       status=r.status)

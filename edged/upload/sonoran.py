@@ -4,8 +4,9 @@ v2: ``POST {base_url}/v2/general/bodycam-recordings``, multipart, ``Authorizatio
 exactly one owner identifier, ``durationMs``, optional ``identId``, ``unitNumber``,
 ``unitLocation``; answers a JSON list of URLs, errors as problem+json.
 Legacy: ``POST {base_url}/upload`` with ``community``, ``account``, ``sessionId``, ``username``,
-``type=bodycam``; errors as plain text ``Error: ...``.
-The file is streamed from disk (httpx reads it in 64 KiB blocks), optionally throttled.
+``type=bodycam``; errors as plain text ``Error: ...``; answers, like v2, a JSON list of URLs.
+The file is streamed from disk (httpx reads it in 64 KiB blocks), optionally throttled. A 200 is
+a delivery only when it is that URL list (``answers.SONORAN_URLS``): a captive portal's page is not.
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ from pathlib import Path
 import httpx
 
 from edged.config import Settings, api_key_path
+from edged.journal import register_secret_file
 from edged.outbox import OutboxPart
-from edged.upload.answers import Kind, Verdict, classify_error, classify_response
+from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
 from edged.upload.budget import key_fingerprint
-from edged.upload.targets import Target, ThrottledFile, endpoint_of, http_client
+from edged.upload.targets import HttpTarget, ThrottledFile, endpoint_of
+
+#: Room for the multipart framing and form fields around the file, for the request's deadline.
+_FORM_OVERHEAD = 4096
 
 
-class _SonoranTarget(Target):
+class _SonoranTarget(HttpTarget):
     def __init__(self, settings: Settings, base_url: str) -> None:
-        u = settings.upload
+        super().__init__(settings.upload)
         self.device = settings.device
         self.base_url = base_url.rstrip("/")
         self.endpoint = endpoint_of(self.base_url)
-        self.bytes_per_s = u.bandwidth_kbps * 1000 / 8
-        self.client = http_client(u)
 
     def _metadata(self) -> dict[str, str]:
         fields = {}
@@ -45,16 +48,13 @@ class _SonoranTarget(Target):
         try:
             with open(path, "rb") as f:
                 body = ThrottledFile(f, self.bytes_per_s) if self.bytes_per_s else f
-                r = self.client.post(url, data=fields, files={"file": (path.name, body, "video/webm")},
-                                     headers=headers)
+                answer = self.exchange("POST", url, body_bytes=part.bytes + _FORM_OVERHEAD, data=fields,
+                                       files={"file": (path.name, body, "video/webm")}, headers=headers)
         except httpx.HTTPError as exc:
             return classify_error(exc)
         except OSError as exc:
             return Verdict(Kind.RETRY, f"clip file unreadable while sending: {exc.strerror or exc}")
-        return classify_response(r.status_code, r.headers, r.text, time.time())
-
-    def close(self) -> None:
-        self.client.close()
+        return classify(answer, SONORAN_URLS, time.time())
 
 
 class SonoranV2Target(_SonoranTarget):
@@ -66,6 +66,8 @@ class SonoranV2Target(_SonoranTarget):
         self.settings = v2
         self.url = self.base_url + "/v2/general/bodycam-recordings"
         self.key_path = api_key_path(v2)
+        if self.key_path is not None:  # never logged nor stored, even when a server echoes it
+            register_secret_file(self.key_path)
         self.plan, self.share = v2.plan, v2.devices_sharing_key
         self.budget_key = key_fingerprint(self._key())
 
