@@ -8,6 +8,12 @@ decides the row's next state (``outbox``), the retry time (``policy``) and the b
 
 Waiting never spins: a worker sleeps on its wake event until its next due time, and is woken by a
 new part, an operator's retry, a link appearing (``edged.network``) or stop.
+
+Sending never outlives stop or an operator's retry either: both cancel the request in flight
+(``Target.cancel``: its socket is shut down), which puts the delivery back in the queue, due at
+once and counted as a possible resend. Answers that are not the server's (a captive portal's page,
+redirects in a row, a dripped answer cut at its deadline) raise the alarm ``answers`` names for
+them, until that target delivers again.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edged.journal import Msg, log_event, register_secret_file
+from edged.journal import Msg, log_event, register_secret_file, scrub
 from edged.outbox import Delivery, Outbox
 from edged.status import iso
-from edged.upload.answers import Kind, Verdict
+from edged.upload.answers import ALARM_FAILED, ALARM_PAUSED, ALARM_REDIRECTED, ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
 from edged.upload.targets import Target, check_part
@@ -36,9 +42,12 @@ IDLE_WAIT_S = 60.0
 #: How long the reachability probe may take.
 PROBE_TIMEOUT_S = 2.0
 
-#: Alarm names raised in the daemon's status.
-ALARM_PAUSED = "upload_paused"
-ALARM_FAILED = "upload_failed"
+#: The alarms raised from answers (``answers.ALARMS``, where every name is defined; the two here
+#: are re-exported for callers that import them from this module).
+_ANSWER_ALARMS = tuple(a for a in ALARMS if a not in (ALARM_PAUSED, ALARM_FAILED))
+#: Verdicts calling for an alarm needed in a row before it is raised (default 1): one redirect may
+#: be a load balancer's hiccup, repeated ones are not.
+_ALARM_AFTER = {ALARM_REDIRECTED: 2}
 
 
 def _fields(d: Delivery, target: str) -> dict[str, object]:
@@ -72,15 +81,22 @@ class _Worker(threading.Thread):
         self._net_retry_ns = 0
         self._allowance_until_ns = 0
         self.last_delivered_ns = 0
+        #: The delivery being sent (the operator's retry of it cancels the request).
+        self.current: Delivery | None = None
+        #: Answer alarms this target holds (names of ``answers.ALARMS``), and the run of the last one.
+        self.alarms: set[str] = set()
+        self._alarm_run: tuple[str | None, int] = (None, 0)
 
     # --- pause (refused key or account), persisted ----------------------------------------------
 
     def _load_pause(self) -> _Pause | None:
         rows = self.outbox.query("SELECT paused_reason, paused_until_ns, fingerprint FROM target_state WHERE name=?",
                                  (self.target.name,))
-        return _Pause(*rows[0]) if rows else None
+        return _Pause(scrub(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     def _set_pause(self, pause: _Pause | None) -> None:
+        if pause:  # stored in outbox.sqlite and shown in the status: never a secret in it
+            pause = _Pause(scrub(pause.reason), pause.until_ns, pause.fingerprint)
         with self.outbox.tx() as db:
             db.execute("DELETE FROM target_state WHERE name=?", (self.target.name,))
             if pause:
@@ -176,16 +192,59 @@ class _Worker(threading.Thread):
             w = self.budget.try_take(now)
             if w > 0:
                 return w
-        self.outbox.begin(d)
-        t0 = time.monotonic()
-        verdict = self.target.send(d.part)
-        self.apply(self.outbox.get(d.part.id, name), verdict, self.up.now_ns(), time.monotonic() - t0)
+        return self._send(d)
+
+    def _send(self, d: Delivery) -> float:
+        self.current = d
+        self.target.arm()  # then look at stopping: a stop's cancel is either seen here or in the send
+        try:
+            if self.up.stopping.is_set():
+                return 0.0
+            self.outbox.begin(d)
+            t0 = time.monotonic()
+            verdict = self.target.send(d.part)
+        finally:
+            self.current = None
+        self.apply(self.outbox.get(d.part.id, self.target.name), verdict, self.up.now_ns(), time.monotonic() - t0)
         return 0.0
+
+    def cancel(self, why: str, ident: str | None = None) -> bool:
+        """Cut off the send in progress (all of them, or the one of part id / clip id ``ident``)."""
+        d = self.current
+        if d is None or (ident is not None and ident not in (str(d.part.id), d.part.clip_id)):
+            return False
+        self.target.cancel(why)
+        return True
+
+    def _note_alarm(self, v: Verdict) -> None:
+        """Answer alarms: raised after ``_ALARM_AFTER`` such verdicts in a row; cleared by a delivery."""
+        if v.kind is Kind.DELIVERED:
+            self._alarm_run = (None, 0)
+            if self.alarms:
+                cleared, self.alarms = self.alarms, set()
+                for name in cleared:
+                    self.up.update_alarm(name)
+            return
+        if v.kind is Kind.CANCELLED or v.alarm is None:
+            return
+        run = self._alarm_run[1] + 1 if self._alarm_run[0] == v.alarm else 1
+        self._alarm_run = (v.alarm, run)
+        if run >= _ALARM_AFTER.get(v.alarm, 1) and v.alarm not in self.alarms:
+            self.alarms.add(v.alarm)
+            self.up.update_alarm(v.alarm)
+            log.error("upload target %s: alarm %s: %s", self.target.name, v.alarm, v.reason)
 
     def apply(self, d: Delivery, v: Verdict, now: int, took_s: float = 0.0) -> None:
         name, part = self.target.name, d.part
         what = f"{part.clip_id} part {part.number} → {name}"
-        if v.kind is Kind.DELIVERED:
+        self._note_alarm(v)
+        if v.kind is Kind.CANCELLED:
+            # Cut off by us (stop, the operator's retry) after the request may have reached the server.
+            self.outbox.requeue(d, v.reason)
+            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: %s; sent again when due (attempt %d)", what, v.reason,
+                      d.attempts, level=logging.WARNING, **_fields(d, name), reason=v.reason, next_try=iso(now),
+                      attempts=d.attempts)
+        elif v.kind is Kind.DELIVERED:
             self.outbox.delivered(d, v.response)
             if self.budget:
                 self.budget.accepted()
@@ -266,12 +325,16 @@ class Uploader:
                         "(the server may receive them twice)", self.interrupted)
         self.outbox.on_change = self.wake
         self.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.workers))
+        for name in _ANSWER_ALARMS:  # an earlier uploader's (before a new configuration) no longer hold
+            self.raise_alarm(name, False)
         for w in self.workers:
             w.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
         self.wake()
+        for w in self.workers:  # a send in progress ends now, not at its deadline
+            w.cancel("the daemon is stopping")
         for w in self.workers:
             if w.is_alive():
                 w.join(timeout)
@@ -292,12 +355,17 @@ class Uploader:
         """Operator: send a part (id) or a clip (id) again now, and lift any pause."""
         n = self.outbox.retry(ident)
         for w in self.workers:
+            n += w.cancel("retry requested by the operator", ident)  # a stuck send of it starts over
             w.resume("retry requested by the operator")
         return n
 
     def raise_alarm(self, name: str, active: bool) -> None:
         if self.on_alarm:
             self.on_alarm(name, active)
+
+    def update_alarm(self, name: str) -> None:
+        """An answer alarm is active while any target holds it."""
+        self.raise_alarm(name, any(name in w.alarms for w in self.workers))
 
     def status(self) -> dict:
         now = self.now_ns()
@@ -311,5 +379,6 @@ class Uploader:
                 "requests_per_min": round(w.budget.rate(), 2) if w.budget else None,
                 "allowance_used_minutes": round(w.allowance.used_ms(now) / 60000, 2) if w.allowance else None,
                 "last_delivered": iso(w.last_delivered_ns) if w.last_delivered_ns else None,
+                "alarms": sorted(w.alarms),
             }
         return out
