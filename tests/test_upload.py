@@ -244,16 +244,16 @@ def test_server_errors_back_off_then_deliver(tmp_path, server):
 def test_a_refused_clip_fails_with_the_servers_reason_and_is_kept(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server)
     rig = Rig(tmp_path, s, server.test_clock)
-    bad = tmp_path / "clips" / "clip-bad" / "clip-bad-part01.webm"
+    bad = tmp_path / "clips" / "20240501T143000Z-0bad00" / "20240501T143000Z-0bad00-part01.webm"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a webm at all" * 100)
-    rig.outbox.enqueue("clip-bad", [(1, bad, bad.stat().st_size, 1000, hashlib.sha256(bad.read_bytes()).hexdigest())],
+    rig.outbox.enqueue("20240501T143000Z-0bad00", [(1, bad, bad.stat().st_size, 1000, hashlib.sha256(bad.read_bytes()).hexdigest())],
                        PRIORITY_MARK, time.time_ns())
     rig.add("clip-good")
     with rig:
         wait_until(rig.settled, 20, "both settled")
     by_clip = {d.part.clip_id: d for d in rig.outbox.deliveries()}
-    assert by_clip["clip-bad"].state == "failed" and "must be webm" in by_clip["clip-bad"].reason
+    assert by_clip["20240501T143000Z-0bad00"].state == "failed" and "must be webm" in by_clip["20240501T143000Z-0bad00"].reason
     assert by_clip["clip-good"].state == "delivered", "one refused clip does not stop the queue"
     assert bad.exists(), "a refused clip is kept"
     assert rig.alarms.get("upload_failed") is True
@@ -264,10 +264,10 @@ def test_a_refused_clip_fails_with_the_servers_reason_and_is_kept(tmp_path, serv
     (tmp_path / "outbox.sqlite").rename(state / "outbox.sqlite")
     cfg = tmp_path / "edged.toml"
     cfg.write_text(f'[storage]\ndir = "{state}"\n')
-    out = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "clip-bad", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "20240501T143000Z-0bad00", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "when the daemon next runs" in out.stdout, out.stderr
-    again = Outbox(state / "outbox.sqlite").deliveries(clip_id="clip-bad")[0]
+    again = Outbox(state / "outbox.sqlite").deliveries(clip_id="20240501T143000Z-0bad00")[0]
     assert again.state == "queued" and again.reason == "retry requested"
 
 
