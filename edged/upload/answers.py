@@ -44,8 +44,10 @@ ALARM_PORTAL = "upload_captive_portal"
 ALARM_REDIRECTED = "upload_redirected"
 #: A request ran past its overall deadline: the server dripped or held back its answer.
 ALARM_STALLED = "upload_stalled"
+#: A delivery folder (directory target) is a link or not a folder: nothing is written through it.
+ALARM_FOLDER_REFUSED = "delivery_folder_refused"
 #: Every alarm the uploader may raise.
-ALARMS = (ALARM_PAUSED, ALARM_FAILED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STALLED)
+ALARMS = (ALARM_PAUSED, ALARM_FAILED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STALLED, ALARM_FOLDER_REFUSED)
 
 
 class Kind(enum.Enum):

@@ -75,10 +75,13 @@ def test_a_clip_folder_planted_as_a_link_is_refused(tmp_path):
         share.mkdir()
         os.symlink(d.state / "clips" / event, share / event)  # into the clip's own folder
         clip_before = evidence_snapshot(d.state)
-        d.wait(lambda: "delivery folder refused" in d.log(), what="the clip folder refused")
+        d.wait(lambda: "delivery_folder_refused" in ((d.status() or {}).get("alarms") or []),
+               what="the clip folder refused, with its alarm")
         d.wait_frames_grow()
         (share / event).unlink()
         d.wait(lambda: _delivered(d, share, event), what="delivered once the folder is real")
+        d.wait(lambda: "delivery_folder_refused" not in ((d.status() or {}).get("alarms") or []),
+               what="the alarm cleared by the delivery")
         assert d.stop() == 0
     assert_evidence_kept(clip_before, evidence_snapshot(d.state), evicted_ok=True)
     assert_stores_sound(d.state)
