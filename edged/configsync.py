@@ -43,7 +43,7 @@ from edged import config as config_mod
 from edged import configsign
 from edged.config import ConfigError, Settings
 from edged.files import Refused, read_bounded, write_atomic
-from edged.journal import Msg, log_event
+from edged.journal import Msg, log_event, scrub_doc
 from edged.status import iso
 from edged.syncfolder import ALARM, CONFIG_NAME, SyncFolder
 
@@ -474,7 +474,7 @@ class ConfigSync:
             "device": self._current.device.id,
         }
         self._last_status = status
-        self._status_pending = (json.dumps(status, indent=1) + "\n").encode()
+        self._status_pending = (json.dumps(scrub_doc(status), indent=1) + "\n").encode()
         self._retry_status()
 
     def _retry_status(self) -> None:

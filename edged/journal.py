@@ -211,6 +211,22 @@ def scrub_doc(doc: Any, secrets: list[str] | None = None) -> Any:
     return doc
 
 
+def scrubbed_json(doc: Any, indent: int | None = None) -> str:
+    """``doc`` as JSON with no secret in it: every string scrubbed, then the text itself (which
+    catches ``"api_key": "…"`` entries by their name); the second pass is kept only if it is still
+    valid JSON. (The text pass blanks any ``"key": …`` entry: not for documents whose ``key``
+    fields name config keys; ``scrub_doc`` those.)"""
+    text = json.dumps(scrub_doc(doc), indent=indent)
+    again = scrub(text)
+    if again != text:
+        try:
+            json.loads(again)
+        except ValueError:
+            return text
+        return again
+    return text
+
+
 class SecretFilter(logging.Filter):
     """Scrubs a record in place: message (formatted with its args), exception, stack, fields."""
 

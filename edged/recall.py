@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.db import Store
-from edged.journal import scrub
+from edged.journal import scrub, scrubbed_json
 from edged.status import iso
 
 #: Allowed durations in minutes, per recall type (the contract's lists).
@@ -141,32 +141,6 @@ def bounded(value: Any, depth: int = 4, items: int = 32, chars: int = 256) -> An
             out_list.append(f"… {len(value) - items} more")
         return out_list
     return show(value)
-
-
-def scrub_value(value: Any) -> Any:
-    """``value`` with every string (keys included) scrubbed of secrets (``edged.journal.scrub``)."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {scrub(k) if isinstance(k, str) else k: scrub_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub_value(v) for v in value]
-    return value
-
-
-def scrubbed_json(doc: Any, indent: int | None = None) -> str:
-    """``doc`` as JSON with no secret in it: every string scrubbed, then the text itself (which
-    catches ``"api_key": "…"`` entries by their name); the second pass is kept only if it is still
-    valid JSON."""
-    text = json.dumps(scrub_value(doc), indent=indent)
-    again = scrub(text)
-    if again != text:
-        try:
-            json.loads(again)
-        except ValueError:
-            return text
-        return again
-    return text
 
 
 def json_depth(text: str, limit: int) -> int:

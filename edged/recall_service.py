@@ -62,12 +62,12 @@ from edged.clip import ClipError, SourceSegment, build_clip
 from edged.config import Settings
 from edged.index import STORED, Index, Segment
 from edged.files import DIR_MODE, Folder, Refused, write_atomic
-from edged.journal import Msg, log_event
+from edged.journal import Msg, log_event, scrub_doc, scrubbed_json
 from edged.outbox import PRIORITY_RECALL, Outbox
 from edged.paths import StatePaths
 from edged.recall import (CLIP_PREFIX, COMPLETED, FAILED, ID_PATTERN, PENDING, PROCESSING, REJECTED,
                           DuplicateRequest, InvalidRequest, Recall, RecallRequest, RecallStore, bounded,
-                          parse_request, scrub_value, scrubbed_json, show)
+                          parse_request, show)
 from edged.recall_inbox import Inbox, InboxItem
 from edged.syncfolder import ALARM, STATUS, SyncFolder
 from edged.status import iso
@@ -522,7 +522,7 @@ class RecallService:
         if not isinstance(recall_id, str) or not ID_PATTERN.fullmatch(recall_id):
             return None  # no stored request has such an id (and SQLite is not asked about it)
         rec = self.store.get(recall_id)
-        return scrub_value(self._document(rec)) if rec else None
+        return scrub_doc(self._document(rec)) if rec else None
 
     def _document(self, rec: Recall) -> dict[str, Any]:
         dev = self.settings.device
@@ -554,7 +554,7 @@ class RecallService:
         with self._status_lock:
             rec = self.store.get(recall_id)
             assert rec is not None
-            doc = scrub_value(self._document(rec))
+            doc = scrub_doc(self._document(rec))
             self._put(f"recall-{recall_id}.json", doc, recall_id)
         return doc
 
@@ -568,7 +568,7 @@ class RecallService:
                                "request": bounded(body), "source": source, "updated_at": iso(time.time_ns())}
         if duplicate_of is not None and not conflict:
             doc["duplicate_of"] = self._document(duplicate_of)
-        doc = scrub_value(doc)
+        doc = scrub_doc(doc)
         log_event(log, Msg.RECALL_FAILED, "RECALL %s rejected (%s): %s", shown, source, doc["reason"],
                   level=logging.ERROR, recall_id=shown, reason=doc["reason"], source=source)
         with self._status_lock:  # the name and the write in one step: an acceptance's write waits
