@@ -35,13 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged import clip as clip_mod  # noqa: E402
-from edged import limits  # noqa: E402
-from edged.clip import SourceSegment, build_clip, measure  # noqa: E402
-from edged.config import from_mapping  # noqa: E402
-from edged.daemon import Daemon  # noqa: E402
-from edged.index import Index  # noqa: E402
-from edged.paths import StatePaths  # noqa: E402
+from edged.clips import builder as clip_mod  # noqa: E402
+from edged.core import limits  # noqa: E402
+from edged.clips.builder import SourceSegment, build_clip, measure  # noqa: E402
+from edged.config.schema import from_mapping  # noqa: E402
+from edged.app.daemon import Daemon  # noqa: E402
+from edged.footage.index import Index  # noqa: E402
+from edged.core.paths import StatePaths  # noqa: E402
 
 SECONDS = 120
 
@@ -63,7 +63,7 @@ def record(state: Path, seconds: int, source: str) -> list[SourceSegment]:
 
 
 class VerifyTimer:
-    """Wraps edged.clip.measure to add up the CPU and wall time verification takes."""
+    """Wraps edged.clips.builder.measure to add up the CPU and wall time verification takes."""
 
     def __init__(self) -> None:
         self.cpu = self.wall = 0.0

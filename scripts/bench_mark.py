@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edged.config import from_mapping  # noqa: E402
-from edged.daemon import Daemon  # noqa: E402
-from edged.events import EventStore  # noqa: E402
-from edged.outbox import Outbox  # noqa: E402
+from edged.config.schema import from_mapping  # noqa: E402
+from edged.app.daemon import Daemon  # noqa: E402
+from edged.events.manager import EventStore  # noqa: E402
+from edged.upload.outbox import Outbox  # noqa: E402
 
 TARGET_S = 2.0
 

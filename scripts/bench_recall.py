@@ -7,7 +7,7 @@ A ring buffer of the timelapse's length + 2 minutes (62) is recorded once by the
 ``bench-out/``. Then, --repeat times, alternating, each in a child process (CPU = user+sys from
 ``os.wait4``, peak RSS, wall):
 
-  * **edged timelapse 60 min**: ``RecallService.submit`` + build (``edged.timelapse``: only the GOPs
+  * **edged timelapse 60 min**: ``RecallService.submit`` + build (``edged.clips.timelapse``: only the GOPs
     holding a wanted frame decoded, up to the last wanted frame; VP8 re-encode, no audio; verify by
     decoding every packet; sha256; manifest; outbox) — the device's answer up to "in the outbox";
   * **edged regular 3 min**: the same through the clip builder (remux, parts within the limits,
@@ -15,7 +15,7 @@ A ring buffer of the timelapse's length + 2 minutes (62) is recorded once by the
   * **ffmpeg timelapse**: the same window from the same segment files: ``-f concat`` of the
     segments overlapping it, input ``-ss``/``-t`` to the window, ``framestep`` keeping every Nth frame
     (edged's interval), ``setpts`` to edged's output rate, libvpx with edged's VP8 options at the
-    bitrate edged chose (``edged.encode.vp8_options``), ``-an``;
+    bitrate edged chose (``edged.recording.encode.vp8_options``), ``-an``;
   * **ffmpeg regular**: ``-f concat`` + input ``-ss``/``-t`` + ``-c copy`` (no verification, one file,
     not split to the limits).
 
@@ -41,11 +41,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged import limits  # noqa: E402
-from edged.clip import measure  # noqa: E402
-from edged.config import CameraSettings, from_mapping  # noqa: E402
-from edged.encode import vp8_options  # noqa: E402
-from edged.index import Index  # noqa: E402
+from edged.core import limits  # noqa: E402
+from edged.clips.builder import measure  # noqa: E402
+from edged.config.schema import CameraSettings, from_mapping  # noqa: E402
+from edged.recording.encode import vp8_options  # noqa: E402
+from edged.footage.index import Index  # noqa: E402
 from scripts.bench_record import as_args, ensure_ffmpeg, run_measured  # noqa: E402
 
 S = 1_000_000_000
@@ -69,7 +69,7 @@ def ring(minutes: int) -> Path:
     if (state / "complete").exists():
         return state
     shutil.rmtree(state, ignore_errors=True)
-    from edged.daemon import Daemon
+    from edged.app.daemon import Daemon
     print(f"recording a {minutes}-minute ring buffer into {state} (once; cached) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     if Daemon(ring_settings(state, source), stop_after_s=minutes * 60).run() != 0:
@@ -121,10 +121,10 @@ def measured(cmd: list[str], folder: Path) -> dict:
 
 def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> dict:
     """Answer one recall in this process, as the daemon's worker does; print what it made."""
-    from edged.outbox import Outbox
-    from edged.recall import RecallStore
-    from edged.recall_service import RecallService
-    from edged.status import iso
+    from edged.upload.outbox import Outbox
+    from edged.recall.request import RecallStore
+    from edged.recall.service import RecallService
+    from edged.core.timefmt import iso
     settings = from_mapping({"storage": {"dir": str(work), "min_free_bytes": 0}}, origin="bench_recall")
     shutil.copy(state / "index.sqlite", work / "index.sqlite")  # holds go into a copy
     index = Index(work / "index.sqlite")

@@ -3,7 +3,7 @@
 
 Both record the same shaken real footage (scripts/shake.py, cached raw YUV) plus the same tone,
 unpaced, into 10 s VP8/Opus WebM segments at 960x540, 10 fps, 300 kbps. The ffmpeg flags are
-generated from edged's own encoder settings (``edged.encode.vp8_options`` / ``opus_options``), so
+generated from edged's own encoder settings (``edged.recording.encode.vp8_options`` / ``opus_options``), so
 both run the same libvpx and Opus configuration; where that differs from the reference command
 (ENCODING.md's "CBR + 1 s buffer" row), the difference is printed.
 
@@ -43,10 +43,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged import limits  # noqa: E402
-from edged.config import AudioSettings, CameraSettings, StorageSettings  # noqa: E402
-from edged.encode import opus_options, vp8_options  # noqa: E402
-from edged.segment import TAG_MONO  # noqa: E402
+from edged.core import limits  # noqa: E402
+from edged.config.schema import AudioSettings, CameraSettings, StorageSettings  # noqa: E402
+from edged.recording.encode import opus_options, vp8_options  # noqa: E402
+from edged.recording.segment import TAG_MONO  # noqa: E402
 from scripts.shake import shaken  # noqa: E402
 
 CAM, AUD, STORE = CameraSettings(), AudioSettings(), StorageSettings()

@@ -35,8 +35,9 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from edged import config, limits  # noqa: E402
-from edged.outbox import PRIORITY_MARK, Outbox  # noqa: E402
+from edged.config import schema as config  # noqa: E402
+from edged.core import limits  # noqa: E402
+from edged.upload.outbox import PRIORITY_MARK, Outbox  # noqa: E402
 from edged.upload.answers import parse_retry_after  # noqa: E402
 from edged.upload.policy import RetryPolicy  # noqa: E402
 from edged.upload.targets import build_targets  # noqa: E402

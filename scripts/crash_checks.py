@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edged.files import sha256_file
+from edged.core.files import sha256_file
 from tests.helpers import decode_all
 
 STORED = ("final", "salvaged")

@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.control import ControlError, request  # noqa: E402
+from edged.app.control import ControlError, request  # noqa: E402
 from scripts import crash_checks as checks  # noqa: E402
 from scripts.crash_disk import DiskUnavailable, make_disk, remove_tree  # noqa: E402
 from tests.sonoran_server import SonoranServer  # noqa: E402

@@ -25,7 +25,7 @@ API (``Authorization: Bearer <token>``, JSON bodies; unknown token → 401):
 ``POST /v1/recordings/{id}/complete`` → 200 ``{id, status: "completed", media: [...]}`` (each
     media marked uploaded if its object is in storage with the announced size); 409 if already
     completed; 400 if no media was uploaded. The reference names a "Complete Upload endpoint"
-    without its path: this path is an assumption, shared with ``edged.upload.bota``.
+    without its path: this path is an assumption, shared with ``edged.upload.bota.target``.
 
 Fault knobs, each for the next n matching API requests (``path`` a substring of the request path,
 empty: any): ``fail_next`` (answer so, without doing anything), ``stall_next`` (do it and record

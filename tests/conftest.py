@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edged import config
+from edged.config import schema as config
 
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the repository (the CI clone has it there too).

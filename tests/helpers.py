@@ -60,7 +60,7 @@ from contextlib import contextmanager  # noqa: E402
 
 
 class SteppableClock:
-    """The Clock protocol (edged.clock.Clock) with a wall clock the test sets, as NTP does after
+    """The Clock protocol (edged.core.clock.Clock) with a wall clock the test sets, as NTP does after
     boot: monotonic is the machine's; wall = monotonic + ``offset_ns``; ``synced`` is what
     adjtimex would say; the boot id is fixed (a new one is a reboot)."""
 

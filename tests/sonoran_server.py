@@ -1,5 +1,5 @@
 """A contract server for the tests: Sonoran CAD's bodycam upload endpoints on 127.0.0.1, enforcing
-what ../shared/reference/ documents (and NOTES.md adds). The numbers come from ``edged.limits``.
+what ../shared/reference/ documents (and NOTES.md adds). The numbers come from ``edged.core.limits``.
 
 v2  ``POST /v2/general/bodycam-recordings``, in this order:
     ``Authorization: Bearer <key>`` (missing/unknown → 401); 30 requests per rolling 60 s per key,
@@ -59,7 +59,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edged import limits  # noqa: E402
+from edged.core import limits  # noqa: E402
 
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 V2_PATH = "/v2/general/bodycam-recordings"

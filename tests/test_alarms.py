@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from edged.alarms import Alarms
+from edged.core.alarms import Alarms
 
 
 def test_an_alarm_stays_up_while_any_owner_holds_it():

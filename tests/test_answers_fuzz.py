@@ -27,7 +27,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.journal import register_secret
+from edged.core.journal import register_secret
 from edged.upload.answers import (BOTA_COMPLETE, BOTA_RECORDING, BOTA_UPLOAD_URL, MAX_ANSWER_BYTES, SONORAN_URLS,
                                   STORAGE_PUT, Answer, Contract, DeadlineExceeded, Kind, RequestCancelled, classify,
                                   classify_error, classify_response)

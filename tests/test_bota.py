@@ -26,9 +26,11 @@ import av
 import numpy as np
 import pytest
 
-from edged import config, limits, media
-from edged.outbox import PRIORITY_MARK, Outbox, _SCHEMA
-from edged.paths import StatePaths
+from edged.config import schema as config
+from edged.core import limits
+from edged.upload.bota import media
+from edged.upload.outbox import PRIORITY_MARK, Outbox, _SCHEMA
+from edged.core.paths import StatePaths
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import ALARM_FAILED, ALARM_PAUSED, Uploader
@@ -177,8 +179,8 @@ def test_a_jpeg_still_at_each_mark(delivered):
     starts = {p["number"]: p["wall_start"] for p in c.manifest["parts"]}
 
     def ns(s: str) -> int:
-        from edged.upload.bota import _parse_iso
-        return _parse_iso(s)
+        from edged.core.timefmt import parse_iso_ns
+        return parse_iso_ns(s)
 
     for m in stills:
         data, _ = c.server.s3.get(m.key)
@@ -321,7 +323,7 @@ def test_a_refused_token_pauses_the_target_and_a_fixed_one_resumes_it_and_no_tok
 
 
 def test_a_stored_url_about_to_expire_is_not_used_again(delivered, tmp_path, caplog):
-    from edged.upload.bota import URL_MARGIN_S
+    from edged.upload.bota.target import URL_MARGIN_S
     with BotaServer({TOKEN}, url_ttl_s=int(URL_MARGIN_S) - 20) as server:
         server.s3.gate.fail_next(1, 500)  # the first PUT fails; its URL has < URL_MARGIN_S left
         with caplog.at_level(logging.WARNING, logger="edged"), Rig(tmp_path, delivered, server) as rig:
@@ -346,9 +348,9 @@ def test_a_storage_403_that_is_not_expiry_retries_with_a_new_url_and_does_not_pa
 CHILD = textwrap.dedent("""
     import random, sys, time
     sys.path.insert(0, {repo!r})
-    from edged import config
-    from edged.outbox import Outbox
-    from edged.paths import StatePaths
+    from edged.config import schema as config
+    from edged.upload.outbox import Outbox
+    from edged.core.paths import StatePaths
     from edged.upload.policy import RetryPolicy
     from edged.upload.targets import build_targets
     from edged.upload.uploader import Uploader
@@ -473,7 +475,7 @@ def test_media_are_made_in_a_low_priority_child_and_not_again(delivered, tmp_pat
     out = tmp_path / "m"
     probe = tmp_path / "probe.py"
     # The child's own scheduling, as it sets it before doing any work.
-    probe.write_text("import os, sys\nsys.argv=['x']\nfrom edged.media import _lower_priority\n_lower_priority()\n"
+    probe.write_text("import os, sys\nsys.argv=['x']\nfrom edged.upload.bota.media import _lower_priority\n_lower_priority()\n"
                      "print(os.sched_getscheduler(0) == getattr(os, 'SCHED_IDLE', -1) or os.nice(0) == 19)\n")
     out_run = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=str(REPO))
     assert out_run.stdout.strip() == "True", out_run.stderr

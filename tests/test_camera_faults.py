@@ -13,9 +13,9 @@ import av
 import numpy as np
 
 from edged.capture import SourceUnavailable, open_video
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
 from tests.helpers import decode_all
 
 

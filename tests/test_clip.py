@@ -17,11 +17,11 @@ from pathlib import Path
 import av
 import pytest
 
-from edged import clip as clip_mod
-from edged.clip import ClipError, ClipPart, SourceSegment, build_clip, measure
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
+from edged.clips import builder as clip_mod
+from edged.clips.builder import ClipError, ClipPart, SourceSegment, build_clip, measure
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
 from tests.conftest import make_settings
 from tests.helpers import decode_all, packets
 

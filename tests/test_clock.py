@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from edged.clock import STEP_THRESHOLD_NS, ClockWatch
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
+from edged.core.clock import STEP_THRESHOLD_NS, ClockWatch
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
 from tests.helpers import Running, SteppableClock, wait_until
 
 DAY_NS = 86_400 * 10**9

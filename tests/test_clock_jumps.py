@@ -20,13 +20,13 @@ import json
 
 import pytest
 
-from edged.daemon import Daemon
-from edged.events import EventStore
-from edged.index import STORED, Index, Segment
-from edged.paths import StatePaths
-from edged.recall import parse_time
-from edged.status import iso
-from edged.timeline import footage_ranges
+from edged.app.daemon import Daemon
+from edged.events.manager import EventStore
+from edged.footage.index import STORED, Index, Segment
+from edged.core.paths import StatePaths
+from edged.recall.request import parse_time
+from edged.core.timefmt import iso
+from edged.footage.timeline import footage_ranges
 from tests.conftest import make_settings
 from tests.helpers import Running, SteppableClock, wait_until
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edged import config, limits
+from edged.config import schema as config
+from edged.core import limits
 from tests.conftest import REPO
 
 SAMPLE = REPO / "configs" / "edged.toml"
@@ -466,7 +467,7 @@ def test_a_quoted_dotted_key_is_neither_a_crash_nor_a_way_round():
 
 def test_the_readme_table_is_the_schemas():
     readme = (REPO / "README.md").read_text()
-    begin, end = "<!-- config-table: python -m edged.config -->\n", "<!-- end of config-table -->"
+    begin, end = "<!-- config-table: python -m edged.config.schema -->\n", "<!-- end of config-table -->"
     assert begin in readme and end in readme
     table = readme.split(begin, 1)[1].split(end, 1)[0]
-    assert table == config.markdown_table(), "README's config table is stale: paste python -m edged.config"
+    assert table == config.markdown_table(), "README's config table is stale: paste python -m edged.config.schema"

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edged import config, configsign
-from edged.configsync import ConfigSync, Rejected
+from edged.config import schema as config
+from edged.config import sign as configsign
+from edged.config.sync import ConfigSync, Rejected
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "1200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,

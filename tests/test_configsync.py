@@ -21,10 +21,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged import config, configsign
-from edged.configsync import ConfigSync, local_layer, version_of
-from edged.files import Folder
-from edged.syncfolder import SyncFolder
+from edged.config import schema as config
+from edged.config import sign as configsign
+from edged.config.sync import ConfigSync, local_layer, version_of
+from edged.core.files import Folder
+from edged.core.syncfolder import SyncFolder
 from tests.conftest import REPO
 from tests.helpers import wait_until
 

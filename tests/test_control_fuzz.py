@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.control import COMMANDS, MAX_REQUEST, ControlServer, answer
+from edged.app.control import COMMANDS, MAX_REQUEST, ControlServer, answer
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,

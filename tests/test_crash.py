@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
-from edged.reconcile import reconcile
-from edged.segment import PART_SUFFIX
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
+from edged.recording.reconcile import reconcile
+from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
 from tests.helpers import decode_all, segment_files
 

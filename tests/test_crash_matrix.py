@@ -86,7 +86,7 @@ def test_power_cut_keeps_what_was_synced_and_loses_what_was_not(tmp_path):
 
 
 def _recorded(tmp_path: Path) -> Path:
-    from edged.daemon import Daemon
+    from edged.app.daemon import Daemon
     s = make_settings(tmp_path / "state", storage={"segment_seconds": 2.0})
     assert Daemon(s, stop_after_s=6).run() == 0
     return s.state_dir

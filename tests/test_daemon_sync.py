@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged import configsign
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
+from edged.config import sign as configsign
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
 from tests.helpers import decode_all
 
 
@@ -74,7 +74,7 @@ poll_seconds = 0.2
 
 
 def _run(cfg: Path):
-    from edged import config
+    from edged.config import schema as config
     daemon = Daemon(config.load(cfg))
     t = threading.Thread(target=daemon.run)
     t.start()

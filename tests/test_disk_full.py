@@ -25,12 +25,12 @@ import json
 import os
 from pathlib import Path
 
-from edged.daemon import Daemon
-from edged.index import STORED, Index, Segment
-from edged.paths import StatePaths
-from edged.ring import free_bytes
-from edged.files import sha256_file
-from edged.segment import PART_SUFFIX
+from edged.app.daemon import Daemon
+from edged.footage.index import STORED, Index, Segment
+from edged.core.paths import StatePaths
+from edged.footage.ring import free_bytes
+from edged.core.files import sha256_file
+from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
 from tests.helpers import Running, decode_all, ext4_loop, wait_until
 from tests.sonoran_server import SonoranServer

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edged import doctor
-from edged.clock import SystemClock
+from edged.core.clock import SystemClock
 from edged.doctor import FAIL, OK, WARN, Host
 from tests.helpers import tmpfs
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
 
-from edged.daemon import Daemon
-from edged.events import EventStore
-from edged.index import Index
-from edged.outbox import Outbox
-from edged.paths import StatePaths
+from edged.app.daemon import Daemon
+from edged.events.manager import EventStore
+from edged.footage.index import Index
+from edged.upload.outbox import Outbox
+from edged.core.paths import StatePaths
 from tests.helpers import decode_all, packets
 
 SMALL = {"width": 320, "height": 180, "bitrate": 120_000}  # fast to encode; same pipeline

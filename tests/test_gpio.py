@@ -15,8 +15,8 @@ import pytest
 from gpiozero import Button, Device
 from gpiozero.pins.mock import MockFactory
 
-from edged.config import GpioSettings
-from edged.gpio import (CLOCK_UNSYNCED, FAULT, HEARTBEAT, OFF, UPLOADS_PENDING, DeviceState, Feedback, GpioError,
+from edged.config.schema import GpioSettings
+from edged.app.gpio import (CLOCK_UNSYNCED, FAULT, HEARTBEAT, OFF, UPLOADS_PENDING, DeviceState, Feedback, GpioError,
                         MarkButton, Timings, from_settings, mode_for)
 
 # Short patterns; every check below keeps a wide margin against scheduling jitter.

@@ -215,11 +215,11 @@ def test_install_twice_update_uninstall_reinstall_purge(source: Path, root: Path
     assert "secret-key-123" not in second.stdout + second.stderr
 
     # --- new code: edged is installed again, nothing else moves ---
-    with open(source / "edged/limits.py", "a") as f:
+    with open(source / "edged/core/limits.py", "a") as f:
         f.write("\n# update marker\n")
     third = run_installer(source, root, "--no-apt")
     assert "installed edged from" in third.stdout
-    installed = list(venv.glob("lib/python3*/site-packages/edged/limits.py"))
+    installed = list(venv.glob("lib/python3*/site-packages/edged/core/limits.py"))
     assert installed and installed[0].read_text().endswith("# update marker\n")
     assert key.read_text() == "secret-key-123\n" and mode_owner(key) == (0o600, 0, 0)
     assert (etc / "edged.toml").read_text().endswith("# edited by the administrator\n")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from edged import journal
-from edged.journal import Msg
+from edged.core import journal
+from edged.core.journal import Msg
 
 REPO = Path(__file__).resolve().parents[1]
 JOURNALD = Path("/lib/systemd/systemd-journald")
@@ -147,7 +147,7 @@ def test_bad_input_is_refused_clearly():
     log = logging.getLogger("edged.test")
     with pytest.raises(ValueError, match="log field 'Clip-Id'"):
         journal.log_event(log, Msg.MARK, "x", **{"Clip-Id": "1"})
-    with pytest.raises(TypeError, match="must be an edged.journal.Msg"):
+    with pytest.raises(TypeError, match="must be an edged.core.journal.Msg"):
         journal.log_event(log, "e7884386447342ac945d558a5f2d7569", "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be a str"):
         journal.register_secret(b"bytes-secret")  # type: ignore[arg-type]
@@ -170,7 +170,7 @@ def test_scrub_patterns():
 
 FIELDS = """
     import json, logging, os, sys
-    from edged.journal import Msg, log_event, setup_logging
+    from edged.core.journal import Msg, log_event, setup_logging
 
     if sys.argv[1:] == ["journal-stream"]:   # what systemd does for a service: stderr is the journal
         st = os.fstat(2)
@@ -237,7 +237,7 @@ def test_a_service_whose_stderr_is_the_journal_logs_once(tmp_path):
 SECRETS = """
     import json, logging, sys, urllib.parse
     from pathlib import Path
-    from edged.journal import Msg, log_event, register_secret, register_secret_file, setup_logging
+    from edged.core.journal import Msg, log_event, register_secret, register_secret_file, setup_logging
 
     key_file = Path(sys.argv[1])
     print(setup_logging())
@@ -307,7 +307,7 @@ def test_secrets_never_reach_the_journal_nor_stderr(tmp_path):
 
 FALLBACK = """
     import logging, os, socket, sys
-    from edged.journal import Msg, log_event, register_secret, setup_logging
+    from edged.core.journal import Msg, log_event, register_secret, setup_logging
 
     log = logging.getLogger("edged.test")
     register_secret("fallback-secret-42")
@@ -352,7 +352,7 @@ def test_is_journal_reachable_refuses_a_stale_socket(tmp_path):
 DAEMON = """
     import subprocess, sys, time
     from pathlib import Path
-    from edged.control import ControlError, request
+    from edged.app.control import ControlError, request
 
     cfg, state, key_file = sys.argv[1:4]
     daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", cfg, "--for", "8"])

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edged import config
-from edged.network import LinkWatch, probe, usable_interfaces
-from edged.outbox import PRIORITY_MARK, Outbox
+from edged.config import schema as config
+from edged.upload.network import LinkWatch, probe, usable_interfaces
+from edged.upload.outbox import PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
@@ -100,7 +100,7 @@ def test_the_watch_costs_nothing_while_idle():
 
 
 def test_the_poll_fallback_sees_interfaces_too(veth, monkeypatch):
-    import edged.network as network
+    import edged.upload.network as network
     monkeypatch.setattr(network, "POLL_S", 0.2)
     w = LinkWatch(_force_poll=True)
     w.start()

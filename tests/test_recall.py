@@ -22,19 +22,19 @@ import av
 import numpy as np
 import pytest
 
-from edged import limits
-from edged.daemon import Daemon
-from edged.events import EventManager, EventStore
-from edged.index import Index
-from edged.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
-from edged.paths import StatePaths
-from edged.recall import DURATIONS, InvalidRequest, RecallStore, parse_request, parse_time
-from edged.recall_inbox import Inbox, is_temporary
-from edged.recall_service import RecallService, inbox_dir, status_dir, store_path
-from edged.ring import RingBuffer
-from edged.status import iso
-from edged.timelapse import plan
-from edged.timeline import LOST, NOT_RECORDED, OVERWRITTEN, coverage
+from edged.core import limits
+from edged.app.daemon import Daemon
+from edged.events.manager import EventManager, EventStore
+from edged.footage.index import Index
+from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
+from edged.core.paths import StatePaths
+from edged.recall.request import DURATIONS, InvalidRequest, RecallStore, parse_request, parse_time
+from edged.recall.inbox import Inbox, is_temporary
+from edged.recall.service import RecallService, inbox_dir, status_dir, store_path
+from edged.footage.ring import RingBuffer
+from edged.core.timefmt import iso
+from edged.clips.timelapse import plan
+from edged.footage.timeline import LOST, NOT_RECORDED, OVERWRITTEN, coverage
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader

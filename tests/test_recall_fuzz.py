@@ -29,9 +29,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.recall import (DURATIONS, MAX_DEPTH, MAX_REQUEST_BYTES, MAX_TIME_NS, MIN_TIME_NS, InvalidRequest,
+from edged.recall.request import (DURATIONS, MAX_DEPTH, MAX_REQUEST_BYTES, MAX_TIME_NS, MIN_TIME_NS, InvalidRequest,
                           RecallRequest, RecallStore, load_request, parse_request, request_from_bytes)
-from edged.recall_inbox import Inbox
+from edged.recall.inbox import Inbox
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "1500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from edged.daemon import Daemon
-from edged.encode import OPUS_FRAME_MS
-from edged.index import Index
-from edged.paths import StatePaths
+from edged.app.daemon import Daemon
+from edged.recording.encode import OPUS_FRAME_MS
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
 from tests.helpers import decode_all, packets, segment_files
 
 

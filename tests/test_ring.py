@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from edged import config
-from edged.clock import SystemClock
-from edged.daemon import Daemon, prepare_state_dir
-from edged.index import Index
-from edged.paths import StatePaths
-from edged.recorder import Recorder
-from edged.ring import RingBuffer, Room, free_bytes
+from edged.config import schema as config
+from edged.core.clock import SystemClock
+from edged.app.daemon import Daemon, prepare_state_dir
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
+from edged.recording.recorder import Recorder
+from edged.footage.ring import RingBuffer, Room, free_bytes
 from tests.conftest import make_settings
 from tests.helpers import decode_all, tmpfs, wait_until
 

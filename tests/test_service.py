@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from edged.capture.synthetic import SyntheticVideo
-from edged.daemon import Daemon
-from edged.index import Index
-from edged.paths import StatePaths
-from edged.recorder import STALL_S
-from edged.service import ServiceNotifier, summary, watchdog_interval_s
+from edged.app.daemon import Daemon
+from edged.footage.index import Index
+from edged.core.paths import StatePaths
+from edged.recording.recorder import STALL_S
+from edged.app.systemd import ServiceNotifier, summary, watchdog_interval_s
 from tests.conftest import REPO
 
 UNIT = REPO / "systemd" / "edged.service"

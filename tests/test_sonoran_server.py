@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edged import limits
+from edged.core import limits
 from tests.sonoran_server import EBML_MAGIC, LEGACY_PATH, V2_PATH, SonoranServer
 
 REPO = Path(__file__).resolve().parents[1]

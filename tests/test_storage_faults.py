@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from edged.daemon import EXIT_STORAGE, Daemon
-from edged.index import Index, IndexUnavailable, open_or_rebuild
-from edged.paths import StatePaths
-from edged.segment import PART_SUFFIX
-from edged.files import write_atomic
+from edged.app.daemon import EXIT_STORAGE, Daemon
+from edged.footage.index import Index, IndexUnavailable, open_or_rebuild
+from edged.core.paths import StatePaths
+from edged.recording.segment import PART_SUFFIX
+from edged.core.files import write_atomic
 from tests.conftest import REPO, make_settings
 from tests.helpers import (Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs,
                            wait_until)
@@ -133,11 +133,11 @@ def _fill_own_disk(mnt: Path, monkeypatch):
     its records, the open segment counted, a generous size estimate), so the guards are taken
     away here, as segments larger than their estimate or unbudgeted files would: what is tested
     is how the daemon gets out of a disk full of its own footage."""
-    import edged.recorder
-    import edged.ring
-    monkeypatch.setattr(edged.ring, "METADATA_RESERVE_BYTES", 0)
-    monkeypatch.setattr(edged.recorder, "segment_bytes_estimate", lambda settings: 0)
-    monkeypatch.setattr(edged.recorder.Recorder, "_open_bytes", lambda self: 0)
+    import edged.recording.recorder
+    import edged.footage.ring
+    monkeypatch.setattr(edged.footage.ring, "METADATA_RESERVE_BYTES", 0)
+    monkeypatch.setattr(edged.recording.recorder, "segment_bytes_estimate", lambda settings: 0)
+    monkeypatch.setattr(edged.recording.recorder.Recorder, "_open_bytes", lambda self: 0)
     s = make_settings(mnt / "state", camera=SMALL | {"bitrate": 300_000}, storage={"segment_seconds": 2.0})
     assert s.storage.max_bytes > 2 * 2**20 and s.storage.min_free_bytes == 0
     run = Running(Daemon(s))
@@ -462,5 +462,5 @@ def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypat
     assert (tmp_path / "manifest.json").read_bytes() == b'{"parts": []}'
     import inspect as pyinspect
 
-    from edged import events
+    from edged.events import manager as events
     assert "durable=True" in pyinspect.getsource(events.EventManager.build), "the manifest is written durably"

@@ -24,8 +24,9 @@ import av
 import numpy as np
 import pytest
 
-from edged import config, limits
-from edged.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
+from edged.config import schema as config
+from edged.core import limits
+from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import ALARM_PAUSED, Uploader
@@ -406,8 +407,8 @@ def test_the_servers_allowance_answer_defers_and_does_not_fail(tmp_path):
 CHILD = textwrap.dedent("""
     import random, sys, time
     sys.path.insert(0, {repo!r})
-    from edged import config
-    from edged.outbox import Outbox
+    from edged.config import schema as config
+    from edged.upload.outbox import Outbox
     from edged.upload.policy import RetryPolicy
     from edged.upload.targets import build_targets
     from edged.upload.uploader import Uploader

@@ -12,8 +12,8 @@ import random
 import httpx
 import pytest
 
-from edged import limits
-from edged.outbox import Outbox
+from edged.core import limits
+from edged.upload.outbox import Outbox
 from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
 from edged.upload.policy import RetryPolicy

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from edged.capture.base import (AudioSample, AudioSource, SourceError, SourceUnavailable, VideoSample,
                                 VideoSource)
-from edged.config import AudioSettings, CameraSettings
+from edged.config.schema import AudioSettings, CameraSettings
 
 log = logging.getLogger("edged.capture")
 

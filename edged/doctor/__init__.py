@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged import config as config_mod
+from edged.config import schema as config_mod
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 

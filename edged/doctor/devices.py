@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.config import AudioSettings, CameraSettings, GpioSettings
+from edged.config.schema import AudioSettings, CameraSettings, GpioSettings
 from edged.doctor import FAIL, OK, WARN, Check, Host
 
 # linux/videodev2.h: VIDIOC_QUERYCAP = _IOR('V', 0, struct v4l2_capability), 104 bytes.

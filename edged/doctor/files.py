@@ -10,10 +10,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from edged import config as config_mod
+from edged.config import schema as config_mod
 from edged.doctor import FAIL, OK, SERVICE_STATE_DIR, WARN, Check, Host
-from edged.paths import StatePaths
-from edged.ring import METADATA_RESERVE_BYTES
+from edged.core.paths import StatePaths
+from edged.footage.ring import METADATA_RESERVE_BYTES
 
 #: Config keys whose problem is a credential file: reported by the credentials checks.
 CREDENTIAL_KEYS = {"upload.sonoran_v2.api_key_file": "sonoran_v2", "upload.bota.token_file": "bota"}

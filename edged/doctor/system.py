@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edged.config import Settings
+from edged.config.schema import Settings
 from edged.doctor import FAIL, OK, SERVICE_STATE_DIR, SERVICE_UNIT, WARN, Check, Host
 
 #: Upload targets that talk to a server, and the settings section holding its base_url.
@@ -48,7 +48,7 @@ def check_clock(host: Host) -> Check:
             return Check("clock", WARN, f"not synchronised and NTP is off ({CLOCK_WHY})", "sudo timedatectl set-ntp true")
         return Check("clock", WARN, f"not synchronised yet: NTP is on but no time server answered ({CLOCK_WHY})",
                      "give it network; `timedatectl timesync-status` shows the server tried")
-    from edged.clock import SystemClock
+    from edged.core.clock import SystemClock
     if SystemClock().synchronized():
         return Check("clock", OK, "synchronised (kernel adjtimex status; timedatectl unavailable)")
     return Check("clock", WARN, f"not synchronised (kernel adjtimex status; timedatectl unavailable; {CLOCK_WHY})",
@@ -70,7 +70,7 @@ def endpoints(settings: Settings | None, targets: tuple[str, ...]) -> list[tuple
 
 
 def check_network(settings: Settings | None, targets: tuple[str, ...], host: Host) -> Check:
-    from edged.network import probe, usable_interfaces
+    from edged.upload.network import probe, usable_interfaces
     interfaces = usable_interfaces()
     if not interfaces:
         return Check("network", WARN, "no network interface is up: clips wait in the outbox until one is",

@@ -8,7 +8,7 @@ Bota's JSON objects, storage's empty PUT answer). A 2xx of any other shape — a
 JSON, JSON of the wrong shape, an answer cut off at the cap — is what a captive portal or a
 proxy sends: the footage stays held and the delivery is tried again, with an alarm that says so.
 A redirect is never followed. Every reason and response leaves this module scrubbed of secrets
-(``edged.journal.scrub``): a server that echoes the API key cannot get it stored or shown.
+(``edged.core.journal.scrub``): a server that echoes the API key cannot get it stored or shown.
 
 The alarm names the uploader raises are defined here, next to the answers that raise them.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from edged.journal import scrub
+from edged.core.journal import scrub
 
 #: The most of an answer's body ever read; the rest is discarded unread (the connection is closed).
 MAX_ANSWER_BYTES = 64 * 1024

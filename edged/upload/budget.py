@@ -23,8 +23,8 @@ import math
 import random
 from collections.abc import Callable
 
-from edged import limits
-from edged.db import Store
+from edged.core import limits
+from edged.core.db import Store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rate_requests (key TEXT NOT NULL, at_ns INTEGER NOT NULL, refused INTEGER NOT NULL DEFAULT 0);

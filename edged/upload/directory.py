@@ -6,7 +6,7 @@ The embedded default, so edged delivers somewhere with no account. Each clip get
 The delivery folder may be shared with whoever picks the clips up (a sync tool, a person with
 the stick), so it is written like the synced folder: the folder itself and each clip's folder
 are opened without following links (a link there is refused, and the part waits), and every file
-is written through ``edged.files``: a temporary that cannot follow a link, renamed inside the
+is written through ``edged.core.files``: a temporary that cannot follow a link, renamed inside the
 clip folder's descriptor. A link planted at a part's name is replaced, never written through.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edged.config import Settings
-from edged.files import Folder, Refused
-from edged.outbox import OutboxPart
+from edged.config.schema import Settings
+from edged.core.files import Folder, Refused
+from edged.upload.outbox import OutboxPart
 from edged.upload.answers import ALARM_FOLDER_REFUSED, Kind, Verdict
 from edged.upload.targets import Target
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from edged.config import Settings, api_key_path
-from edged.journal import register_secret_file
-from edged.outbox import OutboxPart
+from edged.config.schema import Settings, api_key_path
+from edged.core.journal import register_secret_file
+from edged.upload.outbox import OutboxPart
 from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
 from edged.upload.budget import key_fingerprint
 from edged.upload.targets import HttpTarget, ThrottledFile, endpoint_of

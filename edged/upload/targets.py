@@ -39,9 +39,10 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from edged import __version__, limits
-from edged.config import Settings, UploadSettings
-from edged.outbox import OutboxPart
+from edged import __version__
+from edged.core import limits
+from edged.config.schema import Settings, UploadSettings
+from edged.upload.outbox import OutboxPart
 from edged.upload.answers import MAX_ANSWER_BYTES, Answer, DeadlineExceeded, Kind, RequestCancelled, Verdict
 
 #: The slowest link an upload is given time for (bytes/s, ~32 kbit/s: poor 2G) when no
@@ -584,7 +585,7 @@ def http_client(u: UploadSettings) -> httpx.Client:
 def build_targets(settings: Settings, outbox=None) -> list[Target]:
     """One target per configured name. ``outbox``: the daemon's, for targets that keep their own
     progress in it (bota); without it such a target opens the state folder's outbox itself."""
-    from edged.upload.bota import BotaTarget
+    from edged.upload.bota.target import BotaTarget
     from edged.upload.directory import DirectoryTarget
     from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
 

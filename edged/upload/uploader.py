@@ -7,7 +7,7 @@ decides the row's next state (``outbox``), the retry time (``policy``) and the b
 (``budget``). Nothing here deletes a file: a refused clip is kept and marked failed.
 
 Waiting never spins: a worker sleeps on its wake event until its next due time, and is woken by a
-new part, an operator's retry, a link appearing (``edged.network``) or stop.
+new part, an operator's retry, a link appearing (``edged.upload.network``) or stop.
 
 Sending never outlives stop or an operator's retry either: both cancel the request in flight
 (``Target.cancel``: its socket is shut down), which puts the delivery back in the queue, due at
@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edged.journal import Msg, log_event, register_secret_file, scrub
-from edged.outbox import Delivery, Outbox
-from edged.status import iso
+from edged.core.journal import Msg, log_event, register_secret_file, scrub
+from edged.upload.outbox import Delivery, Outbox
+from edged.core.timefmt import iso
 from edged.upload.answers import ALARM_FAILED, ALARM_PAUSED, ALARM_REDIRECTED, ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
@@ -136,7 +136,7 @@ class _Worker(threading.Thread):
         if not self.link_changed.is_set() and now < self._net_retry_ns:
             return (self._net_retry_ns - now) / 1e9
         self.link_changed.clear()
-        from edged.network import probe
+        from edged.upload.network import probe
         host, port = self.target.endpoint or ("", 0)
         if self.target.endpoint is None or probe(host, port, PROBE_TIMEOUT_S):
             log.info("upload target %s reachable again", self.target.name)

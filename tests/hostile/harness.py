@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from edged.control import ControlError, request  # noqa: E402
+from edged.app.control import ControlError, request  # noqa: E402
 
 #: Longest wait for a state the daemon should reach (a deadline, never a speed assertion).
 WAIT_S = 60.0

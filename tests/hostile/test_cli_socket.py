@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged import cli
+from edged.cli import main as cli
 from tests.hostile.harness import (WAIT_S, DaemonUnderTest, assert_evidence_kept, assert_stores_sound,
                                    evidence_snapshot, sha256_of, wait)
 
@@ -462,8 +462,8 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
     Written with sqlite directly, so the stores' own scrubbing plays no part."""
     import sqlite3
 
-    from edged.events import EventStore
-    from edged.outbox import Outbox
+    from edged.events.manager import EventStore
+    from edged.upload.outbox import Outbox
 
     key = "sk-live-0123456789abcdef"
     (tmp_path / "key").write_text(key + "\n")
@@ -495,7 +495,7 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
 
 
 def test_config_sign_takes_a_serial_and_the_devices(tmp_path: Path) -> None:
-    from edged import configsign
+    from edged.config import sign as configsign
     rc, _, err = run_main(["config", "keygen", str(tmp_path / "keys")])
     assert rc == 0, err
     key = tmp_path / "keys" / configsign.PRIVATE_KEY_NAME

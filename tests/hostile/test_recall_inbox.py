@@ -26,13 +26,14 @@ from typing import Any
 
 import pytest
 
-from edged import files, journal
-from edged.index import Index
-from edged.outbox import Outbox
-from edged.recall import FAILED, RecallStore
-from edged.recall_inbox import Inbox
-from edged.recall_service import RecallService, status_dir
-from edged.syncfolder import ALARM
+from edged.core import files
+from edged.core import journal
+from edged.footage.index import Index
+from edged.upload.outbox import Outbox
+from edged.recall.request import FAILED, RecallStore
+from edged.recall.inbox import Inbox
+from edged.recall.service import RecallService, status_dir
+from edged.core.syncfolder import ALARM
 from tests.conftest import make_settings
 from tests.hostile.harness import (REPO, DaemonUnderTest, assert_evidence_kept, assert_no_links, assert_stores_sound,
                                    evidence_snapshot, sha256_of, wait)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from edged.journal import MASK
-from edged.outbox import Outbox
-from edged.paths import StatePaths
+from edged.core.journal import MASK
+from edged.upload.outbox import Outbox
+from edged.core.paths import StatePaths
 from edged.upload.answers import (ALARM_FAILED, ALARM_PAUSED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STALLED,
                                   MAX_ANSWER_BYTES)
 from edged.upload.policy import RetryPolicy
@@ -248,7 +248,7 @@ def test_a_key_echoed_by_the_server_is_stored_and_shown_nowhere(tmp_path, caplog
 
 def test_the_store_scrubs_whatever_a_caller_hands_it(tmp_path):
     """The boundary itself: reasons, responses and progress values are scrubbed on the way in."""
-    from edged.journal import register_secret
+    from edged.core.journal import register_secret
     register_secret(KEY)
     ob = Outbox(tmp_path / "outbox.sqlite", targets=["t"])
     clip = tmp_path / "c.webm"

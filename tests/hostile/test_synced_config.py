@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged import configsign
+from edged.config import sign as configsign
 from tests.hostile.harness import DaemonUnderTest, assert_evidence_kept, evidence_snapshot
 
 DEEP = b"a = " + b"[" * 3000 + b"]" * 3000 + b"\n"

@@ -1,0 +1,3 @@
+"""The process: the daemon that builds and runs every stage, its status, systemd's notify
+protocol, the control socket and the GPIO button and LED.
+"""

@@ -1,0 +1,2 @@
+"""The ``edged`` command line.
+"""

@@ -1,0 +1,625 @@
+"""The recorder: capture → encode → segment → ring store, without pause.
+
+One thread per source fills a bounded queue; this loop takes video frames in order, encodes the
+audio that belongs before each frame, then the frame, and routes every packet by its timestamp
+to the segment it belongs to. A segment starts with a forced keyframe every ``segment_seconds``
+of media; the previous one stays open until the audio has caught up with the boundary, so
+neighbouring segments join with no lost and no duplicated samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+
+from edged.core.alarms import Alarms
+from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
+from edged.capture.thread import LOST, CaptureThread
+from edged.core.clock import Clock, ClockWatch
+from edged.config.schema import Settings, segment_bytes_estimate
+from edged.recording.encode import AudioEncoder, VideoEncoder
+from edged.footage.index import Index
+from edged.core.journal import Msg, log_event
+from edged.footage.ring import RingBuffer, Room
+from edged.recording.salvage import salvage
+from edged.core.files import sha256_file
+from edged.recording.segment import SegmentStart, SegmentWriter, inspect
+
+log = logging.getLogger("edged.recorder")
+
+#: What a full, failing or read-only card raises: from the file, from FFmpeg, from SQLite.
+STORAGE_ERRORS = (OSError, av.FFmpegError, sqlite3.Error)
+
+#: How long the previous segment waits for late audio after the boundary (media seconds).
+AUDIO_GRACE_S = 1.0
+#: Capture queues hold this much media; beyond it a live source drops (and we count the gap).
+QUEUE_SECONDS = 3.0
+#: No frame for this long while the camera claims to stream: it is stalled.
+STALL_S = 3.0
+
+
+@dataclass
+class RecorderStatus:
+    state: str = "starting"  # starting | recording | camera_lost | storage_full | stopped
+    video_source: str | None = None
+    audio_source: str | None = None
+    frames_encoded: int = 0
+    frames_dropped: int = 0
+    frames_not_stored: int = 0
+    audio_dropped: int = 0
+    segments_written: int = 0
+    segments_salvaged: int = 0
+    alarms: Alarms = field(default_factory=Alarms)  # raised here and by other threads (daemon)
+    last_error: str | None = None
+    last_frame_mono: float | None = None
+    current_segment: str | None = None
+    #: When the last frame made it through (encoded and written, or not stored by storage policy):
+    #: the service watchdog is pinged only while this keeps moving.
+    progress_mono: float | None = None
+    #: Footage has reached the disk: the first segment's media is synced (the service is ready).
+    on_disk: bool = False
+
+
+class _Open:
+    """A segment being written, with the media time where it starts."""
+
+    def __init__(self, writer: SegmentWriter, start_pts: int, start_s: float) -> None:
+        self.writer = writer
+        self.start_pts = start_pts
+        self.start_s = start_s
+
+
+class Recorder:
+    def __init__(self, settings: Settings, index: Index, ring: RingBuffer, clock: Clock,
+                 segments_dir: Path, stop_after_s: float | None = None,
+                 on_segment: Callable[[int], None] | None = None,
+                 video_source_factory: Callable | None = None,
+                 audio_source_factory: Callable | None = None, alarms: Alarms | None = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.ring = ring
+        self.clock = clock
+        self.watch = ClockWatch(clock)
+        self.dir = segments_dir
+        self.stop_after_s = stop_after_s
+        self.on_segment = on_segment
+        # the daemon's alarms, shared with its other parts (an empty Alarms is falsy: no "or")
+        self.status = RecorderStatus(alarms=alarms if alarms is not None else Alarms())
+        self.crashed: BaseException | None = None
+        cam, aud = settings.camera, settings.audio
+        self.fps = cam.fps
+        self.paced = cam.paced
+        self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
+        self._stop = threading.Event()
+        self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
+        self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
+        vfactory = video_source_factory or video_factory(cam)
+        afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
+        self._video_thread = CaptureThread("camera", vfactory, self._vq, cam.paced, 1.0 / cam.fps, self._stop)
+        self._audio_thread = (CaptureThread("microphone", afactory, self._aq, cam.paced, 0.02, self._stop)
+                              if afactory else None)
+        self.venc = VideoEncoder(cam)
+        self.aenc = AudioEncoder(aud) if afactory else None
+        # Media-time state.
+        self._origin: float | None = None        # source time of the first frame (media t = 0)
+        self._mono_anchor_ns = 0                  # monotonic ns of media t = 0
+        self._last_n: int | None = None
+        self._audio_next: int | None = None      # next audio pts (samples at the source rate)
+        self._audio_rate: int | None = None
+        self._audio_pending: AudioSample | None = None
+        self._cur: _Open | None = None
+        self._closing: _Open | None = None
+        self._closing_until_s = 0.0
+        self._next_room_check = 0.0
+        self._next_clock_look = 0.0
+        self._clock_noted = False
+        self._pending_steps: list = []
+        self._unsalvaged: list[SegmentWriter] = []
+        self._pending_rows: list[tuple[str, Callable[[], None]]] = []
+        self._next_seq = index.next_seq()
+        self._boundaries: list[int] = []
+        self._boundary_lock = threading.Lock()
+        self._pending_settings: Settings | None = None
+        self._last_frame_mono_ns = 0
+        self._segment_bytes_estimate = segment_bytes_estimate(settings)
+        self._stop_reason = "stop requested"
+
+    # --- for the event stage ------------------------------------------------------------------
+
+    def timeline_now_ns(self) -> int:
+        """Now, on the recording timeline (monotonic ns of this boot). Unpaced runs are ahead of
+        the real clock: their timeline is that of the last frame recorded."""
+        if self.paced or self._origin is None:
+            return self.clock.monotonic_ns()
+        return self._last_frame_mono_ns
+
+    def best_offset_ns(self) -> int:
+        """This boot's wall-minus-monotonic offset as the index places its footage
+        (``Segment.best_wall_start_ns``): the current one while the clock is synchronised, else the
+        latest synchronised one (a clock later set wrong by hand does not move the timeline), else
+        the current one."""
+        if self.watch.synchronized:
+            return self.watch.offset_ns
+        synced = self.index.synced_offset(self.watch.boot_id)
+        return self.watch.offset_ns if synced is None else synced
+
+    def request_boundary(self, mono_ns: int) -> None:
+        """Start a new segment at the first frame at or after ``mono_ns`` (an event's end), so the
+        segment holding the end of a post-roll is finalised at once, not a segment later."""
+        with self._boundary_lock:
+            self._boundaries.append(mono_ns)
+            self._boundaries.sort()
+
+    def _boundary_due(self, frame_mono_ns: int) -> bool:
+        with self._boundary_lock:
+            due = [b for b in self._boundaries if b <= frame_mono_ns]
+            if not due:
+                return False
+            self._boundaries = [b for b in self._boundaries if b > frame_mono_ns]
+        return self._cur is not None and self._mono_of(self._cur.start_s) < due[-1]
+
+    def _mono_of(self, t: float) -> int:
+        return self._mono_anchor_ns + round(t * 1e9)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Record until ``stop()`` (or ``stop_after_s`` of media); finalises the open segment."""
+        self._video_thread.start()
+        if self._audio_thread:
+            self._audio_thread.start()
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.crashed = exc
+            self._stop_reason = f"recorder failed: {exc!r}"
+            log.critical("recorder failed: %r", exc, exc_info=True)
+            raise
+        finally:
+            self._stop.set()
+            self._finish_all()
+            self.status.state = "stopped"
+            if self._origin is not None:
+                st = self.status
+                log_event(log, Msg.RECORDING_STOPPED, "recording stopped (%s): %d segment(s) written",
+                          self._stop_reason, st.segments_written,
+                          level=logging.ERROR if self.crashed else logging.INFO, reason=self._stop_reason,
+                          segments=st.segments_written, salvaged=st.segments_salvaged,
+                          frames=st.frames_encoded, dropped=st.frames_dropped)
+            self._video_thread.join(timeout=5)
+            if self._audio_thread:
+                self._audio_thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        st = self.status
+        while not self._stop.is_set():
+            self._look_at_clock()
+            st.video_source = self._video_thread.source_name
+            st.audio_source = self._audio_thread.source_name if self._audio_thread else None
+            try:
+                item = self._vq.get(timeout=0.5)
+            except queue.Empty:
+                self._no_frame()
+                continue
+            if item is LOST:
+                self._camera_lost()
+                continue
+            if self.stop_after_s is not None and self._origin is not None and \
+                    item.time - self._origin >= self.stop_after_s - 1e-9:
+                self._stop_reason = f"{self.stop_after_s:g} s of footage recorded"
+                return
+            self._frame(item)
+            st.progress_mono = time.monotonic()
+            if not st.on_disk:
+                st.on_disk = st.segments_written > 0 or (self._cur is not None and self._cur.writer.synced)
+
+    # --- per frame ----------------------------------------------------------------------------
+
+    def _frame(self, v: VideoSample) -> None:
+        st = self.status
+        if self._origin is None:
+            self._origin = v.time
+            log_event(log, Msg.RECORDING_STARTED, "recording started: camera %s, microphone %s, into %s",
+                      self._video_thread.source_name, self._audio_thread.source_name if self._audio_thread else
+                      "none", self.dir, source=self._video_thread.source_name,
+                      audio=self._audio_thread.source_name if self._audio_thread else "none",
+                      storage_dir=self.dir, fps=self.fps)
+            # Unpaced runs (tests, benchmarks) move faster than the clock: start them after
+            # whatever this boot already recorded, so timelines never overlap.
+            self._mono_anchor_ns = int(v.time * 1e9) if self.paced else \
+                max(self.clock.monotonic_ns(), self.index.boot_end_ns(self.watch.boot_id))
+        n = round((v.time - self._origin) * self.fps)
+        if self._last_n is not None:
+            if n <= self._last_n:
+                return  # the camera delivered faster than the configured rate: skip the extra frame
+            if n > self._last_n + 1:
+                st.frames_dropped += n - self._last_n - 1
+        self._last_n = n
+        st.last_frame_mono = time.monotonic()
+        st.state = "recording" if st.state != "storage_full" else st.state
+        t = n / self.fps
+        self._last_frame_mono_ns = self._mono_of(t)
+        keyframe = False
+        if self._cur is None or n - self._cur.start_pts >= self.seg_frames or \
+                self._boundary_due(self._last_frame_mono_ns):
+            keyframe = self._start_segment(n, t)
+        # Audio captured up to this frame goes first (routed by its own timestamps).
+        self._pump_audio(until=v.time)
+        if self._cur is None:
+            st.frames_not_stored += 1
+            return
+        try:
+            packets = self.venc.encode(v.frame, n, keyframe)
+            for p in packets:
+                self._route_video(p)
+        except STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+            return
+        st.frames_encoded += 1
+        if self._closing and t >= self._closing_until_s:
+            self._finish(self._closing)
+            self._closing = None
+        if self._cur:
+            try:
+                self._cur.writer.sync_if_due()
+            except OSError as exc:
+                self._write_failed(exc)
+
+    def _target(self, t: float) -> _Open | None:
+        """The segment a packet at media time ``t`` belongs to."""
+        if self._closing is not None and (self._cur is None or t < self._cur.start_s):
+            return self._closing
+        return self._cur
+
+    def _route_video(self, p: av.Packet) -> None:
+        target = self._target(p.pts / self.fps)
+        if target is not None:
+            target.writer.mux_video(p)
+
+    def _route_audio(self, p: av.Packet) -> None:
+        t = float(p.pts * p.time_base)
+        if self._closing is not None and self._cur is not None and t >= self._cur.start_s:
+            # Audio reached the boundary: the previous segment is complete.
+            self._finish(self._closing)
+            self._closing = None
+        target = self._target(t)
+        if target is not None:
+            target.writer.mux_audio(p)
+
+    # --- audio ----------------------------------------------------------------------------------
+
+    def _pump_audio(self, until: float) -> None:
+        """Encode the audio captured up to ``until`` (source time). Unpaced: wait for it."""
+        if self._audio_thread is None or self.aenc is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while True:
+            if self._audio_pending is None:
+                try:
+                    if self.paced:
+                        item = self._aq.get_nowait()
+                    else:
+                        item = self._aq.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return
+                if item is LOST:
+                    self._audio_next = None
+                    continue
+                self._audio_pending = item
+            a = self._audio_pending
+            if a.time > until:
+                return
+            self._audio_pending = None
+            self._encode_audio(a)
+
+    def _encode_audio(self, a: AudioSample) -> None:
+        if self._origin is None or a.time < self._origin:
+            return
+        rate = a.frame.sample_rate
+        by_time = round((a.time - self._origin) * rate)
+        if self._audio_next is None or self._audio_rate != rate or by_time - self._audio_next > rate // 5:
+            self._audio_next = by_time  # (re)start, or a gap of more than 200 ms: follow the clock
+            self._audio_rate = rate
+        elif self._audio_next - by_time > rate // 5:
+            self.status.audio_dropped += 1  # audio runs ahead of the video clock: drop to resync
+            return
+        pts = self._audio_next
+        self._audio_next += a.frame.samples
+        if self._cur is None and self._closing is None:
+            return
+        try:
+            for p in self.aenc.encode(a.frame, pts):
+                self._route_audio(p)
+        except STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+
+    # --- segments -------------------------------------------------------------------------------
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New live settings (a synced config): bitrates and storage limits take effect at the next
+        segment start, where the encoders are replaced (each segment starts on a keyframe anyway)."""
+        with self._boundary_lock:
+            self._pending_settings = settings
+
+    def _apply_pending_settings(self) -> None:
+        with self._boundary_lock:
+            new, self._pending_settings = self._pending_settings, None
+        if new is None:
+            return
+        old = self.settings
+        if new.camera != old.camera:
+            for p in self.venc.flush():  # what the old encoder still holds belongs to the old segment
+                self._route_video(p)
+            self.venc = VideoEncoder(new.camera)
+        if self.aenc is not None and new.audio != old.audio:
+            for p in self.aenc.flush():
+                self._route_audio(p)
+            self.aenc = AudioEncoder(new.audio)
+        self.settings = new
+        self.seg_frames = max(1, round(new.storage.segment_seconds * self.fps))
+        self._segment_bytes_estimate = segment_bytes_estimate(new)
+        log.info("new settings in force from this segment: video %d bps, audio %d bps",
+                 new.camera.bitrate, new.audio.bitrate)
+
+    def _start_segment(self, n: int, t: float) -> bool:
+        st = self.status
+        now = time.monotonic()
+        self._apply_pending_settings()
+        if self._cur is None and now < self._next_room_check:
+            return False
+        try:
+            # The segment being closed is not in the index's stored bytes yet: count it, or the
+            # ring would overshoot its budget by about one segment.
+            room = self.ring.make_room(self._segment_bytes_estimate + self._open_bytes())
+        except STORAGE_ERRORS as exc:
+            self._write_failed(exc)
+            return False
+        self._set_alarm(Room.OVER_BUDGET.value, room is Room.OVER_BUDGET,
+                        "storage over budget: only protected footage is left; recording continues while the disk has room")
+        self._set_alarm(Room.FULL.value, room is Room.FULL,
+                        "STORAGE FULL of protected footage: recording is paused until space is freed")
+        if room is Room.FULL:
+            if self._cur is not None:
+                self._closing_handoff(None, t)
+            st.state = "storage_full"
+            self._next_room_check = now + 1.0
+            return False
+        mono = self._mono_of(t)
+        start = SegmentStart(seq=self._next_seq, boot_id=self.watch.boot_id, mono_start_ns=mono,
+                             wall_start_ns=self.watch.wall_at(mono), clock_synced=self.watch.synchronized,
+                             device_id=self.settings.device.id)
+        try:
+            self.index.begin(start.seq, start.name, start.boot_id, start.mono_start_ns, start.wall_start_ns,
+                             start.clock_synced)
+            writer = SegmentWriter(self.dir, start, self.venc.template,
+                                   self.aenc.template if self.aenc else None,
+                                   self.aenc.extradata if self.aenc else None,
+                                   video_origin_pts=n,
+                                   audio_origin_pts=round(t * 48_000) if self.aenc else None,
+                                   sync_interval=self.settings.storage.sync_interval_seconds)
+        except STORAGE_ERRORS as exc:
+            try:
+                self.index.set_state(start.seq, "lost", f"could not create: {exc}")
+            except STORAGE_ERRORS:
+                pass
+            self._next_seq += 1
+            self._write_failed(exc)
+            self._next_room_check = now + 1.0
+            return False
+        self._next_seq += 1
+        self._closing_handoff(_Open(writer, n, t), t)
+        st.current_segment = start.name
+        if st.state == "storage_full":
+            st.state = "recording"
+        return True
+
+    def _closing_handoff(self, new: _Open | None, t: float) -> None:
+        if self._closing is not None:  # a previous boundary still waiting: finish it now
+            self._finish(self._closing)
+        self._closing = self._cur
+        self._closing_until_s = t + AUDIO_GRACE_S
+        self._cur = new
+        if new is None and self._closing is not None:
+            self._finish(self._closing)
+            self._closing = None
+
+    def _open_bytes(self) -> int:
+        total = 0
+        for seg in (self._cur, self._closing):
+            if seg is not None:
+                try:
+                    total += seg.writer.part_path.stat().st_size
+                except OSError:
+                    pass
+        return total
+
+    def _finish(self, seg: _Open) -> None:
+        w = seg.writer
+        frames = w.video_frames
+        last = w.last_video_pts if w.last_video_pts is not None else seg.start_pts
+        duration_ns = round((last - seg.start_pts + 1) * 1e9 / self.fps) if frames else 0
+        try:
+            path = w.finish()
+        except STORAGE_ERRORS as exc:
+            log.error("segment %s could not be finalised (%s): salvaging", w.start.name, exc)
+            w.abandon()
+            self._salvage_now(w)
+            return
+        try:
+            self.index.finish(w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets,
+                              sha256_file(path))
+        except STORAGE_ERRORS as exc:  # the file is safe; reconcile completes its row at the next start
+            log.error("segment %s is on disk but its index row could not be completed: %s", w.start.name, exc)
+            return
+        self.status.segments_written += 1
+        self._set_alarm("storage_error", False, "")
+        self._retry_rows()
+        for pending in list(self._unsalvaged):  # space is back: recover what a write error cut off
+            self._unsalvaged.remove(pending)
+            self._salvage_now(pending)
+        if self.on_segment:
+            self.on_segment(w.start.seq)
+
+    def _salvage_now(self, w: SegmentWriter) -> None:
+        try:
+            self.ring.make_room(w.part_path.stat().st_size)  # salvage writes a copy
+            result = salvage(w.part_path)
+        except STORAGE_ERRORS as exc:
+            # Keep the .part and its 'writing' row: retried when a segment next finishes, and
+            # reconcile salvages it at the next start in any case.
+            log.error("segment %s could not be salvaged now (%s); will retry", w.start.name, exc)
+            if w not in self._unsalvaged:
+                self._unsalvaged.append(w)
+            return
+        if result.path is None:
+            # A 'writing' row left behind would keep marks waiting: retried until it is written.
+            self._update_row(w.start.name, lambda seq=w.start.seq, why=result.reason:
+                             self.index.set_state(seq, "lost", why))
+            return
+        try:
+            _, facts = inspect(result.path)
+        except STORAGE_ERRORS as exc:
+            log.error("salvaged segment %s could not be read back now (%s); reconcile will", w.start.name, exc)
+            return
+        self._update_row(w.start.name, lambda seq=w.start.seq, f=facts, why=result.reason: self.index.finish(
+            seq, "salvaged", f.duration_ns, f.bytes, f.video_frames, f.audio_packets, f.sha256,
+            f"salvaged after write error: {why}"))
+        self.status.segments_salvaged += 1
+        log_event(log, Msg.SEGMENT_SALVAGED, "segment %s salvaged after a write error: %s (%.1f s kept)",
+                  w.start.name, result.reason, facts.duration_ns / 1e9, level=logging.WARNING,
+                  segment=w.start.name, reason=result.reason, duration_ms=facts.duration_ns // 1_000_000,
+                  cause="write error")
+
+    def _update_row(self, name: str, update: Callable[[], None]) -> None:
+        """Write an index row now, or keep it to retry when writing works again (a full disk can
+        refuse SQLite too)."""
+        try:
+            update()
+        except STORAGE_ERRORS as exc:
+            log.error("index row of segment %s not written now (%s); will retry", name, exc)
+            self._pending_rows.append((name, update))
+
+    def _retry_rows(self) -> None:
+        pending, self._pending_rows = self._pending_rows, []
+        for name, update in pending:
+            self._update_row(name, update)
+
+    def _close_segments(self) -> None:
+        for seg in (self._closing, self._cur):
+            if seg is not None:
+                self._finish(seg)
+        self._closing = self._cur = None
+        self.status.current_segment = None
+
+    def _finish_all(self) -> None:
+        """At stop: drain the encoders into the open segments, then finalise them."""
+        if self._cur is None and self._closing is None:
+            return
+        try:
+            for p in self.venc.flush():
+                self._route_video(p)
+            if self.aenc:
+                for p in self.aenc.flush():
+                    self._route_audio(p)
+        except STORAGE_ERRORS as exc:
+            log.warning("flushing encoders at stop: %s", exc)
+        self._close_segments()
+
+    def _write_failed(self, exc: Exception) -> None:
+        """A write error (disk full, storage gone read-only): keep what was written, pause a moment."""
+        st = self.status
+        st.last_error = f"write failed: {exc}"
+        log.error("storage write failed: %s", exc)
+        broken = [seg for seg in (self._closing, self._cur) if seg is not None]
+        self._closing = self._cur = None  # detach first: nothing may write to them again
+        st.current_segment = None
+        for seg in broken:
+            seg.writer.abandon()
+            self._salvage_now(seg.writer)
+        self._set_alarm("storage_error", True, "storage write error")
+        self._next_room_check = time.monotonic() + 1.0
+
+    # --- faults and housekeeping ----------------------------------------------------------------
+
+    def _camera_lost(self) -> None:
+        st = self.status
+        st.state = "camera_lost"
+        st.last_error = f"camera lost: {self._video_thread.last_error}"
+        self._set_alarm("camera_lost", True, "camera lost")
+        self._close_segments()  # the encoders keep running: no flush, they resume with the camera
+        self._last_n = None
+        self._audio_next = None
+
+    def _no_frame(self) -> None:
+        st = self.status
+        if self._video_thread.state == "lost":
+            st.state = "camera_lost"
+            st.last_error = f"camera lost: {self._video_thread.last_error}"
+            self._set_alarm("camera_lost", True, "camera lost")
+        elif st.last_frame_mono and time.monotonic() - st.last_frame_mono > STALL_S:
+            self._set_alarm("camera_stalled", True, "camera stalled: no frame for %.0f s" % STALL_S)
+
+    def _set_alarm(self, name: str, on: bool, message: str) -> None:
+        alarms = self.status.alarms
+        if on and name not in alarms:
+            alarms.add(name)
+            level = logging.CRITICAL if name == Room.FULL.value else logging.WARNING
+            if name == "camera_lost":
+                log_event(log, Msg.CAMERA_LOST, "%s: %s", message, self._video_thread.last_error, level=level,
+                          source=self._video_thread.source_name, reason=self._video_thread.last_error,
+                          alarm=name)
+            elif name == "camera_stalled":
+                log_event(log, Msg.WATCHDOG, "%s", message, level=level, stall="camera", seconds=STALL_S,
+                          source=self._video_thread.source_name, alarm=name)
+            else:
+                log_event(log, Msg.STORAGE_ALARM, "%s", message, level=level, alarm=name, state="raised",
+                          storage_dir=self.dir, reason=self.status.last_error if name == "storage_error" else None)
+        elif not on and name in alarms:
+            alarms.discard(name)
+            if name in ("camera_lost", "camera_stalled"):
+                log_event(log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name,
+                          alarm=name)
+            else:
+                log_event(log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared",
+                          storage_dir=self.dir)
+
+    def _look_at_clock(self) -> None:
+        now = time.monotonic()
+        if now < self._next_clock_look:
+            return
+        self._next_clock_look = now + 1.0
+        if self.status.state == "recording":
+            self._set_alarm("camera_lost", False, "")
+            self._set_alarm("camera_stalled", False, "")
+        synced_before = self.watch.synchronized
+        step = self.watch.look()
+        if step is not None:
+            log.warning("wall clock stepped by %+.3f s (synchronised: %s)", step.step_ns / 1e9, step.synchronized)
+            self._pending_steps.append(step)
+        if step is not None or not self._clock_noted or synced_before != self.watch.synchronized:
+            self._clock_noted = False
+        try:  # kept until the index takes them (a full card may refuse for a while)
+            while self._pending_steps:
+                self.index.note_step(self._pending_steps[0])
+                self._pending_steps.pop(0)
+            if not self._clock_noted:
+                self.index.note_clock(self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized,
+                                      self.clock.monotonic_ns())
+                self._clock_noted = True
+        except STORAGE_ERRORS as exc:
+            log.debug("clock record deferred: %s", exc)

@@ -1,0 +1,2 @@
+"""The Bota presigned-URL target and the media it sends (MP4, audio-only WebM, JPEG stills).
+"""
