@@ -189,8 +189,9 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
             assert st.state == "storage_full"
             n = st.frames_not_stored
             wait_until(lambda: run.recorder.status.frames_not_stored > n, 15, "frames counted as not stored")
-            status = json.loads(watch.paths.status.read_text())
-            assert "storage_full" in status["alarms"] or status["state"] == "storage_full"
+            # status.json is rewritten every second by the main loop: wait for the one that says so
+            wait_until(lambda: (lambda doc: "storage_full" in doc["alarms"] or doc["state"] == "storage_full")(
+                json.loads(watch.paths.status.read_text())), 15, "status.json saying storage_full")
             watch.look(run)
 
             # 5. The server comes back: the clips are delivered, their footage released, and the ring
@@ -210,6 +211,10 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
 
             # 6. The other program deletes its file: the space is used, nothing needs overwriting.
             other.remove()
+            # A segment finished just before the removal may still make room the old way: count
+            # from the first segment finished after it.
+            written = run.recorder.status.segments_written
+            wait_until(lambda: run.recorder.status.segments_written >= written + 2, 60, "a segment after the removal")
             n_evicted = len([r for r in watch.look(run) if r.state == "evicted"])
             written = run.recorder.status.segments_written
             wait_until(lambda: run.recorder.status.segments_written >= written + 10, 60, "ten segments with room")

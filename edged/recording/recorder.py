@@ -389,6 +389,8 @@ class Recorder:
         except STORAGE_ERRORS as exc:
             self._write_failed(exc)
             return False
+        if room is Room.FULL:
+            st.state = "storage_full"  # before the alarm: whoever sees the alarm sees the state too
         self._set_alarm(Room.OVER_BUDGET.value, room is Room.OVER_BUDGET,
                         "storage over budget: only protected footage is left; recording continues while the disk has room")
         self._set_alarm(Room.FULL.value, room is Room.FULL,
@@ -396,7 +398,6 @@ class Recorder:
         if room is Room.FULL:
             if self._cur is not None:
                 self._closing_handoff(None, t)
-            st.state = "storage_full"
             self._next_room_check = now + 1.0
             return False
         mono = self._mono_of(t)
