@@ -35,13 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.clips import builder as clip_mod  # noqa: E402
-from edged.core import limits  # noqa: E402
-from edged.clips.builder import SourceSegment, build_clip, measure  # noqa: E402
-from edged.config.schema import from_mapping  # noqa: E402
-from edged.app.daemon import Daemon  # noqa: E402
-from edged.footage.index import Index  # noqa: E402
-from edged.core.paths import StatePaths  # noqa: E402
+from edged.app.daemon import Daemon
+from edged.clips import builder as clip_mod
+from edged.clips.builder import SourceSegment, build_clip, measure
+from edged.config.schema import from_mapping
+from edged.core import limits
+from edged.core.paths import StatePaths
+from edged.footage.index import Index
 
 SECONDS = 120
 
@@ -50,16 +50,21 @@ def record(state: Path, seconds: int, source: str) -> list[SourceSegment]:
     camera: dict = {"source": "synthetic", "paced": False}
     if source == "file":
         from scripts.shake import shaken
+
         camera = {"source": "file", "device": str(shaken(seconds)), "paced": False}
-    settings = from_mapping({
-        "camera": camera,
-        "audio": {"source": "synthetic"},
-        "storage": {"dir": str(state), "min_free_bytes": 0, "max_bytes": 10**11, "segment_seconds": 10.0},
-    }, origin="bench_clip")
+    settings = from_mapping(
+        {
+            "camera": camera,
+            "audio": {"source": "synthetic"},
+            "storage": {"dir": str(state), "min_free_bytes": 0, "max_bytes": 10**11, "segment_seconds": 10.0},
+        },
+        origin="bench_clip",
+    )
     Daemon(settings, stop_after_s=seconds).run()
     rows = Index(StatePaths(state).index).stored()
-    return [SourceSegment(state / "segments" / r.name, r.seq, r.mono_start_ns, r.duration_ns, r.sha256 or "")
-            for r in rows]
+    return [
+        SourceSegment(state / "segments" / r.name, r.seq, r.mono_start_ns, r.duration_ns, r.sha256 or "") for r in rows
+    ]
 
 
 class VerifyTimer:
@@ -88,10 +93,17 @@ def edged_build(sources: list[SourceSegment], out: Path) -> dict:
         cpu, wall = time.process_time() - c0, time.monotonic() - w0
     finally:
         clip_mod.measure = timer._inner
-    result = {"cpu_s": cpu, "wall_s": wall, "verify_cpu_s": timer.cpu, "verify_wall_s": timer.wall,
-              "bytes": sum(p.bytes for p in parts), "parts": len(parts),
-              "part_durations_ms": [p.duration_ms for p in parts], "part_bytes": [p.bytes for p in parts],
-              "reencoded": sum(p.reencoded for p in parts)}
+    result = {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "verify_cpu_s": timer.cpu,
+        "verify_wall_s": timer.wall,
+        "bytes": sum(p.bytes for p in parts),
+        "parts": len(parts),
+        "part_durations_ms": [p.duration_ms for p in parts],
+        "part_bytes": [p.bytes for p in parts],
+        "reencoded": sum(p.reencoded for p in parts),
+    }
     for p in parts:
         p.path.unlink()
     return result
@@ -110,21 +122,49 @@ def ffmpeg_concat(ffmpeg: str, sources: list[SourceSegment], out: Path) -> dict:
     listing = out / "list.txt"
     listing.write_text("".join(f"file '{s.path}'\n" for s in sources))
     target = out / "concat.webm"
-    cpu, wall = run_child([ffmpeg, "-loglevel", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0",
-                           "-i", str(listing), "-c", "copy", str(target)])
-    dcpu, dwall = run_child([ffmpeg, "-loglevel", "error", "-nostdin", "-threads", "1", "-i", str(target),
-                             "-f", "null", "-"])
+    cpu, wall = run_child(
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(target),
+        ]
+    )
+    dcpu, dwall = run_child(
+        [ffmpeg, "-loglevel", "error", "-nostdin", "-threads", "1", "-i", str(target), "-f", "null", "-"]
+    )
     m = measure(target)
-    result = {"cpu_s": cpu, "wall_s": wall, "decode_cpu_s": dcpu, "decode_wall_s": dwall,
-              "bytes": target.stat().st_size, "parts": 1, "part_durations_ms": [m.duration_ms]}
+    result = {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "decode_cpu_s": dcpu,
+        "decode_wall_s": dwall,
+        "bytes": target.stat().st_size,
+        "parts": 1,
+        "part_durations_ms": [m.duration_ms],
+    }
     target.unlink()
     return result
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", choices=("file", "synthetic"), default="file",
-                    help="camera source for the recording (file: shaken ../shared/footage)")
+    ap.add_argument(
+        "--source",
+        choices=("file", "synthetic"),
+        default="file",
+        help="camera source for the recording (file: shaken ../shared/footage)",
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_clip.json")
     args = ap.parse_args()
@@ -136,8 +176,10 @@ def main() -> int:
         tmp_path = Path(tmp)
         w0 = time.monotonic()
         sources = record(tmp_path / "state", SECONDS, args.source)
-        print(f"recorded {len(sources)} segments ({sum(s.path.stat().st_size for s in sources):,} bytes) "
-              f"in {time.monotonic() - w0:.1f} s")
+        print(
+            f"recorded {len(sources)} segments ({sum(s.path.stat().st_size for s in sources):,} bytes) "
+            f"in {time.monotonic() - w0:.1f} s"
+        )
         out = tmp_path / "out"
         out.mkdir()
         edged_build(sources, out)  # warm-up: imports, codec init, page cache
@@ -154,16 +196,23 @@ def main() -> int:
     rows = {
         "edged build_clip (remux+verify+hash)": (med(e_runs, "cpu_s"), med(e_runs, "wall_s"), e["bytes"], e["parts"]),
         "  of which verify (decode all)": (med(e_runs, "verify_cpu_s"), med(e_runs, "verify_wall_s"), None, None),
-        "edged without verify": (statistics.median(r["cpu_s"] - r["verify_cpu_s"] for r in e_runs),
-                                 statistics.median(r["wall_s"] - r["verify_wall_s"] for r in e_runs),
-                                 e["bytes"], e["parts"]),
+        "edged without verify": (
+            statistics.median(r["cpu_s"] - r["verify_cpu_s"] for r in e_runs),
+            statistics.median(r["wall_s"] - r["verify_wall_s"] for r in e_runs),
+            e["bytes"],
+            e["parts"],
+        ),
         "ffmpeg concat -c copy": (med(f_runs, "cpu_s"), med(f_runs, "wall_s"), f["bytes"], f["parts"]),
-        "ffmpeg concat + decode": (statistics.median(r["cpu_s"] + r["decode_cpu_s"] for r in f_runs),
-                                   statistics.median(r["wall_s"] + r["decode_wall_s"] for r in f_runs),
-                                   f["bytes"], f["parts"]),
+        "ffmpeg concat + decode": (
+            statistics.median(r["cpu_s"] + r["decode_cpu_s"] for r in f_runs),
+            statistics.median(r["wall_s"] + r["decode_wall_s"] for r in f_runs),
+            f["bytes"],
+            f["parts"],
+        ),
     }
-    print(f"\n{len(sources)} segments, {SECONDS} s ({args.source} source); median of {args.repeat} runs; "
-          f"CPU = user+sys\n")
+    print(
+        f"\n{len(sources)} segments, {SECONDS} s ({args.source} source); median of {args.repeat} runs; CPU = user+sys\n"
+    )
     print(f"{'':38} {'CPU s':>8} {'wall s':>8} {'bytes':>12} {'parts':>6}")
     for name, (cpu, wall, size, parts) in rows.items():
         size_s = f"{size:>12,}" if size is not None else f"{'':>12}"
@@ -180,15 +229,27 @@ def main() -> int:
     for k, v in ratios.items():
         print(f"{k:42} {v:6.2f}x")
     print(f"\nedged parts: durations {e['part_durations_ms']} ms, bytes {e['part_bytes']}, re-encoded {e['reencoded']}")
-    print(f"ffmpeg output: {f['part_durations_ms'][0]} ms, {f['bytes']:,} bytes "
-          f"({'over' if f['part_durations_ms'][0] > limits.MAX_DURATION_MS else 'within'} the "
-          f"{limits.MAX_DURATION_MS} ms upload limit)")
+    print(
+        f"ffmpeg output: {f['part_durations_ms'][0]} ms, {f['bytes']:,} bytes "
+        f"({'over' if f['part_durations_ms'][0] > limits.MAX_DURATION_MS else 'within'} the "
+        f"{limits.MAX_DURATION_MS} ms upload limit)"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "seconds": SECONDS, "segments": len(sources), "source": args.source, "repeat": args.repeat,
-        "table": {k: {"cpu_s": c, "wall_s": w, "bytes": b, "parts": p} for k, (c, w, b, p) in rows.items()},
-        "ratios": ratios, "edged_runs": e_runs, "ffmpeg_runs": f_runs,
-    }, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "seconds": SECONDS,
+                "segments": len(sources),
+                "source": args.source,
+                "repeat": args.repeat,
+                "table": {k: {"cpu_s": c, "wall_s": w, "bytes": b, "parts": p} for k, (c, w, b, p) in rows.items()},
+                "ratios": ratios,
+                "edged_runs": e_runs,
+                "ffmpeg_runs": f_runs,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.json}")
     return 0
 

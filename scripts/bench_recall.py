@@ -41,28 +41,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.core import limits  # noqa: E402
-from edged.clips.builder import measure  # noqa: E402
-from edged.config.schema import CameraSettings, from_mapping  # noqa: E402
-from edged.recording.encode import vp8_options  # noqa: E402
-from edged.footage.index import Index  # noqa: E402
-from scripts.bench_record import as_args, ensure_ffmpeg, run_measured  # noqa: E402
+from edged.clips.builder import measure
+from edged.config.schema import CameraSettings, from_mapping
+from edged.core import limits
+from edged.footage.index import Index
+from edged.recording.encode import vp8_options
+from scripts.bench_record import as_args, ensure_ffmpeg, run_measured
 
 S = 1_000_000_000
 SHAKE_SECONDS = 120
 
 
 def ring_settings(state: Path, source: Path):
-    return from_mapping({
-        "camera": {"source": "file", "device": str(source), "paced": False},
-        "audio": {"source": "synthetic"},
-        "storage": {"dir": str(state), "min_free_bytes": 0, "max_bytes": 10**11},
-    }, origin="bench_recall")
+    return from_mapping(
+        {
+            "camera": {"source": "file", "device": str(source), "paced": False},
+            "audio": {"source": "synthetic"},
+            "storage": {"dir": str(state), "min_free_bytes": 0, "max_bytes": 10**11},
+        },
+        origin="bench_recall",
+    )
 
 
 def ring(minutes: int) -> Path:
     """The recorded ring buffer (cached by recipe: footage, length, camera settings)."""
     from scripts.shake import shaken
+
     source = shaken(SHAKE_SECONDS)
     recipe = f"{source.name}|{minutes}|{dataclasses.asdict(ring_settings(Path('x'), source).camera)}"
     state = REPO / "bench-out" / f"recall-ring-{minutes}min-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
@@ -70,6 +74,7 @@ def ring(minutes: int) -> Path:
         return state
     shutil.rmtree(state, ignore_errors=True)
     from edged.app.daemon import Daemon
+
     print(f"recording a {minutes}-minute ring buffer into {state} (once; cached) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     if Daemon(ring_settings(state, source), stop_after_s=minutes * 60).run() != 0:
@@ -121,18 +126,29 @@ def measured(cmd: list[str], folder: Path) -> dict:
 
 def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> dict:
     """Answer one recall in this process, as the daemon's worker does; print what it made."""
-    from edged.upload.outbox import Outbox
+    from edged.core.timefmt import iso
     from edged.recall.request import RecallStore
     from edged.recall.service import RecallService
-    from edged.core.timefmt import iso
+    from edged.upload.outbox import Outbox
+
     settings = from_mapping({"storage": {"dir": str(work), "min_free_bytes": 0}}, origin="bench_recall")
     shutil.copy(state / "index.sqlite", work / "index.sqlite")  # holds go into a copy
     index = Index(work / "index.sqlite")
     rows = index.stored()
     outbox = Outbox(work / "outbox.sqlite", targets=["directory"])
-    service = RecallService(settings, RecallStore(work / "recall.sqlite"), index, outbox, clips_dir=work / "clips",
-                            segments_dir=state / "segments", status_folder=work / "status", inbox=None,
-                            now_wall_ns=lambda: rows[-1].best_wall_end_ns, wall_offset_ns=lambda: 0, boot_id="")
+    service = RecallService(
+        settings,
+        RecallStore(work / "recall.sqlite"),
+        index,
+        outbox,
+        clips_dir=work / "clips",
+        segments_dir=state / "segments",
+        status_folder=work / "status",
+        inbox=None,
+        now_wall_ns=lambda: rows[-1].best_wall_end_ns,
+        wall_offset_ns=lambda: 0,
+        boot_id="",
+    )
     c0, w0 = time.process_time(), time.monotonic()
     answer = service.submit({"start_time": iso(start_ns), "duration": minutes, "recall_type": kind}, "bench")
     assert answer["status"] == "pending", answer
@@ -143,15 +159,36 @@ def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> di
     parts = doc["cameras"][0]["parts"]
     manifest = json.loads((work / "clips" / "recall-bench" / "manifest.json").read_text())
     frames = sum(measure(work / "clips" / "recall-bench" / p["file"]).video_frames for p in parts)
-    return {"build_cpu_s": cpu, "build_wall_s": wall, "parts": len(parts), "bytes": [p["bytes"] for p in parts],
-            "duration_ms": [p["duration_ms"] for p in parts], "frames": frames, "timelapse": manifest["timelapse"]}
+    return {
+        "build_cpu_s": cpu,
+        "build_wall_s": wall,
+        "parts": len(parts),
+        "bytes": [p["bytes"] for p in parts],
+        "duration_ms": [p["duration_ms"] for p in parts],
+        "frames": frames,
+        "timelapse": manifest["timelapse"],
+    }
 
 
 def run_edged(state: Path, kind: str, start_ns: int, minutes: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_recall-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--state", str(state),
-               "--start-ns", str(start_ns), "--minutes", str(minutes), "--work", tmp, "--result", str(out)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            kind,
+            "--state",
+            str(state),
+            "--start-ns",
+            str(start_ns),
+            "--minutes",
+            str(minutes),
+            "--work",
+            tmp,
+            "--result",
+            str(out),
+        ]
         usage = measured(cmd, Path(tmp))
         return json.loads(out.read_text()) | usage
 
@@ -161,8 +198,11 @@ def run_edged(state: Path, kind: str, start_ns: int, minutes: int) -> dict:
 
 def concat_list(state: Path, start_ns: int, end_ns: int, listing: Path) -> float:
     """The segment files overlapping the window; returns the window's offset in the concatenation."""
-    rows = [r for r in Index(state / "index.sqlite", read_only=True).stored()
-            if r.best_wall_start_ns < end_ns and r.best_wall_end_ns > start_ns]
+    rows = [
+        r
+        for r in Index(state / "index.sqlite", read_only=True).stored()
+        if r.best_wall_start_ns < end_ns and r.best_wall_end_ns > start_ns
+    ]
     listing.write_text("".join(f"file '{state / 'segments' / r.name}'\n" for r in rows))
     return (start_ns - rows[0].best_wall_start_ns) / S
 
@@ -173,28 +213,82 @@ def run_ffmpeg_timelapse(state: Path, start_ns: int, minutes: int, edged_tl: dic
     with tempfile.TemporaryDirectory(prefix="bench_recall-") as tmp:
         listing, out = Path(tmp) / "list.txt", Path(tmp) / "timelapse.webm"
         offset = concat_list(state, start_ns, start_ns + minutes * 60 * S, listing)
-        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1",
-               "-ss", f"{offset:.3f}", "-t", str(minutes * 60), "-f", "concat", "-safe", "0", "-i", str(listing),
-               "-an", "-vf", f"framestep={step},setpts=N/({fps}*TB)", "-r", str(fps),
-               "-c:v", "libvpx", "-b:v", str(cam.bitrate), *as_args(vp8_options(cam)), str(out)]
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-threads",
+            "1",
+            "-ss",
+            f"{offset:.3f}",
+            "-t",
+            str(minutes * 60),
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-an",
+            "-vf",
+            f"framestep={step},setpts=N/({fps}*TB)",
+            "-r",
+            str(fps),
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            str(cam.bitrate),
+            *as_args(vp8_options(cam)),
+            str(out),
+        ]
         usage = measured(cmd, Path(tmp))
         m = measure(out)
-        return usage | {"parts": 1,
-                "bytes": [out.stat().st_size], "duration_ms": [m.duration_ms], "frames": m.video_frames,
-                "command": " ".join(cmd)}
+        return usage | {
+            "parts": 1,
+            "bytes": [out.stat().st_size],
+            "duration_ms": [m.duration_ms],
+            "frames": m.video_frames,
+            "command": " ".join(cmd),
+        }
 
 
 def run_ffmpeg_regular(state: Path, start_ns: int, minutes: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_recall-") as tmp:
         listing, out = Path(tmp) / "list.txt", Path(tmp) / "regular.webm"
         offset = concat_list(state, start_ns, start_ns + minutes * 60 * S, listing)
-        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{offset:.3f}",
-               "-t", str(minutes * 60), "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(out)]
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-ss",
+            f"{offset:.3f}",
+            "-t",
+            str(minutes * 60),
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(out),
+        ]
         usage = measured(cmd, Path(tmp))
         m = measure(out)
-        return usage | {"parts": 1,
-                "bytes": [out.stat().st_size], "duration_ms": [m.duration_ms], "frames": m.video_frames,
-                "command": " ".join(cmd)}
+        return usage | {
+            "parts": 1,
+            "bytes": [out.stat().st_size],
+            "duration_ms": [m.duration_ms],
+            "frames": m.video_frames,
+            "command": " ".join(cmd),
+        }
 
 
 # --- report -------------------------------------------------------------------------------------------------
@@ -203,8 +297,13 @@ def run_ffmpeg_regular(state: Path, start_ns: int, minutes: int) -> dict:
 def summary(runs: list[dict]) -> dict:
     last = runs[-1]
     out = {k: statistics.median(r[k] for r in runs) for k in ("cpu_s", "wall_s")}
-    out |= {"rss_mb": max(r["rss_mb"] for r in runs), "parts": last["parts"], "bytes": last["bytes"],
-            "duration_ms": last["duration_ms"], "frames": last["frames"]}
+    out |= {
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "parts": last["parts"],
+        "bytes": last["bytes"],
+        "duration_ms": last["duration_ms"],
+        "frames": last["frames"],
+    }
     if "build_cpu_s" in last:
         out |= {k: statistics.median(r[k] for r in runs) for k in ("build_cpu_s", "build_wall_s")}
     return out
@@ -229,8 +328,9 @@ def main() -> int:
         return 2
     state = ring(args.minutes + 2)
     tl_start, reg_start = windows(state, args.minutes)
-    runs: dict[str, list[dict]] = {k: [] for k in ("edged timelapse", "ffmpeg timelapse", "edged regular",
-                                                   "ffmpeg regular")}
+    runs: dict[str, list[dict]] = {
+        k: [] for k in ("edged timelapse", "ffmpeg timelapse", "edged regular", "ffmpeg regular")
+    }
     for r in range(args.repeat):
         print(f"run {r + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
         e = run_edged(state, "timelapse", tl_start, args.minutes)
@@ -241,27 +341,44 @@ def main() -> int:
     table = {k: summary(v) for k, v in runs.items()}
     tl = runs["edged timelapse"][-1]["timelapse"]
 
-    print(f"\nring: {state.name}; median of {args.repeat} runs; CPU = user+sys of the child process "
-          f"(Python start-up and imports included for edged; 'build' = the answer alone, in-process)\n")
-    print(f"{'':18} {'CPU s':>7} {'build CPU':>9} {'wall s':>7} {'RSS MB':>7} {'parts':>5} {'bytes':>21} "
-          f"{'duration ms':>15} {'frames':>6}")
+    print(
+        f"\nring: {state.name}; median of {args.repeat} runs; CPU = user+sys of the child process "
+        f"(Python start-up and imports included for edged; 'build' = the answer alone, in-process)\n"
+    )
+    print(
+        f"{'':18} {'CPU s':>7} {'build CPU':>9} {'wall s':>7} {'RSS MB':>7} {'parts':>5} {'bytes':>21} "
+        f"{'duration ms':>15} {'frames':>6}"
+    )
     for name, t in table.items():
         build = f"{t['build_cpu_s']:9.2f}" if "build_cpu_s" in t else f"{'':9}"
-        print(f"{name:18} {t['cpu_s']:7.2f} {build} {t['wall_s']:7.2f} {t['rss_mb']:7.0f} {t['parts']:5} "
-              f"{' + '.join(f'{b:,}' for b in t['bytes']):>21} {' + '.join(map(str, t['duration_ms'])):>15} "
-              f"{t['frames']:6}")
-    print(f"\ntimelapse: {args.minutes} min → a frame every {tl['interval_seconds']} s (x{tl['speed']:.0f}), "
-          f"{tl['frames']} frames at {tl['fps']} fps, {tl['bitrate']} bps, no audio; edged decoded "
-          f"{tl['decoded_frames']} of {tl['source_frames']} source frames read "
-          f"({100 * tl['decoded_frames'] / tl['source_frames']:.0f} %)")
+        print(
+            f"{name:18} {t['cpu_s']:7.2f} {build} {t['wall_s']:7.2f} {t['rss_mb']:7.0f} {t['parts']:5} "
+            f"{' + '.join(f'{b:,}' for b in t['bytes']):>21} {' + '.join(map(str, t['duration_ms'])):>15} "
+            f"{t['frames']:6}"
+        )
+    print(
+        f"\ntimelapse: {args.minutes} min → a frame every {tl['interval_seconds']} s (x{tl['speed']:.0f}), "
+        f"{tl['frames']} frames at {tl['fps']} fps, {tl['bitrate']} bps, no audio; edged decoded "
+        f"{tl['decoded_frames']} of {tl['source_frames']} source frames read "
+        f"({100 * tl['decoded_frames'] / tl['source_frames']:.0f} %)"
+    )
     print(f"limits: {limits.MAX_UPLOAD_BYTES:,} bytes, {limits.MAX_DURATION_MS} ms per part")
     ratio = table["edged timelapse"]["cpu_s"] / table["ffmpeg timelapse"]["cpu_s"]
     print(f"edged timelapse CPU / ffmpeg timelapse CPU: {ratio:.2f}x")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"ring": state.name, "minutes": args.minutes, "repeat": args.repeat,
-                                     "table": table, "timelapse": {k: v for k, v in tl.items()
-                                                                   if k != "frame_offsets_ms"},
-                                     "runs": runs}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "ring": state.name,
+                "minutes": args.minutes,
+                "repeat": args.repeat,
+                "table": table,
+                "timelapse": {k: v for k, v in tl.items() if k != "frame_offsets_ms"},
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.json}")
     return 0
 

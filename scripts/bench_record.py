@@ -43,11 +43,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.core import limits  # noqa: E402
-from edged.config.schema import AudioSettings, CameraSettings, StorageSettings  # noqa: E402
-from edged.recording.encode import opus_options, vp8_options  # noqa: E402
-from edged.recording.segment import TAG_MONO  # noqa: E402
-from scripts.shake import shaken  # noqa: E402
+from edged.config.schema import AudioSettings, CameraSettings, StorageSettings
+from edged.core import limits
+from edged.recording.encode import opus_options, vp8_options
+from edged.recording.segment import TAG_MONO
+from scripts.shake import shaken
 
 CAM, AUD, STORE = CameraSettings(), AudioSettings(), StorageSettings()
 SPAN_S = limits.MAX_DURATION_MS / 1000  # the longest clip part: 120 s
@@ -56,13 +56,26 @@ TONE = "sine=frequency=440:beep_factor=4:sample_rate=48000"  # what edged's synt
 SEGMENT_LIST = "segments.csv"
 
 #: The reference ffmpeg recipe this benchmark was specified with (values in plain units).
-REFERENCE_FLAGS = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "threads": "1",
-                   "b:v": "300000", "minrate": "300000", "maxrate": "300000", "bufsize": "300000",
-                   "rc_init_occupancy": "200000", "g": "100", "keyint_min": "100",
-                   "b:a": "64000", "vbr": "off", "ac": "1"}
+REFERENCE_FLAGS = {
+    "deadline": "realtime",
+    "cpu-used": "8",
+    "lag-in-frames": "0",
+    "threads": "1",
+    "b:v": "300000",
+    "minrate": "300000",
+    "maxrate": "300000",
+    "bufsize": "300000",
+    "rc_init_occupancy": "200000",
+    "g": "100",
+    "keyint_min": "100",
+    "b:a": "64000",
+    "vbr": "off",
+    "ac": "1",
+}
 
 
 # --- running the two recorders ----------------------------------------------------------------
+
 
 @dataclass
 class Run:
@@ -76,8 +89,11 @@ def ensure_ffmpeg() -> bool:
     if shutil.which("ffmpeg"):
         return True
     if os.geteuid() != 0:
-        print("bench_record: the ffmpeg command line is missing; install it with\n"
-              "    sudo apt-get update && sudo apt-get install -y ffmpeg", file=sys.stderr)
+        print(
+            "bench_record: the ffmpeg command line is missing; install it with\n"
+            "    sudo apt-get update && sudo apt-get install -y ffmpeg",
+            file=sys.stderr,
+        )
         return False
     print("bench_record: installing ffmpeg (apt-get) ...", file=sys.stderr)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -93,8 +109,9 @@ def edged_python() -> str:
 def edged_cli_problem(python: str) -> str | None:
     """Why ``edged run --config CFG --for SECONDS`` cannot be used, or None."""
     try:
-        p = subprocess.run([python, "-m", "edged", "run", "--help"], capture_output=True, text=True, timeout=60,
-                           cwd=REPO)
+        p = subprocess.run(
+            [python, "-m", "edged", "run", "--help"], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`{python} -m edged run --help` failed: {exc}"
     if p.returncode != 0:
@@ -119,9 +136,11 @@ def run_measured(cmd: list[str], log: Path) -> Run:
 
 
 def edged_config(source: Path, state_dir: Path) -> str:
-    return (f'[camera]\nsource = "file"\ndevice = "{source}"\npaced = false\n'
-            f'[audio]\nsource = "synthetic"\n'
-            f'[storage]\ndir = "{state_dir}"\nmax_bytes = 10000000000\nmin_free_bytes = 0\n')
+    return (
+        f'[camera]\nsource = "file"\ndevice = "{source}"\npaced = false\n'
+        f'[audio]\nsource = "synthetic"\n'
+        f'[storage]\ndir = "{state_dir}"\nmax_bytes = 10000000000\nmin_free_bytes = 0\n'
+    )
 
 
 def edged_cmd(source: Path, seconds: float, out: Path) -> list[str]:
@@ -151,13 +170,47 @@ def as_args(flags: dict[str, str]) -> list[str]:
 
 def ffmpeg_cmd(source: Path, seconds: float, seg_dir: Path) -> list[str]:
     seg = f"{STORE.segment_seconds:g}"
-    return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-            "-i", str(source), "-f", "lavfi", "-i", TONE, "-t", f"{seconds:g}", "-map", "0:v", "-map", "1:a",
-            "-c:v", "libvpx", *as_args(video_flags()), "-force_key_frames", f"expr:gte(t,n_forced*{seg})",
-            "-c:a", "libopus", *as_args(audio_flags()),
-            "-f", "segment", "-segment_time", seg, "-segment_format", "webm", "-reset_timestamps", "1",
-            "-segment_list", str(seg_dir / SEGMENT_LIST), "-segment_list_type", "csv",
-            str(seg_dir / "seg%05d.webm")]
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        "-f",
+        "lavfi",
+        "-i",
+        TONE,
+        "-t",
+        f"{seconds:g}",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libvpx",
+        *as_args(video_flags()),
+        "-force_key_frames",
+        f"expr:gte(t,n_forced*{seg})",
+        "-c:a",
+        "libopus",
+        *as_args(audio_flags()),
+        "-f",
+        "segment",
+        "-segment_time",
+        seg,
+        "-segment_format",
+        "webm",
+        "-reset_timestamps",
+        "1",
+        "-segment_list",
+        str(seg_dir / SEGMENT_LIST),
+        "-segment_list_type",
+        "csv",
+        str(seg_dir / "seg%05d.webm"),
+    ]
 
 
 def run_ffmpeg(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
@@ -181,13 +234,16 @@ def settings_notes() -> list[str]:
         else:
             notes.append(f"-{key}: edged {got}, reference {ref} (ffmpeg gets edged's value)")
     cli = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
-    notes.append(f"libraries differ: edged runs PyAV {av.__version__} with FFmpeg {av.ffmpeg_version_info} "
-                 f"(its bundled libvpx/libopus); the command line is {' '.join(cli.split()[:3])} "
-                 f"(system libvpx/libopus)")
+    notes.append(
+        f"libraries differ: edged runs PyAV {av.__version__} with FFmpeg {av.ffmpeg_version_info} "
+        f"(its bundled libvpx/libopus); the command line is {' '.join(cli.split()[:3])} "
+        f"(system libvpx/libopus)"
+    )
     return notes
 
 
 # --- measuring the segments -------------------------------------------------------------------
+
 
 @dataclass
 class Segment:
@@ -275,7 +331,7 @@ def ssim_y(a: np.ndarray, b: np.ndarray) -> float:
         return s[:-1, :-1] + s[1:, :-1] + s[:-1, 1:] + s[1:, 1:]
 
     s1, s2, ss, s12 = sums(a), sums(b), sums(a * a + b * b), sums(a * b)
-    c1, c2 = 0.01 ** 2 * 255 ** 2 * 64, 0.03 ** 2 * 255 ** 2 * 64 * 63
+    c1, c2 = 0.01**2 * 255**2 * 64, 0.03**2 * 255**2 * 64 * 63
     var = ss * 64 - s1 * s1 - s2 * s2
     cov = s12 * 64 - s1 * s2
     return float((((2 * s1 * s2 + c1) * (2 * cov + c2)) / ((s1 * s1 + s2 * s2 + c1) * (var + c2))).mean())
@@ -285,7 +341,7 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane as stored (a conversion to "gray" would stretch limited range to full range)."""
     if frame.format.name != "yuv420p":
         frame = frame.reformat(format="yuv420p")
-    return frame.to_ndarray()[:frame.height]
+    return frame.to_ndarray()[: frame.height]
 
 
 def output_frames(segments: list[Segment]) -> Iterator[tuple[int, av.VideoFrame]]:
@@ -304,8 +360,7 @@ def source_frames(source: Path) -> Iterator[tuple[int, av.VideoFrame]]:
             yield round(float(frame.pts * stream.time_base) * CAM.fps), frame
 
 
-def timeline_and_ssim(segments: list[Segment], source: Path, expected: int,
-                      every: int) -> tuple[int, float, int]:
+def timeline_and_ssim(segments: list[Segment], source: Path, expected: int, every: int) -> tuple[int, float, int]:
     """(expected frame instants with no output frame, mean SSIM-Y of every ``every``'th frame,
     frames compared).
 
@@ -382,10 +437,12 @@ def measure(seg_dir: Path, source: Path, seconds: float, runs: list[Run], every:
         keyframes=sum(s.keyframes for s in segments),
         segments=len(segments),
         ssim_y=ssim,
-        ssim_frames=compared)
+        ssim_frames=compared,
+    )
 
 
 # --- report -----------------------------------------------------------------------------------
+
 
 def checks(e: Figures, f: Figures | None) -> dict[str, tuple[float | int, bool]]:
     """edged's verdicts: key -> (value, pass)."""
@@ -419,8 +476,10 @@ ROWS = [  # label, Figures field, format, target
 
 def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bool]]) -> str:
     e, f = results.get("edged"), results.get("ffmpeg")
-    lines = [f"{'':28} {'edged':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
-             f"{'-' * 28} {'-' * 12} {'-' * 12}   {'-' * 18} ----"]
+    lines = [
+        f"{'':28} {'edged':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
+        f"{'-' * 28} {'-' * 12} {'-' * 12}   {'-' * 18} ----",
+    ]
     for label, key, fmt, target in ROWS:
         ev = fmt.format(getattr(e, key)) if e else "-"
         fv = fmt.format(getattr(f, key)) if f else "-"
@@ -478,9 +537,11 @@ def main() -> int:
 
     verdicts = checks(results["edged"], results.get("ffmpeg")) if "edged" in results else {}
     notes = settings_notes()
-    print(f"\n{args.seconds:g} s of {source.name} ({args.footage} shaken, noise {args.noise}), "
-          f"{CAM.width}x{CAM.height} {CAM.fps} fps, unpaced; CPU and wall: median of {args.repeat} alternating runs;"
-          f" SSIM-Y on every {args.ssim_every}th frame\n")
+    print(
+        f"\n{args.seconds:g} s of {source.name} ({args.footage} shaken, noise {args.noise}), "
+        f"{CAM.width}x{CAM.height} {CAM.fps} fps, unpaced; CPU and wall: median of {args.repeat} alternating runs;"
+        f" SSIM-Y on every {args.ssim_every}th frame\n"
+    )
     print(table(results, verdicts))
     print("\nSettings (ffmpeg mirrors edged's encoder options):")
     for n in notes:
@@ -490,16 +551,26 @@ def main() -> int:
     if args.keep:
         print(f"\noutputs kept in {work}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "seconds": args.seconds, "footage": args.footage, "noise": args.noise, "source": str(source),
-        "repeat": args.repeat, "ssim_every": args.ssim_every,
-        "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
-        "results": {n: asdict(fig) for n, fig in results.items()},
-        "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in verdicts.items()},
-        "all_pass": bool(verdicts) and all(ok for _, ok in verdicts.values()),
-        "commands": shown, "edged_config": edged_config(source, Path("<tmp>") / "edged"),
-        "settings_notes": notes,
-    }, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "seconds": args.seconds,
+                "footage": args.footage,
+                "noise": args.noise,
+                "source": str(source),
+                "repeat": args.repeat,
+                "ssim_every": args.ssim_every,
+                "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
+                "results": {n: asdict(fig) for n, fig in results.items()},
+                "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in verdicts.items()},
+                "all_pass": bool(verdicts) and all(ok for _, ok in verdicts.values()),
+                "commands": shown,
+                "edged_config": edged_config(source, Path("<tmp>") / "edged"),
+                "settings_notes": notes,
+            },
+            indent=2,
+        )
+    )
     print(f"JSON: {args.json}")
     return 0
 

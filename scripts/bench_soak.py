@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.app.control import ControlError, request  # noqa: E402
+from edged.app.control import ControlError, request
 
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,7 +75,7 @@ def proc_figures(pid: int) -> tuple[float, int, int, float]:
     rss_mb = int(fields["VmRSS"].split()[0]) / 1024
     threads = int(fields["Threads"])
     stat = Path(f"/proc/{pid}/stat").read_text()
-    after = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces; fields resume after ')'
+    after = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces; fields resume after ')'
     cpu_s = (int(after[11]) + int(after[12])) / CLK_TCK  # utime, stime (fields 14, 15)
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     return rss_mb, fds, threads, cpu_s
@@ -104,9 +104,22 @@ class ContractServer:
     """tests/sonoran_server.py as its own process (as a server on the network would be)."""
 
     def __init__(self, store: Path) -> None:
-        self.proc = subprocess.Popen([PYTHON, str(REPO / "tests" / "sonoran_server.py"), "--port", "0",
-                                      "--key", f"{KEY}=pro", "--store-dir", str(store)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                str(REPO / "tests" / "sonoran_server.py"),
+                "--port",
+                "0",
+                "--key",
+                f"{KEY}=pro",
+                "--store-dir",
+                str(store),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
         line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
         if not line.startswith("READY "):
             self.stop()
@@ -123,8 +136,9 @@ class ContractServer:
                 self.proc.wait()
 
 
-def daemon_config(work: Path, server_url: str, minutes: float, size: str, bitrate: int, pre: float,
-                  post: float) -> Path:
+def daemon_config(
+    work: Path, server_url: str, minutes: float, size: str, bitrate: int, pre: float, post: float
+) -> Path:
     width, height = (int(x) for x in size.split("x"))
     # A ring a third of the footage long: it overwrites for the last two thirds of the run.
     per_s = (bitrate + 64_000) / 8
@@ -141,7 +155,7 @@ bitrate = {bitrate}
 [audio]
 source = "synthetic"
 [storage]
-dir = "{work / 'state'}"
+dir = "{work / "state"}"
 max_bytes = {max_bytes}
 min_free_bytes = 0
 [clips]
@@ -152,10 +166,10 @@ targets = ["directory", "sonoran_v2"]
 retry_base_seconds = 0.5
 retry_cap_seconds = 5
 [upload.directory]
-path = "{work / 'delivered'}"
+path = "{work / "delivered"}"
 [upload.sonoran_v2]
 base_url = "{server_url}"
-api_key_file = "{work / 'api.key'}"
+api_key_file = "{work / "api.key"}"
 account_uuid = "{ACCOUNT}"
 plan = "pro"
 """)
@@ -209,25 +223,50 @@ def verdict(samples: list[Sample], minutes: float) -> dict:
     no_verdict = f" (verdict from {RSS_VERDICT_MIN:g} min of footage)" if not judge_rss else ""
     return {
         "warm_from_min": {"value": t0, "baseline": 0.0, "pass": None, "target": "first delivery"},
-        "rss_slope_mb_per_hour": {"value": slope_h, "baseline": 0.0,
-                                  "pass": abs(slope_h) <= RSS_SLOPE_MB_PER_H if judge_rss else None,
-                                  "target": f"|slope| <= {RSS_SLOPE_MB_PER_H:g} MB/h{no_verdict}"},
-        "rss_mb": {"value": rss_last, "baseline": rss_first,
-                   "pass": rss_last - rss_first <= RSS_SLOPE_MB_PER_H if judge_rss else None,
-                   "target": f"last quarter <= first + {RSS_SLOPE_MB_PER_H:g} MB{no_verdict}"},
-        "open_fds": {"value": fd_last, "baseline": fd_first, "pass": fd_last - fd_first <= FD_GROWTH,
-                     "target": f"last quarter max <= first + {FD_GROWTH}"},
-        "threads": {"value": th_last, "baseline": th_first, "pass": th_last <= th_first + 1,
-                    "target": "last quarter max <= first + 1"},
-        "cpu_s_per_recorded_min": {"value": cpu_last, "baseline": cpu_first,
-                                   "pass": cpu_last <= cpu_first * CPU_RATIO,
-                                   "target": f"last quarter <= {CPU_RATIO:g}x first"},
+        "rss_slope_mb_per_hour": {
+            "value": slope_h,
+            "baseline": 0.0,
+            "pass": abs(slope_h) <= RSS_SLOPE_MB_PER_H if judge_rss else None,
+            "target": f"|slope| <= {RSS_SLOPE_MB_PER_H:g} MB/h{no_verdict}",
+        },
+        "rss_mb": {
+            "value": rss_last,
+            "baseline": rss_first,
+            "pass": rss_last - rss_first <= RSS_SLOPE_MB_PER_H if judge_rss else None,
+            "target": f"last quarter <= first + {RSS_SLOPE_MB_PER_H:g} MB{no_verdict}",
+        },
+        "open_fds": {
+            "value": fd_last,
+            "baseline": fd_first,
+            "pass": fd_last - fd_first <= FD_GROWTH,
+            "target": f"last quarter max <= first + {FD_GROWTH}",
+        },
+        "threads": {
+            "value": th_last,
+            "baseline": th_first,
+            "pass": th_last <= th_first + 1,
+            "target": "last quarter max <= first + 1",
+        },
+        "cpu_s_per_recorded_min": {
+            "value": cpu_last,
+            "baseline": cpu_first,
+            "pass": cpu_last <= cpu_first * CPU_RATIO,
+            "target": f"last quarter <= {CPU_RATIO:g}x first",
+        },
     }
 
 
-def run(minutes: float = 60, mark_every: float = 3.0, size: str = "960x540", bitrate: int = 300_000,
-        pre: float = 30.0, post: float = 30.0, sample_s: float = 1.0, work: Path | None = None,
-        log=print) -> dict:
+def run(
+    minutes: float = 60,
+    mark_every: float = 3.0,
+    size: str = "960x540",
+    bitrate: int = 300_000,
+    pre: float = 30.0,
+    post: float = 30.0,
+    sample_s: float = 1.0,
+    work: Path | None = None,
+    log=print,
+) -> dict:
     """Run the soak; return figures, verdicts, the series and the end state (JSON-ready)."""
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="bench_soak-")) if work is None else work
@@ -240,8 +279,13 @@ def run(minutes: float = 60, mark_every: float = 3.0, size: str = "960x540", bit
     try:
         cfg = daemon_config(work, server.url, minutes, size, bitrate, pre, post)
         with open(work / "daemon.log", "wb") as err:
-            daemon = subprocess.Popen([PYTHON, "-m", "edged", "run", "--config", str(cfg)], cwd=REPO,
-                                      stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            daemon = subprocess.Popen(
+                [PYTHON, "-m", "edged", "run", "--config", str(cfg)],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
         w0 = time.monotonic()
         next_mark = mark_every
         next_log = 0.0
@@ -254,11 +298,23 @@ def run(minutes: float = 60, mark_every: float = 3.0, size: str = "960x540", bit
             rss, fds, threads, cpu = proc_figures(daemon.pid)
             outbox = st.get("outbox", {})
             if media <= minutes:
-                samples.append(Sample(time.monotonic() - w0, media, rss, fds, threads, cpu,
-                                      st.get("segments_written", 0), outbox.get("delivered", 0)))
+                samples.append(
+                    Sample(
+                        time.monotonic() - w0,
+                        media,
+                        rss,
+                        fds,
+                        threads,
+                        cpu,
+                        st.get("segments_written", 0),
+                        outbox.get("delivered", 0),
+                    )
+                )
             if media >= next_log:
-                log(f"  … {media:5.1f} min of footage, RSS {rss:6.1f} MB, {fds} fds, {threads} threads, "
-                    f"CPU {cpu:7.1f} s, {marks} marks, outbox {outbox}")
+                log(
+                    f"  … {media:5.1f} min of footage, RSS {rss:6.1f} MB, {fds} fds, {threads} threads, "
+                    f"CPU {cpu:7.1f} s, {marks} marks, outbox {outbox}"
+                )
                 next_log += max(1.0, minutes / 12)
             if next_mark <= media < minutes and st:
                 try:
@@ -288,15 +344,23 @@ def run(minutes: float = 60, mark_every: float = 3.0, size: str = "960x540", bit
         server.stop()
     figures = verdict(samples, minutes)
     deleted_open = [t for t in open_at_end if t.endswith("(deleted)")]
-    figures["deleted_files_open"] = {"value": len(deleted_open), "baseline": 0, "pass": not deleted_open,
-                                     "target": "0"}
+    figures["deleted_files_open"] = {"value": len(deleted_open), "baseline": 0, "pass": not deleted_open, "target": "0"}
     outbox = end_status.get("outbox", {})
     result = {
-        "minutes": minutes, "mark_every_min": mark_every, "size": size, "bitrate": bitrate, "marks": marks,
-        "exit_code": rc, "wall_s": samples[-1].wall_s if samples else 0.0,
-        "segments_written": end_status.get("segments_written"), "frames_dropped": end_status.get("frames_dropped"),
-        "outbox": outbox, "uploads_delivered": outbox.get("delivered", 0), "alarms": end_status.get("alarms"),
-        "open_at_end": open_at_end, "figures": figures,
+        "minutes": minutes,
+        "mark_every_min": mark_every,
+        "size": size,
+        "bitrate": bitrate,
+        "marks": marks,
+        "exit_code": rc,
+        "wall_s": samples[-1].wall_s if samples else 0.0,
+        "segments_written": end_status.get("segments_written"),
+        "frames_dropped": end_status.get("frames_dropped"),
+        "outbox": outbox,
+        "uploads_delivered": outbox.get("delivered", 0),
+        "alarms": end_status.get("alarms"),
+        "open_at_end": open_at_end,
+        "figures": figures,
         "all_pass": rc == 0 and all(f["pass"] is not False for f in figures.values()) and outbox.get("failed", 0) == 0,
         "samples": [asdict(s) for s in samples],
     }
@@ -308,26 +372,36 @@ def run(minutes: float = 60, mark_every: float = 3.0, size: str = "960x540", bit
 def print_report(r: dict, rows: int = 12) -> None:
     samples = [Sample(**s) for s in r["samples"]]
     step = r["minutes"] / rows
-    print(f"\nsoak: {r['minutes']:g} min of footage ({r['size']}, {r['bitrate']} bps, unpaced) in "
-          f"{r['wall_s']:.0f} s, {r['marks']} marks, uploads {r['outbox']}, exit {r['exit_code']}\n")
-    print(f"{'footage min':>11} {'wall s':>7} {'RSS MB':>7} {'FDs':>4} {'threads':>7} {'CPU s':>8} "
-          f"{'CPU s/min':>9} {'segments':>8} {'delivered':>9}")
+    print(
+        f"\nsoak: {r['minutes']:g} min of footage ({r['size']}, {r['bitrate']} bps, unpaced) in "
+        f"{r['wall_s']:.0f} s, {r['marks']} marks, uploads {r['outbox']}, exit {r['exit_code']}\n"
+    )
+    print(
+        f"{'footage min':>11} {'wall s':>7} {'RSS MB':>7} {'FDs':>4} {'threads':>7} {'CPU s':>8} "
+        f"{'CPU s/min':>9} {'segments':>8} {'delivered':>9}"
+    )
     prev = None
     for i in range(rows + 1):
         m = min(i * step, samples[-1].media_min)
         s = min(samples, key=lambda x: abs(x.media_min - m))
-        per_min = "" if prev is None or s.media_min <= prev.media_min else \
-            f"{(s.cpu_s - prev.cpu_s) / (s.media_min - prev.media_min):9.2f}"
-        print(f"{s.media_min:11.1f} {s.wall_s:7.0f} {s.rss_mb:7.1f} {s.fds:4d} {s.threads:7d} {s.cpu_s:8.1f} "
-              f"{per_min:>9} {s.segments:8d} {s.delivered:9d}")
+        per_min = (
+            ""
+            if prev is None or s.media_min <= prev.media_min
+            else f"{(s.cpu_s - prev.cpu_s) / (s.media_min - prev.media_min):9.2f}"
+        )
+        print(
+            f"{s.media_min:11.1f} {s.wall_s:7.0f} {s.rss_mb:7.1f} {s.fds:4d} {s.threads:7d} {s.cpu_s:8.1f} "
+            f"{per_min:>9} {s.segments:8d} {s.delivered:9d}"
+        )
         prev = s
     print(f"\n{'figure':34} {'end':>9} {'baseline':>9}   target                              verdict")
     for name, f in r["figures"].items():
         judged = "" if f["pass"] is None else "PASS" if f["pass"] else "FAIL"
         print(f"{name:34} {f['value']:9.2f} {f['baseline']:9.2f}   {f['target']:35} {judged}")
     if r["figures"]["deleted_files_open"]["value"]:
-        print("files deleted but still open at the end:", *[t for t in r["open_at_end"] if "(deleted)" in t],
-              sep="\n  ")
+        print(
+            "files deleted but still open at the end:", *[t for t in r["open_at_end"] if "(deleted)" in t], sep="\n  "
+        )
 
 
 def main() -> int:
@@ -342,8 +416,17 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="keep the state folder, logs and server store here")
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_soak.json")
     args = ap.parse_args()
-    r = run(args.minutes, args.mark_every, args.size, args.bitrate, args.pre, args.post, args.sample, work=args.keep,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    r = run(
+        args.minutes,
+        args.mark_every,
+        args.size,
+        args.bitrate,
+        args.pre,
+        args.post,
+        args.sample,
+        work=args.keep,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     print_report(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(r, indent=1))

@@ -33,21 +33,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
-from edged.config import schema as config  # noqa: E402
-from edged.core import limits  # noqa: E402
-from edged.upload.outbox import PRIORITY_MARK, Outbox  # noqa: E402
-from edged.upload.answers import parse_retry_after  # noqa: E402
-from edged.upload.policy import RetryPolicy  # noqa: E402
-from edged.upload.targets import build_targets  # noqa: E402
-from edged.upload.uploader import Uploader  # noqa: E402
-from tests.sonoran_server import SonoranServer  # noqa: E402
-from tests.test_upload import ACCOUNT, ScaledClock, make_webm  # noqa: E402
+from edged.config import schema as config
+from edged.core import limits
+from edged.upload.answers import parse_retry_after
+from edged.upload.outbox import PRIORITY_MARK, Outbox
+from edged.upload.policy import RetryPolicy
+from edged.upload.targets import build_targets
+from edged.upload.uploader import Uploader
+from tests.sonoran_server import SonoranServer
+from tests.test_upload import ACCOUNT, ScaledClock, make_webm
 
 
-def edged_fleet(srv: SonoranServer, clock: ScaledClock, work: Path, devices: int, clips: int, share: int,
-                clip_file: Path) -> None:
+def edged_fleet(
+    srv: SonoranServer, clock: ScaledClock, work: Path, devices: int, clips: int, share: int, clip_file: Path
+) -> None:
     rigs = []
     digest = hashlib.sha256(clip_file.read_bytes()).hexdigest()
     key_file = work / "api.key"
@@ -55,17 +56,34 @@ def edged_fleet(srv: SonoranServer, clock: ScaledClock, work: Path, devices: int
     for i in range(devices):
         d = work / f"dev{i}"
         d.mkdir()
-        s = config.from_mapping({"storage": {"dir": str(d)}, "upload": {
-            "targets": ["sonoran_v2"], "sonoran_v2": {"base_url": srv.url, "api_key_file": str(key_file),
-                                                      "account_uuid": ACCOUNT, "plan": "pro",
-                                                      "devices_sharing_key": share}}})
+        s = config.from_mapping(
+            {
+                "storage": {"dir": str(d)},
+                "upload": {
+                    "targets": ["sonoran_v2"],
+                    "sonoran_v2": {
+                        "base_url": srv.url,
+                        "api_key_file": str(key_file),
+                        "account_uuid": ACCOUNT,
+                        "plan": "pro",
+                        "devices_sharing_key": share,
+                    },
+                },
+            }
+        )
         ob = Outbox(d / "outbox.sqlite", targets=s.upload.targets, now_ns=clock.now_ns)
         t0 = clock.now_ns()
         for c in range(clips):
-            ob.enqueue(f"dev{i}-clip{c:03d}", [(1, clip_file, clip_file.stat().st_size, 30_000, digest)],
-                       PRIORITY_MARK, t0 + c)
-        up = Uploader(ob, build_targets(s), RetryPolicy.from_settings(s.upload, random.Random(i)),
-                      now_ns=clock.now_ns, time_scale=clock.scale)
+            ob.enqueue(
+                f"dev{i}-clip{c:03d}", [(1, clip_file, clip_file.stat().st_size, 30_000, digest)], PRIORITY_MARK, t0 + c
+            )
+        up = Uploader(
+            ob,
+            build_targets(s),
+            RetryPolicy.from_settings(s.upload, random.Random(i)),
+            now_ns=clock.now_ns,
+            time_scale=clock.scale,
+        )
         rigs.append((ob, up))
     for _, up in rigs:
         up.start()
@@ -75,30 +93,38 @@ def edged_fleet(srv: SonoranServer, clock: ScaledClock, work: Path, devices: int
         if time.monotonic() - last > 5:
             last = time.monotonic()
             rates = [round(up.workers[0].budget.rate(), 1) for _, up in rigs]
-            print(f"  … {len(srv.uploads)} delivered, {srv.count(429)} refused, rates/min {rates}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  … {len(srv.uploads)} delivered, {srv.count(429)} refused, rates/min {rates}",
+                file=sys.stderr,
+                flush=True,
+            )
     for ob, up in rigs:
         up.stop()
         ob.close()
 
 
-def naive_fleet(srv: SonoranServer, clock: ScaledClock, devices: int, clips: int, clip_file: Path,
-                deadline: float) -> None:
+def naive_fleet(
+    srv: SonoranServer, clock: ScaledClock, devices: int, clips: int, clip_file: Path, deadline: float
+) -> None:
     """Gives up at ``deadline`` (clock time): refused requests count against the key too, so a
     fleet retrying blindly can keep the window full for a long time."""
+
     def device(i: int) -> None:
         with httpx.Client(timeout=30) as client:
             for c in range(clips):
                 while clock.now() < deadline:
                     with open(clip_file, "rb") as f:
-                        r = client.post(srv.url + "/v2/general/bodycam-recordings",
-                                        headers={"Authorization": "Bearer fleet-key"},
-                                        data={"accountUuid": ACCOUNT, "durationMs": "30000"},
-                                        files={"file": (f"dev{i}-{c}.webm", f, "video/webm")})
+                        r = client.post(
+                            srv.url + "/v2/general/bodycam-recordings",
+                            headers={"Authorization": "Bearer fleet-key"},
+                            data={"accountUuid": ACCOUNT, "durationMs": "30000"},
+                            files={"file": (f"dev{i}-{c}.webm", f, "video/webm")},
+                        )
                     if r.status_code == 200:
                         break
                     wait = parse_retry_after(r.headers.get("retry-after"), clock.now()) or 1.0
                     time.sleep(wait / clock.scale)
+
     threads = [threading.Thread(target=device, args=(i,)) for i in range(devices)]
     for t in threads:
         t.start()
@@ -114,19 +140,27 @@ def run(mode: str, args: argparse.Namespace, clip_file: Path) -> dict:
             t0 = clock.now()
             total = args.devices * args.clips
             if mode == "naive":
-                naive_fleet(srv, clock, args.devices, args.clips, clip_file,
-                            t0 + 5 * 60 * total / limits.REQUESTS_PER_MINUTE)
+                naive_fleet(
+                    srv, clock, args.devices, args.clips, clip_file, t0 + 5 * 60 * total / limits.REQUESTS_PER_MINUTE
+                )
             else:
-                edged_fleet(srv, clock, work, args.devices, args.clips,
-                            args.devices if mode == "edged+share" else 1, clip_file)
+                edged_fleet(
+                    srv, clock, work, args.devices, args.clips, args.devices if mode == "edged+share" else 1, clip_file
+                )
             drain_min = (clock.now() - t0) / 60
             requests = len(srv.requests)
             refused = srv.count(429)
             if mode != "naive":
                 assert len(srv.uploads) == total, (mode, len(srv.uploads), total)
-            return {"mode": mode, "clips": len(srv.uploads), "requests": requests, "429": refused,
-                    "429_pct": 100 * refused / requests, "drain_min": drain_min,
-                    "ideal_min": total / limits.REQUESTS_PER_MINUTE}
+            return {
+                "mode": mode,
+                "clips": len(srv.uploads),
+                "requests": requests,
+                "429": refused,
+                "429_pct": 100 * refused / requests,
+                "drain_min": drain_min,
+                "ideal_min": total / limits.REQUESTS_PER_MINUTE,
+            }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -141,20 +175,38 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-upload-clip-"))
     clip = make_webm(work / "clip.webm", frames=20, size=96)
-    print(f"fleet: {args.devices} devices × {args.clips} clips, one API key, limit "
-          f"{limits.REQUESTS_PER_MINUTE}/min, clock ×{args.scale:g}")
-    print(f"{'mode':12} {'delivered':>11} {'requests':>8} {'429s':>5} {'429 %':>6} {'drain min':>9} {'ideal min':>9} "
-          f"{'drain/ideal':>11}")
+    print(
+        f"fleet: {args.devices} devices × {args.clips} clips, one API key, limit "
+        f"{limits.REQUESTS_PER_MINUTE}/min, clock ×{args.scale:g}"
+    )
+    print(
+        f"{'mode':12} {'delivered':>11} {'requests':>8} {'429s':>5} {'429 %':>6} {'drain min':>9} {'ideal min':>9} "
+        f"{'drain/ideal':>11}"
+    )
     results = []
     for mode in args.modes.split(","):
         r = run(mode, args, clip)
         results.append(r)
-        print(f"{r['mode']:12} {r['clips']:5d}/{args.devices * args.clips:<5d} {r['requests']:8d} {r['429']:5d} {r['429_pct']:6.1f} "
-              f"{r['drain_min']:9.2f} {r['ideal_min']:9.2f} {r['drain_min'] / r['ideal_min']:11.2f}", flush=True)
+        print(
+            f"{r['mode']:12} {r['clips']:5d}/{args.devices * args.clips:<5d} {r['requests']:8d} {r['429']:5d} "
+            f"{r['429_pct']:6.1f} "
+            f"{r['drain_min']:9.2f} {r['ideal_min']:9.2f} {r['drain_min'] / r['ideal_min']:11.2f}",
+            flush=True,
+        )
     shutil.rmtree(work, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"devices": args.devices, "clips": args.clips, "scale": args.scale,
-                                     "limit_per_min": limits.REQUESTS_PER_MINUTE, "results": results}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "devices": args.devices,
+                "clips": args.clips,
+                "scale": args.scale,
+                "limit_per_min": limits.REQUESTS_PER_MINUTE,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"JSON: {args.json}")
     return 0
 

@@ -54,9 +54,14 @@ class Row:
 
 
 def segment_rows(state: Path) -> list[Row]:
-    return [Row(*r) for r in query(state / "index.sqlite",
-                                   "SELECT seq, name, state, boot_id, mono_start_ns, duration_ns, bytes, frames,"
-                                   " sha256 FROM segments ORDER BY seq")]
+    return [
+        Row(*r)
+        for r in query(
+            state / "index.sqlite",
+            "SELECT seq, name, state, boot_id, mono_start_ns, duration_ns, bytes, frames,"
+            " sha256 FROM segments ORDER BY seq",
+        )
+    ]
 
 
 def _seq_of(name: str) -> int | None:
@@ -124,7 +129,7 @@ def settled_folder_problems(state: Path, cache: DecodeCache, below_seq: int | No
     """``folder_problems`` while the daemon runs: the ring may evict a segment between reading the
     rows and looking at the folder (file first, row after); a discrepancy must persist to count."""
     problems: list[str] = []
-    for attempt in range(tries):
+    for _attempt in range(tries):
         try:
             problems = folder_problems(state, cache, below_seq)
         except (OSError, sqlite3.Error) as exc:
@@ -175,9 +180,15 @@ def outbox_rows(state: Path) -> list[PartRow]:
     db = state / "outbox.sqlite"
     if not db.exists():
         return []
-    return [PartRow(*r) for r in query(db, "SELECT p.clip_id, p.number, p.path, p.sha256, d.target, d.state,"
-                                           " COALESCE(d.resends, 0) FROM parts p LEFT JOIN deliveries d"
-                                           " ON d.part_id = p.id ORDER BY p.id, d.target")]
+    return [
+        PartRow(*r)
+        for r in query(
+            db,
+            "SELECT p.clip_id, p.number, p.path, p.sha256, d.target, d.state,"
+            " COALESCE(d.resends, 0) FROM parts p LEFT JOIN deliveries d"
+            " ON d.part_id = p.id ORDER BY p.id, d.target",
+        )
+    ]
 
 
 def events(state: Path) -> dict[str, tuple[str, int, int, str, str]]:
@@ -185,8 +196,10 @@ def events(state: Path) -> dict[str, tuple[str, int, int, str, str]]:
     db = state / "events.sqlite"
     if not db.exists():
         return {}
-    return {r[0]: tuple(r[1:]) for r in query(db, "SELECT id, boot_id, start_mono_ns, end_mono_ns, state, reason"
-                                                  " FROM events")}
+    return {
+        r[0]: tuple(r[1:])
+        for r in query(db, "SELECT id, boot_id, start_mono_ns, end_mono_ns, state, reason FROM events")
+    }
 
 
 def delivered_clips(parts: list[PartRow], targets: tuple[str, ...]) -> set[str]:
@@ -206,8 +219,8 @@ class Ledger:
 
     targets: tuple[str, ...]
     protected: dict[int, tuple[str, set[str]]] = field(default_factory=dict)  # seq → (sha256, events)
-    parts: dict[tuple[str, int], str] = field(default_factory=dict)           # (clip, number) → sha256
-    marked: set[str] = field(default_factory=set)                              # event ids answered
+    parts: dict[tuple[str, int], str] = field(default_factory=dict)  # (clip, number) → sha256
+    marked: set[str] = field(default_factory=set)  # event ids answered
 
     def observe(self, state: Path) -> tuple[list[Row], dict, list[PartRow]]:
         """Remember held footage of undelivered events and every queued part (daemon running)."""
@@ -221,8 +234,12 @@ class Ledger:
             if ev_id in done:
                 continue
             for r in rows:
-                if r.state in STORED and r.boot_id == boot and r.mono_start_ns < end \
-                        and r.mono_start_ns + max(r.duration_ns, 1) > start:
+                if (
+                    r.state in STORED
+                    and r.boot_id == boot
+                    and r.mono_start_ns < end
+                    and r.mono_start_ns + max(r.duration_ns, 1) > start
+                ):
                     sha, owners = self.protected.setdefault(r.seq, (r.sha256 or "", set()))
                     owners.add(ev_id)
         return rows, evs, parts
@@ -237,15 +254,17 @@ class Ledger:
                 continue  # released by delivery: the ring may take it now
             r = by_seq.get(seq)
             if r is None or r.state not in STORED or r.sha256 != sha:
-                lost.append(f"segment {seq} held by {sorted(owners - done)}: "
-                            f"{'no row' if r is None else r.state}")
+                lost.append(f"segment {seq} held by {sorted(owners - done)}: {'no row' if r is None else r.state}")
         return lost
 
     def parts_missing(self, parts: list[PartRow]) -> list[str]:
         """Parts the outbox once had and no longer has (or has with other bytes)."""
         now = {(p.clip_id, p.number): p.sha256 for p in parts}
-        return [f"{clip} part {n}: {'gone from the outbox' if (clip, n) not in now else 'sha256 changed'}"
-                for (clip, n), sha in sorted(self.parts.items()) if now.get((clip, n)) != sha]
+        return [
+            f"{clip} part {n}: {'gone from the outbox' if (clip, n) not in now else 'sha256 changed'}"
+            for (clip, n), sha in sorted(self.parts.items())
+            if now.get((clip, n)) != sha
+        ]
 
 
 @dataclass
@@ -258,8 +277,7 @@ class Delivery:
     undelivered_events: list[str]
 
 
-def check_delivery(ledger: Ledger, state: Path, server_uploads: list, server_store: Path,
-                   directory: Path) -> Delivery:
+def check_delivery(ledger: Ledger, state: Path, server_uploads: list, server_store: Path, directory: Path) -> Delivery:
     parts = outbox_rows(state)
     evs = events(state)
     lost = ledger.parts_missing(parts)
@@ -283,10 +301,10 @@ def check_delivery(ledger: Ledger, state: Path, server_uploads: list, server_sto
             if not copy.exists() or sha256_file(copy) != p.sha256:
                 lost.append(f"{what}: the delivered copy is missing or differs")
     done = delivered_clips(parts, ledger.targets)
-    undelivered = sorted(ev for ev in set(evs) | ledger.marked
-                         if ev not in done or evs.get(ev, ("",) * 5)[3] != "built")
-    undelivered = [f"{ev} ({evs[ev][3]}: {evs[ev][4]})" if ev in evs else f"{ev} (no event row)"
-                   for ev in undelivered]
+    undelivered = sorted(
+        ev for ev in set(evs) | ledger.marked if ev not in done or evs.get(ev, ("",) * 5)[3] != "built"
+    )
+    undelivered = [f"{ev} ({evs[ev][3]}: {evs[ev][4]})" if ev in evs else f"{ev} (no event row)" for ev in undelivered]
     duplicates = sum(n - 1 for n in received.values() if n > 1)
     resends = sum(p.resends for p in parts)
     return Delivery(sorted(set(lost)), duplicates, resends, undelivered)

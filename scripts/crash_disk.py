@@ -37,9 +37,9 @@ class DiskUnavailable(Exception):
 class CutReport:
     """What a power cut took away, compared file by file with what the processes had written."""
 
-    files_lost: int = 0       # files present before the cut, absent after
+    files_lost: int = 0  # files present before the cut, absent after
     files_shortened: int = 0  # files present after the cut but shorter
-    bytes_dropped: int = 0    # bytes of file data written but not on the "disk"
+    bytes_dropped: int = 0  # bytes of file data written but not on the "disk"
 
 
 def _sizes(root: Path) -> dict[str, int]:

@@ -50,10 +50,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.app.control import ControlError, request  # noqa: E402
-from scripts import crash_checks as checks  # noqa: E402
-from scripts.crash_disk import DiskUnavailable, make_disk, remove_tree  # noqa: E402
-from tests.sonoran_server import SonoranServer  # noqa: E402
+from edged.app.control import ControlError, request
+from scripts import crash_checks as checks
+from scripts.crash_disk import DiskUnavailable, make_disk, remove_tree
+from tests.sonoran_server import SonoranServer
 
 KEY = "crash-matrix-key"
 ACCOUNT = "9d0c7a52-3f0e-4c61-8d7b-6a1f2e3b4c5d"
@@ -129,8 +129,13 @@ class DaemonProcess:
         self.log_path = self.logs / f"run-{self.starts:02d}.log"
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+            )
 
     def _exited(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -150,8 +155,9 @@ class DaemonProcess:
             st = self.status()
             if st and st.get("current_segment"):
                 seq = int(st["current_segment"].split("_", 1)[0])
-                row = checks.query(self.state / "index.sqlite",
-                                   "SELECT mono_start_ns FROM segments WHERE seq=?", (seq,))
+                row = checks.query(
+                    self.state / "index.sqlite", "SELECT mono_start_ns FROM segments WHERE seq=?", (seq,)
+                )
                 return seq, row[0][0]
             time.sleep(0.05)
         raise TrialError(f"daemon not recording after {START_TIMEOUT_S:g} s; log {self.log_path}")
@@ -159,8 +165,13 @@ class DaemonProcess:
     def mark(self, note: str) -> str | None:
         """``edged mark`` through the control socket: the event id, or None if it was not taken."""
         try:
-            out = subprocess.run([sys.executable, "-m", "edged", "mark", "--config", str(self.cfg), "--note", note],
-                                 capture_output=True, text=True, timeout=60, cwd=REPO)
+            out = subprocess.run(
+                [sys.executable, "-m", "edged", "mark", "--config", str(self.cfg), "--note", note],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+            )
         except subprocess.TimeoutExpired:
             return None
         return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.strip() else None
@@ -358,8 +369,10 @@ class Trial:
         if cut is not None:
             rec.bytes_dropped, rec.files_lost = cut.bytes_dropped, cut.files_lost
         self.result.kills.append(rec)
-        self.log(f"  kill {k}: planned {planned}, at {observed}; footage lost {lost:.2f} s"
-                 + (f"; power cut dropped {cut.bytes_dropped} bytes, {cut.files_lost} file(s)" if cut else ""))
+        self.log(
+            f"  kill {k}: planned {planned}, at {observed}; footage lost {lost:.2f} s"
+            + (f"; power cut dropped {cut.bytes_dropped} bytes, {cut.files_lost} file(s)" if cut else "")
+        )
         if lost > MAX_LOST_S:
             self.violation(f"kill {k} cost {lost:.2f} s of footage (at most {MAX_LOST_S:g} s)")
         self._check_running(first_seq, f"after kill {k}")
@@ -400,8 +413,9 @@ class Trial:
     def _all_delivered(self) -> bool:
         _rows, evs, parts = self.ledger.observe(self.state)
         done = checks.delivered_clips(parts, TARGETS)
-        return all(st == "built" and ev in done for ev, (_b, _s, _e, st, _r) in evs.items()) \
-            and self.ledger.marked <= set(evs)
+        return all(
+            st == "built" and ev in done for ev, (_b, _s, _e, st, _r) in evs.items()
+        ) and self.ledger.marked <= set(evs)
 
     def _drain_and_stop(self) -> None:
         r = self.result
@@ -428,8 +442,9 @@ class Trial:
         for p in self.ledger.protected_lost(checks.segment_rows(self.state), parts):
             r.protected_lost += 1
             self.violation(f"at the end: protected footage lost: {p}")
-        d = checks.check_delivery(self.ledger, self.state, list(self.server.uploads), self.work / "server",
-                                  self.state / "delivered")
+        d = checks.check_delivery(
+            self.ledger, self.state, list(self.server.uploads), self.work / "server", self.state / "delivered"
+        )
         for p in d.lost:
             r.parts_lost += 1
             self.violation(f"at the end: {p}")
@@ -460,8 +475,11 @@ def _summary(results: list[TrialResult], seed: int, power_cut: bool, seconds: fl
         "trials": len(results),
         "kills": len(kills),
         "kills_by_phase": dict(Counter(k.observed for k in kills)),
-        "footage_lost_per_kill_s": {"max": max(lost, default=0.0), "median": statistics.median(lost) if lost else 0.0,
-                                    "mean": round(statistics.fmean(lost), 3) if lost else 0.0},
+        "footage_lost_per_kill_s": {
+            "max": max(lost, default=0.0),
+            "median": statistics.median(lost) if lost else 0.0,
+            "mean": round(statistics.fmean(lost), 3) if lost else 0.0,
+        },
         "max_lost_allowed_s": MAX_LOST_S,
         "bytes_dropped_by_power_cuts": sum(k.bytes_dropped for k in kills),
         "files_lost_by_power_cuts": sum(k.files_lost for k in kills),
@@ -486,8 +504,15 @@ def _summary(results: list[TrialResult], seed: int, power_cut: bool, seconds: fl
     }
 
 
-def run(trials: int, seed: int, power_cut: bool, kills: tuple[int, int] = (2, 4), work: Path | None = None,
-        keep: bool = False, log: Log = print) -> dict:
+def run(
+    trials: int,
+    seed: int,
+    power_cut: bool,
+    kills: tuple[int, int] = (2, 4),
+    work: Path | None = None,
+    keep: bool = False,
+    log: Log = print,
+) -> dict:
     """Run ``trials`` trials; return the figures (see ``table``). Raises DiskUnavailable if a power
     cut cannot be simulated here. Work folders of trials with violations are kept (named in them)."""
     base = Path(work) if work else Path(tempfile.mkdtemp(prefix="edged-crash-matrix-"))
@@ -504,8 +529,10 @@ def run(trials: int, seed: int, power_cut: bool, kills: tuple[int, int] = (2, 4)
         tdir.mkdir()
         result = Trial(i, trial_seed, power_cut, n_kills, tdir, log).run()
         results.append(result)
-        log(f"trial {i}: {len(result.kills)} kill(s), {result.parts} part(s), {result.duplicates} duplicate(s), "
-            f"{len(result.violations)} violation(s)")
+        log(
+            f"trial {i}: {len(result.kills)} kill(s), {result.parts} part(s), {result.duplicates} duplicate(s), "
+            f"{len(result.violations)} violation(s)"
+        )
         if not result.violations and not keep:
             remove_tree(tdir)
     if not keep and not any(r.violations for r in results):
@@ -514,18 +541,45 @@ def run(trials: int, seed: int, power_cut: bool, kills: tuple[int, int] = (2, 4)
 
 
 def table(summaries: list[dict]) -> str:
-    head = ("mode", "trials", "kills", "rec/clip/upload/start", "lost/kill max s", "median s", "parts",
-            "parts lost", "protected lost", "undecodable", "index≠folder", "events", "undelivered",
-            "duplicates", "resends")
+    head = (
+        "mode",
+        "trials",
+        "kills",
+        "rec/clip/upload/start",
+        "lost/kill max s",
+        "median s",
+        "parts",
+        "parts lost",
+        "protected lost",
+        "undecodable",
+        "index≠folder",
+        "events",
+        "undelivered",
+        "duplicates",
+        "resends",
+    )
     rows = [head]
     for s in summaries:
         by = s["kills_by_phase"]
-        rows.append((s["mode"], str(s["trials"]), str(s["kills"]),
-                     f"{by.get('recording', 0)}/{by.get('clip', 0)}/{by.get('upload', 0)}/{by.get('startup', 0)}",
-                     f"{s['footage_lost_per_kill_s']['max']:.2f}", f"{s['footage_lost_per_kill_s']['median']:.2f}",
-                     str(s["parts"]), str(s["parts_lost"]), str(s["protected_lost"]), str(s["undecodable"]),
-                     str(s["index_mismatches"]), str(s["events"]), str(s["events_undelivered"]),
-                     str(s["duplicates"]), str(s["resends"])))
+        rows.append(
+            (
+                s["mode"],
+                str(s["trials"]),
+                str(s["kills"]),
+                f"{by.get('recording', 0)}/{by.get('clip', 0)}/{by.get('upload', 0)}/{by.get('startup', 0)}",
+                f"{s['footage_lost_per_kill_s']['max']:.2f}",
+                f"{s['footage_lost_per_kill_s']['median']:.2f}",
+                str(s["parts"]),
+                str(s["parts_lost"]),
+                str(s["protected_lost"]),
+                str(s["undecodable"]),
+                str(s["index_mismatches"]),
+                str(s["events"]),
+                str(s["events_undelivered"]),
+                str(s["duplicates"]),
+                str(s["resends"]),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -549,18 +603,27 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
     try:
-        summary = run(args.trials, seed, args.power_cut, tuple(args.kills), args.work, args.keep,
-                      log=lambda m: print(m, flush=True))
+        summary = run(
+            args.trials,
+            seed,
+            args.power_cut,
+            tuple(args.kills),
+            args.work,
+            args.keep,
+            log=lambda m: print(m, flush=True),
+        )
     except DiskUnavailable as exc:
         print(f"crash_matrix: {exc}", file=sys.stderr)
         return 2
     print()
     print(table([summary]))
-    print(f"segments decoded {summary['segments_decoded']}, evicted by the ring {summary['segments_evicted']}, "
-          f"server outages {summary['server_outages']}, largest hole not at a kill "
-          f"{summary['largest_gap_not_at_a_kill_s']:.2f} s, stray temporary files {len(summary['stray_temp_files'])}"
-          + (f", power cuts dropped {summary['bytes_dropped_by_power_cuts']} written bytes"
-             if args.power_cut else "") + f"; {summary['seconds']:.0f} s")
+    print(
+        f"segments decoded {summary['segments_decoded']}, evicted by the ring {summary['segments_evicted']}, "
+        f"server outages {summary['server_outages']}, largest hole not at a kill "
+        f"{summary['largest_gap_not_at_a_kill_s']:.2f} s, stray temporary files {len(summary['stray_temp_files'])}"
+        + (f", power cuts dropped {summary['bytes_dropped_by_power_cuts']} written bytes" if args.power_cut else "")
+        + f"; {summary['seconds']:.0f} s"
+    )
     for v in summary["violations"]:
         print("VIOLATION", v)
     if args.json:

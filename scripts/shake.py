@@ -32,9 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 FOOTAGE = REPO.parent / "shared" / "footage"
 
 #: The walking wearer: x and y of an 80 % window swing around the centre, t in seconds.
-CROP = ("w=iw*0.8:h=ih*0.8:"
-        "x=(iw-ow)/2*(1+0.6*sin(2*PI*1.3*t)+0.3*sin(2*PI*7.1*t)):"
-        "y=(ih-oh)/2*(1+0.6*sin(2*PI*1.9*t)+0.3*sin(2*PI*4.3*t))")
+CROP = (
+    "w=iw*0.8:h=ih*0.8:"
+    "x=(iw-ow)/2*(1+0.6*sin(2*PI*1.3*t)+0.3*sin(2*PI*7.1*t)):"
+    "y=(ih-oh)/2*(1+0.6*sin(2*PI*1.9*t)+0.3*sin(2*PI*4.3*t))"
+)
 
 #: Output containers: format name -> (file suffix, muxer, codec).
 FORMATS = {"y4m": (".y4m", "yuv4mpegpipe", "wrapped_avframe"), "ffv1": (".mkv", "matroska", "ffv1")}
@@ -42,12 +44,18 @@ FORMATS = {"y4m": (".y4m", "yuv4mpegpipe", "wrapped_avframe"), "ffv1": (".mkv", 
 
 def recipe(noise: int, width: int, height: int, fps: int) -> list[tuple[str, str]]:
     """The filter chain, in order, as (filter, arguments)."""
-    return [("fps", str(fps)), ("crop", CROP), ("scale", f"{width}:{height}"),
-            ("noise", f"alls={noise}:allf=t"), ("format", "yuv420p")]
+    return [
+        ("fps", str(fps)),
+        ("crop", CROP),
+        ("scale", f"{width}:{height}"),
+        ("noise", f"alls={noise}:allf=t"),
+        ("format", "yuv420p"),
+    ]
 
 
-def cache_path(out_dir: Path, footage: str, seconds: float, noise: int, width: int, height: int, fps: int,
-               fmt: str) -> Path:
+def cache_path(
+    out_dir: Path, footage: str, seconds: float, noise: int, width: int, height: int, fps: int, fmt: str
+) -> Path:
     steps = ",".join(f"{name}={args}" for name, args in recipe(noise, width, height, fps))
     tag = hashlib.sha1(f"pyav-loop|{steps}".encode()).hexdigest()[:8]
     suffix = FORMATS[fmt][0]
@@ -84,8 +92,9 @@ def _build_graph(stream: av.video.stream.VideoStream, steps: list[tuple[str, str
     return graph
 
 
-def shaken_frames(src: Path, seconds: float, noise: int = 6, width: int = 960, height: int = 540,
-                  fps: int = 10) -> Iterator[av.VideoFrame]:
+def shaken_frames(
+    src: Path, seconds: float, noise: int = 6, width: int = 960, height: int = 540, fps: int = 10
+) -> Iterator[av.VideoFrame]:
     """The shaken footage, frame by frame: exactly ``seconds * fps`` frames, pts counted in 1/fps."""
     wanted = round(seconds * fps)
     steps = recipe(noise, width, height, fps)
@@ -125,8 +134,16 @@ def write(frames: Iterator[av.VideoFrame], path: Path, fmt: str, width: int, hei
     return n
 
 
-def shaken(seconds: float, noise: int = 6, footage: str = "vtest.avi", out_dir: Path = REPO / "bench-out",
-           width: int = 960, height: int = 540, fps: int = 10, fmt: str = "y4m") -> Path:
+def shaken(
+    seconds: float,
+    noise: int = 6,
+    footage: str = "vtest.avi",
+    out_dir: Path = REPO / "bench-out",
+    width: int = 960,
+    height: int = 540,
+    fps: int = 10,
+    fmt: str = "y4m",
+) -> Path:
     """Path of the shaken footage, made on first use."""
     src = FOOTAGE / footage
     if not src.exists():

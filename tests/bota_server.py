@@ -29,8 +29,8 @@ API (``Authorization: Bearer <token>``, JSON bodies; unknown token → 401):
 
 Fault knobs, each for the next n matching API requests (``path`` a substring of the request path,
 empty: any): ``fail_next`` (answer so, without doing anything), ``stall_next`` (do it and record
-it, then hold the answer back; ``skip`` lets that many through first), ``expire_next`` (upload-url only: the URL lives 1 s and the
-answer is held until it is dead); ``s3_fail_next`` for storage PUTs.
+it, then hold the answer back; ``skip`` lets that many through first), ``expire_next`` (upload-url
+only: the URL lives 1 s and the answer is held until it is dead); ``s3_fail_next`` for storage PUTs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -65,16 +65,19 @@ _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 def _xml_error(code: str, msg: str, **extra: str) -> bytes:
     more = "".join(f"<{k}>{v}</{k}>" for k, v in extra.items())
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{msg}</Message>{more}'
-            f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{msg}</Message>{more}'
+        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>"
+    ).encode()
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-def sigv4_query_signature(method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str],
-                          secret: str) -> str:
+def sigv4_query_signature(
+    method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str], secret: str
+) -> str:
     """AWS Signature Version 4 of a presigned (query-string) S3 request, from the specification:
     canonical request → string to sign → HMAC chain. ``path`` decoded; ``headers`` lower-case names."""
     params = dict(query)
@@ -82,12 +85,14 @@ def sigv4_query_signature(method: str, path: str, query: list[tuple[str, str]], 
     enc = lambda s: quote(s, safe="-_.~")  # noqa: E731
     canonical_query = "&".join(f"{enc(k)}={enc(v)}" for k, v in sorted(query) if k != "X-Amz-Signature")
     canonical_headers = "".join(f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed)
-    canonical = "\n".join([method, quote(path, safe="/-_.~"), canonical_query, canonical_headers, ";".join(signed),
-                           "UNSIGNED-PAYLOAD"])
+    canonical = "\n".join(
+        [method, quote(path, safe="/-_.~"), canonical_query, canonical_headers, ";".join(signed), "UNSIGNED-PAYLOAD"]
+    )
     _, day, region, service, term = params["X-Amz-Credential"].split("/")
     scope = f"{day}/{region}/{service}/{term}"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope,
-                         hashlib.sha256(canonical.encode()).hexdigest()])
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
     key = _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), day), region), service), term)
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
@@ -95,6 +100,7 @@ def sigv4_query_signature(method: str, path: str, query: list[tuple[str, str]], 
 @dataclass
 class S3Put:
     """A PUT that reached storage, checked or not."""
+
     key: str
     status: int
     code: str
@@ -130,22 +136,34 @@ class PresignGate:
                 if status == 200 and self._fail:
                     status, code = self._fail.pop(0)
                     msg = "injected"
-                self.puts.append(S3Put(path, status, code, headers.get("content-length"),
-                                       headers.get("transfer-encoding"), headers.get("content-type"), self.clock()))
+                self.puts.append(
+                    S3Put(
+                        path,
+                        status,
+                        code,
+                        headers.get("content-length"),
+                        headers.get("transfer-encoding"),
+                        headers.get("content-type"),
+                        self.clock(),
+                    )
+                )
         if status != 200:
             body = _xml_error(code, msg, **extra)
-            start_response(f"{status} {code}", [("Content-Type", "application/xml"),
-                                                ("Content-Length", str(len(body))), ("Connection", "close")])
+            start_response(
+                f"{status} {code}",
+                [("Content-Type", "application/xml"), ("Content-Length", str(len(body))), ("Connection", "close")],
+            )
             return [body]
         return self.app(environ, start_response)
 
-    def _check(self, method: str, path: str, query: list[tuple[str, str]],
-               headers: dict[str, str]) -> tuple[int, str, str, dict[str, str]]:
+    def _check(
+        self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str]
+    ) -> tuple[int, str, str, dict[str, str]]:
         p = dict(query)
         try:
             if p.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
                 return 400, "AuthorizationQueryParametersError", "X-Amz-Algorithm only supports AWS4-HMAC-SHA256", {}
-            signed_at = datetime.strptime(p["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+            signed_at = datetime.strptime(p["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
             expires = int(p["X-Amz-Expires"])
             access_key = p["X-Amz-Credential"].split("/")[0]
             signed = p["X-Amz-SignedHeaders"].split(";")
@@ -154,24 +172,38 @@ class PresignGate:
             return 400, "AuthorizationQueryParametersError", "malformed query-string authentication", {}
         now = self.clock()
         if now > signed_at + expires:
-            when = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-            return 403, "AccessDenied", "Request has expired", {"X-Amz-Expires": str(expires),
-                                                                 "Expires": when(signed_at + expires),
-                                                                 "ServerTime": when(now)}
+            when = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+            return (
+                403,
+                "AccessDenied",
+                "Request has expired",
+                {"X-Amz-Expires": str(expires), "Expires": when(signed_at + expires), "ServerTime": when(now)},
+            )
         if access_key != ACCESS_KEY:
             return 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.", {}
         if method == "PUT":  # the framing is refused before the signature is looked at
             if "chunked" in headers.get("transfer-encoding", "").lower():
-                return 501, "NotImplemented", "A header you provided implies functionality that is not implemented", \
-                    {"Header": "Transfer-Encoding"}
+                return (
+                    501,
+                    "NotImplemented",
+                    "A header you provided implies functionality that is not implemented",
+                    {"Header": "Transfer-Encoding"},
+                )
             if "content-length" not in headers:
                 return 411, "MissingContentLength", "You must provide the Content-Length HTTP header.", {}
         if "host" not in signed:
             return 400, "AuthorizationQueryParametersError", "host must be a signed header", {}
         want = sigv4_query_signature(method, unquote(path), query, headers, SECRET_KEY)
         if not hmac.compare_digest(want, given):
-            return 403, "SignatureDoesNotMatch", ("The request signature we calculated does not match the "
-                                                  "signature you provided. Check your key and signing method."), {}
+            return (
+                403,
+                "SignatureDoesNotMatch",
+                (
+                    "The request signature we calculated does not match the "
+                    "signature you provided. Check your key and signing method."
+                ),
+                {},
+            )
         return 200, "", "", {}
 
     def fail_next(self, n: int, status: int, code: str = "InternalError") -> None:
@@ -185,6 +217,7 @@ class S3Server:
     def __init__(self) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
+
         class Quiet(MotoRequestHandler):
             def log_request(self, *args: Any) -> None:
                 pass
@@ -194,9 +227,14 @@ class S3Server:
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-s3", daemon=True)
         self.bucket = f"bota-media-{secrets.token_hex(4)}"
-        self.client = boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-                                   aws_secret_access_key=SECRET_KEY,
-                                   config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
 
     def start(self) -> S3Server:
         self._thread.start()
@@ -209,8 +247,11 @@ class S3Server:
         self._thread.join(10)
 
     def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> str:
-        return self.client.generate_presigned_url("put_object", Params={
-            "Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size}, ExpiresIn=ttl_s)
+        return self.client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
+            ExpiresIn=ttl_s,
+        )
 
     def get(self, key: str) -> tuple[bytes, str]:
         obj = self.client.get_object(Bucket=self.bucket, Key=key)
@@ -224,6 +265,7 @@ class S3Server:
 
 
 # --- the API ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Media:
@@ -262,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         api: BotaServer = self.server.api
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -406,7 +448,7 @@ class BotaServer:
         with self.lock:
             rec.media[media_id] = Media(media_id, kind, ctype, size, captured, key)
         url = self.s3.presign_put(key, ctype, size, ttl)
-        expires = datetime.fromtimestamp(time.time() + ttl, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = datetime.fromtimestamp(time.time() + ttl, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return 200, {"media_id": media_id, "upload_url": url, "expires_at": expires, "headers": {"Content-Type": ctype}}
 
     def _complete(self, rec: Recording) -> tuple[int, Any]:
@@ -418,6 +460,11 @@ class BotaServer:
             return 400, {"error": "bad_request", "message": "no media uploaded"}
         with self.lock:
             rec.completed += 1
-        return 200, {"id": rec.id, "status": "completed",
-                     "media": [{"media_id": m.id, "type": m.type, "status": "uploaded" if m.uploaded else "pending"}
-                               for m in rec.media.values()]}
+        return 200, {
+            "id": rec.id,
+            "status": "completed",
+            "media": [
+                {"media_id": m.id, "type": m.type, "status": "uploaded" if m.uploaded else "pending"}
+                for m in rec.media.values()
+            ],
+        }

@@ -36,6 +36,7 @@ def make_settings(state_dir: Path, **sections: dict[str, Any]) -> config.Setting
 def settings_factory(tmp_path: Path):
     def factory(**sections: dict[str, Any]) -> config.Settings:
         return make_settings(tmp_path / "state", **sections)
+
     return factory
 
 

@@ -52,11 +52,11 @@ def segment_files(state_dir: Path) -> list[Path]:
 
 # --- clocks, real small file systems, waiting (test_clock, test_ring, test_storage_faults) -------
 
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class SteppableClock:
@@ -96,6 +96,7 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     """A real tmpfs at ``path`` (root only); skips the test if it cannot be mounted."""
     import pytest
+
     path.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
     if out.returncode != 0:
@@ -115,6 +116,7 @@ def ext4_loop(path: Path, size_mb: int = 32) -> Iterator[tuple[Path, Path, Path]
     fails (``mount -o remount,ro`` refuses with EBUSY while files are open for writing). Skips the
     test if loop devices or mkfs.ext4 are unavailable."""
     import pytest
+
     img = path.with_name(path.name + ".img")
     with open(img, "wb") as f:
         f.truncate(size_mb << 20)
@@ -126,7 +128,9 @@ def ext4_loop(path: Path, size_mb: int = 32) -> Iterator[tuple[Path, Path, Path]
     if out.returncode != 0:
         pytest.skip(f"cannot loop-mount an ext4 image (needs root and loop devices): {out.stderr.strip()}")
     try:
-        src = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True, text=True).stdout.strip()
+        src = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True, text=True
+        ).stdout.strip()
         sysfs = Path("/sys/fs/ext4") / os.path.basename(src)
         if not (sysfs / "trigger_fs_error").exists():
             pytest.skip(f"{sysfs}/trigger_fs_error not available in this kernel")
@@ -140,6 +144,7 @@ class Running:
 
     def __init__(self, daemon) -> None:
         import threading
+
         self.daemon = daemon
         self.rc: int | None = None
         self.error: BaseException | None = None

@@ -59,7 +59,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edged.core import limits  # noqa: E402
+from edged.core import limits
 
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 V2_PATH = "/v2/general/bodycam-recordings"
@@ -82,19 +82,21 @@ _STORED = re.compile(r"/files/([0-9a-f]{64})\.webm")
 @dataclass
 class Upload:
     """One accepted upload."""
-    api: str                 # "v2" | "legacy"
-    key: str                 # v2: the bearer key; legacy: the community id
-    fields: dict[str, str]   # every non-file form field as received
+
+    api: str  # "v2" | "legacy"
+    key: str  # v2: the bearer key; legacy: the community id
+    fields: dict[str, str]  # every non-file form field as received
     filename: str
     size: int
     sha256: str
     duration_ms: int
-    at: float                # server clock time of acceptance
+    at: float  # server clock time of acceptance
 
 
 @dataclass
 class Request:
     """Every request that reached a handler, accepted or not (status 0: no answer was sent)."""
+
     api: str
     key: str
     status: int
@@ -103,6 +105,7 @@ class Request:
 
 
 # --- request bodies -----------------------------------------------------------------------------------
+
 
 class _ClientGone(ConnectionError):
     """The connection ended before the body did."""
@@ -121,7 +124,7 @@ class _Body:
         te = headers.get("Transfer-Encoding")
         cl = headers.get("Content-Length")
         self.chunked = False
-        self.left = 0           # Content-Length: bytes still to come; chunked: of the current chunk
+        self.left = 0  # Content-Length: bytes still to come; chunked: of the current chunk
         self.done = False
         if te is not None:
             if cl is not None:
@@ -136,7 +139,7 @@ class _Body:
             self.left = int(cl.strip())
             self.done = self.left == 0
         else:
-            self.done = True    # no body
+            self.done = True  # no body
 
     def _next_chunk(self) -> None:
         line = self.rfile.readline(1024)
@@ -192,6 +195,7 @@ class _Body:
 
 # --- multipart/form-data ----------------------------------------------------------------------------
 
+
 class _Refuse(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -209,7 +213,7 @@ class _FilePart:
 
     def write(self, data: bytes) -> None:
         if len(self.head) < len(EBML_MAGIC):
-            self.head += bytes(data[:len(EBML_MAGIC) - len(self.head)])
+            self.head += bytes(data[: len(EBML_MAGIC) - len(self.head)])
         if self.size + len(data) <= limits.MAX_UPLOAD_BYTES:  # past the cap only the size matters
             self.spool.write(data)
             self.hasher.update(data)
@@ -293,9 +297,9 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
     try:
         # preamble
         while (i := buf.find(delim)) < 0:
-            del buf[:max(0, len(buf) - len(delim) + 1)]
+            del buf[: max(0, len(buf) - len(delim) + 1)]
             fill()
-        del buf[:i + len(delim)]
+        del buf[: i + len(delim)]
         while True:
             while len(buf) < 2:
                 fill()
@@ -307,7 +311,7 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
                 fill()
             if buf[:j].strip(b" \t"):
                 raise _Refuse(400, "Malformed multipart body: junk after a boundary.")
-            del buf[:j + 2]
+            del buf[: j + 2]
             if len(form.fields) + len(form.files) >= _MAX_PARTS:
                 raise _Refuse(400, "Too many form parts.")
             # the part's header block ends at the first blank line (possibly at once: no headers)
@@ -315,8 +319,8 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
                 if len(buf) > _MAX_PART_HEADER_BYTES:
                     raise _Refuse(400, "Malformed multipart body: part headers too long.")
                 fill()
-            head = bytes(buf[:k - 2]) if k >= 2 else b""
-            del buf[:k + 2]
+            head = bytes(buf[: k - 2]) if k >= 2 else b""
+            del buf[: k + 2]
             name, filename = _part_head(head)
             sink: _FilePart | _FieldPart
             if filename is not None:
@@ -333,7 +337,7 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
                 fill()
             with memoryview(buf) as view, view[:i] as data:
                 sink.write(data)
-            del buf[:i + len(delim)]
+            del buf[: i + len(delim)]
             if isinstance(sink, _FieldPart):
                 form.fields.append((name, sink.data.decode("utf-8", "replace")))
         return form
@@ -344,9 +348,10 @@ def _parse_form(body: _Body, boundary: bytes) -> _Form:
 
 # --- the server -------------------------------------------------------------------------------------
 
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    block_on_close = False     # down() must not wait for stalled handlers
+    block_on_close = False  # down() must not wait for stalled handlers
     allow_reuse_address = True
     request_queue_size = 64
 
@@ -366,9 +371,17 @@ class SonoranServer:
     ``{"plan": ..., "accounts": {account: {"session": sid, "username": name}}}``; ``clock`` drives the
     rate window and the 24 h allowance; ``store_dir`` keeps accepted files as ``<sha256>.webm``."""
 
-    def __init__(self, *, keys: dict[str, str] | None = None, accounts: set[str] | None = None,
-                 legacy: dict[str, dict] | None = None, clock: Callable[[], float] = time.monotonic,
-                 store_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        keys: dict[str, str] | None = None,
+        accounts: set[str] | None = None,
+        legacy: dict[str, dict] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        store_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.keys = dict(keys if keys is not None else {"test-key": "free"})
         self.accounts = set(accounts) if accounts is not None else None
         self.legacy = dict(legacy or {})
@@ -408,8 +421,9 @@ class SonoranServer:
         self.port = httpd.server_address[1]
         self._wake = threading.Event()
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"sonoran-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sonoran-{self.port}", daemon=True
+        )
         self._thread.start()
 
     def down(self) -> None:
@@ -459,8 +473,9 @@ class SonoranServer:
 
     def count(self, status: int | None = None, api: str | None = None) -> int:
         with self._lock:
-            return sum(1 for r in self.requests
-                       if (status is None or r.status == status) and (api is None or r.api == api))
+            return sum(
+                1 for r in self.requests if (status is None or r.status == status) and (api is None or r.api == api)
+            )
 
     def _record(self, api: str, key: str, status: int, detail: str) -> None:
         with self._lock:
@@ -480,9 +495,12 @@ class SonoranServer:
                 # a request is let through once no more than N-1 of these are in its window
                 free_at = w[len(w) - limits.REQUESTS_PER_MINUTE] + limits.RATE_WINDOW_S
                 retry = max(1, math.ceil(free_at - now))
-                raise _Refuse(429, f"{prefix}Too many requests: {limits.REQUESTS_PER_MINUTE} per "
-                                   f"{limits.RATE_WINDOW_S} s. Try again in {retry} s.",
-                              {"Retry-After": str(retry)})
+                raise _Refuse(
+                    429,
+                    f"{prefix}Too many requests: {limits.REQUESTS_PER_MINUTE} per "
+                    f"{limits.RATE_WINDOW_S} s. Try again in {retry} s.",
+                    {"Retry-After": str(retry)},
+                )
 
     @staticmethod
     def _file(form: _Form, prefix: str) -> _FilePart:
@@ -501,12 +519,14 @@ class SonoranServer:
         raw = values[0].strip() if len(values) == 1 else ""
         ms = int(raw) if _INT.fullmatch(raw) else 0
         if not limits.MIN_DURATION_MS <= ms <= limits.MAX_DURATION_MS:
-            raise _Refuse(400, f"{prefix}Bodycam clips must be between {limits.MIN_DURATION_MS}ms and "
-                               f"{limits.MAX_DURATION_MS}ms.")
+            raise _Refuse(
+                400, f"{prefix}Bodycam clips must be between {limits.MIN_DURATION_MS}ms and {limits.MAX_DURATION_MS}ms."
+            )
         return ms
 
-    def _accept(self, api: str, key: str, allowance_key: str, plan: str, form: _Form, f: _FilePart,
-                ms: int, prefix: str) -> list[str]:
+    def _accept(
+        self, api: str, key: str, allowance_key: str, plan: str, form: _Form, f: _FilePart, ms: int, prefix: str
+    ) -> list[str]:
         """The plan's rolling 24 h allowance, then keep the upload (one at a time: no race past it)."""
         digest = f.hasher.hexdigest()
         with self._lock:
@@ -515,8 +535,11 @@ class SonoranServer:
             self._used[allowance_key] = used
             minutes = limits.PLAN_MINUTES[plan]
             if sum(d for _, d in used) + ms > minutes * 60_000:
-                raise _Refuse(400, f"{prefix}Bodycam uploads are limited to {minutes} minutes per 24 hours "
-                                   f"for the {plan.upper()} plan.")
+                raise _Refuse(
+                    400,
+                    f"{prefix}Bodycam uploads are limited to {minutes} minutes per 24 hours "
+                    f"for the {plan.upper()} plan.",
+                )
             if self.store_dir is not None:
                 self.store_dir.mkdir(parents=True, exist_ok=True)
                 f.spool.seek(0)
@@ -548,8 +571,7 @@ class SonoranServer:
             owner, who = owners[0]
             if owner == "roblox" and not _INT.fullmatch(who.strip()):
                 raise _Refuse(400, "roblox must be an integer.")
-            if self.accounts is not None and owner in ("accountUuid", "communityUserId") \
-                    and who not in self.accounts:
+            if self.accounts is not None and owner in ("accountUuid", "communityUserId") and who not in self.accounts:
                 raise _Refuse(400, f"Account {who} was not found in this community.")
             ms = self._duration(form, "")
             ident = form.get("identId")
@@ -578,8 +600,7 @@ class SonoranServer:
                 raise _Refuse(400, p + "Unable to validate bodycam upload session.")
             f = self._file(form, p)
             ms = self._duration(form, p)
-            return self._accept("legacy", community, "community:" + community, comm.get("plan", "free"),
-                                form, f, ms, p)
+            return self._accept("legacy", community, "community:" + community, comm.get("plan", "free"), form, f, ms, p)
         finally:
             form.close()
 
@@ -612,7 +633,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routing ----------------------------------------------------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         try:
             self._post()
         except _ClientGone as exc:
@@ -621,7 +642,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.app._record(api, _bearer(self.headers) if api == "v2" else "", 0, f"client went away: {exc}")
         except (ConnectionError, TimeoutError, OSError):
             self.close_connection = True
-        except Exception:  # a bug here: say so to both sides rather than hang up silently
+        except Exception:  # noqa: BLE001 - a bug here: say so to both sides rather than hang up silently
             traceback.print_exc()
             self.close_connection = True
             try:
@@ -641,8 +662,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         stored = _STORED.fullmatch(path)
-        if self.command in ("GET", "HEAD") and stored and app.store_dir is not None \
-                and (app.store_dir / f"{stored[1]}.webm").is_file():
+        if (
+            self.command in ("GET", "HEAD")
+            and stored
+            and app.store_dir is not None
+            and (app.store_dir / f"{stored[1]}.webm").is_file()
+        ):
             data = (app.store_dir / f"{stored[1]}.webm").read_bytes()
             return self._send(200, "video/webm", data)
         if path in (V2_PATH, LEGACY_PATH):
@@ -735,8 +760,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--store-dir", type=Path)
-    ap.add_argument("--key", action="append", default=[], metavar="KEY=PLAN",
-                    help=f"an API key and its plan ({'|'.join(limits.PLAN_MINUTES)}); repeatable")
+    ap.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=PLAN",
+        help=f"an API key and its plan ({'|'.join(limits.PLAN_MINUTES)}); repeatable",
+    )
     args = ap.parse_args(argv)
     keys = {}
     for item in args.key:

@@ -17,8 +17,22 @@ CHEAP = ("mark", "upload")
 
 def test_fast_run_of_the_cheap_benchmarks_gives_figures_with_baselines(tmp_path):
     out = tmp_path / "bench.json"
-    p = subprocess.run([str(REPO / "scripts" / "bench"), "--fast", "--only", ",".join(CHEAP), "--json", str(out),
-                        "--out", str(tmp_path / "each")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            str(REPO / "scripts" / "bench"),
+            "--fast",
+            "--only",
+            ",".join(CHEAP),
+            "--json",
+            str(out),
+            "--out",
+            str(tmp_path / "each"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(out.read_text())
     assert doc["fast"] is True and set(doc["benches"]) == set(CHEAP)

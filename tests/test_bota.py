@@ -28,9 +28,9 @@ import pytest
 
 from edged.config import schema as config
 from edged.core import limits
-from edged.upload.bota import media
-from edged.upload.outbox import PRIORITY_MARK, Outbox, _SCHEMA
 from edged.core.paths import StatePaths
+from edged.upload.bota import media
+from edged.upload.outbox import _SCHEMA, PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import ALARM_FAILED, ALARM_PAUSED, Uploader
@@ -44,12 +44,17 @@ DEVICE = "unit-7"
 
 
 def bota_settings(state: Path, server: BotaServer, token_file: Path, **sections) -> config.Settings:
-    upload = {"targets": ["bota"], "retry_base_seconds": 0.1, "retry_cap_seconds": 1.0,
-              "bota": {"base_url": server.url, "token_file": str(token_file)}} | sections.pop("upload", {})
+    upload = {
+        "targets": ["bota"],
+        "retry_base_seconds": 0.1,
+        "retry_cap_seconds": 1.0,
+        "bota": {"base_url": server.url, "token_file": str(token_file)},
+    } | sections.pop("upload", {})
     return make_settings(state, device={"id": DEVICE}, upload=upload, **sections)
 
 
 # --- one real clip, recorded and delivered by the daemon ----------------------------------------------
+
 
 @dataclass
 class Clip:
@@ -65,13 +70,20 @@ class Clip:
 def delivered(tmp_path_factory) -> Clip:
     """The whole daemon: records, takes two marks, builds a two-part clip and delivers it to bota."""
     from tests.test_events import SMALL, Running, timeline_s
+
     tmp = tmp_path_factory.mktemp("bota-daemon")
     (tmp / "token").write_text(TOKEN + "\n")
     with BotaServer({TOKEN}) as server:
         # Paced (real time): the second press lands in the first one's post-roll whatever the CPU speed.
-        s = bota_settings(tmp / "state", server, tmp / "token", camera=SMALL | {"paced": True},
-                          audio={"source": "synthetic"}, storage={"segment_seconds": 2.0},
-                          clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 3.0, "max_duration_ms": 5000})
+        s = bota_settings(
+            tmp / "state",
+            server,
+            tmp / "token",
+            camera=SMALL | {"paced": True},
+            audio={"source": "synthetic"},
+            storage={"segment_seconds": 2.0},
+            clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 3.0, "max_duration_ms": 5000},
+        )
         with Running(s) as d:
             # (the timeline's anchor is 0 until the first frame: timeline_s means nothing before it)
             wait_until(lambda: d.recorder._mono_anchor_ns > 0 and timeline_s(d) > 4, 30, "footage")
@@ -145,8 +157,9 @@ def test_the_mp4_is_real_h264_with_the_parts_frames_and_timing(delivered):
         assert len(frames) == len(src_frames)
         assert (frames[0].width, frames[0].height) == (src_frames[0].width, src_frames[0].height)
         # Same frame times (ms) as the part: the video's duration and pace are the part's.
-        assert [round(fr.pts * fr.time_base * 1000) for fr in frames] == \
-            [round(fr.pts * fr.time_base * 1000) for fr in src_frames]
+        assert [round(fr.pts * fr.time_base * 1000) for fr in frames] == [
+            round(fr.pts * fr.time_base * 1000) for fr in src_frames
+        ]
         # The pictures are the part's (re-encoded: close, not identical).
         for a, b in zip(frames[::10], src_frames[::10]):
             diff = np.abs(a.to_ndarray(format="gray").astype(int) - b.to_ndarray(format="gray").astype(int)).mean()
@@ -180,6 +193,7 @@ def test_a_jpeg_still_at_each_mark(delivered):
 
     def ns(s: str) -> int:
         from edged.core.timefmt import parse_iso_ns
+
         return parse_iso_ns(s)
 
     for m in stills:
@@ -205,6 +219,7 @@ def test_a_jpeg_still_at_each_mark(delivered):
 
 # --- a fresh outbox holding a copy of the daemon's clip -------------------------------------------------
 
+
 class Rig:
     """The daemon's layout (outbox at <state>/outbox.sqlite, clips under <state>/clips) with a copy
     of the recorded clip queued for bota, and the real uploader."""
@@ -221,13 +236,20 @@ class Rig:
         if not dst.exists():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*"))
         self.outbox = Outbox(StatePaths(self.state).outbox, targets=["bota"])
-        self.outbox.enqueue(clip.clip_id, [(p.number, dst / Path(p.path).name, p.bytes, p.duration_ms, p.sha256)
-                                           for p in clip.parts], PRIORITY_MARK, clip.parts[0].event_wall_ns)
+        self.outbox.enqueue(
+            clip.clip_id,
+            [(p.number, dst / Path(p.path).name, p.bytes, p.duration_ms, p.sha256) for p in clip.parts],
+            PRIORITY_MARK,
+            clip.parts[0].event_wall_ns,
+        )
         self.files = {p: p.read_bytes() for p in dst.glob("*.webm")}
         self.alarms: dict[str, bool] = {}
-        self.uploader = Uploader(self.outbox, build_targets(self.settings),
-                                 RetryPolicy.from_settings(self.settings.upload, random.Random(1)),
-                                 on_alarm=self.alarms.__setitem__)
+        self.uploader = Uploader(
+            self.outbox,
+            build_targets(self.settings),
+            RetryPolicy.from_settings(self.settings.upload, random.Random(1)),
+            on_alarm=self.alarms.__setitem__,
+        )
 
     def states(self) -> list[str]:
         return [d.state for d in self.outbox.deliveries()]
@@ -283,8 +305,9 @@ def test_server_errors_back_off_and_nothing_is_lost(delivered, tmp_path, server)
 
 
 def test_a_refused_media_fails_the_delivery_and_keeps_every_file_then_retry_resumes(delivered, tmp_path, server):
-    server.fail_next(2, 400, {"error": "bad_request", "message": "content_type not accepted for video"},
-                     path="/upload-url")
+    server.fail_next(
+        2, 400, {"error": "bad_request", "message": "content_type not accepted for video"}, path="/upload-url"
+    )
     with Rig(tmp_path, delivered, server) as rig:
         # Each of the clip's deliveries may carry the event: both try, both are refused.
         wait_until(lambda: rig.states() == ["failed", "failed"], 30, "the deliveries failed")
@@ -300,7 +323,8 @@ def test_a_refused_media_fails_the_delivery_and_keeps_every_file_then_retry_resu
 
 
 def test_a_refused_token_pauses_the_target_and_a_fixed_one_resumes_it_and_no_token_is_logged(
-        delivered, tmp_path, server, caplog):
+    delivered, tmp_path, server, caplog
+):
     wrong = "sk_test_wrong_0000000000000000"
     (tmp_path / "token").write_text(wrong + "\n")
     caplog.set_level(logging.DEBUG)
@@ -324,6 +348,7 @@ def test_a_refused_token_pauses_the_target_and_a_fixed_one_resumes_it_and_no_tok
 
 def test_a_stored_url_about_to_expire_is_not_used_again(delivered, tmp_path, caplog):
     from edged.upload.bota.target import URL_MARGIN_S
+
     with BotaServer({TOKEN}, url_ttl_s=int(URL_MARGIN_S) - 20) as server:
         server.s3.gate.fail_next(1, 500)  # the first PUT fails; its URL has < URL_MARGIN_S left
         with caplog.at_level(logging.WARNING, logger="edged"), Rig(tmp_path, delivered, server) as rig:
@@ -366,7 +391,8 @@ def test_kill_9_between_steps_resumes_and_completes_once(delivered, tmp_path, se
     rig = Rig(tmp_path, delivered, server)  # queues the clip; its uploader is not started
     rig.outbox.close()
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [device]
         id = "{DEVICE}"
         [storage]
@@ -377,15 +403,20 @@ def test_kill_9_between_steps_resumes_and_completes_once(delivered, tmp_path, se
         [upload.bota]
         base_url = "{server.url}"
         token_file = "{rig.token_file}"
-    """))
+    """)
+    )
     if cut == "after two media":  # the third upload-url request is answered never: killed mid-step
         server.stall_next(1, 60, path="/upload-url", skip=2)
         reached = lambda: server.count("/upload-url") == 3  # noqa: E731
     else:  # the server completes the recording, the answer never arrives
         server.stall_next(1, 60, path="/complete")
         reached = lambda: server.count("/complete") == 1  # noqa: E731
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), cfg=str(cfg))],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO), cfg=str(cfg))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(reached, 60, f"the child reached the cut ({cut})")
         time.sleep(0.3)
@@ -411,12 +442,14 @@ def test_kill_9_between_steps_resumes_and_completes_once(delivered, tmp_path, se
         orphan = [m for m in rec.media.values() if not m.uploaded]
         assert len(orphan) == 1, "the media record whose answer was lost stays empty (at-least-once)"
     else:
-        assert server.count("/complete") == 2 and server.count("/complete", 409) == 1, \
+        assert server.count("/complete") == 2 and server.count("/complete", 409) == 1, (
             "the repeated complete is answered 409 and taken as done"
+        )
         assert server.count("/upload-url") == 6
 
 
 # --- pieces -------------------------------------------------------------------------------------------
+
 
 def test_an_outbox_from_before_the_progress_table_gains_it(tmp_path):
     old_schema = _SCHEMA.split("-- A multi-step target's progress")[0]
@@ -440,12 +473,16 @@ def test_config_requires_a_readable_token(tmp_path, monkeypatch):
     base = {"storage": {"dir": str(tmp_path)}, "upload": {"targets": ["bota"]}}
     with pytest.raises(config.ConfigError) as e:
         config.from_mapping(base)
-    assert ("upload.bota.token_file", "must name the file holding the API key or device token (or run under "
-            "systemd with a bota_token credential)") in e.value.problems
+    assert (
+        "upload.bota.token_file",
+        "must name the file holding the API key or device token (or run under systemd with a bota_token credential)",
+    ) in e.value.problems
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(config.ConfigError) as e:
-        config.from_mapping(base | {"upload": {"targets": ["bota"], "bota": {
-            "token_file": str(tmp_path / "empty"), "base_url": "ftp://x"}}})
+        config.from_mapping(
+            base
+            | {"upload": {"targets": ["bota"], "bota": {"token_file": str(tmp_path / "empty"), "base_url": "ftp://x"}}}
+        )
     keys = dict(e.value.problems)
     assert "is empty" in keys["upload.bota.token_file"] and "http(s) URL" in keys["upload.bota.base_url"]
     (tmp_path / "creds").mkdir()
@@ -475,8 +512,10 @@ def test_media_are_made_in_a_low_priority_child_and_not_again(delivered, tmp_pat
     out = tmp_path / "m"
     probe = tmp_path / "probe.py"
     # The child's own scheduling, as it sets it before doing any work.
-    probe.write_text("import os, sys\nsys.argv=['x']\nfrom edged.upload.bota.media import _lower_priority\n_lower_priority()\n"
-                     "print(os.sched_getscheduler(0) == getattr(os, 'SCHED_IDLE', -1) or os.nice(0) == 19)\n")
+    probe.write_text(
+        "import os, sys\nsys.argv=['x']\nfrom edged.upload.bota.media import _lower_priority\n_lower_priority()\n"
+        "print(os.sched_getscheduler(0) == getattr(os, 'SCHED_IDLE', -1) or os.nice(0) == 19)\n"
+    )
     out_run = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=str(REPO))
     assert out_run.stdout.strip() == "True", out_run.stderr
     d = media.derive(part, out, [0, 1500])
@@ -488,6 +527,7 @@ def test_media_are_made_in_a_low_priority_child_and_not_again(delivered, tmp_pat
 
 def test_the_storage_in_front_of_moto_checks_presigned_urls_as_s3_does(server):
     import httpx
+
     s3 = server.s3
     url = s3.presign_put("k/one.mp4", "video/mp4", 5, 3600)
     with httpx.Client() as c:
@@ -505,5 +545,11 @@ def test_the_storage_in_front_of_moto_checks_presigned_urls_as_s3_does(server):
         r = c.put(short, content=b"hello", headers=ok_headers)
         assert r.status_code == 403 and "Request has expired" in r.text
     codes = [p.code for p in s3.gate.puts]
-    assert codes == ["SignatureDoesNotMatch", "NotImplemented", "SignatureDoesNotMatch", "SignatureDoesNotMatch", "",
-                     "AccessDenied"]
+    assert codes == [
+        "SignatureDoesNotMatch",
+        "NotImplemented",
+        "SignatureDoesNotMatch",
+        "SignatureDoesNotMatch",
+        "",
+        "AccessDenied",
+    ]

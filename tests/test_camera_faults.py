@@ -12,10 +12,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from edged.capture import SourceUnavailable, open_video
 from edged.app.daemon import Daemon
-from edged.footage.index import Index
+from edged.capture import SourceUnavailable, open_video
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
 from tests.helpers import decode_all
 
 
@@ -25,7 +25,7 @@ def _short_clip(path: Path, seconds: float = 1.0, fps: int = 10) -> Path:
         st.width, st.height, st.pix_fmt = 320, 180, "yuv420p"
         for i in range(int(seconds * fps)):
             img = np.zeros((180, 320, 3), np.uint8)
-            img[:, (i * 30) % 320:] = 200
+            img[:, (i * 30) % 320 :] = 200
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             for p in st.encode(frame):
@@ -47,8 +47,11 @@ def _wait(pred, timeout: float, what: str) -> None:
 def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settings_factory):
     clip = _short_clip(tmp_path / "camera.mkv")
     aside = tmp_path / "unplugged.mkv"
-    s = settings_factory(camera={"source": "file", "device": str(clip), "paced": True},
-                         audio={"source": "none"}, storage={"segment_seconds": 2.0})
+    s = settings_factory(
+        camera={"source": "file", "device": str(clip), "paced": True},
+        audio={"source": "none"},
+        storage={"segment_seconds": 2.0},
+    )
     daemon = Daemon(s)
     t = threading.Thread(target=daemon.run)
     t.start()
@@ -57,8 +60,11 @@ def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settin
         _wait(lambda: daemon.recorder is not None and daemon.recorder.status.frames_encoded >= 15, 10, "frames")
         shutil.move(clip, aside)  # unplugged: the source fails at its next reopen
         _wait(lambda: daemon.recorder.status.state == "camera_lost", 10, "camera_lost state")
-        _wait(lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "camera_lost",
-              5, "status.json to say camera_lost")
+        _wait(
+            lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "camera_lost",
+            5,
+            "status.json to say camera_lost",
+        )
         st = json.loads(status_file.read_text())
         assert "camera_lost" in st["alarms"] and "camera lost" in st["last_error"]
         frames_during_outage = daemon.recorder.status.frames_encoded

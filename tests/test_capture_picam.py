@@ -29,9 +29,9 @@ def opened(width: int = 640, height: int = 480, fps: int = 30) -> tuple[Picamera
 def planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flat = frame.to_ndarray().reshape(-1)
     w, h = frame.width, frame.height
-    y = flat[:w * h].reshape(h, w)
-    u = flat[w * h:w * h * 5 // 4].reshape(h // 2, w // 2)
-    v = flat[w * h * 5 // 4:].reshape(h // 2, w // 2)
+    y = flat[: w * h].reshape(h, w)
+    u = flat[w * h : w * h * 5 // 4].reshape(h // 2, w // 2)
+    v = flat[w * h * 5 // 4 :].reshape(h // 2, w // 2)
     return y, u, v
 
 

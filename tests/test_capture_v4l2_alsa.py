@@ -32,6 +32,7 @@ BLOCK = 960  # 20 ms
 
 # --- V4L2 -------------------------------------------------------------------------------------
 
+
 def test_missing_device_is_unavailable(tmp_path: Path) -> None:
     device = str(tmp_path / "video7")
     with pytest.raises(SourceUnavailable, match=f"{device}: No such file or directory"):
@@ -58,9 +59,13 @@ def test_candidates_put_usb_names_first_each_device_once(tmp_path: Path, monkeyp
     by_id.mkdir()
     os.symlink(tmp_path / "video2", by_id / "usb-046d_HD_Pro_Webcam_C920-video-index0")
     monkeypatch.setattr(v4l2, "DEVICE_GLOBS", (str(by_id / "*-video-index0"), str(tmp_path / "video*")))
-    assert v4l2.candidate_devices() == [str(by_id / "usb-046d_HD_Pro_Webcam_C920-video-index0"),
-                                        str(tmp_path / "video0"), str(tmp_path / "video1"),
-                                        str(tmp_path / "video3"), str(tmp_path / "video10")]
+    assert v4l2.candidate_devices() == [
+        str(by_id / "usb-046d_HD_Pro_Webcam_C920-video-index0"),
+        str(tmp_path / "video0"),
+        str(tmp_path / "video1"),
+        str(tmp_path / "video3"),
+        str(tmp_path / "video10"),
+    ]
 
 
 def mjpeg_recording(path: Path, first_pts_us: int, frames: int = 5, broken_after_first: int = 0) -> Path:
@@ -107,8 +112,10 @@ def test_asks_for_mjpeg_then_the_default_format(tmp_path: Path, monkeypatch: pyt
     source.open()
     source.close()
     wanted = {"video_size": "1280x720", "framerate": "25"}
-    assert fake_open.calls == [("/dev/video4", "v4l2", wanted | {"input_format": "mjpeg"}),
-                               ("/dev/video4", "v4l2", wanted)]
+    assert fake_open.calls == [
+        ("/dev/video4", "v4l2", wanted | {"input_format": "mjpeg"}),
+        ("/dev/video4", "v4l2", wanted),
+    ]
 
 
 def test_frames_come_out_yuv420p_unmarked_with_kernel_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,6 +165,7 @@ def test_timestamps_on_another_clock_are_replaced(tmp_path: Path, monkeypatch: p
 
 
 # --- ALSA -------------------------------------------------------------------------------------
+
 
 def test_missing_alsa_device_is_unavailable() -> None:
     with pytest.raises(SourceUnavailable, match="ALSA capture device 'hw:CARD=NoSuchCard' cannot be opened"):

@@ -17,11 +17,11 @@ from pathlib import Path
 import av
 import pytest
 
+from edged.app.daemon import Daemon
 from edged.clips import builder as clip_mod
 from edged.clips.builder import ClipError, ClipPart, SourceSegment, build_clip, measure
-from edged.app.daemon import Daemon
-from edged.footage.index import Index
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
 from tests.conftest import make_settings
 from tests.helpers import decode_all, packets
 
@@ -35,8 +35,11 @@ OPUS_FRAME_MS = 60
 def sources(tmp_path_factory) -> list[SourceSegment]:
     """65 s in 5 s segments, a keyframe every 2.5 s (segment starts and mid-segment), 480x270."""
     state = tmp_path_factory.mktemp("clip") / "state"
-    s = make_settings(state, camera={"width": 480, "height": 270, "bitrate": 200_000, "keyframe_seconds": 2.5},
-                      storage={"segment_seconds": 5.0})
+    s = make_settings(
+        state,
+        camera={"width": 480, "height": 270, "bitrate": 200_000, "keyframe_seconds": 2.5},
+        storage={"segment_seconds": 5.0},
+    )
     Daemon(s, stop_after_s=65).run()
     rows = Index(StatePaths(state).index).stored()
     assert len(rows) == 13
@@ -65,9 +68,12 @@ def source_timeline(sources: list[SourceSegment]) -> Timeline:
 def part_timeline(part: ClipPart) -> Timeline:
     v, a = packets(part.path, "video"), packets(part.path, "audio")
     base = part.start_mono_ns
-    return Timeline([base + ms * MS for ms in v.pts_ms], [base + ms * MS for ms in v.keyframes],
-                    [(base + ms * MS, base + (ms + d) * MS) for ms, d in zip(a.pts_ms, a.durations_ms)],
-                    sum(v.sizes) + sum(a.sizes))
+    return Timeline(
+        [base + ms * MS for ms in v.pts_ms],
+        [base + ms * MS for ms in v.keyframes],
+        [(base + ms * MS, base + (ms + d) * MS) for ms, d in zip(a.pts_ms, a.durations_ms)],
+        sum(v.sizes) + sum(a.sizes),
+    )
 
 
 def expected(sources, start: int, end: int) -> tuple[int, list[int], list[tuple[int, int]]]:
@@ -250,7 +256,7 @@ def test_an_undecodable_source_fails_the_clip_and_leaves_no_part(sources, tmp_pa
         block = [p.pos for p in c.demux(c.streams.video[0]) if p.size][40]
     pos = block + 4  # past the SimpleBlock header (track, timecode, flags): the VP8 frame itself
     data = bytearray(bad.read_bytes())
-    data[pos:pos + 3] = b"\xff\xff\xff"  # VP8 frame tag: an impossible first-partition size
+    data[pos : pos + 3] = b"\xff\xff\xff"  # VP8 frame tag: an impossible first-partition size
     bad.write_bytes(bytes(data))
     out = tmp_path / "out"
     t0 = sources[0].mono_start_ns

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from edged.core.clock import STEP_THRESHOLD_NS, ClockWatch
 from edged.app.daemon import Daemon
-from edged.footage.index import Index
+from edged.core.clock import STEP_THRESHOLD_NS, ClockWatch
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
 from tests.helpers import Running, SteppableClock, wait_until
 
 DAY_NS = 86_400 * 10**9
@@ -72,8 +72,11 @@ def test_timeline_survives_a_clock_step_while_recording(settings_factory, step_n
     s = settings_factory(camera=SMALL | {"paced": True}, storage={"segment_seconds": 2.0})
     run = Running(Daemon(s, clock=clock, stop_after_s=6))
     try:
-        wait_until(lambda: run.recorder is not None and
-                   (run.recorder.status.current_segment or "").startswith("000000002_"), 15, "the second segment")
+        wait_until(
+            lambda: run.recorder is not None and (run.recorder.status.current_segment or "").startswith("000000002_"),
+            15,
+            "the second segment",
+        )
         wait_until(lambda: "clock_synchronized" in status_json(s.state_dir), 5, "status.json")
         assert status_json(s.state_dir)["clock_synchronized"] is False
         clock.offset_ns = true_offset
@@ -119,8 +122,11 @@ def test_a_step_without_synchronisation_is_recorded_but_not_trusted(settings_fac
     s = settings_factory(camera=SMALL | {"paced": True}, storage={"segment_seconds": 2.0})
     run = Running(Daemon(s, clock=clock, stop_after_s=4))
     try:
-        wait_until(lambda: run.recorder is not None and
-                   (run.recorder.status.current_segment or "").startswith("000000002_"), 15, "the second segment")
+        wait_until(
+            lambda: run.recorder is not None and (run.recorder.status.current_segment or "").startswith("000000002_"),
+            15,
+            "the second segment",
+        )
         clock.offset_ns += DAY_NS
         run.thread.join(timeout=30)
     finally:

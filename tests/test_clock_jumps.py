@@ -21,12 +21,12 @@ import json
 import pytest
 
 from edged.app.daemon import Daemon
+from edged.core.paths import StatePaths
+from edged.core.timefmt import iso
 from edged.events.manager import EventStore
 from edged.footage.index import STORED, Index, Segment
-from edged.core.paths import StatePaths
-from edged.recall.request import parse_time
-from edged.core.timefmt import iso
 from edged.footage.timeline import footage_ranges
+from edged.recall.request import parse_time
 from tests.conftest import make_settings
 from tests.helpers import Running, SteppableClock, wait_until
 
@@ -69,11 +69,15 @@ def step_clock(run: Running, clock: SteppableClock, state, offset_ns: int, synce
     """Set the clock and wait until the recorder has seen it (it looks once a second)."""
     before = len(steps_of(state))
     clock.offset_ns, clock.synced = offset_ns, synced
-    wait_until(lambda: len(steps_of(state)) > before and run.recorder.watch.synchronized is synced, 15,
-               "the recorder to see the clock step")
+    wait_until(
+        lambda: len(steps_of(state)) > before and run.recorder.watch.synchronized is synced,
+        15,
+        "the recorder to see the clock step",
+    )
 
 
 # --- retention and clip manifests --------------------------------------------------------------------
+
 
 class RetentionWatch:
     """Looks at the ring while it runs: oldest unheld footage goes first, one segment at a time."""
@@ -123,10 +127,13 @@ def test_retention_and_clips_follow_the_monotonic_timeline_across_steps(tmp_path
     NTP sets it back. Marks before, during and after; a 10 MB ring overwriting all along."""
     clock = SteppableClock(synced=True)
     true_offset = clock.offset_ns
-    s = make_settings(tmp_path / "state", camera={"width": 320, "height": 180, "bitrate": 1_000_000},
-                      storage={"segment_seconds": 2.0, "max_bytes": 10_000_000},
-                      clips={"pre_roll_seconds": 4.0, "post_roll_seconds": 4.0},
-                      upload={"directory": {"path": str(tmp_path / "delivered")}})
+    s = make_settings(
+        tmp_path / "state",
+        camera={"width": 320, "height": 180, "bitrate": 1_000_000},
+        storage={"segment_seconds": 2.0, "max_bytes": 10_000_000},
+        clips={"pre_roll_seconds": 4.0, "post_roll_seconds": 4.0},
+        upload={"directory": {"path": str(tmp_path / "delivered")}},
+    )
     watch = RetentionWatch(s.state_dir)
     run = Running(Daemon(s, clock=clock))
     events: dict[str, str] = {}
@@ -151,10 +158,12 @@ def test_retention_and_clips_follow_the_monotonic_timeline_across_steps(tmp_path
         mark_and_deliver("clock a day wrong")
         step_clock(run, clock, s.state_dir, true_offset, synced=True)
         mark_and_deliver("clock set right again")
+
         # Released footage is overwritten in its turn: every event's segments go, oldest first.
         def all_overwritten() -> bool:
             rows = {r.seq: r for r in watch.look()}
             return all(rows[seq].state == "evicted" for seq in watch.released)
+
         wait_until(all_overwritten, 60, "the delivered events' footage to be overwritten")
     finally:
         run.stop()
@@ -203,8 +212,12 @@ def test_recall_by_wall_time_finds_the_right_footage_after_a_step(tmp_path, scen
     clock = SteppableClock(synced=synced_before)
     true_offset = clock.offset_ns
     clock.offset_ns = true_offset + before
-    s = make_settings(tmp_path / "state", camera={"width": 320, "height": 180, "bitrate": 150_000},
-                      storage={"segment_seconds": 2.0}, upload={"directory": {"path": str(tmp_path / "delivered")}})
+    s = make_settings(
+        tmp_path / "state",
+        camera={"width": 320, "height": 180, "bitrate": 150_000},
+        storage={"segment_seconds": 2.0},
+        upload={"directory": {"path": str(tmp_path / "delivered")}},
+    )
     run = Running(Daemon(s, clock=clock))
     try:
         record_more(run, 20, "40 s of footage before the step")
@@ -226,15 +239,19 @@ def test_recall_by_wall_time_finds_the_right_footage_after_a_step(tmp_path, scen
             assert abs(off_by) < CLOSE_NS, f"{rid}: protects a range {off_by / 1e9:+.0f} s off the footage asked for"
             assert held.hold_end_mono_ns - held.hold_start_mono_ns == 60 * S
         assert run.recorder.timeline_now_ns() + true_offset < late + 60 * S
-        wait_until(lambda: all(run.daemon.recall.status(rid)["status"] not in ("pending", "processing")
-                               for rid in answers), 90, "both recalls answered")
+        wait_until(
+            lambda: all(run.daemon.recall.status(rid)["status"] not in ("pending", "processing") for rid in answers),
+            90,
+            "both recalls answered",
+        )
     finally:
         run.stop()
     assert run.error is None and run.rc == 0
     rows = [r for r in rows_of(s.state_dir) if r.state in STORED]
     for r in rows:
-        assert abs(r.best_wall_start_ns - (r.mono_start_ns + true_offset)) < CLOSE_NS, \
+        assert abs(r.best_wall_start_ns - (r.mono_start_ns + true_offset)) < CLOSE_NS, (
             f"segment {r.seq} placed {(r.best_wall_start_ns - r.mono_start_ns - true_offset) / 1e9:+.0f} s off"
+        )
     assert len(footage_ranges(rows)) == 1, "one continuous recording on the wall clock"
 
     for rid, start in (("early", early), ("late", late)):
@@ -245,13 +262,18 @@ def test_recall_by_wall_time_finds_the_right_footage_after_a_step(tmp_path, scen
         start_mono, end_mono = start - true_offset, start + 60 * S - true_offset
         got = {x["seq"] for x in manifest["source_segments"]}
 
-        def overlapping(slack_ns: int) -> set[int]:
-            return {r.seq for r in rows if r.mono_start_ns < end_mono + slack_ns
-                    and r.mono_start_ns + r.duration_ns > start_mono - slack_ns}
+        def overlapping(slack_ns: int, start_mono: int = start_mono, end_mono: int = end_mono) -> set[int]:
+            return {
+                r.seq
+                for r in rows
+                if r.mono_start_ns < end_mono + slack_ns and r.mono_start_ns + r.duration_ns > start_mono - slack_ns
+            }
+
         # A segment meeting the window's edge within a rounding error may or may not count.
         assert overlapping(-CLOSE_NS) <= got <= overlapping(CLOSE_NS), (rid, sorted(got))
         parts = manifest["parts"]
         got_start = parse_time(parts[0]["wall_start"])
-        assert start - 2 * S - CLOSE_NS <= got_start <= start + CLOSE_NS, \
+        assert start - 2 * S - CLOSE_NS <= got_start <= start + CLOSE_NS, (
             f"{rid}: the recall starts {(got_start - start) / 1e9:+.3f} s from the time asked"
+        )
         assert sum(p["duration_ms"] for p in parts) >= 60_000

@@ -29,10 +29,14 @@ def problems(text: str, tmp_path: Path) -> dict[str, str]:
 
 # --- defaults and the sample ------------------------------------------------------------------
 
+
 def test_defaults_follow_the_sonoran_target():
     s = config.Settings()
-    assert (s.camera.width, s.camera.height, s.camera.fps) == \
-        (limits.TARGET_WIDTH, limits.TARGET_HEIGHT, limits.TARGET_FPS) == (960, 540, 10)
+    assert (
+        (s.camera.width, s.camera.height, s.camera.fps)
+        == (limits.TARGET_WIDTH, limits.TARGET_HEIGHT, limits.TARGET_FPS)
+        == (960, 540, 10)
+    )
     assert s.camera.bitrate == limits.TARGET_VIDEO_BITRATE == 300_000
     assert s.audio.bitrate == limits.TARGET_AUDIO_BITRATE == 64_000
     assert s.storage.segment_seconds == 10.0
@@ -81,8 +85,9 @@ def test_sample_config_keeps_the_systemd_state_directory(monkeypatch, tmp_path):
     state = tmp_path / "var-lib-edged"
     monkeypatch.setenv("STATE_DIRECTORY", str(state))
     assert config.Settings().storage.dir == str(state)
-    assert config.load(SAMPLE).storage.dir == str(state), \
+    assert config.load(SAMPLE).storage.dir == str(state), (
         "configs/edged.toml sets storage.dir and so overrides $STATE_DIRECTORY"
+    )
 
 
 def test_state_directory_takes_the_first_of_several(monkeypatch):
@@ -106,6 +111,7 @@ def test_default_path_is_optional_but_used_when_present(monkeypatch, tmp_path):
 
 
 # --- files that cannot be used ------------------------------------------------------------------
+
 
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(config.ConfigError) as exc:
@@ -140,49 +146,53 @@ def test_unknown_section_and_key(tmp_path):
     assert "unknown key" in p["storage.sizee"] and "max_bytes" in p["storage.sizee"]
     p = problems("[camera.extra]\nfps = 10\n", tmp_path)  # a sub-table is an unknown key
     assert "unknown key" in p["camera.extra"]
-    p = problems("origin = \"x\"\n", tmp_path)  # Settings.origin is not a TOML key
+    p = problems('origin = "x"\n', tmp_path)  # Settings.origin is not a TOML key
     assert "unknown section" in p["origin"]
 
 
 # --- bad values ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("line,key,words", [
-    # wrong types
-    ('[camera]\nfps = "ten"', "camera.fps", "must be an integer"),
-    ("[camera]\nfps = true", "camera.fps", "must be an integer"),
-    ("[camera]\nfps = 10.0", "camera.fps", "must be an integer"),
-    ("[camera]\npaced = 1", "camera.paced", "true or false"),
-    ('[camera]\npaced = "yes"', "camera.paced", "true or false"),
-    ("[camera]\nkeyframe_seconds = \"2\"", "camera.keyframe_seconds", "must be a number"),
-    ("[camera]\nkeyframe_seconds = true", "camera.keyframe_seconds", "must be a number"),
-    ("[device]\nid = 7", "device.id", "must be a string"),
-    ('[storage]\ndir = ["a"]', "storage.dir", "must be a string"),
-    # out of range
-    ("[camera]\nfps = 0", "camera.fps", "at least 1"),
-    ("[camera]\nfps = 61", "camera.fps", "at most 60"),
-    ("[camera]\nwidth = 961", "camera.width", "even"),
-    ("[camera]\nheight = 541", "camera.height", "even"),
-    ("[camera]\nwidth = 62", "camera.width", "at least 64"),
-    ("[camera]\nbitrate = 1000", "camera.bitrate", "at least 50000"),
-    ("[audio]\nbitrate = 5999", "audio.bitrate", "at least 6000"),
-    ("[audio]\nchannels = 3", "audio.channels", "at most 2"),
-    ("[storage]\nsegment_seconds = 600", "storage.segment_seconds", "at most 60"),
-    ("[storage]\nsegment_seconds = 1.5", "storage.segment_seconds", "at least 2"),
-    ("[storage]\nmax_bytes = 9999999", "storage.max_bytes", "at least 10000000"),
-    ("[storage]\nmin_free_bytes = -1", "storage.min_free_bytes", "at least 0"),
-    ("[storage]\nsync_interval_seconds = 0.1", "storage.sync_interval_seconds", "at least 0.2"),
-    ("[clips]\npre_roll_seconds = 121", "clips.pre_roll_seconds", "at most 120"),
-    ("[clips]\nmax_bytes = 7000000", "clips.max_bytes", "at most 6000000"),
-    ("[clips]\nmax_duration_ms = 130000", "clips.max_duration_ms", "at most 120000"),
-    ("[gpio]\nbutton_bounce_ms = -5", "gpio.button_bounce_ms", "at least 0"),
-    # choices
-    ("[camera]\nsource = \"webcam\"", "camera.source", "one of auto, picamera2, v4l2, synthetic, file; got 'webcam'"),
-    ("[audio]\nsource = \"pulse\"", "audio.source", "one of auto, alsa, synthetic, none"),
-    # the file rule, tables, cross-checks
-    ("[camera]\nsource = \"file\"", "camera.device", "must name the video file"),
-    ("camera = 3", "camera", "must be a table"),
-    ("[clips]\nmax_duration_ms = 8000", "camera.keyframe_seconds", "do not fit clip parts"),
-])
+
+@pytest.mark.parametrize(
+    "line,key,words",
+    [
+        # wrong types
+        ('[camera]\nfps = "ten"', "camera.fps", "must be an integer"),
+        ("[camera]\nfps = true", "camera.fps", "must be an integer"),
+        ("[camera]\nfps = 10.0", "camera.fps", "must be an integer"),
+        ("[camera]\npaced = 1", "camera.paced", "true or false"),
+        ('[camera]\npaced = "yes"', "camera.paced", "true or false"),
+        ('[camera]\nkeyframe_seconds = "2"', "camera.keyframe_seconds", "must be a number"),
+        ("[camera]\nkeyframe_seconds = true", "camera.keyframe_seconds", "must be a number"),
+        ("[device]\nid = 7", "device.id", "must be a string"),
+        ('[storage]\ndir = ["a"]', "storage.dir", "must be a string"),
+        # out of range
+        ("[camera]\nfps = 0", "camera.fps", "at least 1"),
+        ("[camera]\nfps = 61", "camera.fps", "at most 60"),
+        ("[camera]\nwidth = 961", "camera.width", "even"),
+        ("[camera]\nheight = 541", "camera.height", "even"),
+        ("[camera]\nwidth = 62", "camera.width", "at least 64"),
+        ("[camera]\nbitrate = 1000", "camera.bitrate", "at least 50000"),
+        ("[audio]\nbitrate = 5999", "audio.bitrate", "at least 6000"),
+        ("[audio]\nchannels = 3", "audio.channels", "at most 2"),
+        ("[storage]\nsegment_seconds = 600", "storage.segment_seconds", "at most 60"),
+        ("[storage]\nsegment_seconds = 1.5", "storage.segment_seconds", "at least 2"),
+        ("[storage]\nmax_bytes = 9999999", "storage.max_bytes", "at least 10000000"),
+        ("[storage]\nmin_free_bytes = -1", "storage.min_free_bytes", "at least 0"),
+        ("[storage]\nsync_interval_seconds = 0.1", "storage.sync_interval_seconds", "at least 0.2"),
+        ("[clips]\npre_roll_seconds = 121", "clips.pre_roll_seconds", "at most 120"),
+        ("[clips]\nmax_bytes = 7000000", "clips.max_bytes", "at most 6000000"),
+        ("[clips]\nmax_duration_ms = 130000", "clips.max_duration_ms", "at most 120000"),
+        ("[gpio]\nbutton_bounce_ms = -5", "gpio.button_bounce_ms", "at least 0"),
+        # choices
+        ('[camera]\nsource = "webcam"', "camera.source", "one of auto, picamera2, v4l2, synthetic, file; got 'webcam'"),
+        ('[audio]\nsource = "pulse"', "audio.source", "one of auto, alsa, synthetic, none"),
+        # the file rule, tables, cross-checks
+        ('[camera]\nsource = "file"', "camera.device", "must name the video file"),
+        ("camera = 3", "camera", "must be a table"),
+        ("[clips]\nmax_duration_ms = 8000", "camera.keyframe_seconds", "do not fit clip parts"),
+    ],
+)
 def test_bad_values_name_the_key_and_reason(tmp_path, line, key, words):
     p = problems(line + "\n", tmp_path)
     assert set(p) == {key}, p
@@ -191,15 +201,17 @@ def test_bad_values_name_the_key_and_reason(tmp_path, line, key, words):
 
 def test_good_edge_values_are_accepted(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text('[camera]\nsource = "file"\ndevice = "/tmp/x.mp4"\nfps = 60\nwidth = 64\nkeyframe_seconds = 2\n'
-                 "[storage]\nsegment_seconds = 60\nmin_free_bytes = 0\n[clips]\nmax_duration_ms = 120000\n")
+    p.write_text(
+        '[camera]\nsource = "file"\ndevice = "/tmp/x.mp4"\nfps = 60\nwidth = 64\nkeyframe_seconds = 2\n'
+        "[storage]\nsegment_seconds = 60\nmin_free_bytes = 0\n[clips]\nmax_duration_ms = 120000\n"
+    )
     s = config.load(p)
     assert (s.camera.fps, s.camera.width, s.storage.segment_seconds) == (60, 64, 60.0)
     assert isinstance(s.camera.keyframe_seconds, float) and s.camera.keyframe_seconds == 2.0
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    p = problems("[camera]\nfps = 0\nwidth = 3\n[audio]\nbitrate = \"x\"\n[storage]\nnope = 1\n[camra]\n", tmp_path)
+    p = problems('[camera]\nfps = 0\nwidth = 3\n[audio]\nbitrate = "x"\n[storage]\nnope = 1\n[camra]\n', tmp_path)
     assert set(p) == {"camera.fps", "camera.width", "audio.bitrate", "storage.nope", "camra"}
 
 
@@ -227,16 +239,16 @@ def test_error_text_names_file_key_and_reason(tmp_path):
 
 # --- the command line ------------------------------------------------------------------------
 
+
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_config_check_exit_codes(tmp_path):
     good = run_cli("config", "check", str(SAMPLE))
     assert good.returncode == 0 and "ok" in good.stdout and good.stderr == ""
     bad = tmp_path / "bad.toml"
-    bad.write_text("[camera]\nfps = 0\nsource = \"webcam\"\n")
+    bad.write_text('[camera]\nfps = 0\nsource = "webcam"\n')
     out = run_cli("config", "check", str(bad))
     assert out.returncode != 0 and out.stdout == ""
     assert f"{bad}: camera.fps: must be at least 1" in out.stderr
@@ -245,11 +257,14 @@ def test_config_check_exit_codes(tmp_path):
     assert missing.returncode != 0 and "absent.toml" in missing.stderr and "not found" in missing.stderr
 
 
-@pytest.mark.parametrize("text,key", [
-    ("[storage]\ndir = \"{state}\"\nmax_bytes = -1\n", "storage.max_bytes"),
-    ("[storage]\ndir = \"{state}\"\n[camera]\nsource = \"webcam\"\n", "camera.source"),
-    ("[storage]\ndir = \"{state}\"\n[camera\n", "<syntax>"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('[storage]\ndir = "{state}"\nmax_bytes = -1\n', "storage.max_bytes"),
+        ('[storage]\ndir = "{state}"\n[camera]\nsource = "webcam"\n', "camera.source"),
+        ('[storage]\ndir = "{state}"\n[camera\n', "<syntax>"),
+    ],
+)
 def test_run_refuses_a_bad_config_before_touching_storage(tmp_path, text, key):
     bad = tmp_path / "bad.toml"
     state = tmp_path / "state"
@@ -268,22 +283,26 @@ def test_run_with_a_missing_config_does_not_fall_back_to_defaults(tmp_path):
 
 # --- hostile files: bounded, never hanging, never crashing -------------------------------------
 
-@pytest.mark.parametrize("text,key,words", [
-    ("a = " + "[" * 3000 + "]" * 3000, "<file>", "deeper than"),
-    ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "<file>", "deeper than"),
-    ("a." * 3000 + "b = 1", "a.a.a", "nested deeper than"),            # dotted keys nest without brackets
-    ("[" + "a." * 3000 + "b]\nc = 1", "a.a.a", "nested deeper than"),
-    ("[camera]\nfps = 1" + "0" * 5000, "<syntax>", "4300"),             # past int()'s digit limit
-    ("[clips]\npre_roll_seconds = nan", "clips.pre_roll_seconds", "finite"),
-    ("[clips]\npost_roll_seconds = inf", "clips.post_roll_seconds", "finite"),
-    ("[device]\nunit_location = \"" + "x" * 300 + "\"", "device.unit_location", "at most 256 characters"),
-    ('[device]\nid = "a\\u0000b"', "device.id", "control characters"),
-    ('[upload]\ntargets = [' + ", ".join(['"directory"'] * 17) + "]", "upload.targets", "at most 16"),
-    ("[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.5", "clips.post_roll_seconds", "at least 1 s"),
-    ("[storage]\nmin_free_bytes = 1000000000000000000", "storage.min_free_bytes", "at most"),
-    ("[upload]\nbandwidth_kbps = 100000000", "upload.bandwidth_kbps", "at most"),
-    ("[upload.sonoran_v2]\nroblox = 10000000000000", "upload.sonoran_v2.roblox", "at most"),
-])
+
+@pytest.mark.parametrize(
+    "text,key,words",
+    [
+        ("a = " + "[" * 3000 + "]" * 3000, "<file>", "deeper than"),
+        ("a = " + "{b = " * 3000 + "1" + "}" * 3000, "<file>", "deeper than"),
+        ("a." * 3000 + "b = 1", "a.a.a", "nested deeper than"),  # dotted keys nest without brackets
+        ("[" + "a." * 3000 + "b]\nc = 1", "a.a.a", "nested deeper than"),
+        ("[camera]\nfps = 1" + "0" * 5000, "<syntax>", "4300"),  # past int()'s digit limit
+        ("[clips]\npre_roll_seconds = nan", "clips.pre_roll_seconds", "finite"),
+        ("[clips]\npost_roll_seconds = inf", "clips.post_roll_seconds", "finite"),
+        ('[device]\nunit_location = "' + "x" * 300 + '"', "device.unit_location", "at most 256 characters"),
+        ('[device]\nid = "a\\u0000b"', "device.id", "control characters"),
+        ("[upload]\ntargets = [" + ", ".join(['"directory"'] * 17) + "]", "upload.targets", "at most 16"),
+        ("[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.5", "clips.post_roll_seconds", "at least 1 s"),
+        ("[storage]\nmin_free_bytes = 1000000000000000000", "storage.min_free_bytes", "at most"),
+        ("[upload]\nbandwidth_kbps = 100000000", "upload.bandwidth_kbps", "at most"),
+        ("[upload.sonoran_v2]\nroblox = 10000000000000", "upload.sonoran_v2.roblox", "at most"),
+    ],
+)
 def test_hostile_values_are_named_not_crashed_on(tmp_path, text, key, words):
     p = problems(text + "\n", tmp_path)
     assert any(k.startswith(key) for k in p), p
@@ -299,7 +318,7 @@ def test_deep_nesting_is_refused_before_the_parser_recurses(monkeypatch):
         config.parse_toml(("a = " + "[" * 40 + "]" * 40).encode())
     assert calls == []
     # Brackets inside strings and comments are not nesting.
-    text = 'a = "[[[[[[[[[[[[[[[[[[[[" # [[[[[[[[[[[[[[[[[[[[\nb = \'{{{{{{{{{{{{{{{{{{{{\'\nc = """\\"[[[[[[[[[[[[[[[[[["""\n'
+    text = 'a = "[[[[[[[[[[[[[[[[[[[[" # [[[[[[[[[[[[[[[[[[[[\nb = \'{{{{{{{{{{{{{{{{{{{{\'\nc = """\\"[[[[[[[[[[[[[[[[[["""\n'  # noqa: E501
     assert not config.bracket_depth_exceeds(text)
 
 
@@ -312,24 +331,54 @@ def test_every_numeric_key_has_both_bounds_and_every_key_a_trust_class():
 
 
 def test_trust_classes_of_what_matters():
-    signed = ["upload.targets", "upload.directory.path", "device.id", "device.unit_number",
-              "camera.source", "camera.device", "audio.source", "audio.device", "upload.bota.device_id",
-              "upload.bota.base_url", "upload.bota.token_file"]
-    signed += [f"upload.sonoran_v2.{k}" for k in ("base_url", "api_key_file", "account_uuid", "community_user_id",
-                                                  "roblox", "discord", "ident_id", "plan", "devices_sharing_key")]
-    signed += [f"upload.sonoran_legacy.{k}" for k in ("base_url", "community", "account", "session_id", "username",
-                                                      "ident_id", "plan")]
+    signed = [
+        "upload.targets",
+        "upload.directory.path",
+        "device.id",
+        "device.unit_number",
+        "camera.source",
+        "camera.device",
+        "audio.source",
+        "audio.device",
+        "upload.bota.device_id",
+        "upload.bota.base_url",
+        "upload.bota.token_file",
+    ]
+    signed += [
+        f"upload.sonoran_v2.{k}"
+        for k in (
+            "base_url",
+            "api_key_file",
+            "account_uuid",
+            "community_user_id",
+            "roblox",
+            "discord",
+            "ident_id",
+            "plan",
+            "devices_sharing_key",
+        )
+    ]
+    signed += [
+        f"upload.sonoran_legacy.{k}"
+        for k in ("base_url", "community", "account", "session_id", "username", "ident_id", "plan")
+    ]
     for key in signed:
         assert config.trust_of(key) == config.SIGNED, key
     for key in ("storage.dir", "sync.dir", "sync.fleet_public_key", "sync.poll_seconds", "sync.status_group"):
         assert config.trust_of(key) == config.LOCAL, key
-    assert set(config.keys_of(config.LOCAL)) == {"storage.dir", "sync.dir", "sync.fleet_public_key",
-                                                 "sync.poll_seconds", "sync.status_group"}
+    assert set(config.keys_of(config.LOCAL)) == {
+        "storage.dir",
+        "sync.dir",
+        "sync.fleet_public_key",
+        "sync.poll_seconds",
+        "sync.status_group",
+    }
     assert "clips.pre_roll_seconds" in config.keys_of(config.TUNABLE)
 
 
 def _fifo(path: Path) -> Path:
     import os
+
     os.mkfifo(path)
     return path
 
@@ -337,12 +386,17 @@ def _fifo(path: Path) -> Path:
 def test_the_local_loader_never_hangs_nor_reads_forever(tmp_path):
     import os
     import time
+
     fifo = _fifo(tmp_path / "fifo.toml")
     (tmp_path / "zero.toml").symlink_to("/dev/zero")
     (tmp_path / "fifo-link.toml").symlink_to(fifo)
     (tmp_path / "huge.toml").write_bytes(b"# " + b"x" * (config.MAX_FILE_BYTES + 10) + b"\n")
-    for name, words in (("fifo.toml", "FIFO"), ("zero.toml", "device"), ("fifo-link.toml", "FIFO"),
-                        ("huge.toml", "bytes")):
+    for name, words in (
+        ("fifo.toml", "FIFO"),
+        ("zero.toml", "device"),
+        ("fifo-link.toml", "FIFO"),
+        ("huge.toml", "bytes"),
+    ):
         t0 = time.monotonic()
         with pytest.raises(config.ConfigError) as exc:
             config.load(tmp_path / name)
@@ -367,6 +421,7 @@ def test_folders_that_must_stay_apart(tmp_path):
         except config.ConfigError as exc:
             return dict(exc.problems)
         return {}
+
     assert check() == {}
     assert "sync.dir" in check(sync={"dir": str(state / "sync")})
     assert "sync.dir" in check(storage={"dir": str(sync / "state")})
@@ -398,34 +453,42 @@ def synced(data: dict, *, signed: bool = False, local: dict | None = None, fs: i
     return {}
 
 
-@pytest.mark.parametrize("data,key", [
-    ({"storage": {"max_bytes": 40_000_000}}, "storage.max_bytes"),          # below the local budget
-    ({"storage": {"sync_interval_seconds": 5.0}}, "storage.sync_interval_seconds"),
-    ({"clips": {"pre_roll_seconds": 0.0}}, "clips.pre_roll_seconds"),
-    ({"clips": {"post_roll_seconds": 2.0}}, "clips.post_roll_seconds"),
-    ({"upload": {"bandwidth_kbps": 1}}, "upload.bandwidth_kbps"),
-    ({"upload": {"retry_cap_seconds": 86400.0}}, "upload.retry_cap_seconds"),
-    ({"upload": {"timeout_seconds": 5.0}}, "upload.timeout_seconds"),
-    ({"camera": {"bitrate": 50_000}}, "camera.bitrate"),
-    ({"audio": {"bitrate": 6_000}}, "audio.bitrate"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"storage": {"max_bytes": 40_000_000}}, "storage.max_bytes"),  # below the local budget
+        ({"storage": {"sync_interval_seconds": 5.0}}, "storage.sync_interval_seconds"),
+        ({"clips": {"pre_roll_seconds": 0.0}}, "clips.pre_roll_seconds"),
+        ({"clips": {"post_roll_seconds": 2.0}}, "clips.post_roll_seconds"),
+        ({"upload": {"bandwidth_kbps": 1}}, "upload.bandwidth_kbps"),
+        ({"upload": {"retry_cap_seconds": 86400.0}}, "upload.retry_cap_seconds"),
+        ({"upload": {"timeout_seconds": 5.0}}, "upload.timeout_seconds"),
+        ({"camera": {"bitrate": 50_000}}, "camera.bitrate"),
+        ({"audio": {"bitrate": 6_000}}, "audio.bitrate"),
+    ],
+)
 def test_unsigned_cannot_keep_less_evidence(data, key):
     p = synced(data)
     assert set(p) == {key} and "unsigned synced config" in p[key], p
     assert synced(data, signed=True) == {}, "a signed config may"
 
 
-@pytest.mark.parametrize("data,key", [
-    ({"upload": {"sonoran_v2": {"account_uuid": "someone-else"}}}, "upload.sonoran_v2.account_uuid"),
-    ({"upload": {"sonoran_legacy": {"community": "c", "account": "a", "session_id": "s", "username": "u"}}},
-     "upload.sonoran_legacy.community"),
-    ({"upload": {"bota": {"device_id": "other"}}}, "upload.bota.device_id"),
-    ({"device": {"id": "other"}}, "device.id"),
-    ({"camera": {"source": "file", "device": "/tmp/x.webm"}}, "camera.source"),
-    ({"audio": {"source": "none"}}, "audio.source"),
-    ({"camera": {"width": 64}}, "camera.width"),
-    ({"gpio": {"button_pin": ""}}, "gpio.button_pin"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"upload": {"sonoran_v2": {"account_uuid": "someone-else"}}}, "upload.sonoran_v2.account_uuid"),
+        (
+            {"upload": {"sonoran_legacy": {"community": "c", "account": "a", "session_id": "s", "username": "u"}}},
+            "upload.sonoran_legacy.community",
+        ),
+        ({"upload": {"bota": {"device_id": "other"}}}, "upload.bota.device_id"),
+        ({"device": {"id": "other"}}, "device.id"),
+        ({"camera": {"source": "file", "device": "/tmp/x.webm"}}, "camera.source"),
+        ({"audio": {"source": "none"}}, "audio.source"),
+        ({"camera": {"width": 64}}, "camera.width"),
+        ({"gpio": {"button_pin": ""}}, "gpio.button_pin"),
+    ],
+)
 def test_unsigned_cannot_set_signed_only_keys(data, key):
     p = synced(data)
     assert key in p and "signed-only" in p[key], p
@@ -434,11 +497,12 @@ def test_unsigned_cannot_set_signed_only_keys(data, key):
 def test_unsigned_bounds_that_allow_what_keeps_more():
     assert synced({"upload": {"bandwidth_kbps": 0}}) == {}
     assert synced({"upload": {"bandwidth_kbps": 600}}) == {}
-    assert synced({"storage": {"max_bytes": 8_000_000_000}}) == {}        # raised above the local 4 GB
+    assert synced({"storage": {"max_bytes": 8_000_000_000}}) == {}  # raised above the local 4 GB
     assert synced({"clips": {"pre_roll_seconds": 10.0, "post_roll_seconds": 60.0}}) == {}
     # The floor is against the local value, not the default.
-    assert "storage.max_bytes" in synced({"storage": {"max_bytes": 2 * GiB}},
-                                         local={"storage": {"max_bytes": 3 * GiB, "min_free_bytes": 0}})
+    assert "storage.max_bytes" in synced(
+        {"storage": {"max_bytes": 2 * GiB}}, local={"storage": {"max_bytes": 3 * GiB, "min_free_bytes": 0}}
+    )
 
 
 def test_min_free_bytes_is_a_fraction_of_the_file_system_for_every_synced_config(tmp_path):

@@ -30,8 +30,13 @@ from edged.config import sign as configsign
 from edged.config.sync import ConfigSync, Rejected
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "1200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 #: The local layer every synced document goes over (what the device's owner wrote).
 LOCAL: dict[str, Any] = {
@@ -66,13 +71,18 @@ scalars = st.one_of(
     st.sampled_from([0.0, 9.99, 10.0, 0.1, 1e308, -0.0, math.nan, math.inf]),
     st.text(max_size=40),
     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=300),
-    st.sampled_from(["", "/", "..", "/dev/zero", "/tmp/edged-fuzz/state/x", "file", "none", "directory",
-                     "a\x00b", "x" * 300]),
-    st.datetimes(), st.dates(), st.times(),
+    st.sampled_from(
+        ["", "/", "..", "/dev/zero", "/tmp/edged-fuzz/state/x", "file", "none", "directory", "a\x00b", "x" * 300]
+    ),
+    st.datetimes(),
+    st.dates(),
+    st.times(),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
-                                                       st.dictionaries(names, inner, max_size=4)),
-                      max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(names, inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -88,9 +98,11 @@ def schema_value(draw: st.DrawFn, key: str) -> Any:
         lo, hi = meta["lo"], meta["hi"]
         edges = [v for v in (lo, hi) if v is not None]
         near = [e + d for e in edges for d in (-1, 0, 1)] + edges
-        number = st.one_of(st.sampled_from(near or [0]),
-                           st.floats(min_value=lo, max_value=hi) if lo is not None else st.floats(),
-                           st.integers(min_value=int(lo), max_value=int(hi)) if lo is not None else st.integers())
+        number = st.one_of(
+            st.sampled_from(near or [0]),
+            st.floats(min_value=lo, max_value=hi) if lo is not None else st.floats(),
+            st.integers(min_value=int(lo), max_value=int(hi)) if lo is not None else st.integers(),
+        )
         got = draw(number)
         return int(got) if isinstance(default, int) and not isinstance(got, float) else got
     if isinstance(default, tuple):
@@ -187,19 +199,43 @@ def to_toml(doc: dict[str, Any]) -> bytes:
 
 
 FRAGMENTS = [
-    b"[camera]\n", b"[clips]\n", b"[storage]\n", b"[upload.sonoran_v2]\n", b"[sync]\n", b"[[camera]]\n",
-    b"bitrate = 400000\n", b"pre_roll_seconds = 0.0\n", b"min_free_bytes = 1000000000000000000\n",
-    b"dir = \"/tmp/x\"\n", b"account_uuid = \"other\"\n", b"a = " + b"[" * 40, b"]" * 40 + b"\n",
-    b"b = {c = {d = {e = 1}}}\n", b"x." * 40 + b"y = 1\n", b"fps = 1" + b"0" * 5000 + b"\n", b"s = \"\\u0000\"\n",
-    b"t = '''\n[[[[\n'''\n", b"# [[[[[[[[[[[[[[[[[[[[\n", b"\"quoted.key\" = 3\n", b"nan_ = nan\n", b"\xff\xfe",
-    b"pre_roll_seconds = nan\n", b"v = 1979-05-27T07:32:00Z\n", b"\r\n", b"=", b"[", b"\"",
+    b"[camera]\n",
+    b"[clips]\n",
+    b"[storage]\n",
+    b"[upload.sonoran_v2]\n",
+    b"[sync]\n",
+    b"[[camera]]\n",
+    b"bitrate = 400000\n",
+    b"pre_roll_seconds = 0.0\n",
+    b"min_free_bytes = 1000000000000000000\n",
+    b'dir = "/tmp/x"\n',
+    b'account_uuid = "other"\n',
+    b"a = " + b"[" * 40,
+    b"]" * 40 + b"\n",
+    b"b = {c = {d = {e = 1}}}\n",
+    b"x." * 40 + b"y = 1\n",
+    b"fps = 1" + b"0" * 5000 + b"\n",
+    b's = "\\u0000"\n',
+    b"t = '''\n[[[[\n'''\n",
+    b"# [[[[[[[[[[[[[[[[[[[[\n",
+    b'"quoted.key" = 3\n',
+    b"nan_ = nan\n",
+    b"\xff\xfe",
+    b"pre_roll_seconds = nan\n",
+    b"v = 1979-05-27T07:32:00Z\n",
+    b"\r\n",
+    b"=",
+    b"[",
+    b'"',
 ]
 toml_texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=20)), max_size=12).map(b"".join)
-any_bytes = st.one_of(st.binary(max_size=300), toml_texts, synced_mappings().map(to_toml),
-                      plausible_mappings().map(to_toml))
+any_bytes = st.one_of(
+    st.binary(max_size=300), toml_texts, synced_mappings().map(to_toml), plausible_mappings().map(to_toml)
+)
 
 
 # --- the checks every answer must pass ---------------------------------------------------------
+
 
 def assert_named(problems: list[tuple[str, str]]) -> None:
     assert problems, "a rejection without a reason"
@@ -210,7 +246,7 @@ def assert_named(problems: list[tuple[str, str]]) -> None:
 
 def assert_trusted(new: config.Settings, signed: bool, base: config.Settings = LOCAL_SETTINGS) -> None:
     """Local keys never move; unsigned, signed keys neither, and tunable keys stay in bounds."""
-    for key in (PROTECTED if not signed else config.keys_of(config.LOCAL)):
+    for key in PROTECTED if not signed else config.keys_of(config.LOCAL):
         assert config._get(new, tuple(key.split("."))) == config._get(base, tuple(key.split("."))), key
     if signed:
         return
@@ -223,6 +259,7 @@ def assert_trusted(new: config.Settings, signed: bool, base: config.Settings = L
 
 
 # --- properties --------------------------------------------------------------------------------
+
 
 def check_layers(doc: dict[str, Any], signed: bool) -> None:
     """from_layers answers settings that keep to the trust model, or problems each naming a key."""
@@ -256,8 +293,11 @@ def watchers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     made = {}
     for name, sync in (("unsigned", {}), ("signed", {"fleet_public_key": configsign.public_key_b64(key.public_key())})):
         (root / name / "sync").mkdir(parents=True)
-        data = {**LOCAL, "storage": {**LOCAL["storage"], "dir": str(root / name / "state")},
-                "sync": {"dir": str(root / name / "sync"), **sync}}
+        data = {
+            **LOCAL,
+            "storage": {**LOCAL["storage"], "dir": str(root / name / "state")},
+            "sync": {"dir": str(root / name / "sync"), **sync},
+        }
         made[name] = ConfigSync(config.from_mapping(data), data, lambda *a: None)
     made["key"] = key
     return made
@@ -283,10 +323,15 @@ def test_bytes_unsigned_answer_settings_or_a_named_rejection(watchers: dict[str,
 
 
 @FUZZ
-@given(body=any_bytes, serial=st.integers(1, 2**63 - 1),
-       devices=st.lists(st.sampled_from(["fuzz-cam", "cam-1", "cam-2"]), max_size=3), flip=st.integers(0, 2**16))
-def test_signed_bytes_and_their_mutations(watchers: dict[str, Any], body: bytes, serial: int, devices: list[str],
-                                          flip: int) -> None:
+@given(
+    body=any_bytes,
+    serial=st.integers(1, 2**63 - 1),
+    devices=st.lists(st.sampled_from(["fuzz-cam", "cam-1", "cam-2"]), max_size=3),
+    flip=st.integers(0, 2**16),
+)
+def test_signed_bytes_and_their_mutations(
+    watchers: dict[str, Any], body: bytes, serial: int, devices: list[str], flip: int
+) -> None:
     cs = watchers["signed"]
     signed = configsign.sign(body, watchers["key"], serial=serial, devices=devices)
     new = _judge(cs, signed)
@@ -297,11 +342,10 @@ def test_signed_bytes_and_their_mutations(watchers: dict[str, Any], body: bytes,
     head, _, rest = signed.partition(b"\n")
     if rest:
         i = flip % len(rest)
-        mutated = head + b"\n" + rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1:]
+        mutated = head + b"\n" + rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1 :]
         assert _judge(cs, mutated) is None
     bumped = head.replace(f" serial={serial}".encode(), f" serial={serial + 1}".encode()) + b"\n" + rest
     assert _judge(cs, bumped) is None
     # Unsigned bytes never pass a device that wants signatures.
     if not body.startswith(configsign.PREFIX):
         assert _judge(cs, body) is None
-

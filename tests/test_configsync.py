@@ -42,7 +42,8 @@ class Harness:
         self.sync_dir.mkdir(exist_ok=True)
         self.file = self.sync_dir / "edged.toml"
         self.data: dict[str, Any] = {
-            "camera": {"source": "synthetic"}, "audio": {"source": "synthetic"},
+            "camera": {"source": "synthetic"},
+            "audio": {"source": "synthetic"},
             "storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0},
             "sync": {"dir": str(self.sync_dir), "poll_seconds": POLL, **(sync or {})},
         }
@@ -74,8 +75,11 @@ class Harness:
 
     def wait_status(self, data: bytes, state: str) -> dict[str, Any]:
         v = version_of(data)
-        wait_until(lambda: (st := self.status()) is not None and st["version"] == v and st["state"] == state,
-                   WAIT, f"status {state} for {v[:12]} (now {self.status()})")
+        wait_until(
+            lambda: (st := self.status()) is not None and st["version"] == v and st["state"] == state,
+            WAIT,
+            f"status {state} for {v[:12]} (now {self.status()})",
+        )
         st = self.status()
         assert st is not None
         return st
@@ -95,6 +99,7 @@ def make(tmp_path):
         h = Harness(tmp_path, **kw)
         made.append(h)
         return h
+
     yield factory
     for h in made:
         h.cs.stop()
@@ -106,18 +111,29 @@ def errors(st: dict[str, Any]) -> dict[str, str]:
 
 # --- the config layer ---------------------------------------------------------------------------
 
+
 def test_live_rule_changed_keys_and_layers():
     assert config.is_live("camera.bitrate") and config.is_live("audio.bitrate")
     assert config.is_live("storage.max_bytes") and config.is_live("storage.min_free_bytes")
     assert config.is_live("clips.pre_roll_seconds") and config.is_live("upload.sonoran_v2.base_url")
     assert config.is_live("upload.targets")
-    for key in ("camera.width", "camera.source", "storage.dir", "storage.segment_seconds", "gpio.button_pin",
-                "device.id", "sync.dir", "audio.source"):
+    for key in (
+        "camera.width",
+        "camera.source",
+        "storage.dir",
+        "storage.segment_seconds",
+        "gpio.button_pin",
+        "device.id",
+        "sync.dir",
+        "audio.source",
+    ):
         assert not config.is_live(key), key
     assert config.needs_restart(["camera.width", "camera.bitrate", "gpio.led_pin"]) == ["camera.width", "gpio.led_pin"]
 
-    local = {"storage": {"dir": "/var/lib/edged", "min_free_bytes": 0},
-             "upload": {"directory": {"path": "/mnt/a"}, "retry_base_seconds": 3.0}}
+    local = {
+        "storage": {"dir": "/var/lib/edged", "min_free_bytes": 0},
+        "upload": {"directory": {"path": "/mnt/a"}, "retry_base_seconds": 3.0},
+    }
     new = config.from_layers(local, {"upload": {"retry_cap_seconds": 900.0}, "camera": {"keyframe_seconds": 5.0}})
     # overlaid key by key: the local sub-table and sibling key survive
     assert new.upload.directory.path == "/mnt/a" and new.upload.retry_base_seconds == 3.0
@@ -129,12 +145,14 @@ def test_live_rule_changed_keys_and_layers():
     assert running.upload.retry_cap_seconds == 900.0
 
     with pytest.raises(config.ConfigError) as exc:
-        config.from_layers(local, {"storage": {"dir": "/tmp/elsewhere"}, "sync": {"fleet_public_key": ""},
-                                   "camera": {"bitrate": 1}})
+        config.from_layers(
+            local, {"storage": {"dir": "/tmp/elsewhere"}, "sync": {"fleet_public_key": ""}, "camera": {"bitrate": 1}}
+        )
     assert dict(exc.value.problems) == {
         "storage.dir": "can only be set in the local config",
         "sync.fleet_public_key": "can only be set in the local config",
-        "camera.bitrate": "must be at least 50000; got 1"}
+        "camera.bitrate": "must be at least 50000; got 1",
+    }
 
 
 def test_fleet_public_key_forms(tmp_path):
@@ -148,8 +166,10 @@ def test_fleet_public_key_forms(tmp_path):
     b64f.write_text(b64 + "\n")
     ssh.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
     for value in (b64, str(pem), str(rawf), str(b64f), str(ssh)):
-        assert configsign.load_public_key(value).public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw, value
+        assert (
+            configsign.load_public_key(value).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            == raw
+        ), value
     for bad in ("not-a-key", base64.b64encode(b"short").decode(), str(tmp_path / "missing.pem")):
         with pytest.raises(config.ConfigError) as exc:
             config.from_mapping({"sync": {"fleet_public_key": bad}})
@@ -158,8 +178,10 @@ def test_fleet_public_key_forms(tmp_path):
 
 def test_the_local_layer_is_the_file_the_daemon_was_started_with(tmp_path):
     local_file = tmp_path / "local.toml"
-    local_file.write_text(f"[storage]\ndir = \"{tmp_path / 'state'}\"\nmin_free_bytes = 0\n"
-                          f"[sync]\ndir = \"{tmp_path / 'sync'}\"\n[upload.directory]\npath = \"/mnt/usb\"\n")
+    local_file.write_text(
+        f'[storage]\ndir = "{tmp_path / "state"}"\nmin_free_bytes = 0\n'
+        f'[sync]\ndir = "{tmp_path / "sync"}"\n[upload.directory]\npath = "/mnt/usb"\n'
+    )
     local = config.load(local_file)
     data = local_layer(local)
     assert data["upload"] == {"directory": {"path": "/mnt/usb"}}
@@ -170,6 +192,7 @@ def test_the_local_layer_is_the_file_the_daemon_was_started_with(tmp_path):
 
 
 # --- how files arrive -------------------------------------------------------------------------
+
 
 def test_atomic_renames_of_syncthing_and_rsync_are_applied(make):
     h = make()
@@ -201,6 +224,7 @@ def test_temporary_files_of_sync_tools_are_never_read(make, monkeypatch):
     def spy_open(self: Folder, name: str, max_bytes: int | None = None) -> Any:
         opened.append(self.path / name)
         return real_open(self, name, max_bytes)
+
     monkeypatch.setattr(Folder, "open_regular", spy_open)
     h.start()
     for name in (".syncthing.edged.toml.tmp", ".edged.toml.Ab12Cd", "~syncthing~edged.toml.tmp"):
@@ -214,12 +238,14 @@ def test_temporary_files_of_sync_tools_are_never_read(make, monkeypatch):
 
 def _chunks(text: bytes, lines_per_chunk: int) -> list[bytes]:
     lines = text.splitlines(keepends=True)
-    return [b"".join(lines[i:i + lines_per_chunk]) for i in range(0, len(lines), lines_per_chunk)]
+    return [b"".join(lines[i : i + lines_per_chunk]) for i in range(0, len(lines), lines_per_chunk)]
 
 
 def test_in_place_writes_in_chunks_are_read_only_whole(make, caplog):
-    full = (b"[clips]\npre_roll_seconds = 10.0\npost_roll_seconds = 20.0\n[camera]\nbitrate = 400000\n"
-            b"[audio]\nbitrate = 32000\n[upload]\nretry_base_seconds = 5.0\nretry_cap_seconds = 700.0\n")
+    full = (
+        b"[clips]\npre_roll_seconds = 10.0\npost_roll_seconds = 20.0\n[camera]\nbitrate = 400000\n"
+        b"[audio]\nbitrate = 32000\n[upload]\nretry_base_seconds = 5.0\nretry_cap_seconds = 700.0\n"
+    )
     chunks = _chunks(full, 2)
     h = make()
     # Every prefix cut at a line is a valid config that differs from the whole file, so a reader
@@ -246,12 +272,18 @@ def test_in_place_writes_in_chunks_are_read_only_whole(make, caplog):
     settings, live, _ = h.calls[0]
     assert settings.camera.bitrate == 400_000 and settings.audio.bitrate == 32_000
     assert settings.upload.retry_cap_seconds == 700.0
-    assert live == ["audio.bitrate", "clips.pre_roll_seconds", "clips.post_roll_seconds",
-                    "upload.retry_base_seconds", "upload.retry_cap_seconds"]
+    assert live == [
+        "audio.bitrate",
+        "clips.pre_roll_seconds",
+        "clips.post_roll_seconds",
+        "upload.retry_base_seconds",
+        "upload.retry_cap_seconds",
+    ]
     assert not [r for r in caplog.records if "rejected" in r.getMessage()]
 
 
 # The same rules, one poll at a time (no thread): what a poll does is then exact.
+
 
 def test_a_writer_pausing_for_a_poll_mid_file_is_given_one_more_look(make):
     h = make()
@@ -307,6 +339,7 @@ def test_a_file_that_grows_while_it_is_read_is_read_again(make, monkeypatch):
             w.write(b"[audio]\nbitrate = 32000\n")
         monkeypatch.undo()
         return got
+
     h.cs.poll()
     monkeypatch.setattr(SyncFolder, "read_config", racing)
     h.cs.poll()
@@ -335,13 +368,16 @@ BAD = [
     (b"[camera]\nbitrate = = 3\n", "<syntax>", "Invalid value"),
     (b"[camera]\nbitrate = 5\n", "camera.bitrate", "must be at least 50000; got 5"),
     (b"[camera]\nbitrate = 400000\nzoom = 2\n", "camera.zoom", "unknown key"),
-    (b"[storage]\ndir = \"/tmp/elsewhere\"\n", "storage.dir", "can only be set in the local config"),
-    (b"[sync]\nfleet_public_key = \"\"\n", "sync.fleet_public_key", "can only be set in the local config"),
-    (b"[sync]\ndir = \"/tmp/x\"\n", "sync.dir", "can only be set in the local config"),
-    (b"[upload]\ntargets = [\"ftp\"]\n", "upload.targets", "only a signed synced config may set it"),
-    (b"[upload.directory]\npath = \"/tmp/elsewhere\"\n", "upload.directory.path", "only a signed synced config"),
-    (b"[upload.sonoran_v2]\nbase_url = \"https://evil.example\"\napi_key_file = \"/etc/shadow\"\n",
-     "upload.sonoran_v2.base_url", "only a signed synced config"),
+    (b'[storage]\ndir = "/tmp/elsewhere"\n', "storage.dir", "can only be set in the local config"),
+    (b'[sync]\nfleet_public_key = ""\n', "sync.fleet_public_key", "can only be set in the local config"),
+    (b'[sync]\ndir = "/tmp/x"\n', "sync.dir", "can only be set in the local config"),
+    (b'[upload]\ntargets = ["ftp"]\n', "upload.targets", "only a signed synced config may set it"),
+    (b'[upload.directory]\npath = "/tmp/elsewhere"\n', "upload.directory.path", "only a signed synced config"),
+    (
+        b'[upload.sonoran_v2]\nbase_url = "https://evil.example"\napi_key_file = "/etc/shadow"\n',
+        "upload.sonoran_v2.base_url",
+        "only a signed synced config",
+    ),
     (b"[clips]\npre_roll_seconds = 500.0\n", "clips.pre_roll_seconds", "must be at most"),
     (b"\xff\xfe[camera]\n", "<file>", "not UTF-8"),
 ]
@@ -380,8 +416,11 @@ def test_restart_needed_keys_are_reported_and_wait_for_the_restart(make):
     settings, live, r = h.calls[-1]
     assert live == ["camera.bitrate"] and r == restart
     # what runs: the live key from the file, the others as started
-    assert (settings.camera.keyframe_seconds, settings.camera.bitrate, settings.storage.segment_seconds) == \
-        (10.0, 400_000, 10.0)
+    assert (settings.camera.keyframe_seconds, settings.camera.bitrate, settings.storage.segment_seconds) == (
+        10.0,
+        400_000,
+        10.0,
+    )
 
     # Live values that do not fit what runs until the restart: clips of 5 s with the running 10 s
     # segments would break the keyframe rule, so the whole file waits for the restart.
@@ -403,6 +442,7 @@ def test_restart_needed_keys_are_reported_and_wait_for_the_restart(make):
 
 # --- signatures -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fleet_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
@@ -415,7 +455,7 @@ def _b64pub(key: Ed25519PrivateKey) -> str:
 def test_where_evidence_goes_is_changed_only_by_a_signed_config(make, fleet_key):
     """Unsigned, a synced file may tune the recording but never redirect it (targets, URLs, key
     files, the delivery folder); signed by the fleet key, it may."""
-    redirect = b"[upload]\ntargets = [\"directory\"]\n[upload.directory]\npath = \"/mnt/usb\"\n"
+    redirect = b'[upload]\ntargets = ["directory"]\n[upload.directory]\npath = "/mnt/usb"\n'
     with pytest.raises(config.ConfigError) as exc:
         config.from_layers({}, tomllib.loads(redirect.decode()))
     assert sorted(k for k, _ in exc.value.problems) == ["upload.directory.path", "upload.targets"]
@@ -464,16 +504,25 @@ def test_the_serial_and_the_devices_are_signed(fleet_key):
     assert signed.split(b"\n")[0].endswith(b" serial=7 devices=cam-1,cam-2")
     assert configsign.verified(signed, pub) == configsign.Signed(A, 7, ("cam-1", "cam-2"))
     head, body = signed.split(b"\n", 1)
-    for forged in (head.replace(b"serial=7", b"serial=9"), head.replace(b"cam-1,cam-2", b"cam-1,cam-3"),
-                   head.replace(b" devices=cam-1,cam-2", b"")):
+    for forged in (
+        head.replace(b"serial=7", b"serial=9"),
+        head.replace(b"cam-1,cam-2", b"cam-1,cam-3"),
+        head.replace(b" devices=cam-1,cam-2", b""),
+    ):
         with pytest.raises(configsign.SignatureError, match="does not verify"):
             configsign.verified(forged + b"\n" + body, pub)
     # An old-format file (no serial) is refused with what to do about it.
     old = configsign.PREFIX + base64.b64encode(fleet_key.sign(A)) + b"\n" + A
     with pytest.raises(configsign.SignatureError, match="sign it again"):
         configsign.verified(old, pub)
-    for bad in (b" serial=-1", b" serial=x", b" serial=1 serial=2", b" serial=1 colour=red", b" serial=1 devices=b,a",
-                b" serial=99999999999999999999"):
+    for bad in (
+        b" serial=-1",
+        b" serial=x",
+        b" serial=1 serial=2",
+        b" serial=1 colour=red",
+        b" serial=1 devices=b,a",
+        b" serial=99999999999999999999",
+    ):
         with pytest.raises(configsign.SignatureError):
             configsign.verified(head.split(b" ")[0] + b" " + head.split(b" ")[1] + bad + b"\n" + body, pub)
     with pytest.raises(ValueError):
@@ -505,6 +554,7 @@ def test_a_failing_apply_is_a_rejection_with_its_reason(make):
 
 
 # --- restarts ---------------------------------------------------------------------------------
+
 
 def test_a_restart_comes_up_on_the_last_good_even_after_a_bad_file(make, tmp_path):
     h = make()
@@ -554,9 +604,9 @@ def test_a_kept_config_signed_by_an_old_key_is_not_started_on(make, fleet_key):
 
 # --- the commands, end to end -----------------------------------------------------------------
 
+
 def _edged(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edged", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "edged", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
 def test_keygen_and_sign_commands_end_to_end(make, tmp_path):
@@ -593,6 +643,7 @@ def test_keygen_and_sign_commands_end_to_end(make, tmp_path):
 
 
 # --- hostile files and folders (issue 12): rejected once with the reason, never a crash or a hang ---
+
 
 def _settle(h: Harness, polls: int = 4) -> None:
     for _ in range(polls):
@@ -677,6 +728,7 @@ def test_any_exception_while_judging_is_a_rejection_once_not_a_crash_loop(make, 
 
     def boom(*a: Any, **kw: Any) -> Any:
         raise RecursionError("maximum recursion depth exceeded")
+
     monkeypatch.setattr(config, "from_layers", boom)
     h.atomic(A, ".syncthing.edged.toml.tmp")
     _settle(h, 10)
@@ -686,6 +738,7 @@ def test_any_exception_while_judging_is_a_rejection_once_not_a_crash_loop(make, 
 
     def surprise(*a: Any) -> Any:
         raise KeyError("surprise")
+
     monkeypatch.setattr(config, "changed_keys", surprise)  # after validation, before on_apply
     h.atomic(B, ".syncthing.edged.toml.tmp")
     _settle(h, 10)
@@ -750,7 +803,9 @@ def test_a_signed_config_for_other_devices_is_refused(make, fleet_key):
     h.atomic(for_others, ".syncthing.edged.toml.tmp")
     _settle(h, 3)
     st = h.status()
-    assert st["state"] == "rejected" and "cam-1, cam-2" in errors(st)["<devices>"] and "cam-7" in errors(st)["<devices>"]
+    assert (
+        st["state"] == "rejected" and "cam-1, cam-2" in errors(st)["<devices>"] and "cam-7" in errors(st)["<devices>"]
+    )
     for_me = configsign.sign(A, fleet_key, serial=11, devices=["cam-1", "cam-7"])
     h.atomic(for_me, ".syncthing.edged.toml.tmp")
     _settle(h, 3)
@@ -773,9 +828,9 @@ def test_unsigned_evidence_reducing_values_are_refused_naming_the_key(make):
         b"[storage]\nmin_free_bytes = 1000000000000000000\n": "storage.min_free_bytes",
         b"[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.0\n": "clips.pre_roll_seconds",
         b"[upload]\nbandwidth_kbps = 1\n": "upload.bandwidth_kbps",
-        b"[upload.sonoran_v2]\naccount_uuid = \"someone-else\"\n": "upload.sonoran_v2.account_uuid",
-        b"[upload.sonoran_legacy]\nusername = \"x\"\n": "upload.sonoran_legacy.username",
-        b"[camera]\nsource = \"file\"\n[audio]\nsource = \"none\"\n[device]\nid = \"x\"\n": "camera.source",
+        b'[upload.sonoran_v2]\naccount_uuid = "someone-else"\n': "upload.sonoran_v2.account_uuid",
+        b'[upload.sonoran_legacy]\nusername = "x"\n': "upload.sonoran_legacy.username",
+        b'[camera]\nsource = "file"\n[audio]\nsource = "none"\n[device]\nid = "x"\n': "camera.source",
     }
     for data, key in cases.items():
         h.atomic(data, ".syncthing.edged.toml.tmp")
@@ -788,7 +843,7 @@ def test_unsigned_evidence_reducing_values_are_refused_naming_the_key(make):
 def test_startup_never_raises_whatever_the_state_folder_holds(make):
     h = make()
     h.local.state_dir.mkdir(parents=True, exist_ok=True)
-    (h.local.state_dir / "synced-config.toml").mkdir()   # not a file
+    (h.local.state_dir / "synced-config.toml").mkdir()  # not a file
     (h.local.state_dir / "synced-config.serial").write_text("{not json")
     h2 = make()
     assert h2.cs.startup() == h2.local

@@ -27,8 +27,13 @@ from hypothesis import strategies as st
 from edged.app.control import COMMANDS, MAX_REQUEST, ControlServer, answer
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "2000"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 SOCKET_FUZZ = settings(FUZZ, max_examples=max(50, EXAMPLES // 10))
 SECRET = "Bearer fuzz-token-9f8e7d6c"
 
@@ -50,8 +55,9 @@ HANDLERS = {
     "mark": lambda req: {"event_id": "20240501T143000Z-1a2b3c", "extended": False, "note": str(req.get("note", ""))},
     "status": lambda req: {"status": {"state": "recording", "frames_encoded": 1}},
     "outbox_retry": _outbox_retry,
-    "recall": lambda req: {"recall": {"id": str(req.get("id") or "r1"), "status": "pending",
-                                      "request": req.get("request")}},
+    "recall": lambda req: {
+        "recall": {"id": str(req.get("id") or "r1"), "status": "pending", "request": req.get("request")}
+    },
     "recall_status": _recall_status,
     "explode": _fail,
 }
@@ -68,11 +74,15 @@ def check_answer(doc: Any) -> None:
 # --- the protocol function: every input gets an answer ----------------------------------------
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=30)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=30,
+)
 commands = st.sampled_from(sorted(HANDLERS)) | st.text(max_size=12) | json_values
-arguments = st.dictionaries(st.sampled_from(["note", "id", "request", "x", ""]) | st.text(max_size=8),
-                            json_values, max_size=4)
+arguments = st.dictionaries(
+    st.sampled_from(["note", "id", "request", "x", ""]) | st.text(max_size=8), json_values, max_size=4
+)
 
 
 @FUZZ
@@ -101,10 +111,10 @@ def test_requests_of_the_right_shape_with_any_values(cmd: Any, args: dict[str, A
 
 
 @FUZZ
-@given(st.integers(min_value=1, max_value=20_000), st.sampled_from(["[", "{\"a\":", "[{\"b\":"]))
+@given(st.integers(min_value=1, max_value=20_000), st.sampled_from(["[", '{"a":', '[{"b":']))
 def test_deep_nesting_is_refused_before_parsing(depth: int, opener: str) -> None:
-    closer = {"[": "]", "{\"a\":": "}", "[{\"b\":": "}]"}[opener]
-    line = ("{\"cmd\":\"mark\",\"note\":" + opener * depth + "1" + closer * depth + "}").encode()
+    closer = {"[": "]", '{"a":': "}", '[{"b":': "}]"}[opener]
+    line = ('{"cmd":"mark","note":' + opener * depth + "1" + closer * depth + "}").encode()
     doc = answer(line, HANDLERS)
     check_answer(doc)
     assert doc["ok"] is False
@@ -135,6 +145,7 @@ def test_known_cases() -> None:
 
 
 # --- through a real socket -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlServer]:
@@ -191,8 +202,15 @@ def test_socket_survives_concurrent_fuzzing_and_keeps_its_threads(server: Contro
     """Eight clients at once sending garbage, oversize and valid requests; the server's threads
     stay what they were, and the next request is answered."""
     before = threading.active_count()
-    payloads = [b"\x00" * 100, b"[" * 70_000, b"x" * (MAX_REQUEST + 10) + b"\n", b'{"cmd": "status"}\n',
-                b'{"cmd": "explode"}\n', b"{}\n", b'{"cmd": "mark", "note": "ok"}\n']
+    payloads = [
+        b"\x00" * 100,
+        b"[" * 70_000,
+        b"x" * (MAX_REQUEST + 10) + b"\n",
+        b'{"cmd": "status"}\n',
+        b'{"cmd": "explode"}\n',
+        b"{}\n",
+        b'{"cmd": "mark", "note": "ok"}\n',
+    ]
     errors: list[BaseException] = []
 
     def client(i: int) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.footage.index import Index
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
 from edged.recording.reconcile import reconcile
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
@@ -33,7 +33,7 @@ paced = true
 [audio]
 source = "synthetic"
 [storage]
-dir = "{tmp_path / 'state'}"
+dir = "{tmp_path / "state"}"
 segment_seconds = {segment_seconds}
 min_free_bytes = 0
 """)
@@ -55,8 +55,9 @@ def test_kill_9_loses_at_most_two_seconds(tmp_path, trial):
     print(f"seed {SEED + trial}")
     cfg = _config(tmp_path)
     state = tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edged", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         _wait_for_first_segment_row(state)
         time.sleep(rng.uniform(2.5, 9.5))  # anywhere, across segment boundaries too
@@ -145,8 +146,11 @@ def test_part_file_without_index_row_is_salvaged_and_adopted(tmp_path):
     assert report.salvaged == [seg.name]
     row = idx.get(original.seq)
     assert row is not None and row.state == "salvaged"
-    assert (row.mono_start_ns, row.wall_start_ns, row.boot_id) == \
-        (original.mono_start_ns, original.wall_start_ns, original.boot_id)
+    assert (row.mono_start_ns, row.wall_start_ns, row.boot_id) == (
+        original.mono_start_ns,
+        original.wall_start_ns,
+        original.boot_id,
+    )
 
 
 def test_crash_after_rename_before_index_update_keeps_the_segment(tmp_path):

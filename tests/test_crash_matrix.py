@@ -57,6 +57,7 @@ def test_power_cut_matrix(tmp_path):
 
 # --- the harness's own parts -------------------------------------------------------------------------
 
+
 def test_power_cut_keeps_what_was_synced_and_loses_what_was_not(tmp_path):
     disk = LoopDisk(tmp_path, size_mb=64)
     try:
@@ -87,6 +88,7 @@ def test_power_cut_keeps_what_was_synced_and_loses_what_was_not(tmp_path):
 
 def _recorded(tmp_path: Path) -> Path:
     from edged.app.daemon import Daemon
+
     s = make_settings(tmp_path / "state", storage={"segment_seconds": 2.0})
     assert Daemon(s, stop_after_s=6).run() == 0
     return s.state_dir
@@ -102,8 +104,8 @@ def test_checks_catch_a_broken_folder(tmp_path):
     first, second, third = (seg / r.name for r in rows[:3])
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    first.write_bytes(bytes(data))                   # bytes changed behind the index
-    second.unlink()                                  # a stored row without its file
+    first.write_bytes(bytes(data))  # bytes changed behind the index
+    second.unlink()  # a stored row without its file
     (seg / (third.name + ".part")).write_bytes(b"x")  # a leftover of a crash
     (seg / "000000099_20260101T000000Z.webm").write_bytes(third.read_bytes())  # a file without a row
     problems = "\n".join(checks.folder_problems(state, checks.DecodeCache()))
@@ -143,16 +145,18 @@ def test_ledger_counts_held_footage_and_parts_gone():
     queued = [checks.PartRow("ev", 1, "/x", "p1", t, "queued", 0) for t in ("sonoran_v2", "directory")]
     rows = [_row(1, "final", 0, 2), _row(2, "evicted", 2, 2)]
     assert ledger.protected_lost(rows, queued) == ["segment 2 held by ['ev']: evicted"]
-    assert ledger.protected_lost([_row(1, "final", 0, 2, sha="other"), _row(2, "final", 2, 2)], queued) \
-        == ["segment 1 held by ['ev']: final"], "held footage whose bytes changed is lost too"
+    assert ledger.protected_lost([_row(1, "final", 0, 2, sha="other"), _row(2, "final", 2, 2)], queued) == [
+        "segment 1 held by ['ev']: final"
+    ], "held footage whose bytes changed is lost too"
     delivered = [checks.PartRow("ev", 1, "/x", "p1", t, "delivered", 0) for t in ("sonoran_v2", "directory")]
     assert ledger.protected_lost(rows, delivered) == [], "delivered everywhere: the ring may take it"
     half = delivered[:1] + queued[1:]
     assert ledger.protected_lost(rows, half) != [], "delivered to one target of two is still held"
     assert ledger.parts_missing(queued) == []
     assert ledger.parts_missing([]) == ["ev part 1: gone from the outbox"]
-    assert ledger.parts_missing([checks.PartRow("ev", 1, "/x", "p2", "directory", "queued", 0)]) \
-        == ["ev part 1: sha256 changed"]
+    assert ledger.parts_missing([checks.PartRow("ev", 1, "/x", "p2", "directory", "queued", 0)]) == [
+        "ev part 1: sha256 changed"
+    ]
 
 
 def test_a_clip_queued_by_a_run_cut_off_before_it_was_marked_built_is_sent_as_queued(tmp_path):
@@ -189,8 +193,14 @@ def test_a_clip_queued_by_a_run_cut_off_before_it_was_marked_built_is_sent_as_qu
             server.up()
             daemon.start()
             daemon.wait_recording()
-            wait_until(lambda: event in checks.delivered_clips(checks.outbox_rows(state), TARGETS)
-                       or any(p.state == "failed" for p in checks.outbox_rows(state)), 60, "the clip settled")
+            wait_until(
+                lambda: (
+                    event in checks.delivered_clips(checks.outbox_rows(state), TARGETS)
+                    or any(p.state == "failed" for p in checks.outbox_rows(state))
+                ),
+                60,
+                "the clip settled",
+            )
             assert daemon.terminate() == 0
         finally:
             daemon.ensure_dead()

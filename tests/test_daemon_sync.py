@@ -12,10 +12,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edged.config import sign as configsign
 from edged.app.daemon import Daemon
-from edged.footage.index import Index
+from edged.config import sign as configsign
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
 from tests.helpers import decode_all
 
 
@@ -55,7 +55,7 @@ bitrate = 300000
 [audio]
 source = "synthetic"
 [storage]
-dir = "{tmp_path / 'state'}"
+dir = "{tmp_path / "state"}"
 segment_seconds = 2.0
 min_free_bytes = 0
 [clips]
@@ -64,17 +64,18 @@ post_roll_seconds = 1.0
 [upload]
 targets = ["directory"]
 [upload.directory]
-path = "{tmp_path / 'delivered-a'}"
+path = "{tmp_path / "delivered-a"}"
 [sync]
 dir = "{sync_dir}"
 poll_seconds = 0.2
-{extra.get('sync', '')}
+{extra.get("sync", "")}
 """)
     return cfg
 
 
 def _run(cfg: Path):
     from edged.config import schema as config
+
     daemon = Daemon(config.load(cfg))
     t = threading.Thread(target=daemon.run)
     t.start()
@@ -96,11 +97,18 @@ def test_live_keys_apply_while_recording_and_a_bad_file_keeps_the_last_good(tmp_
         seq_before = daemon.recorder.status.segments_written
         # Unsigned, so only tunable keys within their synced bounds (config's trust model):
         # a pre-roll of at least 10 s, a ring budget raised, not lowered.
-        _drop(sync_dir, b"[camera]\nbitrate = 150000\nkeyframe_seconds = 5.0\n[audio]\nbitrate = 32000\n"
-                        b"[clips]\npre_roll_seconds = 12.0\n[storage]\nmax_bytes = 5000000000\n")
+        _drop(
+            sync_dir,
+            b"[camera]\nbitrate = 150000\nkeyframe_seconds = 5.0\n[audio]\nbitrate = 32000\n"
+            b"[clips]\npre_roll_seconds = 12.0\n[storage]\nmax_bytes = 5000000000\n",
+        )
         st = _wait(lambda: (s := _status(sync_dir)) and s["state"] == "applied" and s, 10, "applied")
-        assert sorted(st["applied_keys"]) == ["audio.bitrate", "camera.bitrate", "clips.pre_roll_seconds",
-                                              "storage.max_bytes"]
+        assert sorted(st["applied_keys"]) == [
+            "audio.bitrate",
+            "camera.bitrate",
+            "clips.pre_roll_seconds",
+            "storage.max_bytes",
+        ]
         assert st["restart_needed"] == ["camera.keyframe_seconds"] and st["errors"] == []
         # The encoders change at the next segment start; the keyframe interval waits for a restart.
         _wait(lambda: daemon.recorder.venc._ctx.bit_rate == 150_000, 10, "new video encoder")
@@ -118,8 +126,11 @@ def test_live_keys_apply_while_recording_and_a_bad_file_keeps_the_last_good(tmp_
         assert daemon.settings.camera.bitrate == 150_000 and daemon.recorder.venc._ctx.bit_rate == 150_000
         # Unsigned, the synced folder cannot redirect evidence.
         _drop(sync_dir, f'[upload.directory]\npath = "{tmp_path / "elsewhere"}"\n'.encode())
-        st = _wait(lambda: (s := _status(sync_dir)) and s["errors"] and
-                   s["errors"][0]["key"] == "upload.directory.path" and s, 10, "refused redirect")
+        st = _wait(
+            lambda: (s := _status(sync_dir)) and s["errors"] and s["errors"][0]["key"] == "upload.directory.path" and s,
+            10,
+            "refused redirect",
+        )
         assert "signed" in st["errors"][0]["reason"]
         assert daemon.settings.upload.directory.path == str(tmp_path / "delivered-a")
     finally:

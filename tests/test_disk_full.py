@@ -26,10 +26,10 @@ import os
 from pathlib import Path
 
 from edged.app.daemon import Daemon
-from edged.footage.index import STORED, Index, Segment
-from edged.core.paths import StatePaths
-from edged.footage.ring import free_bytes
 from edged.core.files import sha256_file
+from edged.core.paths import StatePaths
+from edged.footage.index import STORED, Index, Segment
+from edged.footage.ring import free_bytes
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
 from tests.helpers import Running, decode_all, ext4_loop, wait_until
@@ -123,27 +123,42 @@ def protect_event(watch: Watch, run: Running, event_id: str) -> list[int]:
 
 
 def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
-    with ext4_loop(tmp_path / "card", size_mb=256) as (mnt, _sysfs, _img), \
-            SonoranServer(keys={KEY: "pro"}, accounts={ACCOUNT}) as server:
+    with (
+        ext4_loop(tmp_path / "card", size_mb=256) as (mnt, _sysfs, _img),
+        SonoranServer(keys={KEY: "pro"}, accounts={ACCOUNT}) as server,
+    ):
         server.down()  # the clips wait: their footage stays protected
         key_file = tmp_path / "api.key"
         key_file.write_text(KEY + "\n")
         other = OtherProgram(mnt / "other-program.dat")
         other.leave_free(24 * MB)  # a 256 MB card nearly full of someone else's data
-        s = make_settings(mnt / "state", camera=CAMERA,
-                          storage={"segment_seconds": 2.0, "max_bytes": 10**9, "min_free_bytes": FLOOR},
-                          clips={"pre_roll_seconds": 4.0, "post_roll_seconds": 4.0},
-                          upload={"targets": ["sonoran_v2"], "retry_base_seconds": 0.2, "retry_cap_seconds": 1.0,
-                                  "sonoran_v2": {"base_url": server.url, "api_key_file": str(key_file),
-                                                 "account_uuid": ACCOUNT, "plan": "pro"}})
+        s = make_settings(
+            mnt / "state",
+            camera=CAMERA,
+            storage={"segment_seconds": 2.0, "max_bytes": 10**9, "min_free_bytes": FLOOR},
+            clips={"pre_roll_seconds": 4.0, "post_roll_seconds": 4.0},
+            upload={
+                "targets": ["sonoran_v2"],
+                "retry_base_seconds": 0.2,
+                "retry_cap_seconds": 1.0,
+                "sonoran_v2": {
+                    "base_url": server.url,
+                    "api_key_file": str(key_file),
+                    "account_uuid": ACCOUNT,
+                    "plan": "pro",
+                },
+            },
+        )
         assert s.storage.max_bytes > 256 * MB, "the free-space floor, not the budget, decides here"
         watch = Watch(s.state_dir)
         run = Running(Daemon(s))
         try:
             # 1. The ring fills what is free down to the floor, then overwrites its oldest footage.
-            wait_until(lambda: run.recorder is not None and len([r for r in watch.look(run)
-                                                                 if r.state == "evicted"]) >= 5,
-                       90, "the ring to overwrite its oldest footage at the floor")
+            wait_until(
+                lambda: run.recorder is not None and len([r for r in watch.look(run) if r.state == "evicted"]) >= 5,
+                90,
+                "the ring to overwrite its oldest footage at the floor",
+            )
             rows = watch.look(run)
             evicted = [r.seq for r in rows if r.state == "evicted"]
             assert evicted == list(range(1, len(evicted) + 1)), "oldest first"
@@ -156,8 +171,7 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
                 written = run.recorder.status.segments_written
                 wait_until(lambda w=written: run.recorder.status.segments_written >= w + 8, 60, "more footage")
                 events.append(run.daemon.mark("test", f"event {n}").event_id)
-                wait_until(lambda e=events[-1]: run.daemon.events_store.get(e).state != "open", 60,
-                           f"event {n} built")
+                wait_until(lambda e=events[-1]: run.daemon.events_store.get(e).state != "open", 60, f"event {n} built")
                 assert run.daemon.events_store.get(events[-1]).state == "built"
                 protect_event(watch, run, events[-1])
                 watch.look(run)
@@ -167,21 +181,29 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
             # 3. The ring goes on overwriting around the held footage, long enough for the first
             # event's segments to be the oldest on the card.
             oldest_held = min(watch.protected)
-            wait_until(lambda: min(r.seq for r in watch.look(run) if r.state in STORED) >= oldest_held, 60,
-                       "everything older than the first event overwritten")
+            wait_until(
+                lambda: min(r.seq for r in watch.look(run) if r.state in STORED) >= oldest_held,
+                60,
+                "everything older than the first event overwritten",
+            )
             n_evicted = len([r for r in watch.look(run) if r.state == "evicted"])
-            wait_until(lambda: len([r for r in watch.look(run) if r.state == "evicted"]) >= n_evicted + 10, 60,
-                       "ten more segments overwritten around the held footage")
+            wait_until(
+                lambda: len([r for r in watch.look(run) if r.state == "evicted"]) >= n_evicted + 10,
+                60,
+                "ten more segments overwritten around the held footage",
+            )
 
             # 4. The other program takes what the ring frees, step by step, until only protected
             # footage is left: recording pauses (storage_full), nothing protected is touched.
             def squeeze() -> bool:
                 rows = watch.look(run)  # storage_full with older unprotected footage fails here
-                if "storage_full" in run.recorder.status.alarms and \
-                        not [r for r in rows if r.state in STORED and not r.held]:
+                if "storage_full" in run.recorder.status.alarms and not [
+                    r for r in rows if r.state in STORED and not r.held
+                ]:
                     return True
                 other.leave_free(FLOOR + MB // 2)  # and whatever the ring frees is taken again
                 return False
+
             wait_until(squeeze, 90, "alarm storage_full with only protected footage left")
             stored = [r for r in watch.look(run) if r.state in STORED]
             assert {r.seq for r in stored} >= set(watch.protected)
@@ -190,21 +212,33 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
             n = st.frames_not_stored
             wait_until(lambda: run.recorder.status.frames_not_stored > n, 15, "frames counted as not stored")
             # status.json is rewritten every second by the main loop: wait for the one that says so
-            wait_until(lambda: (lambda doc: "storage_full" in doc["alarms"] or doc["state"] == "storage_full")(
-                json.loads(watch.paths.status.read_text())), 15, "status.json saying storage_full")
+            wait_until(
+                lambda: (lambda doc: "storage_full" in doc["alarms"] or doc["state"] == "storage_full")(
+                    json.loads(watch.paths.status.read_text())
+                ),
+                15,
+                "status.json saying storage_full",
+            )
             watch.look(run)
 
             # 5. The server comes back: the clips are delivered, their footage released, and the ring
             # makes room by overwriting it, oldest first; recording resumes by itself.
             server.up()
-            wait_until(lambda: all(d.state == "delivered" for d in run.daemon.outbox.deliveries()), 60,
-                       "every clip delivered")
+            wait_until(
+                lambda: all(d.state == "delivered" for d in run.daemon.outbox.deliveries()), 60, "every clip delivered"
+            )
             released = sorted(watch.protected)
             watch.released |= set(released)
             watch.protected.clear()
             written = run.recorder.status.segments_written
-            wait_until(lambda: "storage_full" not in run.recorder.status.alarms and
-                       run.recorder.status.segments_written >= written + 3, 60, "recording resumed after delivery")
+            wait_until(
+                lambda: (
+                    "storage_full" not in run.recorder.status.alarms
+                    and run.recorder.status.segments_written >= written + 3
+                ),
+                60,
+                "recording resumed after delivery",
+            )
             rows = watch.look(run)
             gone = [r.seq for r in rows if r.seq in released and r.state == "evicted"]
             assert gone and gone == released[: len(gone)], f"released footage overwritten oldest first: {gone}"
@@ -218,8 +252,9 @@ def test_a_filling_disk_keeps_the_storage_policy_end_to_end(tmp_path):
             n_evicted = len([r for r in watch.look(run) if r.state == "evicted"])
             written = run.recorder.status.segments_written
             wait_until(lambda: run.recorder.status.segments_written >= written + 10, 60, "ten segments with room")
-            assert len([r for r in watch.look(run) if r.state == "evicted"]) == n_evicted, \
+            assert len([r for r in watch.look(run) if r.state == "evicted"]) == n_evicted, (
                 "nothing overwritten once the space came back"
+            )
         finally:
             run.stop()
         assert run.error is None and run.rc == 0 and run.recorder.crashed is None, (run.error, run.rc)

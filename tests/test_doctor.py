@@ -38,8 +38,10 @@ def no_camera_host(tmp_path: Path, **kw) -> Host:
 
     def no_picamera2():
         raise ImportError("No module named 'picamera2'")
-    return Host(import_picamera2=no_picamera2, video_globs=(str(fake), "/dev/null"),
-                asound_pcm=tmp_path / "no-asound-pcm", **kw)
+
+    return Host(
+        import_picamera2=no_picamera2, video_globs=(str(fake), "/dev/null"), asound_pcm=tmp_path / "no-asound-pcm", **kw
+    )
 
 
 def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
@@ -47,19 +49,25 @@ def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
 
 
 def edged_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edged", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+        timeout=120,
+    )
 
 
 # --- command line, JSON, exit code ---------------------------------------------------------------
+
 
 def test_cli_json_lists_every_check_and_exit_code_follows_failures(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     out = edged_cli("doctor", "--config", str(cfg), "--json", cwd=tmp_path)
     report = json.loads(out.stdout)
     names = [c["name"] for c in report["checks"]]
-    assert names == ["config", "storage", "credentials", "camera", "microphone", "gpio", "clock", "network",
-                     "systemd"]
+    assert names == ["config", "storage", "credentials", "camera", "microphone", "gpio", "clock", "network", "systemd"]
     for c in report["checks"]:
         assert c["status"] in (OK, WARN, FAIL) and c["summary"]
         assert c["status"] == OK or c["fix"], c  # anything not ok says what to do
@@ -97,13 +105,16 @@ def test_service_config_gets_the_units_folders(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert doctor.service_env(Path("/etc/edged/edged.toml")) == {
-        "STATE_DIRECTORY": "/var/lib/edged", "CREDENTIALS_DIRECTORY": "/etc/edged/credentials"}
+        "STATE_DIRECTORY": "/var/lib/edged",
+        "CREDENTIALS_DIRECTORY": "/etc/edged/credentials",
+    }
     assert doctor.service_env(Path("configs/edged.toml")) == {}
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/edged.service")
     assert doctor.service_env(Path("/etc/edged/edged.toml")) == {"STATE_DIRECTORY": "/var/lib/edged"}
 
 
 # --- storage -------------------------------------------------------------------------------------
+
 
 def test_read_only_state_folder_fails(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "size=4m,ro") as mnt:
@@ -161,23 +172,30 @@ def _fill(path: Path) -> None:
 
 # --- credentials ---------------------------------------------------------------------------------
 
+
 def v2_config(tmp_path: Path, key_line: str, base_url: str = "http://127.0.0.1:9") -> Path:
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [upload]
         targets = ["sonoran_v2", "directory"]
         [upload.sonoran_v2]
         base_url = "{base_url}"
         account_uuid = "6f1c"
         {key_line}
-    """)
+    """,
+    )
 
 
-@pytest.mark.parametrize("content, mode, status, words", [
-    (None, None, FAIL, "does not exist"),
-    (SECRET + "\n", 0o644, FAIL, "open to everyone (mode 644)"),
-    ("  \n", 0o600, FAIL, "is empty"),
-    (SECRET + "\n", 0o600, OK, "present, not empty, mode 600"),
-])
+@pytest.mark.parametrize(
+    "content, mode, status, words",
+    [
+        (None, None, FAIL, "does not exist"),
+        (SECRET + "\n", 0o644, FAIL, "open to everyone (mode 644)"),
+        ("  \n", 0o600, FAIL, "is empty"),
+        (SECRET + "\n", 0o600, OK, "present, not empty, mode 600"),
+    ],
+)
 def test_key_file(tmp_path: Path, content: str | None, mode: int | None, status: str, words: str) -> None:
     key = tmp_path / "sonoran_api_key"
     if content is not None:
@@ -200,15 +218,19 @@ def test_key_from_systemd_credentials_directory(tmp_path: Path) -> None:
     (creds / "sonoran_api_key").write_text(SECRET)
     (creds / "sonoran_api_key").chmod(0o600)
     cfg = v2_config(tmp_path, "")
-    out = edged_cli("doctor", "--config", str(cfg), "--json", cwd=tmp_path,
-                    env={"CREDENTIALS_DIRECTORY": str(creds)})
+    out = edged_cli("doctor", "--config", str(cfg), "--json", cwd=tmp_path, env={"CREDENTIALS_DIRECTORY": str(creds)})
     c = by_name([doctor.Check(**c) for c in json.loads(out.stdout)["checks"]])["credentials.sonoran_v2"]
     assert c.status == OK and str(creds / "sonoran_api_key") in c.summary
     assert SECRET not in out.stdout
 
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    bare = subprocess.run([sys.executable, "-m", "edged", "doctor", "--config", str(cfg), "--json"],
-                          capture_output=True, text=True, cwd=tmp_path, env=dict(env, PYTHONPATH=str(REPO)))
+    bare = subprocess.run(
+        [sys.executable, "-m", "edged", "doctor", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(env, PYTHONPATH=str(REPO)),
+    )
     c = by_name([doctor.Check(**c) for c in json.loads(bare.stdout)["checks"]])["credentials.sonoran_v2"]
     assert c.status == FAIL and "no $CREDENTIALS_DIRECTORY" in c.summary and "LoadCredential" in c.fix
 
@@ -225,6 +247,7 @@ def test_key_file_the_service_user_cannot_read(tmp_path: Path) -> None:
 
 # --- camera, microphone, GPIO --------------------------------------------------------------------
 
+
 def test_no_camera_means_the_synthetic_pattern(tmp_path: Path) -> None:
     c = by_name(doctor.run(write_config(tmp_path), no_camera_host(tmp_path)))["camera"]
     assert c.status == WARN and "synthetic test pattern will be recorded" in c.summary
@@ -232,14 +255,17 @@ def test_no_camera_means_the_synthetic_pattern(tmp_path: Path) -> None:
 
 
 def test_camera_required_but_absent_fails(tmp_path: Path) -> None:
-    for body, words in (('[camera]\nsource = "picamera2"\n', "camera.source = picamera2 but"),
-                        ('[camera]\nsource = "v4l2"\ndevice = "/dev/null"\n', "camera.source = v4l2 but")):
+    for body, words in (
+        ('[camera]\nsource = "picamera2"\n', "camera.source = picamera2 but"),
+        ('[camera]\nsource = "v4l2"\ndevice = "/dev/null"\n', "camera.source = v4l2 but"),
+    ):
         c = by_name(doctor.run(write_config(tmp_path, body), no_camera_host(tmp_path)))["camera"]
         assert c.status == FAIL and words in c.summary, c
 
 
 def test_picamera2_listing(tmp_path: Path) -> None:
     from tests.fakes import fake_picamera2
+
     fake_picamera2.reset()
     host = Host(import_picamera2=lambda: fake_picamera2, video_globs=(), asound_pcm=tmp_path / "none")
     c = by_name(doctor.run(write_config(tmp_path), host))["camera"]
@@ -252,17 +278,22 @@ def test_picamera2_listing(tmp_path: Path) -> None:
     assert c.status == WARN and "only USB: HD Pro Webcam C920" in c.summary
 
 
-PI_WITH_USB_MIC = ("00-00: bcm2835 Headphones : bcm2835 Headphones : playback 8\n"
-                   "01-00: USB Audio : USB Audio : playback 1 : capture 1\n")
+PI_WITH_USB_MIC = (
+    "00-00: bcm2835 Headphones : bcm2835 Headphones : playback 8\n"
+    "01-00: USB Audio : USB Audio : playback 1 : capture 1\n"
+)
 
 
-@pytest.mark.parametrize("pcm, body, status, words", [
-    (None, "", WARN, "a synthetic tone will be recorded"),
-    (None, '[audio]\nsource = "alsa"\n', FAIL, "audio.source = alsa but no ALSA capture device"),
-    (PI_WITH_USB_MIC, "", WARN, "audio.device = \"default\" cannot record"),
-    (PI_WITH_USB_MIC, '[audio]\ndevice = "plughw:1,0"\n', OK, "hw:1,0 USB Audio"),
-    (PI_WITH_USB_MIC, '[audio]\nsource = "none"\n', OK, "video only"),
-])
+@pytest.mark.parametrize(
+    "pcm, body, status, words",
+    [
+        (None, "", WARN, "a synthetic tone will be recorded"),
+        (None, '[audio]\nsource = "alsa"\n', FAIL, "audio.source = alsa but no ALSA capture device"),
+        (PI_WITH_USB_MIC, "", WARN, 'audio.device = "default" cannot record'),
+        (PI_WITH_USB_MIC, '[audio]\ndevice = "plughw:1,0"\n', OK, "hw:1,0 USB Audio"),
+        (PI_WITH_USB_MIC, '[audio]\nsource = "none"\n', OK, "video only"),
+    ],
+)
 def test_microphone(tmp_path: Path, pcm: str | None, body: str, status: str, words: str) -> None:
     host = no_camera_host(tmp_path, snd_dir=tmp_path / "snd")
     if pcm is not None:
@@ -293,6 +324,7 @@ def test_gpio(tmp_path: Path) -> None:
 
 # --- clock, network, systemd ---------------------------------------------------------------------
 
+
 def test_clock_falls_back_to_the_kernel(tmp_path: Path) -> None:
     c = by_name(doctor.run(write_config(tmp_path), no_camera_host(tmp_path, timedatectl="/nonexistent")))["clock"]
     assert "adjtimex" in c.summary
@@ -300,9 +332,11 @@ def test_clock_falls_back_to_the_kernel(tmp_path: Path) -> None:
 
 
 def test_clock_from_timedatectl(tmp_path: Path) -> None:
-    for props, status, words in (("NTP=yes\nNTPSynchronized=yes", OK, "synchronised"),
-                                 ("NTP=yes\nNTPSynchronized=no", WARN, "no time server answered"),
-                                 ("NTP=no\nNTPSynchronized=no", WARN, "NTP is off")):
+    for props, status, words in (
+        ("NTP=yes\nNTPSynchronized=yes", OK, "synchronised"),
+        ("NTP=yes\nNTPSynchronized=no", WARN, "no time server answered"),
+        ("NTP=no\nNTPSynchronized=no", WARN, "NTP is off"),
+    ):
         tool = _script(tmp_path / "timedatectl", f'[ "$1" = show ] && printf "{props}\\n"')
         c = by_name(doctor.run(write_config(tmp_path), no_camera_host(tmp_path, timedatectl=str(tool))))["clock"]
         assert c.status == status and words in c.summary, c
@@ -314,14 +348,20 @@ def test_systemd_not_pid1(tmp_path: Path) -> None:
     assert c.status == WARN and "systemd is not running here" in c.summary
 
 
-@pytest.mark.parametrize("props, status, words", [
-    ("LoadState=not-found\nActiveState=inactive", WARN, "not installed"),
-    ("LoadState=loaded\nUnitFileState=enabled\nActiveState=active\nSubState=running\nNRestarts=0", OK, "running"),
-    ("LoadState=loaded\nUnitFileState=enabled\nActiveState=failed\nResult=exit-code", FAIL, "failed"),
-    ("LoadState=loaded\nUnitFileState=enabled\nActiveState=activating\nSubState=auto-restart\nNRestarts=7", FAIL,
-     "7 restarts"),
-    ("LoadState=loaded\nUnitFileState=disabled\nActiveState=inactive", WARN, "not enabled"),
-])
+@pytest.mark.parametrize(
+    "props, status, words",
+    [
+        ("LoadState=not-found\nActiveState=inactive", WARN, "not installed"),
+        ("LoadState=loaded\nUnitFileState=enabled\nActiveState=active\nSubState=running\nNRestarts=0", OK, "running"),
+        ("LoadState=loaded\nUnitFileState=enabled\nActiveState=failed\nResult=exit-code", FAIL, "failed"),
+        (
+            "LoadState=loaded\nUnitFileState=enabled\nActiveState=activating\nSubState=auto-restart\nNRestarts=7",
+            FAIL,
+            "7 restarts",
+        ),
+        ("LoadState=loaded\nUnitFileState=disabled\nActiveState=inactive", WARN, "not enabled"),
+    ],
+)
 def test_systemd_unit_states(tmp_path: Path, props: str, status: str, words: str) -> None:
     """systemd cannot run as PID 1 here: systemctl's `show` output is played back (with a drop-in's
     ReadWritePaths= for the test's state folder)."""
@@ -367,10 +407,18 @@ def _in_netns(tmp_path: Path, setup: str) -> dict:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("unshare or ip not installed")
     (tmp_path / "netns_doctor.py").write_text(NETNS_DOCTOR)
-    script = (f"mount -t sysfs sysfs /sys && ip link set lo up && {setup} "
-              f"exec {sys.executable} {tmp_path / 'netns_doctor.py'} {tmp_path}")
-    out = subprocess.run(["unshare", "--net", "--mount", "sh", "-c", script], capture_output=True, text=True,
-                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    script = (
+        f"mount -t sysfs sysfs /sys && ip link set lo up && {setup} "
+        f"exec {sys.executable} {tmp_path / 'netns_doctor.py'} {tmp_path}"
+    )
+    out = subprocess.run(
+        ["unshare", "--net", "--mount", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+    )
     if out.returncode != 0 and "unshare" in out.stderr:
         pytest.skip(f"cannot make a network namespace: {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr
@@ -384,8 +432,9 @@ def test_network_with_no_interface_up(tmp_path: Path) -> None:
 
 
 def test_network_probes_the_targets(tmp_path: Path) -> None:
-    result = _in_netns(tmp_path, "ip link add dv0 type veth peer name dv1 && ip link set dv0 up && "
-                                 "ip link set dv1 up &&")
+    result = _in_netns(
+        tmp_path, "ip link add dv0 type veth peer name dv1 && ip link set dv0 up && ip link set dv1 up &&"
+    )
     opened, closed = result["open"], result["closed"]
     assert opened["status"] == OK and "dv0" in opened["summary"]
     assert f"reached 127.0.0.1:{opened['port']}" in opened["summary"]
@@ -418,6 +467,7 @@ print(json.dumps({c.name: c.__dict__ for c in checks}))
 def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
     """A person checking the service's folders without sudo is told to use it, not that they are broken."""
     import tempfile
+
     shared = Path(tempfile.mkdtemp(prefix="edged-doctor-"))  # tmp_path's parents are root-only
     try:
         shared.chmod(0o755)
@@ -429,8 +479,10 @@ def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
         state.mkdir(mode=0o750)
         os.chown(state, 1, 1)  # the 'daemon' user stands for the service user
         cfg = shared / "edged.toml"
-        cfg.write_text(f'[storage]\ndir = "{state}"\nmin_free_bytes = 0\nmax_bytes = 10000000\n[upload]\n'
-                       f'targets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
+        cfg.write_text(
+            f'[storage]\ndir = "{state}"\nmin_free_bytes = 0\nmax_bytes = 10000000\n[upload]\n'
+            f'targets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n'
+        )
         cfg.chmod(0o644)
         (shared / "run.py").write_text(UNPRIVILEGED_DOCTOR)
         (shared / "run.py").chmod(0o644)  # whatever the umask (a daemon run in-process sets 077)
@@ -439,13 +491,27 @@ def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
         shutil.copytree(REPO / "edged", shared / "edged", ignore=shutil.ignore_patterns("__pycache__"))
         for p in [shared / "edged", *(shared / "edged").rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
-        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                              str(shared / "run.py"), str(cfg)], capture_output=True, text=True, cwd=shared,
-                             env=dict(os.environ, PYTHONPATH=str(shared), CREDENTIALS_DIRECTORY=str(creds)))
+        out = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                str(shared / "run.py"),
+                str(cfg),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=shared,
+            env=dict(os.environ, PYTHONPATH=str(shared), CREDENTIALS_DIRECTORY=str(creds)),
+        )
         assert out.returncode == 0, out.stderr
         checks = json.loads(out.stdout)
         assert checks["config"]["status"] == OK
-        assert checks["storage"]["status"] == WARN and "belongs to the service user daemon" in checks["storage"]["summary"]
+        assert (
+            checks["storage"]["status"] == WARN and "belongs to the service user daemon" in checks["storage"]["summary"]
+        )
         key = checks["credentials.sonoran_v2"]
         assert key["status"] == WARN and "cannot be looked at by uid 65534" in key["summary"] and "sudo" in key["fix"]
         assert SECRET not in out.stdout

@@ -16,10 +16,10 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory
 
 from edged.app.daemon import Daemon
+from edged.core.paths import StatePaths
 from edged.events.manager import EventStore
 from edged.footage.index import Index
 from edged.upload.outbox import Outbox
-from edged.core.paths import StatePaths
 from tests.helpers import decode_all, packets
 
 SMALL = {"width": 320, "height": 180, "bitrate": 120_000}  # fast to encode; same pipeline
@@ -34,8 +34,15 @@ class Running:
 
     def __enter__(self) -> Daemon:
         self.thread.start()
-        wait(lambda: self.daemon.recorder is not None and getattr(self.daemon, "control", None) is not None
-             and self.daemon.paths.control.exists(), 20, "daemon start")
+        wait(
+            lambda: (
+                self.daemon.recorder is not None
+                and getattr(self.daemon, "control", None) is not None
+                and self.daemon.paths.control.exists()
+            ),
+            20,
+            "daemon start",
+        )
         return self.daemon
 
     def __exit__(self, *exc) -> None:
@@ -69,8 +76,12 @@ def built(d: Daemon, event_id: str) -> bool:
 
 
 def cli(settings_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edged", *args, "--config", str(settings_path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edged", *args, "--config", str(settings_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def config_file(tmp_path: Path, s) -> Path:
@@ -85,8 +96,12 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
     # faster than a test can look.
     blocker = tmp_path / "blocked"
     blocker.write_text("not a folder")
-    s = settings_factory(camera=SMALL, clips={"pre_roll_seconds": 12.0, "post_roll_seconds": 8.0},
-                         storage={"segment_seconds": 5.0}, upload={"directory": {"path": str(blocker / "delivered")}})
+    s = settings_factory(
+        camera=SMALL,
+        clips={"pre_roll_seconds": 12.0, "post_roll_seconds": 8.0},
+        storage={"segment_seconds": 5.0},
+        upload={"directory": {"path": str(blocker / "delivered")}},
+    )
     cfg = config_file(tmp_path, s)
     with Running(s) as d:
         sock = d.paths.control
@@ -118,7 +133,9 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
     assert [(x.target, x.state) for x in outbox.deliveries(clip_id=event_id)] == [("directory", "delivered")]
     part = Path(parts[0].path)
     assert (s.delivery_dir / event_id / part.name).read_bytes() == part.read_bytes()
-    assert json.loads((s.delivery_dir / event_id / "manifest.json").read_text())["parts"][0]["sha256"] == parts[0].sha256
+    assert (
+        json.loads((s.delivery_dir / event_id / "manifest.json").read_text())["parts"][0]["sha256"] == parts[0].sha256
+    )
     frames, _ = decode_all(part)
     v = packets(part, "video")
     assert v.keyframes[0] == v.pts_ms[0]
@@ -144,8 +161,12 @@ def test_mark_without_a_daemon_is_a_clear_error(settings_factory, tmp_path):
 
 def test_button_press_marks_and_presses_in_the_post_roll_extend_the_event(settings_factory):
     factory = MockFactory()
-    s = settings_factory(camera=SMALL | {"paced": True}, clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 3.0},
-                         gpio={"button_pin": "GPIO17", "led_pin": "GPIO27"}, storage={"segment_seconds": 2.0})
+    s = settings_factory(
+        camera=SMALL | {"paced": True},
+        clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 3.0},
+        gpio={"button_pin": "GPIO17", "led_pin": "GPIO27"},
+        storage={"segment_seconds": 2.0},
+    )
     with Running(s, pin_factory=factory) as d:
         wait(lambda: timeline_s(d) > 2.5, 10, "footage")
         pin = factory.pin(17)
@@ -165,8 +186,11 @@ def test_button_press_marks_and_presses_in_the_post_roll_extend_the_event(settin
 
 
 def test_press_right_after_boot_says_the_pre_roll_is_short(settings_factory):
-    s = settings_factory(camera=SMALL | {"paced": True}, clips={"pre_roll_seconds": 30.0, "post_roll_seconds": 2.0},
-                         storage={"segment_seconds": 2.0})
+    s = settings_factory(
+        camera=SMALL | {"paced": True},
+        clips={"pre_roll_seconds": 30.0, "post_roll_seconds": 2.0},
+        storage={"segment_seconds": 2.0},
+    )
     with Running(s) as d:
         wait(lambda: d.recorder.status.frames_encoded >= 15, 10, "first frames")
         result = d.mark("cli", "right after boot")
@@ -177,8 +201,9 @@ def test_press_right_after_boot_says_the_pre_roll_is_short(settings_factory):
 
 
 def test_ten_minute_event_is_split_into_parts_within_the_limits(settings_factory):
-    s = settings_factory(camera=SMALL, audio={"source": "synthetic"},
-                         clips={"pre_roll_seconds": 0.0, "post_roll_seconds": 600.0})
+    s = settings_factory(
+        camera=SMALL, audio={"source": "synthetic"}, clips={"pre_roll_seconds": 0.0, "post_roll_seconds": 600.0}
+    )
     with Running(s) as d:
         wait(lambda: timeline_s(d) > 2, 30, "footage")
         result = d.mark("cli", "long event")
@@ -193,8 +218,11 @@ def test_ten_minute_event_is_split_into_parts_within_the_limits(settings_factory
 
 
 def test_restart_during_the_post_roll_finishes_the_event(settings_factory):
-    s = settings_factory(camera=SMALL | {"paced": True}, clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 6.0},
-                         storage={"segment_seconds": 2.0})
+    s = settings_factory(
+        camera=SMALL | {"paced": True},
+        clips={"pre_roll_seconds": 2.0, "post_roll_seconds": 6.0},
+        storage={"segment_seconds": 2.0},
+    )
     with Running(s) as d:
         wait(lambda: d.recorder.status.frames_encoded >= 35, 15, "footage")
         result = d.mark("cli")
@@ -211,15 +239,19 @@ def test_restart_during_the_post_roll_finishes_the_event(settings_factory):
 
 def test_press_while_storage_is_full_of_protected_footage(settings_factory, caplog):
     paced = SMALL | {"paced": True}  # both runs on the real clock, so the pre-roll reaches the first
-    s = settings_factory(camera=paced, clips={"pre_roll_seconds": 10.0, "post_roll_seconds": 3.0},
-                         storage={"segment_seconds": 2.0})
+    s = settings_factory(
+        camera=paced, clips={"pre_roll_seconds": 10.0, "post_roll_seconds": 3.0}, storage={"segment_seconds": 2.0}
+    )
     Daemon(s, stop_after_s=8).run()
     idx = Index(StatePaths(s.state_dir).index)
     held = idx.stored()
     idx.hold("test:evidence", [x.seq for x in held])
     before = {x.name: x.sha256 for x in held}
-    full = settings_factory(camera=paced, clips={"pre_roll_seconds": 10.0, "post_roll_seconds": 3.0},
-                            storage={"segment_seconds": 2.0, "min_free_bytes": 10**15})
+    full = settings_factory(
+        camera=paced,
+        clips={"pre_roll_seconds": 10.0, "post_roll_seconds": 3.0},
+        storage={"segment_seconds": 2.0, "min_free_bytes": 10**15},
+    )
     caplog.set_level(logging.WARNING)
     with Running(full) as d:
         wait(lambda: "storage_full" in d.recorder.status.alarms, 20, "storage_full alarm")

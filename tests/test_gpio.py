@@ -15,13 +15,34 @@ import pytest
 from gpiozero import Button, Device
 from gpiozero.pins.mock import MockFactory
 
+from edged.app.gpio import (
+    CLOCK_UNSYNCED,
+    FAULT,
+    HEARTBEAT,
+    OFF,
+    UPLOADS_PENDING,
+    DeviceState,
+    Feedback,
+    GpioError,
+    MarkButton,
+    Timings,
+    from_settings,
+    mode_for,
+)
 from edged.config.schema import GpioSettings
-from edged.app.gpio import (CLOCK_UNSYNCED, FAULT, HEARTBEAT, OFF, UPLOADS_PENDING, DeviceState, Feedback, GpioError,
-                        MarkButton, Timings, from_settings, mode_for)
 
 # Short patterns; every check below keeps a wide margin against scheduling jitter.
-T = Timings(period=0.3, flash=0.03, double_gap=0.05, long_flash=0.15, fault_flash=0.025, ack_flash=0.02,
-            ack_pause=0.12, reminder=0.25, beep=0.03)
+T = Timings(
+    period=0.3,
+    flash=0.03,
+    double_gap=0.05,
+    long_flash=0.15,
+    fault_flash=0.025,
+    ack_flash=0.02,
+    ack_pause=0.12,
+    reminder=0.25,
+    beep=0.03,
+)
 WELL = DeviceState(recording=True, fault=False, clock_synced=True, uploads_pending=0)
 IDLE = DeviceState(recording=False, fault=False, clock_synced=True, uploads_pending=0)
 FAULTY = DeviceState(recording=True, fault=True, clock_synced=False, uploads_pending=3)  # fault wins
@@ -79,6 +100,7 @@ def watch(fb: Feedback, pin, state: DeviceState, seconds: float):
 
 
 # --- the button -------------------------------------------------------------------------------------
+
 
 def test_press_marks_once_and_release_does_not(factory):
     presses = []
@@ -177,6 +199,7 @@ def test_close_releases_the_pin(factory):
 
 # --- the LED ----------------------------------------------------------------------------------------
 
+
 def test_mode_priorities():
     assert mode_for(WELL) == HEARTBEAT
     assert mode_for(UNSYNCED) == CLOCK_UNSYNCED
@@ -246,8 +269,9 @@ def test_not_recording_is_dark(factory):
     fb.close()
 
 
-@pytest.mark.parametrize("states", [[WELL], [UPLOADING, DeviceState(True, False, True, 7)]],
-                         ids=["same state", "same pattern"])
+@pytest.mark.parametrize(
+    "states", [[WELL], [UPLOADING, DeviceState(True, False, True, 7)]], ids=["same state", "same pattern"]
+)
 def test_show_every_few_ms_does_not_restart_the_pattern(factory, states):
     fb = Feedback("GPIO27", "", pin_factory=factory, timings=T)
     led = factory.pin(27)
@@ -297,6 +321,7 @@ def test_acknowledge_while_idle_blinks_and_goes_dark_again(factory):
 
 # --- the buzzer -------------------------------------------------------------------------------------
 
+
 def test_fault_beeps_once_a_period_and_a_healthy_recording_is_silent(factory):
     fb = Feedback("GPIO27", "GPIO5", pin_factory=factory, timings=T)
     buzzer = factory.pin(5)
@@ -325,6 +350,7 @@ def test_periodic_beep_while_an_event_is_open(factory):
 
 # --- absent and unusable pins -------------------------------------------------------------------------
 
+
 def test_absent_pins_never_touch_gpiozero(no_default_factory):
     button, fb = from_settings(GpioSettings(), on_press=lambda: None)
     assert button is None
@@ -346,8 +372,7 @@ def test_bad_pin_names_the_config_key(factory):
 
 def test_pin_in_use_names_the_key_and_releases_what_was_opened(factory):
     with pytest.raises(GpioError, match=r"^gpio\.led_pin: .*GPIOPinInUse"):
-        from_settings(GpioSettings(button_pin="GPIO17", led_pin="BOARD11"), on_press=lambda: None,
-                      pin_factory=factory)
+        from_settings(GpioSettings(button_pin="GPIO17", led_pin="BOARD11"), on_press=lambda: None, pin_factory=factory)
     with pytest.raises(GpioError, match=r"^gpio\.buzzer_pin: .*in use"):
         Feedback("GPIO27", "GPIO27", pin_factory=factory)
     Button("GPIO17", pin_factory=factory).close()  # the button opened first was closed again

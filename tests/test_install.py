@@ -40,8 +40,10 @@ def _missing_tools() -> str:
             return f"{tool} not found"
     if not SYSTEM_PYTHON.exists():
         return f"{SYSTEM_PYTHON} not found"
-    ok = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
-                        capture_output=True)
+    ok = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
+        capture_output=True,
+    )
     return "" if ok.returncode == 0 else f"{SYSTEM_PYTHON} cannot make a Python >= 3.11 venv"
 
 
@@ -81,19 +83,28 @@ def root(tmp_path: Path) -> Path:
     return r
 
 
-def run_installer(src: Path, root: Path, *args: str, model: str | None = None,
-                  check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
-               EDGED_DEVICE_MODEL_FILE=str(root.parent / "no-device-tree-model"))
+def run_installer(
+    src: Path, root: Path, *args: str, model: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+        EDGED_DEVICE_MODEL_FILE=str(root.parent / "no-device-tree-model"),
+    )
     if model is not None:
         model_file = root.parent / "model"
         model_file.write_bytes(model.encode() + b"\0")
         env["EDGED_DEVICE_MODEL_FILE"] = str(model_file)
-    proc = subprocess.run(["bash", str(src / SCRIPT), "--root", str(root), *args], capture_output=True,
-                          text=True, env=env, cwd=root.parent, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(src / SCRIPT), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root.parent,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"install-pi.sh {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"install-pi.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -174,25 +185,44 @@ def test_install_twice_update_uninstall_reinstall_purge(source: Path, root: Path
 
     venv = root / "opt/edged/.venv"
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
-    checked = subprocess.run([str(venv / "bin/edged"), "config", "check", str(etc / "edged.toml")],
-                             capture_output=True, text=True, cwd=tmp_path)  # not the checkout: the venv's edged
+    checked = subprocess.run(
+        [str(venv / "bin/edged"), "config", "check", str(etc / "edged.toml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )  # not the checkout: the venv's edged
     assert checked.returncode == 0, checked.stderr
-    where = subprocess.run([str(venv / "bin/python"), "-I", "-c", "import edged; print(edged.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    where = subprocess.run(
+        [str(venv / "bin/python"), "-I", "-c", "import edged; print(edged.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert where.stdout.startswith(str(venv)), where
 
     # --- the installed doctor, with the folders the unit gives the service ---
-    service_env = dict(os.environ, STATE_DIRECTORY=str(root / "var/lib/edged"),
-                       CREDENTIALS_DIRECTORY=str(etc / "credentials"))
-    doc = subprocess.run([str(venv / "bin/edged"), "doctor", "--config", str(etc / "edged.toml"), "--json"],
-                         capture_output=True, text=True, cwd=tmp_path, env=service_env)
+    service_env = dict(
+        os.environ, STATE_DIRECTORY=str(root / "var/lib/edged"), CREDENTIALS_DIRECTORY=str(etc / "credentials")
+    )
+    doc = subprocess.run(
+        [str(venv / "bin/edged"), "doctor", "--config", str(etc / "edged.toml"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=service_env,
+    )
     checks = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}
     assert checks["config"]["status"] == "ok" and checks["credentials"]["status"] == "ok", checks
     assert checks["storage"]["status"] != "fail" and str(root / "var/lib/edged") in checks["storage"]["summary"]
     v2 = tmp_path / "v2.toml"  # a Sonoran target before its key is written: the empty placeholder is named
     v2.write_text('[upload]\ntargets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "6f1c"\n')
-    doc = subprocess.run([str(venv / "bin/edged"), "doctor", "--config", str(v2), "--json"],
-                         capture_output=True, text=True, cwd=tmp_path, env=service_env)
+    doc = subprocess.run(
+        [str(venv / "bin/edged"), "doctor", "--config", str(v2), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=service_env,
+    )
     key_check = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["credentials.sonoran_v2"]
     assert doc.returncode == 1 and key_check["status"] == "fail", key_check
     assert key_check["summary"] == f"{etc / 'credentials/sonoran_api_key'} is empty"
@@ -238,8 +268,12 @@ def test_install_twice_update_uninstall_reinstall_purge(source: Path, root: Path
 
     # --- reinstall over the kept state; a lost group membership is restored ---
     group_file = root / "etc/group"
-    group_file.write_text(group_file.read_text().replace(f"gpio:x:{account(root, 'group', 'gpio')[2]}:edged",  # type: ignore[index]
-                                                         f"gpio:x:{account(root, 'group', 'gpio')[2]}:"))  # type: ignore[index]
+    group_file.write_text(
+        group_file.read_text().replace(
+            f"gpio:x:{account(root, 'group', 'gpio')[2]}:edged",  # type: ignore[index]
+            f"gpio:x:{account(root, 'group', 'gpio')[2]}:",
+        )
+    )  # type: ignore[index]
     assert "edged" not in members(root, "gpio")
     back = run_installer(source, root, "--no-apt")
     assert "added user edged to gpio" in back.stdout
@@ -267,10 +301,13 @@ def test_refuses_apt_into_a_scratch_root(source: Path, root: Path) -> None:
     assert not (root / "opt").exists() and account(root, "passwd", "edged") is None
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--frobnicate",), "unknown option --frobnicate"),
-    (("--no-apt", "--source", "/nonexistent"), "is not an edged checkout"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--frobnicate",), "unknown option --frobnicate"),
+        (("--no-apt", "--source", "/nonexistent"), "is not an edged checkout"),
+    ],
+)
 def test_clear_errors(source: Path, root: Path, args: tuple[str, ...], message: str) -> None:
     proc = run_installer(source, root, *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr
@@ -278,8 +315,12 @@ def test_clear_errors(source: Path, root: Path, args: tuple[str, ...], message: 
 
 
 def test_relative_root_is_refused(source: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(["bash", str(source / SCRIPT), "--root", "relative/dir", "--no-apt"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        ["bash", str(source / SCRIPT), "--root", "relative/dir", "--no-apt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0 and "must be an absolute path" in proc.stderr
 
 
@@ -318,9 +359,13 @@ def test_real_paths_in_a_private_mount_namespace(source: Path, tmp_path: Path) -
     work = tmp_path / "ns"
     work.mkdir()
     (tmp_path / "real.sh").write_text(REAL_PATHS)
-    proc = subprocess.run(["unshare", "--mount", "sh", str(tmp_path / "real.sh"), str(work), str(source)],
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"))
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", str(tmp_path / "real.sh"), str(work), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"),
+    )
     if proc.returncode != 0 and "overlay" in proc.stderr:
         pytest.skip(f"cannot mount overlays here: {proc.stderr.strip()}")
     logs = "".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(work.glob("*.out")))

@@ -39,7 +39,8 @@ out=$1; shift; with_journald=$1; shift
 mount -t tmpfs -o mode=0755 tmpfs /run || exit 90
 if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=0755 tmpfs /var/log/journal || exit 90; fi
 mkdir -p /run/systemd/journal /run/log/journal /run/systemd/journald.conf.d
-printf '[Journal]\nStorage=volatile\nRateLimitIntervalSec=0\nRateLimitBurst=0\nMaxLevelStore=debug\nForwardToSyslog=no\nForwardToWall=no\nForwardToConsole=no\nForwardToKMsg=no\nReadKMsg=no\nAudit=no\n' \
+printf '%s\n' '[Journal]' Storage=volatile RateLimitIntervalSec=0 RateLimitBurst=0 MaxLevelStore=debug \
+    ForwardToSyslog=no ForwardToWall=no ForwardToConsole=no ForwardToKMsg=no ReadKMsg=no Audit=no \
     > /run/systemd/journald.conf.d/zz-edged-test.conf
 jpid=
 if [ "$with_journald" = 1 ]; then
@@ -68,7 +69,7 @@ class Boxed:
     rc: int
     stdout: str
     stderr: str
-    raw: str               # journalctl -o json, as printed
+    raw: str  # journalctl -o json, as printed
     entries: list[dict]
 
     def ours(self) -> list[dict]:
@@ -97,16 +98,39 @@ def boxed(tmp_path: Path, argv: list[str], *, journald: bool = True, timeout: fl
     out.mkdir()
     env = {**os.environ, "JOURNALD": str(JOURNALD), "PYTHONPATH": str(REPO)}
     env.pop("JOURNAL_STREAM", None)
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork",
-                        "sh", "-c", BOX, "box", str(out), "1" if journald else "0", *argv],
-                       capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    r = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "sh",
+            "-c",
+            BOX,
+            "box",
+            str(out),
+            "1" if journald else "0",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
     if r.returncode == 90 or "unshare failed" in r.stderr:
         pytest.skip(f"cannot make a private mount namespace with a tmpfs here: {r.stderr.strip()}")
     err = (out / "journald.err").read_text() if (out / "journald.err").exists() else ""
     assert r.returncode == 0, f"box failed ({r.returncode}): {r.stderr}\njournald: {err}"
     raw = (out / "journal.json").read_text() if journald else ""
-    return Boxed(int((out / "rc").read_text()), (out / "stdout").read_text(), (out / "stderr").read_text(),
-                 raw, [json.loads(line) for line in raw.splitlines() if line.strip()])
+    return Boxed(
+        int((out / "rc").read_text()),
+        (out / "stdout").read_text(),
+        (out / "stderr").read_text(),
+        raw,
+        [json.loads(line) for line in raw.splitlines() if line.strip()],
+    )
 
 
 def payload(tmp_path: Path, name: str, code: str) -> Path:
@@ -117,13 +141,28 @@ def payload(tmp_path: Path, name: str, code: str) -> Path:
 
 # --- the API, in process -------------------------------------------------------------------------
 
+
 def test_message_ids_are_fixed_distinct_128_bit_ids():
     ids = [m.value for m in Msg]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
-    for name in ("RECORDING_STARTED", "RECORDING_STOPPED", "SEGMENT_SALVAGED", "STORAGE_ALARM", "MARK",
-                 "CLIP_BUILT", "UPLOAD_DELIVERED", "UPLOAD_DEFERRED", "UPLOAD_FAILED", "CONFIG_APPLIED",
-                 "CONFIG_REJECTED", "WATCHDOG", "CAMERA_LOST", "RECALL_COMPLETED", "RECALL_FAILED"):
+    for name in (
+        "RECORDING_STARTED",
+        "RECORDING_STOPPED",
+        "SEGMENT_SALVAGED",
+        "STORAGE_ALARM",
+        "MARK",
+        "CLIP_BUILT",
+        "UPLOAD_DELIVERED",
+        "UPLOAD_DEFERRED",
+        "UPLOAD_FAILED",
+        "CONFIG_APPLIED",
+        "CONFIG_REJECTED",
+        "WATCHDOG",
+        "CAMERA_LOST",
+        "RECALL_COMPLETED",
+        "RECALL_FAILED",
+    ):
         assert Msg[name].value in journal.__doc__, f"{name} missing from the module's table"
 
 
@@ -136,8 +175,9 @@ def test_catalog_explains_every_message_id(tmp_path):
     (tmp_path / "var/lib/systemd/catalog").mkdir(parents=True)
     shutil.copy(REPO / "systemd" / "edged.catalog", catalog)
     subprocess.run(["journalctl", f"--root={tmp_path}", "--update-catalog"], check=True, timeout=60)
-    listed = subprocess.run(["journalctl", f"--root={tmp_path}", "--list-catalog"], check=True, timeout=60,
-                            capture_output=True, text=True).stdout
+    listed = subprocess.run(
+        ["journalctl", f"--root={tmp_path}", "--list-catalog"], check=True, timeout=60, capture_output=True, text=True
+    ).stdout
     subjects = dict(line.split(" ", 1) for line in listed.splitlines())
     assert set(subjects) == {m.value for m in Msg}, "one entry per MESSAGE_ID, no stale ones"
     assert all(v.startswith("edged: ") for v in subjects.values())
@@ -158,8 +198,10 @@ def test_bad_input_is_refused_clearly():
 def test_scrub_patterns():
     s = journal.scrub
     assert s("Authorization: Bearer eyJhbGciOi.J9-x_y") == "Authorization: Bearer ***"
-    assert s("https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc123&x=1") == \
-        "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&x=1"
+    assert (
+        s("https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc123&x=1")
+        == "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&x=1"
+    )
     assert s("GET /v1?api_key=abc&key=def&page=2") == "GET /v1?api_key=***&key=***&page=2"
     assert s('{"key": "abc\\"d", "n": 1}') == '{"key": "***", "n": 1}'
     assert s("{'api_key': 'abc', 'n': 1}") == "{'api_key': '***', 'n': 1}"
@@ -199,8 +241,9 @@ def test_message_id_fields_and_priorities_reach_the_journal(tmp_path):
     script = payload(tmp_path, "fields.py", FIELDS)
     box = boxed(tmp_path, [sys.executable, str(script)])
     assert box.rc == 0, box.stderr
-    assert json.loads(box.stdout) == {"kinds": ["journal", "journal"], "handlers": 2}, \
+    assert json.loads(box.stdout) == {"kinds": ["journal", "journal"], "handlers": 2}, (
         "journal + a stderr copy (stderr is not the journal here), never doubled"
+    )
 
     e = box.one("clip clip-1 built in 3 part(s)")
     assert e["MESSAGE_ID"] == Msg.CLIP_BUILT.value == "a7758b3eb80f40d2b385fb8d77e2f70a"
@@ -208,9 +251,21 @@ def test_message_id_fields_and_priorities_reach_the_journal(tmp_path):
     assert (e["PRIORITY"], e["LOGGER"], e["SYSLOG_IDENTIFIER"]) == ("6", "edged.test", "edged")
     assert (e["CODE_FILE"], e["CODE_FUNC"]) == (str(script), "emit"), "the caller, not log_event"
     sent = {k for k in e if not k.startswith("_")}
-    assert sent == {"MESSAGE", "MESSAGE_ID", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "THREAD_NAME",
-                    "PROCESS_NAME", "CODE_FILE", "CODE_LINE", "CODE_FUNC",
-                    "EDGED_CLIP_ID", "EDGED_PARTS", "EDGED_SEGMENT"}, "no junk fields (CODE_ARGS, EDGED_NOTE=None…)"
+    assert sent == {
+        "MESSAGE",
+        "MESSAGE_ID",
+        "PRIORITY",
+        "SYSLOG_IDENTIFIER",
+        "LOGGER",
+        "THREAD_NAME",
+        "PROCESS_NAME",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+        "EDGED_CLIP_ID",
+        "EDGED_PARTS",
+        "EDGED_SEGMENT",
+    }, "no junk fields (CODE_ARGS, EDGED_NOTE=None…)"
 
     assert "level DEBUG" not in [x.get("MESSAGE") for x in box.ours()], "DEBUG only when verbose"
     for name, prio in (("INFO", "6"), ("WARNING", "4"), ("ERROR", "3"), ("CRITICAL", "2")):
@@ -222,8 +277,10 @@ def test_message_id_fields_and_priorities_reach_the_journal(tmp_path):
         assert box.one(f"kind {m.name}")["MESSAGE_ID"] == m.value
     plain = box.one("plain old-style line")
     assert "MESSAGE_ID" not in plain and plain["PRIORITY"] == "4"
-    assert "INFO edged.test: clip clip-1 built in 3 part(s) [clip_built clip_id=clip-1 parts=3 " \
-           "segment=00000007_boot.webm]" in box.stderr
+    assert (
+        "INFO edged.test: clip clip-1 built in 3 part(s) [clip_built clip_id=clip-1 parts=3 "
+        "segment=00000007_boot.webm]" in box.stderr
+    )
 
 
 def test_a_service_whose_stderr_is_the_journal_logs_once(tmp_path):
@@ -269,9 +326,20 @@ SECRETS = """
     log.info("13 bad args %d", "file-key-one")
     log.info("14 done")
 """
-SECRET_VALUES = ("hunter2-registered", "tok-unregistered-123456", "deadbeefsig0123456789", "AKIAEXAMPLECRED",
-                 "json-secret-value", "query-secret-value", "dict-secret-value", "exc-token-987", "file-key-one",
-                 "rotated-file-key-number-two", "p@ss/w0rd+x y", "p%40ss%2Fw0rd%2Bx%20y")
+SECRET_VALUES = (
+    "hunter2-registered",
+    "tok-unregistered-123456",
+    "deadbeefsig0123456789",
+    "AKIAEXAMPLECRED",
+    "json-secret-value",
+    "query-secret-value",
+    "dict-secret-value",
+    "exc-token-987",
+    "file-key-one",
+    "rotated-file-key-number-two",
+    "p@ss/w0rd+x y",
+    "p%40ss%2Fw0rd%2Bx%20y",
+)
 
 
 def _assert_secrets_scrubbed(text: str) -> None:
@@ -328,8 +396,10 @@ def test_without_a_journal_logging_falls_back_to_stderr(tmp_path):
     box = boxed(tmp_path, [sys.executable, str(payload(tmp_path, "fallback.py", FALLBACK))], journald=False)
     assert box.rc == 0, box.stderr
     assert box.stdout.split() == ["stderr", "stderr"], "no socket, then a stale socket: stderr both times"
-    assert ("WARNING edged.test: upload deferred: connection refused [upload_deferred clip_id=c-9 part=2 "
-            'target=sonoran_v2 reason="connection refused"]') in box.stderr
+    assert (
+        "WARNING edged.test: upload deferred: connection refused [upload_deferred clip_id=c-9 part=2 "
+        'target=sonoran_v2 reason="connection refused"]'
+    ) in box.stderr
     assert "ERROR edged.test: key *** and Bearer ***" in box.stderr
     assert "fallback-secret-42" not in box.stderr and "abc.def" not in box.stderr
     assert box.stderr.count("upload deferred") == 1 and "Logging error" not in box.stderr
@@ -383,7 +453,8 @@ def test_the_daemon_logs_its_events_to_the_journal_and_never_its_key(tmp_path):
     key_file.write_text(secret + "\n")
     state = tmp_path / "state"
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [camera]
         source = "synthetic"
         paced = true
@@ -401,7 +472,8 @@ def test_the_daemon_logs_its_events_to_the_journal_and_never_its_key(tmp_path):
         base_url = "http://127.0.0.1:{_dead_port()}"
         api_key_file = "{key_file}"
         account_uuid = "3f0c5a8e-1b2d-4c3e-9f4a-5b6c7d8e9f01"
-    """))
+    """)
+    )
     script = payload(tmp_path, "daemon.py", DAEMON)
     box = boxed(tmp_path, [sys.executable, str(script), str(cfg), str(state), str(key_file)], timeout=180)
     assert box.rc == 0, box.stderr
@@ -415,8 +487,9 @@ def test_the_daemon_logs_its_events_to_the_journal_and_never_its_key(tmp_path):
     assert started[0]["_PID"] == stopped[0]["_PID"] and started[0]["LOGGER"] == "edged.recorder"
 
     [mark] = box.by_id(Msg.MARK)
-    assert mark["EDGED_EVENT_ID"] == event_id and mark["EDGED_NOTE"] == "badge reads ***", \
+    assert mark["EDGED_EVENT_ID"] == event_id and mark["EDGED_NOTE"] == "badge reads ***", (
         "the key file named in the config is registered as a secret by the daemon"
+    )
     [clip] = box.by_id(Msg.CLIP_BUILT)
     assert clip["EDGED_CLIP_ID"] == event_id and int(clip["EDGED_PARTS"]) >= 1
     delivered = [e for e in box.by_id(Msg.UPLOAD_DELIVERED) if e["EDGED_TARGET"] == "directory"]
@@ -451,7 +524,8 @@ CRASH = """
 def test_a_crash_shows_as_a_start_without_a_stop_then_the_salvage(tmp_path):
     state = tmp_path / "state"
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [camera]
         source = "synthetic"
         paced = true
@@ -460,17 +534,23 @@ def test_a_crash_shows_as_a_start_without_a_stop_then_the_salvage(tmp_path):
         [storage]
         dir = "{state}"
         min_free_bytes = 0
-    """))
-    box = boxed(tmp_path, [sys.executable, str(payload(tmp_path, "crash.py", CRASH)), str(cfg), str(state)],
-                timeout=180)
+    """)
+    )
+    box = boxed(
+        tmp_path, [sys.executable, str(payload(tmp_path, "crash.py", CRASH)), str(cfg), str(state)], timeout=180
+    )
     assert box.rc == 0, box.stderr
     segment, killed_pid = box.stdout.split()
     started, stopped = box.by_id(Msg.RECORDING_STARTED), box.by_id(Msg.RECORDING_STOPPED)
     assert [e["_PID"] for e in started][0] == killed_pid and len(started) == 2
     assert [e["_PID"] for e in stopped] == [started[1]["_PID"]], "the killed daemon never said it stopped"
     [salvaged] = box.by_id(Msg.SEGMENT_SALVAGED)
-    assert (salvaged["EDGED_SEGMENT"], salvaged["EDGED_CAUSE"], salvaged["LOGGER"]) == \
-        (segment, "crash", "edged.reconcile")
+    assert (salvaged["EDGED_SEGMENT"], salvaged["EDGED_CAUSE"], salvaged["LOGGER"]) == (
+        segment,
+        "crash",
+        "edged.reconcile",
+    )
     assert salvaged["PRIORITY"] == "4" and salvaged["_PID"] == started[1]["_PID"]
-    assert int(salvaged["__MONOTONIC_TIMESTAMP"]) < int(started[1]["__MONOTONIC_TIMESTAMP"]), \
+    assert int(salvaged["__MONOTONIC_TIMESTAMP"]) < int(started[1]["__MONOTONIC_TIMESTAMP"]), (
         "salvaged at start, before recording resumes"
+    )

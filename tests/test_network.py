@@ -72,8 +72,9 @@ def test_a_new_interface_wakes_the_watch_at_once(veth):
         wait_until(lambda: veth[0] in usable_interfaces(), 2, "veth usable")
         assert "lo" not in usable_interfaces()
         ip("link", "del", veth[0])
-        wait_until(lambda: any(s.startswith(("remove", "link removed")) and veth[0] in s for s in seen), 2,
-                   "removal event")
+        wait_until(
+            lambda: any(s.startswith(("remove", "link removed")) and veth[0] in s for s in seen), 2, "removal event"
+        )
         print(f"\nlink event latency {latency * 1000:.1f} ms via {w.source}")
     finally:
         w.stop()
@@ -90,6 +91,7 @@ def test_the_watch_costs_nothing_while_idle():
         def cpu_ticks() -> int:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             return int(fields[11]) + int(fields[12])  # utime + stime
+
         before = cpu_ticks()
         woke = w.wait(2.0)
         used_s = (cpu_ticks() - before) / os.sysconf("SC_CLK_TCK")
@@ -101,6 +103,7 @@ def test_the_watch_costs_nothing_while_idle():
 
 def test_the_poll_fallback_sees_interfaces_too(veth, monkeypatch):
     import edged.upload.network as network
+
     monkeypatch.setattr(network, "POLL_S", 0.2)
     w = LinkWatch(_force_poll=True)
     w.start()
@@ -123,6 +126,7 @@ def test_probe():
 
 # --- the uploader resumes when a link appears ------------------------------------------------------
 
+
 @pytest.fixture
 def netns():
     ns = f"edns{TAG}"
@@ -135,9 +139,26 @@ def netns():
 def test_uploads_resume_within_2_s_of_a_link_appearing(tmp_path, netns, veth):
     host_if, ns_if = veth
     port = 18000 + int(TAG) % 1000
-    server = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, str(REPO / "tests" / "sonoran_server.py"),
-                               "--host", "0.0.0.0", "--port", str(port), "--key", "test-key=free",
-                               "--store-dir", str(tmp_path / "received")], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            str(REPO / "tests" / "sonoran_server.py"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--key",
+            "test-key=free",
+            "--store-dir",
+            str(tmp_path / "received"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     # This test subnet has no way out until the veth exists (the container's default route would
     # otherwise swallow the packets and turn "no network" into a slow connect timeout).
     ip("route", "add", "unreachable", "10.213.78.0/24")
@@ -145,14 +166,29 @@ def test_uploads_resume_within_2_s_of_a_link_appearing(tmp_path, netns, veth):
         assert server.stdout.readline().startswith("READY")
         key = tmp_path / "api.key"
         key.write_text("test-key")
-        s = config.from_mapping({"storage": {"dir": str(tmp_path / "state")}, "upload": {
-            "targets": ["sonoran_v2"], "retry_base_seconds": 60.0, "retry_cap_seconds": 600.0,
-            "sonoran_v2": {"base_url": f"http://10.213.78.2:{port}", "api_key_file": str(key),
-                           "account_uuid": ACCOUNT}}})
+        s = config.from_mapping(
+            {
+                "storage": {"dir": str(tmp_path / "state")},
+                "upload": {
+                    "targets": ["sonoran_v2"],
+                    "retry_base_seconds": 60.0,
+                    "retry_cap_seconds": 600.0,
+                    "sonoran_v2": {
+                        "base_url": f"http://10.213.78.2:{port}",
+                        "api_key_file": str(key),
+                        "account_uuid": ACCOUNT,
+                    },
+                },
+            }
+        )
         outbox = Outbox(tmp_path / "outbox.sqlite", targets=s.upload.targets)
         clip = make_webm(tmp_path / "c-part01.webm")
-        outbox.enqueue("c", [(1, clip, clip.stat().st_size, 1000, hashlib.sha256(clip.read_bytes()).hexdigest())],
-                       PRIORITY_MARK, time.time_ns())
+        outbox.enqueue(
+            "c",
+            [(1, clip, clip.stat().st_size, 1000, hashlib.sha256(clip.read_bytes()).hexdigest())],
+            PRIORITY_MARK,
+            time.time_ns(),
+        )
         # Seeded so that the first back-off is long: only the link event can bring the retry early.
         up = Uploader(outbox, build_targets(s), RetryPolicy.from_settings(s.upload, random.Random(0)))
         watch = LinkWatch(on_change=up.on_link_change)

@@ -22,19 +22,19 @@ import av
 import numpy as np
 import pytest
 
-from edged.core import limits
 from edged.app.daemon import Daemon
+from edged.clips.timelapse import plan
+from edged.core import limits
+from edged.core.paths import StatePaths
+from edged.core.timefmt import iso
 from edged.events.manager import EventManager, EventStore
 from edged.footage.index import Index
-from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
-from edged.core.paths import StatePaths
-from edged.recall.request import DURATIONS, InvalidRequest, RecallStore, parse_request, parse_time
-from edged.recall.inbox import Inbox, is_temporary
-from edged.recall.service import RecallService, inbox_dir, status_dir, store_path
 from edged.footage.ring import RingBuffer
-from edged.core.timefmt import iso
-from edged.clips.timelapse import plan
 from edged.footage.timeline import LOST, NOT_RECORDED, OVERWRITTEN, coverage
+from edged.recall.inbox import Inbox, is_temporary
+from edged.recall.request import DURATIONS, InvalidRequest, RecallStore, parse_request, parse_time
+from edged.recall.service import RecallService, inbox_dir, status_dir, store_path
+from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
@@ -76,8 +76,7 @@ def real(tmp_path_factory) -> Path:
     """90 s of the real camera footage (vtest.avi looped as the camera) with a tone, 10 s segments."""
     if not (FOOTAGE / "vtest.avi").exists():
         pytest.skip(f"shared footage not found at {FOOTAGE}")
-    camera = {"source": "file", "device": str(FOOTAGE / "vtest.avi"), "width": 480, "height": 270,
-              "bitrate": 200_000}
+    camera = {"source": "file", "device": str(FOOTAGE / "vtest.avi"), "width": 480, "height": 270, "bitrate": 200_000}
     return record(tmp_path_factory.mktemp("recall-real") / "state", 90, camera=camera)
 
 
@@ -98,16 +97,27 @@ class Rig:
         self.boot = rows[0].boot_id
         self.offset = rows[0].best_wall_start_ns - rows[0].mono_start_ns
         self.service = RecallService(
-            self.settings, RecallStore(store_path(self.paths)), self.index, self.outbox, clips_dir=self.paths.clips,
-            segments_dir=self.paths.segments, status_folder=status_dir(self.settings),
-            inbox=Inbox(inbox_dir(self.settings), settle_s=0.0), now_wall_ns=time.time_ns,
-            wall_offset_ns=lambda: self.offset, boot_id=self.boot)
+            self.settings,
+            RecallStore(store_path(self.paths)),
+            self.index,
+            self.outbox,
+            clips_dir=self.paths.clips,
+            segments_dir=self.paths.segments,
+            status_folder=status_dir(self.settings),
+            inbox=Inbox(inbox_dir(self.settings), settle_s=0.0),
+            now_wall_ns=time.time_ns,
+            wall_offset_ns=lambda: self.offset,
+            boot_id=self.boot,
+        )
         self.uploader: Uploader | None = None
 
     def upload(self) -> Uploader:
-        self.uploader = Uploader(self.outbox, build_targets(self.settings),
-                                 RetryPolicy.from_settings(self.settings.upload),
-                                 on_delivered=self.service.on_delivered)
+        self.uploader = Uploader(
+            self.outbox,
+            build_targets(self.settings),
+            RetryPolicy.from_settings(self.settings.upload),
+            on_delivered=self.service.on_delivered,
+        )
         self.uploader.start()
         return self.uploader
 
@@ -130,6 +140,7 @@ def rig_factory(tmp_path):
     def make(src: Path, **sections) -> Rig:
         rigs.append(Rig(src, tmp_path / f"rig{len(rigs)}", **sections))
         return rigs[-1]
+
     yield make
     for r in rigs:
         r.close()
@@ -166,8 +177,14 @@ POS = ["front"]
 
 
 def judge(data, **kw):
-    return parse_request(data, kw.pop("rid", "r1"), now_ns=kw.pop("now", NOW), positions=kw.pop("positions", POS),
-                         device_names=kw.pop("names", ["cam-17", "unit 5"]), **kw)
+    return parse_request(
+        data,
+        kw.pop("rid", "r1"),
+        now_ns=kw.pop("now", NOW),
+        positions=kw.pop("positions", POS),
+        device_names=kw.pop("names", ["cam-17", "unit 5"]),
+        **kw,
+    )
 
 
 def test_a_valid_request_is_normalised():
@@ -175,37 +192,58 @@ def test_a_valid_request_is_normalised():
     assert r.start_ns == NOW - 4000 * S  # 14:00:00Z
     assert (r.duration_min, r.recall_type, r.cameras) == (3, "regular", ("front",))
     assert r.end_ns - r.start_ns == 3 * MIN
-    t = judge({"start_time": "2025-06-15T14:00:00.250Z", "duration": 60, "recall_type": "timelapse",
-               "camera_positions": ["front"], "asset_name": "cam-17"})
+    t = judge(
+        {
+            "start_time": "2025-06-15T14:00:00.250Z",
+            "duration": 60,
+            "recall_type": "timelapse",
+            "camera_positions": ["front"],
+            "asset_name": "cam-17",
+        }
+    )
     assert t.start_ns == r.start_ns + 250 * MS and t.recall_type == "timelapse"
     assert judge({"start_time": iso(NOW), "duration": 1}).start_ns == NOW  # now itself is not the future
 
 
-@pytest.mark.parametrize("data, reason", [
-    ({"start_time": "2025-06-15T15:07:00Z", "duration": 1}, "start_time: 2025-06-15T15:07:00.000Z is in the future"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 5}, "regular recalls last 1, 2, 3 minutes, got 5 "
-                                                            "(5 minutes is a timelapse duration)"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 3, "recall_type": "timelapse"},
-     "timelapse recalls last 5, 10, 15, 30, 45, 60 minutes, got 3"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 20, "recall_type": "timelapse"}, "got 20"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "recall_type": "slowmo"},
-     "recall_type: 'slowmo' is not one of regular, timelapse"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": []}, "camera_positions: empty list"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": ["front", "rear"]},
-     "camera_positions: 'rear' not on this device (it has: front)"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": "front"}, "must be a list"),
-    ({"duration": 1}, "start_time: missing (required)"),
-    ({"start_time": "2025-06-15T14:00:00Z"}, "duration: missing (required)"),
-    ({"start_time": "2025-06-15T14:00:00", "duration": 1}, "has no time zone"),
-    ({"start_time": "yesterday", "duration": 1}, "is not an ISO 8601 date and time"),
-    ({"start_time": 1718000000, "duration": 1}, "must be an ISO 8601 string"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": "3"}, "duration: must be a whole number of minutes"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": True}, "must be a whole number of minutes"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1.5}, "must be a whole number of minutes"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "duraton": 2}, "unknown field(s) duraton"),
-    ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "vehicle_number": "V9"}, "'V9' is not this device"),
-    (["start_time"], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (
+            {"start_time": "2025-06-15T15:07:00Z", "duration": 1},
+            "start_time: 2025-06-15T15:07:00.000Z is in the future",
+        ),
+        (
+            {"start_time": "2025-06-15T14:00:00Z", "duration": 5},
+            "regular recalls last 1, 2, 3 minutes, got 5 (5 minutes is a timelapse duration)",
+        ),
+        (
+            {"start_time": "2025-06-15T14:00:00Z", "duration": 3, "recall_type": "timelapse"},
+            "timelapse recalls last 5, 10, 15, 30, 45, 60 minutes, got 3",
+        ),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 20, "recall_type": "timelapse"}, "got 20"),
+        (
+            {"start_time": "2025-06-15T14:00:00Z", "duration": 1, "recall_type": "slowmo"},
+            "recall_type: 'slowmo' is not one of regular, timelapse",
+        ),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": []}, "camera_positions: empty list"),
+        (
+            {"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": ["front", "rear"]},
+            "camera_positions: 'rear' not on this device (it has: front)",
+        ),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "camera_positions": "front"}, "must be a list"),
+        ({"duration": 1}, "start_time: missing (required)"),
+        ({"start_time": "2025-06-15T14:00:00Z"}, "duration: missing (required)"),
+        ({"start_time": "2025-06-15T14:00:00", "duration": 1}, "has no time zone"),
+        ({"start_time": "yesterday", "duration": 1}, "is not an ISO 8601 date and time"),
+        ({"start_time": 1718000000, "duration": 1}, "must be an ISO 8601 string"),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": "3"}, "duration: must be a whole number of minutes"),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": True}, "must be a whole number of minutes"),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 1.5}, "must be a whole number of minutes"),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "duraton": 2}, "unknown field(s) duraton"),
+        ({"start_time": "2025-06-15T14:00:00Z", "duration": 1, "vehicle_number": "V9"}, "'V9' is not this device"),
+        (["start_time"], "must be a JSON object"),
+    ],
+)
 def test_invalid_requests_are_rejected_with_the_reason(data, reason):
     with pytest.raises(InvalidRequest) as exc:
         judge(data)
@@ -256,7 +294,8 @@ def test_coverage_names_why_footage_is_missing(synthetic, tmp_path):
     assert [(g.reason, g.start_ns, g.end_ns) for g in gaps] == [
         (NOT_RECORDED, start, rows[0].best_wall_start_ns),
         (OVERWRITTEN, rows[2].best_wall_start_ns, min(rows[2].best_wall_end_ns, rows[3].best_wall_start_ns)),
-        (LOST, rows[5].best_wall_start_ns, min(rows[5].best_wall_end_ns, rows[6].best_wall_start_ns))]
+        (LOST, rows[5].best_wall_start_ns, min(rows[5].best_wall_end_ns, rows[6].best_wall_start_ns)),
+    ]
     assert available[0] == (rows[0].best_wall_start_ns, rows[2].best_wall_start_ns)
     assert available[-1] == (rows[6].best_wall_start_ns, end)
 
@@ -321,7 +360,8 @@ def test_three_minute_regular_recall_is_split_into_contiguous_parts_within_the_l
     manifest = json.loads((files[0].parent / "manifest.json").read_text())
     first, second = manifest["parts"]
     assert parse_time(second["wall_start"]) - parse_time(first["wall_start"]) in range(
-        first["duration_ms"] * MS - 100 * MS, first["duration_ms"] * MS + 1)  # no gap, no overlap
+        first["duration_ms"] * MS - 100 * MS, first["duration_ms"] * MS + 1
+    )  # no gap, no overlap
 
 
 # --- timelapse ----------------------------------------------------------------------------------------
@@ -396,7 +436,8 @@ def test_five_minute_timelapse_keeps_frames_at_an_even_interval_within_the_limit
 
 
 def test_overwritten_footage_fails_with_the_reason_and_partial_footage_is_delivered_with_the_gap(
-        synthetic, rig_factory):
+    synthetic, rig_factory
+):
     rig = rig_factory(synthetic)
     rows = rig.index.stored()
     ring = RingBuffer(rig.index, rig.paths.segments, max_bytes=10**12, min_free_bytes=0)
@@ -457,8 +498,7 @@ def test_a_window_reaching_past_the_recording_waits_and_protects_footage_not_rec
     assert asked == [parse_time(at(end - 40 * S)) + MIN - rig.offset]  # a segment starts at the window's end
     # A segment recorded after the request, inside the window, is protected by the range hold at once.
     seq = rig.index.next_seq()
-    rig.index.begin(seq, "later.webm", rig.boot, rig.last.mono_start_ns + rig.last.duration_ns,
-                    end, False)
+    rig.index.begin(seq, "later.webm", rig.boot, rig.last.mono_start_ns + rig.last.duration_ns, end, False)
     rig.index.finish(seq, "final", 10 * S, 1000, 100, 10, "0" * 64)
     assert rig.index.get(seq).held
     assert rig.service.process_ready() == []
@@ -477,14 +517,25 @@ def test_recall_parts_go_after_a_mark_made_at_the_same_time(synthetic, rig_facto
     end_mono = rig.last.mono_start_ns + rig.last.duration_ns
     rig.service.submit(body(rig.first.best_wall_start_ns, 3), "recall-first")
     rig.service.process_ready()  # the recall is in the outbox first
-    events = EventManager(rig.settings, EventStore(rig.state / "events.sqlite"), rig.index, rig.outbox,
-                          rig.paths.clips, rig.paths.segments, timeline_now_ns=lambda: end_mono,
-                          wall_offset_ns=lambda: rig.offset, clock_synced=lambda: False, boot_id=rig.boot)
+    events = EventManager(
+        rig.settings,
+        EventStore(rig.state / "events.sqlite"),
+        rig.index,
+        rig.outbox,
+        rig.paths.clips,
+        rig.paths.segments,
+        timeline_now_ns=lambda: end_mono,
+        wall_offset_ns=lambda: rig.offset,
+        clock_synced=lambda: False,
+        boot_id=rig.boot,
+    )
     mark = events.mark("cli", "same time")
     assert events.finish_ready() == [mark.event_id]
     parts = rig.outbox.parts()
-    assert {(p.clip_id, p.priority) for p in parts} == {("recall-recall-first", PRIORITY_RECALL),
-                                                       (mark.event_id, PRIORITY_MARK)}
+    assert {(p.clip_id, p.priority) for p in parts} == {
+        ("recall-recall-first", PRIORITY_RECALL),
+        (mark.event_id, PRIORITY_MARK),
+    }
     assert PRIORITY_MARK < PRIORITY_RECALL
     assert rig.outbox.next_due("directory").part.clip_id == mark.event_id
     rig.upload()
@@ -535,6 +586,7 @@ def test_inbox_ignores_sync_tools_temporary_files_and_files_being_written(tmp_pa
 
     def look() -> int:
         return inbox.take(taken.append)
+
     for name in (".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp"):
         (folder / name).write_text('{"start_time": "2025-01-01T00:00:00Z", "duration": 1}')
         assert is_temporary(name)
@@ -553,8 +605,8 @@ def test_inbox_ignores_sync_tools_temporary_files_and_files_being_written(tmp_pa
     assert item.request_id == "r4" and item.body == {"start_time": "2025-01-01T00:00:00Z", "duration": 1}
     assert (folder / "processed" / "r4.json").exists() and not growing.exists()
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp",
-         "processed"])
+        [".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp", "processed"]
+    )
 
 
 def test_inbox_requests_get_status_files_pending_processing_completed(synthetic, rig_factory):
@@ -572,6 +624,7 @@ def test_inbox_requests_get_status_files_pending_processing_completed(synthetic,
     def spy(name, doc, rid):
         written.append((name, doc["status"]))
         put(name, doc, rid)
+
     rig.service._put = spy
     rig.service.poll_inbox()
     assert rig.service.poll_inbox() == 3  # settled at the second look (settle_s = 0 here)
@@ -611,8 +664,9 @@ def test_a_restart_protects_unfinished_recalls_again_and_builds_what_was_cut_off
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edged", *args, "--config", str(cfg)], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edged", *args, "--config", str(cfg)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_recall_and_timeline_against_a_running_daemon(synthetic, tmp_path):
@@ -655,8 +709,14 @@ def test_cli_recall_and_timeline_against_a_running_daemon(synthetic, tmp_path):
         # The synced inbox, read by the daemon's own worker.
         (sync / "recall").mkdir(parents=True, exist_ok=True)
         (sync / "recall" / "ops-7.json").write_text(json.dumps({"start_time": start, "duration": 2}))
-        wait_until(lambda: (sync / "status" / "recall-ops-7.json").exists() and json.loads(
-            (sync / "status" / "recall-ops-7.json").read_text())["status"] == "completed", 60, "inbox recall completed")
+        wait_until(
+            lambda: (
+                (sync / "status" / "recall-ops-7.json").exists()
+                and json.loads((sync / "status" / "recall-ops-7.json").read_text())["status"] == "completed"
+            ),
+            60,
+            "inbox recall completed",
+        )
     finally:
         d.recorder.stop()
         t.join(timeout=60)

@@ -29,14 +29,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edged.recall.request import (DURATIONS, MAX_DEPTH, MAX_REQUEST_BYTES, MAX_TIME_NS, MIN_TIME_NS, InvalidRequest,
-                          RecallRequest, RecallStore, load_request, parse_request, request_from_bytes)
 from edged.recall.inbox import Inbox
+from edged.recall.request import (
+    DURATIONS,
+    MAX_DEPTH,
+    MAX_REQUEST_BYTES,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    InvalidRequest,
+    RecallRequest,
+    RecallStore,
+    load_request,
+    parse_request,
+    request_from_bytes,
+)
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "1500"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 INT64 = 2**63
 
 NOW = 1_750_000_000 * 10**9  # 2025-06-15T15:06:40Z
@@ -45,41 +59,85 @@ NAMES = ["cam-17", "unit 5"]
 
 # --- strategies -------------------------------------------------------------------------------------
 
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(-(10**40), 10**40)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6)
-                           | st.dictionaries(st.text(max_size=12), inner, max_size=6), max_leaves=25)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(10**40), 10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=25,
+)
 
 offsets = st.sampled_from(["Z", "+00:00", "+02:00", "-07:00", "+14:00", "-12:00", "+23:59", "-23:59", ""])
 any_datetime = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59))
 near_datetime = st.datetimes(min_value=dt.datetime(1995, 1, 1), max_value=dt.datetime(2105, 12, 31))
 iso_times = st.builds(lambda t, off: t.isoformat() + off, any_datetime | near_datetime, offsets)
-edge_times = st.sampled_from(["1600-01-01T00:00:00Z", "1677-09-21T00:12:43Z", "1969-12-31T23:59:59Z",
-                              "1999-12-31T23:59:59.999999Z", "2000-01-01T00:00:00Z", "2099-12-31T23:59:59Z",
-                              "2100-01-01T00:00:00Z", "2262-04-11T23:47:16Z", "9999-12-31T23:59:59-23:59",
-                              "0001-01-01T00:00:00+23:59", "2025-06-15T15:06:40Z", "2025-06-15T15:06:40.000001Z",
-                              " 2024-05-01T14:30:00Z ", "2024-05-01", "2024-05-01T14:30:00", "NaN", ""])
+edge_times = st.sampled_from(
+    [
+        "1600-01-01T00:00:00Z",
+        "1677-09-21T00:12:43Z",
+        "1969-12-31T23:59:59Z",
+        "1999-12-31T23:59:59.999999Z",
+        "2000-01-01T00:00:00Z",
+        "2099-12-31T23:59:59Z",
+        "2100-01-01T00:00:00Z",
+        "2262-04-11T23:47:16Z",
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+23:59",
+        "2025-06-15T15:06:40Z",
+        "2025-06-15T15:06:40.000001Z",
+        " 2024-05-01T14:30:00Z ",
+        "2024-05-01",
+        "2024-05-01T14:30:00",
+        "NaN",
+        "",
+    ]
+)
 start_times = iso_times | edge_times | json_values | st.text(max_size=100)
-durations = (st.sampled_from(sorted({d for ds in DURATIONS.values() for d in ds}))
-             | st.sampled_from([0, -1, 4, 61, 2**63, -(2**63) - 1, 10**400, True, 1.0, float("nan"),
-                                float("inf"), "3", None]) | json_values)
+durations = (
+    st.sampled_from(sorted({d for ds in DURATIONS.values() for d in ds}))
+    | st.sampled_from([0, -1, 4, 61, 2**63, -(2**63) - 1, 10**400, True, 1.0, float("nan"), float("inf"), "3", None])
+    | json_values
+)
 types = st.sampled_from(["regular", "timelapse"]) | json_values
 cameras = st.lists(st.sampled_from(["front", "rear", "", "x" * 100]), max_size=20) | json_values
 names = st.sampled_from(NAMES + ["V9", 17, 10**30, "x" * 200]) | json_values
 
 request_objects = st.fixed_dictionaries(
-    {}, optional={"start_time": start_times, "duration": durations, "recall_type": types,
-                  "camera_positions": cameras, "vehicle_number": names, "asset_name": names,
-                  "duraton": json_values})
+    {},
+    optional={
+        "start_time": start_times,
+        "duration": durations,
+        "recall_type": types,
+        "camera_positions": cameras,
+        "vehicle_number": names,
+        "asset_name": names,
+        "duraton": json_values,
+    },
+)
 past = st.datetimes(min_value=dt.datetime(2000, 1, 2), max_value=dt.datetime(2025, 6, 14))
 likely_valid = st.fixed_dictionaries(
-    {"start_time": st.builds(lambda t, off: t.isoformat() + off, past, offsets.filter(bool)),
-     "duration": st.sampled_from([1, 2, 3, 5, 60])},
-    optional={"recall_type": st.sampled_from(["regular", "timelapse"]),
-              "camera_positions": st.just(["front"])})
-bodies = request_objects | likely_valid | json_values | st.dictionaries(
-    st.sampled_from(["start_time", "duration", "recall_type", "camera_positions"]) | st.text(max_size=12),
-    json_values, max_size=5)
+    {
+        "start_time": st.builds(lambda t, off: t.isoformat() + off, past, offsets.filter(bool)),
+        "duration": st.sampled_from([1, 2, 3, 5, 60]),
+    },
+    optional={"recall_type": st.sampled_from(["regular", "timelapse"]), "camera_positions": st.just(["front"])},
+)
+bodies = (
+    request_objects
+    | likely_valid
+    | json_values
+    | st.dictionaries(
+        st.sampled_from(["start_time", "duration", "recall_type", "camera_positions"]) | st.text(max_size=12),
+        json_values,
+        max_size=5,
+    )
+)
 
 
 def _deep(n: int, opener: bytes) -> bytes:
@@ -101,14 +159,19 @@ def _dumps(value) -> bytes:
         return b"{}"
 
 
-nested = st.builds(_deep, st.integers(0, 70_000), st.sampled_from([b"[", b"{\"a\":", b"[{\"a\":"]))
+nested = st.builds(_deep, st.integers(0, 70_000), st.sampled_from([b"[", b'{"a":', b'[{"a":']))
 json_bytes = st.builds(_dumps, bodies)
-mutated = st.builds(_mutate, json_bytes, st.integers(0, 400), st.lists(st.tuples(st.integers(0, 400),
-                                                                                st.integers(0, 255)), max_size=4))
-encoded = st.builds(lambda v, enc: _dumps(v).decode().encode(enc, "replace"), bodies,
-                    st.sampled_from(["utf-16", "latin-1", "utf-8-sig", "cp1252"]))
-oversized = st.builds(lambda extra, body: body + b" " * (MAX_REQUEST_BYTES + 1 - len(body) + extra),
-                      st.integers(0, 100), json_bytes)
+mutated = st.builds(
+    _mutate, json_bytes, st.integers(0, 400), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4)
+)
+encoded = st.builds(
+    lambda v, enc: _dumps(v).decode().encode(enc, "replace"),
+    bodies,
+    st.sampled_from(["utf-16", "latin-1", "utf-8-sig", "cp1252"]),
+)
+oversized = st.builds(
+    lambda extra, body: body + b" " * (MAX_REQUEST_BYTES + 1 - len(body) + extra), st.integers(0, 100), json_bytes
+)
 request_bytes = st.binary(max_size=600) | nested | json_bytes | mutated | encoded | oversized
 
 
@@ -147,7 +210,7 @@ def stored(store: RecallStore, req: RecallRequest) -> None:
     req = RecallRequest(f"fuzz-{next(_ids)}", req.start_ns, req.duration_min, req.recall_type, req.cameras, req.source)
     try:
         store.add(req, ("boot", 0, 0))
-    except Exception as exc:  # a duplicate of an earlier example is fine: it was stored
+    except Exception as exc:  # noqa: BLE001 - a duplicate of an earlier example is fine: it was stored
         assert type(exc).__name__ == "DuplicateRequest", exc
         return
     got = store.get(req.id)
@@ -177,14 +240,17 @@ def test_the_fuzzer_reaches_both_answers():
     """Not vacuous: the strategies give accepted requests as well as every kind of rejection."""
     accepted = judge(request_from_bytes, json.dumps({"start_time": "2025-06-15T14:00:00Z", "duration": 3}).encode())
     assert isinstance(accepted, RecallRequest)
-    for data, words in [(b"[" * 60_000, f"more than {MAX_DEPTH} deep"), (b"\xff\xfe{}", "not UTF-8"),
-                        (b" " * (MAX_REQUEST_BYTES + 1), "at most"), (b'{"start_time": NaN}', "not valid JSON"),
-                        (b'{"start_time": "1600-01-01T00:00:00Z", "duration": 1}', "before any footage"),
-                        (b'{"start_time": "9999-12-31T23:59:59Z", "duration": 1}', "in the future"),
-                        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": -3}', "got -3"),
-                        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": 1e999}', "got inf"),
-                        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": 1, "recall_type": []}',
-                         "recall_type: [] is not one of")]:
+    for data, words in [
+        (b"[" * 60_000, f"more than {MAX_DEPTH} deep"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b" " * (MAX_REQUEST_BYTES + 1), "at most"),
+        (b'{"start_time": NaN}', "not valid JSON"),
+        (b'{"start_time": "1600-01-01T00:00:00Z", "duration": 1}', "before any footage"),
+        (b'{"start_time": "9999-12-31T23:59:59Z", "duration": 1}', "in the future"),
+        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": -3}', "got -3"),
+        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": 1e999}', "got inf"),
+        (b'{"start_time": "2025-01-01T00:00:00Z", "duration": 1, "recall_type": []}', "recall_type: [] is not one of"),
+    ]:
         reasons = judge(request_from_bytes, data)
         assert isinstance(reasons, list) and any(words in r for r in reasons), (data[:60], reasons)
 

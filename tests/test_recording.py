@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.recording.encode import OPUS_FRAME_MS
-from edged.footage.index import Index
 from edged.core.paths import StatePaths
+from edged.footage.index import Index
+from edged.recording.encode import OPUS_FRAME_MS
 from tests.helpers import decode_all, packets, segment_files
 
 
@@ -111,7 +111,7 @@ def _mjpeg_file(path: Path, seconds: int = 3, fps: int = 10) -> Path:
         st.width, st.height, st.pix_fmt = 320, 240, "yuvj420p"
         for i in range(seconds * fps):
             img = np.full((240, 320, 3), (i * 7) % 255, np.uint8)
-            img[:, (i * 9) % 320:] = 40
+            img[:, (i * 9) % 320 :] = 40
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts = i
             frame.time_base = Fraction(1, fps)
@@ -133,8 +133,7 @@ def test_intra_only_source_does_not_make_every_frame_a_keyframe(settings_factory
 
 def test_file_source_loops_scales_and_resamples(settings_factory, footage):
     """bikes.mp4 is 640x272 at 25 fps for 10 s: recorded at 960x540, 10 fps, looping past its end."""
-    s = settings_factory(camera={"source": "file", "device": str(footage / "bikes.mp4")},
-                         audio={"source": "none"})
+    s = settings_factory(camera={"source": "file", "device": str(footage / "bikes.mp4")}, audio={"source": "none"})
     record(s, 14)
     files = segment_files(s.state_dir)
     frames = sum(decode_all(f)[0] for f in files)
@@ -150,8 +149,12 @@ def test_status_json_reports_the_recording(settings_factory, tmp_path):
     record(s, 12)
     cfg = tmp_path / "edged.toml"
     cfg.write_text(f'[storage]\ndir = "{s.state_dir}"\n')
-    out = subprocess.run([sys.executable, "-m", "edged", "status", "--config", str(cfg), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edged", "status", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     st = json.loads(out.stdout)
     assert st["state"] == "stopped"  # the daemon that wrote it has exited
     assert st["video_source"] == "synthetic" and st["audio_source"] == "synthetic"

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from edged.app.daemon import Daemon, prepare_state_dir
 from edged.config import schema as config
 from edged.core.clock import SystemClock
-from edged.app.daemon import Daemon, prepare_state_dir
-from edged.footage.index import Index
 from edged.core.paths import StatePaths
-from edged.recording.recorder import Recorder
+from edged.footage.index import Index
 from edged.footage.ring import RingBuffer, Room, free_bytes
+from edged.recording.recorder import Recorder
 from tests.conftest import make_settings
 from tests.helpers import decode_all, tmpfs, wait_until
 
@@ -205,8 +205,15 @@ def test_a_real_recording_stays_within_the_smallest_allowed_budget(tmp_path):
     try:
         ring = RingBuffer(idx, paths.segments, max_bytes=budget, min_free_bytes=0)
         after_each: list[int] = []
-        rec = Recorder(s, idx, ring, SystemClock(), paths.segments, stop_after_s=24,
-                       on_segment=lambda seq: after_each.append(idx.stored_bytes()))
+        rec = Recorder(
+            s,
+            idx,
+            ring,
+            SystemClock(),
+            paths.segments,
+            stop_after_s=24,
+            on_segment=lambda seq: after_each.append(idx.stored_bytes()),
+        )
         rec.run()
         assert rec.crashed is None and rec.status.segments_written == 12
         evicted = idx.segments(["evicted"])
@@ -248,8 +255,11 @@ def test_daemon_pauses_when_full_of_protected_footage_and_resumes_when_released(
             daemon = Daemon(s)
             t = threading.Thread(target=daemon.run, name="daemon-under-test")
             t.start()
-            wait_until(lambda: daemon.recorder is not None and "storage_full" in daemon.recorder.status.alarms,
-                       30, "alarm storage_full")
+            wait_until(
+                lambda: daemon.recorder is not None and "storage_full" in daemon.recorder.status.alarms,
+                30,
+                "alarm storage_full",
+            )
             st = daemon.recorder.status
             assert st.state == "storage_full" and st.segments_written >= 2, "it recorded until the floor"
             assert t.is_alive(), "the daemon keeps running while full"
@@ -259,8 +269,14 @@ def test_daemon_pauses_when_full_of_protected_footage_and_resumes_when_released(
                     return json.loads(paths.status.read_text())
                 except (OSError, ValueError):
                     return {}
-            wait_until(lambda: "storage_full" in status_json().get("alarms", []) and
-                       status_json().get("frames_not_stored", 0) > 0, 10, "status.json showing storage_full")
+
+            wait_until(
+                lambda: (
+                    "storage_full" in status_json().get("alarms", []) and status_json().get("frames_not_stored", 0) > 0
+                ),
+                10,
+                "status.json showing storage_full",
+            )
             assert status_json()["state"] == "storage_full"
             n = st.frames_not_stored
             wait_until(lambda: daemon.recorder.status.frames_not_stored > n, 10, "frames counted while paused")
@@ -276,8 +292,9 @@ def test_daemon_pauses_when_full_of_protected_footage_and_resumes_when_released(
             written = daemon.recorder.status.segments_written
             wait_until(lambda: daemon.recorder.status.segments_written >= written + 2, 20, "recording resumed")
             assert "storage_full" not in daemon.recorder.status.alarms
-            wait_until(lambda: "storage_full" not in status_json().get("alarms", ["?"]), 10,
-                       "status.json alarm cleared")
+            wait_until(
+                lambda: "storage_full" not in status_json().get("alarms", ["?"]), 10, "status.json alarm cleared"
+            )
             assert idx.segments(["evicted"])[0].seq == held_rows[0].seq, "oldest first after release"
         finally:
             if daemon is not None and daemon.recorder is not None:
@@ -302,18 +319,28 @@ def test_the_free_space_floor_holds_while_recording(tmp_path):
         paths = StatePaths(state)
         prepare_state_dir(paths)
         floor = free_bytes(paths.segments) - 2_000_000  # room for about six 250 kB segments
-        s = make_settings(state, camera=SMALL | {"bitrate": 1_000_000}, audio={"source": "none"},
-                          storage={"segment_seconds": 2.0, "min_free_bytes": floor})
+        s = make_settings(
+            state,
+            camera=SMALL | {"bitrate": 1_000_000},
+            audio={"source": "none"},
+            storage={"segment_seconds": 2.0, "min_free_bytes": floor},
+        )
         idx = Index(paths.index)
         try:
             ring = RingBuffer(idx, paths.segments, s.storage.max_bytes, s.storage.min_free_bytes)
             free_after: list[int] = []
-            rec = Recorder(s, idx, ring, SystemClock(), paths.segments, stop_after_s=40,
-                           on_segment=lambda seq: free_after.append(free_bytes(paths.segments)))
+            rec = Recorder(
+                s,
+                idx,
+                ring,
+                SystemClock(),
+                paths.segments,
+                stop_after_s=40,
+                on_segment=lambda seq: free_after.append(free_bytes(paths.segments)),
+            )
             rec.run()
             assert rec.crashed is None and idx.segments(["evicted"]), "the floor made the ring evict"
-            assert min(free_after) >= floor, \
-                f"free space fell {floor - min(free_after)} bytes below min_free_bytes"
+            assert min(free_after) >= floor, f"free space fell {floor - min(free_after)} bytes below min_free_bytes"
             assert free_bytes(paths.segments) >= floor
         finally:
             idx.close()

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from edged.capture.synthetic import SyntheticVideo
 from edged.app.daemon import Daemon
-from edged.footage.index import Index
-from edged.core.paths import StatePaths
-from edged.recording.recorder import STALL_S
 from edged.app.systemd import ServiceNotifier, summary, watchdog_interval_s
+from edged.capture.synthetic import SyntheticVideo
+from edged.core.paths import StatePaths
+from edged.footage.index import Index
+from edged.recording.recorder import STALL_S
 from tests.conftest import REPO
 
 UNIT = REPO / "systemd" / "edged.service"
@@ -36,6 +36,7 @@ SECURITY_THRESHOLD = 2.0
 
 
 # --- the unit file ---------------------------------------------------------------------------
+
 
 def _verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """`systemd-analyze verify` in a scratch root holding the host's own units and an executable
@@ -49,12 +50,12 @@ def _verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     exe.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(unit, root / "etc/systemd/system" / unit.name)
-    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit.name],
-                          capture_output=True, text=True)
+    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit.name], capture_output=True, text=True)
 
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze missing (scripts/setup --test installs it)")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (scripts/setup --test installs it)"
+)
 
 
 @needs_systemd_analyze
@@ -74,8 +75,9 @@ def test_verify_reports_a_broken_unit(tmp_path):
 
 @needs_systemd_analyze
 def test_unit_hardening_exposure_stays_under_the_threshold():
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)], capture_output=True, text=True
+    )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     print("exposure", m.group(1))
@@ -84,16 +86,27 @@ def test_unit_hardening_exposure_stays_under_the_threshold():
 
 def test_unit_is_notify_with_watchdog_and_reaches_the_devices():
     text = UNIT.read_text()
-    for line in ("Type=notify", "Restart=always", "DevicePolicy=closed", "ProtectSystem=strict",
-                 "StateDirectory=edged", "DeviceAllow=char-video4linux rw", "DeviceAllow=char-media rw",
-                 "DeviceAllow=char-dma_heap rw", "DeviceAllow=char-gpiochip rw", "DeviceAllow=char-alsa rw",
-                 "LoadCredential=sonoran_api_key:", "SupplementaryGroups=video audio gpio"):
+    for line in (
+        "Type=notify",
+        "Restart=always",
+        "DevicePolicy=closed",
+        "ProtectSystem=strict",
+        "StateDirectory=edged",
+        "DeviceAllow=char-video4linux rw",
+        "DeviceAllow=char-media rw",
+        "DeviceAllow=char-dma_heap rw",
+        "DeviceAllow=char-gpiochip rw",
+        "DeviceAllow=char-alsa rw",
+        "LoadCredential=sonoran_api_key:",
+        "SupplementaryGroups=video audio gpio",
+    ):
         assert re.search(rf"^{re.escape(line)}", text, re.M), line
     watchdog = int(re.search(r"^WatchdogSec=(\d+)", text, re.M).group(1))
     assert watchdog > 2 * STALL_S, "a healthy recorder must ping well inside the watchdog"
 
 
 # --- the protocol, on a real datagram socket ---------------------------------------------------
+
 
 class NotifySocket:
     """What systemd listens on: an AF_UNIX datagram socket; collects every message."""
@@ -165,8 +178,13 @@ max_bytes = 50000000
 def _spawn(cfg: Path, notify: Path, watchdog_s: float = 2.0) -> subprocess.Popen:
     env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC=str(int(watchdog_s * 1e6)))
     env.pop("WATCHDOG_PID", None)
-    return subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edged", "run", "--config", str(cfg)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_ready_only_with_footage_on_disk_then_watchdog_status_and_stopping(tmp_path, notify_socket):
@@ -223,12 +241,21 @@ def test_watchdog_interval_follows_systemds_variables():
 
 
 def test_status_line_summarises_the_daemon():
-    line = summary({"state": "recording", "video_source": "picamera2", "segments_written": 12,
-                    "current_segment": "000013", "events_open": 1,
-                    "outbox": {"queued": 2, "deferred": 1, "delivered": 5, "failed": 1},
-                    "alarms": ["storage_full"]})
-    assert line == ("recording; camera picamera2; 12 segments; writing 000013; 1 event(s) open; "
-                    "3 upload(s) waiting; 1 failed; alarms: storage_full")
+    line = summary(
+        {
+            "state": "recording",
+            "video_source": "picamera2",
+            "segments_written": 12,
+            "current_segment": "000013",
+            "events_open": 1,
+            "outbox": {"queued": 2, "deferred": 1, "delivered": 5, "failed": 1},
+            "alarms": ["storage_full"],
+        }
+    )
+    assert line == (
+        "recording; camera picamera2; 12 segments; writing 000013; 1 event(s) open; "
+        "3 upload(s) waiting; 1 failed; alarms: storage_full"
+    )
 
 
 def test_a_hung_camera_stops_the_watchdog_pings(tmp_path, notify_socket, monkeypatch, settings_factory):

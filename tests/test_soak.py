@@ -17,8 +17,17 @@ from scripts import bench_soak
 
 
 def test_file_descriptors_and_threads_do_not_leak_over_minutes_of_footage(tmp_path):
-    r = bench_soak.run(minutes=4, mark_every=0.5, size="320x180", bitrate=150_000, pre=5, post=5, sample_s=0.2,
-                       work=tmp_path / "soak", log=lambda msg: None)
+    r = bench_soak.run(
+        minutes=4,
+        mark_every=0.5,
+        size="320x180",
+        bitrate=150_000,
+        pre=5,
+        post=5,
+        sample_s=0.2,
+        work=tmp_path / "soak",
+        log=lambda msg: None,
+    )
     assert r["exit_code"] == 0
     assert r["marks"] >= 6 and r["segments_written"] >= 24
     outbox = r["outbox"]
@@ -36,10 +45,14 @@ def test_file_descriptors_and_threads_do_not_leak_over_minutes_of_footage(tmp_pa
     files = [Path(t) for t in r["open_at_end"] if t.startswith("/")]
     ours = [f for f in files if state in f.parents or f.parent == state]
     segments = [f for f in ours if f.parent == state / "segments"]
-    assert len(segments) <= 2 and all(f.name.endswith(".part") for f in segments), \
+    assert len(segments) <= 2 and all(f.name.endswith(".part") for f in segments), (
         f"only the segments being written stay open: {segments}"
+    )
     assert not [f for f in ours if (state / "clips") in f.parents], "no clip part left open"
     assert not [f for f in files if (tmp_path / "soak" / "delivered") in f.parents], "no delivered copy left open"
     stores = {f.name for f in ours if f.parent == state}
-    assert stores <= {f"{db}{suffix}" for db in ("index.sqlite", "events.sqlite", "outbox.sqlite", "recall.sqlite")
-                      for suffix in ("", "-wal", "-shm")} | {"edged.lock"}, stores
+    assert stores <= {
+        f"{db}{suffix}"
+        for db in ("index.sqlite", "events.sqlite", "outbox.sqlite", "recall.sqlite")
+        for suffix in ("", "-wal", "-shm")
+    } | {"edged.lock"}, stores

@@ -28,8 +28,14 @@ from tests.sonoran_server import EBML_MAGIC, LEGACY_PATH, V2_PATH, SonoranServer
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "5f0c8a2e-1b7d-4c3e-9a61-2d4b8f7e0c11"
 LEGACY = {"comm-1": {"plan": "free", "accounts": {ACCOUNT: {"session": "sess-1", "username": "Officer"}}}}
-LEGACY_FIELDS = {"community": "comm-1", "account": ACCOUNT, "sessionId": "sess-1", "username": "Officer",
-                 "type": "bodycam", "durationMs": "1000"}
+LEGACY_FIELDS = {
+    "community": "comm-1",
+    "account": ACCOUNT,
+    "sessionId": "sess-1",
+    "username": "Officer",
+    "type": "bodycam",
+    "durationMs": "1000",
+}
 
 
 class Clock:
@@ -69,13 +75,24 @@ def clock() -> Clock:
 
 @pytest.fixture
 def srv(clock, tmp_path):
-    with SonoranServer(keys={"test-key": "free", "pro-key": "pro", "std-key": "standard"}, accounts={ACCOUNT},
-                       legacy=LEGACY, clock=clock, store_dir=tmp_path / "store") as s:
+    with SonoranServer(
+        keys={"test-key": "free", "pro-key": "pro", "std-key": "standard"},
+        accounts={ACCOUNT},
+        legacy=LEGACY,
+        clock=clock,
+        store_dir=tmp_path / "store",
+    ) as s:
         yield s
 
 
-def v2(srv: SonoranServer, webm: bytes | None, key: str | None = "test-key", filename: str = "clip.webm",
-       client: httpx.Client | httpx.Client | None = None, **fields) -> httpx.Response:
+def v2(
+    srv: SonoranServer,
+    webm: bytes | None,
+    key: str | None = "test-key",
+    filename: str = "clip.webm",
+    client: httpx.Client | httpx.Client | None = None,
+    **fields,
+) -> httpx.Response:
     data = {"accountUuid": ACCOUNT, "durationMs": "1000"} | fields
     data = {k: v for k, v in data.items() if v is not None}
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -106,6 +123,7 @@ def plain(r: httpx.Response, status: int = 400) -> str:
 
 # --- v2: a valid upload ------------------------------------------------------------------------------
 
+
 def test_v2_accepts_a_valid_upload_answers_one_url_and_records_it(srv, clock, webm, tmp_path):
     clock.t = 1234.5
     r = v2(srv, webm, durationMs="4321", identId="7", unitNumber="1A-12", unitLocation="Senora Fwy / Route 68")
@@ -114,10 +132,22 @@ def test_v2_accepts_a_valid_upload_answers_one_url_and_records_it(srv, clock, we
     digest = hashlib.sha256(webm).hexdigest()
     assert r.json() == [f"{srv.url}/files/{digest}.webm"]
     [up] = srv.uploads
-    assert (up.api, up.key, up.filename, up.size, up.sha256, up.duration_ms, up.at) == \
-        ("v2", "test-key", "clip.webm", len(webm), digest, 4321, 1234.5)
-    assert up.fields == {"accountUuid": ACCOUNT, "durationMs": "4321", "identId": "7", "unitNumber": "1A-12",
-                         "unitLocation": "Senora Fwy / Route 68"}
+    assert (up.api, up.key, up.filename, up.size, up.sha256, up.duration_ms, up.at) == (
+        "v2",
+        "test-key",
+        "clip.webm",
+        len(webm),
+        digest,
+        4321,
+        1234.5,
+    )
+    assert up.fields == {
+        "accountUuid": ACCOUNT,
+        "durationMs": "4321",
+        "identId": "7",
+        "unitNumber": "1A-12",
+        "unitLocation": "Senora Fwy / Route 68",
+    }
     assert (tmp_path / "store" / f"{digest}.webm").read_bytes() == webm
     assert httpx.get(r.json()[0]).content == webm
     assert [(q.api, q.key, q.status) for q in srv.requests] == [("v2", "test-key", 200)]
@@ -125,8 +155,11 @@ def test_v2_accepts_a_valid_upload_answers_one_url_and_records_it(srv, clock, we
 
 
 def test_unknown_paths_are_404_and_other_methods_405(srv, webm):
-    r = httpx.post(srv.url + "/v2/general/bodycam-recording", headers={"Authorization": "Bearer test-key"},
-                   files={"file": ("clip.webm", webm)})
+    r = httpx.post(
+        srv.url + "/v2/general/bodycam-recording",
+        headers={"Authorization": "Bearer test-key"},
+        files={"file": ("clip.webm", webm)},
+    )
     assert r.status_code == 404
     assert httpx.get(srv.url + "/").status_code == 404
     assert httpx.get(srv.url + "/files/" + "0" * 64 + ".webm").status_code == 404
@@ -136,19 +169,29 @@ def test_unknown_paths_are_404_and_other_methods_405(srv, webm):
 
 # --- v2: authentication and the rate limit -----------------------------------------------------------
 
-@pytest.mark.parametrize("auth", [None, "Bearer", "Bearer wrong-key", "Bearer test-key-but-longer", "test-key",
-                                  "Basic test-key"])
+
+@pytest.mark.parametrize(
+    "auth", [None, "Bearer", "Bearer wrong-key", "Bearer test-key-but-longer", "test-key", "Basic test-key"]
+)
 def test_v2_refuses_a_missing_or_unknown_key(srv, webm, auth):
     headers = {} if auth is None else {"Authorization": auth}
-    r = httpx.post(srv.url + V2_PATH, headers=headers, data={"accountUuid": ACCOUNT, "durationMs": "1000"},
-                   files={"file": ("clip.webm", webm)})
+    r = httpx.post(
+        srv.url + V2_PATH,
+        headers=headers,
+        data={"accountUuid": ACCOUNT, "durationMs": "1000"},
+        files={"file": ("clip.webm", webm)},
+    )
     assert "API key" in problem(r, 401)
     assert srv.uploads == [] and srv.count(401) == 1
 
 
 def test_v2_bearer_scheme_is_case_insensitive(srv, webm):
-    r = httpx.post(srv.url + V2_PATH, headers={"Authorization": "bearer test-key"},
-                   data={"accountUuid": ACCOUNT, "durationMs": "1000"}, files={"file": ("clip.webm", webm)})
+    r = httpx.post(
+        srv.url + V2_PATH,
+        headers={"Authorization": "bearer test-key"},
+        data={"accountUuid": ACCOUNT, "durationMs": "1000"},
+        files={"file": ("clip.webm", webm)},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -201,6 +244,7 @@ def test_unknown_keys_do_not_use_up_a_known_keys_window(srv, webm):
 
 # --- v2: the body rules ------------------------------------------------------------------------------
 
+
 def test_v2_accepts_only_multipart_form_data(srv, webm):
     auth = {"Authorization": "Bearer test-key"}
     r = httpx.post(srv.url + V2_PATH, headers=auth, json={"accountUuid": ACCOUNT, "durationMs": 1000})
@@ -209,8 +253,11 @@ def test_v2_accepts_only_multipart_form_data(srv, webm):
     assert "multipart/form-data" in problem(r, 400)
     r = httpx.post(srv.url + V2_PATH, headers=auth | {"Content-Type": "multipart/form-data"}, content=webm)
     assert "multipart/form-data" in problem(r, 400), "no boundary"
-    r = httpx.post(srv.url + V2_PATH, headers=auth | {"Content-Type": "multipart/form-data; boundary=xyz"},
-                   content=b"--xyz\r\nContent-Disposition: form-data; name=\"durationMs\"\r\n\r\n1000")
+    r = httpx.post(
+        srv.url + V2_PATH,
+        headers=auth | {"Content-Type": "multipart/form-data; boundary=xyz"},
+        content=b'--xyz\r\nContent-Disposition: form-data; name="durationMs"\r\n\r\n1000',
+    )
     assert "Malformed" in problem(r, 400), "no closing boundary"
     assert srv.uploads == []
 
@@ -224,8 +271,9 @@ def test_v2_wants_exactly_one_file_part_named_file(srv, webm):
     assert "Exactly one file" in problem(r, 400)
     r = httpx.post(srv.url + V2_PATH, headers=auth, data=fields, files={"video": ("clip.webm", webm)})
     assert "Exactly one file" in problem(r, 400)
-    r = httpx.post(srv.url + V2_PATH, headers=auth, data=fields,
-                   files=[("file", ("a.webm", webm)), ("file", ("b.webm", webm))])
+    r = httpx.post(
+        srv.url + V2_PATH, headers=auth, data=fields, files=[("file", ("a.webm", webm)), ("file", ("b.webm", webm))]
+    )
     assert "Exactly one file" in problem(r, 400)
     assert srv.uploads == []
 
@@ -253,26 +301,34 @@ def test_v2_file_size_limit_is_inclusive(srv, webm):
 ONE_OF = "Provide exactly one of accountUuid, communityUserId, roblox, or discord."
 
 
-@pytest.mark.parametrize("owner", [
-    {"accountUuid": None},
-    {"accountUuid": ""},
-    {"accountUuid": ACCOUNT, "discord": "1234"},
-    {"accountUuid": None, "communityUserId": ACCOUNT, "roblox": "55"},
-    {"accountUuid": None, "roblox": "55", "discord": "abc"},
-])
+@pytest.mark.parametrize(
+    "owner",
+    [
+        {"accountUuid": None},
+        {"accountUuid": ""},
+        {"accountUuid": ACCOUNT, "discord": "1234"},
+        {"accountUuid": None, "communityUserId": ACCOUNT, "roblox": "55"},
+        {"accountUuid": None, "roblox": "55", "discord": "abc"},
+    ],
+)
 def test_v2_wants_exactly_one_identifier(srv, webm, owner):
     assert problem(v2(srv, webm, **owner), 400) == ONE_OF
     assert srv.uploads == []
 
 
 def test_v2_refuses_the_same_identifier_twice(srv, webm):
-    r = httpx.post(srv.url + V2_PATH, headers={"Authorization": "Bearer test-key"},
-                   data={"accountUuid": [ACCOUNT, ACCOUNT], "durationMs": "1000"}, files={"file": ("c.webm", webm)})
+    r = httpx.post(
+        srv.url + V2_PATH,
+        headers={"Authorization": "Bearer test-key"},
+        data={"accountUuid": [ACCOUNT, ACCOUNT], "durationMs": "1000"},
+        files={"file": ("c.webm", webm)},
+    )
     assert problem(r, 400) == ONE_OF
 
 
-@pytest.mark.parametrize("owner", [{"accountUuid": ACCOUNT}, {"communityUserId": ACCOUNT}, {"roblox": "123456"},
-                                   {"discord": "officer#0001"}])
+@pytest.mark.parametrize(
+    "owner", [{"accountUuid": ACCOUNT}, {"communityUserId": ACCOUNT}, {"roblox": "123456"}, {"discord": "officer#0001"}]
+)
 def test_v2_accepts_each_kind_of_identifier(srv, webm, owner):
     r = v2(srv, webm, **({"accountUuid": None} | owner))
     assert r.status_code == 200, r.text
@@ -316,6 +372,7 @@ def test_v2_ident_id_must_be_an_integer_if_given(srv, webm):
 
 # --- v2: the plan's rolling 24 h allowance -----------------------------------------------------------
 
+
 def test_free_plan_allowance_is_10_minutes_per_rolling_24_hours_per_key(srv, clock, webm):
     clock.t = 0.0
     assert v2(srv, webm, durationMs="120000").status_code == 200
@@ -353,6 +410,7 @@ def test_refusals_do_not_use_up_the_allowance(srv, clock, webm):
 
 # --- legacy ------------------------------------------------------------------------------------------
 
+
 def test_legacy_accepts_a_valid_upload(srv, clock, webm):
     r = legacy(srv, webm, identId="abc-7", unitNumber="1A-12")
     assert r.status_code == 200, r.text
@@ -364,18 +422,21 @@ def test_legacy_accepts_a_valid_upload(srv, clock, webm):
     assert srv.count(200, api="legacy") == 1 and srv.count(api="v2") == 0
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"community": "comm-2"}, "Error: Invalid account ID."),
-    ({"community": None}, "Error: Invalid account ID."),
-    ({"account": "someone-else"}, "Error: Invalid account ID."),
-    ({"sessionId": "sess-2"}, "Error: Invalid session ID."),
-    ({"sessionId": None}, "Error: Invalid session ID."),
-    ({"type": "dashcam"}, "Error: Unable to validate bodycam upload session."),
-    ({"type": None}, "Error: Unable to validate bodycam upload session."),
-    ({"durationMs": "0"}, "Error: Bodycam clips must be between 1ms and 120000ms."),
-    ({"durationMs": "120001"}, "Error: Bodycam clips must be between 1ms and 120000ms."),
-    ({"durationMs": None}, "Error: Bodycam clips must be between 1ms and 120000ms."),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"community": "comm-2"}, "Error: Invalid account ID."),
+        ({"community": None}, "Error: Invalid account ID."),
+        ({"account": "someone-else"}, "Error: Invalid account ID."),
+        ({"sessionId": "sess-2"}, "Error: Invalid session ID."),
+        ({"sessionId": None}, "Error: Invalid session ID."),
+        ({"type": "dashcam"}, "Error: Unable to validate bodycam upload session."),
+        ({"type": None}, "Error: Unable to validate bodycam upload session."),
+        ({"durationMs": "0"}, "Error: Bodycam clips must be between 1ms and 120000ms."),
+        ({"durationMs": "120001"}, "Error: Bodycam clips must be between 1ms and 120000ms."),
+        ({"durationMs": None}, "Error: Bodycam clips must be between 1ms and 120000ms."),
+    ],
+)
 def test_legacy_refusals_are_plain_text(srv, webm, fields, message):
     assert plain(legacy(srv, webm, **fields)) == message
     assert srv.uploads == []
@@ -394,8 +455,10 @@ def test_legacy_file_rules(srv, webm):
 def test_legacy_allowance_is_per_community(srv, clock, webm):
     for _ in range(5):
         assert legacy(srv, webm, durationMs="120000").status_code == 200
-    assert plain(legacy(srv, webm, durationMs="1")) == \
-        "Error: Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."
+    assert (
+        plain(legacy(srv, webm, durationMs="1"))
+        == "Error: Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."
+    )
     assert v2(srv, webm, durationMs="120000").status_code == 200, "the v2 key has its own allowance"
     clock.t += limits.ALLOWANCE_WINDOW_S
     assert legacy(srv, webm, durationMs="120000").status_code == 200
@@ -414,13 +477,17 @@ def test_legacy_rate_limit_is_per_community(srv, clock, webm):
 
 # --- framing: chunked bodies, the boundary, keep-alive, memory ---------------------------------------
 
+
 def multipart(boundary: bytes, fields: dict[str, str], filename: str, content: bytes) -> bytes:
     out = [b"preamble to be ignored\r\n"]
     for k, v in fields.items():
-        out.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
-                   % (boundary, k.encode(), v.encode()))
-    out.append(b"--%s  \r\nContent-Disposition: form-data; name=\"file\"; filename=\"%s\"\r\n"
-               b"Content-Type: video/webm\r\n\r\n" % (boundary, filename.encode()))
+        out.append(
+            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, k.encode(), v.encode())
+        )
+    out.append(
+        b'--%s  \r\nContent-Disposition: form-data; name="file"; filename="%s"\r\n'
+        b"Content-Type: video/webm\r\n\r\n" % (boundary, filename.encode())
+    )
     out.append(content)
     out.append(b"\r\n--%s--\r\nepilogue to be ignored" % boundary)
     return b"".join(out)
@@ -437,10 +504,17 @@ def test_chunked_body_with_boundary_lookalikes_in_the_file_arrives_byte_for_byte
 
     def chunks():  # odd sizes, so delimiters straddle reads
         for i in range(0, len(body), 7919):
-            yield body[i:i + 7919]
-    r = httpx.post(srv.url + V2_PATH, content=chunks(), timeout=10,
-                   headers={"Authorization": "Bearer test-key",
-                            "Content-Type": f'multipart/form-data; boundary="{boundary.decode()}"'})
+            yield body[i : i + 7919]
+
+    r = httpx.post(
+        srv.url + V2_PATH,
+        content=chunks(),
+        timeout=10,
+        headers={
+            "Authorization": "Bearer test-key",
+            "Content-Type": f'multipart/form-data; boundary="{boundary.decode()}"',
+        },
+    )
     assert r.request.headers["transfer-encoding"] == "chunked"
     assert r.status_code == 200, r.text
     [up] = srv.uploads
@@ -452,8 +526,11 @@ def test_content_length_body_parsed_with_the_header_boundary(srv, webm):
     boundary = b"Zz9"
     content = webm + b"\r\n--Zz" + b"\n--Zz9--\r\n" + b"\r--Zz9\r\n"  # a delimiter needs CRLF before --Zz9
     body = multipart(boundary, {"accountUuid": ACCOUNT, "durationMs": "10"}, "clip.webm", content)
-    r = httpx.post(srv.url + V2_PATH, content=body, headers={
-        "Authorization": "Bearer test-key", "Content-Type": "multipart/form-data; boundary=Zz9"})
+    r = httpx.post(
+        srv.url + V2_PATH,
+        content=body,
+        headers={"Authorization": "Bearer test-key", "Content-Type": "multipart/form-data; boundary=Zz9"},
+    )
     assert r.request.headers["content-length"] == str(len(body))
     assert r.status_code == 200, r.text
     assert srv.uploads[0].sha256 == hashlib.sha256(content).hexdigest()
@@ -482,9 +559,11 @@ def test_keep_alive_connection_stays_in_step_after_refused_bodies(srv, webm):
     padded = multipart(b"bb", {"accountUuid": ACCOUNT, "durationMs": "0"}, "clip.webm", webm + b"\0" * 200_000)
     good = multipart(b"bb", {"accountUuid": ACCOUNT, "durationMs": "5"}, "clip.webm", webm)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(raw_request(V2_PATH, ctype | {"Authorization": "Bearer nope"}, padded)
-                  + raw_request(V2_PATH, ctype | {"Authorization": "Bearer test-key"}, padded)
-                  + raw_request(V2_PATH, ctype | {"Authorization": "Bearer test-key"}, good))
+        s.sendall(
+            raw_request(V2_PATH, ctype | {"Authorization": "Bearer nope"}, padded)
+            + raw_request(V2_PATH, ctype | {"Authorization": "Bearer test-key"}, padded)
+            + raw_request(V2_PATH, ctype | {"Authorization": "Bearer test-key"}, good)
+        )
         f = s.makefile("rb")
         answers = [read_response(f) for _ in range(3)]
     assert [status for status, _ in answers] == [401, 400, 200]
@@ -495,9 +574,11 @@ def test_keep_alive_connection_stays_in_step_after_refused_bodies(srv, webm):
 
 def test_bad_chunked_framing_is_a_400_and_the_connection_closes(srv):
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(b"POST " + V2_PATH.encode() + b" HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-key\r\n"
-                  b"Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"zz\r\nhello\r\n0\r\n\r\n")
+        s.sendall(
+            b"POST " + V2_PATH.encode() + b" HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-key\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\nhello\r\n0\r\n\r\n"
+        )
         f = s.makefile("rb")
         status, _ = read_response(f)
         assert status == 400
@@ -513,9 +594,12 @@ def test_a_6_mb_upload_is_spooled_not_held_in_memory(srv, tmp_path, webm):
         tracemalloc.start()
         try:
             with open(big, "rb") as f:  # httpx streams a file in 64 KiB reads
-                r = client.post(srv.url + V2_PATH, headers={"Authorization": "Bearer pro-key"},
-                                data={"accountUuid": ACCOUNT, "durationMs": "1000"},
-                                files={"file": ("big.webm", f, "video/webm")})
+                r = client.post(
+                    srv.url + V2_PATH,
+                    headers={"Authorization": "Bearer pro-key"},
+                    data={"accountUuid": ACCOUNT, "durationMs": "1000"},
+                    files={"file": ("big.webm", f, "video/webm")},
+                )
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -530,6 +614,7 @@ def test_concurrent_uploads_are_all_received_intact(srv, webm):
 
     def send(i):
         results[i] = v2(srv, bodies[i], key="pro-key", durationMs=str(100 + i)).status_code
+
     threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -540,6 +625,7 @@ def test_concurrent_uploads_are_all_received_intact(srv, webm):
 
 
 # --- fault knobs -------------------------------------------------------------------------------------
+
 
 def test_fail_next_answers_as_told_after_reading_the_body_then_serves_normally(srv, webm):
     srv.fail_next(2, 503, "upstream down", {"Retry-After": "7"})
@@ -569,9 +655,13 @@ def test_stall_next_holds_the_answer_past_a_client_timeout(srv, webm):
     srv.stall_next(1, 3.0)
     t0 = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(srv.url + V2_PATH, headers={"Authorization": "Bearer test-key"},
-                   data={"accountUuid": ACCOUNT, "durationMs": "1000"}, files={"file": ("clip.webm", webm)},
-                   timeout=httpx.Timeout(10, read=0.5))
+        httpx.post(
+            srv.url + V2_PATH,
+            headers={"Authorization": "Bearer test-key"},
+            data={"accountUuid": ACCOUNT, "durationMs": "1000"},
+            files={"file": ("clip.webm", webm)},
+            timeout=httpx.Timeout(10, read=0.5),
+        )
     assert time.monotonic() - t0 < 2.5
     assert len(srv.uploads) == 1, "judged and kept at once: only the answer was lost"
     t0 = time.monotonic()
@@ -603,6 +693,7 @@ def test_down_during_a_stall_abandons_the_answer(srv, webm):
             v2(srv, webm)
         except httpx.TransportError as exc:
             errors.append(exc)
+
     t = threading.Thread(target=send)
     t.start()
     deadline = time.monotonic() + 5
@@ -615,6 +706,7 @@ def test_down_during_a_stall_abandons_the_answer(srv, webm):
 
 # --- as a process --------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -623,23 +715,50 @@ def free_port() -> int:
 
 def test_runs_as_a_process_prints_ready_serves_and_stops_on_sigterm(tmp_path, webm):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--host", "127.0.0.1",
-                             "--port", str(port), "--store-dir", str(tmp_path / "got"), "--key", "k1=pro",
-                             "--key", "k2=free"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "sonoran_server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--store-dir",
+            str(tmp_path / "got"),
+            "--key",
+            "k1=pro",
+            "--key",
+            "k2=free",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line == f"READY http://127.0.0.1:{port}\n"
         url = line.split()[1]
         fields = {"accountUuid": ACCOUNT, "durationMs": "1000"}
-        r = httpx.post(url + V2_PATH, headers={"Authorization": "Bearer k1"}, data=fields,
-                       files={"file": ("clip.webm", webm)})
+        r = httpx.post(
+            url + V2_PATH, headers={"Authorization": "Bearer k1"}, data=fields, files={"file": ("clip.webm", webm)}
+        )
         assert r.status_code == 200, r.text
         digest = hashlib.sha256(webm).hexdigest()
         assert (tmp_path / "got" / f"{digest}.webm").read_bytes() == webm
-        assert httpx.post(url + V2_PATH, headers={"Authorization": "Bearer test-key"}, data=fields,
-                          files={"file": ("clip.webm", webm)}).status_code == 401, "only the given keys"
-        r = httpx.post(url + V2_PATH, headers={"Authorization": "Bearer k2"}, data=fields | {"durationMs": "0"},
-                       files={"file": ("clip.webm", webm)})
+        assert (
+            httpx.post(
+                url + V2_PATH,
+                headers={"Authorization": "Bearer test-key"},
+                data=fields,
+                files={"file": ("clip.webm", webm)},
+            ).status_code
+            == 401
+        ), "only the given keys"
+        r = httpx.post(
+            url + V2_PATH,
+            headers={"Authorization": "Bearer k2"},
+            data=fields | {"durationMs": "0"},
+            files={"file": ("clip.webm", webm)},
+        )
         assert r.status_code == 400
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0
@@ -651,6 +770,10 @@ def test_runs_as_a_process_prints_ready_serves_and_stops_on_sigterm(tmp_path, we
 
 
 def test_process_refuses_a_bad_key_option():
-    r = subprocess.run([sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "k1=gold"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "k1=gold"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "k1=gold" in r.stderr and r.stdout == ""

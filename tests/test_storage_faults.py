@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from edged.app.daemon import EXIT_STORAGE, Daemon
-from edged.footage.index import Index, IndexUnavailable, open_or_rebuild
-from edged.core.paths import StatePaths
-from edged.recording.segment import PART_SUFFIX
 from edged.core.files import write_atomic
+from edged.core.paths import StatePaths
+from edged.footage.index import Index, IndexUnavailable, open_or_rebuild
+from edged.recording.segment import PART_SUFFIX
 from tests.conftest import REPO, make_settings
-from tests.helpers import (Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs,
-                           wait_until)
+from tests.helpers import Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs, wait_until
 
 SMALL = {"width": 320, "height": 180, "bitrate": 150_000}
 DAY_NS = 86_400 * 10**9
@@ -44,11 +43,17 @@ def assert_stored_segments_decode(state: Path, rows) -> None:
 def edged_status(tmp_path: Path, state: Path) -> subprocess.CompletedProcess:
     cfg = tmp_path / "status.toml"
     cfg.write_text(f'[storage]\ndir = "{state}"\n')
-    return subprocess.run([sys.executable, "-m", "edged", "status", "--config", str(cfg), "--json"],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "edged", "status", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 # --- a full disk ----------------------------------------------------------------------------
+
 
 def test_disk_filled_by_someone_else_mid_segment(tmp_path):
     """Another writer fills the card while a segment is being written (ENOSPC mid-segment): the
@@ -56,13 +61,18 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
     when nothing of it reached the disk), resumes when space returns, and a mark taken after that
     still becomes a clip."""
     with tmpfs(tmp_path / "small", "size=8m") as mnt:
-        s = make_settings(mnt / "state", camera=SMALL | {"paced": True}, storage={"segment_seconds": 2.0},
-                          clips={"pre_roll_seconds": 1.0, "post_roll_seconds": 1.0})
+        s = make_settings(
+            mnt / "state",
+            camera=SMALL | {"paced": True},
+            storage={"segment_seconds": 2.0},
+            clips={"pre_roll_seconds": 1.0, "post_roll_seconds": 1.0},
+        )
         run = Running(Daemon(s))
         filler = mnt / "filler"
         try:
-            wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 1, 20,
-                       "a first segment")
+            wait_until(
+                lambda: run.recorder is not None and run.recorder.status.segments_written >= 1, 20, "a first segment"
+            )
             time.sleep(0.5)  # into the next segment
             with open(filler, "wb", buffering=0) as f:  # take every free byte (unbuffered: close cannot fail)
                 try:
@@ -84,8 +94,10 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
             try:
                 wait_until(lambda: run.daemon.events_store.get(event_id).state != "open", 15, "the event built")
             except AssertionError:
-                raise AssertionError(f"event {event_id}, marked after recovery, was never built; segment rows: "
-                                     f"{[(r.seq, r.state) for r in rows_of(s.state_dir)]}") from None
+                raise AssertionError(
+                    f"event {event_id}, marked after recovery, was never built; segment rows: "
+                    f"{[(r.seq, r.state) for r in rows_of(s.state_dir)]}"
+                ) from None
             assert run.daemon.events_store.get(event_id).state == "built"
         finally:
             run.stop()
@@ -93,8 +105,9 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
         rows = rows_of(s.state_dir)
         hit = [r for r in rows if r.state not in ("final", "evicted")]
         assert hit, "the full disk cut a segment off"
-        assert all(r.state in ("salvaged", "lost") for r in hit), \
+        assert all(r.state in ("salvaged", "lost") for r in hit), (
             f"the segment cut off by the full disk must end salvaged or lost, not {[(r.seq, r.state) for r in hit]}"
+        )
         assert not list((s.state_dir / "segments").glob(f"*{PART_SUFFIX}"))
         assert_stored_segments_decode(s.state_dir, rows)
 
@@ -133,8 +146,9 @@ def _fill_own_disk(mnt: Path, monkeypatch):
     its records, the open segment counted, a generous size estimate), so the guards are taken
     away here, as segments larger than their estimate or unbudgeted files would: what is tested
     is how the daemon gets out of a disk full of its own footage."""
-    import edged.recording.recorder
     import edged.footage.ring
+    import edged.recording.recorder
+
     monkeypatch.setattr(edged.footage.ring, "METADATA_RESERVE_BYTES", 0)
     monkeypatch.setattr(edged.recording.recorder, "segment_bytes_estimate", lambda settings: 0)
     monkeypatch.setattr(edged.recording.recorder.Recorder, "_open_bytes", lambda self: 0)
@@ -142,8 +156,11 @@ def _fill_own_disk(mnt: Path, monkeypatch):
     assert s.storage.max_bytes > 2 * 2**20 and s.storage.min_free_bytes == 0
     run = Running(Daemon(s))
     try:
-        wait_until(lambda: run.recorder is not None and "storage_error" in run.recorder.status.alarms, 60,
-                   "a write error on the full file system")
+        wait_until(
+            lambda: run.recorder is not None and "storage_error" in run.recorder.status.alarms,
+            60,
+            "a write error on the full file system",
+        )
     except BaseException:
         run.stop()
         raise
@@ -157,8 +174,11 @@ def test_the_ring_keeps_room_for_its_own_records_on_a_small_disk(tmp_path):
         s = make_settings(mnt / "state", camera=SMALL | {"bitrate": 300_000}, storage={"segment_seconds": 2.0})
         run = Running(Daemon(s))
         try:
-            wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 14, 60,
-                       "twice the disk's worth of segments")
+            wait_until(
+                lambda: run.recorder is not None and run.recorder.status.segments_written >= 14,
+                60,
+                "twice the disk's worth of segments",
+            )
             assert "storage_error" not in run.recorder.status.alarms and run.recorder.status.last_error is None
         finally:
             run.stop()
@@ -206,8 +226,11 @@ def test_disk_full_of_own_footage_recording_resumes_by_overwriting_the_oldest(tm
         s, run = _fill_own_disk(mnt, monkeypatch)
         try:
             n = run.recorder.status.segments_written
-            wait_until(lambda: run.recorder.status.segments_written >= n + 2, 15,
-                       "recording to resume after the full disk (old unheld footage is evictable)")
+            wait_until(
+                lambda: run.recorder.status.segments_written >= n + 2,
+                15,
+                "recording to resume after the full disk (old unheld footage is evictable)",
+            )
             out = edged_status(tmp_path, s.state_dir)
             assert out.returncode == 0, out.stderr
             st = json.loads(out.stdout)
@@ -241,8 +264,11 @@ def test_restart_on_a_disk_topped_up_to_the_last_byte_makes_room_before_opening_
         s = make_settings(mnt / "state", camera=SMALL | {"bitrate": 300_000}, storage={"segment_seconds": 2.0})
         run = Running(Daemon(s))
         try:
-            wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 10, 60,
-                       "the disk's worth of segments")
+            wait_until(
+                lambda: run.recorder is not None and run.recorder.status.segments_written >= 10,
+                60,
+                "the disk's worth of segments",
+            )
         finally:
             run.stop()
         assert run.error is None and run.rc == 0
@@ -263,12 +289,18 @@ def test_restart_on_a_disk_topped_up_to_the_last_byte_makes_room_before_opening_
 
 # --- read-only storage ------------------------------------------------------------------------
 
+
 def test_read_only_storage_folder_is_a_clear_error(tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
         cfg = tmp_path / "edged.toml"
         cfg.write_text(f'[camera]\nsource = "synthetic"\n[storage]\ndir = "{mnt / "state"}"\nmin_free_bytes = 0\n')
-        out = subprocess.run([sys.executable, "-m", "edged", "run", "--config", str(cfg), "--for", "2"],
-                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, "-m", "edged", "run", "--config", str(cfg), "--for", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
         assert out.returncode == EXIT_STORAGE == 73
         assert "storage.dir" in out.stderr and "read-only" in out.stderr and str(mnt / "state") in out.stderr
         assert "Traceback" not in out.stderr
@@ -282,8 +314,9 @@ def test_storage_going_read_only_while_recording(tmp_path):
         s = make_settings(mnt / "state", camera=SMALL | {"paced": True}, storage={"segment_seconds": 2.0})
         run = Running(Daemon(s))
         try:
-            wait_until(lambda: run.recorder is not None and run.recorder.status.segments_written >= 1, 20,
-                       "a first segment")
+            wait_until(
+                lambda: run.recorder is not None and run.recorder.status.segments_written >= 1, 20, "a first segment"
+            )
             idx = Index(StatePaths(s.state_dir).index)
             finished = idx.stored()
             idx.close()
@@ -336,9 +369,9 @@ def test_status_command_works_on_read_only_storage(tmp_path):
 
 # --- the index ------------------------------------------------------------------------------
 
+
 def _key(r) -> tuple:
-    return (r.seq, r.name, r.wall_start_ns, r.mono_start_ns, r.boot_id, r.clock_synced, r.sha256, r.frames,
-            r.bytes)
+    return (r.seq, r.name, r.wall_start_ns, r.mono_start_ns, r.boot_id, r.clock_synced, r.sha256, r.frames, r.bytes)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "damaged-pages", "missing"])
@@ -430,6 +463,7 @@ def test_index_rebuild_keeps_the_clock_correction(tmp_path):
 def test_segment_files_are_what_the_index_says(tmp_path):
     """The files alone carry the index: tags read back by an independent reader (PyAV)."""
     import av
+
     s = make_settings(tmp_path / "state", camera=SMALL, storage={"segment_seconds": 2.0})
     Daemon(s, stop_after_s=4).run()
     rows = rows_of(s.state_dir)
@@ -452,6 +486,7 @@ def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypat
     def spy(fd: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
+
     monkeypatch.setattr(os, "fsync", spy)
     write_atomic(tmp_path / "status.json", b"{}")
     assert synced == []
@@ -463,4 +498,5 @@ def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypat
     import inspect as pyinspect
 
     from edged.events import manager as events
+
     assert "durable=True" in pyinspect.getsource(events.EventManager.build), "the manifest is written durably"

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import tracemalloc
 from fractions import Fraction
@@ -66,8 +65,11 @@ def make_webm(path: Path, frames: int = 10, size: int = 64, noise_bytes: int = 0
             s.options = {"crf": "4", "qmin": "0", "qmax": "4"}
         rng = np.random.default_rng(len(path.name))
         for i in range(frames):
-            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) if noise_bytes else \
-                np.full((size, size, 3), (i * 20) % 255, np.uint8)
+            img = (
+                rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                if noise_bytes
+                else np.full((size, size, 3), (i * 20) % 255, np.uint8)
+            )
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts, f.time_base = i, Fraction(1, 10)
             for p in s.encode(f):
@@ -77,30 +79,55 @@ def make_webm(path: Path, frames: int = 10, size: int = 64, noise_bytes: int = 0
     return path
 
 
-def enqueue(outbox: Outbox, clip_dir: Path, clip_id: str, n_parts: int = 1, duration_ms: int = 1000,
-            priority: int = PRIORITY_MARK, event_wall_ns: int = 0, **webm) -> list[Path]:
+def enqueue(
+    outbox: Outbox,
+    clip_dir: Path,
+    clip_id: str,
+    n_parts: int = 1,
+    duration_ms: int = 1000,
+    priority: int = PRIORITY_MARK,
+    event_wall_ns: int = 0,
+    **webm,
+) -> list[Path]:
     clip_dir = clip_dir / clip_id
     clip_dir.mkdir(parents=True, exist_ok=True)
     files = [make_webm(clip_dir / f"{clip_id}-part{n:02d}.webm", **webm) for n in range(1, n_parts + 1)]
-    outbox.enqueue(clip_id, [(n, f, f.stat().st_size, duration_ms, hashlib.sha256(f.read_bytes()).hexdigest())
-                             for n, f in enumerate(files, 1)], priority, event_wall_ns or time.time_ns())
+    outbox.enqueue(
+        clip_id,
+        [
+            (n, f, f.stat().st_size, duration_ms, hashlib.sha256(f.read_bytes()).hexdigest())
+            for n, f in enumerate(files, 1)
+        ],
+        priority,
+        event_wall_ns or time.time_ns(),
+    )
     return files
 
 
-def settings(tmp_path: Path, targets: list[str], server: SonoranServer | None = None, key: str = "test-key",
-             **upload) -> config.Settings:
+def settings(
+    tmp_path: Path, targets: list[str], server: SonoranServer | None = None, key: str = "test-key", **upload
+) -> config.Settings:
     key_file = tmp_path / "api.key"
     key_file.write_text(key + "\n")
     url = server.url if server else "http://127.0.0.1:9"
     data = {
         "device": {"unit_number": "1A-12", "unit_location": "Senora Fwy / Route 68"},
         "storage": {"dir": str(tmp_path / "state")},
-        "upload": {"targets": targets, "retry_base_seconds": 0.2, "retry_cap_seconds": 2.0,
-                   "sonoran_v2": {"base_url": url, "api_key_file": str(key_file), "account_uuid": ACCOUNT,
-                                  "ident_id": 7},
-                   "sonoran_legacy": {"base_url": url, "community": "comm-1", "account": ACCOUNT,
-                                      "session_id": "sess-1", "username": "Officer"},
-                   "directory": {"path": str(tmp_path / "delivered")}} | upload,
+        "upload": {
+            "targets": targets,
+            "retry_base_seconds": 0.2,
+            "retry_cap_seconds": 2.0,
+            "sonoran_v2": {"base_url": url, "api_key_file": str(key_file), "account_uuid": ACCOUNT, "ident_id": 7},
+            "sonoran_legacy": {
+                "base_url": url,
+                "community": "comm-1",
+                "account": ACCOUNT,
+                "session_id": "sess-1",
+                "username": "Officer",
+            },
+            "directory": {"path": str(tmp_path / "delivered")},
+        }
+        | upload,
     }
     return config.from_mapping(data, origin="<test>")
 
@@ -110,13 +137,20 @@ class Rig:
 
     def __init__(self, tmp_path: Path, s: config.Settings, clock: ScaledClock, seed: int = 1) -> None:
         import random
+
         self.settings, self.clock, self.tmp = s, clock, tmp_path
         self.outbox = Outbox(tmp_path / "outbox.sqlite", targets=s.upload.targets, now_ns=clock.now_ns)
         self.delivered: list[str] = []
         self.alarms: dict[str, bool] = {}
-        self.uploader = Uploader(self.outbox, build_targets(s), RetryPolicy.from_settings(s.upload, random.Random(seed)),
-                                 now_ns=clock.now_ns, on_delivered=self.delivered.append,
-                                 on_alarm=self.alarms.__setitem__, time_scale=clock.scale)
+        self.uploader = Uploader(
+            self.outbox,
+            build_targets(s),
+            RetryPolicy.from_settings(s.upload, random.Random(seed)),
+            now_ns=clock.now_ns,
+            on_delivered=self.delivered.append,
+            on_alarm=self.alarms.__setitem__,
+            time_scale=clock.scale,
+        )
 
     def add(self, clip_id: str, **kw) -> list[Path]:
         return enqueue(self.outbox, self.tmp / "clips", clip_id, **kw)
@@ -138,14 +172,18 @@ class Rig:
 @pytest.fixture
 def server(tmp_path):
     clock = ScaledClock()
-    with SonoranServer(keys={"test-key": "free"}, accounts={ACCOUNT}, clock=clock.now,
-                       legacy={"comm-1": {"plan": "free", "accounts": {ACCOUNT: {"session": "sess-1",
-                                                                                  "username": "Officer"}}}}) as srv:
+    with SonoranServer(
+        keys={"test-key": "free"},
+        accounts={ACCOUNT},
+        clock=clock.now,
+        legacy={"comm-1": {"plan": "free", "accounts": {ACCOUNT: {"session": "sess-1", "username": "Officer"}}}},
+    ) as srv:
         srv.test_clock = clock
         yield srv
 
 
 # --- delivery --------------------------------------------------------------------------------------
+
 
 def test_v2_delivers_each_part_with_the_documented_fields_and_keeps_the_url_list(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server)
@@ -156,8 +194,13 @@ def test_v2_delivers_each_part_with_the_documented_fields_and_keeps_the_url_list
     assert [u.sha256 for u in server.uploads] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     up = server.uploads[0]
     assert up.api == "v2" and up.key == "test-key" and up.filename == files[0].name
-    assert up.fields == {"accountUuid": ACCOUNT, "durationMs": "4321", "identId": "7", "unitNumber": "1A-12",
-                         "unitLocation": "Senora Fwy / Route 68"}
+    assert up.fields == {
+        "accountUuid": ACCOUNT,
+        "durationMs": "4321",
+        "identId": "7",
+        "unitNumber": "1A-12",
+        "unitLocation": "Senora Fwy / Route 68",
+    }
     d = rig.outbox.deliveries()[0]
     assert json.loads(d.response)[0].startswith(server.url), "the server's URL list is kept with the part"
     assert rig.delivered == ["20261122T100000Z-aaaaaa"], "the clip is reported delivered once, when complete"
@@ -172,9 +215,16 @@ def test_legacy_delivers_with_its_session_fields(tmp_path, server):
     assert rig.states() == ["delivered"]
     up = server.uploads[0]
     assert up.api == "legacy" and up.key == "comm-1"
-    assert up.fields == {"community": "comm-1", "account": ACCOUNT, "sessionId": "sess-1", "username": "Officer",
-                         "type": "bodycam", "durationMs": "900", "unitNumber": "1A-12",
-                         "unitLocation": "Senora Fwy / Route 68"}
+    assert up.fields == {
+        "community": "comm-1",
+        "account": ACCOUNT,
+        "sessionId": "sess-1",
+        "username": "Officer",
+        "type": "bodycam",
+        "durationMs": "900",
+        "unitNumber": "1A-12",
+        "unitLocation": "Senora Fwy / Route 68",
+    }
 
 
 def test_every_target_gets_every_clip(tmp_path, server):
@@ -183,7 +233,8 @@ def test_every_target_gets_every_clip(tmp_path, server):
         files = rig.add("clip-all", n_parts=2)
         wait_until(rig.settled, 20, "delivered everywhere")
     assert sorted((d.target, d.state) for d in rig.outbox.deliveries()) == sorted(
-        [(t, "delivered") for t in ("sonoran_v2", "sonoran_legacy", "directory") for _ in files])
+        [(t, "delivered") for t in ("sonoran_v2", "sonoran_legacy", "directory") for _ in files]
+    )
     assert server.count(200, api="v2") == 2 and server.count(200, api="legacy") == 2
     for f in files:
         assert (tmp_path / "delivered" / "clip-all" / f.name).read_bytes() == f.read_bytes()
@@ -204,13 +255,17 @@ def test_marked_clips_go_before_recalls_and_older_events_first(tmp_path, server)
 
 # --- nothing lost ------------------------------------------------------------------------------------
 
+
 def test_server_down_then_up(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server)
     server.down()
     with Rig(tmp_path, s, server.test_clock) as rig:
         rig.add("clip-down", n_parts=2)
-        wait_until(lambda: rig.outbox.deliveries()[0].attempts >= 1 and rig.states()[0] == "deferred", 10,
-                   "first attempt refused")
+        wait_until(
+            lambda: rig.outbox.deliveries()[0].attempts >= 1 and rig.states()[0] == "deferred",
+            10,
+            "first attempt refused",
+        )
         d = rig.outbox.deliveries()[0]
         assert "cannot connect" in d.reason and d.next_try_ns > 0
         server.up()
@@ -248,13 +303,20 @@ def test_a_refused_clip_fails_with_the_servers_reason_and_is_kept(tmp_path, serv
     bad = tmp_path / "clips" / "20240501T143000Z-0bad00" / "20240501T143000Z-0bad00-part01.webm"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a webm at all" * 100)
-    rig.outbox.enqueue("20240501T143000Z-0bad00", [(1, bad, bad.stat().st_size, 1000, hashlib.sha256(bad.read_bytes()).hexdigest())],
-                       PRIORITY_MARK, time.time_ns())
+    rig.outbox.enqueue(
+        "20240501T143000Z-0bad00",
+        [(1, bad, bad.stat().st_size, 1000, hashlib.sha256(bad.read_bytes()).hexdigest())],
+        PRIORITY_MARK,
+        time.time_ns(),
+    )
     rig.add("clip-good")
     with rig:
         wait_until(rig.settled, 20, "both settled")
     by_clip = {d.part.clip_id: d for d in rig.outbox.deliveries()}
-    assert by_clip["20240501T143000Z-0bad00"].state == "failed" and "must be webm" in by_clip["20240501T143000Z-0bad00"].reason
+    assert (
+        by_clip["20240501T143000Z-0bad00"].state == "failed"
+        and "must be webm" in by_clip["20240501T143000Z-0bad00"].reason
+    )
     assert by_clip["clip-good"].state == "delivered", "one refused clip does not stop the queue"
     assert bad.exists(), "a refused clip is kept"
     assert rig.alarms.get("upload_failed") is True
@@ -265,8 +327,12 @@ def test_a_refused_clip_fails_with_the_servers_reason_and_is_kept(tmp_path, serv
     (tmp_path / "outbox.sqlite").rename(state / "outbox.sqlite")
     cfg = tmp_path / "edged.toml"
     cfg.write_text(f'[storage]\ndir = "{state}"\n')
-    out = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "20240501T143000Z-0bad00", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "edged", "outbox", "retry", "20240501T143000Z-0bad00", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "when the daemon next runs" in out.stdout, out.stderr
     again = Outbox(state / "outbox.sqlite").deliveries(clip_id="20240501T143000Z-0bad00")[0]
     assert again.state == "queued" and again.reason == "retry requested"
@@ -280,8 +346,12 @@ def test_a_part_outside_the_contract_is_refused_locally_without_a_request(tmp_pa
     with open(big, "ab") as f:
         f.write(os.urandom(limits.MAX_UPLOAD_BYTES))
     changed = rig.add("clip-changed")[0]
-    rig.outbox.enqueue("clip-big", [(1, big, big.stat().st_size, 1000, hashlib.sha256(big.read_bytes()).hexdigest())],
-                       PRIORITY_MARK, time.time_ns())
+    rig.outbox.enqueue(
+        "clip-big",
+        [(1, big, big.stat().st_size, 1000, hashlib.sha256(big.read_bytes()).hexdigest())],
+        PRIORITY_MARK,
+        time.time_ns(),
+    )
     changed.write_bytes(changed.read_bytes()[:-10])
     with rig:
         wait_until(rig.settled, 20, "both refused")
@@ -292,6 +362,7 @@ def test_a_part_outside_the_contract_is_refused_locally_without_a_request(tmp_pa
 
 
 # --- paused targets ----------------------------------------------------------------------------------
+
 
 def test_a_refused_key_pauses_the_target_instead_of_failing_every_clip(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server, key="wrong-key")
@@ -313,10 +384,19 @@ def test_a_refused_key_pauses_the_target_instead_of_failing_every_clip(tmp_path,
 
 def test_an_unknown_account_pauses_the_target_and_the_pause_survives_a_restart(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server)
-    s = config.from_mapping({"storage": {"dir": str(tmp_path / "state")},
-                             "upload": {"targets": ["sonoran_v2"], "sonoran_v2": {
-                                 "base_url": server.url, "api_key_file": str(tmp_path / "api.key"),
-                                 "account_uuid": "00000000-0000-0000-0000-000000000000"}}})
+    s = config.from_mapping(
+        {
+            "storage": {"dir": str(tmp_path / "state")},
+            "upload": {
+                "targets": ["sonoran_v2"],
+                "sonoran_v2": {
+                    "base_url": server.url,
+                    "api_key_file": str(tmp_path / "api.key"),
+                    "account_uuid": "00000000-0000-0000-0000-000000000000",
+                },
+            },
+        }
+    )
     with Rig(tmp_path, s, server.test_clock) as rig:
         rig.add("c1")
         rig.add("c2")
@@ -329,6 +409,7 @@ def test_an_unknown_account_pauses_the_target_and_the_pause_survives_a_restart(t
 
 
 # --- limits ------------------------------------------------------------------------------------------
+
 
 def test_never_more_than_30_requests_per_minute_and_no_429(tmp_path):
     clock = ScaledClock(scale=20.0)  # a minute in 3 s
@@ -352,8 +433,12 @@ def test_a_429_storm_is_ridden_out_honouring_retry_after(tmp_path):
     clock = ScaledClock(scale=10.0)
     with SonoranServer(keys={"test-key": "free"}, accounts={ACCOUNT}, clock=clock.now) as srv:
         s = settings(tmp_path, ["sonoran_v2"], srv)
-        srv.fail_next(4, 429, '{"title": "Too Many Requests", "status": 429}',
-                      {"Retry-After": "20", "Content-Type": "application/problem+json"})
+        srv.fail_next(
+            4,
+            429,
+            '{"title": "Too Many Requests", "status": 429}',
+            {"Retry-After": "20", "Content-Type": "application/problem+json"},
+        )
         with Rig(tmp_path, s, clock) as rig:
             rig.add("c1")
             rig.add("c2")
@@ -424,24 +509,29 @@ CHILD = textwrap.dedent("""
 def test_kill_9_mid_upload_resends_and_counts_it(tmp_path, server):
     s = settings(tmp_path, ["sonoran_v2"], server)
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [storage]
-        dir = "{tmp_path / 'state'}"
+        dir = "{tmp_path / "state"}"
         [upload]
         targets = ["sonoran_v2"]
         retry_base_seconds = 0.2
         [upload.sonoran_v2]
         base_url = "{server.url}"
-        api_key_file = "{tmp_path / 'api.key'}"
+        api_key_file = "{tmp_path / "api.key"}"
         account_uuid = "{ACCOUNT}"
-    """))
+    """)
+    )
     outbox_path = tmp_path / "outbox.sqlite"
     ob = Outbox(outbox_path, targets=s.upload.targets)
     enqueue(ob, tmp_path / "clips", "clip-kill")
     ob.close()
     server.stall_next(1, 30.0)  # the server holds the answer: the child is killed while 'sending'
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), cfg=str(cfg), outbox=str(outbox_path))],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO), cfg=str(cfg), outbox=str(outbox_path))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: Outbox(outbox_path).deliveries()[0].state == "sending", 20, "upload under way")
         time.sleep(0.5)
@@ -459,15 +549,20 @@ def test_kill_9_mid_upload_resends_and_counts_it(tmp_path, server):
 
 # --- streaming ----------------------------------------------------------------------------------------
 
+
 def test_memory_does_not_grow_with_the_file_size(tmp_path):
     # The server runs as its own process, so this process's allocations are the uploader's.
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "test-key=pro"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "test-key=pro"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().split()[1]
 
         class Remote:
             pass
+
         remote = Remote()
         remote.url = url
         s = settings(tmp_path, ["sonoran_v2"], remote)
@@ -477,8 +572,12 @@ def test_memory_does_not_grow_with_the_file_size(tmp_path):
         make_webm(big, frames=1)
         with open(big, "ab") as f:
             f.write(os.urandom(5_800_000))
-        rig.outbox.enqueue("big", [(1, big, big.stat().st_size, 1000, hashlib.sha256(big.read_bytes()).hexdigest())],
-                           PRIORITY_MARK, time.time_ns())
+        rig.outbox.enqueue(
+            "big",
+            [(1, big, big.stat().st_size, 1000, hashlib.sha256(big.read_bytes()).hexdigest())],
+            PRIORITY_MARK,
+            time.time_ns(),
+        )
         tracemalloc.start()
         try:
             with rig:
@@ -516,28 +615,43 @@ def test_a_target_added_later_gets_the_backlog_and_a_removed_one_stops_counting(
     rig2 = Rig(tmp_path, s2, server.test_clock)
     rig2.add("new-clip")
     states = {(d.part.clip_id, d.target): d.state for d in rig2.outbox.deliveries()}
-    assert states == {("old-clip", "directory"): "delivered", ("new-clip", "sonoran_v2"): "queued"}, \
+    assert states == {("old-clip", "directory"): "delivered", ("new-clip", "sonoran_v2"): "queued"}, (
         "a settled clip is not sent again to a new target; new clips go to it"
+    )
     s3 = settings(tmp_path, ["directory"], server)
     ob3 = Outbox(tmp_path / "outbox.sqlite", targets=s3.upload.targets)
     d = {x.target: (x.state, x.reason) for x in ob3.deliveries(clip_id="new-clip")}
-    assert d == {"sonoran_v2": ("failed", "target removed from the configuration"),
-                 "directory": ("queued", "")}, "the configured target receives it instead"
+    assert d == {"sonoran_v2": ("failed", "target removed from the configuration"), "directory": ("queued", "")}, (
+        "the configured target receives it instead"
+    )
     assert not ob3.clip_delivered("new-clip")
 
 
 # --- the whole daemon ---------------------------------------------------------------------------------
 
+
 def test_daemon_marks_and_delivers_to_sonoran_v2_and_the_operator_sees_it(tmp_path, server):
     from tests.test_events import SMALL, Running, timeline_s
+
     (tmp_path / "api.key").write_text("test-key\n")
-    s = config.from_mapping({
-        "camera": {"source": "synthetic", "paced": False} | SMALL, "audio": {"source": "synthetic"},
-        "storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0, "segment_seconds": 2.0},
-        "clips": {"pre_roll_seconds": 2.0, "post_roll_seconds": 2.0},
-        "upload": {"targets": ["sonoran_v2", "directory"], "retry_base_seconds": 0.2,
-                   "sonoran_v2": {"base_url": server.url, "api_key_file": str(tmp_path / "api.key"),
-                                  "account_uuid": ACCOUNT}}}, origin="<test>")
+    s = config.from_mapping(
+        {
+            "camera": {"source": "synthetic", "paced": False} | SMALL,
+            "audio": {"source": "synthetic"},
+            "storage": {"dir": str(tmp_path / "state"), "min_free_bytes": 0, "segment_seconds": 2.0},
+            "clips": {"pre_roll_seconds": 2.0, "post_roll_seconds": 2.0},
+            "upload": {
+                "targets": ["sonoran_v2", "directory"],
+                "retry_base_seconds": 0.2,
+                "sonoran_v2": {
+                    "base_url": server.url,
+                    "api_key_file": str(tmp_path / "api.key"),
+                    "account_uuid": ACCOUNT,
+                },
+            },
+        },
+        origin="<test>",
+    )
     cfg = tmp_path / "edged.toml"
     cfg.write_text(f'[storage]\ndir = "{tmp_path / "state"}"\n')
     server.fail_next(1, 502, "bad gateway")
@@ -545,18 +659,31 @@ def test_daemon_marks_and_delivers_to_sonoran_v2_and_the_operator_sees_it(tmp_pa
         wait_until(lambda: timeline_s(d) > 5, 30, "footage")
         event_id = d.mark("cli", "upload me").event_id
         wait_until(lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 60, "delivered to both targets")
-        wait_until(lambda: json.loads(d.paths.status.read_text())["outbox"].get("delivered", 0) == 2, 5,
-                   "status written")
+        wait_until(
+            lambda: json.loads(d.paths.status.read_text())["outbox"].get("delivered", 0) == 2, 5, "status written"
+        )
         status = json.loads(d.paths.status.read_text())
     assert status["uploads"]["sonoran_v2"]["paused"] is None
     assert status["uploads"]["sonoran_v2"]["last_delivered"]
-    assert server.uploads[0].fields["durationMs"] == str(Outbox(tmp_path / "state" / "outbox.sqlite").parts()[0].duration_ms)
-    listing = json.loads(subprocess.run([sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
-                                        capture_output=True, text=True, timeout=60).stdout)
+    assert server.uploads[0].fields["durationMs"] == str(
+        Outbox(tmp_path / "state" / "outbox.sqlite").parts()[0].duration_ms
+    )
+    listing = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
     by_target = {r["target"]: r for r in listing}
     assert by_target["sonoran_v2"]["state"] == "delivered" and by_target["sonoran_v2"]["attempts"] == 2
     assert json.loads(by_target["sonoran_v2"]["response"])[0].startswith(server.url)
     assert by_target["directory"]["state"] == "delivered"
-    retry = subprocess.run([sys.executable, "-m", "edged", "outbox", "retry", "999", "--config", str(cfg)],
-                           capture_output=True, text=True, timeout=60)
+    retry = subprocess.run(
+        [sys.executable, "-m", "edged", "outbox", "retry", "999", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert retry.returncode == 1 and "nothing to retry" in retry.stderr

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from edged.core import limits
-from edged.upload.outbox import Outbox
 from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
+from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
 
 PROBLEM = {"content-type": "application/problem+json"}
@@ -28,33 +28,47 @@ def problem(detail: str, status: int = 400) -> str:
 
 # --- answers ---------------------------------------------------------------------------------------
 
+
 def test_success_keeps_the_url_list():
     v = classify_response(200, {"content-type": "application/json"}, '["https://files.example.com/a.webm"]', 0)
     assert v.kind is Kind.DELIVERED and v.urls == ["https://files.example.com/a.webm"]
     assert "files.example.com" in v.response
 
 
-@pytest.mark.parametrize("status,headers,body,kind", [
-    (429, {"retry-after": "17"}, problem("Too many requests", 429), Kind.RATE_LIMITED),
-    (400, PROBLEM, problem("Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."), Kind.ALLOWANCE),
-    (400, TEXT, "Error: Bodycam uploads are limited to 100 minutes per 24 hours for the STANDARD plan.", Kind.ALLOWANCE),
-    (401, PROBLEM, problem("Invalid API key", 401), Kind.PAUSE),
-    (403, PROBLEM, problem("Forbidden", 403), Kind.PAUSE),
-    (400, PROBLEM, problem("Account 0000-1 was not found in this community."), Kind.PAUSE),
-    (400, PROBLEM, problem("Provide exactly one of accountUuid, communityUserId, roblox, or discord."), Kind.PAUSE),
-    (400, TEXT, "Error: Invalid account ID.", Kind.PAUSE),
-    (400, TEXT, "Error: Invalid session ID.", Kind.PAUSE),
-    (400, TEXT, "Error: Unable to validate bodycam upload session.", Kind.PAUSE),
-    (400, PROBLEM, problem("Bodycam uploads must be webm files."), Kind.FAILED),
-    (400, PROBLEM, problem("File exceeds 6000000 bytes."), Kind.FAILED),
-    (400, TEXT, "Error: Bodycam clips must be between 1ms and 120000ms.", Kind.FAILED),
-    (413, TEXT, "too large", Kind.FAILED),
-    (400, PROBLEM, problem("Uploaded bodycam clip but failed to save recording metadata."), Kind.RETRY),
-    (500, TEXT, "oops", Kind.RETRY),
-    (502, TEXT, "<html>bad gateway</html>", Kind.RETRY),
-    (503, {"retry-after": "5"}, "", Kind.RETRY),
-    (408, TEXT, "", Kind.RETRY),
-])
+@pytest.mark.parametrize(
+    "status,headers,body,kind",
+    [
+        (429, {"retry-after": "17"}, problem("Too many requests", 429), Kind.RATE_LIMITED),
+        (
+            400,
+            PROBLEM,
+            problem("Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."),
+            Kind.ALLOWANCE,
+        ),
+        (
+            400,
+            TEXT,
+            "Error: Bodycam uploads are limited to 100 minutes per 24 hours for the STANDARD plan.",
+            Kind.ALLOWANCE,
+        ),
+        (401, PROBLEM, problem("Invalid API key", 401), Kind.PAUSE),
+        (403, PROBLEM, problem("Forbidden", 403), Kind.PAUSE),
+        (400, PROBLEM, problem("Account 0000-1 was not found in this community."), Kind.PAUSE),
+        (400, PROBLEM, problem("Provide exactly one of accountUuid, communityUserId, roblox, or discord."), Kind.PAUSE),
+        (400, TEXT, "Error: Invalid account ID.", Kind.PAUSE),
+        (400, TEXT, "Error: Invalid session ID.", Kind.PAUSE),
+        (400, TEXT, "Error: Unable to validate bodycam upload session.", Kind.PAUSE),
+        (400, PROBLEM, problem("Bodycam uploads must be webm files."), Kind.FAILED),
+        (400, PROBLEM, problem("File exceeds 6000000 bytes."), Kind.FAILED),
+        (400, TEXT, "Error: Bodycam clips must be between 1ms and 120000ms.", Kind.FAILED),
+        (413, TEXT, "too large", Kind.FAILED),
+        (400, PROBLEM, problem("Uploaded bodycam clip but failed to save recording metadata."), Kind.RETRY),
+        (500, TEXT, "oops", Kind.RETRY),
+        (502, TEXT, "<html>bad gateway</html>", Kind.RETRY),
+        (503, {"retry-after": "5"}, "", Kind.RETRY),
+        (408, TEXT, "", Kind.RETRY),
+    ],
+)
 def test_every_documented_answer_is_classified(status, headers, body, kind):
     v = classify_response(status, headers, body, 0)
     assert v.kind is kind, v
@@ -91,6 +105,7 @@ def test_transport_errors_are_retried_and_connect_failures_mean_offline():
 
 # --- back-off ---------------------------------------------------------------------------------------
 
+
 def test_backoff_is_full_jitter_doubling_up_to_the_cap():
     p = RetryPolicy(base_s=2, cap_s=60, rng=random.Random(1))
     for attempts, ceiling in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (30, 60)]:
@@ -107,6 +122,7 @@ def test_retry_after_is_honoured_never_shortened():
 
 
 # --- request budget ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -162,7 +178,7 @@ def test_a_429_sets_the_rate_to_the_share_that_got_through_and_blocks_until_retr
     t0 = 10**12
     granted = take_all(b, t0, 8)  # paced: about 4-5 in 8 s
     now = granted[-1]
-    rate = b.refused(now, 50.0)   # the last one was refused: the window was full
+    rate = b.refused(now, 50.0)  # the last one was refused: the window was full
     assert rate == len(granted) - 1
     assert b.try_take(now + 10**9) == pytest.approx(49, abs=0.01)
     assert b.try_take(now + 51 * 10**9) > 0, "our own requests of the last minute still exceed the new rate"
@@ -186,6 +202,7 @@ def test_devices_sharing_a_key_each_keep_to_their_share(store):
 
 
 # --- plan allowance ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("plan", sorted(limits.PLAN_MINUTES))
 def test_allowance_waits_for_the_rolling_24h_window(store, plan):

@@ -72,6 +72,7 @@ MAX_NOTE = 4096
 @dataclass(frozen=True)
 class Arg:
     """One argument of a command: its JSON type, and for a string its longest length or its form."""
+
     type: type
     max_len: int = 256
     pattern: re.Pattern[str] | None = None
@@ -82,8 +83,13 @@ class Arg:
 COMMANDS: dict[str, dict[str, Arg]] = {
     "mark": {"note": Arg(str, MAX_NOTE)},
     "status": {},
-    "outbox_retry": {"id": Arg(str, pattern=re.compile(f"{PART_ID.pattern}|{CLIP_ID.pattern}"),
-                               form="a part number (digits 0-9) or a clip id")},
+    "outbox_retry": {
+        "id": Arg(
+            str,
+            pattern=re.compile(f"{PART_ID.pattern}|{CLIP_ID.pattern}"),
+            form="a part number (digits 0-9) or a clip id",
+        )
+    },
     "recall": {"request": Arg(dict), "id": Arg(str)},  # the recall service judges the request and its id
     "recall_status": {"id": Arg(str)},
 }
@@ -105,6 +111,7 @@ class BadRequest(ValueError):
 
 
 # --- one request → one answer (pure: no socket; the fuzz tests call it directly too) -----------
+
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
@@ -176,11 +183,11 @@ def parse_request(line: bytes, known: frozenset[str] | None = None) -> dict[str,
     except ValueError as exc:
         raise BadRequest(f"not JSON: {exc}") from None
     if not isinstance(request, dict):
-        raise BadRequest(f"a request is a JSON object with \"cmd\", got {_type_name(request)}")
+        raise BadRequest(f'a request is a JSON object with "cmd", got {_type_name(request)}')
     _check_strings(request)
     cmd = request.get("cmd")
     if not isinstance(cmd, str):
-        raise BadRequest(f"\"cmd\" must be a string, got {_type_name(cmd)}")
+        raise BadRequest(f'"cmd" must be a string, got {_type_name(cmd)}')
     if known is not None and cmd not in known:
         raise BadRequest(f"unknown command {_short(cmd)} (known: {', '.join(sorted(known))})")
     spec = COMMANDS.get(cmd)
@@ -223,7 +230,7 @@ def answer(line: bytes, handlers: dict[str, Handler]) -> dict[str, Any]:
         return out
     except (ValueError, LookupError) as exc:  # the handler's own refusal: its words
         return _error(str(exc) or type(exc).__name__)
-    except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+    except Exception as exc:
         log.error("control command %s failed: %s: %s", cmd, type(exc).__name__, exc)
         log.debug("control command %s failed", cmd, exc_info=True)
         return _error(f"{cmd} failed: {type(exc).__name__}: {exc}")
@@ -240,6 +247,7 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 # --- the server ------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -251,9 +259,17 @@ class ControlServer:
     """Serves ``handlers`` on the Unix socket ``path``; ``start()``, ``stop()``. ``stats`` counts
     what happened (accepted, answered, evicted, timed_out, too_large, busy, gone)."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler], *, max_connections: int = MAX_CONNECTIONS,
-                 deadline_s: float = DEADLINE_S, workers: int = WORKERS, queue_size: int = QUEUE,
-                 max_request: int = MAX_REQUEST) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handlers: dict[str, Handler],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        deadline_s: float = DEADLINE_S,
+        workers: int = WORKERS,
+        queue_size: int = QUEUE,
+        max_request: int = MAX_REQUEST,
+    ) -> None:
         self.path = path
         self.handlers = handlers
         self.max_connections = max_connections
@@ -263,7 +279,7 @@ class ControlServer:
         self._stats_lock = threading.Lock()
         self._n_workers = workers
         self._jobs: queue.Queue[tuple[socket.socket, bytes] | None] = queue.Queue(queue_size)
-        self._conns: dict[int, _Conn] = {}   # fd → connection still being read, oldest first
+        self._conns: dict[int, _Conn] = {}  # fd → connection still being read, oldest first
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -291,8 +307,9 @@ class ControlServer:
         self._wake_r.setblocking(False)
         self._stopping.clear()
         self._threads = [threading.Thread(target=self._serve, name="control", daemon=True)]
-        self._threads += [threading.Thread(target=self._work, name=f"control-{i}", daemon=True)
-                          for i in range(self._n_workers)]
+        self._threads += [
+            threading.Thread(target=self._work, name=f"control-{i}", daemon=True) for i in range(self._n_workers)
+        ]
         for t in self._threads:
             t.start()
 
@@ -339,7 +356,7 @@ class ControlServer:
                     elif key.data == "read":
                         self._read(sel, key.fd)
                 self._expire(sel)
-        except Exception:  # noqa: BLE001 - never expected; the daemon records on without it
+        except Exception:
             log.error("control socket stopped serving", exc_info=True)
         finally:
             for fd in list(self._conns):
@@ -377,8 +394,12 @@ class ControlServer:
             if len(self._conns) < self.max_connections:
                 return
         self._count("evicted")
-        self._drop(sel, next(iter(self._conns)), f"too many connections (at most {self.max_connections} at "
-                                                 "once); dropped the oldest without a complete request")
+        self._drop(
+            sel,
+            next(iter(self._conns)),
+            f"too many connections (at most {self.max_connections} at "
+            "once); dropped the oldest without a complete request",
+        )
 
     def _read(self, sel: selectors.BaseSelector, fd: int) -> None:
         conn = self._conns.get(fd)
@@ -444,7 +465,7 @@ class ControlServer:
             except OSError as exc:  # BrokenPipe, ConnectionReset, timeout: the client left first
                 self._count("gone")
                 log.debug("control client gone before its answer: %s", type(exc).__name__)
-            except Exception:  # noqa: BLE001 - a worker never dies
+            except Exception:
                 log.error("control answer not sent", exc_info=True)
             finally:
                 sock.close()
@@ -462,6 +483,7 @@ def _send_quietly(sock: socket.socket, doc: dict[str, Any]) -> None:
 
 
 # --- the client ----------------------------------------------------------------------------------------
+
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send one command to the daemon at ``path``; raise ControlError with a clear reason.

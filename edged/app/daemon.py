@@ -13,18 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+from edged.app.systemd import ServiceNotifier, summary
+from edged.config.schema import Settings, segment_bytes_estimate
 from edged.core.alarms import Alarms
 from edged.core.clock import Clock, SystemClock
-from edged.config import schema as config_mod
-from edged.config.schema import Settings, segment_bytes_estimate
-from edged.footage.index import IndexUnavailable
+from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub_doc
 from edged.core.paths import StatePaths
+from edged.footage.index import IndexUnavailable
+from edged.footage.ring import RingBuffer, open_index_making_room
 from edged.recording.reconcile import reconcile
 from edged.recording.recorder import STALL_S, Recorder
-from edged.footage.ring import RingBuffer, open_index_making_room
-from edged.app.systemd import ServiceNotifier, summary
-from edged.core.files import owner_only, write_atomic
 
 log = logging.getLogger("edged.daemon")
 
@@ -33,7 +32,7 @@ log = logging.getLogger("edged.daemon")
 FAULT_ALARMS = frozenset({"storage_full", "storage_error", "camera_lost", "camera_stalled", "upload_paused"})
 
 EXIT_STORAGE = 73  # EX_CANTCREAT: the state folder cannot be written
-EXIT_LOCKED = 75   # EX_TEMPFAIL: another daemon uses this state folder
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another daemon uses this state folder
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: the recorder failed unexpectedly
 
 
@@ -48,8 +47,7 @@ def prepare_state_dir(paths: StatePaths) -> None:
         paths.segments.mkdir(parents=True, exist_ok=True, mode=0o700)
         loosened = owner_only(paths.root)
         if loosened:
-            log.warning("%d file(s) or folder(s) in %s were readable by others; now owner-only",
-                        loosened, paths.root)
+            log.warning("%d file(s) or folder(s) in %s were readable by others; now owner-only", loosened, paths.root)
         with open(probe, "wb") as f:
             f.write(b"x")
             os.fsync(f.fileno())
@@ -57,8 +55,14 @@ def prepare_state_dir(paths: StatePaths) -> None:
         if exc.errno == errno.ENOSPC:
             # Full, most likely of our own ring: the ring makes room at start; not a reason to refuse
             # (systemd would restart us forever).
-            log_event(log, Msg.STORAGE_ALARM, "storage.dir %s is full: making room by overwriting the oldest "
-                      "unprotected footage", paths.root, level=logging.WARNING, alarm="disk_full_at_start")
+            log_event(
+                log,
+                Msg.STORAGE_ALARM,
+                "storage.dir %s is full: making room by overwriting the oldest unprotected footage",
+                paths.root,
+                level=logging.WARNING,
+                alarm="disk_full_at_start",
+            )
             return
         why = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "cannot be written"
         raise StorageUnusable(f"storage.dir {paths.root} {why}: {exc.strerror or exc}") from exc
@@ -70,8 +74,14 @@ def prepare_state_dir(paths: StatePaths) -> None:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None, stop_after_s: float | None = None,
-                 pin_factory=None, notifier: ServiceNotifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        stop_after_s: float | None = None,
+        pin_factory=None,
+        notifier: ServiceNotifier | None = None,
+    ) -> None:
         self.settings = settings
         self.notifier = notifier or ServiceNotifier()  # systemd's readiness / watchdog / status
         self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
@@ -97,18 +107,26 @@ class Daemon:
 
     def _start_event_stage(self, index) -> None:
         from edged.app.control import ControlServer
-        from edged.events.manager import EventManager, EventStore, EventWorker
         from edged.app.gpio import Feedback, GpioError, from_settings
+        from edged.events.manager import EventManager, EventStore, EventWorker
         from edged.upload.outbox import Outbox
 
         r = self.recorder
         self.events_store = EventStore(self.paths.events)
         self.outbox = Outbox(self.paths.outbox, targets=self.settings.upload.targets)
         self.events = EventManager(
-            self.settings, self.events_store, index, self.outbox, self.paths.clips, self.paths.segments,
-            timeline_now_ns=r.timeline_now_ns, wall_offset_ns=lambda: r.watch.offset_ns,
-            clock_synced=lambda: r.watch.synchronized, boot_id=r.watch.boot_id,
-            request_boundary=r.request_boundary)
+            self.settings,
+            self.events_store,
+            index,
+            self.outbox,
+            self.paths.clips,
+            self.paths.segments,
+            timeline_now_ns=r.timeline_now_ns,
+            wall_offset_ns=lambda: r.watch.offset_ns,
+            clock_synced=lambda: r.watch.synchronized,
+            boot_id=r.watch.boot_id,
+            request_boundary=r.request_boundary,
+        )
         held = self.events.reassert_holds()
         if held:
             log.info("%d event(s) not yet delivered keep their footage protected", held)
@@ -116,8 +134,9 @@ class Daemon:
         self._event_worker = EventWorker(self.events, self._stage_stop)
         self._event_worker.start()
         try:
-            self.button, self.feedback = from_settings(self.settings.gpio, lambda: self.mark("button"),
-                                                       pin_factory=self.pin_factory)
+            self.button, self.feedback = from_settings(
+                self.settings.gpio, lambda: self.mark("button"), pin_factory=self.pin_factory
+            )
         except GpioError as exc:  # recording matters more than the button: run without it, loudly
             log.critical("GPIO unusable, running without button and LED: %s", exc)
             r.status.alarms.add("gpio_error")
@@ -126,14 +145,18 @@ class Daemon:
         self.events.on_mark = self.feedback.acknowledge_mark
         self._start_uploader()
         from edged.recall.service import RecallService
+
         # recall requests: inbox, status files, worker
         self.recall = RecallService.for_daemon(self, index, on_alarm=self._alarm_setter("recall"))
-        self.control = ControlServer(self.paths.control, {
-            "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
-            "status": lambda req: {"status": scrub_doc(self._status_dict())},
-            "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
-            **self.recall.control_handlers(),
-        })
+        self.control = ControlServer(
+            self.paths.control,
+            {
+                "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
+                "status": lambda req: {"status": scrub_doc(self._status_dict())},
+                "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
+                **self.recall.control_handlers(),
+            },
+        )
         self.control.start()
         if self.config_sync is not None:
             self.config_sync.start()
@@ -147,8 +170,14 @@ class Daemon:
     def _new_uploader(self, settings: Settings, targets: list):
         from edged.upload.policy import RetryPolicy
         from edged.upload.uploader import Uploader
-        return Uploader(self.outbox, targets, RetryPolicy.from_settings(settings.upload),
-                        on_delivered=self._on_delivered, on_alarm=self._set_alarm)
+
+        return Uploader(
+            self.outbox,
+            targets,
+            RetryPolicy.from_settings(settings.upload),
+            on_delivered=self._on_delivered,
+            on_alarm=self._set_alarm,
+        )
 
     def _on_delivered(self, clip_id: str) -> None:
         """A clip delivered to every target: the event or recall that holds its footage lets go."""
@@ -165,8 +194,11 @@ class Daemon:
         self.uploader.start()
         self.link_watch = LinkWatch(on_change=lambda what="": self.uploader.on_link_change(what))
         self.link_watch.start()
-        log.info("uploading to %s (link events from %s)", ", ".join(self.settings.upload.targets) or "nowhere",
-                 self.link_watch.source)
+        log.info(
+            "uploading to %s (link events from %s)",
+            ", ".join(self.settings.upload.targets) or "nowhere",
+            self.link_watch.source,
+        )
 
     # --- a synced config, applied while running ----------------------------------------------------
 
@@ -177,9 +209,11 @@ class Daemon:
         if not self.settings.sync.dir:
             return
         from edged.config.sync import ConfigSync, local_layer
+
         try:
-            sync = ConfigSync(self.settings, local_layer(self.settings), self._apply_config,
-                              on_alarm=self._alarm_setter("configsync"))
+            sync = ConfigSync(
+                self.settings, local_layer(self.settings), self._apply_config, on_alarm=self._alarm_setter("configsync")
+            )
             self.settings = sync.startup()
         except Exception as exc:  # noqa: BLE001 - a synced folder never stops the recording
             log.error("synced config is off for this run: %s: %s", type(exc).__name__, exc)
@@ -238,9 +272,16 @@ class Daemon:
     def mark(self, source: str, note: str = ""):
         result = self.events.mark(source, note)
         if "storage_full" in self.recorder.status.alarms:
-            log_event(log, Msg.STORAGE_ALARM, "MARK %s taken while storage is FULL of protected footage: its "
-                      "post-roll cannot be recorded until space is freed; the footage already held is kept",
-                      result.event_id, level=logging.CRITICAL, alarm="storage_full", event_id=result.event_id)
+            log_event(
+                log,
+                Msg.STORAGE_ALARM,
+                "MARK %s taken while storage is FULL of protected footage: its "
+                "post-roll cannot be recorded until space is freed; the footage already held is kept",
+                result.event_id,
+                level=logging.CRITICAL,
+                alarm="storage_full",
+                event_id=result.event_id,
+            )
         return result
 
     @staticmethod
@@ -249,25 +290,36 @@ class Daemon:
 
     def _show_feedback(self) -> None:
         from edged.app.gpio import DeviceState
+
         st = self.recorder.status
         counts = self.outbox.counts()
-        self.feedback.show(DeviceState(
-            recording=st.state == "recording",
-            fault=bool(st.alarms & FAULT_ALARMS),
-            clock_synced=self.recorder.watch.synchronized,
-            uploads_pending=sum(n for state, n in counts.items() if state not in ("delivered", "failed")),
-            event_open=bool(self.events_store.events("open"))))
+        self.feedback.show(
+            DeviceState(
+                recording=st.state == "recording",
+                fault=bool(st.alarms & FAULT_ALARMS),
+                clock_synced=self.recorder.watch.synchronized,
+                uploads_pending=sum(n for state, n in counts.items() if state not in ("delivered", "failed")),
+                event_open=bool(self.events_store.events("open")),
+            )
+        )
 
     def _status_dict(self) -> dict:
         r = self.recorder
         st = r.status
         return {
-            "pid": os.getpid(), "state": st.state, "video_source": st.video_source,
-            "audio_source": st.audio_source, "frames_encoded": st.frames_encoded,
-            "frames_dropped": st.frames_dropped, "frames_not_stored": st.frames_not_stored,
-            "segments_written": st.segments_written, "current_segment": st.current_segment,
-            "alarms": sorted(st.alarms), "last_error": st.last_error,
-            "clock_synchronized": r.watch.synchronized, "updated": time.time(),
+            "pid": os.getpid(),
+            "state": st.state,
+            "video_source": st.video_source,
+            "audio_source": st.audio_source,
+            "frames_encoded": st.frames_encoded,
+            "frames_dropped": st.frames_dropped,
+            "frames_not_stored": st.frames_not_stored,
+            "segments_written": st.segments_written,
+            "current_segment": st.current_segment,
+            "alarms": sorted(st.alarms),
+            "last_error": st.last_error,
+            "clock_synchronized": r.watch.synchronized,
+            "updated": time.time(),
             "config": self.settings.origin,
             "events_open": len(self.events_store.events("open")),
             "outbox": self.outbox.counts(),
@@ -291,8 +343,11 @@ class Daemon:
         line = summary(status)
         if st.on_disk:
             self.notifier.ready(line)
-        if st.progress_mono is not None and time.monotonic() - st.progress_mono <= STALL_S \
-                and not self.recorder.stopping:
+        if (
+            st.progress_mono is not None
+            and time.monotonic() - st.progress_mono <= STALL_S
+            and not self.recorder.stopping
+        ):
             self.notifier.watchdog()
         if self.notifier.is_ready:
             self.notifier.status(line)
@@ -321,17 +376,34 @@ class Daemon:
         self._start_config_sync()
         st = self.settings.storage
         try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
-            index, moved = open_index_making_room(self.paths.index, self.paths.segments, st.max_bytes,
-                                                  st.min_free_bytes, segment_bytes_estimate(self.settings))
+            index, moved = open_index_making_room(
+                self.paths.index,
+                self.paths.segments,
+                st.max_bytes,
+                st.min_free_bytes,
+                segment_bytes_estimate(self.settings),
+            )
         except IndexUnavailable as exc:  # sound but unusable now: kept as it is, never rebuilt
-            log_event(log, Msg.STORAGE_ALARM, "segment index cannot be opened: %s", exc, level=logging.CRITICAL,
-                      alarm="index_unavailable")
+            log_event(
+                log,
+                Msg.STORAGE_ALARM,
+                "segment index cannot be opened: %s",
+                exc,
+                level=logging.CRITICAL,
+                alarm="index_unavailable",
+            )
             os.close(self._lock_fd)
             self._lock_fd = None
             return EXIT_STORAGE
         if moved:
-            log_event(log, Msg.STORAGE_ALARM, "segment index was corrupt: moved to %s, rebuilding from the "
-                      "segment files", moved, level=logging.CRITICAL, alarm="index_corrupt")
+            log_event(
+                log,
+                Msg.STORAGE_ALARM,
+                "segment index was corrupt: moved to %s, rebuilding from the segment files",
+                moved,
+                level=logging.CRITICAL,
+                alarm="index_corrupt",
+            )
         ring = self.ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
         try:
             ring.make_room(segment_bytes_estimate(self.settings))
@@ -343,10 +415,20 @@ class Daemon:
             log.error("reconciling the segment folder failed: %s; continuing", exc)
         else:
             if report.salvaged:
-                log.warning("salvaged %d segment(s) cut off by a crash or power cut: %s",
-                            len(report.salvaged), ", ".join(report.salvaged))
-        self.recorder = Recorder(self.settings, index, ring, self.clock, self.paths.segments,
-                                 stop_after_s=self.stop_after_s, alarms=self.alarms)
+                log.warning(
+                    "salvaged %d segment(s) cut off by a crash or power cut: %s",
+                    len(report.salvaged),
+                    ", ".join(report.salvaged),
+                )
+        self.recorder = Recorder(
+            self.settings,
+            index,
+            ring,
+            self.clock,
+            self.paths.segments,
+            stop_after_s=self.stop_after_s,
+            alarms=self.alarms,
+        )
         rec_thread = threading.Thread(target=self.recorder.run, name="recorder")
         self._start_event_stage(index)
 

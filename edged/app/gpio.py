@@ -53,7 +53,7 @@ class GpioError(Exception):
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     recording: bool
-    fault: bool            # storage full / storage error / camera lost
+    fault: bool  # storage full / storage error / camera lost
     clock_synced: bool
     uploads_pending: int
     event_open: bool = False  # a mark's post-roll is still being recorded: periodic beep
@@ -62,15 +62,16 @@ class DeviceState:
 @dataclass(frozen=True)
 class Timings:
     """Pattern timings in seconds (tests shrink them)."""
-    period: float = 2.0        # every steady pattern repeats this often
-    flash: float = 0.1         # heartbeat and double-blink flash
-    double_gap: float = 0.2    # dark between the two flashes of a double blink
-    long_flash: float = 0.6    # uploads pending
-    fault_flash: float = 0.1   # fault: on and off times of the flicker
-    ack_flash: float = 0.08    # mark acknowledged: on and off times of the three blinks
-    ack_pause: float = 0.6     # dark after the three blinks, before the steady pattern again
-    reminder: float = 120.0    # beep interval while an event is open; 0: never
-    beep: float = 0.1          # length of that beep
+
+    period: float = 2.0  # every steady pattern repeats this often
+    flash: float = 0.1  # heartbeat and double-blink flash
+    double_gap: float = 0.2  # dark between the two flashes of a double blink
+    long_flash: float = 0.6  # uploads pending
+    fault_flash: float = 0.1  # fault: on and off times of the flicker
+    ack_flash: float = 0.08  # mark acknowledged: on and off times of the three blinks
+    ack_pause: float = 0.6  # dark after the three blinks, before the steady pattern again
+    reminder: float = 120.0  # beep interval while an event is open; 0: never
+    beep: float = 0.1  # length of that beep
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -85,7 +86,7 @@ OFF, FAULT, CLOCK_UNSYNCED = "off", "fault", "clock_unsynced"
 UPLOADS_PENDING, HEARTBEAT = "uploads_pending", "heartbeat"
 _RECORDING_MODES = (CLOCK_UNSYNCED, UPLOADS_PENDING, HEARTBEAT)
 
-Step = tuple[bool, bool, float]   # (LED on, buzzer on, seconds)
+Step = tuple[bool, bool, float]  # (LED on, buzzer on, seconds)
 Pattern = tuple[Step, ...]
 
 
@@ -107,21 +108,33 @@ def pattern(mode: str, t: Timings) -> Pattern:
     if mode == HEARTBEAT:
         return ((True, False, t.flash), (False, False, t.period - t.flash))
     if mode == CLOCK_UNSYNCED:
-        return ((True, False, t.flash), (False, False, t.double_gap), (True, False, t.flash),
-                (False, False, t.period - 2 * t.flash - t.double_gap))
+        return (
+            (True, False, t.flash),
+            (False, False, t.double_gap),
+            (True, False, t.flash),
+            (False, False, t.period - 2 * t.flash - t.double_gap),
+        )
     if mode == UPLOADS_PENDING:
         return ((True, False, t.long_flash), (False, False, t.period - t.long_flash))
     if mode == FAULT:
         n = max(1, round(t.period / (2 * t.fault_flash)))
-        return ((True, True, t.fault_flash), (False, False, t.fault_flash)) + \
-            ((True, False, t.fault_flash), (False, False, t.fault_flash)) * (n - 1)
+        return ((True, True, t.fault_flash), (False, False, t.fault_flash)) + (
+            (True, False, t.fault_flash),
+            (False, False, t.fault_flash),
+        ) * (n - 1)
     return ()
 
 
 def ack_pattern(t: Timings) -> Pattern:
     f = t.ack_flash
-    return ((True, True, f), (False, True, f), (True, False, f), (False, False, f), (True, False, f),
-            (False, False, t.ack_pause))
+    return (
+        (True, True, f),
+        (False, True, f),
+        (True, False, f),
+        (False, False, f),
+        (True, False, f),
+        (False, False, t.ack_pause),
+    )
 
 
 def _position(steps: Pattern, elapsed: float, repeat: bool) -> tuple[bool, bool, float] | None:
@@ -143,6 +156,7 @@ def _position(steps: Pattern, elapsed: float, repeat: bool) -> tuple[bool, bool,
 
 # --- pins -------------------------------------------------------------------------------------------
 
+
 def _pin_name(pin: str) -> str:
     # gpiozero's names are upper case ("GPIO17", "BOARD11", "J8:11"); accept "gpio17" too.
     return pin.strip().upper()
@@ -155,18 +169,20 @@ def _resolve_factory(key: str, pin: str, pin_factory: Any) -> Any:
         return pin_factory
     from gpiozero import Device
     from gpiozero.exc import NativePinFactoryFallback, PinFactoryFallback
+
     if Device.pin_factory is not None:
         return Device.pin_factory
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             Device.ensure_pin_factory()
-        except Exception as exc:  # noqa: BLE001 - BadPinFactory, or an error from a named factory
+        except Exception as exc:
             reasons = "; ".join(str(w.message) for w in caught if issubclass(w.category, PinFactoryFallback))
             raise GpioError(
                 f"{key}: {pin!r} is configured but no GPIO driver can be used here ({type(exc).__name__}: {exc}"
                 f"{'; ' + reasons if reasons else ''}). On a Raspberry Pi install lgpio (python3-lgpio) "
-                f"and check access to /dev/gpiochip*; elsewhere set the gpio pins to \"\"") from exc
+                f'and check access to /dev/gpiochip*; elsewhere set the gpio pins to ""'
+            ) from exc
     for w in caught:
         if issubclass(w.category, NativePinFactoryFallback):
             log.warning("gpiozero: %s", w.message)
@@ -178,8 +194,9 @@ def _open(key: str, pin: str, make: Callable[[], Any]) -> Any:
         return make()
     except GpioError:
         raise
-    except Exception as exc:  # noqa: BLE001 - gpiozero's errors, and the drivers' own (lgpio.error: busy)
+    except Exception as exc:
         from gpiozero.exc import PinInvalidBounce
+
         if isinstance(exc, PinInvalidBounce):
             key = "gpio.button_bounce_ms"
         raise GpioError(f"{key}: {pin!r} cannot be used: {type(exc).__name__}: {exc}") from exc
@@ -189,17 +206,20 @@ class MarkButton:
     """Short press = mark. Calls on_press() from gpiozero's callback thread (the thread that drives
     the pin for mock pins); an exception from on_press is logged, never raised into gpiozero."""
 
-    def __init__(self, pin: str, pull_up: bool, bounce_ms: int, on_press: Callable[[], None],
-                 pin_factory=None) -> None:
+    def __init__(self, pin: str, pull_up: bool, bounce_ms: int, on_press: Callable[[], None], pin_factory=None) -> None:
         from gpiozero import Button
+
         name = _pin_name(pin)
         factory = _resolve_factory("gpio.button_pin", pin, pin_factory)
         self._bounce_s = max(0, bounce_ms) / 1000
         self._on_press = on_press
         self._lock = threading.Lock()
         self._last_edge: float | None = None
-        self._button = _open("gpio.button_pin", pin, lambda: Button(
-            name, pull_up=pull_up, bounce_time=self._bounce_s or None, pin_factory=factory))
+        self._button = _open(
+            "gpio.button_pin",
+            pin,
+            lambda: Button(name, pull_up=pull_up, bounce_time=self._bounce_s or None, pin_factory=factory),
+        )
         self._button.when_pressed = self._pressed
         self._button.when_released = self._released
 
@@ -217,7 +237,7 @@ class MarkButton:
             return
         try:
             self._on_press()
-        except Exception:  # noqa: BLE001 - a failing mark must not kill gpiozero's callback thread
+        except Exception:
             log.exception("mark from the button failed")
 
     def _released(self) -> None:
@@ -239,15 +259,17 @@ class Feedback:
         self._led = self._buzzer = None
         if led_pin:
             from gpiozero import LED
+
             factory = _resolve_factory("gpio.led_pin", led_pin, pin_factory)
-            self._led = _open("gpio.led_pin", led_pin,
-                              lambda: LED(_pin_name(led_pin), pin_factory=factory))
+            self._led = _open("gpio.led_pin", led_pin, lambda: LED(_pin_name(led_pin), pin_factory=factory))
         if buzzer_pin:
             from gpiozero import Buzzer
+
             try:
                 factory = _resolve_factory("gpio.buzzer_pin", buzzer_pin, pin_factory)
-                self._buzzer = _open("gpio.buzzer_pin", buzzer_pin,
-                                     lambda: Buzzer(_pin_name(buzzer_pin), pin_factory=factory))
+                self._buzzer = _open(
+                    "gpio.buzzer_pin", buzzer_pin, lambda: Buzzer(_pin_name(buzzer_pin), pin_factory=factory)
+                )
             except GpioError:
                 if self._led is not None:
                     self._led.close()
@@ -257,8 +279,8 @@ class Feedback:
         self._closed = False
         self._mode = OFF
         self._steady: Pattern = ()
-        self._start = time.monotonic()          # when the steady pattern (re)started
-        self._ack_start: float | None = None    # when the running acknowledgement started
+        self._start = time.monotonic()  # when the steady pattern (re)started
+        self._ack_start: float | None = None  # when the running acknowledgement started
         self._reminder_at: float | None = None  # next reminder beep, while an event is open
         self._thread: threading.Thread | None = None
         if self._led is not None or self._buzzer is not None:
@@ -328,7 +350,7 @@ class Feedback:
                         dev.on() if want else dev.off()
                         written[i] = want
                 self._wake.wait(left)
-        except Exception:  # noqa: BLE001 - a dead LED must not take the daemon down
+        except Exception:
             log.exception("status LED / buzzer sequencer stopped")
 
     def close(self) -> None:
@@ -347,11 +369,15 @@ class Feedback:
                     dev.close()
 
 
-def from_settings(gpio: GpioSettings, on_press: Callable[[], None], pin_factory=None,
-                  timings: Timings | None = None) -> tuple[MarkButton | None, Feedback]:
+def from_settings(
+    gpio: GpioSettings, on_press: Callable[[], None], pin_factory=None, timings: Timings | None = None
+) -> tuple[MarkButton | None, Feedback]:
     """The button (None without ``gpio.button_pin``) and the feedback outputs of the settings."""
-    button = (MarkButton(gpio.button_pin, gpio.button_pull_up, gpio.button_bounce_ms, on_press, pin_factory)
-              if gpio.button_pin else None)
+    button = (
+        MarkButton(gpio.button_pin, gpio.button_pull_up, gpio.button_bounce_ms, on_press, pin_factory)
+        if gpio.button_pin
+        else None
+    )
     try:
         feedback = Feedback(gpio.led_pin, gpio.buzzer_pin, pin_factory, timings)
     except BaseException:

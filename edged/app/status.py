@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
 from typing import Any
 
 from edged.core.files import read_bounded
+from edged.core.paths import StatePaths
 from edged.core.timefmt import iso
 from edged.footage.index import Index
-from edged.core.paths import StatePaths
-
 
 #: status.json is a few KB; anything bigger is not one.
 MAX_STATUS_BYTES = 1 << 20
@@ -73,6 +70,7 @@ def read_status(paths: StatePaths) -> dict[str, Any]:
     }
     if paths.outbox.exists():
         from edged.upload.outbox import Outbox
+
         ob = Outbox(paths.outbox, read_only=True)
         try:
             out["outbox"] = ob.counts()

@@ -46,16 +46,17 @@ def watchdog_interval_s(env: Mapping[str, str] = os.environ) -> float | None:
 class ServiceNotifier:
     """What the daemon says to systemd. ``send`` is sd_notify; tests may pass their own."""
 
-    def __init__(self, send: Callable[[str], bool] | None = None,
-                 env: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, send: Callable[[str], bool] | None = None, env: Mapping[str, str] = os.environ) -> None:
         self.enabled = bool(env.get("NOTIFY_SOCKET")) and (send is not None or _sd_notify is not None)
         self._send = send or _sd_notify
         self.watchdog_s = watchdog_interval_s(env) if self.enabled else None
         self.is_ready = False
         self._last_status = ""
         if env.get("NOTIFY_SOCKET") and _sd_notify is None and send is None:
-            log.warning("NOTIFY_SOCKET is set but systemd-python is missing: systemd will not hear "
-                        "readiness or watchdog pings (install python3-systemd)")
+            log.warning(
+                "NOTIFY_SOCKET is set but systemd-python is missing: systemd will not hear "
+                "readiness or watchdog pings (install python3-systemd)"
+            )
 
     def _notify(self, message: str) -> None:
         if not self.enabled:

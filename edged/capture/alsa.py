@@ -53,13 +53,15 @@ class AlsaAudio:
         try:
             container = av.open(self.device, format="alsa", options=options)
         except av.FFmpegError as exc:
-            raise SourceUnavailable(f"ALSA capture device {self.device!r} cannot be opened ({exc}); "
-                                    "`arecord -L` lists the device names") from exc
+            raise SourceUnavailable(
+                f"ALSA capture device {self.device!r} cannot be opened ({exc}); `arecord -L` lists the device names"
+            ) from exc
         stream = container.streams.audio[0]
         if stream.channels != self.channels:
             container.close()
-            raise SourceUnavailable(f"ALSA device {self.device!r} gives {stream.channels} channels, "
-                                    f"not {self.channels}")
+            raise SourceUnavailable(
+                f"ALSA device {self.device!r} gives {stream.channels} channels, not {self.channels}"
+            )
         rate = stream.rate  # the card's nearest rate when it cannot do the one asked for
         if rate != self.sample_rate:
             log.warning("alsa: %s records at %d Hz, not %d", self.device, rate, self.sample_rate)

@@ -66,8 +66,9 @@ def to_target(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     expects; a plain conversion would keep the levels, crushing blacks and clipping whites.
     """
     if frame.color_range == ColorRange.JPEG or frame.format.name.startswith("yuvj"):
-        return frame.reformat(width=width, height=height, format=PIX_FMT,
-                              src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG)
+        return frame.reformat(
+            width=width, height=height, format=PIX_FMT, src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG
+        )
     if frame.width == width and frame.height == height and frame.format.name == PIX_FMT:
         return frame
     return frame.reformat(width=width, height=height, format=PIX_FMT)

@@ -67,8 +67,9 @@ class PicameraVideo:
             _close_quietly(camera)
             if isinstance(exc, SourceUnavailable):
                 raise
-            raise SourceUnavailable(f"camera {model} cannot be configured for "
-                                    f"{self.width}x{self.height}@{self.fps}: {exc!r}") from exc
+            raise SourceUnavailable(
+                f"camera {model} cannot be configured for {self.width}x{self.height}@{self.fps}: {exc!r}"
+            ) from exc
         self._camera = camera
         self._stalled = False
         log.info("picamera2: %s, main stream %s", model, self._stream)
@@ -131,8 +132,8 @@ def yuv420_frame(array: np.ndarray, width: int, height: int) -> av.VideoFrame:
     y_size, c_stride, c_rows = height * stride, stride // 2, height // 2
     c_size = c_rows * c_stride
     y = flat[:y_size].reshape(height, stride)[:, :width]
-    u = flat[y_size:y_size + c_size].reshape(c_rows, c_stride)[:, :width // 2]
-    v = flat[y_size + c_size:y_size + 2 * c_size].reshape(c_rows, c_stride)[:, :width // 2]
+    u = flat[y_size : y_size + c_size].reshape(c_rows, c_stride)[:, : width // 2]
+    v = flat[y_size + c_size : y_size + 2 * c_size].reshape(c_rows, c_stride)[:, : width // 2]
     packed = np.concatenate((y.ravel(), u.ravel(), v.ravel())).reshape(height * 3 // 2, width)
     return av.VideoFrame.from_ndarray(packed, format="yuv420p")
 
@@ -155,5 +156,5 @@ def _close_quietly(camera: Any) -> None:
 def _call_quietly(method: Any) -> None:
     try:
         method()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - closing a camera: whatever the library raises, go on
         log.warning("picamera2: %s failed: %r", getattr(method, "__name__", method), exc)

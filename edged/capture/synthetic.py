@@ -25,8 +25,7 @@ class SyntheticVideo:
 
     def open(self) -> None:
         # testsrc2 moves every frame; the noise keeps the encoder honestly busy.
-        graph = (f"testsrc2=size={self.width}x{self.height}:rate={self.fps},"
-                 f"noise=alls=4:allf=t,format=yuv420p")
+        graph = f"testsrc2=size={self.width}x{self.height}:rate={self.fps},noise=alls=4:allf=t,format=yuv420p"
         try:
             self._container = av.open(graph, format="lavfi")
         except av.FFmpegError as exc:  # pragma: no cover - lavfi is part of PyAV's FFmpeg
@@ -64,8 +63,10 @@ class SyntheticAudio:
 
     def open(self) -> None:
         layout = "mono" if self.channels == 1 else "stereo"
-        graph = (f"sine=frequency=440:beep_factor=4:sample_rate={self.sample_rate}"
-                 f":samples_per_frame={self._samples_per_block},aformat=channel_layouts={layout}")
+        graph = (
+            f"sine=frequency=440:beep_factor=4:sample_rate={self.sample_rate}"
+            f":samples_per_frame={self._samples_per_block},aformat=channel_layouts={layout}"
+        )
         try:
             self._container = av.open(graph, format="lavfi")
         except av.FFmpegError as exc:  # pragma: no cover

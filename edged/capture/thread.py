@@ -25,8 +25,9 @@ RETRY_MAX_S = 10.0
 
 
 class CaptureThread(threading.Thread):
-    def __init__(self, what: str, factory: Callable[[], Any], q: queue.Queue, paced: bool, period: float,
-                 stop: threading.Event) -> None:
+    def __init__(
+        self, what: str, factory: Callable[[], Any], q: queue.Queue, paced: bool, period: float, stop: threading.Event
+    ) -> None:
         super().__init__(name=f"capture-{what}", daemon=True)
         self.what = what
         self._factory = factory
@@ -77,7 +78,7 @@ class CaptureThread(threading.Thread):
             finally:
                 try:
                     source.close()
-                except Exception:  # noqa: BLE001 - closing a broken device must not kill the thread
+                except Exception:
                     log.debug("%s: close failed", self.what, exc_info=True)
 
     def _stream(self, source: Any) -> None:

@@ -24,8 +24,7 @@ from fractions import Fraction
 
 import av
 
-
-from edged.capture.base import PIX_FMT, SourceError, SourceUnavailable, VideoSample, to_target
+from edged.capture.base import SourceError, SourceUnavailable, VideoSample, to_target
 
 log = logging.getLogger("edged.capture.v4l2")
 
@@ -55,8 +54,13 @@ class V4L2Video:
         else:
             self._container = self._open_first(candidate_devices())
         stream = self._container.streams.video[0]
-        log.info("v4l2: %s, %s %dx%d", self._container.name, stream.codec_context.name,
-                 stream.codec_context.width, stream.codec_context.height)
+        log.info(
+            "v4l2: %s, %s %dx%d",
+            self._container.name,
+            stream.codec_context.name,
+            stream.codec_context.width,
+            stream.codec_context.height,
+        )
         self._frames = self._decoded(self._container)
         self._time_base = stream.time_base  # 1/1000000: pts are the kernel's microseconds
         self._kernel_clock = None
@@ -83,8 +87,9 @@ class V4L2Video:
         try:
             return av.open(device, format="v4l2", options=options)
         except av.FFmpegError as exc:
-            raise SourceUnavailable(f"{device} is not a usable camera (mjpeg: {mjpeg_error}; "
-                                    f"default format: {exc})") from exc
+            raise SourceUnavailable(
+                f"{device} is not a usable camera (mjpeg: {mjpeg_error}; default format: {exc})"
+            ) from exc
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         stream = container.streams.video[0]
@@ -113,8 +118,9 @@ class V4L2Video:
         if self._kernel_clock is None:
             self._kernel_clock = t is not None and abs(t - now) < CLOCK_TOLERANCE
             if not self._kernel_clock:
-                log.warning("v4l2: buffer timestamps are not CLOCK_MONOTONIC (%s vs %.3f); "
-                            "using the time of reading", t, now)
+                log.warning(
+                    "v4l2: buffer timestamps are not CLOCK_MONOTONIC (%s vs %.3f); using the time of reading", t, now
+                )
         frame = to_target(frame, self.width, self.height)
         frame.pict_type = av.video.frame.PictureType.NONE  # MJPEG frames come out as I frames
         frame.pts = None

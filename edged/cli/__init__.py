@@ -1,2 +1,1 @@
-"""The ``edged`` command line.
-"""
+"""The ``edged`` command line."""

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from edged.config import schema as config_mod
 from edged.app.control import MAX_NOTE, PART_ID
+from edged.config import schema as config_mod
 from edged.core.ids import CLIP_ID
 
 #: Bytes of a config file or a key file the command line reads.
@@ -48,6 +48,7 @@ class Parser(argparse.ArgumentParser):
 
 # --- argument types: each refuses with one clear reason ---------------------------------------------
 
+
 def path_arg(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
@@ -63,26 +64,31 @@ def seconds_arg(lo: float, hi: float) -> Callable[[str], float]:
         if not (lo < value <= hi):  # also false for NaN
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above {lo:g} and at most {hi:g}")
         return value
+
     parse.__name__ = "seconds"
     return parse
 
 
 def clip_id_arg(text: str) -> str:
     if not CLIP_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a clip id (an event id such as 20240501T143000Z-1a2b3c, "
-                                         "or recall-<request id>; see edged clips list)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a clip id (an event id such as 20240501T143000Z-1a2b3c, "
+            "or recall-<request id>; see edged clips list)"
+        )
     return text
 
 
 def retry_id_arg(text: str) -> str:
     if not (PART_ID.fullmatch(text) or CLIP_ID.fullmatch(text)):
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a part number (digits 0-9) nor a clip id "
-                                         "(see edged outbox list)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a part number (digits 0-9) nor a clip id (see edged outbox list)"
+        )
     return text
 
 
 def serial_arg(text: str) -> int:
     from edged.config.sign import MAX_SERIAL
+
     if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_SERIAL:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {MAX_SERIAL}")
     return int(text)
@@ -90,6 +96,7 @@ def serial_arg(text: str) -> int:
 
 def device_arg(text: str) -> str:
     from edged.config.sign import check_devices
+
     try:
         check_devices([text])
     except ValueError as exc:
@@ -105,9 +112,15 @@ def note_arg(text: str) -> str:
 
 # --- files named on the command line ------------------------------------------------------------------
 
+
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -145,6 +158,7 @@ def _register_secrets(settings: config_mod.Settings) -> None:
     """The secrets the configuration names, so scrubbing in this process knows them too (the
     daemon registers the same ones); only regular files are registered (one is read at scrub)."""
     from edged.core.journal import register_secret, register_secret_file
+
     session = settings.upload.sonoran_legacy.session_id
     if len(session.strip()) >= 4:
         register_secret(session)
@@ -167,9 +181,11 @@ def config_problem(exc: config_mod.ConfigError) -> str:
 
 # --- output -------------------------------------------------------------------------------------------
 
+
 def scrubbed(doc: Any) -> Any:
     """``doc`` with every string (keys too) scrubbed of secrets."""
     from edged.core.journal import _current_secrets, scrub
+
     secrets = _current_secrets()
 
     def walk(v: Any) -> Any:
@@ -180,6 +196,7 @@ def scrubbed(doc: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [walk(x) for x in v]
         return v
+
     return walk(doc)
 
 
@@ -188,8 +205,9 @@ def printable(text: str, newlines: bool = False) -> str:
     sequences, bidi overrides, lone surrogates; newlines unless ``newlines``) written as its
     escape, so what an argument or a server says can neither split a line nor rewrite the screen."""
     keep = "\n\t" if newlines else "\t"
-    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode()
-                   for c in text)
+    return "".join(
+        c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode() for c in text
+    )
 
 
 def say(text: str, newlines: bool = False) -> None:
@@ -211,9 +229,11 @@ def fail(text: str, code: int = 1, newlines: bool = False) -> NoReturn:
 
 # --- commands -----------------------------------------------------------------------------------------
 
+
 def _setup_logging(verbose: bool) -> None:
     """The journal (structured fields) when there is one, else stderr; secrets scrubbed."""
     from edged.core.journal import setup_logging
+
     setup_logging(verbose)
 
 
@@ -223,12 +243,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _load(args.config)
     except config_mod.ConfigError as exc:
         from edged.core.journal import Msg, log_event
-        log_event(logging.getLogger("edged"), Msg.CONFIG_REJECTED, "bad configuration, not starting:%s%s",
-                  " " if len(exc.problems) == 1 else "\n", exc,
-                  level=logging.CRITICAL, config=exc.source, key=",".join(k for k, _ in exc.problems),
-                  reason="; ".join(f"{k}: {r}" for k, r in exc.problems))
+
+        log_event(
+            logging.getLogger("edged"),
+            Msg.CONFIG_REJECTED,
+            "bad configuration, not starting:%s%s",
+            " " if len(exc.problems) == 1 else "\n",
+            exc,
+            level=logging.CRITICAL,
+            config=exc.source,
+            key=",".join(k for k, _ in exc.problems),
+            reason="; ".join(f"{k}: {r}" for k, r in exc.problems),
+        )
         return EX_CONFIG
     from edged.app.daemon import run
+
     return run(settings, stop_after_s=args.for_seconds)
 
 
@@ -238,27 +267,33 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         warn(config_problem(exc), newlines=len(exc.problems) > 1)
         return 1
-    say(f"{args.path}: ok (state folder {settings.state_dir}, camera {settings.camera.source}, "
-        f"{settings.camera.width}x{settings.camera.height}@{settings.camera.fps} {settings.camera.bitrate} bps)")
+    say(
+        f"{args.path}: ok (state folder {settings.state_dir}, camera {settings.camera.source}, "
+        f"{settings.camera.width}x{settings.camera.height}@{settings.camera.fps} {settings.camera.bitrate} bps)"
+    )
     return 0
 
 
 def cmd_config_keygen(args: argparse.Namespace) -> int:
     from edged.config import sign as configsign
+
     try:
         private, public, b64 = configsign.generate(args.dir)
     except FileExistsError as exc:
         fail(f"{exc.filename} exists; a fleet key is never overwritten")
     except OSError as exc:
         fail(f"cannot write the key pair into {args.dir}: {exc.strerror or exc}")
-    print(f"private key {private} (owner-only; keep it off the devices)\npublic key  {public}\n"
-          f"devices: [sync] fleet_public_key = \"{b64}\"")
+    print(
+        f"private key {private} (owner-only; keep it off the devices)\npublic key  {public}\n"
+        f'devices: [sync] fleet_public_key = "{b64}"'
+    )
     return 0
 
 
 def cmd_config_sign(args: argparse.Namespace) -> int:
     from edged.config import sign as configsign
     from edged.core.files import Refused, read_bounded, write_atomic
+
     problem = file_problem(args.key, MAX_KEY_BYTES)
     if problem:
         fail(f"{args.key}: {problem}")
@@ -282,8 +317,10 @@ def cmd_config_sign(args: argparse.Namespace) -> int:
     serial = header.serial if header is not None else args.serial
     previous = _serial_in(data)
     if previous is not None and serial is not None and serial <= previous:
-        warn(f"serial {serial} is not above {previous}, the serial {args.file} had: a device that took that "
-             "config refuses this one")
+        warn(
+            f"serial {serial} is not above {previous}, the serial {args.file} had: a device that took that "
+            "config refuses this one"
+        )
     devices = ", ".join(header.devices) if header is not None and header.devices else "every device of the fleet"
     say(f"signed {out} (serial {serial}; for {devices})")
     return 0
@@ -292,6 +329,7 @@ def cmd_config_sign(args: argparse.Namespace) -> int:
 def _serial_in(data: bytes) -> int | None:
     """The serial of an already signed file (None when unsigned or unreadable)."""
     from edged.config import sign as configsign
+
     try:
         header, _ = configsign.split(data)
     except ValueError:
@@ -300,8 +338,9 @@ def _serial_in(data: bytes) -> int | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edged.core.paths import StatePaths
     from edged.app.status import read_status
+    from edged.core.paths import StatePaths
+
     settings = _settings_or_exit(args.config)
     status = read_status(StatePaths(settings.state_dir))
     if args.json:
@@ -315,6 +354,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_mark(args: argparse.Namespace) -> int:
     from edged.app.control import ControlError, request
     from edged.core.paths import StatePaths
+
     settings = _settings_or_exit(args.config)
     try:
         answer = request(StatePaths(settings.state_dir).control, {"cmd": "mark", "note": args.note or ""})
@@ -329,9 +369,10 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 
 def _open_clip_stores(settings: config_mod.Settings):
+    from edged.core.paths import StatePaths
     from edged.events.manager import EventStore
     from edged.upload.outbox import Outbox
-    from edged.core.paths import StatePaths
+
     paths = StatePaths(settings.state_dir)
     store = EventStore(paths.events, read_only=True) if paths.events.exists() else None
     outbox = Outbox(paths.outbox, read_only=True) if paths.outbox.exists() else None
@@ -340,6 +381,7 @@ def _open_clip_stores(settings: config_mod.Settings):
 
 def cmd_clips_list(args: argparse.Namespace) -> int:
     from edged.events.manager import clip_summaries
+
     settings = _settings_or_exit(args.config)
     paths, store, outbox = _open_clip_stores(settings)
     clips = clip_summaries(store, outbox, paths.clips) if store and outbox else []
@@ -348,19 +390,24 @@ def cmd_clips_list(args: argparse.Namespace) -> int:
     else:
         for c in clips:
             parts = c["parts"]
-            say(f"{c['id']}  {c['state']:7} {len(c['marks'])} mark(s)  {len(parts)} part(s)  "
+            say(
+                f"{c['id']}  {c['state']:7} {len(c['marks'])} mark(s)  {len(parts)} part(s)  "
                 f"{c['wall_start'] or '-'} .. {c['wall_end'] or '-'}  {c['reason']}"
-                + (f"  ({c['manifest_error']})" if c.get("manifest_error") else ""))
+                + (f"  ({c['manifest_error']})" if c.get("manifest_error") else "")
+            )
     return 0
 
 
 def cmd_clips_export(args: argparse.Namespace) -> int:
     from edged.events.manager import export_clip
+
     settings = _settings_or_exit(args.config)
     paths, store, outbox = _open_clip_stores(settings)
     if Path(os.path.realpath(args.dir)).is_relative_to(os.path.realpath(paths.root)):
-        fail(f"{args.dir} is inside the state folder {paths.root}; export to a folder of your own "
-             "(evidence is never written over)")
+        fail(
+            f"{args.dir} is inside the state folder {paths.root}; export to a folder of your own "
+            "(evidence is never written over)"
+        )
     try:
         files, skipped = export_clip(paths.clips, args.id, args.dir, store, outbox)
     except OSError as exc:  # not found, a link where the clip's folder is, the destination unwritable
@@ -374,6 +421,7 @@ def cmd_clips_export(args: argparse.Namespace) -> int:
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
     from edged.core.timefmt import iso
+
     settings = _settings_or_exit(args.config)
     _, _, outbox = _open_clip_stores(settings)
     rows = []
@@ -389,15 +437,18 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             when = r["next_try"] or r["delivered"] or ""
-            say(f"{r['id']:5} {r['clip_id']} part {r['part']:<2} {r['target']:15} {r['state']:9} "
-                f"attempts {r['attempts']:<3} {when}  {r['reason']}")
+            say(
+                f"{r['id']:5} {r['clip_id']} part {r['part']:<2} {r['target']:15} {r['state']:9} "
+                f"attempts {r['attempts']:<3} {when}  {r['reason']}"
+            )
     return 0
 
 
 def cmd_outbox_retry(args: argparse.Namespace) -> int:
     from edged.app.control import ControlError, NotRunning, request
-    from edged.upload.outbox import Outbox
     from edged.core.paths import StatePaths
+    from edged.upload.outbox import Outbox
+
     settings = _settings_or_exit(args.config)
     paths = StatePaths(settings.state_dir)
     try:
@@ -418,6 +469,7 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edged import doctor
+
     if args.config is not None:
         problem = file_problem(args.config, MAX_CONFIG_BYTES)
         if problem:
@@ -429,6 +481,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # --- the parser -------------------------------------------------------------------------------------------
 
+
 def _config_option(p: argparse.ArgumentParser, help_text: str | None = None) -> None:
     p.add_argument("--config", type=path_arg, help=help_text)
 
@@ -439,8 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon (records until stopped)")
     _config_option(run, f"TOML file (default {config_mod.DEFAULT_CONFIG_PATH} if present, else embedded defaults)")
-    run.add_argument("--for", dest="for_seconds", type=seconds_arg(0, 1e9), default=None, metavar="SECONDS",
-                     help="stop after this many seconds of footage (tests, benchmarks)")
+    run.add_argument(
+        "--for",
+        dest="for_seconds",
+        type=seconds_arg(0, 1e9),
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds of footage (tests, benchmarks)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -456,15 +515,28 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--key", required=True, type=path_arg, help="the fleet private key (PEM)")
     sg.add_argument("file", type=path_arg)
     sg.add_argument("-o", "--output", type=path_arg, help="write here (default: replace FILE)")
-    sg.add_argument("--serial", type=serial_arg, metavar="N",
-                    help="orders the fleet's configs: a device takes only a serial above the last it took "
-                         "(default: the current Unix time, or one above FILE's own serial)")
-    sg.add_argument("--device", action="append", dest="devices", type=device_arg, metavar="ID",
-                    help="a device.id the config is for (repeatable; default: every device of the fleet)")
+    sg.add_argument(
+        "--serial",
+        type=serial_arg,
+        metavar="N",
+        help="orders the fleet's configs: a device takes only a serial above the last it took "
+        "(default: the current Unix time, or one above FILE's own serial)",
+    )
+    sg.add_argument(
+        "--device",
+        action="append",
+        dest="devices",
+        type=device_arg,
+        metavar="ID",
+        help="a device.id the config is for (repeatable; default: every device of the fleet)",
+    )
     sg.set_defaults(func=cmd_config_sign)
 
-    dr = sub.add_parser("doctor", help="check camera, microphone, storage, clock, network, keys, service; "
-                                       "say what to fix (exit 1 if anything fails)")
+    dr = sub.add_parser(
+        "doctor",
+        help="check camera, microphone, storage, clock, network, keys, service; "
+        "say what to fix (exit 1 if anything fails)",
+    )
     _config_option(dr)
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_doctor)
@@ -504,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     orr.set_defaults(func=cmd_outbox_retry)
 
     from edged.cli.recall import add_parsers as add_recall_parsers
+
     add_recall_parsers(sub, _settings_or_exit)  # edged recall, edged timeline
     return p
 

@@ -51,26 +51,48 @@ def wait_arg(text: str) -> float:
 
 def id_arg(text: str) -> str:
     from edged.recall.request import ID_PATTERN
+
     if not ID_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; "
-                                         "at most 64, starting with a letter or digit)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; "
+            "at most 64, starting with a letter or digit)"
+        )
     return text
 
 
 def add_parsers(sub: Any, settings_or_exit: Callable[[str | None], Settings]) -> None:
     from edged.cli.main import path_arg
+
     rc = sub.add_parser("recall", help="ask the running daemon for recorded footage (a video recall request)")
     rc.add_argument("--config", type=path_arg)
-    rc.add_argument("--start", required=True, metavar="ISO8601",
-                    help="start of the footage, with a time zone, e.g. 2024-05-01T14:30:00Z")
-    rc.add_argument("--duration", required=True, metavar="MINUTES", type=minutes_arg,
-                    help="regular: 1, 2 or 3; timelapse: 5, 10, 15, 30, 45 or 60")
+    rc.add_argument(
+        "--start",
+        required=True,
+        metavar="ISO8601",
+        help="start of the footage, with a time zone, e.g. 2024-05-01T14:30:00Z",
+    )
+    rc.add_argument(
+        "--duration",
+        required=True,
+        metavar="MINUTES",
+        type=minutes_arg,
+        help="regular: 1, 2 or 3; timelapse: 5, 10, 15, 30, 45 or 60",
+    )
     rc.add_argument("--timelapse", action="store_true", help="a timelapse of the window (at most 120 s)")
-    rc.add_argument("--camera", action="append", dest="cameras", metavar="POSITION",
-                    help="camera position (repeatable; default every camera)")
+    rc.add_argument(
+        "--camera",
+        action="append",
+        dest="cameras",
+        metavar="POSITION",
+        help="camera position (repeatable; default every camera)",
+    )
     rc.add_argument("--id", type=id_arg, help="request id (default: generated)")
-    rc.add_argument("--wait", type=wait_arg, metavar="SECONDS",
-                    help=f"wait up to this long for completed or failed (at most {MAX_WAIT_S:g})")
+    rc.add_argument(
+        "--wait",
+        type=wait_arg,
+        metavar="SECONDS",
+        help=f"wait up to this long for completed or failed (at most {MAX_WAIT_S:g})",
+    )
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(func=lambda args: cmd_recall(args, settings_or_exit(args.config)))
 
@@ -82,8 +104,11 @@ def add_parsers(sub: Any, settings_or_exit: Callable[[str | None], Settings]) ->
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
     """The request as an inbox file would hold it (the daemon judges it)."""
-    body: dict[str, Any] = {"start_time": args.start, "duration": args.duration,
-                            "recall_type": "timelapse" if args.timelapse else "regular"}
+    body: dict[str, Any] = {
+        "start_time": args.start,
+        "duration": args.duration,
+        "recall_type": "timelapse" if args.timelapse else "regular",
+    }
     if args.cameras is not None:
         body["camera_positions"] = args.cameras
     return body
@@ -91,6 +116,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print(doc: dict[str, Any], as_json: bool) -> None:
     from edged.cli.main import print_json, say
+
     if as_json:
         print_json(doc)
         return
@@ -108,6 +134,7 @@ def _print(doc: dict[str, Any], as_json: bool) -> None:
 
 def _recall_doc(answer: dict[str, Any]) -> dict[str, Any]:
     from edged.app.control import ControlError
+
     doc = answer.get("recall")
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("status"), str):
         raise ControlError("edged answered without a recall status")
@@ -116,6 +143,7 @@ def _recall_doc(answer: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_recall(args: argparse.Namespace, settings: Settings) -> int:
     from edged.app.control import ControlError, request
+
     sock = StatePaths(settings.state_dir).control
     payload: dict[str, Any] = {"cmd": "recall", "request": request_body(args)}
     if args.id:
@@ -129,6 +157,7 @@ def cmd_recall(args: argparse.Namespace, settings: Settings) -> int:
                 doc = _recall_doc(request(sock, {"cmd": "recall_status", "id": doc["id"]}))
     except ControlError as exc:
         from edged.cli.main import warn
+
         warn(str(exc))
         return 1
     _print(doc, args.json)
@@ -136,6 +165,7 @@ def cmd_recall(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.wait is not None and doc["status"] != "completed":
         from edged.cli.main import warn
+
         warn(f"recall {doc['id']} still {doc['status']} after {args.wait:g} s")
         return 1
     return 0
@@ -144,6 +174,7 @@ def cmd_recall(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
     from edged.footage.index import Index
     from edged.footage.timeline import timeline
+
     paths = StatePaths(settings.state_dir)
     segments = []
     if paths.index.exists():
@@ -154,12 +185,15 @@ def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
             idx.close()
     doc = timeline(segments, settings.camera.position, settings.device.id)
     from edged.cli.main import print_json
+
     if args.json:
         print_json(doc)
         return 0
     for cam in doc["cameras"]:
         print(f"camera {cam['position']}: {len(cam['ranges'])} range(s)")
         for r in cam["ranges"]:
-            print(f"  {r['start']} .. {r['end']}  {r['seconds']:>9.1f} s  boot {r['boot_id'][:8]}"
-                  f"{'' if r['clock_synchronized'] else '  (clock not synchronised)'}")
+            print(
+                f"  {r['start']} .. {r['end']}  {r['seconds']:>9.1f} s  boot {r['boot_id'][:8]}"
+                f"{'' if r['clock_synchronized'] else '  (clock not synchronised)'}"
+            )
     return 0

@@ -61,8 +61,8 @@ from pathlib import Path
 import av
 
 from edged.config.schema import CameraSettings
-from edged.recording.encode import VideoEncoder
 from edged.core.files import Folder, remove_temporaries, sha256_file
+from edged.recording.encode import VideoEncoder
 
 log = logging.getLogger("edged.clip")
 
@@ -211,8 +211,9 @@ class _Sources:
             raise ClipError(f"segment {src.seq} ({src.path.name}) unreadable: {exc}") from exc
         if src.sha256 and hashlib.sha256(data).hexdigest() != src.sha256:
             self.mismatched.add(src.seq)
-            log.error("segment %d (%s) no longer matches its recorded sha256; using it as it is now",
-                      src.seq, src.path.name)
+            log.error(
+                "segment %d (%s) no longer matches its recorded sha256; using it as it is now", src.seq, src.path.name
+            )
         try:
             c = av.open(io.BytesIO(data))
         except av.FFmpegError as exc:
@@ -305,8 +306,12 @@ def _gops(reader: _Sources, sources: Sequence[SourceSegment], start_ns: int, end
                     continue
                 last_video = p.t_ns
                 gop.add(p)
-            elif gop is not None and gop.fmt == fmt and gop.start_ns <= p.t_ns and \
-                    (p.t_ns >= src.mono_start_ns or p.t_ns < gop.video_end_ns + gop.frame_ns):
+            elif (
+                gop is not None
+                and gop.fmt == fmt
+                and gop.start_ns <= p.t_ns
+                and (p.t_ns >= src.mono_start_ns or p.t_ns < gop.video_end_ns + gop.frame_ns)
+            ):
                 # Audio goes with the GOP it starts in. Audio a segment holds from before its first
                 # video frame joins the GOP before only if that GOP's video reaches it: audio in a
                 # gap between segments (a recording resumed after an outage) is dropped.
@@ -361,8 +366,9 @@ def measure(path: Path) -> Measurement:
     except av.FFmpegError as exc:
         raise ClipError(f"{path.name} does not decode: {exc}") from exc
     span_ms = (last_end - (first or 0)) / MS
-    return Measurement(vp, vf, ap, af, bool(first_key), container_ms, span_ms,
-                       math.ceil(max(container_ms, span_ms) - 1e-9))
+    return Measurement(
+        vp, vf, ap, af, bool(first_key), container_ms, span_ms, math.ceil(max(container_ms, span_ms) - 1e-9)
+    )
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -377,8 +383,9 @@ class _Over(Exception):
         self.duration_ms = duration_ms
 
 
-def _add_streams(out: av.container.OutputContainer, tpl: av.container.InputContainer,
-                 video_template: av.stream.Stream | None = None):
+def _add_streams(
+    out: av.container.OutputContainer, tpl: av.container.InputContainer, video_template: av.stream.Stream | None = None
+):
     """Output streams with a source segment's parameters (as SegmentWriter makes them);
     ``video_template`` (an encoder's stream) replaces the video for a re-encode."""
     vin = tpl.streams.video[0].codec_context
@@ -403,8 +410,16 @@ def _overhead(packets: int) -> int:
 
 
 class _Builder:
-    def __init__(self, reader: _Sources, out_dir: Path, name: str, max_bytes: int, max_duration_ms: int,
-                 camera: CameraSettings | None, origin_ns: int) -> None:
+    def __init__(
+        self,
+        reader: _Sources,
+        out_dir: Path,
+        name: str,
+        max_bytes: int,
+        max_duration_ms: int,
+        camera: CameraSettings | None,
+        origin_ns: int,
+    ) -> None:
         self.reader = reader
         self.origin_ns = origin_ns  # the clip's requested start (for log messages)
         self.out_dir = out_dir
@@ -455,9 +470,13 @@ class _Builder:
             except _Over as over:
                 if n == 1:
                     gop = self.pending.pop(0)
-                    log.info("clip %s: the GOP at +%.1f s came out at %d bytes / %d ms once written; "
-                             "re-encoding it", self.name, (gop.start_ns - self.origin_ns) / 1e9, over.size,
-                             over.duration_ms)
+                    log.info(
+                        "clip %s: the GOP at +%.1f s came out at %d bytes / %d ms once written; re-encoding it",
+                        self.name,
+                        (gop.start_ns - self.origin_ns) / 1e9,
+                        over.size,
+                        over.duration_ms,
+                    )
                     self._reencode(gop)
                     return
                 # Drop GOPs from the end until the excess (bytes or duration) is gone.
@@ -470,8 +489,14 @@ class _Builder:
                     if freed >= excess_bytes and freed_ns >= excess_ns:
                         break
                     cut -= 1
-                log.info("clip %s part %d: %s once written, over the cap; cut at an earlier keyframe "
-                         "(%d of %d GOPs)", self.name, len(self.parts) + 1, over, cut, n)
+                log.info(
+                    "clip %s part %d: %s once written, over the cap; cut at an earlier keyframe (%d of %d GOPs)",
+                    self.name,
+                    len(self.parts) + 1,
+                    over,
+                    cut,
+                    n,
+                )
                 n = cut
 
     # writing
@@ -484,8 +509,15 @@ class _Builder:
         packets = [p for g in gops for p in g.packets]
         self._write(gops[0].fmt, gops[0].start_ns, packets, None, reencoded=False)
 
-    def _write(self, fmt: _Format, start_ns: int, packets: list[_Pkt], encoded: list[tuple[int, av.Packet]] | None,
-               reencoded: bool, video_template: av.stream.Stream | None = None) -> ClipPart:
+    def _write(
+        self,
+        fmt: _Format,
+        start_ns: int,
+        packets: list[_Pkt],
+        encoded: list[tuple[int, av.Packet]] | None,
+        reencoded: bool,
+        video_template: av.stream.Stream | None = None,
+    ) -> ClipPart:
         """Mux, fsync, verify, rename. ``encoded`` (ms, packet) replaces the video for a re-encode."""
         number, final = self._final()
         seqs = tuple(sorted({p.seq for p in packets}))
@@ -495,15 +527,23 @@ class _Builder:
         with Folder.open(self.out_dir) as folder, folder.atomic(final.name) as tmp:
             f = tmp.file  # the muxer writes the temporary; verified before it takes the final name
             with av.open(f, "w", format="webm") as out:
-                out.metadata.update({TAG_CLIP: self.name, TAG_PART: str(number),
-                                     TAG_PART_MONO_START: str(start_ns),
-                                     TAG_SOURCE_SEQS: ",".join(map(str, seqs)),
-                                     TAG_REENCODED: "1" if reencoded else "0"})
+                out.metadata.update(
+                    {
+                        TAG_CLIP: self.name,
+                        TAG_PART: str(number),
+                        TAG_PART_MONO_START: str(start_ns),
+                        TAG_SOURCE_SEQS: ",".join(map(str, seqs)),
+                        TAG_REENCODED: "1" if reencoded else "0",
+                    }
+                )
                 vs, aus = _add_streams(out, tpl, video_template)
                 # (ms in the part, stream, packet), in time order: the muxer's interleaving
                 # queue stays short and the clusters hold both tracks side by side.
-                items = [((p.t_ns - start_ns) // MS, vs if p.video else aus, p.packet) for p in packets
-                         if not (p.video and encoded is not None) and (p.video or aus is not None)]
+                items = [
+                    ((p.t_ns - start_ns) // MS, vs if p.video else aus, p.packet)
+                    for p in packets
+                    if not (p.video and encoded is not None) and (p.video or aus is not None)
+                ]
                 if encoded is not None:
                     items += [(ms, vs, pkt) for ms, pkt in encoded]
                     items.sort(key=lambda i: (i[0], i[1] is not vs))
@@ -521,11 +561,14 @@ class _Builder:
                 raise ClipError(f"clip {self.name} part {number} failed verification: {exc}") from exc
             problems = []
             if m.video_packets != video_n or m.audio_packets != audio_n:
-                problems.append(f"holds {m.video_packets}/{m.audio_packets} video/audio packets, "
-                                f"{video_n}/{audio_n} written")
+                problems.append(
+                    f"holds {m.video_packets}/{m.audio_packets} video/audio packets, {video_n}/{audio_n} written"
+                )
             if m.video_frames != m.video_packets or m.audio_frames != m.audio_packets:
-                problems.append(f"{m.video_frames} of {m.video_packets} video and {m.audio_frames} of "
-                                f"{m.audio_packets} audio packets decoded to a frame")
+                problems.append(
+                    f"{m.video_frames} of {m.video_packets} video and {m.audio_frames} of "
+                    f"{m.audio_packets} audio packets decoded to a frame"
+                )
             if not m.first_video_key:
                 problems.append("does not start with a keyframe")
             if m.duration_ms < 1:
@@ -538,8 +581,17 @@ class _Builder:
         # Read back under the final name: what the outbox will upload.
         if final.stat().st_size != size:
             raise ClipError(f"clip {self.name} part {number} changed size after the rename")
-        part = ClipPart(number, final, start_ns, m.duration_ms, size, sha256_file(final), seqs, reencoded,
-                        tuple(s for s in seqs if s in self.reader.mismatched))
+        part = ClipPart(
+            number,
+            final,
+            start_ns,
+            m.duration_ms,
+            size,
+            sha256_file(final),
+            seqs,
+            reencoded,
+            tuple(s for s in seqs if s in self.reader.mismatched),
+        )
         self.parts.append(part)
         return part
 
@@ -556,8 +608,10 @@ class _Builder:
         room = self.max_bytes * REENCODE_FILL - OVERHEAD_FIXED_BYTES
         max_piece_ns = min(self.limit_ns - gop.audio_ns, int(room / per_second * 1e9)) if room > 0 else 0
         if max_piece_ns < gop.frame_ns:
-            raise ClipError(f"clip {self.name}: max_bytes {self.max_bytes} / max_duration_ms "
-                            f"{self.max_duration_ms} cannot hold even one frame with its audio")
+            raise ClipError(
+                f"clip {self.name}: max_bytes {self.max_bytes} / max_duration_ms "
+                f"{self.max_duration_ms} cannot hold even one frame with its audio"
+            )
         pieces: list[list[_Pkt]] = []
         for p in video:
             if not pieces or p.t_ns + gop.frame_ns - pieces[-1][0].t_ns > max_piece_ns:
@@ -570,38 +624,50 @@ class _Builder:
             packets = [p for p in gop.packets if p.t_ns >= start and (stop is None or p.t_ns < stop)]
             self._reencode_piece(gop, video, frames, packets, source_rate)
 
-    def _reencode_piece(self, gop: _Gop, gop_video: list[_Pkt], frames: list[_Pkt], packets: list[_Pkt],
-                        source_rate: float) -> None:
+    def _reencode_piece(
+        self, gop: _Gop, gop_video: list[_Pkt], frames: list[_Pkt], packets: list[_Pkt], source_rate: float
+    ) -> None:
         audio = sum(p.size for p in packets if not p.video)
         seconds = len(frames) * gop.frame_ns / 1e9
         budget = self.max_bytes * REENCODE_FILL - audio - _overhead(len(packets))
         bitrate = int(min(budget * 8 / seconds, max(source_rate, MIN_REENCODE_BITRATE)))
         number = len(self.parts) + 1
-        log.warning("clip %s part %d: the footage at +%.1f s (%.1f s between keyframes, %d bytes) cannot be "
-                    "copied within %d bytes / %d ms; re-encoding %.1f s of it at %d bps", self.name, number,
-                    (frames[0].t_ns - self.origin_ns) / 1e9, gop.frames * gop.frame_ns / 1e9, gop.bytes,
-                    self.max_bytes, self.max_duration_ms, seconds, bitrate)
+        log.warning(
+            "clip %s part %d: the footage at +%.1f s (%.1f s between keyframes, %d bytes) cannot be "
+            "copied within %d bytes / %d ms; re-encoding %.1f s of it at %d bps",
+            self.name,
+            number,
+            (frames[0].t_ns - self.origin_ns) / 1e9,
+            gop.frames * gop.frame_ns / 1e9,
+            gop.bytes,
+            self.max_bytes,
+            self.max_duration_ms,
+            seconds,
+            bitrate,
+        )
         for _ in range(REENCODE_ATTEMPTS):
             if bitrate < MIN_REENCODE_BITRATE // 2:
                 break
             encoder, encoded = self._encode(gop, gop_video, frames, bitrate)
             try:
-                self._write(gop.fmt, frames[0].t_ns, packets, encoded, reencoded=True,
-                            video_template=encoder.template)
+                self._write(gop.fmt, frames[0].t_ns, packets, encoded, reencoded=True, video_template=encoder.template)
                 return
             except _Over as over:
-                log.warning("clip %s part %d: re-encoded at %d bps it is %s; trying lower", self.name, number,
-                            bitrate, over)
+                log.warning(
+                    "clip %s part %d: re-encoded at %d bps it is %s; trying lower", self.name, number, bitrate, over
+                )
                 bitrate = int(bitrate * min(0.85, 0.95 * self.max_bytes / over.size))
         raise ClipError(f"clip {self.name} part {number}: re-encoding did not fit {self.max_bytes} bytes")
 
-    def _encode(self, gop: _Gop, gop_video: list[_Pkt], frames: list[_Pkt],
-                bitrate: int) -> tuple[VideoEncoder, list[tuple[int, av.Packet]]]:
+    def _encode(
+        self, gop: _Gop, gop_video: list[_Pkt], frames: list[_Pkt], bitrate: int
+    ) -> tuple[VideoEncoder, list[tuple[int, av.Packet]]]:
         """Decode the GOP from its keyframe; encode ``frames`` (a run of it) with a fresh encoder."""
         width, height = gop.fmt.video[1], gop.fmt.video[2]
         fps = max(1, round(1e9 / gop.frame_ns))
-        cam = dataclasses.replace(self.camera, width=width, height=height, fps=fps, bitrate=bitrate,
-                                  keyframe_seconds=60.0)
+        cam = dataclasses.replace(
+            self.camera, width=width, height=height, fps=fps, bitrate=bitrate, keyframe_seconds=60.0
+        )
         encoder = VideoEncoder(cam)
         decoder = av.CodecContext.create(gop.fmt.video[0], "r")
         decoder.thread_count = 1
@@ -634,9 +700,17 @@ class _Builder:
 # --- entry point ----------------------------------------------------------------------------------------
 
 
-def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_ns: int, out_dir: Path,
-               name: str, max_bytes: int, max_duration_ms: int, *,
-               camera: CameraSettings | None = None) -> list[ClipPart]:
+def build_clip(
+    segments: Sequence[SourceSegment],
+    start_mono_ns: int,
+    end_mono_ns: int,
+    out_dir: Path,
+    name: str,
+    max_bytes: int,
+    max_duration_ms: int,
+    *,
+    camera: CameraSettings | None = None,
+) -> list[ClipPart]:
     """Build the parts of the clip [start_mono_ns, end_mono_ns) as ``out_dir/NAME-partNN.webm``.
 
     ``segments`` must share one monotonic timeline (one boot); those outside the window are
@@ -655,8 +729,10 @@ def build_clip(segments: Sequence[SourceSegment], start_mono_ns: int, end_mono_n
         raise ClipError(f"clip name {name!r} is not a plain file name")
     sources = _select(segments, start_mono_ns, end_mono_ns)
     if not sources:
-        raise ClipError(f"no recorded segment overlaps the requested time range "
-                        f"({start_mono_ns / 1e9:.3f} s to {end_mono_ns / 1e9:.3f} s on the monotonic timeline)")
+        raise ClipError(
+            f"no recorded segment overlaps the requested time range "
+            f"({start_mono_ns / 1e9:.3f} s to {end_mono_ns / 1e9:.3f} s on the monotonic timeline)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = re.compile(rf"{re.escape(name)}-part\d+\.webm")
     for old in out_dir.iterdir():

@@ -49,13 +49,28 @@ from typing import BinaryIO
 
 import av
 
-from edged.core import limits
-from edged.clips.builder import (DURATION_MARGIN_MS, MIN_REENCODE_BITRATE, MS, OVERHEAD_FIXED_BYTES, OVERHEAD_PER_PACKET_BYTES,
-                        REENCODE_ATTEMPTS, REENCODE_FILL, TAG_CLIP, TAG_PART, ClipError, Measurement, SourceSegment,
-                        _Pkt, _select, _Sources, measure)
+from edged.clips.builder import (
+    DURATION_MARGIN_MS,
+    MIN_REENCODE_BITRATE,
+    MS,
+    OVERHEAD_FIXED_BYTES,
+    OVERHEAD_PER_PACKET_BYTES,
+    REENCODE_ATTEMPTS,
+    REENCODE_FILL,
+    TAG_CLIP,
+    TAG_PART,
+    ClipError,
+    Measurement,
+    SourceSegment,
+    _Pkt,
+    _select,
+    _Sources,
+    measure,
+)
 from edged.config.schema import CameraSettings
-from edged.recording.encode import VideoEncoder
+from edged.core import limits
 from edged.core.files import Folder, sha256_file
+from edged.recording.encode import VideoEncoder
 
 log = logging.getLogger("edged.timelapse")
 
@@ -147,9 +162,17 @@ class Interrupted(ClipError):
     """Rendering was asked to stop (the daemon is stopping); nothing was left behind."""
 
 
-def render(segments: Sequence[SourceSegment], start_ns: int, end_ns: int, out_dir: Path, name: str,
-           max_bytes: int, max_duration_ms: int, camera: CameraSettings | None = None,
-           cancelled: Callable[[], bool] | None = None) -> Timelapse:
+def render(
+    segments: Sequence[SourceSegment],
+    start_ns: int,
+    end_ns: int,
+    out_dir: Path,
+    name: str,
+    max_bytes: int,
+    max_duration_ms: int,
+    camera: CameraSettings | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Timelapse:
     """Render [start_ns, end_ns) of ``segments`` (one timeline: the caller places each segment by its
     ``mono_start_ns``, e.g. its best wall start) into ``out_dir/NAME-timelapse.webm``.
     ``cancelled`` is asked between segments; if it says so, Interrupted is raised.
@@ -168,24 +191,57 @@ def render(segments: Sequence[SourceSegment], start_ns: int, end_ns: int, out_di
         # Rendered into a temporary, verified, and only then renamed to ``final`` (edged.core.files);
         # one over the byte cap is discarded and rendered again lower.
         with Folder.open(out_dir) as folder, folder.atomic(final.name) as tmp:
-            p, bitrate = _render_once(sources, start_ns, end_ns, tmp.file, name, max_duration_ms, max_bytes,
-                                      camera, bitrate, cancelled or (lambda: False))
+            p, bitrate = _render_once(
+                sources,
+                start_ns,
+                end_ns,
+                tmp.file,
+                name,
+                max_duration_ms,
+                max_bytes,
+                camera,
+                bitrate,
+                cancelled or (lambda: False),
+            )
             size = os.fstat(tmp.file.fileno()).st_size
             m = _verify(tmp.path, p, name, max_duration_ms)
             if size > max_bytes:
                 tmp.discard()
         if size <= max_bytes:
             assert p.plan is not None
-            result = Timelapse(final, m.duration_ms, size, sha256_file(final), p.muxed, p.plan.fps,
-                               p.plan.interval_ns, bitrate, p.times[0], tuple(p.times), p.plan.slots,
-                               p.source_frames, p.decoded, tuple(sorted(p.seqs)), tuple(sorted(p.seqs & p.mismatched)))
-            log.info("timelapse %s: %d frames every %.1f s (x%.0f), %.1f s, %d bytes at %d bps; decoded %d of %d "
-                     "source frames in %.1f s", name, result.frames, result.interval_ns / 1e9, result.speed,
-                     m.duration_ms / 1000, size, bitrate, result.decoded_frames, result.source_frames,
-                     time.monotonic() - t0)
+            result = Timelapse(
+                final,
+                m.duration_ms,
+                size,
+                sha256_file(final),
+                p.muxed,
+                p.plan.fps,
+                p.plan.interval_ns,
+                bitrate,
+                p.times[0],
+                tuple(p.times),
+                p.plan.slots,
+                p.source_frames,
+                p.decoded,
+                tuple(sorted(p.seqs)),
+                tuple(sorted(p.seqs & p.mismatched)),
+            )
+            log.info(
+                "timelapse %s: %d frames every %.1f s (x%.0f), %.1f s, %d bytes at %d bps; decoded %d of %d "
+                "source frames in %.1f s",
+                name,
+                result.frames,
+                result.interval_ns / 1e9,
+                result.speed,
+                m.duration_ms / 1000,
+                size,
+                bitrate,
+                result.decoded_frames,
+                result.source_frames,
+                time.monotonic() - t0,
+            )
             return result
-        log.warning("timelapse %s: %d bytes at %d bps, over %d; rendering again lower", name, size, bitrate,
-                    max_bytes)
+        log.warning("timelapse %s: %d bytes at %d bps, over %d; rendering again lower", name, size, bitrate, max_bytes)
         bitrate = int(bitrate * min(0.85, 0.95 * max_bytes / size))
         if bitrate < MIN_REENCODE_BITRATE // 2:
             break
@@ -209,9 +265,18 @@ def _verify(path: Path, p: _Pass, name: str, max_duration_ms: int) -> Measuremen
     return m
 
 
-def _render_once(sources: Sequence[SourceSegment], start_ns: int, end_ns: int, f: BinaryIO, name: str,
-                 max_duration_ms: int, max_bytes: int, camera: CameraSettings,
-                 bitrate: int | None, cancelled: Callable[[], bool]) -> tuple[_Pass, int]:
+def _render_once(
+    sources: Sequence[SourceSegment],
+    start_ns: int,
+    end_ns: int,
+    f: BinaryIO,
+    name: str,
+    max_duration_ms: int,
+    max_bytes: int,
+    camera: CameraSettings,
+    bitrate: int | None,
+    cancelled: Callable[[], bool],
+) -> tuple[_Pass, int]:
     reader = _Sources()
     p = _Pass()
     decoder: av.CodecContext | None = None
@@ -228,16 +293,13 @@ def _render_once(sources: Sequence[SourceSegment], start_ns: int, end_ns: int, f
             if p.plan is None:
                 p.plan = plan(start_ns, end_ns, frame_ns, max_duration_ms)
                 if bitrate is None:
-                    budget = max_bytes * REENCODE_FILL - OVERHEAD_FIXED_BYTES \
-                        - OVERHEAD_PER_PACKET_BYTES * p.plan.slots
+                    budget = max_bytes * REENCODE_FILL - OVERHEAD_FIXED_BYTES - OVERHEAD_PER_PACKET_BYTES * p.plan.slots
                     bitrate = max(MIN_REENCODE_BITRATE, int(budget * 8 * p.plan.fps / p.plan.slots))
                 p.size = (fmt.video[1], fmt.video[2])
-                cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps,
-                                          bitrate=bitrate)
+                cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps, bitrate=bitrate)
                 p.encoder = VideoEncoder(cam)
                 p.out = av.open(f, "w", format="webm")
-                p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1",
-                                       TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
+                p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1", TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
                 p.stream = p.out.add_stream_from_template(p.encoder.template)
                 p.stream.codec_context.width, p.stream.codec_context.height = p.size
                 p.stream.codec_context.pix_fmt = "yuv420p"

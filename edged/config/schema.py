@@ -66,8 +66,10 @@ TUNABLE, SIGNED, LOCAL = "tunable", "signed", "local"
 TRUST_CLASSES = (TUNABLE, SIGNED, LOCAL)
 
 LOCAL_REASON = "can only be set in the local config"
-SIGNED_REASON = ("is signed-only: only a signed synced config may set it "
-                 "(set sync.fleet_public_key in the local config and sign with edged config sign)")
+SIGNED_REASON = (
+    "is signed-only: only a signed synced config may set it "
+    "(set sync.fleet_public_key in the local config and sign with edged config sign)"
+)
 
 
 class ConfigError(Exception):
@@ -93,7 +95,7 @@ def show(value: Any) -> str:
 
 
 def short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def bounded(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -110,6 +112,7 @@ class SyncedBound:
     """How far an *unsigned* synced file may move a tunable key, beyond the key's own rule: no
     lower than ``lo`` (except 0, "off", when ``zero_ok``), no higher than ``hi``, and with
     ``not_below_local`` no lower than the local config's value."""
+
     lo: float | None = None
     hi: float | None = None
     zero_ok: bool = False
@@ -136,18 +139,39 @@ class SyncedBound:
         return ", ".join(parts)
 
 
-def _rule(default: Any = dataclasses.MISSING, *, factory: Any = None, lo: float | None = None,
-          hi: float | None = None, choices: tuple[str, ...] | None = None, even: bool = False,
-          doc: str = "", live: bool = False, trust: str | None = None, unsigned: SyncedBound | None = None,
-          fs_fraction: float | None = None, max_len: int = MAX_STR) -> Any:
+def _rule(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    even: bool = False,
+    doc: str = "",
+    live: bool = False,
+    trust: str | None = None,
+    unsigned: SyncedBound | None = None,
+    fs_fraction: float | None = None,
+    max_len: int = MAX_STR,
+) -> Any:
     # live: the running daemon can take a new value (a synced config) without a restart; a table
     # marked live makes every key below it live. One place for the rule: is_live().
     # trust: who may set it (module docstring); a table's trust is its keys' unless they say.
     # unsigned: the tighter bounds for an unsigned synced file (tunable keys only).
     # fs_fraction: a synced value may be at most this share of the state folder's file system.
     assert trust in (None, *TRUST_CLASSES), trust
-    meta = {"lo": lo, "hi": hi, "choices": choices, "even": even, "doc": doc, "live": live, "trust": trust,
-            "unsigned": unsigned, "fs_fraction": fs_fraction, "max_len": max_len}
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "choices": choices,
+        "even": even,
+        "doc": doc,
+        "live": live,
+        "trust": trust,
+        "unsigned": unsigned,
+        "fs_fraction": fs_fraction,
+        "max_len": max_len,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -168,17 +192,21 @@ class CameraSettings:
     # bodycam loop its own video (source "file") or starve the encoder (too many pixels) or the
     # footage (too few). The bitrate is tunable above a floor.
     source: str = _rule("auto", choices=("auto", "picamera2", "v4l2", "synthetic", "file"), trust=SIGNED)
-    position: str = _rule("front", doc="this camera's position name, as recall requests' camera_positions name it",
-                          trust=SIGNED)
-    device: str = _rule("", doc="v4l2: /dev/videoN (empty: first found); file: path of the video", trust=SIGNED,
-                        max_len=MAX_PATH)
+    position: str = _rule(
+        "front", doc="this camera's position name, as recall requests' camera_positions name it", trust=SIGNED
+    )
+    device: str = _rule(
+        "", doc="v4l2: /dev/videoN (empty: first found); file: path of the video", trust=SIGNED, max_len=MAX_PATH
+    )
     width: int = _rule(limits.TARGET_WIDTH, lo=64, hi=3840, even=True, trust=SIGNED)
     height: int = _rule(limits.TARGET_HEIGHT, lo=64, hi=2160, even=True, trust=SIGNED)
     fps: int = _rule(limits.TARGET_FPS, lo=1, hi=60, trust=SIGNED)
-    bitrate: int = _rule(limits.TARGET_VIDEO_BITRATE, lo=50_000, hi=8_000_000, live=True, trust=TUNABLE,
-                         unsigned=SyncedBound(lo=150_000))
-    keyframe_seconds: float = _rule(10.0, lo=0.5, hi=60.0, trust=TUNABLE,
-                                    doc="longest gap between keyframes (segment starts are keyframes too)")
+    bitrate: int = _rule(
+        limits.TARGET_VIDEO_BITRATE, lo=50_000, hi=8_000_000, live=True, trust=TUNABLE, unsigned=SyncedBound(lo=150_000)
+    )
+    keyframe_seconds: float = _rule(
+        10.0, lo=0.5, hi=60.0, trust=TUNABLE, doc="longest gap between keyframes (segment starts are keyframes too)"
+    )
     paced: bool = _rule(True, doc="false: synthetic/file sources run as fast as the encoder can", trust=SIGNED)
     cpu_used: int = _rule(8, lo=-16, hi=16, doc="libvpx speed; negative fixes the speed", trust=SIGNED)
     threads: int = _rule(1, lo=1, hi=8, trust=TUNABLE)
@@ -188,10 +216,10 @@ class CameraSettings:
 class AudioSettings:
     source: str = _rule("auto", choices=("auto", "alsa", "synthetic", "none"), trust=SIGNED)
     device: str = _rule("default", doc="ALSA device name", trust=SIGNED)
-    bitrate: int = _rule(limits.TARGET_AUDIO_BITRATE, lo=6_000, hi=256_000, live=True, trust=TUNABLE,
-                         unsigned=SyncedBound(lo=16_000))
-    sample_rate: int = _rule(48_000, choices=None, lo=8_000, hi=48_000, trust=TUNABLE,
-                             unsigned=SyncedBound(lo=16_000))
+    bitrate: int = _rule(
+        limits.TARGET_AUDIO_BITRATE, lo=6_000, hi=256_000, live=True, trust=TUNABLE, unsigned=SyncedBound(lo=16_000)
+    )
+    sample_rate: int = _rule(48_000, choices=None, lo=8_000, hi=48_000, trust=TUNABLE, unsigned=SyncedBound(lo=16_000))
     channels: int = _rule(1, lo=1, hi=2, trust=TUNABLE)
 
 
@@ -208,16 +236,36 @@ MIN_FREE_FS_FRACTION = 0.10
 
 @dataclass(frozen=True)
 class StorageSettings:
-    dir: str = _rule(factory=_default_storage_dir, doc="state folder: segments, index, status", trust=LOCAL,
-                     max_len=MAX_PATH)
+    dir: str = _rule(
+        factory=_default_storage_dir, doc="state folder: segments, index, status", trust=LOCAL, max_len=MAX_PATH
+    )
     segment_seconds: float = _rule(10.0, lo=2.0, hi=60.0, trust=TUNABLE)
-    max_bytes: int = _rule(4_000_000_000, lo=10_000_000, hi=MAX_STORAGE_BYTES, live=True, trust=TUNABLE,
-                           doc="ring buffer budget (about 24 h at the target rate)",
-                           unsigned=SyncedBound(not_below_local=True))
-    min_free_bytes: int = _rule(500_000_000, lo=0, hi=MAX_STORAGE_BYTES, doc="never fill the file system past this",
-                                live=True, trust=TUNABLE, fs_fraction=MIN_FREE_FS_FRACTION)
-    sync_interval_seconds: float = _rule(1.0, lo=0.2, hi=10.0, trust=TUNABLE, unsigned=SyncedBound(hi=1.0),
-                                         doc="how often the segment being written is flushed and fsynced")
+    max_bytes: int = _rule(
+        4_000_000_000,
+        lo=10_000_000,
+        hi=MAX_STORAGE_BYTES,
+        live=True,
+        trust=TUNABLE,
+        doc="ring buffer budget (about 24 h at the target rate)",
+        unsigned=SyncedBound(not_below_local=True),
+    )
+    min_free_bytes: int = _rule(
+        500_000_000,
+        lo=0,
+        hi=MAX_STORAGE_BYTES,
+        doc="never fill the file system past this",
+        live=True,
+        trust=TUNABLE,
+        fs_fraction=MIN_FREE_FS_FRACTION,
+    )
+    sync_interval_seconds: float = _rule(
+        1.0,
+        lo=0.2,
+        hi=10.0,
+        trust=TUNABLE,
+        unsigned=SyncedBound(hi=1.0),
+        doc="how often the segment being written is flushed and fsynced",
+    )
 
 
 #: Unsigned, a pre- or post-roll is at least this long.
@@ -226,20 +274,38 @@ MIN_SYNCED_ROLL_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class ClipSettings:
-    pre_roll_seconds: float = _rule(30.0, lo=0.0, hi=120.0, doc="footage kept from before the press", trust=TUNABLE,
-                                    unsigned=SyncedBound(lo=MIN_SYNCED_ROLL_SECONDS))
-    post_roll_seconds: float = _rule(30.0, lo=0.0, hi=600.0, doc="footage kept after the last press", trust=TUNABLE,
-                                     unsigned=SyncedBound(lo=MIN_SYNCED_ROLL_SECONDS))
-    max_bytes: int = _rule(limits.MAX_UPLOAD_BYTES, lo=500_000, hi=limits.MAX_UPLOAD_BYTES, trust=TUNABLE,
-                           doc="largest part; the upload limit")
-    max_duration_ms: int = _rule(limits.MAX_DURATION_MS, lo=5_000, hi=limits.MAX_DURATION_MS, trust=TUNABLE,
-                                 doc="longest part; the upload limit")
+    pre_roll_seconds: float = _rule(
+        30.0,
+        lo=0.0,
+        hi=120.0,
+        doc="footage kept from before the press",
+        trust=TUNABLE,
+        unsigned=SyncedBound(lo=MIN_SYNCED_ROLL_SECONDS),
+    )
+    post_roll_seconds: float = _rule(
+        30.0,
+        lo=0.0,
+        hi=600.0,
+        doc="footage kept after the last press",
+        trust=TUNABLE,
+        unsigned=SyncedBound(lo=MIN_SYNCED_ROLL_SECONDS),
+    )
+    max_bytes: int = _rule(
+        limits.MAX_UPLOAD_BYTES,
+        lo=500_000,
+        hi=limits.MAX_UPLOAD_BYTES,
+        trust=TUNABLE,
+        doc="largest part; the upload limit",
+    )
+    max_duration_ms: int = _rule(
+        limits.MAX_DURATION_MS, lo=5_000, hi=limits.MAX_DURATION_MS, trust=TUNABLE, doc="longest part; the upload limit"
+    )
 
 
 @dataclass(frozen=True)
 class GpioSettings:
     # The whole table is signed (Settings.gpio): a wrong button pin silently ends marking.
-    button_pin: str = _rule("", doc="mark button, e.g. \"GPIO17\" or \"BOARD11\" (empty: none)")
+    button_pin: str = _rule("", doc='mark button, e.g. "GPIO17" or "BOARD11" (empty: none)')
     button_pull_up: bool = _rule(True, doc="button wired to ground with the internal pull-up")
     button_bounce_ms: int = _rule(50, lo=0, hi=1000)
     led_pin: str = _rule("", doc="status LED (empty: none)")
@@ -253,16 +319,18 @@ UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota", "directory")
 class SonoranV2Settings:
     # Signed as a table (UploadSettings.sonoran_v2): URL, key file, account identity, plan.
     base_url: str = _rule("https://api.sonorancad.com", max_len=2048)
-    api_key_file: str = _rule("", doc="file holding the API key (empty: $CREDENTIALS_DIRECTORY/sonoran_api_key)",
-                              max_len=MAX_PATH)
+    api_key_file: str = _rule(
+        "", doc="file holding the API key (empty: $CREDENTIALS_DIRECTORY/sonoran_api_key)", max_len=MAX_PATH
+    )
     account_uuid: str = _rule("", doc="exactly one of account_uuid, community_user_id, roblox, discord")
     community_user_id: str = _rule("")
     roblox: int = _rule(0, lo=0, hi=10**12, doc="Roblox user id (0: not used)")
     discord: str = _rule("")
     plan: str = _rule("free", choices=tuple(limits.PLAN_MINUTES), doc="the community's plan: its 24 h minute allowance")
     ident_id: int = _rule(0, lo=0, hi=10**12, doc="identifier id sent with each clip (0: not sent)")
-    devices_sharing_key: int = _rule(1, lo=1, hi=1000,
-                                     doc="devices uploading with this API key; each keeps to its share of the rate")
+    devices_sharing_key: int = _rule(
+        1, lo=1, hi=1000, doc="devices uploading with this API key; each keeps to its share of the rate"
+    )
 
 
 @dataclass(frozen=True)
@@ -278,10 +346,12 @@ class SonoranLegacySettings:
 
 @dataclass(frozen=True)
 class BotaSettings:
-    base_url: str = _rule("https://api.bota.dev", doc="the presigned-URL backend; paths /v1/recordings... below it",
-                          max_len=2048)
-    token_file: str = _rule("", doc="file holding the API key or device token (empty: $CREDENTIALS_DIRECTORY/bota_token)",
-                            max_len=MAX_PATH)
+    base_url: str = _rule(
+        "https://api.bota.dev", doc="the presigned-URL backend; paths /v1/recordings... below it", max_len=2048
+    )
+    token_file: str = _rule(
+        "", doc="file holding the API key or device token (empty: $CREDENTIALS_DIRECTORY/bota_token)", max_len=MAX_PATH
+    )
     device_id: str = _rule("", doc="device id sent when a recording is created (empty: device.id)")
 
 
@@ -297,19 +367,50 @@ MIN_SYNCED_BANDWIDTH_KBPS = 512
 @dataclass(frozen=True)
 class UploadSettings:
     # Timings are tunable, but an unsigned file may not stretch them so far that delivery stalls.
-    targets: tuple[str, ...] = _rule(("directory",), choices=UPLOAD_TARGETS, trust=SIGNED,
-                                     doc="where every clip goes, each target independently")
-    retry_base_seconds: float = _rule(2.0, lo=0.1, hi=600.0, doc="first back-off after a network or server error",
-                                      trust=TUNABLE, unsigned=SyncedBound(hi=60.0))
-    retry_cap_seconds: float = _rule(600.0, lo=1.0, hi=86400.0, doc="longest back-off (full jitter below it)",
-                                     trust=TUNABLE, unsigned=SyncedBound(hi=3600.0))
-    auth_retry_minutes: float = _rule(30.0, lo=1.0, hi=1440.0, trust=TUNABLE, unsigned=SyncedBound(hi=120.0),
-                                      doc="a target paused by a refused key or account tries again after this")
+    targets: tuple[str, ...] = _rule(
+        ("directory",), choices=UPLOAD_TARGETS, trust=SIGNED, doc="where every clip goes, each target independently"
+    )
+    retry_base_seconds: float = _rule(
+        2.0,
+        lo=0.1,
+        hi=600.0,
+        doc="first back-off after a network or server error",
+        trust=TUNABLE,
+        unsigned=SyncedBound(hi=60.0),
+    )
+    retry_cap_seconds: float = _rule(
+        600.0,
+        lo=1.0,
+        hi=86400.0,
+        doc="longest back-off (full jitter below it)",
+        trust=TUNABLE,
+        unsigned=SyncedBound(hi=3600.0),
+    )
+    auth_retry_minutes: float = _rule(
+        30.0,
+        lo=1.0,
+        hi=1440.0,
+        trust=TUNABLE,
+        unsigned=SyncedBound(hi=120.0),
+        doc="a target paused by a refused key or account tries again after this",
+    )
     connect_timeout_seconds: float = _rule(15.0, lo=1.0, hi=120.0, trust=TUNABLE, unsigned=SyncedBound(lo=5.0))
-    timeout_seconds: float = _rule(60.0, lo=5.0, hi=600.0, doc="longest wait for the server to read or answer",
-                                   trust=TUNABLE, unsigned=SyncedBound(lo=30.0))
-    bandwidth_kbps: int = _rule(0, lo=0, hi=10_000_000, doc="upload bandwidth cap in kbit/s (0: none)", trust=TUNABLE,
-                                unsigned=SyncedBound(lo=MIN_SYNCED_BANDWIDTH_KBPS, zero_ok=True))
+    timeout_seconds: float = _rule(
+        60.0,
+        lo=5.0,
+        hi=600.0,
+        doc="longest wait for the server to read or answer",
+        trust=TUNABLE,
+        unsigned=SyncedBound(lo=30.0),
+    )
+    bandwidth_kbps: int = _rule(
+        0,
+        lo=0,
+        hi=10_000_000,
+        doc="upload bandwidth cap in kbit/s (0: none)",
+        trust=TUNABLE,
+        unsigned=SyncedBound(lo=MIN_SYNCED_BANDWIDTH_KBPS, zero_ok=True),
+    )
     sonoran_v2: SonoranV2Settings = _rule(factory=SonoranV2Settings, trust=SIGNED)
     sonoran_legacy: SonoranLegacySettings = _rule(factory=SonoranLegacySettings, trust=SIGNED)
     bota: BotaSettings = _rule(factory=BotaSettings, trust=SIGNED)
@@ -319,13 +420,20 @@ class UploadSettings:
 @dataclass(frozen=True)
 class SyncSettings:
     # Local as a table (Settings.sync).
-    dir: str = _rule("", max_len=MAX_PATH,
-                     doc="folder a sync tool (Syncthing, rsync) fills: edged.toml, recall/; edged writes status/ (empty: off)")
-    fleet_public_key: str = _rule("", max_len=MAX_PATH,
-                                  doc="Ed25519 public key (base64, or a file path): a synced config must be signed by it")
+    dir: str = _rule(
+        "",
+        max_len=MAX_PATH,
+        doc="folder a sync tool (Syncthing, rsync) fills: edged.toml, recall/; edged writes status/ (empty: off)",
+    )
+    fleet_public_key: str = _rule(
+        "", max_len=MAX_PATH, doc="Ed25519 public key (base64, or a file path): a synced config must be signed by it"
+    )
     poll_seconds: float = _rule(2.0, lo=0.2, hi=60.0, doc="how often the synced folder is looked at")
-    status_group: str = _rule("", doc="group a sync tool running as another user reads status/ as "
-                                      "(status/ 0750, its files 0640; empty: owner-only)")
+    status_group: str = _rule(
+        "",
+        doc="group a sync tool running as another user reads status/ as "
+        "(status/ 0750, its files 0640; empty: owner-only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -355,7 +463,7 @@ _SECTIONS: dict[str, type] = {name: t for name, t in typing.get_type_hints(Setti
 
 @functools.cache
 def _resolve_type(t: Any) -> Any:
-    return eval(t, vars(typing) | vars(types) | globals()) if isinstance(t, str) else t  # noqa: S307 - own annotations
+    return eval(t, vars(typing) | vars(types) | globals()) if isinstance(t, str) else t
 
 
 @functools.cache
@@ -390,8 +498,7 @@ def _check_list(key: str, value: Any, meta: Any, problems: list[tuple[str, str]]
         return None
     bad = [v for v in value if meta.get("choices") and v not in meta["choices"]]
     if bad:
-        problems.append((key, f"entries must be among {', '.join(meta['choices'])}; got "
-                              f"{', '.join(map(show, bad))}"))
+        problems.append((key, f"entries must be among {', '.join(meta['choices'])}; got {', '.join(map(show, bad))}"))
         return None
     return tuple(value)
 
@@ -469,9 +576,10 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tupl
 
 # --- checks across keys ---------------------------------------------------------------------------
 
+
 def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     if s.camera.source == "file" and not s.camera.device:
-        problems.append(("camera.device", "must name the video file when camera.source = \"file\""))
+        problems.append(("camera.device", 'must name the video file when camera.source = "file"'))
     # A clip is built from whole segments: a segment must fit the upload duration limit.
     if s.storage.segment_seconds * 1000 > limits.MAX_DURATION_MS:
         problems.append(("storage.segment_seconds", "must not exceed the upload duration limit"))
@@ -479,24 +587,35 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     # segment, whose start is a keyframe), or every clip would have to be re-encoded.
     gop_ms = min(s.camera.keyframe_seconds, s.storage.segment_seconds) * 1000
     if gop_ms > s.clips.max_duration_ms - 100:
-        problems.append(("camera.keyframe_seconds", f"keyframes {gop_ms / 1000:g} s apart do not fit clip parts "
-                                                    f"of clips.max_duration_ms = {s.clips.max_duration_ms}"))
+        problems.append(
+            (
+                "camera.keyframe_seconds",
+                f"keyframes {gop_ms / 1000:g} s apart do not fit clip parts "
+                f"of clips.max_duration_ms = {s.clips.max_duration_ms}",
+            )
+        )
     if s.storage.max_bytes < 3 * segment_bytes_estimate(s):
         problems.append(("storage.max_bytes", "must hold at least three segments at the configured bitrate"))
     # An event is [press - pre, last press + post]: with both 0 there is nothing to clip.
     if s.clips.pre_roll_seconds + s.clips.post_roll_seconds < 1.0:
-        problems.append(("clips.post_roll_seconds", "pre_roll_seconds + post_roll_seconds must be at least 1 s "
-                                                    "(an event needs footage)"))
+        problems.append(
+            (
+                "clips.post_roll_seconds",
+                "pre_roll_seconds + post_roll_seconds must be at least 1 s (an event needs footage)",
+            )
+        )
     _upload_checks(s.upload, problems)
     _folder_checks(s, problems)
     if s.sync.fleet_public_key:
         from edged.config.sign import KeyLoadError, load_public_key
+
         try:
             load_public_key(s.sync.fleet_public_key)
         except KeyLoadError as exc:
             problems.append(("sync.fleet_public_key", str(exc)))
     if s.sync.status_group:
         import grp
+
         try:
             grp.getgrnam(s.sync.status_group)
         except KeyError:
@@ -522,18 +641,27 @@ def _folder_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
     folder and the delivery folder are apart, and no read path points into the synced folder."""
     state, sync, delivery = s.storage.dir, s.sync.dir, s.upload.directory.path
     if sync and (_inside(state, sync) or _inside(sync, state)):
-        problems.append(("sync.dir", "must not contain storage.dir nor be inside it (the sync party would "
-                                     "reach the evidence)"))
+        problems.append(
+            ("sync.dir", "must not contain storage.dir nor be inside it (the sync party would reach the evidence)")
+        )
     if delivery and (_inside(delivery, state) or _inside(state, delivery)):
-        problems.append(("upload.directory.path", "must not contain storage.dir nor be inside it "
-                                                  "(empty: <storage.dir>/delivered)"))
+        problems.append(
+            ("upload.directory.path", "must not contain storage.dir nor be inside it (empty: <storage.dir>/delivered)")
+        )
     elif delivery and sync and (_inside(delivery, sync) or _inside(sync, delivery)):
-        problems.append(("upload.directory.path", "must not contain sync.dir nor be inside it (the sync party "
-                                                  "would reach the clips)"))
+        problems.append(
+            (
+                "upload.directory.path",
+                "must not contain sync.dir nor be inside it (the sync party would reach the clips)",
+            )
+        )
     if not sync:
         return
-    reads = {"camera.device": s.camera.device, "upload.sonoran_v2.api_key_file": s.upload.sonoran_v2.api_key_file,
-             "upload.bota.token_file": s.upload.bota.token_file}
+    reads = {
+        "camera.device": s.camera.device,
+        "upload.sonoran_v2.api_key_file": s.upload.sonoran_v2.api_key_file,
+        "upload.bota.token_file": s.upload.bota.token_file,
+    }
     key_file = s.sync.fleet_public_key
     if key_file.startswith(("/", "./", "../")) or os.path.exists(key_file):  # a path, not base64
         reads["sync.fleet_public_key"] = key_file
@@ -564,13 +692,14 @@ def token_path(bota: BotaSettings) -> Path | None:
 MAX_SECRET_BYTES = 64 * 1024
 
 
-def _check_credential(key: str, path: Path | None, credential: str, what: str,
-                      problems: list[tuple[str, str]]) -> None:
+def _check_credential(key: str, path: Path | None, credential: str, what: str, problems: list[tuple[str, str]]) -> None:
     """A secret's file must be named (or be a systemd credential), a readable regular file and not empty."""
     from edged.core.files import read_bounded
+
     if path is None:
-        problems.append((key, f"must name the file holding the {what} (or run under systemd with a "
-                              f"{credential} credential)"))
+        problems.append(
+            (key, f"must name the file holding the {what} (or run under systemd with a {credential} credential)")
+        )
         return
     try:
         if not read_bounded(_real(str(path)), MAX_SECRET_BYTES).strip():
@@ -585,15 +714,22 @@ def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
     if "sonoran_v2" in u.targets:
         v2 = u.sonoran_v2
         _check_url("upload.sonoran_v2.base_url", v2.base_url, problems)
-        ids = {"account_uuid": v2.account_uuid, "community_user_id": v2.community_user_id,
-               "roblox": v2.roblox, "discord": v2.discord}
+        ids = {
+            "account_uuid": v2.account_uuid,
+            "community_user_id": v2.community_user_id,
+            "roblox": v2.roblox,
+            "discord": v2.discord,
+        }
         given = [k for k, v in ids.items() if v]
         if len(given) != 1:
-            problems.append(("upload.sonoran_v2.account_uuid",
-                             "set exactly one of account_uuid, community_user_id, roblox, discord"
-                             + (f" (got {', '.join(given)})" if given else "")))
-        _check_credential("upload.sonoran_v2.api_key_file", api_key_path(v2), "sonoran_api_key", "API key",
-                          problems)
+            problems.append(
+                (
+                    "upload.sonoran_v2.account_uuid",
+                    "set exactly one of account_uuid, community_user_id, roblox, discord"
+                    + (f" (got {', '.join(given)})" if given else ""),
+                )
+            )
+        _check_credential("upload.sonoran_v2.api_key_file", api_key_path(v2), "sonoran_api_key", "API key", problems)
     if "sonoran_legacy" in u.targets:
         lg = u.sonoran_legacy
         _check_url("upload.sonoran_legacy.base_url", lg.base_url, problems)
@@ -602,8 +738,9 @@ def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
                 problems.append((f"upload.sonoran_legacy.{name}", "is required by the sonoran_legacy target"))
     if "bota" in u.targets:
         _check_url("upload.bota.base_url", u.bota.base_url, problems)
-        _check_credential("upload.bota.token_file", token_path(u.bota), "bota_token", "API key or device token",
-                          problems)
+        _check_credential(
+            "upload.bota.token_file", token_path(u.bota), "bota_token", "API key or device token", problems
+        )
 
 
 def _check_url(key: str, url: str, problems: list[tuple[str, str]]) -> None:
@@ -618,6 +755,7 @@ def segment_bytes_estimate(s: Settings) -> int:
 
 
 # --- a mapping into settings ----------------------------------------------------------------------
+
 
 def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[tuple[str, str]]) -> Any:
     """One section (or sub-section) from its TOML table; bad or unknown keys are reported and
@@ -793,6 +931,7 @@ def read_mapping(path: Path | str) -> dict[str, Any]:
     bounded from what was opened: a FIFO, a device or a huge file is refused, never waited on.
     The local config is trusted, so a link to a regular file is followed."""
     from edged.core.files import read_bounded
+
     path = Path(path)
     try:
         raw = read_bounded(_real(str(path)), MAX_FILE_BYTES)
@@ -804,6 +943,7 @@ def read_mapping(path: Path | str) -> dict[str, Any]:
 
 
 # --- trust: who may set a key ---------------------------------------------------------------------
+
 
 def _node(path: tuple[str, ...]) -> tuple[dataclasses.Field | None, str | None, bool]:
     """(the schema field at ``path`` or None, its trust class inherited down the tables, whether
@@ -845,6 +985,7 @@ def _field_of(key: str | tuple[str, ...]) -> dataclasses.Field | None:
 
 
 # --- layers: a synced config over the local one, and what may change while running ---------------
+
 
 def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -889,8 +1030,9 @@ def fs_size(folder: str) -> int:
     raise FileNotFoundError(folder)
 
 
-def _synced_problem(key: str, f: dataclasses.Field, value: Any, local: Any, signed: bool,
-                    state_dir: str, size_of: Callable[[str], int]) -> str | None:
+def _synced_problem(
+    key: str, f: dataclasses.Field, value: Any, local: Any, signed: bool, state_dir: str, size_of: Callable[[str], int]
+) -> str | None:
     """What a synced file may not do with ``key`` beyond the key's own rule."""
     bound: SyncedBound | None = f.metadata.get("unsigned")
     if not signed and bound is not None:
@@ -904,20 +1046,27 @@ def _synced_problem(key: str, f: dataclasses.Field, value: Any, local: Any, sign
         except OSError as exc:
             return f"cannot be checked against the file system of storage.dir: {exc.strerror or exc}"
         if value > cap:
-            return (f"a synced config may keep at most {fraction:.0%} of the state folder's file system free "
-                    f"({cap:,} bytes); got {value:,}")
+            return (
+                f"a synced config may keep at most {fraction:.0%} of the state folder's file system free "
+                f"({cap:,} bytes); got {value:,}"
+            )
     return None
 
 
-def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin: str = "<synced>",
-                signed: bool = False, *, size_of: Callable[[str], int] = fs_size) -> Settings:
+def from_layers(
+    local_data: dict[str, Any],
+    synced_data: dict[str, Any],
+    origin: str = "<synced>",
+    signed: bool = False,
+    *,
+    size_of: Callable[[str], int] = fs_size,
+) -> Settings:
     """The synced document overlaid table by table, key by key, on the local one (lists replace),
     validated whole. A synced ``local`` key, or unsigned a ``signed`` key, is an error naming it,
     as is a tunable value outside its synced bounds (``SyncedBound``, ``fs_fraction``);
     ConfigError lists all. ``size_of``: the file-system size of a folder (tests pass their own)."""
     if not isinstance(synced_data, dict):
-        raise ConfigError([("<file>", f"must be a TOML document (a table), not {type(synced_data).__name__}")],
-                          origin)
+        raise ConfigError([("<file>", f"must be a TOML document (a table), not {type(synced_data).__name__}")], origin)
     deep = _shape_problem(synced_data)
     if deep is not None:
         raise ConfigError([deep], origin)
@@ -940,8 +1089,7 @@ def from_layers(local_data: dict[str, Any], synced_data: dict[str, Any], origin:
         f = _field_of(path)
         if f is None or key in reported:
             continue
-        reason = _synced_problem(key, f, _get(settings, path), _get(local, path), signed, settings.storage.dir,
-                                 size_of)
+        reason = _synced_problem(key, f, _get(settings, path), _get(local, path), signed, settings.storage.dir, size_of)
         if reason:
             problems.append((key, reason))
     if problems:
@@ -996,14 +1144,19 @@ def needs_restart(keys: list[str]) -> list[str]:
 
 def overlay_live(base: Settings, new: Settings) -> Settings:
     """``base`` with every live key taken from ``new``: what runs after a live apply."""
+
     def merge(b: Any, n: Any, live: bool) -> Any:
         if live:
             return n
         if not dataclasses.is_dataclass(b):
             return b
-        changes = {f.name: merge(getattr(b, f.name), getattr(n, f.name), bool(f.metadata.get("live")))
-                   for f in dataclasses.fields(b) if f.name != "origin"}
+        changes = {
+            f.name: merge(getattr(b, f.name), getattr(n, f.name), bool(f.metadata.get("live")))
+            for f in dataclasses.fields(b)
+            if f.name != "origin"
+        }
         return dataclasses.replace(b, **changes)
+
     return merge(base, new, False)
 
 
@@ -1025,6 +1178,7 @@ def load_or_defaults(path: Path | str | None) -> Settings:
 
 # --- documentation: the sample config and the README's table --------------------------------------
 
+
 def describe() -> list[tuple[str, Any, str]]:
     """Every key with its embedded default and its doc line (for the sample config and README)."""
     return [(key, value, _field_of(key).metadata.get("doc", "")) for key, value, _ in _leaves(Settings())]
@@ -1041,8 +1195,13 @@ def _range(key: str, meta: Any) -> str:
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is None and hi is None:
         return f"≤ {num(meta['max_len'])} chars" if _resolve_type(_field_of(key).type) is str else ""
-    text = f"{num(lo)} – {num(hi)}" if lo is not None and hi is not None else \
-        f"≥ {num(lo)}" if lo is not None else f"≤ {num(hi)}"
+    text = (
+        f"{num(lo)} – {num(hi)}"
+        if lo is not None and hi is not None
+        else f"≥ {num(lo)}"
+        if lo is not None
+        else f"≤ {num(hi)}"
+    )
     return text + (", even" if meta.get("even") else "")
 
 
@@ -1077,8 +1236,10 @@ def markdown_table() -> str:
     for key, value, live in _leaves(Settings()):
         meta = _field_of(key).metadata
         doc = meta.get("doc", "").replace("<", "&lt;")
-        rows.append(f"| `{key}` | {_default_text(key, value)} | {_range(key, meta)} | {trust_of(key)} | "
-                    f"{_synced_note(meta)} | {'live' if live else ''} | {doc} |")
+        rows.append(
+            f"| `{key}` | {_default_text(key, value)} | {_range(key, meta)} | {trust_of(key)} | "
+            f"{_synced_note(meta)} | {'live' if live else ''} | {doc} |"
+        )
     return "\n".join(rows) + "\n"
 
 

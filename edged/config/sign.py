@@ -116,6 +116,7 @@ def public_key_b64(key: Ed25519PublicKey) -> str:
 @dataclass(frozen=True)
 class Signed:
     """A verified signed file: its TOML body, its serial and the devices it is for (empty: any)."""
+
     body: bytes
     serial: int
     devices: tuple[str, ...]
@@ -199,7 +200,7 @@ def split(data: bytes) -> tuple[_Header | None, bytes]:
     line, nl, body = data.partition(b"\n")
     if not nl:
         raise SignatureError("the signature line is not followed by a body")
-    return _parse_header(line[len(PREFIX):]), body
+    return _parse_header(line[len(PREFIX) :]), body
 
 
 def verified(data: bytes, key: Ed25519PublicKey) -> Signed:
@@ -208,16 +209,20 @@ def verified(data: bytes, key: Ed25519PublicKey) -> Signed:
     key or changed after signing)."""
     header, body = split(data)
     if header is None:
-        raise SignatureError("missing: sync.fleet_public_key is set, so the first line must be "
-                             "'# edged-signature: ed25519:<base64> serial=<n>' (edged config sign)")
+        raise SignatureError(
+            "missing: sync.fleet_public_key is set, so the first line must be "
+            "'# edged-signature: ed25519:<base64> serial=<n>' (edged config sign)"
+        )
     if header.serial is None:
-        raise SignatureError("has no serial (signed by an older edged, so it could be an old config replayed); "
-                             + _RESIGN)
+        raise SignatureError(
+            "has no serial (signed by an older edged, so it could be an old config replayed); " + _RESIGN
+        )
     try:
         key.verify(header.signature, message(header.serial, header.devices, body))
     except InvalidSignature:
-        raise SignatureError("does not verify with sync.fleet_public_key (wrong key, or the file was "
-                             "changed after signing)") from None
+        raise SignatureError(
+            "does not verify with sync.fleet_public_key (wrong key, or the file was changed after signing)"
+        ) from None
     return Signed(body, header.serial, header.devices)
 
 
@@ -262,8 +267,7 @@ def generate(folder: Path) -> tuple[Path, Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     private, public = folder / PRIVATE_KEY_NAME, folder / PUBLIC_KEY_NAME
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError: keep the old key
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

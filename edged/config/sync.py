@@ -44,8 +44,8 @@ from edged.config import sign as configsign
 from edged.config.schema import ConfigError, Settings
 from edged.core.files import Refused, read_bounded, write_atomic
 from edged.core.journal import Msg, log_event, scrub_doc
-from edged.core.timefmt import iso
 from edged.core.syncfolder import ALARM, CONFIG_NAME, SyncFolder
+from edged.core.timefmt import iso
 
 log = logging.getLogger("edged.configsync")
 
@@ -120,9 +120,16 @@ class ConfigSync:
     is refused: ``edged.toml`` a link, a FIFO, a device or too big; ``status/`` a link) and when
     it clears; it must not raise (if it does, that is logged and ignored)."""
 
-    def __init__(self, local: Settings, local_data: Mapping[str, Any] | None, on_apply: OnApply, *,
-                 poll_seconds: float | None = None, wall: Callable[[], float] = time.time,
-                 on_alarm: OnAlarm = _no_alarm) -> None:
+    def __init__(
+        self,
+        local: Settings,
+        local_data: Mapping[str, Any] | None,
+        on_apply: OnApply,
+        *,
+        poll_seconds: float | None = None,
+        wall: Callable[[], float] = time.time,
+        on_alarm: OnAlarm = _no_alarm,
+    ) -> None:
         if not local.sync.dir:
             raise ValueError("sync.dir is not set")
         self._local_data = dict(local_data or {})
@@ -138,10 +145,9 @@ class ConfigSync:
         self.status_path = self.folder.root / "status" / STATUS_NAME
         self.saved_path = local.state_dir / SAVED_NAME
         self.serial_path = local.state_dir / SERIAL_NAME
-        self._key = (configsign.load_public_key(local.sync.fleet_public_key)
-                     if local.sync.fleet_public_key else None)
-        self._boot = local          # what runs for the keys that need a restart
-        self._current = local       # what runs
+        self._key = configsign.load_public_key(local.sync.fleet_public_key) if local.sync.fleet_public_key else None
+        self._boot = local  # what runs for the keys that need a restart
+        self._current = local  # what runs
         self._applied_version: str | None = None
         self._restart_needed: list[str] = []
         self._rejected_version: str | None = None
@@ -151,8 +157,8 @@ class ConfigSync:
         self._last_status: dict[str, Any] | None = None
         self._status_pending: bytes | None = None
         self._serial, self._serial_version = self._load_serial()
-        self._refused: set[str] = set()   # what holds the alarm up: "config", "status"
-        self._said: dict[str, str] = {}   # topic -> the last thing logged about it (said once)
+        self._refused: set[str] = set()  # what holds the alarm up: "config", "status"
+        self._said: dict[str, str] = {}  # topic -> the last thing logged about it (said once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -185,8 +191,13 @@ class ConfigSync:
         try:
             self._start_on_saved()
         except Exception as exc:  # noqa: BLE001 - start-up must never die of a synced file
-            self._say("saved", logging.ERROR, "last good synced config not used (%s: %s); starting on the "
-                      "local config", type(exc).__name__, exc)
+            self._say(
+                "saved",
+                logging.ERROR,
+                "last good synced config not used (%s: %s); starting on the local config",
+                type(exc).__name__,
+                exc,
+            )
             self._boot = self._current = self.local
             self._applied_version = None
         try:
@@ -198,8 +209,14 @@ class ConfigSync:
                     self._last_stat, self._stable_polls = st, 2
                     self._evaluate(data, st, at_start=True)
         except Exception as exc:  # noqa: BLE001
-            self._say("startup", logging.ERROR, "synced config not looked at during start-up (%s: %s); "
-                      "recording on %s", type(exc).__name__, exc, self._running_name())
+            self._say(
+                "startup",
+                logging.ERROR,
+                "synced config not looked at during start-up (%s: %s); recording on %s",
+                type(exc).__name__,
+                exc,
+                self._running_name(),
+            )
         return self._current
 
     def _start_on_saved(self) -> None:
@@ -208,16 +225,22 @@ class ConfigSync:
         except FileNotFoundError:
             return
         except OSError as exc:
-            self._say("saved", logging.ERROR, "last good synced config %s cannot be read: %s", self.saved_path,
-                      _why(exc))
+            self._say(
+                "saved", logging.ERROR, "last good synced config %s cannot be read: %s", self.saved_path, _why(exc)
+            )
             return
         try:
             # Edged wrote it after accepting it: judged again (the key or the local config may have
             # changed), but its serial is not held against the one recorded with it.
             new, serial = self._validate(saved, version_of(saved), replay_check=False)
         except Rejected as exc:
-            self._say("saved", logging.ERROR, "last good synced config %s no longer passes (%s); starting on "
-                      "the local config", self.saved_path, exc)
+            self._say(
+                "saved",
+                logging.ERROR,
+                "last good synced config %s no longer passes (%s); starting on the local config",
+                self.saved_path,
+                exc,
+            )
             return
         self._boot = self._current = new
         self._applied_version = version_of(saved)
@@ -307,8 +330,9 @@ class ConfigSync:
         model, rules); raise Rejected otherwise. No side effects: nothing is applied or kept."""
         return self._validate(data, version_of(data))[0]
 
-    def _validate(self, data: bytes | OSError, version: str | None, *,
-                  replay_check: bool = True) -> tuple[Settings, int | None]:
+    def _validate(
+        self, data: bytes | OSError, version: str | None, *, replay_check: bool = True
+    ) -> tuple[Settings, int | None]:
         """(the settings ``data`` gives, its serial when signed), or Rejected naming every problem."""
         if isinstance(data, OSError):
             raise Rejected([("<file>", _why(data))])
@@ -344,16 +368,22 @@ class ConfigSync:
         """A serial above the last accepted; the same serial only for the very same bytes."""
         if serial > self._serial or (serial == self._serial and version == self._serial_version):
             return
-        raise Rejected([(SERIAL_KEY, f"serial {serial} is not above {self._serial}, the last accepted: an older "
-                                     f"signed config (replayed?); sign it again (the serial defaults to the "
-                                     f"time of signing)")])
+        raise Rejected(
+            [
+                (
+                    SERIAL_KEY,
+                    f"serial {serial} is not above {self._serial}, the last accepted: an older "
+                    f"signed config (replayed?); sign it again (the serial defaults to the "
+                    f"time of signing)",
+                )
+            ]
+        )
 
     def _check_devices(self, devices: tuple[str, ...]) -> None:
         me = self.local.device.id
         if devices and me not in devices:
             shown = ", ".join(devices[:10]) + (f" and {len(devices) - 10} more" if len(devices) > 10 else "")
-            raise Rejected([(DEVICES_KEY, f"is signed for {shown}, not for this device ({me!r}, the local "
-                                          f"device.id)")])
+            raise Rejected([(DEVICES_KEY, f"is signed for {shown}, not for this device ({me!r}, the local device.id)")])
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -361,7 +391,7 @@ class ConfigSync:
         version = version_of(data) if isinstance(data, bytes) else None
         try:
             self._evaluate_checked(data, version, st, at_start=at_start)
-        except Exception as exc:  # noqa: BLE001 - a surprise is a rejection of this file, not a crash
+        except Exception as exc:
             log.exception("judging synced config %s failed", (version or "(unreadable)")[:12])
             self._reject(version, st, [("<internal>", config_mod.short(f"{type(exc).__name__}: {exc}", 300))])
 
@@ -395,39 +425,57 @@ class ConfigSync:
         restart = config_mod.changed_keys(running, new)  # accepted, not in force until a restart
         try:
             self.on_apply(running, live, restart)
-        except Exception as exc:  # noqa: BLE001 - any failure to apply is a rejection with its reason
+        except Exception as exc:
             log.exception("applying synced config %s failed", version[:12])
             self._reject(version, st, [("<apply>", config_mod.short(f"{type(exc).__name__}: {exc}", 300))])
             return
         self._current = running
         self._accept(version, serial, st, data, live, restart)
 
-    def _accept(self, version: str, serial: int | None, st: _Stat, data: bytes, live: list[str],
-                restart: list[str]) -> None:
+    def _accept(
+        self, version: str, serial: int | None, st: _Stat, data: bytes, live: list[str], restart: list[str]
+    ) -> None:
         self._applied_version, self._evaluated, self._rejected_version = version, st, None
         self._restart_needed = restart
         try:
             self.saved_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.saved_path, data, durable=True)
         except OSError as exc:
-            log.error("last good synced config not kept in %s: %s (a restart would fall back)",
-                      self.saved_path, exc.strerror or exc)
+            log.error(
+                "last good synced config not kept in %s: %s (a restart would fall back)",
+                self.saved_path,
+                exc.strerror or exc,
+            )
         if serial is not None:
             self._keep_serial(serial, version)
-        log_event(log, Msg.CONFIG_APPLIED, "synced config %s applied: %s%s", version[:12],
-                  ", ".join(live) or "nothing changed live",
-                  f"; needs a restart: {', '.join(restart)}" if restart else "",
-                  config=version, keys=",".join(live) or None, restart_needed=",".join(restart) or None)
+        log_event(
+            log,
+            Msg.CONFIG_APPLIED,
+            "synced config %s applied: %s%s",
+            version[:12],
+            ", ".join(live) or "nothing changed live",
+            f"; needs a restart: {', '.join(restart)}" if restart else "",
+            config=version,
+            keys=",".join(live) or None,
+            restart_needed=",".join(restart) or None,
+        )
         self._write_status("applied", version, live, [])
 
     def _reject(self, version: str | None, st: _Stat, problems: list[tuple[str, str]]) -> None:
         self._rejected_version, self._evaluated = version, st
         shown = config_mod.bounded(problems)
-        log_event(log, Msg.CONFIG_REJECTED, "synced config %s rejected, %s keeps running: %s",
-                  (version or "(unreadable)")[:12], self._running_name(),
-                  "; ".join(f"{k}: {r}" for k, r in shown), level=logging.ERROR,
-                  config=version, key=",".join(k for k, _ in shown),
-                  reason="; ".join(f"{k}: {r}" for k, r in shown))
+        log_event(
+            log,
+            Msg.CONFIG_REJECTED,
+            "synced config %s rejected, %s keeps running: %s",
+            (version or "(unreadable)")[:12],
+            self._running_name(),
+            "; ".join(f"{k}: {r}" for k, r in shown),
+            level=logging.ERROR,
+            config=version,
+            key=",".join(k for k, _ in shown),
+            reason="; ".join(f"{k}: {r}" for k, r in shown),
+        )
         self._write_status("rejected", version, [], shown)
 
     def _running_name(self) -> str:
@@ -446,8 +494,9 @@ class ConfigSync:
             return 0, None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # Written atomically, so only tampering gets here; the kept config's serial still counts.
-            log.error("%s cannot be used (%s); the last good synced config's serial is the floor",
-                      self.serial_path, exc)
+            log.error(
+                "%s cannot be used (%s); the last good synced config's serial is the floor", self.serial_path, exc
+            )
             return 0, None
 
     def _keep_serial(self, serial: int, version: str) -> None:
@@ -456,8 +505,12 @@ class ConfigSync:
         try:
             write_atomic(self.serial_path, doc.encode(), durable=True)
         except OSError as exc:
-            log.error("serial of the accepted signed config not kept in %s: %s (the kept config's serial "
-                      "still counts after a restart)", self.serial_path, exc.strerror or exc)
+            log.error(
+                "serial of the accepted signed config not kept in %s: %s (the kept config's serial "
+                "still counts after a restart)",
+                self.serial_path,
+                exc.strerror or exc,
+            )
 
     # --- telling the fleet: status/config.json, the alarm, the log --------------------------------
 
@@ -488,8 +541,13 @@ class ConfigSync:
             self._say("status", logging.ERROR, "config status not written: %s", exc)
             return
         except (OSError, KeyError) as exc:  # KeyError: sync.status_group names no group (any more)
-            self._say("status", logging.WARNING, "config status not written to %s: %s", self.status_path,
-                      getattr(exc, "strerror", None) or exc)
+            self._say(
+                "status",
+                logging.WARNING,
+                "config status not written to %s: %s",
+                self.status_path,
+                getattr(exc, "strerror", None) or exc,
+            )
             return
         self._status_pending = None
         self._said.pop("status", None)
@@ -502,8 +560,15 @@ class ConfigSync:
             try:
                 self.on_alarm(ALARM, bool(self._refused))
             except Exception as exc:  # noqa: BLE001 - the daemon's callback must not stop the watcher
-                self._say("alarm", logging.ERROR, "alarm %s not %s: on_alarm failed: %s: %s", ALARM,
-                          "raised" if self._refused else "cleared", type(exc).__name__, exc)
+                self._say(
+                    "alarm",
+                    logging.ERROR,
+                    "alarm %s not %s: on_alarm failed: %s: %s",
+                    ALARM,
+                    "raised" if self._refused else "cleared",
+                    type(exc).__name__,
+                    exc,
+                )
 
     def _say(self, topic: str, level: int, msg: str, *args: Any) -> None:
         """Log ``msg`` unless the same was last said about ``topic``: once, not once per poll."""

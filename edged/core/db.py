@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 WAL_LIMIT_BYTES = 512 * 1024
 
 
@@ -21,8 +20,9 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     went read-only. ``mode=ro`` still sees a WAL; on a read-only file system where SQLite cannot
     open the WAL's shared memory, ``immutable=1`` reads the main file (what was checkpointed)."""
     for query in ("mode=ro", "immutable=1"):
-        db = sqlite3.connect(f"file:{path}?{query}", uri=True, timeout=30, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(
+            f"file:{path}?{query}", uri=True, timeout=30, isolation_level=None, check_same_thread=False
+        )
         try:
             db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             return db

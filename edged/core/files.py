@@ -128,8 +128,7 @@ class Folder:
                     pass  # made meanwhile (or a link planted meanwhile: the open says which)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise Refused(where, self._what(name) + "; only a real folder is used here",
-                                  exc.errno) from None
+                    raise Refused(where, self._what(name) + "; only a real folder is used here", exc.errno) from None
                 raise
         return Folder(os.open(name, _NOFOLLOW_DIR, dir_fd=self.fd), self.path / name)
 
@@ -346,6 +345,7 @@ class AtomicFile:
 
 # --- conveniences for one file in a folder edged owns ---------------------------------------------
 
+
 def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
     """Replace ``path`` with ``data`` whole or not at all (its folder opened as a trusted root).
     ``durable``: also survive a power cut (fsync of the file before the rename, of the folder
@@ -390,15 +390,16 @@ def owner_only(root: Path) -> int:
             return
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return
-        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700, dir_fd=fd, follow_symlinks=False) \
-            if fd is not None else os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+        os.chmod(
+            path, stat.S_IMODE(st.st_mode) & 0o700, dir_fd=fd, follow_symlinks=False
+        ) if fd is not None else os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
         changed += 1
 
     try:
         tighten(None, str(root), os.stat(root))
     except FileNotFoundError:
         return 0
-    for top, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
+    for _top, dirs, files, dfd in os.fwalk(root, follow_symlinks=False):
         for name in dirs + files:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)

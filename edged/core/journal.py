@@ -96,21 +96,30 @@ class Msg(enum.Enum):
     RECALL_FAILED = "ca3d32fe9720492e9c4af125c48be7d0"
 
 
-_FIELD_KEY = re.compile(r"[a-z][a-z0-9_]{0,56}")          # EDGED_ + this stays within 64 chars
-_JOURNAL_FIELD = re.compile(r"[A-Z][A-Z0-9_]{0,63}")       # what journald accepts from a client
-_DROPPED = frozenset({"CODE_ARGS", "EXCEPTION_INFO"})      # raw args / exc_info reprs: never sent
+_FIELD_KEY = re.compile(r"[a-z][a-z0-9_]{0,56}")  # EDGED_ + this stays within 64 chars
+_JOURNAL_FIELD = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # what journald accepts from a client
+_DROPPED = frozenset({"CODE_ARGS", "EXCEPTION_INFO"})  # raw args / exc_info reprs: never sent
 
 
 def field_name(key: str) -> str:
     """``clip_id`` → ``EDGED_CLIP_ID``; a key that cannot be a journal field is a ValueError."""
     if not isinstance(key, str) or not _FIELD_KEY.fullmatch(key):
-        raise ValueError(f"log field {key!r}: must be lower-case letters, digits and _, "
-                         "starting with a letter, at most 57 characters")
+        raise ValueError(
+            f"log field {key!r}: must be lower-case letters, digits and _, "
+            "starting with a letter, at most 57 characters"
+        )
     return "EDGED_" + key.upper()
 
 
-def log_event(logger: logging.Logger, msg: Msg, text: str, *args: Any, level: int = logging.INFO,
-              exc_info: Any = None, **fields: Any) -> None:
+def log_event(
+    logger: logging.Logger,
+    msg: Msg,
+    text: str,
+    *args: Any,
+    level: int = logging.INFO,
+    exc_info: Any = None,
+    **fields: Any,
+) -> None:
     """Log ``text % args`` as event ``msg``; each keyword becomes an ``EDGED_<KEY>`` field.
 
     Values are stringified; a ``None`` value is left out. ``exc_info`` works as in logging.
@@ -129,21 +138,32 @@ def log_event(logger: logging.Logger, msg: Msg, text: str, *args: Any, level: in
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_secret_files: dict[Path, tuple[int, int, int] | None] = {}   # path → what was last read
+_secret_files: dict[Path, tuple[int, int, int] | None] = {}  # path → what was last read
 _MIN_SECRET = 4
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer <token> / Basic <creds>
     (re.compile(r"\b(Bearer|Basic)(\s+)[A-Za-z0-9\-._~+/]+=*", re.I), r"\1\2" + MASK),
     # presigned URLs (S3, GCS): signature, credential, session token
-    (re.compile(r"\b((?:X-Amz|X-Goog)-(?:Signature|Credential|Security-Token)=)[^&\s\"'<>]+", re.I),
-     r"\1" + MASK),
+    (re.compile(r"\b((?:X-Amz|X-Goog)-(?:Signature|Credential|Security-Token)=)[^&\s\"'<>]+", re.I), r"\1" + MASK),
     # query values: ?api_key=…&key=…&token=…&signature=…
-    (re.compile(r"([?&;](?:api_?key|apikey|key|token|access_token|secret|password|signature|sig)=)"
-                r"[^&\s\"'<>#]+", re.I), r"\1" + MASK),
+    (
+        re.compile(
+            r"([?&;](?:api_?key|apikey|key|token|access_token|secret|password|signature|sig)=)"
+            r"[^&\s\"'<>#]+",
+            re.I,
+        ),
+        r"\1" + MASK,
+    ),
     # JSON / Python dict entries: "key": "…", 'api_key': '…'
-    (re.compile(r"""(["'](?:api_?key|apikey|key|token|access_token|secret|password|authorization)["']"""
-                r"""\s*:\s*)(["'])(?:(?!\2)[^\\]|\\.)*\2""", re.I), r"\1\2" + MASK + r"\2"),
+    (
+        re.compile(
+            r"""(["'](?:api_?key|apikey|key|token|access_token|secret|password|authorization)["']"""
+            r"""\s*:\s*)(["'])(?:(?!\2)[^\\]|\\.)*\2""",
+            re.I,
+        ),
+        r"\1\2" + MASK + r"\2",
+    ),
 ]
 
 
@@ -153,8 +173,10 @@ def register_secret(value: str) -> None:
         raise TypeError(f"register_secret: a secret must be a str, not {type(value).__name__}")
     value = value.strip()
     if len(value) < _MIN_SECRET:
-        raise ValueError(f"register_secret: a secret must have at least {_MIN_SECRET} characters "
-                         "(a shorter one would blank ordinary words in every log line)")
+        raise ValueError(
+            f"register_secret: a secret must have at least {_MIN_SECRET} characters "
+            "(a shorter one would blank ordinary words in every log line)"
+        )
     with _lock:
         _secrets.add(value)
         quoted = urllib.parse.quote(value, safe="")
@@ -182,9 +204,9 @@ def _current_secrets() -> list[str]:
                     if len(text) >= _MIN_SECRET:
                         _secrets.update({text, urllib.parse.quote(text, safe="")})
             except OSError:
-                pass        # absent or unreadable now: what it held before stays hidden
+                pass  # absent or unreadable now: what it held before stays hidden
         values = list(_secrets)
-    return sorted(values, key=len, reverse=True)      # longest first: no partial leftovers
+    return sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
 
 
 def scrub(text: str, secrets: list[str] | None = None) -> str:
@@ -234,13 +256,13 @@ class SecretFilter(logging.Filter):
         secrets = _current_secrets()
         try:
             message = record.getMessage()
-        except Exception:       # bad %-args: keep what there is rather than lose the line
+        except Exception:  # noqa: BLE001 - bad %-args: keep what there is rather than lose the line
             message = f"{record.msg!s} (args {record.args!r})"
         record.msg, record.args = scrub(message, secrets), ()
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None      # the raw exception (its repr too) is not sent anywhere
+            record.exc_info = None  # the raw exception (its repr too) is not sent anywhere
         if record.exc_text:
             record.exc_text = scrub(record.exc_text, secrets)
         if record.stack_info:
@@ -253,18 +275,19 @@ class SecretFilter(logging.Filter):
 
 # --- handlers ------------------------------------------------------------------------------
 
-def _send_to_journal(MESSAGE: str, **fields: Any) -> None:
+
+def _send_to_journal(MESSAGE: str, **fields: Any) -> None:  # noqa: N803 - the journal field name
     """JournalHandler's sender: only valid upper-case fields; LogRecord's own attributes
     (``msg``, ``args``, ``levelname``, …, which JournalHandler passes along) stay out."""
     from systemd import journal
-    clean = {k: v for k, v in fields.items()
-             if v is not None and k not in _DROPPED and _JOURNAL_FIELD.fullmatch(k)}
+
+    clean = {k: v for k, v in fields.items() if v is not None and k not in _DROPPED and _JOURNAL_FIELD.fullmatch(k)}
     journal.send(MESSAGE, **clean)
 
 
 def _compact(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c in text for c in ' "\'=[]\n') else text
+    return json.dumps(text) if not text or any(c in text for c in " \"'=[]\n") else text
 
 
 class StderrFormatter(logging.Formatter):
@@ -273,7 +296,7 @@ class StderrFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging.Formatter API
         line = super().formatMessage(record)
         mid = getattr(record, "MESSAGE_ID", None)
         if mid is None:
@@ -282,8 +305,7 @@ class StderrFormatter(logging.Formatter):
             kind = Msg(mid).name.lower()
         except ValueError:
             kind = str(mid)
-        fields = " ".join(f"{k[6:].lower()}={_compact(v)}" for k, v in vars(record).items()
-                          if k.startswith("EDGED_"))
+        fields = " ".join(f"{k[6:].lower()}={_compact(v)}" for k, v in vars(record).items() if k.startswith("EDGED_"))
         return f"{line} [{kind}{' ' if fields else ''}{fields}]"
 
 
@@ -332,6 +354,7 @@ def setup_logging(verbose: bool = False) -> str:
     kind = "stderr"
     if _journal_reachable():
         from systemd.journal import JournalHandler
+
         handlers.append(JournalHandler(sender_function=_send_to_journal, SYSLOG_IDENTIFIER=IDENTIFIER))
         kind = "journal"
     if kind == "stderr" or not _stderr_is_journal():

@@ -43,6 +43,7 @@ class Check:
 @dataclass(frozen=True)
 class Host:
     """Where doctor looks on this machine; tests point these at prepared files."""
+
     systemd_dir: Path = Path("/run/systemd/system")  # present when systemd is PID 1 (sd_booted)
     asound_pcm: Path = Path("/proc/asound/pcm")
     snd_dir: Path = Path("/dev/snd")
@@ -95,19 +96,24 @@ def run(config_path: Path | None, host: Host | None = None) -> list[Check]:
         checks = [cfg_check]
         if settings is None:
             needs = "not checked: the configuration does not load"
-            checks += [Check(name, WARN, needs, "fix the configuration first")
-                       for name in ("storage", "credentials", "gpio")]
+            checks += [
+                Check(name, WARN, needs, "fix the configuration first") for name in ("storage", "credentials", "gpio")
+            ]
             defaults = config_mod.Settings()
             checks += [devices.check_camera(defaults.camera, host), devices.check_microphone(defaults.audio, host)]
         else:
             checks.append(files.check_storage(settings, host))
             checks += files.check_credentials(settings, targets, host)
-            checks += [devices.check_camera(settings.camera, host),
-                       devices.check_microphone(settings.audio, host),
-                       devices.check_gpio(settings.gpio, host)]
-        checks += [system.check_clock(host),
-                   system.check_network(settings, targets, host),
-                   system.check_service(host, settings, targets)]
+            checks += [
+                devices.check_camera(settings.camera, host),
+                devices.check_microphone(settings.audio, host),
+                devices.check_gpio(settings.gpio, host),
+            ]
+        checks += [
+            system.check_clock(host),
+            system.check_network(settings, targets, host),
+            system.check_service(host, settings, targets),
+        ]
     return checks
 
 
@@ -128,6 +134,7 @@ def as_text(checks: list[Check]) -> str:
             lines.append(f"{'':4}  {'':{width}}  fix: {c.fix}")
     fails = sum(c.status == FAIL for c in checks)
     warns = sum(c.status == WARN for c in checks)
-    lines.append(f"edged doctor: {fails} failed, {warns} warning{'' if warns == 1 else 's'}, "
-                 f"{len(checks) - fails - warns} ok")
+    lines.append(
+        f"edged doctor: {fails} failed, {warns} warning{'' if warns == 1 else 's'}, {len(checks) - fails - warns} ok"
+    )
     return "\n".join(lines)

@@ -20,44 +20,67 @@ VIDIOC_QUERYCAP = 0x80685600
 _V4L2_CAPABILITY = struct.Struct("=16s32s32sIII12x")  # driver, card, bus_info, version, capabilities, device_caps
 _CAP_VIDEO_CAPTURE, _CAP_VIDEO_CAPTURE_MPLANE, _CAP_DEVICE_CAPS = 0x1, 0x1000, 0x80000000
 
-NO_CAMERA_FIX = ("connect a camera: a Pi camera's ribbon cable (`rpicam-hello --list-cameras` lists it; "
-                 "apt install python3-picamera2) or a USB camera")
+NO_CAMERA_FIX = (
+    "connect a camera: a Pi camera's ribbon cable (`rpicam-hello --list-cameras` lists it; "
+    "apt install python3-picamera2) or a USB camera"
+)
 
 
 # --- camera ------------------------------------------------------------------------------------
 
+
 def check_camera(cam: CameraSettings, host: Host) -> Check:
     if cam.source == "synthetic":
-        return Check("camera", WARN, "camera.source = synthetic: a test pattern is recorded, not a camera",
-                     "set camera.source = \"auto\" on a bodycam")
+        return Check(
+            "camera",
+            WARN,
+            "camera.source = synthetic: a test pattern is recorded, not a camera",
+            'set camera.source = "auto" on a bodycam',
+        )
     if cam.source == "file":
         there = os.access(cam.device, os.R_OK)
-        return Check("camera", WARN if there else FAIL,
-                     f"camera.source = file: {cam.device} is looped" if there else
-                     f"camera.source = file: {cam.device} cannot be read",
-                     "set camera.source = \"auto\" on a bodycam")
+        return Check(
+            "camera",
+            WARN if there else FAIL,
+            f"camera.source = file: {cam.device} is looped"
+            if there
+            else f"camera.source = file: {cam.device} cannot be read",
+            'set camera.source = "auto" on a bodycam',
+        )
     found: list[str] = []
     if cam.source in ("auto", "picamera2"):
         cameras, why = picamera2_cameras(host)
         if cameras:
-            return Check("camera", OK, "Raspberry Pi camera " + ", ".join(c.get("Model", "?") for c in cameras)
-                                       + " (picamera2)")
+            return Check(
+                "camera", OK, "Raspberry Pi camera " + ", ".join(c.get("Model", "?") for c in cameras) + " (picamera2)"
+            )
         found.append(f"picamera2: {why}")
         if cam.source == "picamera2":
             return Check("camera", FAIL, f"camera.source = picamera2 but {why}", NO_CAMERA_FIX)
     devices, denied = v4l2_capture_devices(host, cam.device if cam.source == "v4l2" and cam.device else None)
     if devices:
         path, card = devices[0]
-        return Check("camera", OK, f"V4L2 camera {card} at {path}"
-                                   + (f" (and {len(devices) - 1} more)" if len(devices) > 1 else ""))
+        return Check(
+            "camera",
+            OK,
+            f"V4L2 camera {card} at {path}" + (f" (and {len(devices) - 1} more)" if len(devices) > 1 else ""),
+        )
     if denied:
-        return Check("camera", WARN, f"{', '.join(denied)}: uid {os.geteuid()} may not open it, so it is unverified",
-                     "run doctor as root (the service gets the video group from its unit)")
+        return Check(
+            "camera",
+            WARN,
+            f"{', '.join(denied)}: uid {os.geteuid()} may not open it, so it is unverified",
+            "run doctor as root (the service gets the video group from its unit)",
+        )
     found.append("no V4L2 capture device" + (f" {cam.device}" if cam.source == "v4l2" and cam.device else ""))
     if cam.source == "v4l2":
         return Check("camera", FAIL, f"camera.source = v4l2 but {'; '.join(found)}", NO_CAMERA_FIX)
-    return Check("camera", WARN, f"no camera found ({'; '.join(found)}): the synthetic test pattern will be recorded",
-                 NO_CAMERA_FIX)
+    return Check(
+        "camera",
+        WARN,
+        f"no camera found ({'; '.join(found)}): the synthetic test pattern will be recorded",
+        NO_CAMERA_FIX,
+    )
 
 
 def picamera2_cameras(host: Host) -> tuple[list[dict[str, Any]], str]:
@@ -65,17 +88,20 @@ def picamera2_cameras(host: Host) -> tuple[list[dict[str, Any]], str]:
     try:
         module = host.import_picamera2() if host.import_picamera2 else _import_picamera2()
         cameras = module.Picamera2.global_camera_info()
-    except Exception as exc:  # ImportError, libcamera failing: say why
+    except Exception as exc:  # noqa: BLE001 - ImportError, libcamera failing: say why
         return [], str(exc)
     csi = [c for c in cameras if "/usb" not in c.get("Id", "")]  # USB cameras are the v4l2 source's
     if csi:
         return csi, ""
-    return [], ("libcamera lists no Raspberry Pi camera"
-                + (f" (only USB: {', '.join(c.get('Model', '?') for c in cameras)})" if cameras else ""))
+    return [], (
+        "libcamera lists no Raspberry Pi camera"
+        + (f" (only USB: {', '.join(c.get('Model', '?') for c in cameras)})" if cameras else "")
+    )
 
 
 def _import_picamera2() -> Any:
     from edged.capture.picam import _import_picamera2 as load
+
     return load()
 
 
@@ -86,8 +112,8 @@ def v4l2_capture_devices(host: Host, only: str | None = None) -> tuple[list[tupl
         paths = [only]
     else:
         from edged.capture.v4l2 import DEVICE_GLOBS
-        paths = [p for pattern in (host.video_globs or DEVICE_GLOBS)
-                 for p in sorted(glob.glob(pattern), key=_natural)]
+
+        paths = [p for pattern in (host.video_globs or DEVICE_GLOBS) for p in sorted(glob.glob(pattern), key=_natural)]
     seen: set[str] = set()
     devices, denied = [], []
     for path in paths:
@@ -121,6 +147,7 @@ def _natural(path: str) -> list[object]:
 
 # --- microphone --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Pcm:
     card: int
@@ -147,8 +174,12 @@ def check_microphone(audio: AudioSettings, host: Host) -> Check:
     if audio.source == "none":
         return Check("microphone", OK, "audio.source = none: video only")
     if audio.source == "synthetic":
-        return Check("microphone", WARN, "audio.source = synthetic: a test tone is recorded, not a microphone",
-                     "set audio.source = \"auto\" on a bodycam")
+        return Check(
+            "microphone",
+            WARN,
+            "audio.source = synthetic: a test tone is recorded, not a microphone",
+            'set audio.source = "auto" on a bodycam',
+        )
     pcms = alsa_pcms(host.asound_pcm)
     capture = [p for p in pcms if p.capture]
     if not capture:
@@ -163,16 +194,26 @@ def check_microphone(audio: AudioSettings, host: Host) -> Check:
         wanted = (0, None)  # without a sound server, ALSA's default is card 0
     if wanted is not None and not any(p.card == wanted[0] and wanted[1] in (None, p.device) for p in capture):
         first = capture[0]
-        return Check("microphone", WARN, f"audio.device = \"{audio.device}\" cannot record (card {wanted[0]} has no "
-                                         f"capture device); capture devices: {names}",
-                     f"set audio.device = \"plughw:{first.card},{first.device}\"")
-    denied = [n for p in capture if (n := host.snd_dir / f"pcmC{p.card}D{p.device}c").exists()
-              and not os.access(n, os.R_OK | os.W_OK)]
+        return Check(
+            "microphone",
+            WARN,
+            f'audio.device = "{audio.device}" cannot record (card {wanted[0]} has no '
+            f"capture device); capture devices: {names}",
+            f'set audio.device = "plughw:{first.card},{first.device}"',
+        )
+    denied = [
+        n
+        for p in capture
+        if (n := host.snd_dir / f"pcmC{p.card}D{p.device}c").exists() and not os.access(n, os.R_OK | os.W_OK)
+    ]
     if denied:
-        return Check("microphone", WARN, f"capture devices {names}; uid {os.geteuid()} may not open "
-                                         f"{', '.join(map(str, denied))}",
-                     "run doctor as root (the service gets the audio group from its unit)")
-    return Check("microphone", OK, f"ALSA capture: {names} (audio.device = \"{audio.device}\")")
+        return Check(
+            "microphone",
+            WARN,
+            f"capture devices {names}; uid {os.geteuid()} may not open {', '.join(map(str, denied))}",
+            "run doctor as root (the service gets the audio group from its unit)",
+        )
+    return Check("microphone", OK, f'ALSA capture: {names} (audio.device = "{audio.device}")')
 
 
 def _card_of(device: str) -> tuple[int, int | None] | None:
@@ -183,21 +224,37 @@ def _card_of(device: str) -> tuple[int, int | None] | None:
 
 # --- GPIO --------------------------------------------------------------------------------------
 
+
 def check_gpio(gpio: GpioSettings, host: Host) -> Check:
-    pins = {k: v for k, v in (("button_pin", gpio.button_pin), ("led_pin", gpio.led_pin),
-                              ("buzzer_pin", gpio.buzzer_pin)) if v}
+    pins = {
+        k: v
+        for k, v in (("button_pin", gpio.button_pin), ("led_pin", gpio.led_pin), ("buzzer_pin", gpio.buzzer_pin))
+        if v
+    }
     if not pins:
         return Check("gpio", OK, "no GPIO pins configured (no button, LED or buzzer)")
     listed = ", ".join(f"gpio.{k} = {v}" for k, v in pins.items())
     chips = sorted(glob.glob(host.gpiochip_glob), key=_natural)
     if not chips:
-        return Check("gpio", FAIL, f"{listed} but no GPIO chip ({host.gpiochip_glob}) exists",
-                     "on a Pi check the kernel (ls /dev/gpiochip*); elsewhere leave the gpio pins empty")
+        return Check(
+            "gpio",
+            FAIL,
+            f"{listed} but no GPIO chip ({host.gpiochip_glob}) exists",
+            "on a Pi check the kernel (ls /dev/gpiochip*); elsewhere leave the gpio pins empty",
+        )
     if not os.access(chips[0], os.R_OK | os.W_OK):
-        return Check("gpio", WARN, f"{listed}; uid {os.geteuid()} may not open {chips[0]}",
-                     "run doctor as root (the service gets the gpio group from its unit)")
+        return Check(
+            "gpio",
+            WARN,
+            f"{listed}; uid {os.geteuid()} may not open {chips[0]}",
+            "run doctor as root (the service gets the gpio group from its unit)",
+        )
     if importlib.util.find_spec("lgpio") is None:
-        return Check("gpio", WARN, f"{listed}; {', '.join(chips)} present, but lgpio (gpiozero's pin driver "
-                                   "on Raspberry Pi OS) is not importable",
-                     "sudo apt install python3-lgpio (the venv sees system packages)")
+        return Check(
+            "gpio",
+            WARN,
+            f"{listed}; {', '.join(chips)} present, but lgpio (gpiozero's pin driver "
+            "on Raspberry Pi OS) is not importable",
+            "sudo apt install python3-lgpio (the venv sees system packages)",
+        )
     return Check("gpio", OK, f"{listed}: {', '.join(chips)}")

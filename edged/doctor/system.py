@@ -45,17 +45,29 @@ def check_clock(host: Host) -> Check:
         if props["NTPSynchronized"] == "yes":
             return Check("clock", OK, "synchronised (timedatectl: NTPSynchronized=yes)")
         if props.get("NTP") != "yes":
-            return Check("clock", WARN, f"not synchronised and NTP is off ({CLOCK_WHY})", "sudo timedatectl set-ntp true")
-        return Check("clock", WARN, f"not synchronised yet: NTP is on but no time server answered ({CLOCK_WHY})",
-                     "give it network; `timedatectl timesync-status` shows the server tried")
+            return Check(
+                "clock", WARN, f"not synchronised and NTP is off ({CLOCK_WHY})", "sudo timedatectl set-ntp true"
+            )
+        return Check(
+            "clock",
+            WARN,
+            f"not synchronised yet: NTP is on but no time server answered ({CLOCK_WHY})",
+            "give it network; `timedatectl timesync-status` shows the server tried",
+        )
     from edged.core.clock import SystemClock
+
     if SystemClock().synchronized():
         return Check("clock", OK, "synchronised (kernel adjtimex status; timedatectl unavailable)")
-    return Check("clock", WARN, f"not synchronised (kernel adjtimex status; timedatectl unavailable; {CLOCK_WHY})",
-                 "run an NTP client (systemd-timesyncd, chrony) or add a real-time clock")
+    return Check(
+        "clock",
+        WARN,
+        f"not synchronised (kernel adjtimex status; timedatectl unavailable; {CLOCK_WHY})",
+        "run an NTP client (systemd-timesyncd, chrony) or add a real-time clock",
+    )
 
 
 # --- network -----------------------------------------------------------------------------------
+
 
 def endpoints(settings: Settings | None, targets: tuple[str, ...]) -> list[tuple[str, int]]:
     """(host, port) of each configured upload target that talks to a server."""
@@ -71,20 +83,30 @@ def endpoints(settings: Settings | None, targets: tuple[str, ...]) -> list[tuple
 
 def check_network(settings: Settings | None, targets: tuple[str, ...], host: Host) -> Check:
     from edged.upload.network import probe, usable_interfaces
+
     interfaces = usable_interfaces()
     if not interfaces:
-        return Check("network", WARN, "no network interface is up: clips wait in the outbox until one is",
-                     "connect Ethernet, Wi-Fi (nmtui, raspi-config) or an LTE modem")
+        return Check(
+            "network",
+            WARN,
+            "no network interface is up: clips wait in the outbox until one is",
+            "connect Ethernet, Wi-Fi (nmtui, raspi-config) or an LTE modem",
+        )
     servers = endpoints(settings, targets)
     unreachable = [f"{h}:{p}" for h, p in servers if not probe(h, p, host.probe_timeout)]
     up = f"up: {', '.join(interfaces)}"
     if unreachable:
-        return Check("network", WARN, f"{up}; no TCP connection to {', '.join(unreachable)}",
-                     "check DNS, firewall or captive portal (clips wait in the outbox meanwhile)")
+        return Check(
+            "network",
+            WARN,
+            f"{up}; no TCP connection to {', '.join(unreachable)}",
+            "check DNS, firewall or captive portal (clips wait in the outbox meanwhile)",
+        )
     return Check("network", OK, up + (f"; reached {', '.join(f'{h}:{p}' for h, p in servers)}" if servers else ""))
 
 
 # --- service -----------------------------------------------------------------------------------
+
 
 def written_folders(settings: Settings, targets: tuple[str, ...]) -> list[Path]:
     """Folders the daemon writes: the state folder, a delivery folder, a synced folder."""
@@ -102,42 +124,84 @@ def _sandboxed(settings: Settings | None, targets: tuple[str, ...], props: dict[
     if settings is None:
         return []
     writable = [SERVICE_STATE_DIR] + [Path(p.lstrip("-+")) for p in props.get("ReadWritePaths", "").split()]
-    return [f for f in written_folders(settings, targets)
-            if not any(f == w or w in f.parents for w in writable)]
+    return [f for f in written_folders(settings, targets) if not any(f == w or w in f.parents for w in writable)]
 
 
 def check_service(host: Host, settings: Settings | None = None, targets: tuple[str, ...] = ()) -> Check:
     if not host.systemd_dir.is_dir():
-        return Check("systemd", WARN, f"systemd is not running here (PID 1 is {_pid1()}): {SERVICE_UNIT} "
-                                      f"cannot be checked", "on the device, sudo scripts/install-pi.sh installs it")
-    props = _properties([host.systemctl, "show", "-p", "LoadState", "-p", "UnitFileState", "-p", "ActiveState",
-                         "-p", "SubState", "-p", "Result", "-p", "NRestarts", "-p", "ReadWritePaths", SERVICE_UNIT])
+        return Check(
+            "systemd",
+            WARN,
+            f"systemd is not running here (PID 1 is {_pid1()}): {SERVICE_UNIT} cannot be checked",
+            "on the device, sudo scripts/install-pi.sh installs it",
+        )
+    props = _properties(
+        [
+            host.systemctl,
+            "show",
+            "-p",
+            "LoadState",
+            "-p",
+            "UnitFileState",
+            "-p",
+            "ActiveState",
+            "-p",
+            "SubState",
+            "-p",
+            "Result",
+            "-p",
+            "NRestarts",
+            "-p",
+            "ReadWritePaths",
+            SERVICE_UNIT,
+        ]
+    )
     if props is None:
         return Check("systemd", WARN, f"`{host.systemctl} show {SERVICE_UNIT}` failed", "run doctor as root")
     if props.get("LoadState") == "not-found":
         return Check("systemd", WARN, f"{SERVICE_UNIT} is not installed", "sudo scripts/install-pi.sh")
     if props.get("LoadState") != "loaded":
-        return Check("systemd", FAIL, f"{SERVICE_UNIT} does not load (LoadState={props.get('LoadState')})",
-                     f"systemd-analyze verify /etc/systemd/system/{SERVICE_UNIT}")
+        return Check(
+            "systemd",
+            FAIL,
+            f"{SERVICE_UNIT} does not load (LoadState={props.get('LoadState')})",
+            f"systemd-analyze verify /etc/systemd/system/{SERVICE_UNIT}",
+        )
     blocked = _sandboxed(settings, targets, props)
     if blocked:
         paths = " ".join(map(str, blocked))
-        return Check("systemd", FAIL, f"{SERVICE_UNIT} may not write {paths} (ProtectSystem=strict: only "
-                                      f"{SERVICE_STATE_DIR} and ReadWritePaths= are writable)",
-                     f"sudo systemctl edit edged: [Service] ReadWritePaths={paths}; then restart it")
+        return Check(
+            "systemd",
+            FAIL,
+            f"{SERVICE_UNIT} may not write {paths} (ProtectSystem=strict: only "
+            f"{SERVICE_STATE_DIR} and ReadWritePaths= are writable)",
+            f"sudo systemctl edit edged: [Service] ReadWritePaths={paths}; then restart it",
+        )
     active, sub = props.get("ActiveState", "?"), props.get("SubState", "?")
     restarts = props.get("NRestarts", "0")
     logs = "journalctl -u edged -b -n 50 says why"
     if active == "failed":
-        return Check("systemd", FAIL, f"{SERVICE_UNIT} failed (Result={props.get('Result')})",
-                     f"{logs}; then sudo systemctl restart edged")
+        return Check(
+            "systemd",
+            FAIL,
+            f"{SERVICE_UNIT} failed (Result={props.get('Result')})",
+            f"{logs}; then sudo systemctl restart edged",
+        )
     if active == "activating" and sub == "auto-restart":
         return Check("systemd", FAIL, f"{SERVICE_UNIT} keeps stopping and restarting ({restarts} restarts)", logs)
     enabled = props.get("UnitFileState") == "enabled"
     if active != "active":
-        return Check("systemd", WARN, f"{SERVICE_UNIT} is {active}" + ("" if enabled else " and not enabled"),
-                     "sudo systemctl enable --now edged")
+        return Check(
+            "systemd",
+            WARN,
+            f"{SERVICE_UNIT} is {active}" + ("" if enabled else " and not enabled"),
+            "sudo systemctl enable --now edged",
+        )
     if not enabled:
-        return Check("systemd", WARN, f"{SERVICE_UNIT} runs but is not enabled: it will not start at boot",
-                     "sudo systemctl enable edged")
+        return Check(
+            "systemd",
+            WARN,
+            f"{SERVICE_UNIT} runs but is not enabled: it will not start at boot",
+            "sudo systemctl enable edged",
+        )
     return Check("systemd", OK, f"{SERVICE_UNIT} enabled and running ({sub}, {restarts} restarts)")

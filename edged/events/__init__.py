@@ -1,2 +1,1 @@
-"""Stage mark: events opened by the button or the CLI, their holds, and their clips.
-"""
+"""Stage mark: events opened by the button or the CLI, their holds, and their clips."""

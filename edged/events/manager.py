@@ -14,19 +14,18 @@ import json
 import logging
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edged.core.ids import CLIP_ID, timed_id
 from edged.clips.builder import ClipError, ClipPart, SourceSegment, build_clip
 from edged.config.schema import Settings
 from edged.core.db import Store
 from edged.core.files import write_atomic
-from edged.footage.index import Index
+from edged.core.ids import CLIP_ID, timed_id
 from edged.core.journal import Msg, log_event
-from edged.upload.outbox import PRIORITY_MARK, Outbox
 from edged.core.timefmt import iso
+from edged.footage.index import Index
+from edged.upload.outbox import PRIORITY_MARK, Outbox
 
 log = logging.getLogger("edged.events")
 
@@ -96,8 +95,10 @@ class EventStore(Store):
         return Event(*rows[0]) if rows else None
 
     def marks(self, event_id: str) -> list[Mark]:
-        rows = self.query("SELECT mono_ns, wall_ns, clock_synced, source, note FROM marks"
-                          " WHERE event_id=? ORDER BY mono_ns", (event_id,))
+        rows = self.query(
+            "SELECT mono_ns, wall_ns, clock_synced, source, note FROM marks WHERE event_id=? ORDER BY mono_ns",
+            (event_id,),
+        )
         return [Mark(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
 
     def set_state(self, event_id: str, state: str, reason: str = "") -> None:
@@ -116,9 +117,20 @@ class MarkResult:
 class EventManager:
     """Takes marks, protects footage, and turns finished events into clips in the outbox."""
 
-    def __init__(self, settings: Settings, store: EventStore, index: Index, outbox: Outbox, clips_dir: Path,
-                 segments_dir: Path, timeline_now_ns, wall_offset_ns, clock_synced, boot_id: str,
-                 request_boundary=None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        index: Index,
+        outbox: Outbox,
+        clips_dir: Path,
+        segments_dir: Path,
+        timeline_now_ns,
+        wall_offset_ns,
+        clock_synced,
+        boot_id: str,
+        request_boundary=None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.index = index
@@ -149,8 +161,11 @@ class EventManager:
     def reassert_holds(self) -> int:
         """At start: every event not yet delivered protects its window again (an index rebuilt
         from the folder has no holds of its own)."""
-        events = [e for e in self.store.events() if e.state in ("open", "built")
-                  and not (e.state == "built" and self.outbox.clip_delivered(e.id))]
+        events = [
+            e
+            for e in self.store.events()
+            if e.state in ("open", "built") and not (e.state == "built" and self.outbox.clip_delivered(e.id))
+        ]
         for e in events:
             self.index.hold_range(e.hold_owner, e.boot_id, e.start_mono_ns, e.end_mono_ns)
         return len(events)
@@ -170,25 +185,43 @@ class EventManager:
                 end = max(current.end_mono_ns, now + post)
                 with self.store.tx() as db:
                     db.execute("UPDATE events SET end_mono_ns=? WHERE id=?", (end, current.id))
-                    db.execute("INSERT INTO marks VALUES (?,?,?,?,?,?)",
-                               (current.id, now, wall, int(self._synced()), source, note))
+                    db.execute(
+                        "INSERT INTO marks VALUES (?,?,?,?,?,?)",
+                        (current.id, now, wall, int(self._synced()), source, note),
+                    )
                 event_id, start, extended = current.id, current.start_mono_ns, True
             else:
                 pre = round(clips.pre_roll_seconds * 1e9)
                 event_id = timed_id(wall)
                 start, end, extended = now - pre, now + post, False
                 with self.store.tx() as db:
-                    db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,'open','',?)",
-                               (event_id, self.boot_id, start, end, pre, post, time.time_ns()))
-                    db.execute("INSERT INTO marks VALUES (?,?,?,?,?,?)",
-                               (event_id, now, wall, int(self._synced()), source, note))
+                    db.execute(
+                        "INSERT INTO events VALUES (?,?,?,?,?,?,'open','',?)",
+                        (event_id, self.boot_id, start, end, pre, post, time.time_ns()),
+                    )
+                    db.execute(
+                        "INSERT INTO marks VALUES (?,?,?,?,?,?)",
+                        (event_id, now, wall, int(self._synced()), source, note),
+                    )
             # Protect at once: the range covers footage not recorded yet.
             self.index.hold_range(HOLD_PREFIX + event_id, self.boot_id, start, end)
         if self._request_boundary:
             self._request_boundary(end)
-        log_event(log, Msg.MARK, "MARK %s event %s (%s)%s", "extends" if extended else "opens", event_id, source,
-                  f": {note}" if note else "", level=logging.WARNING, event_id=event_id, clip_id=event_id,
-                  source=source, note=note or None, extended=int(extended))
+        log_event(
+            log,
+            Msg.MARK,
+            "MARK %s event %s (%s)%s",
+            "extends" if extended else "opens",
+            event_id,
+            source,
+            f": {note}" if note else "",
+            level=logging.WARNING,
+            event_id=event_id,
+            clip_id=event_id,
+            source=source,
+            note=note or None,
+            extended=int(extended),
+        )
         if self.on_mark:
             self.on_mark()
         return MarkResult(event_id, extended, start, end)
@@ -222,39 +255,88 @@ class EventManager:
             log.warning("event %s: its clip was already queued before a restart; not built again", event.id)
             return True
         clips = self.settings.clips
-        segs = [s for s in self.index.stored()
-                if s.boot_id == event.boot_id and s.mono_start_ns < event.end_mono_ns
-                and s.mono_start_ns + s.duration_ns > event.start_mono_ns]
+        segs = [
+            s
+            for s in self.index.stored()
+            if s.boot_id == event.boot_id
+            and s.mono_start_ns < event.end_mono_ns
+            and s.mono_start_ns + s.duration_ns > event.start_mono_ns
+        ]
         if not segs:
             reason = "no footage recorded in the event's window"
             self.store.set_state(event.id, "failed", reason)
-            log_event(log, Msg.CLIP_FAILED, "event %s: %s", event.id, reason, level=logging.ERROR,
-                      event_id=event.id, clip_id=event.id, reason=reason)
+            log_event(
+                log,
+                Msg.CLIP_FAILED,
+                "event %s: %s",
+                event.id,
+                reason,
+                level=logging.ERROR,
+                event_id=event.id,
+                clip_id=event.id,
+                reason=reason,
+            )
             return False
         out_dir = self.clips_dir / event.id
         out_dir.mkdir(parents=True, exist_ok=True)
-        sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
-                   for s in segs]
+        sources = [
+            SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
+            for s in segs
+        ]
         t0 = time.monotonic()
         try:
-            parts = build_clip(sources, event.start_mono_ns, event.end_mono_ns, out_dir, event.id,
-                               clips.max_bytes, clips.max_duration_ms, camera=self.settings.camera)
+            parts = build_clip(
+                sources,
+                event.start_mono_ns,
+                event.end_mono_ns,
+                out_dir,
+                event.id,
+                clips.max_bytes,
+                clips.max_duration_ms,
+                camera=self.settings.camera,
+            )
         except (ClipError, OSError) as exc:
             self.store.set_state(event.id, "failed", f"clip not built: {exc}")
-            log_event(log, Msg.CLIP_FAILED, "event %s: clip not built: %s", event.id, exc, level=logging.ERROR,
-                      event_id=event.id, clip_id=event.id, reason=exc)
+            log_event(
+                log,
+                Msg.CLIP_FAILED,
+                "event %s: clip not built: %s",
+                event.id,
+                exc,
+                level=logging.ERROR,
+                event_id=event.id,
+                clip_id=event.id,
+                reason=exc,
+            )
             return False
         offset = self._best_offset(event.boot_id, segs)
         manifest = self._manifest(event, segs, parts, offset)
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
-        self.outbox.enqueue(event.id, [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
-                            PRIORITY_MARK, event.start_mono_ns + offset)
+        self.outbox.enqueue(
+            event.id,
+            [(p.number, p.path, p.bytes, p.duration_ms, p.sha256) for p in parts],
+            PRIORITY_MARK,
+            event.start_mono_ns + offset,
+        )
         self.store.set_state(event.id, "built")
         duration_ms, size = sum(p.duration_ms for p in parts), sum(p.bytes for p in parts)
-        log_event(log, Msg.CLIP_BUILT, "CLIP %s built: %d part(s), %.1f s, %d bytes, in %.2f s", event.id, len(parts),
-                  duration_ms / 1000, size, time.monotonic() - t0, level=logging.WARNING, clip_id=event.id,
-                  event_id=event.id, parts=len(parts), duration_ms=duration_ms, bytes=size,
-                  reencoded=sum(1 for p in parts if p.reencoded))
+        log_event(
+            log,
+            Msg.CLIP_BUILT,
+            "CLIP %s built: %d part(s), %.1f s, %d bytes, in %.2f s",
+            event.id,
+            len(parts),
+            duration_ms / 1000,
+            size,
+            time.monotonic() - t0,
+            level=logging.WARNING,
+            clip_id=event.id,
+            event_id=event.id,
+            parts=len(parts),
+            duration_ms=duration_ms,
+            bytes=size,
+            reencoded=sum(1 for p in parts if p.reencoded),
+        )
         return True
 
     def _best_offset(self, boot_id: str, segs) -> int:
@@ -278,17 +360,33 @@ class EventManager:
             "wall_start": iso(first + offset),
             "wall_end": iso(end + offset),
             "clock_synchronized": all(s.clock_synced for s in segs) and all(m.clock_synced for m in marks),
-            "pre_roll_seconds": {"asked": asked, "actual": round(pre_actual, 3),
-                                 "short": pre_actual + 0.05 < asked},
+            "pre_roll_seconds": {"asked": asked, "actual": round(pre_actual, 3), "short": pre_actual + 0.05 < asked},
             "post_roll_seconds": event.post_roll_ns / 1e9,
-            "marks": [{"wall": iso(m.mono_ns + offset), "source": m.source, "note": m.note,
-                       "clock_synchronized": m.clock_synced} for m in marks],
+            "marks": [
+                {
+                    "wall": iso(m.mono_ns + offset),
+                    "source": m.source,
+                    "note": m.note,
+                    "clock_synchronized": m.clock_synced,
+                }
+                for m in marks
+            ],
             "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state} for s in segs],
-            "parts": [{"number": p.number, "file": p.path.name, "bytes": p.bytes, "duration_ms": p.duration_ms,
-                       "sha256": p.sha256, "reencoded": p.reencoded, "wall_start": iso(p.start_mono_ns + offset),
-                       "source_seqs": list(p.source_seqs),
-                       # sources whose bytes no longer match the sha256 recorded when they were written
-                       "source_seqs_changed_since_recorded": list(p.mismatched_seqs)} for p in parts],
+            "parts": [
+                {
+                    "number": p.number,
+                    "file": p.path.name,
+                    "bytes": p.bytes,
+                    "duration_ms": p.duration_ms,
+                    "sha256": p.sha256,
+                    "reencoded": p.reencoded,
+                    "wall_start": iso(p.start_mono_ns + offset),
+                    "source_seqs": list(p.source_seqs),
+                    # sources whose bytes no longer match the sha256 recorded when they were written
+                    "source_seqs_changed_since_recorded": list(p.mismatched_seqs),
+                }
+                for p in parts
+            ],
         }
 
 
@@ -305,12 +403,13 @@ class EventWorker(threading.Thread):
         while not self._halt.wait(self.period):
             try:
                 self.manager.finish_ready()
-            except Exception:  # noqa: BLE001 - never let one bad event stop the others
+            except Exception:
                 log.exception("finishing events failed")
 
 
-def export_clip(clips_dir: Path, clip_id: str, dest: Path, store: EventStore | None = None,
-                outbox: Outbox | None = None) -> tuple[list[Path], list[str]]:
+def export_clip(
+    clips_dir: Path, clip_id: str, dest: Path, store: EventStore | None = None, outbox: Outbox | None = None
+) -> tuple[list[Path], list[str]]:
     """Copy a built clip's parts and manifest into ``dest``; (files written, entries skipped).
 
     ``clip_id`` comes from the command line, so it is not trusted: it must have the form of an
@@ -327,9 +426,12 @@ def export_clip(clips_dir: Path, clip_id: str, dest: Path, store: EventStore | N
     from edged.core.files import Folder, Refused
 
     if not CLIP_ID.fullmatch(clip_id):
-        raise FileNotFoundError(f"{clip_id!r} is not a clip id (an event id such as 20240501T143000Z-1a2b3c,"
-                                " or recall-<request id>)")
-    known = (store is not None and store.get(clip_id) is not None) or (outbox is not None and bool(outbox.parts(clip_id)))
+        raise FileNotFoundError(
+            f"{clip_id!r} is not a clip id (an event id such as 20240501T143000Z-1a2b3c, or recall-<request id>)"
+        )
+    known = (store is not None and store.get(clip_id) is not None) or (
+        outbox is not None and bool(outbox.parts(clip_id))
+    )
     if not known:
         raise FileNotFoundError(f"no clip {clip_id!r}: not in the events store nor in the outbox")
     if Path(os.path.realpath(dest)).is_relative_to(os.path.realpath(clips_dir)):
@@ -345,7 +447,9 @@ def export_clip(clips_dir: Path, clip_id: str, dest: Path, store: EventStore | N
                 raise FileNotFoundError(f"clip {clip_id!r} is not built yet (no manifest in {src.path})")
             entries = [(n, st) for n, st in src.entries() if not n.startswith(".")]  # dot files: temporaries
             skipped = [f"{src.path / n}: not a regular file" for n, st in entries if not stat.S_ISREG(st.st_mode)]
-            names = sorted((n for n, st in entries if stat.S_ISREG(st.st_mode)), key=lambda n: (n == "manifest.json", n))
+            names = sorted(
+                (n for n, st in entries if stat.S_ISREG(st.st_mode)), key=lambda n: (n == "manifest.json", n)
+            )
             copied: list[Path] = []
             with Folder.open(dest, create=True) as out:
                 for name in names:
@@ -379,15 +483,30 @@ def clip_summaries(store: EventStore, outbox: Outbox, clips_dir: Path) -> list[d
     out = []
     for e in store.events():
         manifest, problem = manifest_of(e.id)
-        span = {k: manifest.get(k) if manifest and isinstance(manifest.get(k), str) else None
-                for k in ("wall_start", "wall_end")}
-        out.append({
-            "id": e.id, "state": e.state, "reason": e.reason,
-            "marks": [asdict(m) | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
-            **span,
-            "parts": [{"number": p.number, "path": p.path, "bytes": p.bytes, "duration_ms": p.duration_ms,
-                       "sha256": p.sha256, "state": outbox.part_state(p.id),
-                       "deliveries": {d.target: d.state for d in outbox.deliveries(clip_id=e.id) if d.part.id == p.id}}
-                      for p in outbox.parts(e.id)],
-        } | ({"manifest_error": problem} if problem else {}))
+        span = {
+            k: manifest.get(k) if manifest and isinstance(manifest.get(k), str) else None
+            for k in ("wall_start", "wall_end")
+        }
+        out.append(
+            {
+                "id": e.id,
+                "state": e.state,
+                "reason": e.reason,
+                "marks": [asdict(m) | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
+                **span,
+                "parts": [
+                    {
+                        "number": p.number,
+                        "path": p.path,
+                        "bytes": p.bytes,
+                        "duration_ms": p.duration_ms,
+                        "sha256": p.sha256,
+                        "state": outbox.part_state(p.id),
+                        "deliveries": {d.target: d.state for d in outbox.deliveries(clip_id=e.id) if d.part.id == p.id},
+                    }
+                    for p in outbox.parts(e.id)
+                ],
+            }
+            | ({"manifest_error": problem} if problem else {})
+        )
     return out

@@ -9,8 +9,9 @@ States of a segment row:
 
 A *hold* protects a segment from eviction; several owners may hold the same segment (a marked
 clip, an upload waiting, a recall). A *range hold* protects every segment of a boot that overlaps
-a monotonic time range, including segments not yet recorded (an event's post-roll). Holds are owned by the modules that set them, which
-re-assert them on start, so an index rebuilt from the folder does not stay unprotected.
+a monotonic time range, including segments not yet recorded (an event's post-roll). Holds are
+owned by the modules that set them, which re-assert them on start, so an index rebuilt from the
+folder does not stay unprotected.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ FROM segments s LEFT JOIN boot_clock b ON b.boot_id = s.boot_id
 
 
 def _row(r: tuple) -> Segment:
-    return Segment(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11], r[12],
-                   r[13], bool(r[14]))
+    return Segment(
+        r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], r[10], r[11], r[12], r[13], bool(r[14])
+    )
 
 
 class Index(Store):
@@ -171,27 +173,70 @@ class Index(Store):
         with self._lock:
             return (self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM segments").fetchone()[0]) + 1
 
-    def begin(self, seq: int, name: str, boot_id: str, mono_start_ns: int, wall_start_ns: int,
-              clock_synced: bool) -> None:
+    def begin(
+        self, seq: int, name: str, boot_id: str, mono_start_ns: int, wall_start_ns: int, clock_synced: bool
+    ) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO segments (seq, name, state, boot_id, mono_start_ns, wall_start_ns, clock_synced)"
-                       " VALUES (?, ?, 'writing', ?, ?, ?, ?)",
-                       (seq, name, boot_id, mono_start_ns, wall_start_ns, int(clock_synced)))
+            db.execute(
+                "INSERT INTO segments (seq, name, state, boot_id, mono_start_ns, wall_start_ns, clock_synced)"
+                " VALUES (?, ?, 'writing', ?, ?, ?, ?)",
+                (seq, name, boot_id, mono_start_ns, wall_start_ns, int(clock_synced)),
+            )
 
-    def finish(self, seq: int, state: str, duration_ns: int, nbytes: int, frames: int, audio_packets: int,
-               sha256: str, note: str = "") -> None:
+    def finish(
+        self,
+        seq: int,
+        state: str,
+        duration_ns: int,
+        nbytes: int,
+        frames: int,
+        audio_packets: int,
+        sha256: str,
+        note: str = "",
+    ) -> None:
         with self._tx() as db:
-            db.execute("UPDATE segments SET state=?, duration_ns=?, bytes=?, frames=?, audio_packets=?, sha256=?,"
-                       " note=? WHERE seq=?", (state, duration_ns, nbytes, frames, audio_packets, sha256, note, seq))
+            db.execute(
+                "UPDATE segments SET state=?, duration_ns=?, bytes=?, frames=?, audio_packets=?, sha256=?,"
+                " note=? WHERE seq=?",
+                (state, duration_ns, nbytes, frames, audio_packets, sha256, note, seq),
+            )
 
-    def adopt(self, seq: int, name: str, state: str, boot_id: str, mono_start_ns: int, wall_start_ns: int,
-              clock_synced: bool, duration_ns: int, nbytes: int, frames: int, audio_packets: int, sha256: str,
-              note: str) -> None:
+    def adopt(
+        self,
+        seq: int,
+        name: str,
+        state: str,
+        boot_id: str,
+        mono_start_ns: int,
+        wall_start_ns: int,
+        clock_synced: bool,
+        duration_ns: int,
+        nbytes: int,
+        frames: int,
+        audio_packets: int,
+        sha256: str,
+        note: str,
+    ) -> None:
         """Insert a row for a file found on disk (index rebuilt or row missing)."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (seq, name, state, boot_id, mono_start_ns, wall_start_ns, int(clock_synced), duration_ns,
-                        nbytes, frames, audio_packets, sha256, note))
+            db.execute(
+                "INSERT OR REPLACE INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    seq,
+                    name,
+                    state,
+                    boot_id,
+                    mono_start_ns,
+                    wall_start_ns,
+                    int(clock_synced),
+                    duration_ns,
+                    nbytes,
+                    frames,
+                    audio_packets,
+                    sha256,
+                    note,
+                ),
+            )
 
     def set_state(self, seq: int, state: str, note: str | None = None) -> None:
         with self._tx() as db:
@@ -207,8 +252,8 @@ class Index(Store):
         remembered and marked by ``retry_evictions`` once there is room."""
         with self._lock:
             held_or_gone = not self._db.execute(
-                f"SELECT 1 FROM segments s WHERE s.seq=? AND s.state IN ('final','salvaged') AND NOT {_HELD}",
-                (seq,)).fetchone()
+                f"SELECT 1 FROM segments s WHERE s.seq=? AND s.state IN ('final','salvaged') AND NOT {_HELD}", (seq,)
+            ).fetchone()
             if held_or_gone:
                 return False
             remove_file()
@@ -228,8 +273,9 @@ class Index(Store):
             for seq in sorted(self._unmarked_evictions):
                 try:
                     with self._tx() as db:
-                        db.execute("UPDATE segments SET state='evicted' WHERE seq=? AND state IN ('final','salvaged')",
-                                   (seq,))
+                        db.execute(
+                            "UPDATE segments SET state='evicted' WHERE seq=? AND state IN ('final','salvaged')", (seq,)
+                        )
                 except sqlite3.OperationalError:
                     return
                 self._unmarked_evictions.discard(seq)
@@ -237,8 +283,11 @@ class Index(Store):
     def mark_evicted_if_unheld(self, seq: int) -> bool:
         """Atomically mark a stored, unheld segment evicted; False if someone holds it now."""
         with self._tx() as db:
-            cur = db.execute("UPDATE segments AS s SET state='evicted' WHERE s.seq=? AND s.state IN"
-                             f" ('final','salvaged') AND NOT {_HELD}", (seq,))
+            cur = db.execute(
+                "UPDATE segments AS s SET state='evicted' WHERE s.seq=? AND s.state IN"
+                f" ('final','salvaged') AND NOT {_HELD}",
+                (seq,),
+            )
             return cur.rowcount == 1
 
     def get(self, seq: int) -> Segment | None:
@@ -262,21 +311,26 @@ class Index(Store):
         """Stored, unheld segments, oldest first."""
         with self._lock:
             unmarked, args = self._unmarked()
-            rows = self._db.execute(_SELECT + f" WHERE s.state IN ('final','salvaged') AND NOT {_HELD}"
-                                    + unmarked + " ORDER BY s.seq", args).fetchall()
+            rows = self._db.execute(
+                _SELECT + f" WHERE s.state IN ('final','salvaged') AND NOT {_HELD}" + unmarked + " ORDER BY s.seq", args
+            ).fetchall()
         return [_row(r) for r in rows]
 
     def boot_end_ns(self, boot_id: str) -> int:
         """End of the last footage recorded in a boot (0 if none)."""
         with self._lock:
-            return self._db.execute("SELECT COALESCE(MAX(mono_start_ns + duration_ns), 0) FROM segments"
-                                    " WHERE boot_id=?", (boot_id,)).fetchone()[0]
+            return self._db.execute(
+                "SELECT COALESCE(MAX(mono_start_ns + duration_ns), 0) FROM segments WHERE boot_id=?", (boot_id,)
+            ).fetchone()[0]
 
     def stored_bytes(self) -> int:
         with self._lock:
             unmarked, args = self._unmarked()
-            return self._db.execute("SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN"
-                                    " ('final','salvaged','writing')" + unmarked, args).fetchone()[0]
+            return self._db.execute(
+                "SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN"
+                " ('final','salvaged','writing')" + unmarked,
+                args,
+            ).fetchone()[0]
 
     # --- holds ------------------------------------------------------------------------------
 
@@ -293,15 +347,19 @@ class Index(Store):
 
     def held_bytes(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN"
-                                    f" ('final','salvaged') AND {_HELD}").fetchone()[0]
+            return self._db.execute(
+                f"SELECT COALESCE(SUM(s.bytes),0) FROM segments s WHERE s.state IN ('final','salvaged') AND {_HELD}"
+            ).fetchone()[0]
 
     def hold_range(self, owner: str, boot_id: str, start_mono_ns: int, end_mono_ns: int) -> None:
         """Protect every segment of ``boot_id`` overlapping [start, end), recorded or not yet."""
         with self._tx() as db:
-            db.execute("INSERT INTO range_holds VALUES (?,?,?,?) ON CONFLICT(owner) DO UPDATE SET"
-                       " boot_id=excluded.boot_id, start_mono_ns=excluded.start_mono_ns,"
-                       " end_mono_ns=excluded.end_mono_ns", (owner, boot_id, start_mono_ns, end_mono_ns))
+            db.execute(
+                "INSERT INTO range_holds VALUES (?,?,?,?) ON CONFLICT(owner) DO UPDATE SET"
+                " boot_id=excluded.boot_id, start_mono_ns=excluded.start_mono_ns,"
+                " end_mono_ns=excluded.end_mono_ns",
+                (owner, boot_id, start_mono_ns, end_mono_ns),
+            )
 
     def release_range(self, owner: str) -> None:
         with self._tx() as db:
@@ -313,28 +371,32 @@ class Index(Store):
         """Remember the boot's wall-minus-monotonic offset; a synchronised one is never replaced
         by an unsynchronised one."""
         with self._tx() as db:
-            db.execute("INSERT INTO boot_clock VALUES (?,?,?,?) ON CONFLICT(boot_id) DO UPDATE SET"
-                       " offset_ns=excluded.offset_ns, synced=excluded.synced, updated_mono_ns=excluded.updated_mono_ns"
-                       " WHERE excluded.synced >= boot_clock.synced",
-                       (boot_id, offset_ns, int(synced), mono_ns))
+            db.execute(
+                "INSERT INTO boot_clock VALUES (?,?,?,?) ON CONFLICT(boot_id) DO UPDATE SET"
+                " offset_ns=excluded.offset_ns, synced=excluded.synced, updated_mono_ns=excluded.updated_mono_ns"
+                " WHERE excluded.synced >= boot_clock.synced",
+                (boot_id, offset_ns, int(synced), mono_ns),
+            )
 
     def synced_offset(self, boot_id: str) -> int | None:
         """The boot's latest synchronised wall-minus-monotonic offset, if it ever had one."""
         with self._lock:
-            r = self._db.execute("SELECT offset_ns FROM boot_clock WHERE boot_id=? AND synced=1",
-                                 (boot_id,)).fetchone()
+            r = self._db.execute("SELECT offset_ns FROM boot_clock WHERE boot_id=? AND synced=1", (boot_id,)).fetchone()
         return r[0] if r else None
 
     def note_step(self, step: ClockStep) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO clock_steps (boot_id, mono_ns, before_offset_ns, after_offset_ns, synced)"
-                       " VALUES (?,?,?,?,?)", (step.boot_id, step.mono_ns, step.before_offset_ns,
-                                               step.after_offset_ns, int(step.synchronized)))
+            db.execute(
+                "INSERT INTO clock_steps (boot_id, mono_ns, before_offset_ns, after_offset_ns, synced)"
+                " VALUES (?,?,?,?,?)",
+                (step.boot_id, step.mono_ns, step.before_offset_ns, step.after_offset_ns, int(step.synchronized)),
+            )
 
     def clock_steps(self) -> list[ClockStep]:
         with self._lock:
-            rows = self._db.execute("SELECT boot_id, mono_ns, before_offset_ns, after_offset_ns, synced"
-                                    " FROM clock_steps ORDER BY id").fetchall()
+            rows = self._db.execute(
+                "SELECT boot_id, mono_ns, before_offset_ns, after_offset_ns, synced FROM clock_steps ORDER BY id"
+            ).fetchall()
         return [ClockStep(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
 

@@ -19,8 +19,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.footage.index import Index, IndexCorrupt, IndexUnavailable, open_or_rebuild
 from edged.core.journal import Msg, log_event
+from edged.footage.index import Index, IndexCorrupt, IndexUnavailable, open_or_rebuild
 
 log = logging.getLogger("edged.ring")
 
@@ -33,7 +33,7 @@ METADATA_RESERVE_BYTES = 256 * 1024
 class Room(enum.Enum):
     OK = "ok"
     OVER_BUDGET = "storage_over_budget"  # recording goes on, only held footage is left to evict
-    FULL = "storage_full"                # no room for the next segment: recording pauses
+    FULL = "storage_full"  # no room for the next segment: recording pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +89,9 @@ class RingBuffer:
         return True
 
 
-def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int, min_free_bytes: int,
-                           reserve_bytes: int) -> tuple[Index, str | None]:
+def open_index_making_room(
+    index_path: Path, segments_dir: Path, max_bytes: int, min_free_bytes: int, reserve_bytes: int
+) -> tuple[Index, str | None]:
     """``open_or_rebuild`` at start. On a disk full to the last byte SQLite cannot open the index
     as usual (it cannot allocate the shared-memory file): room is made first, by the same policy,
     through an exclusive connection, which needs none (nobody else uses the index yet; the
@@ -100,9 +101,17 @@ def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int,
     except IndexUnavailable as exc:
         if free_bytes(segments_dir) >= min_free_bytes + METADATA_RESERVE_BYTES:
             raise  # not for lack of room: read-only, an I/O error, ...
-        log_event(log, Msg.STORAGE_ALARM, "segment index cannot be opened on the full disk (%s): overwriting the "
-                  "oldest unprotected footage first", exc, level=logging.WARNING, alarm="disk_full_at_start",
-                  state="raised", storage_dir=segments_dir, reason=exc)
+        log_event(
+            log,
+            Msg.STORAGE_ALARM,
+            "segment index cannot be opened on the full disk (%s): overwriting the oldest unprotected footage first",
+            exc,
+            level=logging.WARNING,
+            alarm="disk_full_at_start",
+            state="raised",
+            storage_dir=segments_dir,
+            reason=exc,
+        )
     try:
         index = Index(index_path, exclusive=True)
         try:
@@ -111,10 +120,26 @@ def open_index_making_room(index_path: Path, segments_dir: Path, max_bytes: int,
         finally:
             index.close()
     except (IndexCorrupt, IndexUnavailable, OSError, sqlite3.OperationalError) as exc:
-        log_event(log, Msg.STORAGE_ALARM, "could not make room before opening the segment index: %s", exc,
-                  level=logging.ERROR, alarm="storage_error", state="raised", storage_dir=segments_dir, reason=exc)
+        log_event(
+            log,
+            Msg.STORAGE_ALARM,
+            "could not make room before opening the segment index: %s",
+            exc,
+            level=logging.ERROR,
+            alarm="storage_error",
+            state="raised",
+            storage_dir=segments_dir,
+            reason=exc,
+        )
     else:
         if room is Room.FULL:
-            log_event(log, Msg.STORAGE_ALARM, "no unprotected footage left to overwrite on the full disk",
-                      level=logging.ERROR, alarm=Room.FULL.value, state="raised", storage_dir=segments_dir)
+            log_event(
+                log,
+                Msg.STORAGE_ALARM,
+                "no unprotected footage left to overwrite on the full disk",
+                level=logging.ERROR,
+                alarm=Room.FULL.value,
+                state="raised",
+                storage_dir=segments_dir,
+            )
     return open_or_rebuild(index_path)

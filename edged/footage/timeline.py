@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from edged.footage.index import STORED, Segment
 from edged.core.timefmt import iso
+from edged.footage.index import STORED, Segment
 
 #: Holes shorter than this are joins, not gaps (a frame is 100 ms at the target rate).
 GAP_TOLERANCE_NS = 1_000_000_000
@@ -48,9 +48,15 @@ class FootageRange:
     clock_synchronized: bool
 
     def as_dict(self) -> dict:
-        return {"start": iso(self.start_ns), "end": iso(self.end_ns),
-                "seconds": round((self.end_ns - self.start_ns) / 1e9, 3), "boot_id": self.boot_id,
-                "segments": self.segments, "bytes": self.bytes, "clock_synchronized": self.clock_synchronized}
+        return {
+            "start": iso(self.start_ns),
+            "end": iso(self.end_ns),
+            "seconds": round((self.end_ns - self.start_ns) / 1e9, 3),
+            "boot_id": self.boot_id,
+            "segments": self.segments,
+            "bytes": self.bytes,
+            "clock_synchronized": self.clock_synchronized,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +66,12 @@ class Gap:
     reason: str
 
     def as_dict(self) -> dict:
-        return {"start": iso(self.start_ns), "end": iso(self.end_ns),
-                "seconds": round((self.end_ns - self.start_ns) / 1e9, 3), "reason": self.reason}
+        return {
+            "start": iso(self.start_ns),
+            "end": iso(self.end_ns),
+            "seconds": round((self.end_ns - self.start_ns) / 1e9, 3),
+            "reason": self.reason,
+        }
 
 
 def _span(s: Segment) -> Span:
@@ -102,15 +112,22 @@ def footage_ranges(segments: Iterable[Segment], tolerance: int = GAP_TOLERANCE_N
         a, b = _span(s)
         last = out[-1] if out else None
         if last is not None and last.boot_id == s.boot_id and a - last.end_ns <= tolerance:
-            out[-1] = FootageRange(last.start_ns, max(last.end_ns, b), s.boot_id, last.segments + 1,
-                                   last.bytes + s.bytes, last.clock_synchronized and s.clock_synced)
+            out[-1] = FootageRange(
+                last.start_ns,
+                max(last.end_ns, b),
+                s.boot_id,
+                last.segments + 1,
+                last.bytes + s.bytes,
+                last.clock_synchronized and s.clock_synced,
+            )
         else:
             out.append(FootageRange(a, b, s.boot_id, 1, s.bytes, s.clock_synced))
     return out
 
 
-def coverage(segments: Iterable[Segment], start_ns: int, end_ns: int,
-             tolerance: int = GAP_TOLERANCE_NS) -> tuple[list[Span], list[Gap]]:
+def coverage(
+    segments: Iterable[Segment], start_ns: int, end_ns: int, tolerance: int = GAP_TOLERANCE_NS
+) -> tuple[list[Span], list[Gap]]:
     """The window [start, end) split into available footage and gaps with their reasons (both in
     time order). Holes and gap pieces shorter than ``tolerance`` are ignored."""
     rows = list(segments)

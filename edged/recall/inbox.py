@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from edged.core.files import Folder, Refused
-from edged.recall.request import MAX_REQUEST_BYTES, InvalidRequest, load_request
 from edged.core.syncfolder import RECALL, SyncFolder
+from edged.recall.request import MAX_REQUEST_BYTES, InvalidRequest, load_request
 
 log = logging.getLogger("edged.recall")
 
@@ -57,8 +57,13 @@ Mark = tuple[int, int, int, int, int]
 
 def is_temporary(name: str) -> bool:
     """A sync tool's file in transit, or anything that is not a request."""
-    return (name.startswith(".") or name.startswith("~") or name.endswith(".tmp") or not name.endswith(SUFFIX)
-            or name == SUFFIX)
+    return (
+        name.startswith(".")
+        or name.startswith("~")
+        or name.endswith(".tmp")
+        or not name.endswith(SUFFIX)
+        or name == SUFFIX
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +88,14 @@ def _mark(st: Any) -> Mark:
 class Inbox:
     """``folder``: ``<sync.dir>/recall`` (its parent is the synced folder, trusted as configured)."""
 
-    def __init__(self, folder: Path, settle_s: float = 1.0, settle_looks: int = 2,
-                 now: Callable[[], float] = time.monotonic, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        settle_s: float = 1.0,
+        settle_looks: int = 2,
+        now: Callable[[], float] = time.monotonic,
+        max_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
         if folder.name != RECALL:
             raise ValueError(f"the recall inbox is <sync dir>/{RECALL}, not {folder}")
         self.folder = folder
@@ -101,8 +112,9 @@ class Inbox:
 
     # --- a look -------------------------------------------------------------------------------
 
-    def take(self, handle: Callable[[InboxItem], None], stop: Callable[[], bool] = lambda: False,
-             limit: int = MAX_PER_LOOK) -> int:
+    def take(
+        self, handle: Callable[[InboxItem], None], stop: Callable[[], bool] = lambda: False, limit: int = MAX_PER_LOOK
+    ) -> int:
         """One look: every settled file (oldest first, at most ``limit``) is read, handed to
         ``handle`` and moved to ``processed/``. Returns how many were taken. Never raises for
         anything found in the folder."""
@@ -121,7 +133,7 @@ class Inbox:
                 item, mark = read
                 try:
                     handle(item)
-                except Exception:  # noqa: BLE001 - one file must not stop the others
+                except Exception:
                     log.exception("recall inbox: %s not handled", name)
                 self._move(inbox, processed, name, mark)
                 taken += 1
@@ -165,8 +177,9 @@ class Inbox:
                 kept[name] = mark
                 continue
             prev = self._seen.get(name)
-            entry = _Seen(mark, now, 1) if prev is None or prev.mark != mark else \
-                _Seen(mark, prev.since, prev.looks + 1)
+            entry = (
+                _Seen(mark, now, 1) if prev is None or prev.mark != mark else _Seen(mark, prev.since, prev.looks + 1)
+            )
             seen[name] = entry
             if entry.looks >= self.settle_looks and now - entry.since >= self.settle_s:
                 ready.append((entry.since, name, mark))
@@ -176,7 +189,7 @@ class Inbox:
     def _read(self, inbox: Folder, name: str, mark: Mark) -> tuple[InboxItem, Mark] | None:
         """The request in ``name``, or an item with the reason it is not one, and the mark of the
         entry to move; None when it went away or was rewritten since it settled (it settles again)."""
-        rid = name[:-len(SUFFIX)]
+        rid = name[: -len(SUFFIX)]
         where = f"{RECALL}/{name}"
         try:
             data, st = inbox.read_with_stat(name, self.max_bytes)

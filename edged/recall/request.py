@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 import reprlib
 import time
 from collections.abc import Sequence
@@ -46,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.core.ids import RECALL_CLIP_PREFIX, RECALL_ID
 from edged.core.db import Store
+from edged.core.ids import RECALL_CLIP_PREFIX, RECALL_ID
 from edged.core.journal import scrub, scrubbed_json
 from edged.core.timefmt import iso, parse_iso
 
@@ -72,11 +71,11 @@ HOLD_PREFIX = "recall:"
 CLIP_PREFIX = RECALL_CLIP_PREFIX
 
 MINUTE_NS = 60_000_000_000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: Footage can only be from these years: anything else is refused before it becomes nanoseconds
 #: (year 1600 or 9999 would not fit SQLite's int64).
-MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
-MAX_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+MIN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+MAX_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 MIN_TIME_NS = (MIN_TIME - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 MAX_TIME_NS = (MAX_TIME - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 #: Longest duration of any recall type (a window ends before ``MAX_TIME_NS`` + this).
@@ -125,14 +124,16 @@ def bounded(value: Any, depth: int = 4, items: int = 32, chars: int = 256) -> An
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if -2**63 <= value < 2**63 else show(value)
+        return value if -(2**63) <= value < 2**63 else show(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else show(value)
     if depth <= 0:
         return show(value)
     if isinstance(value, dict):
-        out = {bounded(k, 0, items, 64) if isinstance(k, str) else show(k): bounded(v, depth - 1, items, chars)
-               for k, v in list(value.items())[:items]}
+        out = {
+            bounded(k, 0, items, 64) if isinstance(k, str) else show(k): bounded(v, depth - 1, items, chars)
+            for k, v in list(value.items())[:items]
+        }
         if len(value) > items:
             out["…"] = f"{len(value) - items} more"
         return out
@@ -220,14 +221,23 @@ class RecallRequest:
 
     def fields(self) -> dict[str, Any]:
         """The request as the contract names its fields (normalised)."""
-        return {"start_time": iso(self.start_ns), "end_time": iso(self.end_ns), "duration": self.duration_min,
-                "recall_type": self.recall_type, "camera_positions": list(self.cameras)}
+        return {
+            "start_time": iso(self.start_ns),
+            "end_time": iso(self.end_ns),
+            "duration": self.duration_min,
+            "recall_type": self.recall_type,
+            "camera_positions": list(self.cameras),
+        }
 
 
 def check_id(request_id: str) -> str:
     if not isinstance(request_id, str) or not ID_PATTERN.fullmatch(request_id):
-        raise InvalidRequest([f"id: {show(request_id)} is not a plain name (letters, digits, '.', '_', '-'; "
-                              "at most 64, starting with a letter or digit)"])
+        raise InvalidRequest(
+            [
+                f"id: {show(request_id)} is not a plain name (letters, digits, '.', '_', '-'; "
+                "at most 64, starting with a letter or digit)"
+            ]
+        )
     return request_id
 
 
@@ -264,13 +274,21 @@ def _as_name(value: Any) -> str | None:
     """A ``vehicle_number`` / ``asset_name`` as text: a short string or a plain integer; else None."""
     if isinstance(value, str) and len(value) <= MAX_NAME_CHARS:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and -10**18 < value < 10**18:
+    if isinstance(value, int) and not isinstance(value, bool) and -(10**18) < value < 10**18:
         return str(value)
     return None
 
 
-def parse_request(data: Any, request_id: str, *, now_ns: int, positions: Sequence[str],
-                  device_names: Sequence[str], source: str = "", clock_synchronized: bool = True) -> RecallRequest:
+def parse_request(
+    data: Any,
+    request_id: str,
+    *,
+    now_ns: int,
+    positions: Sequence[str],
+    device_names: Sequence[str],
+    source: str = "",
+    clock_synchronized: bool = True,
+) -> RecallRequest:
     """Validate a request body (a JSON object) against this device. ``now_ns``: the newest instant
     footage can exist for (wall clock); ``positions``: this device's cameras; ``device_names``:
     names a ``vehicle_number`` / ``asset_name`` may use for this device. Raises InvalidRequest,
@@ -320,13 +338,14 @@ def _start(data: dict, now_ns: int, clock_synchronized: bool, problems: list[str
         future = t.year > 1970
     if not _in_range(t):
         why = "is in the future" if future else "is before any footage"
-        problems.append(f"start_time: {data['start_time']!r} {why}: no footage is from outside "
-                        f"{MIN_TIME.year} to {MAX_TIME.year}{hint if future else ''}")
+        problems.append(
+            f"start_time: {data['start_time']!r} {why}: no footage is from outside "
+            f"{MIN_TIME.year} to {MAX_TIME.year}{hint if future else ''}"
+        )
         return None
     start_ns = _ns(t)
     if start_ns > now_ns:
-        problems.append(f"start_time: {iso(start_ns)} is in the future; the newest footage is from "
-                        f"{iso(now_ns)}{hint}")
+        problems.append(f"start_time: {iso(start_ns)} is in the future; the newest footage is from {iso(now_ns)}{hint}")
     return start_ns
 
 
@@ -361,15 +380,18 @@ def _cameras(data: dict, positions: Sequence[str], problems: list[str]) -> tuple
     if not isinstance(asked, list) or not all(isinstance(p, str) for p in asked):
         problems.append(f"camera_positions: must be a list of position names, got {show(asked)}")
     elif not asked:
-        problems.append(f"camera_positions: empty list; leave it out for every camera, or name some of: "
-                        f"{', '.join(positions)}")
+        problems.append(
+            f"camera_positions: empty list; leave it out for every camera, or name some of: {', '.join(positions)}"
+        )
     elif len(asked) > MAX_POSITIONS or any(len(p) > MAX_NAME_CHARS for p in asked):
         problems.append(f"camera_positions: at most {MAX_POSITIONS} names of at most {MAX_NAME_CHARS} characters")
     else:
         unknown_pos = sorted(set(asked) - set(positions))
         if unknown_pos:
-            problems.append(f"camera_positions: {', '.join(map(show, unknown_pos))} not on this device "
-                            f"(it has: {', '.join(positions)})")
+            problems.append(
+                f"camera_positions: {', '.join(map(show, unknown_pos))} not on this device "
+                f"(it has: {', '.join(positions)})"
+            )
         cameras = tuple(sorted(set(asked)))
     return cameras
 
@@ -383,8 +405,9 @@ def _addressee(data: dict, device_names: Sequence[str], problems: list[str]) -> 
         if name is None:
             problems.append(f"{k}: must be a name of at most {MAX_NAME_CHARS} characters, got {show(data[k])}")
         elif name not in device_names:
-            problems.append(f"{k}: {show(data[k])} is not this device "
-                            f"(it is {' / '.join(n for n in device_names if n)})")
+            problems.append(
+                f"{k}: {show(data[k])} is not this device (it is {' / '.join(n for n in device_names if n)})"
+            )
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -432,8 +455,10 @@ class Recall:
         return self.request.id
 
 
-_COLS = ("id, status, start_ns, duration_min, recall_type, cameras, source, reason, built, detail, hold_boot_id, "
-         "hold_start_mono_ns, hold_end_mono_ns, created_ns, updated_ns")
+_COLS = (
+    "id, status, start_ns, duration_min, recall_type, cameras, source, reason, built, detail, hold_boot_id, "
+    "hold_start_mono_ns, hold_end_mono_ns, created_ns, updated_ns"
+)
 
 
 def _recall(r: tuple) -> Recall:
@@ -448,8 +473,10 @@ class DuplicateRequest(Exception):
         self.existing = existing
         self.conflict = conflict
         if conflict:
-            msg = (f"id {existing.id!r} already names another request ({existing.request.recall_type} "
-                   f"{existing.request.duration_min} min from {iso(existing.request.start_ns)}); use a new id")
+            msg = (
+                f"id {existing.id!r} already names another request ({existing.request.recall_type} "
+                f"{existing.request.duration_min} min from {iso(existing.request.start_ns)}); use a new id"
+            )
         else:
             msg = f"duplicate of recall {existing.id!r} ({existing.status}), which asks for the same footage"
         super().__init__(msg)
@@ -482,32 +509,58 @@ class RecallStore(Store):
             if same_id:
                 existing = _recall(same_id)
                 raise DuplicateRequest(existing, conflict=existing.request.key != req.key)
-            same = db.execute(f"SELECT {_COLS} FROM recalls WHERE start_ns=? AND duration_min=? AND recall_type=?"
-                              f" AND cameras=? AND status IN ({','.join('?' * len(ACTIVE))}) ORDER BY created_ns"
-                              " LIMIT 1", (req.start_ns, req.duration_min, req.recall_type,
-                                           json.dumps(list(req.cameras)), *ACTIVE)).fetchone()
+            same = db.execute(
+                f"SELECT {_COLS} FROM recalls WHERE start_ns=? AND duration_min=? AND recall_type=?"
+                f" AND cameras=? AND status IN ({','.join('?' * len(ACTIVE))}) ORDER BY created_ns"
+                " LIMIT 1",
+                (req.start_ns, req.duration_min, req.recall_type, json.dumps(list(req.cameras)), *ACTIVE),
+            ).fetchone()
             if same:
                 raise DuplicateRequest(_recall(same), conflict=False)
-            db.execute(f"INSERT INTO recalls ({_COLS}) VALUES (?,?,?,?,?,?,?,'',0,'{{}}',?,?,?,?,?)",
-                       (req.id, PENDING, req.start_ns, req.duration_min, req.recall_type,
-                        json.dumps(list(req.cameras)), scrub(req.source), *hold, now, now))
+            db.execute(
+                f"INSERT INTO recalls ({_COLS}) VALUES (?,?,?,?,?,?,?,'',0,'{{}}',?,?,?,?,?)",
+                (
+                    req.id,
+                    PENDING,
+                    req.start_ns,
+                    req.duration_min,
+                    req.recall_type,
+                    json.dumps(list(req.cameras)),
+                    scrub(req.source),
+                    *hold,
+                    now,
+                    now,
+                ),
+            )
         rec = self.get(req.id)
         assert rec is not None
         return rec
 
-    def update(self, recall_id: str, status: str, reason: str = "", *, built: bool | None = None,
-               detail: dict | None = None, now_ns: int | None = None) -> Recall:
+    def update(
+        self,
+        recall_id: str,
+        status: str,
+        reason: str = "",
+        *,
+        built: bool | None = None,
+        detail: dict | None = None,
+        now_ns: int | None = None,
+    ) -> Recall:
         """Set a request's status; the reason and the detail are stored scrubbed of secrets (an
         upload refusal may quote a key)."""
-        cols: dict[str, object] = {"status": status, "reason": scrub(reason),
-                                   "updated_ns": time.time_ns() if now_ns is None else now_ns}
+        cols: dict[str, object] = {
+            "status": status,
+            "reason": scrub(reason),
+            "updated_ns": time.time_ns() if now_ns is None else now_ns,
+        }
         if built is not None:
             cols["built"] = int(built)
         if detail is not None:
             cols["detail"] = scrubbed_json(detail)
         with self.tx() as db:
-            db.execute(f"UPDATE recalls SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
-                       (*cols.values(), recall_id))
+            db.execute(
+                f"UPDATE recalls SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?", (*cols.values(), recall_id)
+            )
         rec = self.get(recall_id)
         assert rec is not None
         return rec

@@ -53,27 +53,40 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edged.core.ids import timed_id
 from edged.clips.builder import ClipError, SourceSegment, build_clip
+from edged.clips.timelapse import Interrupted, Timelapse, render
 from edged.config.schema import Settings
-from edged.footage.index import STORED, Index, Segment
 from edged.core.files import DIR_MODE, Folder, Refused, write_atomic
+from edged.core.ids import timed_id
 from edged.core.journal import Msg, log_event, scrub_doc, scrubbed_json
-from edged.upload.outbox import PRIORITY_RECALL, Outbox
 from edged.core.paths import StatePaths
-from edged.recall.request import (CLIP_PREFIX, COMPLETED, FAILED, ID_PATTERN, PENDING, PROCESSING, REJECTED,
-                          DuplicateRequest, InvalidRequest, Recall, RecallRequest, RecallStore, bounded,
-                          parse_request, show)
-from edged.recall.inbox import Inbox, InboxItem
 from edged.core.syncfolder import ALARM, STATUS, SyncFolder
 from edged.core.timefmt import iso
+from edged.footage.index import STORED, Index, Segment
 from edged.footage.timeline import Gap, coverage
-from edged.clips.timelapse import Interrupted, Timelapse, render
+from edged.recall.inbox import Inbox, InboxItem
+from edged.recall.request import (
+    CLIP_PREFIX,
+    COMPLETED,
+    FAILED,
+    ID_PATTERN,
+    PENDING,
+    PROCESSING,
+    REJECTED,
+    DuplicateRequest,
+    InvalidRequest,
+    Recall,
+    RecallRequest,
+    RecallStore,
+    bounded,
+    parse_request,
+    show,
+)
+from edged.upload.outbox import PRIORITY_RECALL, Outbox
 
 log = logging.getLogger("edged.recall")
 
@@ -119,11 +132,25 @@ def _urls(response: str) -> list[str]:
 
 
 class RecallService:
-    def __init__(self, settings: Settings, store: RecallStore, index: Index, outbox: Outbox, *, clips_dir: Path,
-                 segments_dir: Path, status_folder: Path, inbox: Inbox | None, now_wall_ns: Callable[[], int],
-                 wall_offset_ns: Callable[[], int], boot_id: str, clock_synced: Callable[[], bool] = lambda: True,
-                 request_boundary: Callable[[int], None] | None = None, period_s: float = 0.5,
-                 on_alarm: Callable[[str, bool], None] = lambda name, active: None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RecallStore,
+        index: Index,
+        outbox: Outbox,
+        *,
+        clips_dir: Path,
+        segments_dir: Path,
+        status_folder: Path,
+        inbox: Inbox | None,
+        now_wall_ns: Callable[[], int],
+        wall_offset_ns: Callable[[], int],
+        boot_id: str,
+        clock_synced: Callable[[], bool] = lambda: True,
+        request_boundary: Callable[[int], None] | None = None,
+        period_s: float = 0.5,
+        on_alarm: Callable[[str, bool], None] = lambda name, active: None,
+    ) -> None:
         """``now_wall_ns``: the newest instant footage can exist for (the recording's timeline on the wall
         clock); ``wall_offset_ns``: this boot's wall − monotonic offset; ``request_boundary``: the
         recorder's (a new segment at a monotonic instant); ``on_alarm(name, active)``: raises or
@@ -156,20 +183,30 @@ class RecallService:
         self._unwritten: dict[str, tuple[bytes, str | None, str]] = {}  # status name -> (data, id, digest)
 
     @classmethod
-    def for_daemon(cls, daemon: Any, index: Index,
-                   on_alarm: Callable[[str, bool], None] = lambda name, active: None) -> RecallService:
+    def for_daemon(
+        cls, daemon: Any, index: Index, on_alarm: Callable[[str, bool], None] = lambda name, active: None
+    ) -> RecallService:
         """Built from a running daemon's recorder and outbox; started. The daemon passes the uploader's
         deliveries on to ``on_delivered``."""
         s: Settings = daemon.settings
         r = daemon.recorder
         folder = inbox_dir(s)
-        service = cls(s, RecallStore(store_path(daemon.paths)), index, daemon.outbox, clips_dir=daemon.paths.clips,
-                      segments_dir=daemon.paths.segments, status_folder=status_dir(s),
-                      inbox=Inbox(folder) if folder else None,
-                      now_wall_ns=lambda: r.timeline_now_ns() + r.best_offset_ns(),
-                      wall_offset_ns=r.best_offset_ns, boot_id=r.watch.boot_id,
-                      clock_synced=lambda: r.watch.synchronized, request_boundary=r.request_boundary,
-                      on_alarm=on_alarm)
+        service = cls(
+            s,
+            RecallStore(store_path(daemon.paths)),
+            index,
+            daemon.outbox,
+            clips_dir=daemon.paths.clips,
+            segments_dir=daemon.paths.segments,
+            status_folder=status_dir(s),
+            inbox=Inbox(folder) if folder else None,
+            now_wall_ns=lambda: r.timeline_now_ns() + r.best_offset_ns(),
+            wall_offset_ns=r.best_offset_ns,
+            boot_id=r.watch.boot_id,
+            clock_synced=lambda: r.watch.synchronized,
+            request_boundary=r.request_boundary,
+            on_alarm=on_alarm,
+        )
         service.start()
         return service
 
@@ -211,8 +248,11 @@ class RecallService:
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT_S)
             if self._thread.is_alive():
-                log.warning("recall worker still busy after %.0f s; not waited for (what it was building is "
-                            "built again at the next start)", STOP_WAIT_S)
+                log.warning(
+                    "recall worker still busy after %.0f s; not waited for (what it was building is "
+                    "built again at the next start)",
+                    STOP_WAIT_S,
+                )
 
     def close(self) -> None:
         self.store.close()
@@ -225,7 +265,7 @@ class RecallService:
         while not self._halt.is_set():
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - one bad request must not stop the others
+            except Exception:
                 log.exception("recall work failed")
             self._wake.wait(self.period_s)
             self._wake.clear()
@@ -271,15 +311,22 @@ class RecallService:
         rid = request_id or new_id()
         dev = self.settings.device
         try:
-            req = parse_request(body, rid, now_ns=self._now(), positions=[self.settings.camera.position],
-                                device_names=[n for n in (dev.id, dev.unit_number) if n], source=source,
-                                clock_synchronized=self._synced())
+            req = parse_request(
+                body,
+                rid,
+                now_ns=self._now(),
+                positions=[self.settings.camera.position],
+                device_names=[n for n in (dev.id, dev.unit_number) if n],
+                source=source,
+                clock_synchronized=self._synced(),
+            )
         except InvalidRequest as exc:
             return self._reject(rid, exc.reasons, body, source)
-        except Exception as exc:  # noqa: BLE001 - a request that breaks the checks is refused, not fatal
+        except Exception as exc:
             log.exception("recall %s: the request could not be checked", show(rid))
-            return self._reject(rid, [f"the request could not be checked (internal error {type(exc).__name__})"],
-                                body, source)
+            return self._reject(
+                rid, [f"the request could not be checked (internal error {type(exc).__name__})"], body, source
+            )
         with self._accept_lock:
             existing = self.store.get(req.id)
             if existing is not None and existing.request.key == req.key:
@@ -301,8 +348,15 @@ class RecallService:
             return self._reject(rid, reasons, body, source, duplicate_of=existing, conflict=conflict)
         if self._boundary is not None:
             self._boundary(req.end_ns - off)  # the segment holding the window's end is finished promptly
-        log.warning("RECALL %s accepted (%s): %s %d min from %s, cameras %s", req.id, source, req.recall_type,
-                    req.duration_min, iso(req.start_ns), ", ".join(req.cameras))
+        log.warning(
+            "RECALL %s accepted (%s): %s %d min from %s, cameras %s",
+            req.id,
+            source,
+            req.recall_type,
+            req.duration_min,
+            iso(req.start_ns),
+            ", ".join(req.cameras),
+        )
         self._wake.set()
         return self._write_status(req.id)
 
@@ -345,8 +399,10 @@ class RecallService:
         rec = self._set(rec, PROCESSING, detail={"progress": "building"})
         rows = self.index.segments()
         available, gaps = coverage(rows, req.start_ns, req.end_ns)
-        footage = {"available": [{"start": iso(a), "end": iso(b)} for a, b in available],
-                   "missing": [g.as_dict() for g in gaps]}
+        footage = {
+            "available": [{"start": iso(a), "end": iso(b)} for a, b in available],
+            "missing": [g.as_dict() for g in gaps],
+        }
         if not available:
             self._fail(rec, "no footage in the requested range: " + _describe(gaps), footage)
             return
@@ -357,8 +413,19 @@ class RecallService:
         try:
             if req.recall_type == "timelapse":
                 tl = self._timelapse(req, used, out_dir)
-                parts = [(1, tl.path, tl.bytes, tl.duration_ms, tl.sha256, tl.first_frame_ns, tl.source_seqs,
-                          tl.mismatched_seqs, True)]
+                parts = [
+                    (
+                        1,
+                        tl.path,
+                        tl.bytes,
+                        tl.duration_ms,
+                        tl.sha256,
+                        tl.first_frame_ns,
+                        tl.source_seqs,
+                        tl.mismatched_seqs,
+                        True,
+                    )
+                ]
             else:
                 tl = None
                 parts = self._regular(req, stored, used, out_dir)
@@ -369,21 +436,30 @@ class RecallService:
         except (ClipError, OSError) as exc:
             self._fail(rec, f"recall not built: {exc}", footage)
             return
-        except Exception as exc:  # noqa: BLE001 - an unforeseen error fails this request, not the worker
+        except Exception as exc:
             log.exception("recall %s: building failed", req.id)
             self._fail(rec, f"recall not built: internal error {exc!r}", footage)
             return
         took = {"wall_s": round(time.monotonic() - t0, 3), "thread_cpu_s": round(time.thread_time() - c0, 3)}
         manifest = self._manifest(rec, used, parts, footage, tl)
         write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2).encode(), durable=True)
-        self.outbox.enqueue(req.clip_id, [(n, path, size, ms, sha) for n, path, size, ms, sha, *_ in parts],
-                            PRIORITY_RECALL, rec.created_ns)
-        detail = {"progress": "uploading", "footage": footage, "build": took,
-                  "timelapse": manifest["timelapse"]}
+        self.outbox.enqueue(
+            req.clip_id,
+            [(n, path, size, ms, sha) for n, path, size, ms, sha, *_ in parts],
+            PRIORITY_RECALL,
+            rec.created_ns,
+        )
+        detail = {"progress": "uploading", "footage": footage, "build": took, "timelapse": manifest["timelapse"]}
         self.store.update(rec.id, PROCESSING, built=True, detail=detail)
-        log.warning("RECALL %s built: %d part(s), %.1f s, %d bytes, in %.2f s%s", req.id, len(parts),
-                    sum(p[3] for p in parts) / 1000, sum(p[2] for p in parts), took["wall_s"],
-                    f"; missing: {_describe(gaps)}" if gaps else "")
+        log.warning(
+            "RECALL %s built: %d part(s), %.1f s, %d bytes, in %.2f s%s",
+            req.id,
+            len(parts),
+            sum(p[3] for p in parts) / 1000,
+            sum(p[2] for p in parts),
+            took["wall_s"],
+            f"; missing: {_describe(gaps)}" if gaps else "",
+        )
         self.refresh(rec.id)
 
     def _regular(self, req: RecallRequest, stored: list[Segment], used: list[Segment], out_dir: Path) -> list[tuple]:
@@ -397,44 +473,112 @@ class RecallService:
         for i, boot in enumerate(boots):
             first = next(s for s in used if s.boot_id == boot)
             off = first.best_wall_start_ns - first.mono_start_ns
-            sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
-                       for s in stored if s.boot_id == boot]
+            sources = [
+                SourceSegment(self.segments_dir / s.name, s.seq, s.mono_start_ns, s.duration_ns, s.sha256 or "")
+                for s in stored
+                if s.boot_id == boot
+            ]
             name = req.clip_id if len(boots) == 1 else f"{req.clip_id}-b{i + 1}"
-            built = build_clip(sources, req.start_ns - off, req.end_ns - off, out_dir, name, clips.max_bytes,
-                               clips.max_duration_ms, camera=self.settings.camera)
-            parts += [(len(parts) + n, p.path, p.bytes, p.duration_ms, p.sha256, p.start_mono_ns + off,
-                       p.source_seqs, p.mismatched_seqs, p.reencoded) for n, p in enumerate(built, 1)]
+            built = build_clip(
+                sources,
+                req.start_ns - off,
+                req.end_ns - off,
+                out_dir,
+                name,
+                clips.max_bytes,
+                clips.max_duration_ms,
+                camera=self.settings.camera,
+            )
+            parts += [
+                (
+                    len(parts) + n,
+                    p.path,
+                    p.bytes,
+                    p.duration_ms,
+                    p.sha256,
+                    p.start_mono_ns + off,
+                    p.source_seqs,
+                    p.mismatched_seqs,
+                    p.reencoded,
+                )
+                for n, p in enumerate(built, 1)
+            ]
         return parts
 
     def _timelapse(self, req: RecallRequest, used: list[Segment], out_dir: Path) -> Timelapse:
         # Placed on the wall clock (best wall start), so footage of several boots lines up.
-        sources = [SourceSegment(self.segments_dir / s.name, s.seq, s.best_wall_start_ns, s.duration_ns, s.sha256 or "")
-                   for s in sorted(used, key=lambda s: s.best_wall_start_ns)]
+        sources = [
+            SourceSegment(self.segments_dir / s.name, s.seq, s.best_wall_start_ns, s.duration_ns, s.sha256 or "")
+            for s in sorted(used, key=lambda s: s.best_wall_start_ns)
+        ]
         clips = self.settings.clips
-        return render(sources, req.start_ns, req.end_ns, out_dir, req.clip_id, clips.max_bytes, clips.max_duration_ms,
-                      self.settings.camera, cancelled=self._halt.is_set)
+        return render(
+            sources,
+            req.start_ns,
+            req.end_ns,
+            out_dir,
+            req.clip_id,
+            clips.max_bytes,
+            clips.max_duration_ms,
+            self.settings.camera,
+            cancelled=self._halt.is_set,
+        )
 
-    def _manifest(self, rec: Recall, used: list[Segment], parts: list[tuple], footage: dict,
-                  tl: Timelapse | None) -> dict:
+    def _manifest(
+        self, rec: Recall, used: list[Segment], parts: list[tuple], footage: dict, tl: Timelapse | None
+    ) -> dict:
         req, dev = rec.request, self.settings.device
         timelapse = None
         if tl is not None:
-            timelapse = {"interval_seconds": tl.interval_ns / 1e9, "fps": tl.fps, "speed": round(tl.speed, 3),
-                         "frames": tl.frames, "planned_frames": tl.slots, "bitrate": tl.bitrate, "audio": False,
-                         "first_frame": iso(tl.first_frame_ns),
-                         "source_frames": tl.source_frames, "decoded_frames": tl.decoded_frames,
-                         "frame_offsets_ms": [(t - tl.first_frame_ns) // 1_000_000 for t in tl.frame_times_ns]}
+            timelapse = {
+                "interval_seconds": tl.interval_ns / 1e9,
+                "fps": tl.fps,
+                "speed": round(tl.speed, 3),
+                "frames": tl.frames,
+                "planned_frames": tl.slots,
+                "bitrate": tl.bitrate,
+                "audio": False,
+                "first_frame": iso(tl.first_frame_ns),
+                "source_frames": tl.source_frames,
+                "decoded_frames": tl.decoded_frames,
+                "frame_offsets_ms": [(t - tl.first_frame_ns) // 1_000_000 for t in tl.frame_times_ns],
+            }
         return {
-            "clip_id": req.clip_id, "recall_id": req.id, "device_id": dev.id, "unit_number": dev.unit_number,
-            "unit_location": dev.unit_location, "request": req.fields() | {"source": req.source},
+            "clip_id": req.clip_id,
+            "recall_id": req.id,
+            "device_id": dev.id,
+            "unit_number": dev.unit_number,
+            "unit_location": dev.unit_location,
+            "request": req.fields() | {"source": req.source},
             "camera_position": self.settings.camera.position,
-            "clock_synchronized": all(s.clock_synced for s in used), "footage": footage, "timelapse": timelapse,
-            "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state,
-                                 "boot_id": s.boot_id, "wall_start": iso(s.best_wall_start_ns)} for s in used],
-            "parts": [{"number": n, "file": path.name, "bytes": size, "duration_ms": ms, "sha256": sha,
-                       "wall_start": iso(start), "source_seqs": list(seqs), "reencoded": reencoded,
-                       "source_seqs_changed_since_recorded": list(mismatched)}
-                      for n, path, size, ms, sha, start, seqs, mismatched, reencoded in parts],
+            "clock_synchronized": all(s.clock_synced for s in used),
+            "footage": footage,
+            "timelapse": timelapse,
+            "source_segments": [
+                {
+                    "name": s.name,
+                    "seq": s.seq,
+                    "sha256": s.sha256,
+                    "state": s.state,
+                    "boot_id": s.boot_id,
+                    "wall_start": iso(s.best_wall_start_ns),
+                }
+                for s in used
+            ],
+            "parts": [
+                {
+                    "number": n,
+                    "file": path.name,
+                    "bytes": size,
+                    "duration_ms": ms,
+                    "sha256": sha,
+                    "wall_start": iso(start),
+                    "source_seqs": list(seqs),
+                    "reencoded": reencoded,
+                    "source_seqs_changed_since_recorded": list(mismatched),
+                }
+                for n, path, size, ms, sha, start, seqs, mismatched, reencoded in parts
+            ],
         }
 
     # --- delivery -----------------------------------------------------------------------------------
@@ -443,7 +587,7 @@ class RecallService:
         """The uploader delivered a clip everywhere: a recall's completes and releases its footage."""
         if not clip_id.startswith(CLIP_PREFIX):
             return False
-        return self.refresh(clip_id[len(CLIP_PREFIX):])
+        return self.refresh(clip_id[len(CLIP_PREFIX) :])
 
     def refresh(self, recall_id: str | None = None) -> bool:
         """Follow the uploads of built requests: all delivered → completed (footage released); one
@@ -457,8 +601,15 @@ class RecallService:
             if self.outbox.clip_delivered(clip_id):
                 self._release(rec.request)
                 self._set(rec, COMPLETED, detail=rec.detail | {"progress": "delivered"})
-                log_event(log, Msg.RECALL_COMPLETED, "RECALL %s completed: delivered everywhere; its footage is no "
-                          "longer held", rec.id, level=logging.WARNING, recall_id=rec.id, clip_id=clip_id)
+                log_event(
+                    log,
+                    Msg.RECALL_COMPLETED,
+                    "RECALL %s completed: delivered everywhere; its footage is no longer held",
+                    rec.id,
+                    level=logging.WARNING,
+                    recall_id=rec.id,
+                    clip_id=clip_id,
+                )
                 completed = True
                 continue
             targets = set(self.outbox.targets) or None
@@ -466,11 +617,23 @@ class RecallService:
             refused = [d for d in deliveries if d.state == "failed"]
             if refused and rec.status != FAILED:
                 d = refused[0]
-                reason = (f"upload of part {d.part.number} to {d.target} refused for good: {d.reason} (the parts are "
-                          f"kept; `edged outbox retry {clip_id}` sends them again)")
+                reason = (
+                    f"upload of part {d.part.number} to {d.target} refused for good: {d.reason} (the parts are "
+                    f"kept; `edged outbox retry {clip_id}` sends them again)"
+                )
                 self._set(rec, FAILED, reason, detail=rec.detail | {"progress": "upload refused"})
-                log_event(log, Msg.RECALL_FAILED, "RECALL %s failed: %s", rec.id, reason, level=logging.ERROR,
-                          recall_id=rec.id, clip_id=clip_id, target=d.target, reason=reason)
+                log_event(
+                    log,
+                    Msg.RECALL_FAILED,
+                    "RECALL %s failed: %s",
+                    rec.id,
+                    reason,
+                    level=logging.ERROR,
+                    recall_id=rec.id,
+                    clip_id=clip_id,
+                    target=d.target,
+                    reason=reason,
+                )
             elif not refused:
                 done = sum(d.state == "delivered" for d in deliveries)
                 progress = f"uploading: {done} of {len(deliveries)} deliveries done"
@@ -481,8 +644,16 @@ class RecallService:
     def _fail(self, rec: Recall, reason: str, footage: dict) -> None:
         self._release(rec.request)
         self._set(rec, FAILED, reason, detail={"progress": "failed", "footage": footage})
-        log_event(log, Msg.RECALL_FAILED, "RECALL %s failed: %s", rec.id, reason, level=logging.ERROR,
-                  recall_id=rec.id, reason=reason)
+        log_event(
+            log,
+            Msg.RECALL_FAILED,
+            "RECALL %s failed: %s",
+            rec.id,
+            reason,
+            level=logging.ERROR,
+            recall_id=rec.id,
+            reason=reason,
+        )
 
     # --- the inbox ----------------------------------------------------------------------------------
 
@@ -504,12 +675,19 @@ class RecallService:
                 self._reject(rid, [item.error], None, source)
             else:
                 self.submit(item.body, rid, source=source)
-        except Exception as exc:  # noqa: BLE001 - answered once with the reason; the inbox goes on
+        except Exception as exc:
             log.exception("recall inbox: %s not handled", source)
             try:
-                self._reject(rid, [f"the request could not be handled (internal error {type(exc).__name__}); "
-                                   "send it again under a new id"], None, source)
-            except Exception:  # noqa: BLE001
+                self._reject(
+                    rid,
+                    [
+                        f"the request could not be handled (internal error {type(exc).__name__}); "
+                        "send it again under a new id"
+                    ],
+                    None,
+                    source,
+                )
+            except Exception:
                 log.exception("recall inbox: %s not answered", source)
 
     # --- status documents ---------------------------------------------------------------------------
@@ -527,10 +705,18 @@ class RecallService:
 
     def _document(self, rec: Recall) -> dict[str, Any]:
         dev = self.settings.device
-        doc: dict[str, Any] = {"id": rec.id, "status": rec.status, "reason": rec.reason, **rec.request.fields(),
-                               "device_id": dev.id, "unit_number": dev.unit_number, "source": rec.request.source,
-                               "created_at": iso(rec.created_ns), "updated_at": iso(rec.updated_ns),
-                               "progress": rec.detail.get("progress")}
+        doc: dict[str, Any] = {
+            "id": rec.id,
+            "status": rec.status,
+            "reason": rec.reason,
+            **rec.request.fields(),
+            "device_id": dev.id,
+            "unit_number": dev.unit_number,
+            "source": rec.request.source,
+            "created_at": iso(rec.created_ns),
+            "updated_at": iso(rec.updated_ns),
+            "progress": rec.detail.get("progress"),
+        }
         doc["footage"] = rec.detail.get("footage")
         if rec.detail.get("timelapse"):
             doc["timelapse"] = {k: v for k, v in rec.detail["timelapse"].items() if k != "frame_offsets_ms"}
@@ -542,11 +728,24 @@ class RecallService:
                 for d in mine:
                     if d.state == "delivered":
                         urls += _urls(d.response)
-                parts.append({"number": p.number, "file": Path(p.path).name, "bytes": p.bytes,
-                              "duration_ms": p.duration_ms, "sha256": p.sha256,
-                              "deliveries": [{"target": d.target, "state": d.state, "reason": d.reason,
-                                              "urls": _urls(d.response) if d.state == "delivered" else []}
-                                             for d in mine]})
+                parts.append(
+                    {
+                        "number": p.number,
+                        "file": Path(p.path).name,
+                        "bytes": p.bytes,
+                        "duration_ms": p.duration_ms,
+                        "sha256": p.sha256,
+                        "deliveries": [
+                            {
+                                "target": d.target,
+                                "state": d.state,
+                                "reason": d.reason,
+                                "urls": _urls(d.response) if d.state == "delivered" else [],
+                            }
+                            for d in mine
+                        ],
+                    }
+                )
         doc["cameras"] = [{"position": pos, "parts": parts, "urls": urls} for pos in rec.request.cameras]
         doc["urls"] = urls
         return doc
@@ -559,19 +758,43 @@ class RecallService:
             self._put(f"recall-{recall_id}.json", doc, recall_id)
         return doc
 
-    def _reject(self, rid: str, reasons: list[str], body: Any, source: str, duplicate_of: Recall | None = None,
-                conflict: bool = False) -> dict[str, Any]:
+    def _reject(
+        self,
+        rid: str,
+        reasons: list[str],
+        body: Any,
+        source: str,
+        duplicate_of: Recall | None = None,
+        conflict: bool = False,
+    ) -> dict[str, Any]:
         """Answer a request that is not accepted: one log line and a status file that never takes the
         place of an accepted request's (see ``_rejection_name``)."""
         shown = rid if isinstance(rid, str) and ID_PATTERN.fullmatch(rid) else _plain(str(rid))[:80]
         reasons = [r for r in reasons if r] or ["rejected"]
-        doc: dict[str, Any] = {"id": shown, "status": REJECTED, "reason": "; ".join(reasons), "reasons": reasons,
-                               "request": bounded(body), "source": source, "updated_at": iso(time.time_ns())}
+        doc: dict[str, Any] = {
+            "id": shown,
+            "status": REJECTED,
+            "reason": "; ".join(reasons),
+            "reasons": reasons,
+            "request": bounded(body),
+            "source": source,
+            "updated_at": iso(time.time_ns()),
+        }
         if duplicate_of is not None and not conflict:
             doc["duplicate_of"] = self._document(duplicate_of)
         doc = scrub_doc(doc)
-        log_event(log, Msg.RECALL_FAILED, "RECALL %s rejected (%s): %s", shown, source, doc["reason"],
-                  level=logging.ERROR, recall_id=shown, reason=doc["reason"], source=source)
+        log_event(
+            log,
+            Msg.RECALL_FAILED,
+            "RECALL %s rejected (%s): %s",
+            shown,
+            source,
+            doc["reason"],
+            level=logging.ERROR,
+            recall_id=shown,
+            reason=doc["reason"],
+            source=source,
+        )
         with self._status_lock:  # the name and the write in one step: an acceptance's write waits
             self._put(self._rejection_name(str(rid)), doc, None)
         return doc
@@ -661,11 +884,19 @@ class RecallService:
                 new = False
             is_alarm = any(a for _, a in self._troubles.values())
         if new:
-            log.error("%s%s", why, f" (alarm {ALARM}: nothing is read, written or moved through it until it is a "
-                                   "real folder)" if alarm else "")
+            log.error(
+                "%s%s",
+                why,
+                f" (alarm {ALARM}: nothing is read, written or moved through it until it is a real folder)"
+                if alarm
+                else "",
+            )
         elif not why and before is not None:
-            log.warning("recall %s: usable again (%s)", area, "alarm " + ALARM + " cleared" if before[1] and
-                        not is_alarm else "resolved")
+            log.warning(
+                "recall %s: usable again (%s)",
+                area,
+                "alarm " + ALARM + " cleared" if before[1] and not is_alarm else "resolved",
+            )
         if is_alarm != was_alarm:
             self._on_alarm(ALARM, is_alarm)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import av
 
-from edged.footage.index import STORED, Index
-from edged.core.journal import Msg, log_event
 from edged.core.files import remove_temporaries
+from edged.core.journal import Msg, log_event
+from edged.footage.index import STORED, Index
 from edged.recording.salvage import LEGACY_SALVAGE_SUFFIX, salvage
 from edged.recording.segment import PART_SUFFIX, SUFFIX, SegmentStart, inspect
 
@@ -53,15 +53,37 @@ def _record(index: Index, path: Path, state: str, note: str, fallback: SegmentSt
     if seq is None:
         log.error("segment %s has neither tags nor a sequence number; left in place", path.name)
         return False
-    index.adopt(seq, path.name, state, start.boot_id if start else "", start.mono_start_ns if start else 0,
-                start.wall_start_ns if start else 0, start.clock_synced if start else False, facts.duration_ns,
-                facts.bytes, facts.video_frames, facts.audio_packets, facts.sha256, note)
+    index.adopt(
+        seq,
+        path.name,
+        state,
+        start.boot_id if start else "",
+        start.mono_start_ns if start else 0,
+        start.wall_start_ns if start else 0,
+        start.clock_synced if start else False,
+        facts.duration_ns,
+        facts.bytes,
+        facts.video_frames,
+        facts.audio_packets,
+        facts.sha256,
+        note,
+    )
     return True
 
 
 def _salvaged(name: str, reason: str, cause: str) -> None:
-    log_event(log, Msg.SEGMENT_SALVAGED, "segment %s salvaged after a %s: %s", name, cause, reason,
-              level=logging.WARNING, segment=name, reason=reason, cause=cause)
+    log_event(
+        log,
+        Msg.SEGMENT_SALVAGED,
+        "segment %s salvaged after a %s: %s",
+        name,
+        cause,
+        reason,
+        level=logging.WARNING,
+        segment=name,
+        reason=reason,
+        cause=cause,
+    )
 
 
 def _start_of(row) -> SegmentStart:
@@ -135,7 +157,12 @@ def reconcile(index: Index, directory: Path) -> ReconcileReport:
 
     _restore_boot_clocks(index)
     if report.any():
-        log.warning("reconciled index with folder: salvaged=%d adopted=%d lost=%d deleted=%d unreadable=%d",
-                    len(report.salvaged), len(report.adopted), len(report.lost), len(report.deleted),
-                    len(report.unreadable))
+        log.warning(
+            "reconciled index with folder: salvaged=%d adopted=%d lost=%d deleted=%d unreadable=%d",
+            len(report.salvaged),
+            len(report.adopted),
+            len(report.lost),
+            len(report.deleted),
+            len(report.unreadable),
+        )
     return report

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import av
 
-from edged.core.alarms import Alarms
 from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
 from edged.capture.thread import LOST, CaptureThread
-from edged.core.clock import Clock, ClockWatch
 from edged.config.schema import Settings, segment_bytes_estimate
-from edged.recording.encode import AudioEncoder, VideoEncoder
-from edged.footage.index import Index
-from edged.core.journal import Msg, log_event
-from edged.footage.ring import RingBuffer, Room
-from edged.recording.salvage import salvage
+from edged.core.alarms import Alarms
+from edged.core.clock import Clock, ClockWatch
 from edged.core.files import sha256_file
+from edged.core.journal import Msg, log_event
+from edged.footage.index import Index
+from edged.footage.ring import RingBuffer, Room
+from edged.recording.encode import AudioEncoder, VideoEncoder
+from edged.recording.salvage import salvage
 from edged.recording.segment import SegmentStart, SegmentWriter, inspect
 
 log = logging.getLogger("edged.recorder")
@@ -78,11 +78,19 @@ class _Open:
 
 
 class Recorder:
-    def __init__(self, settings: Settings, index: Index, ring: RingBuffer, clock: Clock,
-                 segments_dir: Path, stop_after_s: float | None = None,
-                 on_segment: Callable[[int], None] | None = None,
-                 video_source_factory: Callable | None = None,
-                 audio_source_factory: Callable | None = None, alarms: Alarms | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        index: Index,
+        ring: RingBuffer,
+        clock: Clock,
+        segments_dir: Path,
+        stop_after_s: float | None = None,
+        on_segment: Callable[[int], None] | None = None,
+        video_source_factory: Callable | None = None,
+        audio_source_factory: Callable | None = None,
+        alarms: Alarms | None = None,
+    ) -> None:
         self.settings = settings
         self.index = index
         self.ring = ring
@@ -104,15 +112,16 @@ class Recorder:
         vfactory = video_source_factory or video_factory(cam)
         afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
         self._video_thread = CaptureThread("camera", vfactory, self._vq, cam.paced, 1.0 / cam.fps, self._stop)
-        self._audio_thread = (CaptureThread("microphone", afactory, self._aq, cam.paced, 0.02, self._stop)
-                              if afactory else None)
+        self._audio_thread = (
+            CaptureThread("microphone", afactory, self._aq, cam.paced, 0.02, self._stop) if afactory else None
+        )
         self.venc = VideoEncoder(cam)
         self.aenc = AudioEncoder(aud) if afactory else None
         # Media-time state.
-        self._origin: float | None = None        # source time of the first frame (media t = 0)
-        self._mono_anchor_ns = 0                  # monotonic ns of media t = 0
+        self._origin: float | None = None  # source time of the first frame (media t = 0)
+        self._mono_anchor_ns = 0  # monotonic ns of media t = 0
         self._last_n: int | None = None
-        self._audio_next: int | None = None      # next audio pts (samples at the source rate)
+        self._audio_next: int | None = None  # next audio pts (samples at the source rate)
         self._audio_rate: int | None = None
         self._audio_pending: AudioSample | None = None
         self._cur: _Open | None = None
@@ -196,11 +205,19 @@ class Recorder:
             self.status.state = "stopped"
             if self._origin is not None:
                 st = self.status
-                log_event(log, Msg.RECORDING_STOPPED, "recording stopped (%s): %d segment(s) written",
-                          self._stop_reason, st.segments_written,
-                          level=logging.ERROR if self.crashed else logging.INFO, reason=self._stop_reason,
-                          segments=st.segments_written, salvaged=st.segments_salvaged,
-                          frames=st.frames_encoded, dropped=st.frames_dropped)
+                log_event(
+                    log,
+                    Msg.RECORDING_STOPPED,
+                    "recording stopped (%s): %d segment(s) written",
+                    self._stop_reason,
+                    st.segments_written,
+                    level=logging.ERROR if self.crashed else logging.INFO,
+                    reason=self._stop_reason,
+                    segments=st.segments_written,
+                    salvaged=st.segments_salvaged,
+                    frames=st.frames_encoded,
+                    dropped=st.frames_dropped,
+                )
             self._video_thread.join(timeout=5)
             if self._audio_thread:
                 self._audio_thread.join(timeout=5)
@@ -219,8 +236,11 @@ class Recorder:
             if item is LOST:
                 self._camera_lost()
                 continue
-            if self.stop_after_s is not None and self._origin is not None and \
-                    item.time - self._origin >= self.stop_after_s - 1e-9:
+            if (
+                self.stop_after_s is not None
+                and self._origin is not None
+                and item.time - self._origin >= self.stop_after_s - 1e-9
+            ):
                 self._stop_reason = f"{self.stop_after_s:g} s of footage recorded"
                 return
             self._frame(item)
@@ -234,15 +254,25 @@ class Recorder:
         st = self.status
         if self._origin is None:
             self._origin = v.time
-            log_event(log, Msg.RECORDING_STARTED, "recording started: camera %s, microphone %s, into %s",
-                      self._video_thread.source_name, self._audio_thread.source_name if self._audio_thread else
-                      "none", self.dir, source=self._video_thread.source_name,
-                      audio=self._audio_thread.source_name if self._audio_thread else "none",
-                      storage_dir=self.dir, fps=self.fps)
+            log_event(
+                log,
+                Msg.RECORDING_STARTED,
+                "recording started: camera %s, microphone %s, into %s",
+                self._video_thread.source_name,
+                self._audio_thread.source_name if self._audio_thread else "none",
+                self.dir,
+                source=self._video_thread.source_name,
+                audio=self._audio_thread.source_name if self._audio_thread else "none",
+                storage_dir=self.dir,
+                fps=self.fps,
+            )
             # Unpaced runs (tests, benchmarks) move faster than the clock: start them after
             # whatever this boot already recorded, so timelines never overlap.
-            self._mono_anchor_ns = int(v.time * 1e9) if self.paced else \
-                max(self.clock.monotonic_ns(), self.index.boot_end_ns(self.watch.boot_id))
+            self._mono_anchor_ns = (
+                int(v.time * 1e9)
+                if self.paced
+                else max(self.clock.monotonic_ns(), self.index.boot_end_ns(self.watch.boot_id))
+            )
         n = round((v.time - self._origin) * self.fps)
         if self._last_n is not None:
             if n <= self._last_n:
@@ -255,8 +285,11 @@ class Recorder:
         t = n / self.fps
         self._last_frame_mono_ns = self._mono_of(t)
         keyframe = False
-        if self._cur is None or n - self._cur.start_pts >= self.seg_frames or \
-                self._boundary_due(self._last_frame_mono_ns):
+        if (
+            self._cur is None
+            or n - self._cur.start_pts >= self.seg_frames
+            or self._boundary_due(self._last_frame_mono_ns)
+        ):
             keyframe = self._start_segment(n, t)
         # Audio captured up to this frame goes first (routed by its own timestamps).
         self._pump_audio(until=v.time)
@@ -373,8 +406,9 @@ class Recorder:
         self.settings = new
         self.seg_frames = max(1, round(new.storage.segment_seconds * self.fps))
         self._segment_bytes_estimate = segment_bytes_estimate(new)
-        log.info("new settings in force from this segment: video %d bps, audio %d bps",
-                 new.camera.bitrate, new.audio.bitrate)
+        log.info(
+            "new settings in force from this segment: video %d bps, audio %d bps", new.camera.bitrate, new.audio.bitrate
+        )
 
     def _start_segment(self, n: int, t: float) -> bool:
         st = self.status
@@ -391,28 +425,44 @@ class Recorder:
             return False
         if room is Room.FULL:
             st.state = "storage_full"  # before the alarm: whoever sees the alarm sees the state too
-        self._set_alarm(Room.OVER_BUDGET.value, room is Room.OVER_BUDGET,
-                        "storage over budget: only protected footage is left; recording continues while the disk has room")
-        self._set_alarm(Room.FULL.value, room is Room.FULL,
-                        "STORAGE FULL of protected footage: recording is paused until space is freed")
+        self._set_alarm(
+            Room.OVER_BUDGET.value,
+            room is Room.OVER_BUDGET,
+            "storage over budget: only protected footage is left; recording continues while the disk has room",
+        )
+        self._set_alarm(
+            Room.FULL.value,
+            room is Room.FULL,
+            "STORAGE FULL of protected footage: recording is paused until space is freed",
+        )
         if room is Room.FULL:
             if self._cur is not None:
                 self._closing_handoff(None, t)
             self._next_room_check = now + 1.0
             return False
         mono = self._mono_of(t)
-        start = SegmentStart(seq=self._next_seq, boot_id=self.watch.boot_id, mono_start_ns=mono,
-                             wall_start_ns=self.watch.wall_at(mono), clock_synced=self.watch.synchronized,
-                             device_id=self.settings.device.id)
+        start = SegmentStart(
+            seq=self._next_seq,
+            boot_id=self.watch.boot_id,
+            mono_start_ns=mono,
+            wall_start_ns=self.watch.wall_at(mono),
+            clock_synced=self.watch.synchronized,
+            device_id=self.settings.device.id,
+        )
         try:
-            self.index.begin(start.seq, start.name, start.boot_id, start.mono_start_ns, start.wall_start_ns,
-                             start.clock_synced)
-            writer = SegmentWriter(self.dir, start, self.venc.template,
-                                   self.aenc.template if self.aenc else None,
-                                   self.aenc.extradata if self.aenc else None,
-                                   video_origin_pts=n,
-                                   audio_origin_pts=round(t * 48_000) if self.aenc else None,
-                                   sync_interval=self.settings.storage.sync_interval_seconds)
+            self.index.begin(
+                start.seq, start.name, start.boot_id, start.mono_start_ns, start.wall_start_ns, start.clock_synced
+            )
+            writer = SegmentWriter(
+                self.dir,
+                start,
+                self.venc.template,
+                self.aenc.template if self.aenc else None,
+                self.aenc.extradata if self.aenc else None,
+                video_origin_pts=n,
+                audio_origin_pts=round(t * 48_000) if self.aenc else None,
+                sync_interval=self.settings.storage.sync_interval_seconds,
+            )
         except STORAGE_ERRORS as exc:
             try:
                 self.index.set_state(start.seq, "lost", f"could not create: {exc}")
@@ -462,8 +512,9 @@ class Recorder:
             self._salvage_now(w)
             return
         try:
-            self.index.finish(w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets,
-                              sha256_file(path))
+            self.index.finish(
+                w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets, sha256_file(path)
+            )
         except STORAGE_ERRORS as exc:  # the file is safe; reconcile completes its row at the next start
             log.error("segment %s is on disk but its index row could not be completed: %s", w.start.name, exc)
             return
@@ -489,22 +540,42 @@ class Recorder:
             return
         if result.path is None:
             # A 'writing' row left behind would keep marks waiting: retried until it is written.
-            self._update_row(w.start.name, lambda seq=w.start.seq, why=result.reason:
-                             self.index.set_state(seq, "lost", why))
+            self._update_row(
+                w.start.name, lambda seq=w.start.seq, why=result.reason: self.index.set_state(seq, "lost", why)
+            )
             return
         try:
             _, facts = inspect(result.path)
         except STORAGE_ERRORS as exc:
             log.error("salvaged segment %s could not be read back now (%s); reconcile will", w.start.name, exc)
             return
-        self._update_row(w.start.name, lambda seq=w.start.seq, f=facts, why=result.reason: self.index.finish(
-            seq, "salvaged", f.duration_ns, f.bytes, f.video_frames, f.audio_packets, f.sha256,
-            f"salvaged after write error: {why}"))
+        self._update_row(
+            w.start.name,
+            lambda seq=w.start.seq, f=facts, why=result.reason: self.index.finish(
+                seq,
+                "salvaged",
+                f.duration_ns,
+                f.bytes,
+                f.video_frames,
+                f.audio_packets,
+                f.sha256,
+                f"salvaged after write error: {why}",
+            ),
+        )
         self.status.segments_salvaged += 1
-        log_event(log, Msg.SEGMENT_SALVAGED, "segment %s salvaged after a write error: %s (%.1f s kept)",
-                  w.start.name, result.reason, facts.duration_ns / 1e9, level=logging.WARNING,
-                  segment=w.start.name, reason=result.reason, duration_ms=facts.duration_ns // 1_000_000,
-                  cause="write error")
+        log_event(
+            log,
+            Msg.SEGMENT_SALVAGED,
+            "segment %s salvaged after a write error: %s (%.1f s kept)",
+            w.start.name,
+            result.reason,
+            facts.duration_ns / 1e9,
+            level=logging.WARNING,
+            segment=w.start.name,
+            reason=result.reason,
+            duration_ms=facts.duration_ns // 1_000_000,
+            cause="write error",
+        )
 
     def _update_row(self, name: str, update: Callable[[], None]) -> None:
         """Write an index row now, or keep it to retry when writing works again (a full disk can
@@ -573,7 +644,7 @@ class Recorder:
             st.last_error = f"camera lost: {self._video_thread.last_error}"
             self._set_alarm("camera_lost", True, "camera lost")
         elif st.last_frame_mono and time.monotonic() - st.last_frame_mono > STALL_S:
-            self._set_alarm("camera_stalled", True, "camera stalled: no frame for %.0f s" % STALL_S)
+            self._set_alarm("camera_stalled", True, f"camera stalled: no frame for {STALL_S:.0f} s")
 
     def _set_alarm(self, name: str, on: bool, message: str) -> None:
         alarms = self.status.alarms
@@ -581,23 +652,51 @@ class Recorder:
             alarms.add(name)
             level = logging.CRITICAL if name == Room.FULL.value else logging.WARNING
             if name == "camera_lost":
-                log_event(log, Msg.CAMERA_LOST, "%s: %s", message, self._video_thread.last_error, level=level,
-                          source=self._video_thread.source_name, reason=self._video_thread.last_error,
-                          alarm=name)
+                log_event(
+                    log,
+                    Msg.CAMERA_LOST,
+                    "%s: %s",
+                    message,
+                    self._video_thread.last_error,
+                    level=level,
+                    source=self._video_thread.source_name,
+                    reason=self._video_thread.last_error,
+                    alarm=name,
+                )
             elif name == "camera_stalled":
-                log_event(log, Msg.WATCHDOG, "%s", message, level=level, stall="camera", seconds=STALL_S,
-                          source=self._video_thread.source_name, alarm=name)
+                log_event(
+                    log,
+                    Msg.WATCHDOG,
+                    "%s",
+                    message,
+                    level=level,
+                    stall="camera",
+                    seconds=STALL_S,
+                    source=self._video_thread.source_name,
+                    alarm=name,
+                )
             else:
-                log_event(log, Msg.STORAGE_ALARM, "%s", message, level=level, alarm=name, state="raised",
-                          storage_dir=self.dir, reason=self.status.last_error if name == "storage_error" else None)
+                log_event(
+                    log,
+                    Msg.STORAGE_ALARM,
+                    "%s",
+                    message,
+                    level=level,
+                    alarm=name,
+                    state="raised",
+                    storage_dir=self.dir,
+                    reason=self.status.last_error if name == "storage_error" else None,
+                )
         elif not on and name in alarms:
             alarms.discard(name)
             if name in ("camera_lost", "camera_stalled"):
-                log_event(log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name,
-                          alarm=name)
+                log_event(
+                    log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name, alarm=name
+                )
             else:
-                log_event(log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared",
-                          storage_dir=self.dir)
+                log_event(
+                    log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared", storage_dir=self.dir
+                )
 
     def _look_at_clock(self) -> None:
         now = time.monotonic()
@@ -619,8 +718,9 @@ class Recorder:
                 self.index.note_step(self._pending_steps[0])
                 self._pending_steps.pop(0)
             if not self._clock_noted:
-                self.index.note_clock(self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized,
-                                      self.clock.monotonic_ns())
+                self.index.note_clock(
+                    self.watch.boot_id, self.watch.offset_ns, self.watch.synchronized, self.clock.monotonic_ns()
+                )
                 self._clock_noted = True
         except STORAGE_ERRORS as exc:
             log.debug("clock record deferred: %s", exc)

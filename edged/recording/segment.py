@@ -59,16 +59,26 @@ class SegmentStart:
         return f"{self.seq:09d}_{utc}{SUFFIX}"
 
     def tags(self) -> dict[str, str]:
-        return {TAG_SEQ: str(self.seq), TAG_BOOT: self.boot_id, TAG_MONO: str(self.mono_start_ns),
-                TAG_WALL: str(self.wall_start_ns), TAG_SYNCED: "1" if self.clock_synced else "0",
-                TAG_DEVICE: self.device_id}
+        return {
+            TAG_SEQ: str(self.seq),
+            TAG_BOOT: self.boot_id,
+            TAG_MONO: str(self.mono_start_ns),
+            TAG_WALL: str(self.wall_start_ns),
+            TAG_SYNCED: "1" if self.clock_synced else "0",
+            TAG_DEVICE: self.device_id,
+        }
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> SegmentStart:
         lower = {k.upper(): v for k, v in tags.items()}
-        return cls(seq=int(lower[TAG_SEQ]), boot_id=lower[TAG_BOOT], mono_start_ns=int(lower[TAG_MONO]),
-                   wall_start_ns=int(lower[TAG_WALL]), clock_synced=lower.get(TAG_SYNCED) == "1",
-                   device_id=lower.get(TAG_DEVICE, ""))
+        return cls(
+            seq=int(lower[TAG_SEQ]),
+            boot_id=lower[TAG_BOOT],
+            mono_start_ns=int(lower[TAG_MONO]),
+            wall_start_ns=int(lower[TAG_WALL]),
+            clock_synced=lower.get(TAG_SYNCED) == "1",
+            device_id=lower.get(TAG_DEVICE, ""),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +95,26 @@ class SegmentFacts:
 class SegmentWriter:
     """One segment being written. Packets arrive with recording-wide timestamps."""
 
-    def __init__(self, directory: Path, start: SegmentStart, video_template: av.stream.Stream,
-                 audio_template: av.stream.Stream | None, audio_extradata: bytes | None,
-                 video_origin_pts: int, audio_origin_pts: int | None, sync_interval: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        start: SegmentStart,
+        video_template: av.stream.Stream,
+        audio_template: av.stream.Stream | None,
+        audio_extradata: bytes | None,
+        video_origin_pts: int,
+        audio_origin_pts: int | None,
+        sync_interval: float,
+    ) -> None:
         self.directory = directory
         self.start = start
         self.final_path = directory / start.name
         self.part_path = directory / (start.name + PART_SUFFIX)
         self._file: BinaryIO = open(self.part_path, "wb")
         try:
-            self._mux = av.open(self._file, "w", format="webm",
-                                options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"})
+            self._mux = av.open(
+                self._file, "w", format="webm", options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"}
+            )
             self._mux.metadata.update(start.tags())
             # The template's stream parameters were taken before its encoder was configured:
             # copy what the header must say from the encoder itself.
@@ -204,6 +223,11 @@ def inspect(path: Path) -> tuple[SegmentStart | None, SegmentFacts]:
         start = SegmentStart.from_tags(tags)
     except (KeyError, ValueError):
         start = None
-    facts = SegmentFacts(duration_ns=duration, bytes=path.stat().st_size,
-                         video_frames=frames, audio_packets=audio, sha256=sha256_file(path))
+    facts = SegmentFacts(
+        duration_ns=duration,
+        bytes=path.stat().st_size,
+        video_frames=frames,
+        audio_packets=audio,
+        sha256=sha256_file(path),
+    )
     return start, facts

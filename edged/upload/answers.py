@@ -51,13 +51,13 @@ ALARMS = (ALARM_PAUSED, ALARM_FAILED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STAL
 
 
 class Kind(enum.Enum):
-    DELIVERED = "delivered"          # the server has the clip
-    RATE_LIMITED = "rate_limited"    # 429: wait (Retry-After), slow down on this key
-    ALLOWANCE = "allowance"          # the plan's rolling 24 h minutes are used up: wait for the window
-    PAUSE = "pause"                  # the key or the account is refused: every clip would fail the same way
-    FAILED = "failed"                # this clip is refused for good (type, size, duration, ...)
-    RETRY = "retry"                  # server or network trouble: back off and try again
-    CANCELLED = "cancelled"          # we cut the request off (stop, operator's retry): due again at once
+    DELIVERED = "delivered"  # the server has the clip
+    RATE_LIMITED = "rate_limited"  # 429: wait (Retry-After), slow down on this key
+    ALLOWANCE = "allowance"  # the plan's rolling 24 h minutes are used up: wait for the window
+    PAUSE = "pause"  # the key or the account is refused: every clip would fail the same way
+    FAILED = "failed"  # this clip is refused for good (type, size, duration, ...)
+    RETRY = "retry"  # server or network trouble: back off and try again
+    CANCELLED = "cancelled"  # we cut the request off (stop, operator's retry): due again at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ class Verdict:
 
 # --- exceptions: the httpx tree, so ``except httpx.HTTPError`` still catches every failure ----------
 
+
 class RequestCancelled(httpx.TransportError):
     """The request was cut off on purpose (the daemon stops, the operator asked for a retry)."""
 
@@ -89,6 +90,7 @@ class DeadlineExceeded(httpx.TimeoutException):
 
 
 # --- the answer and the contracts ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -147,6 +149,7 @@ def _object_with(*names: str, urls: tuple[str, ...] = ()) -> Check:
             return f"no {', '.join(missing)}"
         bad = [n for n in urls if not _is_url(doc.get(n))]
         return f"{', '.join(bad)} not a URL" if bad else None
+
     return check
 
 
@@ -157,8 +160,9 @@ def _upload_url(doc: Any, a: Answer) -> str | None:
     headers = doc.get("headers", {})
     if headers is None:
         headers = {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) and
-                                                not isinstance(v, bool) for k, v in headers.items()):
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in headers.items()
+    ):
         return "headers not an object of strings"
     if "expires_at" in doc and doc["expires_at"] is not None and not isinstance(doc["expires_at"], str):
         return "expires_at not a string"
@@ -196,8 +200,15 @@ STORAGE_PUT = Contract("storage", "an empty answer with an ETag", _storage_put, 
 
 
 def _shape(doc: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(doc), type(doc).__name__)
 
 
@@ -273,8 +284,11 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
 # --- classifying --------------------------------------------------------------------------------------
 
 #: Messages that mean the configuration (not the clip) is wrong: pause the target, alarm.
-_CONFIG_ERRORS = re.compile(r"not found in this community|invalid account id|invalid session id|"
-                            r"unable to validate bodycam upload session|provide exactly one of", re.I)
+_CONFIG_ERRORS = re.compile(
+    r"not found in this community|invalid account id|invalid session id|"
+    r"unable to validate bodycam upload session|provide exactly one of",
+    re.I,
+)
 #: The plan's rolling allowance: "Bodycam uploads are limited to 10 minutes per 24 hours for the FREE plan."
 _ALLOWANCE = re.compile(r"limited to \d+ minutes per 24 hours", re.I)
 #: Stored the file but not its metadata: the recording is not registered; sending again is right.
@@ -288,13 +302,20 @@ def classify(a: Answer, contract: Contract, now_s: float) -> Verdict:
     return _clean(v)
 
 
-def classify_response(status: int, headers: httpx.Headers | Mapping[str, str], body: str | bytes, now_s: float,
-                      contract: Contract = SONORAN_URLS, truncated: bool = False) -> Verdict:
+def classify_response(
+    status: int,
+    headers: httpx.Headers | Mapping[str, str],
+    body: str | bytes,
+    now_s: float,
+    contract: Contract = SONORAN_URLS,
+    truncated: bool = False,
+) -> Verdict:
     """:func:`classify` for an answer given as its parts (``body`` as text or bytes)."""
     raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
     lower = {str(k).lower(): str(v) for k, v in headers.items()}
-    return classify(Answer(status, lower, raw[:MAX_ANSWER_BYTES], truncated or len(raw) > MAX_ANSWER_BYTES),
-                    contract, now_s)
+    return classify(
+        Answer(status, lower, raw[:MAX_ANSWER_BYTES], truncated or len(raw) > MAX_ANSWER_BYTES), contract, now_s
+    )
 
 
 def _judge(a: Answer, contract: Contract, now_s: float) -> Verdict:
@@ -303,16 +324,25 @@ def _judge(a: Answer, contract: Contract, now_s: float) -> Verdict:
         return _success(a, contract)
     if 300 <= status < 400:
         where = _printable(a.headers.get("location", ""), 200) or "nowhere"
-        return Verdict(Kind.RETRY, f"HTTP {status}: redirected to {where}, not followed ({_PORTAL}, or base_url "
-                                   "is wrong: http:// for https://?)", status=status, alarm=ALARM_REDIRECTED)
+        return Verdict(
+            Kind.RETRY,
+            f"HTTP {status}: redirected to {where}, not followed ({_PORTAL}, or base_url "
+            "is wrong: http:// for https://?)",
+            status=status,
+            alarm=ALARM_REDIRECTED,
+        )
     why = f"HTTP {status}: {message(status, a.content_type, a.body)}"
     retry_after = parse_retry_after(a.headers.get("retry-after"), now_s)
     if status == 429:
         return Verdict(Kind.RATE_LIMITED, why, retry_after_s=retry_after, status=status)
     if status == 511 or (400 <= status < 500 and looks_html(a)):
         # The API answers errors as problem+json or text; a web page is someone else's (RFC 6585 §6).
-        return Verdict(Kind.RETRY, f"HTTP {status}: {_PORTAL} with a web page: {message(status, '', a.body)}",
-                       status=status, alarm=ALARM_PORTAL)
+        return Verdict(
+            Kind.RETRY,
+            f"HTTP {status}: {_PORTAL} with a web page: {message(status, '', a.body)}",
+            status=status,
+            alarm=ALARM_PORTAL,
+        )
     text = a.text
     if _ALLOWANCE.search(text):
         return Verdict(Kind.ALLOWANCE, why, retry_after_s=retry_after, status=status)
@@ -328,8 +358,12 @@ def _judge(a: Answer, contract: Contract, now_s: float) -> Verdict:
 
 def _success(a: Answer, contract: Contract) -> Verdict:
     def not_delivered(what: str) -> Verdict:
-        return Verdict(Kind.RETRY, f"HTTP {a.status} but not {contract.wanted}: {what} ({_PORTAL}?)",
-                       status=a.status, alarm=ALARM_PORTAL)
+        return Verdict(
+            Kind.RETRY,
+            f"HTTP {a.status} but not {contract.wanted}: {what} ({_PORTAL}?)",
+            status=a.status,
+            alarm=ALARM_PORTAL,
+        )
 
     if a.truncated:
         return not_delivered(f"an answer over {MAX_ANSWER_BYTES // 1024} KiB, cut off")
@@ -344,8 +378,14 @@ def _success(a: Answer, contract: Contract) -> Verdict:
     if problem:
         return not_delivered(f"{'JSON' if contract.json else 'an answer'} of the wrong shape, {problem}")
     urls = [u for u in doc if isinstance(u, str)] if isinstance(doc, list) else []
-    return Verdict(Kind.DELIVERED, f"HTTP {a.status}", response=scrub(a.text.strip())[:4000], status=a.status, urls=urls,
-                   document=doc)
+    return Verdict(
+        Kind.DELIVERED,
+        f"HTTP {a.status}",
+        response=scrub(a.text.strip())[:4000],
+        status=a.status,
+        urls=urls,
+        document=doc,
+    )
 
 
 def classify_error(exc: BaseException) -> Verdict:
@@ -384,4 +424,5 @@ def _clean(v: Verdict) -> Verdict:
 
 def _replace(v: Verdict, **changes: Any) -> Verdict:
     import dataclasses
+
     return dataclasses.replace(v, **changes)

@@ -27,7 +27,8 @@ from edged.core import limits
 from edged.core.db import Store
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS rate_requests (key TEXT NOT NULL, at_ns INTEGER NOT NULL, refused INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS rate_requests (key TEXT NOT NULL, at_ns INTEGER NOT NULL,
+                                          refused INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS rate_requests_key ON rate_requests(key, at_ns);
 CREATE TABLE IF NOT EXISTS rate_state (key TEXT PRIMARY KEY, rate REAL NOT NULL, blocked_until_ns INTEGER NOT NULL,
                                        next_ns INTEGER NOT NULL DEFAULT 0);
@@ -52,9 +53,16 @@ def install(store: Store) -> None:
 
 
 class RequestBudget:
-    def __init__(self, store: Store, key: str, share: int = 1, limit: int = limits.REQUESTS_PER_MINUTE,
-                 window_s: float = limits.RATE_WINDOW_S, now_ns: Callable[[], int] | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        share: int = 1,
+        limit: int = limits.REQUESTS_PER_MINUTE,
+        window_s: float = limits.RATE_WINDOW_S,
+        now_ns: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         install(store)
         self.store, self.key = store, key
         self.ceiling = max(1.0, limit / share)
@@ -80,8 +88,12 @@ class RequestBudget:
             db.execute("DELETE FROM rate_requests WHERE key=? AND at_ns<=?", (self.key, now_ns - self.window_ns))
             if blocked > now_ns:
                 return (blocked - now_ns) / 1e9
-            times = [t for (t,) in db.execute("SELECT at_ns FROM rate_requests WHERE key=? AND at_ns<=? ORDER BY at_ns",
-                                              (self.key, now_ns))]
+            times = [
+                t
+                for (t,) in db.execute(
+                    "SELECT at_ns FROM rate_requests WHERE key=? AND at_ns<=? ORDER BY at_ns", (self.key, now_ns)
+                )
+            ]
             allowed = max(1, math.floor(rate))
             waits = []
             if len(times) >= allowed:  # the window is full: wait for its oldest request to age out
@@ -115,18 +127,25 @@ class RequestBudget:
         Returns the new rate."""
         with self.store.tx() as db:
             rate, _, _ = self._state(db)
-            db.execute("UPDATE rate_requests SET refused=1 WHERE rowid = (SELECT rowid FROM rate_requests"
-                       " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)", (self.key, now_ns))
-            got = db.execute("SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
-                             (self.key, now_ns - self.window_ns)).fetchone()[0]
+            db.execute(
+                "UPDATE rate_requests SET refused=1 WHERE rowid = (SELECT rowid FROM rate_requests"
+                " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)",
+                (self.key, now_ns),
+            )
+            got = db.execute(
+                "SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
+                (self.key, now_ns - self.window_ns),
+            ).fetchone()[0]
             if not got:  # nothing got through: no measure of our share yet, so only halve
                 rate = max(1.0, rate / 2)
             elif got < 0.75 * rate:  # far over our share: take what we really got
                 rate = max(1.0, float(got))
             else:  # about at our share, a probe went one over: step back by one
                 rate = max(1.0, rate - 1.0)
-            db.execute("UPDATE rate_state SET rate=?, blocked_until_ns=? WHERE key=?",
-                       (rate, now_ns + int(wait_s * 1e9), self.key))
+            db.execute(
+                "UPDATE rate_state SET rate=?, blocked_until_ns=? WHERE key=?",
+                (rate, now_ns + int(wait_s * 1e9), self.key),
+            )
         return rate
 
 
@@ -138,15 +157,19 @@ class PlanAllowance:
         self.window_ns = int(window_s * 1e9)
 
     def used_ms(self, now_ns: int) -> int:
-        row = self.store.query("SELECT COALESCE(SUM(duration_ms),0) FROM allowance_used WHERE key=? AND at_ns>?",
-                               (self.key, now_ns - self.window_ns))
+        row = self.store.query(
+            "SELECT COALESCE(SUM(duration_ms),0) FROM allowance_used WHERE key=? AND at_ns>?",
+            (self.key, now_ns - self.window_ns),
+        )
         return row[0][0]
 
     def wait_s(self, duration_ms: int, now_ns: int) -> float:
         """0 if a part of this length fits the rolling window now, else the seconds until it does."""
         cap = self.minutes * 60_000
-        rows = self.store.query("SELECT at_ns, duration_ms FROM allowance_used WHERE key=? AND at_ns>? ORDER BY at_ns",
-                                (self.key, now_ns - self.window_ns))
+        rows = self.store.query(
+            "SELECT at_ns, duration_ms FROM allowance_used WHERE key=? AND at_ns>? ORDER BY at_ns",
+            (self.key, now_ns - self.window_ns),
+        )
         used = sum(d for _, d in rows)
         if used + duration_ms <= cap:
             return 0.0

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from edged.config.schema import Settings
 from edged.core.files import Folder, Refused
-from edged.upload.outbox import OutboxPart
 from edged.upload.answers import ALARM_FOLDER_REFUSED, Kind, Verdict
+from edged.upload.outbox import OutboxPart
 from edged.upload.targets import Target
 
 
@@ -46,14 +46,14 @@ class DirectoryTarget(Target):
                 digest = folder.copy_in(src, src.name)
                 if digest != part.sha256:
                     folder.unlink(src.name)
-                    return Verdict(Kind.RETRY, f"copy of {src.name} did not match the clip's sha256; removed, "
-                                               "will copy again")
+                    return Verdict(
+                        Kind.RETRY, f"copy of {src.name} did not match the clip's sha256; removed, will copy again"
+                    )
                 manifest = src.parent / "manifest.json"
                 if manifest.exists():
                     folder.copy_in(manifest, manifest.name)
         except Refused as exc:  # a link or a file where a folder belongs: never written through
-            return Verdict(Kind.RETRY, f"delivery folder refused: {exc}; the clip waits",
-                           alarm=ALARM_FOLDER_REFUSED)
+            return Verdict(Kind.RETRY, f"delivery folder refused: {exc}; the clip waits", alarm=ALARM_FOLDER_REFUSED)
         except OSError as exc:  # full, read-only or missing medium: it may come back
             return Verdict(Kind.RETRY, f"copy to {dest.parent} failed: {exc.strerror or exc}")
         return Verdict(Kind.DELIVERED, "copied", response=str(dest))

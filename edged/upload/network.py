@@ -31,9 +31,9 @@ _RTMGRP_LINK, _RTMGRP_IPV4_IFADDR, _RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR = 16, 17, 20, 21
 _IFLA_IFNAME = 3
 _IFF_UP, _IFF_RUNNING = 0x1, 0x40
-_NLMSG = struct.Struct("=IHHII")       # len, type, flags, seq, pid
-_IFINFO = struct.Struct("=BxHiII")     # family, type, index, flags, change
-_IFADDR = struct.Struct("=BBBBI")      # family, prefixlen, flags, scope, index
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTA = struct.Struct("=HH")
 
 
@@ -62,7 +62,7 @@ def parse_rtnetlink(data: bytes) -> list[str]:
                 if alen < _RTA.size:
                     break
                 if atype == _IFLA_IFNAME:
-                    name = data[a + _RTA.size:a + alen].split(b"\0", 1)[0].decode(errors="replace")
+                    name = data[a + _RTA.size : a + alen].split(b"\0", 1)[0].decode(errors="replace")
                 a += (alen + 3) & ~3
             if mtype == _RTM_DELLINK:
                 out.append(f"link removed {name}")
@@ -113,6 +113,7 @@ class LinkWatch:
             return
         try:
             import pyudev
+
             ctx = pyudev.Context()
             kind = "udev" if Path("/run/udev/control").exists() else "kernel"
             mon = pyudev.Monitor.from_netlink(ctx, source=kind)
@@ -157,11 +158,15 @@ class LinkWatch:
         if self.on_change:
             try:
                 self.on_change(what)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("network change handler failed")
 
     def _run(self) -> None:
-        fds = [self._stop_r] + ([self._udev.fileno()] if self._udev else []) + ([self._rtnl.fileno()] if self._rtnl else [])
+        fds = (
+            [self._stop_r]
+            + ([self._udev.fileno()] if self._udev else [])
+            + ([self._rtnl.fileno()] if self._rtnl else [])
+        )
         poll_only = len(fds) == 1
         snap = _snapshot() if poll_only else {}
         while True:

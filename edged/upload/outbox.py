@@ -111,25 +111,51 @@ class Delivery:
 
     def as_dict(self) -> dict:
         p = self.part
-        return {"id": p.id, "clip_id": p.clip_id, "part": p.number, "target": self.target, "state": self.state,
-                "attempts": self.attempts, "next_try_ns": self.next_try_ns or None, "reason": self.reason,
-                "response": self.response, "resends": self.resends, "bytes": p.bytes,
-                "duration_ms": p.duration_ms, "priority": p.priority, "path": p.path,
-                "delivered_ns": self.delivered_ns or None}
+        return {
+            "id": p.id,
+            "clip_id": p.clip_id,
+            "part": p.number,
+            "target": self.target,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_try_ns": self.next_try_ns or None,
+            "reason": self.reason,
+            "response": self.response,
+            "resends": self.resends,
+            "bytes": p.bytes,
+            "duration_ms": p.duration_ms,
+            "priority": p.priority,
+            "path": p.path,
+            "delivered_ns": self.delivered_ns or None,
+        }
 
 
-_PART_COLS = "p.id, p.clip_id, p.number, p.path, p.bytes, p.duration_ms, p.sha256, p.priority, p.event_wall_ns, " \
-             "p.created_ns"
-_DELIVERY_COLS = "d.target, d.state, d.attempts, d.next_try_ns, d.wait_net, d.reason, d.response, d.resends, " \
-                 "d.updated_ns, d.delivered_ns"
+_PART_COLS = (
+    "p.id, p.clip_id, p.number, p.path, p.bytes, p.duration_ms, p.sha256, p.priority, p.event_wall_ns, p.created_ns"
+)
+_DELIVERY_COLS = (
+    "d.target, d.state, d.attempts, d.next_try_ns, d.wait_net, d.reason, d.response, d.resends, "
+    "d.updated_ns, d.delivered_ns"
+)
 _ORDER = " ORDER BY p.priority, p.event_wall_ns, p.clip_id, p.number"
 
 
 def _delivery(row: tuple) -> Delivery:
     part = OutboxPart(*row[:10])
     t, state, attempts, next_try, wait_net, reason, response, resends, updated, delivered = row[10:]
-    return Delivery(part, t, state, attempts, next_try, bool(wait_net), _clean(reason), _clean(response), resends,
-                    updated, delivered)
+    return Delivery(
+        part,
+        t,
+        state,
+        attempts,
+        next_try,
+        bool(wait_net),
+        _clean(reason),
+        _clean(response),
+        resends,
+        updated,
+        delivered,
+    )
 
 
 def _clean(text: str) -> str:
@@ -138,8 +164,13 @@ def _clean(text: str) -> str:
 
 
 class Outbox(Store):
-    def __init__(self, path: Path, targets: Sequence[str] | None = None,
-                 now_ns: Callable[[], int] = time.time_ns, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        targets: Sequence[str] | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+        read_only: bool = False,
+    ) -> None:
         """``targets``: the configured upload targets (the daemon); None opens the rows as they are
         (the command line's listing), without adding deliveries. ``read_only``: never writes."""
         super().__init__(path, _SCHEMA, read_only=read_only)
@@ -160,27 +191,38 @@ class Outbox(Store):
         self.targets = tuple(targets)
         with self.tx() as db:
             for t in self.targets:
-                db.execute("INSERT OR IGNORE INTO deliveries (part_id, target, updated_ns) SELECT p.id, ?, ? FROM parts p"
-                           " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id)"
-                           " OR EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id"
-                           "            AND d.state NOT IN ('delivered','failed'))", (t, self.now_ns()))
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (part_id, target, updated_ns) SELECT p.id, ?, ? FROM parts p"
+                    " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id)"
+                    " OR EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id"
+                    "            AND d.state NOT IN ('delivered','failed'))",
+                    (t, self.now_ns()),
+                )
             marks = ",".join("?" * len(self.targets))
-            db.execute(f"UPDATE deliveries SET state='failed', reason='target removed from the configuration',"
-                       f" updated_ns=? WHERE state NOT IN ('delivered','failed') AND target NOT IN ({marks})",
-                       (self.now_ns(), *self.targets))
+            db.execute(
+                f"UPDATE deliveries SET state='failed', reason='target removed from the configuration',"
+                f" updated_ns=? WHERE state NOT IN ('delivered','failed') AND target NOT IN ({marks})",
+                (self.now_ns(), *self.targets),
+            )
 
-    def enqueue(self, clip_id: str, parts: list[tuple[int, Path, int, int, str]], priority: int,
-                event_wall_ns: int) -> None:
+    def enqueue(
+        self, clip_id: str, parts: list[tuple[int, Path, int, int, str]], priority: int, event_wall_ns: int
+    ) -> None:
         """Queue every part of a clip, for every target, in one transaction: (number, path, bytes,
         duration_ms, sha256). Enqueuing the same clip again is a no-op (a restart may rebuild a clip)."""
         now = self.now_ns()
         with self.tx() as db:
-            db.executemany("INSERT OR IGNORE INTO parts (clip_id, number, path, bytes, duration_ms, sha256,"
-                           " priority, event_wall_ns, created_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(clip_id, n, str(p), b, d, h, priority, event_wall_ns, now) for n, p, b, d, h in parts])
+            db.executemany(
+                "INSERT OR IGNORE INTO parts (clip_id, number, path, bytes, duration_ms, sha256,"
+                " priority, event_wall_ns, created_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(clip_id, n, str(p), b, d, h, priority, event_wall_ns, now) for n, p, b, d, h in parts],
+            )
             for t in self.targets:
-                db.execute("INSERT OR IGNORE INTO deliveries (part_id, target, updated_ns)"
-                           " SELECT id, ?, ? FROM parts WHERE clip_id=?", (t, now, clip_id))
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (part_id, target, updated_ns)"
+                    " SELECT id, ?, ? FROM parts WHERE clip_id=?",
+                    (t, now, clip_id),
+                )
         self._changed()
 
     # --- the uploader's transitions ---------------------------------------------------------------
@@ -189,16 +231,22 @@ class Outbox(Store):
         """At start: deliveries left in 'sending' were cut off (crash, power cut) after the request may
         have reached the server. They go back to the queue; ``resends`` counts the possible duplicate."""
         with self.tx() as db:
-            n = db.execute("UPDATE deliveries SET state='queued', resends=resends+1, reason=?, updated_ns=?"
-                           " WHERE state='sending'", ("interrupted while sending; sent again", self.now_ns())).rowcount
+            n = db.execute(
+                "UPDATE deliveries SET state='queued', resends=resends+1, reason=?, updated_ns=? WHERE state='sending'",
+                ("interrupted while sending; sent again", self.now_ns()),
+            ).rowcount
         return n
 
     def next_due(self, target: str, now_ns: int | None = None) -> Delivery | None:
         """The delivery this target should send next: highest priority, oldest event first."""
         now = self.now_ns() if now_ns is None else now_ns
-        rows = self.query(f"SELECT {_PART_COLS}, {_DELIVERY_COLS} FROM deliveries d JOIN parts p ON p.id=d.part_id"
-                          " WHERE d.target=? AND (d.state='queued' OR (d.state='deferred' AND d.next_try_ns<=?))"
-                          + _ORDER + " LIMIT 1", (target, now))
+        rows = self.query(
+            f"SELECT {_PART_COLS}, {_DELIVERY_COLS} FROM deliveries d JOIN parts p ON p.id=d.part_id"
+            " WHERE d.target=? AND (d.state='queued' OR (d.state='deferred' AND d.next_try_ns<=?))"
+            + _ORDER
+            + " LIMIT 1",
+            (target, now),
+        )
         return _delivery(rows[0]) if rows else None
 
     def next_try_ns(self, target: str) -> int | None:
@@ -229,14 +277,19 @@ class Outbox(Store):
                 cols[text] = _clean(cols[text])  # type: ignore[arg-type]
         cols = {"state": state, "updated_ns": self.now_ns(), **cols}
         with self.tx() as db:
-            db.execute(f"UPDATE deliveries SET {', '.join(f'{k}=?' for k in cols)} WHERE part_id=? AND target=?",
-                       (*cols.values(), d.part.id, d.target))
+            db.execute(
+                f"UPDATE deliveries SET {', '.join(f'{k}=?' for k in cols)} WHERE part_id=? AND target=?",
+                (*cols.values(), d.part.id, d.target),
+            )
 
     def expedite(self, target: str, network_only: bool = True) -> int:
         """Make deferred deliveries due now (a link appeared: those waiting for the network)."""
         with self.tx() as db:
-            n = db.execute("UPDATE deliveries SET next_try_ns=0 WHERE target=? AND state='deferred'"
-                           + (" AND wait_net=1" if network_only else ""), (target,)).rowcount
+            n = db.execute(
+                "UPDATE deliveries SET next_try_ns=0 WHERE target=? AND state='deferred'"
+                + (" AND wait_net=1" if network_only else ""),
+                (target,),
+            ).rowcount
         if n:
             self._changed()
         return n
@@ -246,8 +299,11 @@ class Outbox(Store):
         where = "part_id=?" if ident.isdigit() else "part_id IN (SELECT id FROM parts WHERE clip_id=?)"
         arg: object = int(ident) if ident.isdigit() else ident
         with self.tx() as db:
-            n = db.execute("UPDATE deliveries SET state='queued', next_try_ns=0, reason='retry requested', updated_ns=?"
-                           f" WHERE {where} AND state IN ('failed','deferred','queued')", (self.now_ns(), arg)).rowcount
+            n = db.execute(
+                "UPDATE deliveries SET state='queued', next_try_ns=0, reason='retry requested', updated_ns=?"
+                f" WHERE {where} AND state IN ('failed','deferred','queued')",
+                (self.now_ns(), arg),
+            ).rowcount
         if n:
             self._changed()
         return n
@@ -262,19 +318,26 @@ class Outbox(Store):
         """One step done (or its value changed), committed before the next step starts. The value is
         scrubbed: a secret in it (a presigned URL's signature) is stored as ``***``."""
         with self.tx() as db:
-            db.execute("INSERT INTO progress (clip_id, target, step, value, updated_ns) VALUES (?,?,?,?,?)"
-                       " ON CONFLICT (clip_id, target, step) DO UPDATE SET value=excluded.value,"
-                       " updated_ns=excluded.updated_ns", (clip_id, target, step, _clean(value), self.now_ns()))
+            db.execute(
+                "INSERT INTO progress (clip_id, target, step, value, updated_ns) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (clip_id, target, step) DO UPDATE SET value=excluded.value,"
+                " updated_ns=excluded.updated_ns",
+                (clip_id, target, step, _clean(value), self.now_ns()),
+            )
 
     # --- reading ----------------------------------------------------------------------------------
 
     def get(self, part_id: int, target: str) -> Delivery:
-        rows = self.query(f"SELECT {_PART_COLS}, {_DELIVERY_COLS} FROM deliveries d JOIN parts p ON p.id=d.part_id"
-                          " WHERE d.part_id=? AND d.target=?", (part_id, target))
+        rows = self.query(
+            f"SELECT {_PART_COLS}, {_DELIVERY_COLS} FROM deliveries d JOIN parts p ON p.id=d.part_id"
+            " WHERE d.part_id=? AND d.target=?",
+            (part_id, target),
+        )
         return _delivery(rows[0])
 
-    def deliveries(self, target: str | None = None, states: Iterable[str] | None = None,
-                   clip_id: str | None = None) -> list[Delivery]:
+    def deliveries(
+        self, target: str | None = None, states: Iterable[str] | None = None, clip_id: str | None = None
+    ) -> list[Delivery]:
         where, args = [], []
         if target is not None:
             where.append("d.target=?")
@@ -310,8 +373,10 @@ class Outbox(Store):
     def clip_delivered(self, clip_id: str) -> bool:
         """Every part of the clip confirmed by every configured target it was queued for (a target
         since removed from the configuration no longer counts)."""
-        sql = ("SELECT COUNT(*), SUM(d.state='delivered') FROM deliveries d JOIN parts p ON p.id=d.part_id"
-               " WHERE p.clip_id=?")
+        sql = (
+            "SELECT COUNT(*), SUM(d.state='delivered') FROM deliveries d JOIN parts p ON p.id=d.part_id"
+            " WHERE p.clip_id=?"
+        )
         args: tuple = (clip_id,)
         if self.targets:
             sql += f" AND d.target IN ({','.join('?' * len(self.targets))})"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from edged.core import limits
 from edged.config.schema import UploadSettings
+from edged.core import limits
 
 #: The server refused because of the plan's allowance but our own record shows room (other devices
 #: of the community upload too): look again after this long.

@@ -19,9 +19,9 @@ import httpx
 
 from edged.config.schema import Settings, api_key_path
 from edged.core.journal import register_secret_file
-from edged.upload.outbox import OutboxPart
 from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
 from edged.upload.budget import key_fingerprint
+from edged.upload.outbox import OutboxPart
 from edged.upload.targets import HttpTarget, ThrottledFile, endpoint_of
 
 #: Room for the multipart framing and form fields around the file, for the request's deadline.
@@ -48,8 +48,14 @@ class _SonoranTarget(HttpTarget):
         try:
             with open(path, "rb") as f:
                 body = ThrottledFile(f, self.bytes_per_s) if self.bytes_per_s else f
-                answer = self.exchange("POST", url, body_bytes=part.bytes + _FORM_OVERHEAD, data=fields,
-                                       files={"file": (path.name, body, "video/webm")}, headers=headers)
+                answer = self.exchange(
+                    "POST",
+                    url,
+                    body_bytes=part.bytes + _FORM_OVERHEAD,
+                    data=fields,
+                    files={"file": (path.name, body, "video/webm")},
+                    headers=headers,
+                )
         except httpx.HTTPError as exc:
             return classify_error(exc)
         except OSError as exc:
@@ -83,8 +89,12 @@ class SonoranV2Target(_SonoranTarget):
 
     def _owner(self) -> dict[str, str]:
         v2 = self.settings
-        for field, value in (("accountUuid", v2.account_uuid), ("communityUserId", v2.community_user_id),
-                             ("roblox", v2.roblox), ("discord", v2.discord)):
+        for field, value in (
+            ("accountUuid", v2.account_uuid),
+            ("communityUserId", v2.community_user_id),
+            ("roblox", v2.roblox),
+            ("discord", v2.discord),
+        ):
             if value:
                 return {field: str(value)}
         return {}
@@ -115,9 +125,15 @@ class SonoranLegacyTarget(_SonoranTarget):
 
     def send(self, part: OutboxPart) -> Verdict:
         lg = self.settings
-        fields = {"community": lg.community, "account": lg.account, "sessionId": lg.session_id,
-                  "username": lg.username, "type": "bodycam", "durationMs": str(part.duration_ms),
-                  **self._metadata()}
+        fields = {
+            "community": lg.community,
+            "account": lg.account,
+            "sessionId": lg.session_id,
+            "username": lg.username,
+            "type": "bodycam",
+            "durationMs": str(part.duration_ms),
+            **self._metadata(),
+        }
         if lg.ident_id:
             fields["identId"] = lg.ident_id
         return self._post(self.url, fields, part, {})

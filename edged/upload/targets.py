@@ -40,10 +40,10 @@ import httpcore
 import httpx
 
 from edged import __version__
-from edged.core import limits
 from edged.config.schema import Settings, UploadSettings
-from edged.upload.outbox import OutboxPart
+from edged.core import limits
 from edged.upload.answers import MAX_ANSWER_BYTES, Answer, DeadlineExceeded, Kind, RequestCancelled, Verdict
+from edged.upload.outbox import OutboxPart
 
 #: The slowest link an upload is given time for (bytes/s, ~32 kbit/s: poor 2G) when no
 #: ``bandwidth_kbps`` cap says otherwise: a request's deadline grows by its body's size at this pace.
@@ -71,15 +71,15 @@ class Target(ABC):
         for a refused key or account resumes at once when it does."""
         return ""
 
-    def arm(self) -> None:
+    def arm(self) -> None:  # noqa: B027 - a hook: a target without requests needs none
         """A new send begins (the uploader's thread): a cancel asked for before now is forgotten."""
 
-    def cancel(self, why: str) -> None:
+    def cancel(self, why: str) -> None:  # noqa: B027 - a hook: a target without requests needs none
         """Cut off the send in progress, from any thread: its request ends at once and ``send``
         returns a ``Kind.CANCELLED`` verdict; the send's later requests are not made. Until the
         next :meth:`arm`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: a target holding nothing needs none
         pass
 
 
@@ -98,16 +98,20 @@ def check_part(part: OutboxPart, contract: bool) -> Verdict | None:
     except OSError as exc:
         return Verdict(Kind.RETRY, f"clip file unreadable: {exc.strerror or exc}")
     if digest.hexdigest() != part.sha256:
-        return Verdict(Kind.FAILED, f"clip file changed on disk (sha256 {digest.hexdigest()[:12]}…, "
-                                    f"expected {part.sha256[:12]}…); kept for inspection")
+        return Verdict(
+            Kind.FAILED,
+            f"clip file changed on disk (sha256 {digest.hexdigest()[:12]}…, "
+            f"expected {part.sha256[:12]}…); kept for inspection",
+        )
     if contract:
         if path.suffix != limits.UPLOAD_EXTENSION:
             return Verdict(Kind.FAILED, f"not a {limits.UPLOAD_EXTENSION} file: {path.name}")
         if size > limits.MAX_UPLOAD_BYTES:
             return Verdict(Kind.FAILED, f"{size} bytes exceeds the {limits.MAX_UPLOAD_BYTES}-byte upload limit")
         if not limits.MIN_DURATION_MS <= part.duration_ms <= limits.MAX_DURATION_MS:
-            return Verdict(Kind.FAILED, f"durationMs {part.duration_ms} outside {limits.MIN_DURATION_MS}.."
-                                        f"{limits.MAX_DURATION_MS}")
+            return Verdict(
+                Kind.FAILED, f"durationMs {part.duration_ms} outside {limits.MIN_DURATION_MS}..{limits.MAX_DURATION_MS}"
+            )
     return None
 
 
@@ -130,8 +134,9 @@ class Call:
     first read), the whole answer must come within this long.
     """
 
-    def __init__(self, deadline_s: float, answer_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, deadline_s: float, answer_s: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self.started = clock()
         self.limit_s = deadline_s
@@ -193,8 +198,9 @@ class Call:
         if self.remaining() <= 0:
             phase = "for the answer" if self.answering else "for the request"
             limit = self.answer_s if self.answering and self.answer_s is not None else self.limit_s
-            raise DeadlineExceeded(f"no complete answer within the {limit:g} s allowed {phase} "
-                                   f"({self.received} bytes received)")
+            raise DeadlineExceeded(
+                f"no complete answer within the {limit:g} s allowed {phase} ({self.received} bytes received)"
+            )
 
     def clamp(self, asked: float | None) -> float:
         """``asked`` (a per-operation timeout, None: none) cut to what the deadline leaves."""
@@ -257,6 +263,7 @@ def _shutdown(sock: socket.socket) -> None:
 
 # --- the network backend: httpcore's socket operations, each within the request's deadline --------
 
+
 class GuardedStream(httpcore.NetworkStream):
     """A TCP (or TLS) connection whose every wait is clamped to the current :class:`Call`."""
 
@@ -309,8 +316,9 @@ class GuardedStream(httpcore.NetworkStream):
     def close(self) -> None:
         self._sock.close()
 
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         call, wait = self._timeout(timeout, reading=False)
         try:
             self._sock.settimeout(wait)
@@ -346,8 +354,14 @@ class GuardedBackend(httpcore.NetworkBackend):
     deadline or a cancel (a non-blocking connect waited for with ``select``), and hands out
     :class:`GuardedStream` connections."""
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         call = _CURRENT.get()
         wait = call.clamp(timeout) if call is not None else timeout
         try:
@@ -367,8 +381,9 @@ class GuardedBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(str(exc)) from exc
         return GuardedStream(sock)
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("unix sockets are not used for uploads")
 
     def sleep(self, seconds: float) -> None:
@@ -379,8 +394,9 @@ class GuardedBackend(httpcore.NetworkBackend):
             time.sleep(seconds)
 
 
-def _connect(host: str, port: int, timeout: float | None, local_address: str | None,
-             call: Call | None) -> socket.socket:
+def _connect(
+    host: str, port: int, timeout: float | None, local_address: str | None, call: Call | None
+) -> socket.socket:
     """A connected TCP socket, trying each address in turn within one ``timeout``."""
     end = None if timeout is None else time.monotonic() + timeout
     last: OSError | None = None
@@ -433,11 +449,17 @@ class GuardedTransport(httpx.HTTPTransport):
     def __init__(self) -> None:
         ctx = httpx.create_ssl_context()
         super().__init__(verify=ctx)
-        self._pool = httpcore.ConnectionPool(ssl_context=ctx, max_connections=10, max_keepalive_connections=4,
-                                             keepalive_expiry=5.0, network_backend=GuardedBackend())
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ctx,
+            max_connections=10,
+            max_keepalive_connections=4,
+            keepalive_expiry=5.0,
+            network_backend=GuardedBackend(),
+        )
 
 
 # --- reading an answer -----------------------------------------------------------------------------------
+
 
 def read_answer(r: httpx.Response, cap: int = MAX_ANSWER_BYTES) -> Answer:
     """At most ``cap`` bytes of the (decoded) body; whatever follows is never read."""
@@ -465,11 +487,13 @@ def _decoder(encoding: str) -> Callable[[bytes, int], bytes]:
                 return d.decompress(data, max(1, room))
             except zlib.error:
                 return data
+
         return inflate
-    return lambda data, room: data[:max(0, room)]
+    return lambda data, room: data[: max(0, room)]
 
 
 # --- HTTP targets ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
@@ -576,10 +600,17 @@ def endpoint_of(url: str) -> tuple[str, int]:
 def http_client(u: UploadSettings) -> httpx.Client:
     """An HTTP client with the upload timeouts (suited to cellular links), no redirects, answers
     asked for unencoded, over :class:`GuardedTransport` (requests bounded by a :class:`Call`)."""
-    return httpx.Client(timeout=httpx.Timeout(connect=u.connect_timeout_seconds, read=u.timeout_seconds,
-                                              write=u.timeout_seconds, pool=u.connect_timeout_seconds),
-                        follow_redirects=False, transport=GuardedTransport(),
-                        headers={"User-Agent": f"edged/{__version__}", "Accept-Encoding": "identity"})
+    return httpx.Client(
+        timeout=httpx.Timeout(
+            connect=u.connect_timeout_seconds,
+            read=u.timeout_seconds,
+            write=u.timeout_seconds,
+            pool=u.connect_timeout_seconds,
+        ),
+        follow_redirects=False,
+        transport=GuardedTransport(),
+        headers={"User-Agent": f"edged/{__version__}", "Accept-Encoding": "identity"},
+    )
 
 
 def build_targets(settings: Settings, outbox=None) -> list[Target]:
@@ -589,7 +620,12 @@ def build_targets(settings: Settings, outbox=None) -> list[Target]:
     from edged.upload.directory import DirectoryTarget
     from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
 
-    makers = {"sonoran_v2": SonoranV2Target, "sonoran_legacy": SonoranLegacyTarget, "bota": BotaTarget,
-              "directory": DirectoryTarget}
-    return [BotaTarget(settings, outbox) if name == "bota" else makers[name](settings)
-            for name in settings.upload.targets]
+    makers = {
+        "sonoran_v2": SonoranV2Target,
+        "sonoran_legacy": SonoranLegacyTarget,
+        "bota": BotaTarget,
+        "directory": DirectoryTarget,
+    }
+    return [
+        BotaTarget(settings, outbox) if name == "bota" else makers[name](settings) for name in settings.upload.targets
+    ]

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edged.core.journal import Msg, log_event, register_secret_file, scrub
-from edged.upload.outbox import Delivery, Outbox
 from edged.core.timefmt import iso
 from edged.upload.answers import ALARM_FAILED, ALARM_PAUSED, ALARM_REDIRECTED, ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
+from edged.upload.outbox import Delivery, Outbox
 from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
 from edged.upload.targets import Target, check_part
 
@@ -70,8 +70,9 @@ class _Worker(threading.Thread):
         self.link_changed = threading.Event()
         self.budget = allowance = None
         if target.budget_key:
-            self.budget = RequestBudget(self.outbox, target.budget_key, share=target.share, now_ns=up.now_ns,
-                                        rng=up.policy.rng)
+            self.budget = RequestBudget(
+                self.outbox, target.budget_key, share=target.share, now_ns=up.now_ns, rng=up.policy.rng
+            )
             if target.plan:
                 allowance = PlanAllowance(self.outbox, target.budget_key, target.plan)
         self.allowance = allowance
@@ -90,8 +91,9 @@ class _Worker(threading.Thread):
     # --- pause (refused key or account), persisted ----------------------------------------------
 
     def _load_pause(self) -> _Pause | None:
-        rows = self.outbox.query("SELECT paused_reason, paused_until_ns, fingerprint FROM target_state WHERE name=?",
-                                 (self.target.name,))
+        rows = self.outbox.query(
+            "SELECT paused_reason, paused_until_ns, fingerprint FROM target_state WHERE name=?", (self.target.name,)
+        )
         return _Pause(scrub(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     def _set_pause(self, pause: _Pause | None) -> None:
@@ -100,15 +102,25 @@ class _Worker(threading.Thread):
         with self.outbox.tx() as db:
             db.execute("DELETE FROM target_state WHERE name=?", (self.target.name,))
             if pause:
-                db.execute("INSERT INTO target_state VALUES (?,?,?,?)",
-                           (self.target.name, pause.reason, pause.until_ns, pause.fingerprint))
+                db.execute(
+                    "INSERT INTO target_state VALUES (?,?,?,?)",
+                    (self.target.name, pause.reason, pause.until_ns, pause.fingerprint),
+                )
         self.pause = pause
         self.up.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.up.workers))
 
     def resume(self, why: str) -> None:
         if self.pause:
-            log_event(log, Msg.UPLOAD_RESUMED, "upload target %s resumes: %s", self.target.name, why,
-                      level=logging.WARNING, target=self.target.name, reason=why)
+            log_event(
+                log,
+                Msg.UPLOAD_RESUMED,
+                "upload target %s resumes: %s",
+                self.target.name,
+                why,
+                level=logging.WARNING,
+                target=self.target.name,
+                reason=why,
+            )
             self._set_pause(None)
         self.offline, self._net_retry_ns = False, 0
         self.wake.set()
@@ -137,6 +149,7 @@ class _Worker(threading.Thread):
             return (self._net_retry_ns - now) / 1e9
         self.link_changed.clear()
         from edged.upload.network import probe
+
         host, port = self.target.endpoint or ("", 0)
         if self.target.endpoint is None or probe(host, port, PROBE_TIMEOUT_S):
             log.info("upload target %s reachable again", self.target.name)
@@ -153,7 +166,7 @@ class _Worker(threading.Thread):
         while not self.up.stopping.is_set():
             try:
                 wait = self.step()
-            except Exception:  # noqa: BLE001 - a worker must not die; the row stays where it was
+            except Exception:
                 log.exception("upload target %s: unexpected error", self.target.name)
                 wait = 5.0
             if wait:
@@ -182,11 +195,23 @@ class _Worker(threading.Thread):
             w = self.allowance.wait_s(d.part.duration_ms, now)
             if w > 0:
                 self._allowance_until_ns = now + int(w * 1e9)
-                self.outbox.defer(d, now + int(w * 1e9), f"waiting for the {self.target.plan} plan's 24 h allowance "
-                                                          f"(free again at {iso(now + int(w * 1e9))})")
-                log_event(log, Msg.UPLOAD_DEFERRED, "upload target %s: 24 h allowance used up; next upload at %s",
-                          name, iso(now + int(w * 1e9)), level=logging.WARNING, **_fields(d, name),
-                          reason="plan allowance used up", next_try=iso(now + int(w * 1e9)))
+                self.outbox.defer(
+                    d,
+                    now + int(w * 1e9),
+                    f"waiting for the {self.target.plan} plan's 24 h allowance "
+                    f"(free again at {iso(now + int(w * 1e9))})",
+                )
+                log_event(
+                    log,
+                    Msg.UPLOAD_DEFERRED,
+                    "upload target %s: 24 h allowance used up; next upload at %s",
+                    name,
+                    iso(now + int(w * 1e9)),
+                    level=logging.WARNING,
+                    **_fields(d, name),
+                    reason="plan allowance used up",
+                    next_try=iso(now + int(w * 1e9)),
+                )
                 return 0.0
         if self.budget:
             w = self.budget.try_take(now)
@@ -241,9 +266,19 @@ class _Worker(threading.Thread):
         if v.kind is Kind.CANCELLED:
             # Cut off by us (stop, the operator's retry) after the request may have reached the server.
             self.outbox.requeue(d, v.reason)
-            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: %s; sent again when due (attempt %d)", what, v.reason,
-                      d.attempts, level=logging.WARNING, **_fields(d, name), reason=v.reason, next_try=iso(now),
-                      attempts=d.attempts)
+            log_event(
+                log,
+                Msg.UPLOAD_DEFERRED,
+                "upload %s: %s; sent again when due (attempt %d)",
+                what,
+                v.reason,
+                d.attempts,
+                level=logging.WARNING,
+                **_fields(d, name),
+                reason=v.reason,
+                next_try=iso(now),
+                attempts=d.attempts,
+            )
         elif v.kind is Kind.DELIVERED:
             self.outbox.delivered(d, v.response)
             if self.budget:
@@ -253,55 +288,125 @@ class _Worker(threading.Thread):
             self.last_delivered_ns = now
             if self.pause:
                 self.resume("the server accepted an upload")
-            log_event(log, Msg.UPLOAD_DELIVERED, "UPLOADED %s: %d bytes, %d ms, in %.1f s (attempt %d)%s", what,
-                      part.bytes, part.duration_ms, took_s, d.attempts,
-                      f", resent {d.resends}x after interruptions" if d.resends else "", **_fields(d, name),
-                      bytes=part.bytes, duration_ms=part.duration_ms, attempts=d.attempts, resends=d.resends)
+            log_event(
+                log,
+                Msg.UPLOAD_DELIVERED,
+                "UPLOADED %s: %d bytes, %d ms, in %.1f s (attempt %d)%s",
+                what,
+                part.bytes,
+                part.duration_ms,
+                took_s,
+                d.attempts,
+                f", resent {d.resends}x after interruptions" if d.resends else "",
+                **_fields(d, name),
+                bytes=part.bytes,
+                duration_ms=part.duration_ms,
+                attempts=d.attempts,
+                resends=d.resends,
+            )
             if self.outbox.clip_delivered(part.clip_id) and self.up.on_delivered:
                 self.up.on_delivered(part.clip_id)
         elif v.kind is Kind.RATE_LIMITED:
             wait = self.up.policy.retry_after_s(v.retry_after_s)
             rate = self.budget.refused(now, wait) if self.budget else 0
             self.outbox.defer(d, now + int(wait * 1e9), v.reason)
-            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: rate limited (%s); waiting %.0f s, now %.1f requests/min",
-                      what, v.reason, wait, rate, level=logging.WARNING, **_fields(d, name), reason=v.reason,
-                      next_try=iso(now + int(wait * 1e9)), attempts=d.attempts)
+            log_event(
+                log,
+                Msg.UPLOAD_DEFERRED,
+                "upload %s: rate limited (%s); waiting %.0f s, now %.1f requests/min",
+                what,
+                v.reason,
+                wait,
+                rate,
+                level=logging.WARNING,
+                **_fields(d, name),
+                reason=v.reason,
+                next_try=iso(now + int(wait * 1e9)),
+                attempts=d.attempts,
+            )
         elif v.kind is Kind.ALLOWANCE:
             w = self.allowance.wait_s(part.duration_ms, now) if self.allowance else 0.0
             w = w or ALLOWANCE_RECHECK_S  # the community's other devices used it: look again later
             self._allowance_until_ns = now + int(w * 1e9)
             self.outbox.defer(d, now + int(w * 1e9), v.reason)
-            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: plan allowance used up (%s); next try at %s", what,
-                      v.reason, iso(now + int(w * 1e9)), level=logging.WARNING, **_fields(d, name), reason=v.reason,
-                      next_try=iso(now + int(w * 1e9)), attempts=d.attempts)
+            log_event(
+                log,
+                Msg.UPLOAD_DEFERRED,
+                "upload %s: plan allowance used up (%s); next try at %s",
+                what,
+                v.reason,
+                iso(now + int(w * 1e9)),
+                level=logging.WARNING,
+                **_fields(d, name),
+                reason=v.reason,
+                next_try=iso(now + int(w * 1e9)),
+                attempts=d.attempts,
+            )
         elif v.kind is Kind.PAUSE:
             self.outbox.defer(d, now, f"target paused: {v.reason}")
             self._set_pause(_Pause(v.reason, now + int(self.up.policy.auth_retry_s * 1e9), self.target.fingerprint()))
-            log_event(log, Msg.UPLOAD_PAUSED, "upload target %s PAUSED: %s. Every clip would be refused the same way; "
-                      "clips wait. Fix the configuration (a change resumes at once) or run `edged outbox retry`.",
-                      name, v.reason, level=logging.CRITICAL, **_fields(d, name), reason=v.reason)
+            log_event(
+                log,
+                Msg.UPLOAD_PAUSED,
+                "upload target %s PAUSED: %s. Every clip would be refused the same way; "
+                "clips wait. Fix the configuration (a change resumes at once) or run `edged outbox retry`.",
+                name,
+                v.reason,
+                level=logging.CRITICAL,
+                **_fields(d, name),
+                reason=v.reason,
+            )
         elif v.kind is Kind.FAILED:
             self.outbox.fail(d, v.reason)
             self.up.raise_alarm(ALARM_FAILED, True)
-            log_event(log, Msg.UPLOAD_FAILED, "upload %s FAILED for good: %s (clip kept: %s)", what, v.reason,
-                      part.path, level=logging.ERROR, **_fields(d, name), reason=v.reason, file=part.path,
-                      attempts=d.attempts)
+            log_event(
+                log,
+                Msg.UPLOAD_FAILED,
+                "upload %s FAILED for good: %s (clip kept: %s)",
+                what,
+                v.reason,
+                part.path,
+                level=logging.ERROR,
+                **_fields(d, name),
+                reason=v.reason,
+                file=part.path,
+                attempts=d.attempts,
+            )
         else:
             wait = self.up.policy.backoff_s(max(1, d.attempts))
             self.outbox.defer(d, now + int(wait * 1e9), v.reason, wait_net=v.offline)
             if v.offline and self.target.endpoint is not None:
                 self.offline, self._net_failures = True, 1
                 self._net_retry_ns = now + int(wait * 1e9)
-            log_event(log, Msg.UPLOAD_DEFERRED, "upload %s: %s; next try in %.1f s (attempt %d)", what, v.reason,
-                      wait, d.attempts, level=logging.WARNING, **_fields(d, name), reason=v.reason,
-                      next_try=iso(now + int(wait * 1e9)), attempts=d.attempts, offline=int(bool(v.offline)))
+            log_event(
+                log,
+                Msg.UPLOAD_DEFERRED,
+                "upload %s: %s; next try in %.1f s (attempt %d)",
+                what,
+                v.reason,
+                wait,
+                d.attempts,
+                level=logging.WARNING,
+                **_fields(d, name),
+                reason=v.reason,
+                next_try=iso(now + int(wait * 1e9)),
+                attempts=d.attempts,
+                offline=int(bool(v.offline)),
+            )
 
 
 class Uploader:
-    def __init__(self, outbox: Outbox, targets: list[Target], policy: RetryPolicy, *,
-                 now_ns: Callable[[], int] = time.time_ns,
-                 on_delivered: Callable[[str], None] | None = None,
-                 on_alarm: Callable[[str, bool], None] | None = None, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        targets: list[Target],
+        policy: RetryPolicy,
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
+        on_delivered: Callable[[str], None] | None = None,
+        on_alarm: Callable[[str, bool], None] | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
         """``now_ns``: the wall clock the outbox, budgets and allowance use. ``time_scale``: tests and
         benchmarks run that clock faster than real time (waits shrink by the same factor)."""
         self.outbox, self.targets, self.policy, self.now_ns = outbox, targets, policy, now_ns
@@ -321,8 +426,11 @@ class Uploader:
     def start(self) -> None:
         self.interrupted = self.outbox.recover()
         if self.interrupted:
-            log.warning("%d upload(s) were cut off by a stop or power cut; sending them again "
-                        "(the server may receive them twice)", self.interrupted)
+            log.warning(
+                "%d upload(s) were cut off by a stop or power cut; sending them again "
+                "(the server may receive them twice)",
+                self.interrupted,
+            )
         self.outbox.on_change = self.wake
         self.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.workers))
         for name in _ANSWER_ALARMS:  # an earlier uploader's (before a new configuration) no longer hold

@@ -21,10 +21,20 @@ import numpy as np
 # --- what libcamera would report ------------------------------------------------------------
 
 #: ``Picamera2.global_camera_info()`` entries (picamera2.py: ``GlobalCameraInfo``).
-CSI_CAMERA: dict[str, Any] = {"Model": "imx708", "Location": 2, "Rotation": 180,
-                              "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a", "Num": 0}
-USB_CAMERA: dict[str, Any] = {"Model": "HD Pro Webcam C920", "Location": 2, "Rotation": 0,
-                              "Id": "/base/axi/pcie@120000/rp1/usb@200000-1:1.0-046d:082d", "Num": 1}
+CSI_CAMERA: dict[str, Any] = {
+    "Model": "imx708",
+    "Location": 2,
+    "Rotation": 180,
+    "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a",
+    "Num": 0,
+}
+USB_CAMERA: dict[str, Any] = {
+    "Model": "HD Pro Webcam C920",
+    "Location": 2,
+    "Rotation": 0,
+    "Id": "/base/axi/pcie@120000/rp1/usb@200000-1:1.0-046d:082d",
+    "Num": 1,
+}
 
 CAMERAS: list[dict[str, Any]] = []
 #: Raised by ``Picamera2.__init__`` when set (the real one raises RuntimeError when the camera
@@ -104,8 +114,13 @@ class CompletedRequest:
         if self.ref_count <= 0:
             raise AssertionError("request used after release")  # real: `assert self.request is not None`
         frame_us = self.picam2.camera_config["controls"]["FrameDurationLimits"][0]
-        metadata: dict[str, Any] = {"ExposureTime": frame_us // 2, "FrameDuration": frame_us,
-                                    "AnalogueGain": 1.0, "DigitalGain": 1.0, "Lux": 400.0}
+        metadata: dict[str, Any] = {
+            "ExposureTime": frame_us // 2,
+            "FrameDuration": frame_us,
+            "AnalogueGain": 1.0,
+            "DigitalGain": 1.0,
+            "Lux": 400.0,
+        }
         if not self.picam2.omit_timestamp:
             metadata["SensorTimestamp"] = self._timestamp_ns
         return metadata
@@ -130,13 +145,13 @@ def paint_yuv420(width: int, height: int, stride: int, index: int) -> np.ndarray
     """
     buffer = np.full(stride * height * 3 // 2, 0xEE, dtype=np.uint8)
     ys, xs = np.mgrid[0:height, 0:width]
-    buffer[:height * stride].reshape(height, stride)[:, :width] = (xs + ys + 3 * index) % 256
+    buffer[: height * stride].reshape(height, stride)[:, :width] = (xs + ys + 3 * index) % 256
     c_stride, c_rows, c_size = stride // 2, height // 2, (stride // 2) * (height // 2)
-    cys, cxs = np.mgrid[0:c_rows, 0:width // 2]
-    u = buffer[height * stride:height * stride + c_size].reshape(c_rows, c_stride)
-    v = buffer[height * stride + c_size:height * stride + 2 * c_size].reshape(c_rows, c_stride)
-    u[:, :width // 2] = (2 * cxs + index) % 256
-    v[:, :width // 2] = (2 * cys + 64) % 256
+    cys, cxs = np.mgrid[0:c_rows, 0 : width // 2]
+    u = buffer[height * stride : height * stride + c_size].reshape(c_rows, c_stride)
+    v = buffer[height * stride + c_size : height * stride + 2 * c_size].reshape(c_rows, c_stride)
+    u[:, : width // 2] = (2 * cxs + index) % 256
+    v[:, : width // 2] = (2 * cys + 64) % 256
     return buffer.reshape(height * 3 // 2, stride)
 
 
@@ -146,11 +161,11 @@ class Picamera2:
     @staticmethod
     def global_camera_info() -> list[dict[str, Any]]:
         """picamera2.py: ``Picamera2.global_camera_info`` - sorted with USB cameras last."""
-        return sorted((dict(c) for c in CAMERAS), key=lambda cam: ("/usb" not in cam["Id"], cam["Id"]),
-                      reverse=True)
+        return sorted((dict(c) for c in CAMERAS), key=lambda cam: ("/usb" not in cam["Id"], cam["Id"]), reverse=True)
 
-    def __init__(self, camera_num: int = 0, verbose_console: Any = None, tuning: Any = None,
-                 allocator: Any = None) -> None:
+    def __init__(
+        self, camera_num: int = 0, verbose_console: Any = None, tuning: Any = None, allocator: Any = None
+    ) -> None:
         """picamera2.py: ``Picamera2.__init__`` - ``camera_num`` indexes global_camera_info()."""
         self.is_open = False
         self.camera_info = self.global_camera_info()[camera_num]  # IndexError, as the real one
@@ -158,8 +173,12 @@ class Picamera2:
             raise OPEN_ERROR
         self.is_open = True
         self.camera_config: dict[str, Any] = {}
-        self.camera_controls = {"FrameDurationLimits": (33333, 120000, None), "NoiseReductionMode": (0, 4, 0),
-                                "ExposureTime": (1, 66666, None), "AnalogueGain": (1.0, 16.0, None)}
+        self.camera_controls = {
+            "FrameDurationLimits": (33333, 120000, None),
+            "NoiseReductionMode": (0, 4, 0),
+            "ExposureTime": (1, 66666, None),
+            "AnalogueGain": (1.0, 16.0, None),
+        }
         self.started = False
         self.event_loop_running = False
         self.calls: list[str] = []
@@ -181,11 +200,21 @@ class Picamera2:
         size = stream_config["size"]
         stream_config["size"] = (size[0] - size[0] % 2, size[1] - size[1] % 2)
 
-    def create_video_configuration(self, main: dict[str, Any] = {}, lores: Any = None, raw: Any = {},
-                                   transform: Any = None, colour_space: Any = None, buffer_count: int = 6,
-                                   controls: dict[str, Any] = {}, display: str | None = "main",
-                                   encode: str | None = "main", queue: bool = True, sensor: Any = {},
-                                   use_case: str = "video") -> dict[str, Any]:
+    def create_video_configuration(
+        self,
+        main: dict[str, Any] = {},
+        lores: Any = None,
+        raw: Any = {},
+        transform: Any = None,
+        colour_space: Any = None,
+        buffer_count: int = 6,
+        controls: dict[str, Any] = {},
+        display: str | None = "main",
+        encode: str | None = "main",
+        queue: bool = True,
+        sensor: Any = {},
+        use_case: str = "video",
+    ) -> dict[str, Any]:
         """picamera2.py: ``Picamera2.create_video_configuration`` (and
         ``_make_initial_stream_config`` for the main stream)."""
         if not self.is_open:
@@ -193,17 +222,29 @@ class Picamera2:
         stream = {"format": "XBGR8888", "size": (1280, 720), "preserve_ar": True}
         for key, value in main.items():
             if key not in ("format", "size", "stride", "preserve_ar"):
-                raise ValueError(f"Bad key {key!r}: valid stream configuration keys are "
-                                 "('format', 'size', 'stride', 'preserve_ar')")
+                raise ValueError(
+                    f"Bad key {key!r}: valid stream configuration keys are ('format', 'size', 'stride', 'preserve_ar')"
+                )
             stream[key] = value
         self.align_stream(stream, optimal=False)
         if colour_space is None:
             small = stream["size"][0] < 1280 or stream["size"][1] < 720
             colour_space = _ColorSpace.Smpte170m() if small else _ColorSpace.Rec709()
         controls = {"NoiseReductionMode": 1, "FrameDurationLimits": (33333, 33333)} | controls
-        return {"use_case": use_case, "transform": transform, "colour_space": colour_space,
-                "buffer_count": buffer_count, "queue": queue, "main": stream, "lores": lores,
-                "raw": raw, "controls": controls, "sensor": sensor, "display": display, "encode": encode}
+        return {
+            "use_case": use_case,
+            "transform": transform,
+            "colour_space": colour_space,
+            "buffer_count": buffer_count,
+            "queue": queue,
+            "main": stream,
+            "lores": lores,
+            "raw": raw,
+            "controls": controls,
+            "sensor": sensor,
+            "display": display,
+            "encode": encode,
+        }
 
     def configure(self, camera_config: Any = None) -> None:
         """picamera2.py: ``Picamera2.configure`` / ``configure_`` / ``check_stream_config`` -

@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from edged.app.control import ControlError, request  # noqa: E402
+from edged.app.control import ControlError, request
 
 #: Longest wait for a state the daemon should reach (a deadline, never a speed assertion).
 WAIT_S = 60.0
@@ -32,8 +32,7 @@ WAIT_S = 60.0
 #: The test daemon: small, paced, synthetic sources; a short pre/post-roll so clips come quickly.
 BASE_CONFIG: dict[str, dict[str, Any]] = {
     "device": {"id": "hostile-test", "unit_number": "HT-1"},
-    "camera": {"source": "synthetic", "paced": True, "width": 320, "height": 180, "fps": 10,
-               "bitrate": 200_000},
+    "camera": {"source": "synthetic", "paced": True, "width": 320, "height": 180, "fps": 10, "bitrate": 200_000},
     "audio": {"source": "synthetic"},
     "storage": {"segment_seconds": 2.0, "max_bytes": 200_000_000, "min_free_bytes": 0},
     "clips": {"pre_roll_seconds": 2.0, "post_roll_seconds": 2.0},
@@ -89,8 +88,14 @@ class DaemonUnderTest:
     """``python -m edged run --config <root>/edged.toml`` with its state in ``<root>/state`` and,
     with ``sync``, a synced folder ``<root>/sync``. ``config`` is merged over BASE_CONFIG."""
 
-    def __init__(self, root: Path, config: Mapping[str, Any] | None = None, *, sync: bool = True,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        sync: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.state = root / "state"
         self.sync = root / "sync"
@@ -105,8 +110,11 @@ class DaemonUnderTest:
             data.pop("sync", None)
         self.config = merge(data, config or {})
         self.cfg.write_text(to_toml(self.config))
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM",
-                                                                     "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -119,9 +127,14 @@ class DaemonUnderTest:
         self.starts += 1
         self.log_path = self.logs / f"run-{self.starts:02d}.log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
-                                         preexec_fn=None if umask is None else (lambda: os.umask(umask) and None))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self.env,
+                preexec_fn=None if umask is None else (lambda: os.umask(umask) and None),
+            )
         if wait_recording:
             self.wait_recording()
         return self
@@ -138,11 +151,13 @@ class DaemonUnderTest:
 
     def wait_recording(self, segments: int = 1) -> dict[str, Any]:
         """Until the daemon answers, records and has ``segments`` finished segments on disk."""
+
         def ready() -> dict[str, Any] | None:
             st = self.status()
             if st and st.get("state") == "recording" and st.get("segments_written", 0) >= segments:
                 return st
             return None
+
         return self.wait(ready, what=f"recording with {segments} segment(s) written")
 
     def frames(self) -> int:
@@ -163,7 +178,7 @@ class DaemonUnderTest:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"edged did not stop within {timeout:g} s of SIGTERM:\n{self.log()[-4000:]}")
+            raise AssertionError(f"edged did not stop within {timeout:g} s of SIGTERM:\n{self.log()[-4000:]}") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -186,8 +201,14 @@ class DaemonUnderTest:
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """``edged ARGS`` as a user types it (``--config`` is the caller's to pass)."""
-        return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True,
-                              cwd=REPO, env=self.env, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "edged", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=self.env,
+            timeout=timeout,
+        )
 
     def log(self) -> str:
         try:
@@ -217,6 +238,7 @@ class DaemonUnderTest:
 
 # --- evidence --------------------------------------------------------------------------------
 
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -236,8 +258,7 @@ def evidence_snapshot(state: Path) -> dict[str, str]:
     return out
 
 
-def assert_evidence_kept(before: Mapping[str, str], after: Mapping[str, str],
-                         evicted_ok: bool = False) -> None:
+def assert_evidence_kept(before: Mapping[str, str], after: Mapping[str, str], evicted_ok: bool = False) -> None:
     """Every file of ``before`` is still there with the same bytes (new files may appear).
     ``evicted_ok``: unprotected segments may have been overwritten by the ring (never altered)."""
     changed = {k: (v, after[k]) for k, v in before.items() if k in after and after[k] != v}
@@ -264,8 +285,9 @@ def assert_stores_sound(state: Path) -> None:
             (result,) = db.execute("PRAGMA integrity_check").fetchone()
             assert result == "ok", f"{name}: {result}"
             if name == "index.sqlite":
-                rows = db.execute("SELECT name, sha256 FROM segments WHERE state IN ('final', 'salvaged') "
-                                  "AND sha256 IS NOT NULL").fetchall()
+                rows = db.execute(
+                    "SELECT name, sha256 FROM segments WHERE state IN ('final', 'salvaged') AND sha256 IS NOT NULL"
+                ).fetchall()
                 for seg, digest in rows:
                     p = state / "segments" / seg
                     if p.exists():

@@ -30,8 +30,10 @@ import time
 from dataclasses import dataclass, field
 
 _BLOCK = b"x" * 65536
-_PORTAL_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in to FreeCityWiFi</title></head><body>"
-                b"<form action='/login'><input name='email'><button>Connect</button></form></body></html>")
+_PORTAL_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Sign in to FreeCityWiFi</title></head><body>"
+    b"<form action='/login'><input name='email'><button>Connect</button></form></body></html>"
+)
 
 
 class Mode(enum.Enum):
@@ -57,15 +59,22 @@ class Seen:
     headers: dict[str, str]
     body_bytes: int
     mode: Mode
-    sent: int = 0                # answer bytes that left this side (the kernel took them)
-    ended: str = ""              # "" while answering; "done", or why it stopped ("client gone")
+    sent: int = 0  # answer bytes that left this side (the kernel took them)
+    ended: str = ""  # "" while answering; "done", or why it stopped ("client gone")
     at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
 
 
 class HostileServer:
-    def __init__(self, mode: Mode = Mode.OK, *, drip_s: float = 1.0, huge_bytes: int = 2 * 1024 ** 3,
-                 echo_status: int = 401, wrong_doc: object = None) -> None:
+    def __init__(
+        self,
+        mode: Mode = Mode.OK,
+        *,
+        drip_s: float = 1.0,
+        huge_bytes: int = 2 * 1024**3,
+        echo_status: int = 401,
+        wrong_doc: object = None,
+    ) -> None:
         self.mode = mode
         self.drip_s = drip_s
         self.huge_bytes = huge_bytes
@@ -194,8 +203,15 @@ class HostileServer:
             lines.append(f"Content-Length: {length}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _whole(self, conn: socket.socket, seen: Seen, status: str, ctype: str | None, body: bytes,
-               extra: dict[str, str] | None = None) -> None:
+    def _whole(
+        self,
+        conn: socket.socket,
+        seen: Seen,
+        status: str,
+        ctype: str | None,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         headers = ({"Content-Type": ctype} if ctype else {}) | (extra or {})
         self._send(conn, seen, self._head(status, headers, len(body)) + body)
 
@@ -203,7 +219,7 @@ class HostileServer:
         for i in range(len(data)):
             if self._stop.wait(self.drip_s if i else 0):
                 return
-            self._send(conn, seen, data[i:i + 1])
+            self._send(conn, seen, data[i : i + 1])
 
     def _answer(self, conn: socket.socket, seen: Seen) -> None:
         mode = seen.mode
@@ -222,8 +238,7 @@ class HostileServer:
             self._send(conn, seen, self._head("200 OK", {"Content-Type": "application/json"}, len(body)))
             self._drip(conn, seen, body)
         elif mode is Mode.DRIP_HEADERS:
-            head = self._head("200 OK", {"Content-Type": "application/json",
-                                         "X-Padding": "p" * 10_000}, len(url_list))
+            head = self._head("200 OK", {"Content-Type": "application/json", "X-Padding": "p" * 10_000}, len(url_list))
             self._drip(conn, seen, head + url_list)
         elif mode is Mode.PORTAL:
             self._whole(conn, seen, "200 OK", "text/html; charset=utf-8", _PORTAL_PAGE)
@@ -238,11 +253,20 @@ class HostileServer:
         elif mode is Mode.ECHO_KEY:
             auth = seen.headers.get("authorization", "")
             key = auth.split(" ", 1)[-1]
-            doc = {"title": "Unauthorized", "status": self.echo_status,
-                   "detail": f"API key {key} is not valid for this community (you sent '{auth}', "
-                             f"path {seen.path}, key={key})"}
-            self._whole(conn, seen, f"{self.echo_status} Echo", "application/problem+json", json.dumps(doc).encode(),
-                        {"X-Your-Key": key, "Location": f"{self.url}/login?api_key={key}"})
+            doc = {
+                "title": "Unauthorized",
+                "status": self.echo_status,
+                "detail": f"API key {key} is not valid for this community (you sent '{auth}', "
+                f"path {seen.path}, key={key})",
+            }
+            self._whole(
+                conn,
+                seen,
+                f"{self.echo_status} Echo",
+                "application/problem+json",
+                json.dumps(doc).encode(),
+                {"X-Your-Key": key, "Location": f"{self.url}/login?api_key={key}"},
+            )
         elif mode is Mode.STALL:
             self._stop.wait()
 

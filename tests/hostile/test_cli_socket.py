@@ -36,13 +36,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edged.cli import main as cli
-from tests.hostile.harness import (WAIT_S, DaemonUnderTest, assert_evidence_kept, assert_stores_sound,
-                                   evidence_snapshot, sha256_of, wait)
+from tests.hostile.harness import (
+    WAIT_S,
+    DaemonUnderTest,
+    assert_evidence_kept,
+    assert_stores_sound,
+    evidence_snapshot,
+    sha256_of,
+    wait,
+)
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "2000"))
 
 
 # --- one daemon for the module, with one clip built and delivered ---------------------------------
+
 
 class Rig:
     def __init__(self, d: DaemonUnderTest, event: str) -> None:
@@ -99,6 +107,7 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
 
 # --- clips export --------------------------------------------------------------------------------
 
+
 def test_export_takes_only_clip_ids_never_paths(rig: Rig, tmp_path: Path, evidence: dict[str, str]) -> None:
     out = tmp_path / "out"
     # A folder with a manifest outside the clips folder, and one inside it that no store knows.
@@ -109,9 +118,22 @@ def test_export_takes_only_clip_ids_never_paths(rig: Rig, tmp_path: Path, eviden
     stranger = rig.d.state / "clips" / "20200101T000000Z-abcdef"
     shutil.copytree(evil, stranger)
     try:
-        for bad in ["../../evil", f"../../../{evil.relative_to(evil.anchor)}", str(evil), "/etc", "..", ".", "",
-                    f"{rig.event}/../{rig.event}", f"../clips/{rig.event}", rig.event + "/", "²",
-                    "20240501T143000Z-ZZZZZZ", "recall-../x", f"{rig.event}\n"]:
+        for bad in [
+            "../../evil",
+            f"../../../{evil.relative_to(evil.anchor)}",
+            str(evil),
+            "/etc",
+            "..",
+            ".",
+            "",
+            f"{rig.event}/../{rig.event}",
+            f"../clips/{rig.event}",
+            rig.event + "/",
+            "²",
+            "20240501T143000Z-ZZZZZZ",
+            "recall-../x",
+            f"{rig.event}\n",
+        ]:
             r = rig.cli("clips", "export", bad, str(out))
             assert r.returncode == 2, (bad, r.stderr)
             assert "not a clip id" in one_error_line(r)
@@ -122,11 +144,15 @@ def test_export_takes_only_clip_ids_never_paths(rig: Rig, tmp_path: Path, eviden
         shutil.rmtree(stranger)
 
 
-def test_export_copies_the_clip_and_skips_what_was_planted_inside(rig: Rig, tmp_path: Path,
-                                                                  evidence: dict[str, str]) -> None:
+def test_export_copies_the_clip_and_skips_what_was_planted_inside(
+    rig: Rig, tmp_path: Path, evidence: dict[str, str]
+) -> None:
     segment = sorted((rig.d.state / "segments").glob("*.webm"))[0]
-    planted = {"zz-passwd.webm": Path("/etc/passwd"), "zz-segment.webm": segment,
-               "zz-index.json": rig.d.state / "index.sqlite"}
+    planted = {
+        "zz-passwd.webm": Path("/etc/passwd"),
+        "zz-segment.webm": segment,
+        "zz-index.json": rig.d.state / "index.sqlite",
+    }
     real = sorted(p.name for p in rig.clip.iterdir() if p.is_file() and not p.name.startswith("."))
     for name, target in planted.items():
         os.symlink(target, rig.clip / name)
@@ -148,8 +174,9 @@ def test_export_copies_the_clip_and_skips_what_was_planted_inside(rig: Rig, tmp_
         (rig.clip / "zz-folder").rmdir()
 
 
-def test_export_of_a_clip_folder_swapped_for_a_link_is_refused(rig: Rig, tmp_path: Path,
-                                                               evidence: dict[str, str]) -> None:
+def test_export_of_a_clip_folder_swapped_for_a_link_is_refused(
+    rig: Rig, tmp_path: Path, evidence: dict[str, str]
+) -> None:
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "manifest.json").write_text("{}")
@@ -179,6 +206,7 @@ def test_export_never_writes_into_the_state_folder(rig: Rig, evidence: dict[str,
 
 # --- the control socket ------------------------------------------------------------------------------
 
+
 def _connect(rig: Rig) -> socket.socket:
     """A connection (a blocking connect: it waits for room in the backlog, as a flood would)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -197,7 +225,7 @@ def _closed_by_server(s: socket.socket) -> bool:
     """The server has answered and closed, or dropped the connection (non-blocking look)."""
     s.setblocking(False)
     try:
-        while chunk := s.recv(65536):
+        while s.recv(65536):
             pass
         return True
     except BlockingIOError:
@@ -218,7 +246,7 @@ def test_abrupt_disconnects_are_quiet_and_recording_goes_on(rig: Rig) -> None:
         _abort(s)
     assert rig.d.status() is not None, "the control socket still answers"
     rig.d.wait(lambda: rig.d.frames() >= frames + 20, what="recording goes on: 20 more frames")
-    new = rig.d.log().splitlines()[len(log_before):]
+    new = rig.d.log().splitlines()[len(log_before) :]
     assert "Traceback" not in "\n".join(new)
     noisy = [line for line in new if "control" in line.lower() or "pipe" in line.lower()]
     assert not noisy, noisy[:5]
@@ -305,7 +333,7 @@ def test_malformed_requests_get_one_clear_error_each(rig: Rig, evidence: dict[st
         b'{"cmd": "recall_status", "id": "../../etc/passwd"}\n': "no recall request",
         b'{"cmd": "shutdown"}\n': "unknown command",
         b"\xff\xfe\xfd\n": "not UTF-8",
-        b"{\"cmd\": \"status\"\n": "not JSON",
+        b'{"cmd": "status"\n': "not JSON",
     }
     for data, reason in cases.items():
         doc = _exchange(rig, data)
@@ -316,8 +344,29 @@ def test_malformed_requests_get_one_clear_error_each(rig: Rig, evidence: dict[st
 
 # --- the command line ----------------------------------------------------------------------------------
 
-ODD = ["²", "٣", "𝟙", "1e999", "-1", "nan", "inf", "9" * 400, "", " ", "\u202e", "../../x", "/etc/passwd",
-       "%s%n", "-", "0x10", "1_000", "\t", "'; DROP TABLE events; --", "a\u0301", "\U0001F4A9" * 50]
+ODD = [
+    "²",
+    "٣",
+    "𝟙",
+    "1e999",
+    "-1",
+    "nan",
+    "inf",
+    "9" * 400,
+    "",
+    " ",
+    "\u202e",
+    "../../x",
+    "/etc/passwd",
+    "%s%n",
+    "-",
+    "0x10",
+    "1_000",
+    "\t",
+    "'; DROP TABLE events; --",
+    "a\u0301",
+    "\U0001f4a9" * 50,
+]
 
 
 @pytest.fixture(scope="module")
@@ -329,9 +378,16 @@ def odd_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "dir").mkdir()
     (root / "huge.toml").write_bytes(b"#" * (4 << 20))
     (root / "binary.toml").write_bytes(bytes(range(256)))
-    return {"fifo": str(root / "fifo"), "dir": str(root / "dir"), "zero": "/dev/zero", "missing": str(root / "nope"),
-            "loop": str(root / "loop-a"), "huge": str(root / "huge.toml"), "binary": str(root / "binary.toml"),
-            "null": "/dev/null"}
+    return {
+        "fifo": str(root / "fifo"),
+        "dir": str(root / "dir"),
+        "zero": "/dev/zero",
+        "missing": str(root / "nope"),
+        "loop": str(root / "loop-a"),
+        "huge": str(root / "huge.toml"),
+        "binary": str(root / "binary.toml"),
+        "null": "/dev/null",
+    }
 
 
 def argvs(rig: Rig, value: str, work: Path, *, fixed: bool = True) -> list[list[str]]:
@@ -342,22 +398,33 @@ def argvs(rig: Rig, value: str, work: Path, *, fixed: bool = True) -> list[list[
     future = ["--start", "2999-01-01T00:00:00Z", "--duration", "1"]
     key, draft = work / "keys" / "fleet-key.pem", work / "draft.toml"
     out = [
-        ["status", *cfg, value], ["status", "--json", "--config", value],
-        ["clips", "list", *cfg, "--json", value], ["clips", "export", value, str(work / "out"), *cfg],
-        ["outbox", "list", *cfg, "--state", value], ["outbox", "retry", value, *cfg],
+        ["status", *cfg, value],
+        ["status", "--json", "--config", value],
+        ["clips", "list", *cfg, "--json", value],
+        ["clips", "export", value, str(work / "out"), *cfg],
+        ["outbox", "list", *cfg, "--state", value],
+        ["outbox", "retry", value, *cfg],
         ["recall", "--start", value, "--duration", "1", *cfg],
         ["recall", "--start", "2024-05-01T14:30:00Z", "--duration", value, *cfg],
-        ["recall", *future, "--wait", value, *cfg], ["recall", *future, "--id", value, *cfg],
+        ["recall", *future, "--wait", value, *cfg],
+        ["recall", *future, "--id", value, *cfg],
         ["recall", *future, "--camera", value, *cfg],
-        ["timeline", *cfg, value], ["config", "check", value],
+        ["timeline", *cfg, value],
+        ["config", "check", value],
         ["config", "sign", "--key", str(key), str(draft), "--serial", value, "-o", str(work / "signed.toml")],
         ["config", "sign", "--key", str(key), str(draft), "--device", value, "-o", str(work / "signed.toml")],
         ["config", "sign", "--key", value, str(draft)],
-        [value], ["outbox", value], ["clips", value], ["config", value],
+        [value],
+        ["outbox", value],
+        ["clips", value],
+        ["config", value],
     ]
     if fixed:
-        out += [["mark", *cfg, "--note", value], ["clips", "export", rig.event, value, *cfg],
-                ["doctor", "--config", value]]
+        out += [
+            ["mark", *cfg, "--note", value],
+            ["clips", "export", rig.event, value, *cfg],
+            ["doctor", "--config", value],
+        ]
     return out
 
 
@@ -407,16 +474,26 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
-def test_every_subcommand_answers_odd_arguments_in_one_line(rig: Rig, work: Path, odd_paths: dict[str, str],
-                                                            evidence: dict[str, str]) -> None:
+def test_every_subcommand_answers_odd_arguments_in_one_line(
+    rig: Rig, work: Path, odd_paths: dict[str, str], evidence: dict[str, str]
+) -> None:
     runs = 0
     for value in [*ODD, *odd_paths.values()]:
         for argv in argvs(rig, value, work):
             check_outcome(argv, *run_main(argv))
             runs += 1
     for path in odd_paths.values():  # --config of every subcommand that has one
-        for sub in (["status"], ["mark"], ["clips", "list"], ["outbox", "list"], ["outbox", "retry", "1"],
-                    ["timeline"], ["recall", "--start", "x", "--duration", "1"], ["doctor"], ["config", "check"]):
+        for sub in (
+            ["status"],
+            ["mark"],
+            ["clips", "list"],
+            ["outbox", "list"],
+            ["outbox", "retry", "1"],
+            ["timeline"],
+            ["recall", "--start", "x", "--duration", "1"],
+            ["doctor"],
+            ["config", "check"],
+        ):
             argv = [*sub, path] if sub == ["config", "check"] else [*sub, "--config", path]
             rc, out, err = run_main(argv)
             check_outcome(argv, rc, out, err)
@@ -425,8 +502,13 @@ def test_every_subcommand_answers_odd_arguments_in_one_line(rig: Rig, work: Path
     assert runs > 600
 
 
-@settings(max_examples=max(30, EXAMPLES // 20), deadline=None, database=None, print_blob=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=max(30, EXAMPLES // 20),
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.text(min_size=0, max_size=60).filter(lambda t: "\0" not in t), st.integers(min_value=0))
 def test_random_text_in_any_slot_answers_in_one_line(rig: Rig, work: Path, value: str, pick: int) -> None:
     options = argvs(rig, value, work, fixed=False)
@@ -434,27 +516,39 @@ def test_random_text_in_any_slot_answers_in_one_line(rig: Rig, work: Path, value
     check_outcome(argv, *run_main(argv))
 
 
-@pytest.mark.parametrize("argv, rc", [
-    (["status", "--config", "{fifo}"], 78), (["mark", "--config", "{zero}"], 78),
-    (["config", "check", "{loop}"], 1), (["doctor", "--config", "{fifo}"], 1),
-    (["run", "--config", "{fifo}"], 78), (["status", "--config", "{dir}"], 78),
-    (["outbox", "retry", "²", "--config", "{missing}"], 2), (["clips", "export", "../../x", "/tmp"], 2),
-    (["recall", "--start", "x", "--duration", "²"], 2), (["run", "--for", "nan"], 2),
-    (["run", "--for", "²", "--config", "{missing}"], 2), (["run", "--config", "{loop}"], 78),
-    (["run", "--config", "{zero}"], 78), (["run", "--config", "{huge}"], 78), (["run", "--config", ""], 2),
-    (["config", "sign", "--key", "{fifo}", "{fifo}"], 1),
-])
-def test_as_a_user_runs_it_no_traceback_no_hang(rig: Rig, odd_paths: dict[str, str], argv: list[str],
-                                                rc: int) -> None:
+@pytest.mark.parametrize(
+    "argv, rc",
+    [
+        (["status", "--config", "{fifo}"], 78),
+        (["mark", "--config", "{zero}"], 78),
+        (["config", "check", "{loop}"], 1),
+        (["doctor", "--config", "{fifo}"], 1),
+        (["run", "--config", "{fifo}"], 78),
+        (["status", "--config", "{dir}"], 78),
+        (["outbox", "retry", "²", "--config", "{missing}"], 2),
+        (["clips", "export", "../../x", "/tmp"], 2),
+        (["recall", "--start", "x", "--duration", "²"], 2),
+        (["run", "--for", "nan"], 2),
+        (["run", "--for", "²", "--config", "{missing}"], 2),
+        (["run", "--config", "{loop}"], 78),
+        (["run", "--config", "{zero}"], 78),
+        (["run", "--config", "{huge}"], 78),
+        (["run", "--config", ""], 2),
+        (["config", "sign", "--key", "{fifo}", "{fifo}"], 1),
+    ],
+)
+def test_as_a_user_runs_it_no_traceback_no_hang(rig: Rig, odd_paths: dict[str, str], argv: list[str], rc: int) -> None:
     """The same, as separate processes: what a user sees on the terminal."""
     args = [a.format(**odd_paths) for a in argv]
-    r = subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=60,
-                       env=rig.d.env)
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=60, env=rig.d.env
+    )
     assert r.returncode == rc, (args, r.returncode, r.stderr)
     assert one_error_line(r)
 
 
 # --- what the command line prints from the stores is scrubbed ---------------------------------------
+
 
 def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
     """Reasons written into the stores unscrubbed (by an older edged, or a path that forgot) are
@@ -469,8 +563,10 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
     (tmp_path / "key").write_text(key + "\n")
     state = tmp_path / "state"
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(f'[storage]\ndir = "{state}"\n[upload]\ntargets = ["directory"]\n'
-                   f'[upload.sonoran_v2]\napi_key_file = "{tmp_path / "key"}"\n')
+    cfg.write_text(
+        f'[storage]\ndir = "{state}"\n[upload]\ntargets = ["directory"]\n'
+        f'[upload.sonoran_v2]\napi_key_file = "{tmp_path / "key"}"\n'
+    )
     state.mkdir()
     part = tmp_path / "p.webm"
     part.write_bytes(b"x")
@@ -478,16 +574,24 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
     outbox.enqueue("20240501T143000Z-1a2b3c", [(1, part, 1, 1000, "0" * 64)], 0, 0)
     outbox.close()
     EventStore(state / "events.sqlite").close()
-    leak = (f"server said 401: key {key} rejected; Authorization: Bearer tok-abcdef-987654; "
-            "https://s3.example/x?X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAXYZ")
+    leak = (
+        f"server said 401: key {key} rejected; Authorization: Bearer tok-abcdef-987654; "
+        "https://s3.example/x?X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAXYZ"
+    )
     with sqlite3.connect(state / "outbox.sqlite") as db:
         db.execute("UPDATE deliveries SET state='failed', reason=?", (leak,))
     with sqlite3.connect(state / "events.sqlite") as db:
         db.execute("INSERT INTO events VALUES ('20240501T143000Z-1a2b3c', 'b', 0, 1, 0, 0, 'failed', ?, 0)", (leak,))
     (state / "status.json").write_text(json.dumps({"pid": None, "last_error": leak}))
     secrets = (key, "tok-abcdef-987654", "deadbeefcafe", "AKIAXYZ")
-    for argv in (["outbox", "list"], ["outbox", "list", "--json"], ["clips", "list"], ["clips", "list", "--json"],
-                 ["status"], ["status", "--json"]):
+    for argv in (
+        ["outbox", "list"],
+        ["outbox", "list", "--json"],
+        ["clips", "list"],
+        ["clips", "list", "--json"],
+        ["status"],
+        ["status", "--json"],
+    ):
         rc, out, err = run_main([*argv, "--config", str(cfg)])
         assert rc == 0, (argv, err)
         assert "***" in out, (argv, out)
@@ -496,14 +600,16 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
 
 def test_config_sign_takes_a_serial_and_the_devices(tmp_path: Path) -> None:
     from edged.config import sign as configsign
+
     rc, _, err = run_main(["config", "keygen", str(tmp_path / "keys")])
     assert rc == 0, err
     key = tmp_path / "keys" / configsign.PRIVATE_KEY_NAME
     public = configsign.load_public_key(str(tmp_path / "keys" / configsign.PUBLIC_KEY_NAME))
     draft = tmp_path / "edged.toml"
     draft.write_text("[camera]\nfps = 10\n")
-    rc, out, err = run_main(["config", "sign", "--key", str(key), str(draft), "--serial", "42",
-                             "--device", "cam-2", "--device", "cam-1"])
+    rc, out, err = run_main(
+        ["config", "sign", "--key", str(key), str(draft), "--serial", "42", "--device", "cam-2", "--device", "cam-1"]
+    )
     assert rc == 0 and "serial 42; for cam-1, cam-2" in out, err
     signed = configsign.verified(draft.read_bytes(), public)
     assert (signed.serial, signed.devices, signed.body) == (42, ("cam-1", "cam-2"), b"[camera]\nfps = 10\n")
@@ -514,7 +620,13 @@ def test_config_sign_takes_a_serial_and_the_devices(tmp_path: Path) -> None:
     rc, out, err = run_main(["config", "sign", "--key", str(key), str(draft), "--serial", "7"])
     assert rc == 0 and "serial 7 is not above" in err  # signed as asked, with a warning
     assert configsign.verified(draft.read_bytes(), public).serial == 7
-    for bad in (["--serial", "-1"], ["--serial", "²"], ["--serial", str(2**63)], ["--device", "a b"],
-                ["--device", ""], ["--device", "x" * 129]):
+    for bad in (
+        ["--serial", "-1"],
+        ["--serial", "²"],
+        ["--serial", str(2**63)],
+        ["--device", "a b"],
+        ["--device", ""],
+        ["--device", "x" * 129],
+    ):
         rc, _, err = run_main(["config", "sign", "--key", str(key), str(draft), *bad])
         assert rc == 2 and len(err.strip().splitlines()) == 1, (bad, err)

@@ -13,8 +13,15 @@ import shutil
 
 import pytest
 
-from tests.hostile.harness import (DaemonUnderTest, accessible, assert_evidence_kept, assert_no_links,
-                                   assert_stores_sound, evidence_snapshot, sha256_of)
+from tests.hostile.harness import (
+    DaemonUnderTest,
+    accessible,
+    assert_evidence_kept,
+    assert_no_links,
+    assert_stores_sound,
+    evidence_snapshot,
+    sha256_of,
+)
 
 
 def _delivered(d: DaemonUnderTest, share, event_id: str) -> bool:
@@ -33,14 +40,24 @@ def test_a_delivery_folder_swapped_for_a_link_is_refused_then_used_once_real(tmp
         segments_before = set(os.listdir(d.state / "segments"))
         event = d.mark("link planted at the delivery folder")
         d.wait_built(event)
-        d.wait(lambda: "delivery folder refused" in d.log() or
-               any("refused" in str(v.get("last_reason", "")) for v in (d.status() or {}).get("uploads", {}).values()
-                   if isinstance(v, dict)),
-               what="the delivery refused")
+        d.wait(
+            lambda: (
+                "delivery folder refused" in d.log()
+                or any(
+                    "refused" in str(v.get("last_reason", ""))
+                    for v in (d.status() or {}).get("uploads", {}).values()
+                    if isinstance(v, dict)
+                )
+            ),
+            what="the delivery refused",
+        )
         before = evidence_snapshot(d.state)
         d.wait_frames_grow()
-        stray = {n for n in set(os.listdir(d.state / "segments")) - segments_before
-                 if not n.endswith((".webm", ".webm.part"))}
+        stray = {
+            n
+            for n in set(os.listdir(d.state / "segments")) - segments_before
+            if not n.endswith((".webm", ".webm.part"))
+        }
         assert not stray, f"the directory target wrote into the segments folder: {stray}"
         assert not (d.state / "segments" / event).exists()
 
@@ -75,13 +92,17 @@ def test_a_clip_folder_planted_as_a_link_is_refused(tmp_path):
         share.mkdir()
         os.symlink(d.state / "clips" / event, share / event)  # into the clip's own folder
         clip_before = evidence_snapshot(d.state)
-        d.wait(lambda: "delivery_folder_refused" in ((d.status() or {}).get("alarms") or []),
-               what="the clip folder refused, with its alarm")
+        d.wait(
+            lambda: "delivery_folder_refused" in ((d.status() or {}).get("alarms") or []),
+            what="the clip folder refused, with its alarm",
+        )
         d.wait_frames_grow()
         (share / event).unlink()
         d.wait(lambda: _delivered(d, share, event), what="delivered once the folder is real")
-        d.wait(lambda: "delivery_folder_refused" not in ((d.status() or {}).get("alarms") or []),
-               what="the alarm cleared by the delivery")
+        d.wait(
+            lambda: "delivery_folder_refused" not in ((d.status() or {}).get("alarms") or []),
+            what="the alarm cleared by the delivery",
+        )
         assert d.stop() == 0
     assert_evidence_kept(clip_before, evidence_snapshot(d.state), evicted_ok=True)
     assert_stores_sound(d.state)

@@ -26,17 +26,23 @@ from typing import Any
 
 import pytest
 
-from edged.core import files
-from edged.core import journal
-from edged.footage.index import Index
-from edged.upload.outbox import Outbox
-from edged.recall.request import FAILED, RecallStore
-from edged.recall.inbox import Inbox
-from edged.recall.service import RecallService, status_dir
+from edged.core import files, journal
 from edged.core.syncfolder import ALARM
+from edged.footage.index import Index
+from edged.recall.inbox import Inbox
+from edged.recall.request import FAILED, RecallStore
+from edged.recall.service import RecallService, status_dir
+from edged.upload.outbox import Outbox
 from tests.conftest import make_settings
-from tests.hostile.harness import (REPO, DaemonUnderTest, assert_evidence_kept, assert_no_links, assert_stores_sound,
-                                   evidence_snapshot, sha256_of, wait)
+from tests.hostile.harness import (
+    REPO,
+    DaemonUnderTest,
+    assert_evidence_kept,
+    assert_no_links,
+    assert_stores_sound,
+    evidence_snapshot,
+    sha256_of,
+)
 
 SESSION_SECRET = "hostile-session-7f3a9c1e5b"  # registered by the daemon (a key in its config)
 SECRET_CONFIG = {"upload": {"sonoran_legacy": {"session_id": SESSION_SECRET}}}
@@ -53,7 +59,7 @@ def stop_promptly(d: DaemonUnderTest) -> None:
 
 
 def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def good(k: int) -> dict[str, Any]:
@@ -91,6 +97,7 @@ def answer(d: DaemonUnderTest, rid: str, status: str, name: str | None = None) -
         except (OSError, ValueError):
             return None
         return doc if doc.get("status") == status else None
+
     return d.wait(read, what=f"{path.name} says {status}")
 
 
@@ -259,14 +266,27 @@ def test_hostile_request_files_are_each_rejected_once_and_the_inbox_goes_on(tmp_
             "inf": (b'{"start_time": "2025-01-01T00:00:00Z", "duration": 1e999}', "got inf"),
             "bigint": (b'{"start_time": "2025-01-01T00:00:00Z", "duration": ' + b"9" * 5000 + b"}", "not valid JSON"),
             "type-list": ({"start_time": start, "duration": 1, "recall_type": [[[]]]}, "recall_type"),
-            "secret": ({"start_time": start, "duration": 1, "vehicle_number": SESSION_SECRET,
-                        "api_key": SESSION_SECRET + "-2"}, "is not this device"),
+            "secret": (
+                {
+                    "start_time": start,
+                    "duration": 1,
+                    "vehicle_number": SESSION_SECRET,
+                    "api_key": SESSION_SECRET + "-2",
+                },
+                "is not this device",
+            ),
         }
         for rid, (content, _) in hostile.items():
             drop(d, f"{rid}.json", content)
-        expected = {"fifo": "is a FIFO", "link-fifo": "is a symbolic link", "zero": "is a symbolic link",
-                    "segment": "is a symbolic link", "manifest-link": "is a symbolic link", "a-folder": "is a folder",
-                    **{rid: words for rid, (_, words) in hostile.items()}}
+        expected = {
+            "fifo": "is a FIFO",
+            "link-fifo": "is a symbolic link",
+            "zero": "is a symbolic link",
+            "segment": "is a symbolic link",
+            "manifest-link": "is a symbolic link",
+            "a-folder": "is a folder",
+            **{rid: words for rid, (_, words) in hostile.items()},
+        }
         for rid, words in expected.items():
             doc = answer(d, rid, "rejected")
             assert words in doc["reason"], (rid, doc["reason"])
@@ -297,8 +317,8 @@ def test_request_files_with_far_future_and_far_past_mtimes_are_taken(tmp_path):
     d = DaemonUnderTest(tmp_path)
     with d:
         d.start()
-        future = int(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 10**9
-        past = int(dt.datetime(1980, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 10**9
+        future = int(dt.datetime(2099, 1, 1, tzinfo=dt.UTC).timestamp()) * 10**9
+        past = int(dt.datetime(1980, 1, 1, tzinfo=dt.UTC).timestamp()) * 10**9
         drop(d, "future.json", good(1), mtime_ns=future)
         drop(d, "past.json", good(2), mtime_ns=past)
         drop(d, "epoch.json", b"{", mtime_ns=0)
@@ -329,13 +349,19 @@ def test_a_rejected_request_reusing_a_completed_id_leaves_its_answer(tmp_path):
         doc = answer(d, "done-1", "rejected", name="recall-done-1.rejected.json")
         assert "already names another request" in doc["reason"]
         drop(d, "done-1.json", b"{not json")
-        d.wait(lambda: "not valid JSON" in json.dumps(d.sync_status("recall-done-1.rejected.json")),
-               what="the second rejection beside the answer")
+        d.wait(
+            lambda: "not valid JSON" in json.dumps(d.sync_status("recall-done-1.rejected.json")),
+            what="the second rejection beside the answer",
+        )
         # The same request again (a sync tool pushing it twice): answered with its state.
         drop(d, "done-1.json", body)
-        d.wait(lambda: taken(d, "done-1.json") and
-               (d.sync / "recall" / "processed" / "done-1.json").read_bytes() == json.dumps(body).encode(),
-               what="the repeat taken")
+        d.wait(
+            lambda: (
+                taken(d, "done-1.json")
+                and (d.sync / "recall" / "processed" / "done-1.json").read_bytes() == json.dumps(body).encode()
+            ),
+            what="the repeat taken",
+        )
         now = d.sync_status("recall-done-1.json")
         assert now is not None and now["status"] == "completed" and now["urls"] == completed["urls"]
         stop_promptly(d)
@@ -362,8 +388,7 @@ def _in_thread(fn) -> Any:
     return out[0]
 
 
-def test_a_request_swapped_for_a_fifo_between_listing_and_reading_is_rejected_without_blocking(
-        tmp_path, monkeypatch):
+def test_a_request_swapped_for_a_fifo_between_listing_and_reading_is_rejected_without_blocking(tmp_path, monkeypatch):
     folder, inbox = _settled_inbox(tmp_path)
     (folder / "r1.json").write_text(json.dumps(good(1)))
     items: list = []
@@ -376,6 +401,7 @@ def test_a_request_swapped_for_a_fifo_between_listing_and_reading_is_rejected_wi
             os.unlink(folder / "r1.json")
             os.mkfifo(folder / "r1.json")
         return out
+
     monkeypatch.setattr(files.Folder, "entries", swap_after_listing)
     assert _in_thread(lambda: inbox.take(items.append)) == 1
     [item] = items
@@ -403,6 +429,7 @@ def test_folders_swapped_for_links_during_a_look_take_nothing_out_of_the_inbox(t
             os.rename(folder, tmp_path / "recall.moved")
             os.symlink(evidence, folder)
         return out
+
     monkeypatch.setattr(files.Folder, "entries", swap)
     assert inbox.take(items.append) == 1
     assert (evidence / "manifest.json").read_text() == "the clip's manifest"
@@ -425,11 +452,20 @@ def service(tmp_path):
     index = Index(state / "index.sqlite")
     outbox = Outbox(state / "outbox.sqlite", targets=["directory"])
     alarms: list[tuple[str, bool]] = []
-    svc = RecallService(settings, RecallStore(state / "recall.sqlite"), index, outbox, clips_dir=state / "clips",
-                        segments_dir=state / "segments", status_folder=status_dir(settings),
-                        inbox=Inbox(tmp_path / "sync" / "recall", settle_s=0.0), now_wall_ns=time.time_ns,
-                        wall_offset_ns=lambda: time.time_ns() - time.monotonic_ns(), boot_id="b",
-                        on_alarm=lambda name, active: alarms.append((name, active)))
+    svc = RecallService(
+        settings,
+        RecallStore(state / "recall.sqlite"),
+        index,
+        outbox,
+        clips_dir=state / "clips",
+        segments_dir=state / "segments",
+        status_folder=status_dir(settings),
+        inbox=Inbox(tmp_path / "sync" / "recall", settle_s=0.0),
+        now_wall_ns=time.time_ns,
+        wall_offset_ns=lambda: time.time_ns() - time.monotonic_ns(),
+        boot_id="b",
+        on_alarm=lambda name, active: alarms.append((name, active)),
+    )
     svc.alarms = alarms  # type: ignore[attr-defined]
     yield svc
     svc.close()
@@ -472,7 +508,9 @@ def test_a_key_in_a_reason_is_stored_and_written_scrubbed(service, tmp_path):
     journal.register_secret(key)
     assert service.submit(good(1), "leak")["status"] == "pending"
     rec = service.store.get("leak")
-    service._set(rec, FAILED, f'upload refused for good: 401 {{"error": "bad key {key}", "api_key": "other-{key[:6]}"}}')
+    service._set(
+        rec, FAILED, f'upload refused for good: 401 {{"error": "bad key {key}", "api_key": "other-{key[:6]}"}}'
+    )
     service.store.close()
     for path in (tmp_path / "state").glob("recall.sqlite*"):
         assert key.encode() not in path.read_bytes(), path

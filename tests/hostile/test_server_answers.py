@@ -22,16 +22,21 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from edged.core.journal import MASK
-from edged.upload.outbox import Outbox
 from edged.core.paths import StatePaths
-from edged.upload.answers import (ALARM_FAILED, ALARM_PAUSED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STALLED,
-                                  MAX_ANSWER_BYTES)
+from edged.upload.answers import (
+    ALARM_FAILED,
+    ALARM_PAUSED,
+    ALARM_PORTAL,
+    ALARM_REDIRECTED,
+    ALARM_STALLED,
+    MAX_ANSWER_BYTES,
+)
+from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
@@ -65,9 +70,13 @@ class Rig:
         self.released: list[str] = []
         self.alarms: dict[str, bool] = {}
         self.targets = build_targets(self.settings)
-        self.uploader = Uploader(self.outbox, self.targets,
-                                 RetryPolicy.from_settings(self.settings.upload, random.Random(1)),
-                                 on_delivered=self.released.append, on_alarm=self.alarms.__setitem__)
+        self.uploader = Uploader(
+            self.outbox,
+            self.targets,
+            RetryPolicy.from_settings(self.settings.upload, random.Random(1)),
+            on_delivered=self.released.append,
+            on_alarm=self.alarms.__setitem__,
+        )
 
     @property
     def target(self):
@@ -109,6 +118,7 @@ def rss_bytes() -> int:
 
 # --- bounded answers ------------------------------------------------------------------------------------
 
+
 def test_a_2gb_answer_is_read_only_to_the_cap_and_memory_stays_flat(tmp_path):
     with HostileServer(Mode.OK) as server, Rig(tmp_path, server) as rig:
         # Warm up on a good answer (imports, TLS context, SQLite pages), then measure.
@@ -133,8 +143,11 @@ def test_a_2gb_answer_is_read_only_to_the_cap_and_memory_stays_flat(tmp_path):
         digest = sha256(path)
         try:
             wait_until(lambda: server.ended(Mode.HUGE), WAIT_S, "the huge answer ended by the client")
-            wait_until(lambda: [d for d in rig.outbox.deliveries(clip_id="clip-huge") if d.reason], WAIT_S,
-                       "the verdict stored")
+            wait_until(
+                lambda: [d for d in rig.outbox.deliveries(clip_id="clip-huge") if d.reason],
+                WAIT_S,
+                "the verdict stored",
+            )
         finally:
             done.set()
             sampler.join()
@@ -166,12 +179,15 @@ def test_an_answer_dripped_a_byte_a_second_ends_at_the_deadline(tmp_path, mode):
         assert_kept(rig, path, digest, "clip-drip")
 
 
-@pytest.mark.parametrize("mode,why", [
-    (Mode.PORTAL, "web page"),
-    (Mode.PORTAL_NO_TYPE, "web page"),
-    (Mode.BAD_JSON, "invalid JSON"),
-    (Mode.WRONG_SHAPE, "wrong shape"),
-])
+@pytest.mark.parametrize(
+    "mode,why",
+    [
+        (Mode.PORTAL, "web page"),
+        (Mode.PORTAL_NO_TYPE, "web page"),
+        (Mode.BAD_JSON, "invalid JSON"),
+        (Mode.WRONG_SHAPE, "wrong shape"),
+    ],
+)
 def test_a_200_that_is_not_the_contracts_answer_is_not_a_delivery(tmp_path, mode, why):
     with HostileServer(mode) as server, Rig(tmp_path, server) as rig:
         path = rig.add("clip-portal")
@@ -213,6 +229,7 @@ def test_redirects_are_never_followed_and_repeated_ones_raise_an_alarm(tmp_path)
 
 # --- secrets ---------------------------------------------------------------------------------------------
 
+
 def _outbox_files_bytes(state: Path) -> bytes:
     return b"".join(p.read_bytes() for p in state.glob("outbox.sqlite*"))
 
@@ -220,8 +237,13 @@ def _outbox_files_bytes(state: Path) -> bytes:
 def _outbox_list(rig: Rig) -> str:
     cfg = rig.tmp / "edged.toml"
     cfg.write_text(f'[storage]\ndir = "{rig.state}"\n')
-    out = subprocess.run([sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -249,6 +271,7 @@ def test_a_key_echoed_by_the_server_is_stored_and_shown_nowhere(tmp_path, caplog
 def test_the_store_scrubs_whatever_a_caller_hands_it(tmp_path):
     """The boundary itself: reasons, responses and progress values are scrubbed on the way in."""
     from edged.core.journal import register_secret
+
     register_secret(KEY)
     ob = Outbox(tmp_path / "outbox.sqlite", targets=["t"])
     clip = tmp_path / "c.webm"
@@ -268,13 +291,17 @@ def test_the_store_scrubs_whatever_a_caller_hands_it(tmp_path):
 
 # --- a stuck send ends when asked -------------------------------------------------------------------------
 
+
 def test_stop_and_the_operators_retry_cut_a_stuck_send_off(tmp_path):
     # A 600 s deadline: only a cancel ends these requests within the test's waits.
     with HostileServer(Mode.STALL) as server, Rig(tmp_path, server, timeout_seconds=600.0) as rig:
         path = rig.add("clip-stuck")
         digest = sha256(path)
-        wait_until(lambda: server.requests(Mode.STALL) and rig.delivery().state == "sending", WAIT_S,
-                   "the send stuck waiting for an answer")
+        wait_until(
+            lambda: server.requests(Mode.STALL) and rig.delivery().state == "sending",
+            WAIT_S,
+            "the send stuck waiting for an answer",
+        )
         assert rig.uploader.retry("clip-stuck") == 1, "the stuck send counts as retried"
         wait_until(lambda: len(server.requests(Mode.STALL)) >= 2, WAIT_S, "sent again at once")
         wait_until(lambda: rig.delivery().state == "sending", WAIT_S, "stuck again")
@@ -302,13 +329,23 @@ def test_stop_cuts_off_a_connect_that_never_completes(tmp_path):
 
 # --- through the real daemon ------------------------------------------------------------------------------
 
+
 def _daemon(tmp_path: Path, server: HostileServer, **upload) -> DaemonUnderTest:
     key_file = tmp_path / "api.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
-    return DaemonUnderTest(tmp_path / "run", {"upload": {
-        "targets": ["sonoran_v2"], "connect_timeout_seconds": 1.0, "timeout_seconds": 5.0, **upload,
-        "sonoran_v2": {"base_url": server.url, "api_key_file": str(key_file), "account_uuid": ACCOUNT}}})
+    return DaemonUnderTest(
+        tmp_path / "run",
+        {
+            "upload": {
+                "targets": ["sonoran_v2"],
+                "connect_timeout_seconds": 1.0,
+                "timeout_seconds": 5.0,
+                **upload,
+                "sonoran_v2": {"base_url": server.url, "api_key_file": str(key_file), "account_uuid": ACCOUNT},
+            }
+        },
+    )
 
 
 def _held(d: DaemonUnderTest, event_id: str) -> bool:
@@ -383,8 +420,10 @@ def test_daemon_the_operators_retry_and_stop_cut_a_stuck_send_off(tmp_path):
         d.start()
         event = d.mark("evidence on a stalled server")
         d.wait_built(event)
-        d.wait(lambda: server.requests(Mode.STALL) and any(r[0] == "sending" for r in _rows(d)),
-               what="a send stuck on the stalled server")
+        d.wait(
+            lambda: server.requests(Mode.STALL) and any(r[0] == "sending" for r in _rows(d)),
+            what="a send stuck on the stalled server",
+        )
         before = evidence_snapshot(d.state)
         out = d.cli("outbox", "retry", event, "--config", str(d.cfg))
         assert out.returncode == 0, out.stderr
@@ -393,8 +432,9 @@ def test_daemon_the_operators_retry_and_stop_cut_a_stuck_send_off(tmp_path):
         assert d.stop() == 0
     rows = _rows(d)
     assert not [r for r in rows if r[0] in ("delivered", "sending")], rows
-    assert [r for r in rows if r[2] == "cancelled: the daemon is stopping" and r[3] >= 2], \
+    assert [r for r in rows if r[2] == "cancelled: the daemon is stopping" and r[3] >= 2], (
         f"stop did not cut the send off: {rows}"
+    )
     assert "cancelled: retry requested by the operator" in d.log()
     assert _held(d, event)
     assert_evidence_kept(before, evidence_snapshot(d.state))

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged.config import sign as configsign
@@ -50,12 +49,17 @@ def rejections(d: DaemonUnderTest) -> list[str]:
 def wait_rejected(d: DaemonUnderTest, key: str, words: str, count_before: int) -> dict[str, Any]:
     """Until status/config.json says rejected naming ``key`` (a prefix) with ``words``; then one
     log line for it, and still one a few polls later."""
+
     def rejected() -> dict[str, Any] | None:
         st = d.sync_status("config.json")
-        if st and st["state"] == "rejected" and any(
-                e["key"].startswith(key) and words in e["reason"] for e in st["errors"]):
+        if (
+            st
+            and st["state"] == "rejected"
+            and any(e["key"].startswith(key) and words in e["reason"] for e in st["errors"])
+        ):
             return st
         return None
+
     st = d.wait(rejected, what=f"config rejected naming {key} ({words})")
     time.sleep(1.0)  # five polls
     assert len(rejections(d)) == count_before + 1, rejections(d)[count_before:]
@@ -68,6 +72,7 @@ def no_tracebacks(d: DaemonUnderTest) -> None:
 
 
 # --- files that are not configs -----------------------------------------------------------------
+
 
 def test_deep_nesting_at_start_and_while_running(tmp_path: Path) -> None:
     d = DaemonUnderTest(tmp_path)
@@ -94,8 +99,10 @@ def test_fifo_links_and_huge_files_neither_block_nor_crash(tmp_path: Path) -> No
     plant(d, lambda p: os.mkfifo(p), old=True)
     with d:
         d.start()  # a FIFO at start: READY all the same
-        d.wait(lambda: (st := d.sync_status("config.json")) and "FIFO" in st["errors"][0]["reason"],
-               what="the FIFO rejected")
+        d.wait(
+            lambda: (st := d.sync_status("config.json")) and "FIFO" in st["errors"][0]["reason"],
+            what="the FIFO rejected",
+        )
         d.wait_recording(segments=2)
         segment = min((d.state / "segments").glob("*.webm"))
         fifo = tmp_path / "fifo"
@@ -127,10 +134,14 @@ REDUCING = [
     (b"[storage]\nmax_bytes = 20000000\n", "storage.max_bytes"),
     (b"[clips]\npre_roll_seconds = 0.0\npost_roll_seconds = 0.0\n", "clips.pre_roll_seconds"),
     (b"[upload]\nbandwidth_kbps = 1\n", "upload.bandwidth_kbps"),
-    (b"[upload]\ntargets = [\"sonoran_v2\"]\n[upload.sonoran_v2]\naccount_uuid = \"someone-else\"\n",
-     "upload.sonoran_v2.account_uuid"),
-    (b"[upload.sonoran_legacy]\ncommunity = \"c\"\naccount = \"a\"\nsession_id = \"s\"\nusername = \"u\"\n",
-     "upload.sonoran_legacy.community"),
+    (
+        b'[upload]\ntargets = ["sonoran_v2"]\n[upload.sonoran_v2]\naccount_uuid = "someone-else"\n',
+        "upload.sonoran_v2.account_uuid",
+    ),
+    (
+        b'[upload.sonoran_legacy]\ncommunity = "c"\naccount = "a"\nsession_id = "s"\nusername = "u"\n',
+        "upload.sonoran_legacy.community",
+    ),
 ]
 
 
@@ -142,8 +153,9 @@ def test_unsigned_files_that_would_reduce_or_redirect_evidence_are_refused(tmp_p
         before = evidence_snapshot(d.state)
         video = d.sync / "their-video.webm"
         video.write_bytes(b"not ours")
-        foreign = (f'[camera]\nsource = "file"\ndevice = "{video}"\n[audio]\nsource = "none"\n'
-                   f'[device]\nid = "someone-else"\n').encode()
+        foreign = (
+            f'[camera]\nsource = "file"\ndevice = "{video}"\n[audio]\nsource = "none"\n[device]\nid = "someone-else"\n'
+        ).encode()
         for data, key in [*REDUCING, (foreign, "camera.source")]:
             n = len(rejections(d))
             plant(d, write(data))
@@ -167,6 +179,7 @@ def test_unsigned_files_that_would_reduce_or_redirect_evidence_are_refused(tmp_p
 
 # --- signed files: replays and other devices ----------------------------------------------------
 
+
 def test_a_replayed_or_foreign_signed_config_is_refused(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     d = DaemonUnderTest(tmp_path, {"sync": {"fleet_public_key": configsign.public_key_b64(key.public_key())}})
@@ -180,8 +193,11 @@ def test_a_replayed_or_foreign_signed_config_is_refused(tmp_path: Path) -> None:
         d.wait(lambda: (st := d.sync_status("config.json")) and st["state"] == "applied", what="signed applied")
         applied = d.sync_status("config.json")["applied_version"]
         before = evidence_snapshot(d.state)
-        for data, key_named, words in ((older, "<serial>", "not above 1000"), (foreign, "<devices>", "cam-9"),
-                                       (old_format, "<signature>", "sign it again")):
+        for data, key_named, words in (
+            (older, "<serial>", "not above 1000"),
+            (foreign, "<devices>", "cam-9"),
+            (old_format, "<signature>", "sign it again"),
+        ):
             n = len(rejections(d))
             plant(d, write(data))
             wait_rejected(d, key_named, words, n)
@@ -201,6 +217,7 @@ def test_a_replayed_or_foreign_signed_config_is_refused(tmp_path: Path) -> None:
 
 # --- the status folder ------------------------------------------------------------------------
 
+
 def test_a_symlinked_status_folder_is_never_written_through(tmp_path: Path) -> None:
     d = DaemonUnderTest(tmp_path)
     elsewhere = tmp_path / "not-status"
@@ -210,8 +227,10 @@ def test_a_symlinked_status_folder_is_never_written_through(tmp_path: Path) -> N
         d.start()
         before = evidence_snapshot(d.state)
         plant(d, write(b"[camera]\nbitrate = 250000\n"))
-        d.wait(lambda: (s := d.status()) and (s.get("synced_config") or {}).get("state") == "applied",
-               what="the config applied although its status cannot be written")
+        d.wait(
+            lambda: (s := d.status()) and (s.get("synced_config") or {}).get("state") == "applied",
+            what="the config applied although its status cannot be written",
+        )
         time.sleep(1.0)
         assert list(elsewhere.iterdir()) == [], "written through the link"
         assert d.log().count("config status not written") == 1, "said once, not once per poll"
@@ -229,9 +248,15 @@ def test_a_symlinked_status_folder_raises_the_alarm(tmp_path: Path) -> None:
     with d:
         d.start()
         plant(d, write(b"[camera]\nbitrate = 250000\n"))
-        d.wait(lambda: "sync_folder_refused" in ((d.status() or {}).get("alarms") or []), timeout=10,
-               what="alarm sync_folder_refused")
+        d.wait(
+            lambda: "sync_folder_refused" in ((d.status() or {}).get("alarms") or []),
+            timeout=10,
+            what="alarm sync_folder_refused",
+        )
         (d.sync / "status").unlink()
-        d.wait(lambda: "sync_folder_refused" not in ((d.status() or {}).get("alarms") or []), timeout=10,
-               what="alarm cleared")
+        d.wait(
+            lambda: "sync_folder_refused" not in ((d.status() or {}).get("alarms") or []),
+            timeout=10,
+            what="alarm cleared",
+        )
         assert d.stop() == 0

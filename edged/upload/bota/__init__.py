@@ -1,2 +1,1 @@
-"""The Bota presigned-URL target and the media it sends (MP4, audio-only WebM, JPEG stills).
-"""
+"""The Bota presigned-URL target and the media it sends (MP4, audio-only WebM, JPEG stills)."""

@@ -85,12 +85,18 @@ def video_encoder() -> str:
 def outputs(part: Path, out_dir: Path, still_ms: list[int]) -> Derived:
     """Where :func:`derive` puts the media of ``part`` (names depend on nothing else)."""
     stem = part.stem
-    return Derived(out_dir / f"{stem}.mp4", out_dir / f"{stem}-audio.webm",
-                   {ms: out_dir / f"{stem}-still-{ms}ms.jpg" for ms in sorted(set(still_ms))}, "")
+    return Derived(
+        out_dir / f"{stem}.mp4",
+        out_dir / f"{stem}-audio.webm",
+        {ms: out_dir / f"{stem}-still-{ms}ms.jpg" for ms in sorted(set(still_ms))},
+        "",
+    )
 
 
 def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
-    from edged.recording.encode import EncoderError, _open_checked as open_checked
+    from edged.recording.encode import EncoderError
+    from edged.recording.encode import _open_checked as open_checked
+
     try:
         open_checked(ctx, options)
     except EncoderError as exc:
@@ -98,6 +104,7 @@ def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
 
 
 # --- the audio track, copied ----------------------------------------------------------------------------
+
 
 def audio_webm(src: Path, dst: Path) -> Path | None:
     """The part's Opus packets, unchanged, in an audio-only WebM. None: the part has no audio."""
@@ -123,6 +130,7 @@ def audio_webm(src: Path, dst: Path) -> Path | None:
 
 
 # --- stills --------------------------------------------------------------------------------------------
+
 
 def stills(src: Path, wanted: dict[int, Path]) -> dict[int, Path]:
     """For each ms into the part, the nearest decoded frame as a JPEG. One decoding pass."""
@@ -172,6 +180,7 @@ def _write_jpeg(frame: av.VideoFrame, dst: Path) -> None:
 
 # --- MP4 -------------------------------------------------------------------------------------------------
 
+
 def to_mp4(src: Path, dst: Path, max_bytes: int = limits.MAX_UPLOAD_BYTES, encoder: str | None = None) -> str:
     """Re-encode ``src`` as an MP4 at most ``max_bytes``; returns the video encoder used."""
     encoder = encoder or video_encoder()
@@ -191,8 +200,9 @@ def to_mp4(src: Path, dst: Path, max_bytes: int = limits.MAX_UPLOAD_BYTES, encod
     raise MediaError(f"{src.name}: the MP4 does not fit {max_bytes} bytes even at {MIN_VIDEO_BITRATE} bps")
 
 
-def _video_stream(out: av.container.OutputContainer, encoder: str, vin: av.video.stream.VideoStream,
-                  bitrate: int) -> av.video.stream.VideoStream:
+def _video_stream(
+    out: av.container.OutputContainer, encoder: str, vin: av.video.stream.VideoStream, bitrate: int
+) -> av.video.stream.VideoStream:
     rate = vin.average_rate or vin.guessed_rate or Fraction(10)
     vs = out.add_stream(encoder, rate=rate)
     ctx = vs.codec_context
@@ -214,8 +224,11 @@ def _video_stream(out: av.container.OutputContainer, encoder: str, vin: av.video
 
 def _encode_mp4(src: Path, dst: Path, encoder: str, bitrate: int) -> None:
     try:
-        with av.open(str(src)) as inp, atomic_path(dst) as tmp, \
-                av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        with (
+            av.open(str(src)) as inp,
+            atomic_path(dst) as tmp,
+            av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out,
+        ):
             vin = inp.streams.video[0]
             vin.codec_context.thread_count = 1
             ain = inp.streams.audio[0] if inp.streams.audio else None
@@ -269,6 +282,7 @@ class _AacTrack:
 
 # --- the work, off the recording path --------------------------------------------------------------------
 
+
 def make(part: Path, out_dir: Path, still_ms: list[int], max_bytes: int = limits.MAX_UPLOAD_BYTES) -> Derived:
     """Make whatever of :func:`outputs` is missing, in this process. Returns what exists."""
     want = outputs(part, out_dir, still_ms)
@@ -290,12 +304,22 @@ def derive(part: Path, out_dir: Path, still_ms: list[int], timeout_s: float = DE
     Raises MediaError (the part cannot be converted) or OSError (the child could not run or was cut off)."""
     want = outputs(part, out_dir, still_ms)
     no_audio = out_dir / f".{part.stem}.no-audio"
-    if want.video.exists() and all(p.exists() for p in want.stills.values()) and \
-            (want.audio.exists() or no_audio.exists()):
+    if (
+        want.video.exists()
+        and all(p.exists() for p in want.stills.values())
+        and (want.audio.exists() or no_audio.exists())
+    ):
         return Derived(want.video, want.audio if want.audio.exists() else None, want.stills, "")
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    cmd = [sys.executable, "-m", "edged.upload.bota.media", str(part), str(out_dir), *[f"--still-ms={ms}" for ms in want.stills]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edged.upload.bota.media",
+        str(part),
+        str(out_dir),
+        *[f"--still-ms={ms}" for ms in want.stills],
+    ]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
@@ -307,8 +331,12 @@ def derive(part: Path, out_dir: Path, still_ms: list[int], timeout_s: float = DE
     doc = json.loads(run.stdout)
     if doc["audio"] is None:
         no_audio.touch()
-    return Derived(Path(doc["video"]), Path(doc["audio"]) if doc["audio"] else None,
-                   {int(k): Path(v) for k, v in doc["stills"].items()}, doc["encoder"])
+    return Derived(
+        Path(doc["video"]),
+        Path(doc["audio"]) if doc["audio"] else None,
+        {int(k): Path(v) for k, v in doc["stills"].items()},
+        doc["encoder"],
+    )
 
 
 def _lower_priority() -> None:
@@ -336,8 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     except MediaError as exc:
         print(f"edged.upload.bota.media: {exc}", file=sys.stderr)
         return 2
-    doc = {"video": str(d.video), "audio": str(d.audio) if d.audio else None,
-           "stills": {str(k): str(v) for k, v in d.stills.items()}, "encoder": d.encoder}
+    doc = {
+        "video": str(d.video),
+        "audio": str(d.audio) if d.audio else None,
+        "stills": {str(k): str(v) for k, v in d.stills.items()},
+        "encoder": d.encoder,
+    }
     print(json.dumps(doc))
     return 0
 

@@ -57,20 +57,30 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import httpx
 
-from edged.upload.bota import media
 from edged.config.schema import Settings, token_path
 from edged.core.journal import MASK, scrub
-from edged.upload.outbox import Outbox, OutboxPart
 from edged.core.paths import StatePaths
 from edged.core.timefmt import iso, parse_iso_ns
-from edged.upload.answers import (BOTA_COMPLETE, BOTA_RECORDING, BOTA_UPLOAD_URL, STORAGE_PUT, Answer, Contract,
-                                  Kind, Verdict, classify, classify_error, message)
+from edged.upload.answers import (
+    BOTA_COMPLETE,
+    BOTA_RECORDING,
+    BOTA_UPLOAD_URL,
+    STORAGE_PUT,
+    Answer,
+    Contract,
+    Kind,
+    Verdict,
+    classify,
+    classify_error,
+    message,
+)
+from edged.upload.bota import media
+from edged.upload.outbox import Outbox, OutboxPart
 from edged.upload.targets import HttpTarget, ThrottledFile, check_part, endpoint_of
 
 log = logging.getLogger("edged.upload.bota")
@@ -160,6 +170,7 @@ class BotaTarget(HttpTarget):
         self._outbox_path = StatePaths(settings.state_dir).outbox
         if self.token_path is not None:
             from edged.core import journal
+
             journal.register_secret_file(self.token_path)
 
     # --- the Target interface ------------------------------------------------------------------------
@@ -223,12 +234,18 @@ class _Job:
     def run(self, part: OutboxPart) -> Verdict:
         if "completed" in self.done:
             rec = json.loads(self.done["completed"])["recording_id"]
-            return Verdict(Kind.DELIVERED, f"in recording {rec} (sent with the clip's first delivery)",
-                           response=self.done["completed"])
+            return Verdict(
+                Kind.DELIVERED,
+                f"in recording {rec} (sent with the clip's first delivery)",
+                response=self.done["completed"],
+            )
         parts = self.outbox.parts(self.clip_id)
         if part.id not in {p.id for p in parts}:
-            return Verdict(Kind.PAUSE, f"part {part.id} of clip {self.clip_id} is not in {self.outbox.path}: "
-                                       "the bota target must use the daemon's outbox")
+            return Verdict(
+                Kind.PAUSE,
+                f"part {part.id} of clip {self.clip_id} is not in {self.outbox.path}: "
+                "the bota target must use the daemon's outbox",
+            )
         for p in parts:
             bad = check_part(p, contract=False)
             if bad is not None:
@@ -265,8 +282,13 @@ class _Job:
             except OSError as exc:
                 raise _Refused(Verdict(Kind.RETRY, f"part {part.number}: media not made: {exc}")) from exc
             if d.encoder:
-                log.info("clip %s part %d: MP4 (%s), audio and %d still(s) made", self.clip_id, part.number,
-                         d.encoder, len(still_ms))
+                log.info(
+                    "clip %s part %d: MP4 (%s), audio and %d still(s) made",
+                    self.clip_id,
+                    part.number,
+                    d.encoder,
+                    len(still_ms),
+                )
             for i in mine:
                 path = d.video if i.type == "video" else d.audio if i.type == "audio" else d.stills[i.still_ms]
                 if path is not None:
@@ -277,8 +299,9 @@ class _Job:
 
     def _post(self, path: str, body: dict, what: str) -> Answer:
         try:
-            return self.t.exchange("POST", self.t.base_url + path, json=body,
-                                   headers={"Authorization": f"Bearer {self.token}"})
+            return self.t.exchange(
+                "POST", self.t.base_url + path, json=body, headers={"Authorization": f"Bearer {self.token}"}
+            )
         except httpx.HTTPError as exc:
             raise _Refused(_step(classify_error(exc), what)) from exc
 
@@ -299,9 +322,17 @@ class _Job:
 
     def _new_url(self, recording: str, item: MediaItem, size: int) -> dict:
         what = f"upload URL for {item.key}"
-        r, doc = self._api(f"/v1/recordings/{recording}/upload-url",
-                           {"type": item.type, "content_type": item.content_type, "file_size_bytes": size,
-                            "captured_at": item.captured_at}, what, BOTA_UPLOAD_URL)
+        r, doc = self._api(
+            f"/v1/recordings/{recording}/upload-url",
+            {
+                "type": item.type,
+                "content_type": item.content_type,
+                "file_size_bytes": size,
+                "captured_at": item.captured_at,
+            },
+            what,
+            BOTA_UPLOAD_URL,
+        )
         headers = doc.get("headers") or {}
         # How long it is valid, by the server's clock (its Date header): a device clock that is
         # off (no RTC, no NTP yet) then does not make every URL look expired, or never expired.
@@ -309,14 +340,19 @@ class _Job:
         valid_s = 3600.0
         if doc.get("expires_at"):
             try:
-                server_now = email.utils.parsedate_to_datetime(r.headers["date"]).timestamp() \
-                    if r.headers.get("date") else now
+                server_now = (
+                    email.utils.parsedate_to_datetime(r.headers["date"]).timestamp() if r.headers.get("date") else now
+                )
                 valid_s = parse_iso_ns(str(doc["expires_at"])) / 1e9 - server_now
             except (ValueError, TypeError):
                 pass
-        url = {"media_id": str(doc["media_id"]), "upload_url": str(doc["upload_url"]),
-               "headers": {str(k): str(v) for k, v in headers.items()}, "size": size,
-               "valid_until": now + valid_s}
+        url = {
+            "media_id": str(doc["media_id"]),
+            "upload_url": str(doc["upload_url"]),
+            "headers": {str(k): str(v) for k, v in headers.items()},
+            "size": size,
+            "valid_until": now + valid_s,
+        }
         self._record(f"url:{item.key}", json.dumps(url))
         return url
 
@@ -324,21 +360,41 @@ class _Job:
         size = path.stat().st_size
         stored = json.loads(self.done[f"url:{item.key}"]) if f"url:{item.key}" in self.done else None
         # A URL stored without its signature (scrubbed; this run did not issue it) cannot be used.
-        url = stored if stored and stored["size"] == size and MASK not in stored["upload_url"] and \
-            stored["valid_until"] - time.time() > URL_MARGIN_S else None
+        url = (
+            stored
+            if stored
+            and stored["size"] == size
+            and MASK not in stored["upload_url"]
+            and stored["valid_until"] - time.time() > URL_MARGIN_S
+            else None
+        )
         for _ in range(MAX_URL_REQUESTS):
             if url is None:
                 url = self._new_url(recording, item, size)
             if self._put(url, path, item):
                 self._record(f"done:{item.key}", url["media_id"])
-                log.info("clip %s → bota: %s uploaded (%s, %d bytes, media %s)", self.clip_id, item.key,
-                         item.content_type, size, url["media_id"])
+                log.info(
+                    "clip %s → bota: %s uploaded (%s, %d bytes, media %s)",
+                    self.clip_id,
+                    item.key,
+                    item.content_type,
+                    size,
+                    url["media_id"],
+                )
                 return
-            log.warning("clip %s → bota: the upload URL for %s (media %s) expired; asking for a new one",
-                        self.clip_id, item.key, url["media_id"])
+            log.warning(
+                "clip %s → bota: the upload URL for %s (media %s) expired; asking for a new one",
+                self.clip_id,
+                item.key,
+                url["media_id"],
+            )
             url = None
-        raise _Refused(Verdict(Kind.RETRY, f"upload {item.key}: {MAX_URL_REQUESTS} upload URLs in a row expired "
-                                           "before use (is the clock right?)"))
+        raise _Refused(
+            Verdict(
+                Kind.RETRY,
+                f"upload {item.key}: {MAX_URL_REQUESTS} upload URLs in a row expired before use (is the clock right?)",
+            )
+        )
 
     def _put(self, url: dict, path: Path, item: MediaItem) -> bool:
         """PUT the file as the URL wants it. True: stored; False: the URL had expired. Raises _Refused."""
@@ -367,14 +423,19 @@ class _Job:
         raise _Refused(Verdict(Kind.RETRY, f"{what}: storage refused the upload URL: HTTP 403: {detail}", status=403))
 
     def _complete(self, recording: str, items: list[MediaItem], media_dir: Path) -> Verdict:
-        answer = {"recording_id": recording,
-                  "media": {i.key: self.done[f"done:{i.key}"] for i in items if self.done.get(f"done:{i.key}")}}
+        answer = {
+            "recording_id": recording,
+            "media": {i.key: self.done[f"done:{i.key}"] for i in items if self.done.get(f"done:{i.key}")},
+        }
         sent_before = "completing" in self.done
         self._record("completing", recording)
         r = self._post(f"/v1/recordings/{recording}/complete", {}, "complete recording")
         if r.status == 409 and sent_before:
-            log.info("clip %s → bota: recording %s was already complete (an earlier request got through)",
-                     self.clip_id, recording)
+            log.info(
+                "clip %s → bota: recording %s was already complete (an earlier request got through)",
+                self.clip_id,
+                recording,
+            )
         else:
             v = classify(r, BOTA_COMPLETE, time.time())
             if v.kind is not Kind.DELIVERED:
@@ -384,5 +445,4 @@ class _Job:
         self.t._secret_steps.pop(self.clip_id, None)
         shutil.rmtree(media_dir, ignore_errors=True)
         log.info("clip %s → bota: recording %s complete (%d media)", self.clip_id, recording, len(items))
-        return Verdict(Kind.DELIVERED, f"recording {recording} complete", response=response,
-                       status=r.status)
+        return Verdict(Kind.DELIVERED, f"recording {recording} complete", response=response, status=r.status)

@@ -1,0 +1,28 @@
+"""Guardrails run by the test command: the linter and the formatter agree with the tree.
+
+Configured in pyproject.toml ([tool.ruff]); run them by hand with ``.venv/bin/ruff check .`` and
+``.venv/bin/ruff format .``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_finds_nothing():
+    out = run(str(BIN / "ruff"), "check", "--output-format", "concise", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_tree_is_formatted():
+    out = run(str(BIN / "ruff"), "format", "--check", ".")
+    assert out.returncode == 0, "run .venv/bin/ruff format .\n" + out.stdout + out.stderr
