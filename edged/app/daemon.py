@@ -20,16 +20,13 @@ from edged.core.clock import Clock, SystemClock
 from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub_doc
 from edged.core.paths import StatePaths
+from edged.core.states import FAULT_ALARMS
 from edged.footage.index import IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
 from edged.recording.reconcile import reconcile
 from edged.recording.recorder import STALL_S, Recorder
 
 log = logging.getLogger("edged.daemon")
-
-#: Alarms the LED shows as a fault: evidence is not being kept or cannot leave the device. (A refused
-#: synced folder is the fleet's to fix, not the wearer's: status and journal only.)
-FAULT_ALARMS = frozenset({"storage_full", "storage_error", "camera_lost", "camera_stalled", "upload_paused"})
 
 EXIT_STORAGE = 73  # EX_CANTCREAT: the state folder cannot be written
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another daemon uses this state folder

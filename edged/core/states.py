@@ -1,0 +1,87 @@
+"""Every state and alarm name edged stores, shows or logs, in one place.
+
+They are ``StrEnum``s: a member *is* its string, so the SQLite stores (whose ``CHECK`` constraints
+list the same words), ``status.json``, ``edged status`` and the journal keep the words they always
+had, while the code names them once and a typo is an ``AttributeError`` instead of a state nobody
+ever reaches.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SegmentState(StrEnum):
+    """A segment's row in the index (``footage.index``)."""
+
+    WRITING = "writing"  # being recorded (a ``.part`` on disk)
+    FINAL = "final"  # finished, renamed, fsynced
+    SALVAGED = "salvaged"  # cut off by a crash, recovered up to its last whole frame
+    EVICTED = "evicted"  # overwritten by the ring buffer
+    LOST = "lost"  # gone or unrecoverable
+
+
+class RecorderState(StrEnum):
+    """What the recorder is doing (``status.json``'s ``state``)."""
+
+    STARTING = "starting"
+    RECORDING = "recording"
+    CAMERA_LOST = "camera_lost"
+    STORAGE_FULL = "storage_full"
+    STOPPED = "stopped"
+
+
+class EventState(StrEnum):
+    """A marked event (``events.sqlite``)."""
+
+    OPEN = "open"  # its post-roll is still being recorded (or extended by a press)
+    BUILT = "built"  # its clip is built and queued
+    FAILED = "failed"  # no clip could be built (the reason is stored)
+
+
+class RecallState(StrEnum):
+    """A recall request (``recall.sqlite`` and ``status/recall-<id>.json``)."""
+
+    PENDING = "pending"  # accepted, its footage held, waiting for the window to be recorded
+    PROCESSING = "processing"  # being built, then uploading
+    COMPLETED = "completed"  # every part delivered to every target
+    FAILED = "failed"  # with the reason
+    REJECTED = "rejected"  # answered, never stored
+
+
+class DeliveryState(StrEnum):
+    """One part to one target (``outbox.sqlite``)."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # waits for a time (back-off, Retry-After, the allowance)
+    FAILED = "failed"  # refused for good; the file is kept
+
+
+class Alarm(StrEnum):
+    """The device's alarms (``edged status``, ``status.json``, the LED, the journal's ``EDGED_ALARM``)."""
+
+    # recording and storage
+    CAMERA_LOST = "camera_lost"
+    CAMERA_STALLED = "camera_stalled"
+    STORAGE_FULL = "storage_full"  # only protected footage is left: recording pauses
+    STORAGE_OVER_BUDGET = "storage_over_budget"  # only protected footage is left to evict: recording goes on
+    STORAGE_ERROR = "storage_error"
+    GPIO_ERROR = "gpio_error"
+    # uploads
+    UPLOAD_PAUSED = "upload_paused"  # a key or an account is refused: the target waits
+    UPLOAD_FAILED = "upload_failed"  # a part was refused for good (kept)
+    UPLOAD_CAPTIVE_PORTAL = "upload_captive_portal"  # a 2xx that is not the contract's answer
+    UPLOAD_REDIRECTED = "upload_redirected"  # redirects in a row; never followed
+    UPLOAD_STALLED = "upload_stalled"  # a request ran past its overall deadline
+    DELIVERY_FOLDER_REFUSED = "delivery_folder_refused"  # a link where a delivery folder belongs
+    # the synced folder
+    SYNC_FOLDER_REFUSED = "sync_folder_refused"  # a link (or worse) where status/, recall/ belongs
+
+
+#: Alarms the LED shows as a fault: evidence is not being kept or cannot leave the device. (A refused
+#: synced folder is the fleet's to fix, not the wearer's: status and journal only.)
+FAULT_ALARMS = frozenset(
+    {Alarm.STORAGE_FULL, Alarm.STORAGE_ERROR, Alarm.CAMERA_LOST, Alarm.CAMERA_STALLED, Alarm.UPLOAD_PAUSED}
+)
