@@ -47,7 +47,7 @@ class FileVideo:
             t_first: float | None = None
             try:
                 for frame in container.decode(stream):
-                    if frame.pts is None:
+                    if frame.pts is None or stream.time_base is None:
                         continue
                     t = float(frame.pts * stream.time_base)
                     if t_first is None:

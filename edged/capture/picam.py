@@ -140,7 +140,7 @@ def yuv420_frame(array: np.ndarray, width: int, height: int) -> av.VideoFrame:
 
 def _import_picamera2() -> ModuleType:
     try:
-        import picamera2  # type: ignore[import-not-found]
+        import picamera2
     except ImportError as exc:
         raise SourceUnavailable(f"picamera2 is not installed (apt install python3-picamera2): {exc}") from exc
     except Exception as exc:  # libcamera bindings present but broken

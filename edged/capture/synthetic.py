@@ -6,6 +6,7 @@ benchmarks. Paced, it delivers frames in real time like a camera; unpaced, as fa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 
 import av
@@ -21,7 +22,7 @@ class SyntheticVideo:
         self.width, self.height, self.fps = width, height, fps
         self._pacer = Pacer(1.0 / fps, paced)
         self._container: av.container.InputContainer | None = None
-        self._frames = None
+        self._frames: Iterator[av.VideoFrame] | None = None
 
     def open(self) -> None:
         # testsrc2 moves every frame; the noise keeps the encoder honestly busy.
@@ -59,7 +60,7 @@ class SyntheticAudio:
         self._samples_per_block = int(sample_rate * self.BLOCK)
         self._pacer = Pacer(float(self.BLOCK), paced)
         self._container: av.container.InputContainer | None = None
-        self._frames = None
+        self._frames: Iterator[av.AudioFrame] | None = None
 
     def open(self) -> None:
         layout = "mono" if self.channels == 1 else "stereo"

@@ -105,7 +105,7 @@ class V4L2Video:
                     raise
                 continue
             bad = 0
-            yield from frames  # type: ignore[misc]
+            yield from frames
 
     def read(self) -> VideoSample:
         assert self._frames is not None and self._container is not None, "open() first"

@@ -461,9 +461,14 @@ class Settings:
 _SECTIONS: dict[str, type] = {name: t for name, t in typing.get_type_hints(Settings).items() if name != "origin"}
 
 
-@functools.cache
 def _resolve_type(t: Any) -> Any:
-    return eval(t, vars(typing) | vars(types) | globals()) if isinstance(t, str) else t
+    """A field's type: its annotation evaluated (the module uses postponed annotations)."""
+    return _resolve_annotation(t) if isinstance(t, str) else t
+
+
+@functools.cache
+def _resolve_annotation(t: str) -> Any:
+    return eval(t, vars(typing) | vars(types) | globals())
 
 
 @functools.cache
@@ -768,7 +773,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[tuple[s
             problems.append((short(dotted, 120), f"unknown key (known: {', '.join(fields)})"))
             continue
         want = _resolve_type(fields[key].type)
-        if dataclasses.is_dataclass(want):
+        if isinstance(want, type) and dataclasses.is_dataclass(want):
             if not isinstance(value, dict):
                 problems.append((dotted, f"must be a table, e.g. [{dotted}]"))
             else:
@@ -984,6 +989,14 @@ def _field_of(key: str | tuple[str, ...]) -> dataclasses.Field | None:
     return f if leaf else None
 
 
+def _leaf_field(key: str) -> dataclasses.Field:
+    """The schema field of a key known to be a leaf (the docs walk only those)."""
+    f = _field_of(key)
+    if f is None:
+        raise KeyError(f"{key} is not a key of the schema")
+    return f
+
+
 # --- layers: a synced config over the local one, and what may change while running ---------------
 
 
@@ -1148,7 +1161,8 @@ def overlay_live(base: Settings, new: Settings) -> Settings:
     def merge(b: Any, n: Any, live: bool) -> Any:
         if live:
             return n
-        if not dataclasses.is_dataclass(b):
+        section = dataclasses.is_dataclass(b) and not isinstance(b, type)
+        if not section:
             return b
         changes = {
             f.name: merge(getattr(b, f.name), getattr(n, f.name), bool(f.metadata.get("live")))
@@ -1181,7 +1195,7 @@ def load_or_defaults(path: Path | str | None) -> Settings:
 
 def describe() -> list[tuple[str, Any, str]]:
     """Every key with its embedded default and its doc line (for the sample config and README)."""
-    return [(key, value, _field_of(key).metadata.get("doc", "")) for key, value, _ in _leaves(Settings())]
+    return [(key, value, _leaf_field(key).metadata.get("doc", "")) for key, value, _ in _leaves(Settings())]
 
 
 def num(x: float) -> str:
@@ -1194,7 +1208,7 @@ def _range(key: str, meta: Any) -> str:
         return " \\| ".join(meta["choices"])
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is None and hi is None:
-        return f"≤ {num(meta['max_len'])} chars" if _resolve_type(_field_of(key).type) is str else ""
+        return f"≤ {num(meta['max_len'])} chars" if _resolve_type(_leaf_field(key).type) is str else ""
     text = (
         f"{num(lo)} – {num(hi)}"
         if lo is not None and hi is not None
@@ -1234,7 +1248,7 @@ def markdown_table() -> str:
     it applies live, and its doc line. ``python -m edged.config.schema`` prints it."""
     rows = ["| key | default | range | class | synced bounds | live | what |", "|---|---|---|---|---|---|---|"]
     for key, value, live in _leaves(Settings()):
-        meta = _field_of(key).metadata
+        meta = _leaf_field(key).metadata
         doc = meta.get("doc", "").replace("<", "&lt;")
         rows.append(
             f"| `{key}` | {_default_text(key, value)} | {_range(key, meta)} | {trust_of(key)} | "

@@ -58,8 +58,8 @@ class Alarms:
         with self._lock:
             return len(self._owners)
 
-    def __and__(self, other: Iterable[str]) -> set[str]:
-        return set(self.snapshot()) & set(other)
+    def __and__(self, other: Iterable[str]) -> frozenset[str]:
+        return self.snapshot() & frozenset(other)
 
     def __repr__(self) -> str:
         return f"Alarms({sorted(self.snapshot())})"

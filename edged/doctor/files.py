@@ -8,7 +8,9 @@ import pwd
 import stat
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edged.config import schema as config_mod
 from edged.core.paths import StatePaths
@@ -18,7 +20,8 @@ from edged.footage.ring import METADATA_RESERVE_BYTES
 #: Config keys whose problem is a credential file: reported by the credentials checks.
 CREDENTIAL_KEYS = {"upload.sonoran_v2.api_key_file": "sonoran_v2", "upload.bota.token_file": "bota"}
 #: Targets that read a secret: (settings attribute, systemd credential name, path function).
-KEYED_TARGETS = {
+#: target -> (the key's setting, its systemd credential name, where the setting says it is)
+KEYED_TARGETS: dict[str, tuple[str, str, Callable[[Any], Path | None]]] = {
     "sonoran_v2": ("api_key_file", "sonoran_api_key", config_mod.api_key_path),
     "bota": ("token_file", "bota_token", config_mod.token_path),
 }

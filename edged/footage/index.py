@@ -296,7 +296,8 @@ class Index(Store):
         return _row(r) if r else None
 
     def segments(self, states: Iterable[str] | None = None) -> list[Segment]:
-        sql, args = _SELECT, ()
+        sql = _SELECT
+        args: tuple[str, ...] = ()
         if states is not None:
             states = tuple(states)
             sql += f" WHERE s.state IN ({','.join('?' * len(states))})"

@@ -9,6 +9,7 @@ neighbouring segments join with no lost and no duplicated samples.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sqlite3
@@ -320,11 +321,13 @@ class Recorder:
         return self._cur
 
     def _route_video(self, p: av.Packet) -> None:
+        assert p.pts is not None, "encoded packets carry their pts"
         target = self._target(p.pts / self.fps)
         if target is not None:
             target.writer.mux_video(p)
 
     def _route_audio(self, p: av.Packet) -> None:
+        assert p.pts is not None and p.time_base is not None, "encoded packets carry their pts"
         t = float(p.pts * p.time_base)
         if self._closing is not None and self._cur is not None and t >= self._cur.start_s:
             # Audio reached the boundary: the previous segment is complete.
@@ -375,6 +378,7 @@ class Recorder:
         self._audio_next += a.frame.samples
         if self._cur is None and self._closing is None:
             return
+        assert self.aenc is not None, "audio samples come only with an audio encoder"
         try:
             for p in self.aenc.encode(a.frame, pts):
                 self._route_audio(p)
@@ -540,9 +544,7 @@ class Recorder:
             return
         if result.path is None:
             # A 'writing' row left behind would keep marks waiting: retried until it is written.
-            self._update_row(
-                w.start.name, lambda seq=w.start.seq, why=result.reason: self.index.set_state(seq, "lost", why)
-            )
+            self._update_row(w.start.name, functools.partial(self.index.set_state, w.start.seq, "lost", result.reason))
             return
         try:
             _, facts = inspect(result.path)
@@ -551,15 +553,16 @@ class Recorder:
             return
         self._update_row(
             w.start.name,
-            lambda seq=w.start.seq, f=facts, why=result.reason: self.index.finish(
-                seq,
+            functools.partial(
+                self.index.finish,
+                w.start.seq,
                 "salvaged",
-                f.duration_ns,
-                f.bytes,
-                f.video_frames,
-                f.audio_packets,
-                f.sha256,
-                f"salvaged after write error: {why}",
+                facts.duration_ns,
+                facts.bytes,
+                facts.video_frames,
+                facts.audio_packets,
+                facts.sha256,
+                f"salvaged after write error: {result.reason}",
             ),
         )
         self.status.segments_salvaged += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 
@@ -60,7 +60,7 @@ def _copy_until_broken(src: av.container.InputContainer, out_file: BinaryIO) -> 
         out = av.open(out_file, "w", format="webm")
         out.metadata.update(src.metadata)
         mapping = {}
-        decoders = {}
+        decoders: dict[int, Any] = {}  # PyAV types CodecContext.create as the base class, without decode
         for s in src.streams:
             if s.type in ("video", "audio"):
                 o = out.add_stream_from_template(s)

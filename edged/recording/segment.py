@@ -99,8 +99,8 @@ class SegmentWriter:
         self,
         directory: Path,
         start: SegmentStart,
-        video_template: av.stream.Stream,
-        audio_template: av.stream.Stream | None,
+        video_template: av.VideoStream,
+        audio_template: av.AudioStream | None,
         audio_extradata: bytes | None,
         video_origin_pts: int,
         audio_origin_pts: int | None,
@@ -112,21 +112,22 @@ class SegmentWriter:
         self.part_path = directory / (start.name + PART_SUFFIX)
         self._file: BinaryIO = open(self.part_path, "wb")
         try:
-            self._mux = av.open(
+            self._mux: av.container.OutputContainer | None = av.open(
                 self._file, "w", format="webm", options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"}
             )
-            self._mux.metadata.update(start.tags())
+            mux = self._mux
+            mux.metadata.update(start.tags())
             # The template's stream parameters were taken before its encoder was configured:
             # copy what the header must say from the encoder itself.
             venc = video_template.codec_context
-            self._video = self._mux.add_stream_from_template(video_template)
+            self._video = mux.add_stream_from_template(video_template)
             vctx = self._video.codec_context
             vctx.width, vctx.height, vctx.pix_fmt = venc.width, venc.height, venc.pix_fmt
             self._video.time_base = Fraction(1, 1000)
             self._audio = None
             if audio_template is not None:
                 aenc = audio_template.codec_context
-                self._audio = self._mux.add_stream_from_template(audio_template)
+                self._audio = mux.add_stream_from_template(audio_template)
                 actx = self._audio.codec_context
                 actx.sample_rate, actx.layout = aenc.sample_rate, aenc.layout
                 actx.extradata = audio_extradata
@@ -143,27 +144,30 @@ class SegmentWriter:
         self.audio_packets = 0
         self.last_video_pts: int | None = None
 
-    def _check_open(self) -> None:
+    def _open_mux(self) -> av.container.OutputContainer:
         if self._mux is None:  # muxing into a closed FFmpeg context would crash the process
             raise OSError(f"segment {self.start.name} is closed")
+        return self._mux
 
     def mux_video(self, packet: av.Packet) -> None:
-        self._check_open()
+        mux = self._open_mux()
+        assert packet.pts is not None, "encoded packets carry their pts"
         self.last_video_pts = packet.pts
         packet.pts -= self._video_origin
         packet.dts = packet.pts
         packet.stream = self._video
-        self._mux.mux(packet)
+        mux.mux(packet)
         self.video_frames += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
-        self._check_open()
+        mux = self._open_mux()
         if self._audio is None or self._audio_origin is None:
             return
+        assert packet.pts is not None, "encoded packets carry their pts"
         packet.pts -= self._audio_origin
         packet.dts = packet.pts
         packet.stream = self._audio
-        self._mux.mux(packet)
+        mux.mux(packet)
         self.audio_packets += 1
 
     def sync_if_due(self) -> None:
@@ -177,8 +181,7 @@ class SegmentWriter:
 
     def finish(self) -> Path:
         """Write the trailer, make the file durable under its final name; return that path."""
-        self._check_open()
-        self._mux.close()
+        self._open_mux().close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
