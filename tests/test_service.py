@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.app.systemd import ServiceNotifier, summary, watchdog_interval_s
+from edged.app.status import DaemonStatus
+from edged.app.systemd import ServiceNotifier, watchdog_interval_s
 from edged.capture.synthetic import SyntheticVideo
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
@@ -241,17 +242,16 @@ def test_watchdog_interval_follows_systemds_variables():
 
 
 def test_status_line_summarises_the_daemon():
-    line = summary(
-        {
-            "state": "recording",
-            "video_source": "picamera2",
-            "segments_written": 12,
-            "current_segment": "000013",
-            "events_open": 1,
-            "outbox": {"queued": 2, "deferred": 1, "delivered": 5, "failed": 1},
-            "alarms": ["storage_full"],
-        }
-    )
+    line = DaemonStatus(
+        pid=1,
+        state="recording",
+        video_source="picamera2",
+        segments_written=12,
+        current_segment="000013",
+        events_open=1,
+        outbox={"queued": 2, "deferred": 1, "delivered": 5, "failed": 1},
+        alarms=["storage_full"],
+    ).summary()
     assert line == (
         "recording; camera picamera2; 12 segments; writing 000013; 1 event(s) open; "
         "3 upload(s) waiting; 1 failed; alarms: storage_full"

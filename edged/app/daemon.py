@@ -13,14 +13,15 @@ import threading
 import time
 from pathlib import Path
 
-from edged.app.systemd import ServiceNotifier, summary
+from edged.app.status import DaemonStatus
+from edged.app.systemd import ServiceNotifier
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.core.alarms import Alarms
 from edged.core.clock import Clock, SystemClock
 from edged.core.files import owner_only, write_atomic
-from edged.core.journal import Msg, log_event, register_secret, scrub_doc
+from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
 from edged.core.paths import StatePaths
-from edged.core.states import FAULT_ALARMS
+from edged.core.states import FAULT_ALARMS, EventState
 from edged.footage.index import IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
 from edged.recording.reconcile import reconcile
@@ -149,7 +150,7 @@ class Daemon:
             self.paths.control,
             {
                 "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
-                "status": lambda req: {"status": scrub_doc(self._status_dict())},
+                "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
                 "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
                 **self.recall.control_handlers(),
             },
@@ -300,44 +301,45 @@ class Daemon:
             )
         )
 
-    def _status_dict(self) -> dict:
+    def status(self) -> DaemonStatus:
+        """What the daemon knows about itself now (``edged.app.status``)."""
         r = self.recorder
         st = r.status
-        return {
-            "pid": os.getpid(),
-            "state": st.state,
-            "video_source": st.video_source,
-            "audio_source": st.audio_source,
-            "frames_encoded": st.frames_encoded,
-            "frames_dropped": st.frames_dropped,
-            "frames_not_stored": st.frames_not_stored,
-            "segments_written": st.segments_written,
-            "current_segment": st.current_segment,
-            "alarms": sorted(st.alarms),
-            "last_error": st.last_error,
-            "clock_synchronized": r.watch.synchronized,
-            "updated": time.time(),
-            "config": self.settings.origin,
-            "events_open": len(self.events_store.events("open")),
-            "outbox": self.outbox.counts(),
-            "outbox_resends": self.outbox.resends(),
-            "uploads": self.uploader.status(),
-            "synced_config": self.config_sync.last_status if self.config_sync is not None else None,
-        }
+        return DaemonStatus(
+            pid=os.getpid(),
+            state=st.state,
+            video_source=st.video_source,
+            audio_source=st.audio_source,
+            frames_encoded=st.frames_encoded,
+            frames_dropped=st.frames_dropped,
+            frames_not_stored=st.frames_not_stored,
+            segments_written=st.segments_written,
+            current_segment=st.current_segment,
+            alarms=list(st.alarms),
+            last_error=st.last_error,
+            clock_synchronized=r.watch.synchronized,
+            updated=time.time(),
+            config=self.settings.origin,
+            events_open=len(self.events_store.events(EventState.OPEN)),
+            outbox=self.outbox.counts(),
+            outbox_resends=self.outbox.resends(),
+            uploads=self.uploader.status(),
+            synced_config=self.config_sync.last_status if self.config_sync is not None else None,
+        )
 
-    def write_status(self) -> dict:
-        status = scrub_doc(self._status_dict())  # server reasons may echo a key: never stored
-        try:
-            write_atomic(self.paths.status, json.dumps(status, indent=1).encode())
+    def write_status(self) -> DaemonStatus:
+        status = self.status()
+        try:  # scrubbed: a server's reason may echo a key, and status.json is never to hold one
+            write_atomic(self.paths.status, json.dumps(scrub_doc(status.to_dict()), indent=1).encode())
         except OSError as exc:
             log.debug("status not written: %s", exc)
         return status
 
-    def _tell_systemd(self, status: dict) -> None:
+    def _tell_systemd(self, status: DaemonStatus) -> None:
         """Readiness once footage is on disk; a watchdog ping only while frames go through the
         recorder (a hung camera or a blocked disk stops them); the status line."""
         st = self.recorder.status
-        line = summary(status)
+        line = scrub(status.summary())
         if st.on_disk:
             self.notifier.ready(line)
         if (

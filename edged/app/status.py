@@ -1,18 +1,24 @@
-"""Status: what ``edged status --json`` prints.
+"""The status document, typed once: what the daemon reports and what ``edged status`` shows.
 
-The daemon writes ``status.json`` in the state folder every second (atomically); the command
-reads it, adds what the index says about the footage, and says ``stopped`` when the daemon that
-wrote it is gone.
+:class:`DaemonStatus` is what the running daemon knows about itself. It is written to
+``status.json`` every second (scrubbed, atomically), answered on the control socket, and summed up
+in systemd's ``STATUS=`` line (:meth:`DaemonStatus.summary`). :class:`Report` is what the operator
+asks for with ``edged status``: the daemon's status when it runs (read back from ``status.json``,
+a file any process may have left behind, so read bounded and tolerantly), plus what the stores
+say whether it runs or not: footage on disk and the outbox.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from edged.core.files import read_bounded
 from edged.core.paths import StatePaths
+from edged.core.states import DeliveryState, RecorderState, SegmentState
 from edged.core.timefmt import iso
 from edged.footage.index import Index
 
@@ -20,19 +26,147 @@ from edged.footage.index import Index
 MAX_STATUS_BYTES = 1 << 20
 
 
+@dataclass
+class DaemonStatus:
+    pid: int = 0
+    state: str = RecorderState.STOPPED.value
+    video_source: str | None = None
+    audio_source: str | None = None
+    frames_encoded: int = 0
+    frames_dropped: int = 0
+    frames_not_stored: int = 0
+    segments_written: int = 0
+    current_segment: str | None = None
+    alarms: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    clock_synchronized: bool | None = None
+    #: wall time (s since the epoch) it was taken
+    updated: float = 0.0
+    #: where the settings in force came from
+    config: str = ""
+    events_open: int = 0
+    #: deliveries per state
+    outbox: dict[str, int] = field(default_factory=dict)
+    outbox_resends: int = 0
+    #: per target: paused, deferred, alarms, ... (the uploader's own account)
+    uploads: dict[str, Any] = field(default_factory=dict)
+    #: what became of the last synced config (status/config.json), None without a synced folder
+    synced_config: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> DaemonStatus | None:
+        """A status read back from ``status.json``: known keys of the right type are taken, anything
+        else is left at its default (a file without a pid is a run that is over); None when it is
+        not a JSON object at all."""
+        if not isinstance(doc, dict):
+            return None
+        kept: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in doc and _fits(doc[f.name], f.type):
+                kept[f.name] = doc[f.name]
+        return cls(**kept)
+
+    def summary(self) -> str:
+        """The one-line ``STATUS=`` text systemd shows (``systemctl status edged``)."""
+        waiting = sum(
+            n for state, n in self.outbox.items() if state not in (DeliveryState.DELIVERED, DeliveryState.FAILED)
+        )
+        parts = [self.state]
+        if self.video_source:
+            parts.append(f"camera {self.video_source}")
+        parts.append(f"{self.segments_written} segments")
+        if self.current_segment:
+            parts.append(f"writing {self.current_segment}")
+        if self.events_open:
+            parts.append(f"{self.events_open} event(s) open")
+        parts.append(f"{waiting} upload(s) waiting")
+        if self.outbox.get(DeliveryState.FAILED):
+            parts.append(f"{self.outbox[DeliveryState.FAILED]} failed")
+        parts.append("alarms: " + (", ".join(self.alarms) if self.alarms else "none"))
+        return "; ".join(parts)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "str": (str,),
+    "float": (int, float),
+    "str | None": (str, type(None)),
+    "bool | None": (bool, type(None)),
+    "list[str]": (list,),
+    "dict[str, int]": (dict,),
+    "dict[str, Any]": (dict,),
+    "dict[str, Any] | None": (dict, type(None)),
+}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    want = _TYPES.get(str(annotation), (object,))
+    if isinstance(value, bool) and bool not in want and object not in want:
+        return False  # JSON true is not a count
+    return isinstance(value, want)
+
+
+@dataclass
+class Footage:
+    """What the index says about the footage on disk."""
+
+    segments: int = 0
+    bytes_used: int = 0
+    bytes_protected: int = 0
+    oldest_footage: str | None = None
+    newest_footage: str | None = None
+    segments_salvaged: int = 0
+    segments_evicted: int = 0
+    segments_lost: int = 0
+
+    @classmethod
+    def of(cls, index: Index) -> Footage:
+        stored = index.stored()
+        return cls(
+            segments=len(stored),
+            bytes_used=sum(s.bytes for s in stored),
+            bytes_protected=index.held_bytes(),
+            oldest_footage=iso(stored[0].best_wall_start_ns) if stored else None,
+            newest_footage=iso(stored[-1].best_wall_end_ns) if stored else None,
+            segments_salvaged=sum(1 for s in stored if s.state == SegmentState.SALVAGED),
+            segments_evicted=len(index.segments([SegmentState.EVICTED])),
+            segments_lost=len(index.segments([SegmentState.LOST])),
+        )
+
+
 def footage_summary(index: Index) -> dict[str, Any]:
-    stored = index.stored()
-    out: dict[str, Any] = {
-        "segments": len(stored),
-        "bytes_used": sum(s.bytes for s in stored),
-        "bytes_protected": index.held_bytes(),
-        "oldest_footage": iso(stored[0].best_wall_start_ns) if stored else None,
-        "newest_footage": iso(stored[-1].best_wall_end_ns) if stored else None,
-        "segments_salvaged": sum(1 for s in stored if s.state == "salvaged"),
-        "segments_evicted": len(index.segments(["evicted"])),
-        "segments_lost": len(index.segments(["lost"])),
-    }
-    return out
+    return dataclasses.asdict(Footage.of(index))
+
+
+@dataclass
+class Report:
+    """``edged status``: the daemon's own status while it runs (or what its last run counted), and
+    the stores' account always."""
+
+    state_dir: str
+    #: the last status.json (None: none, or not one)
+    daemon: DaemonStatus | None
+    #: whether the daemon that wrote it still runs
+    running: bool
+    footage: Footage
+    outbox: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat document (``edged status --json``): the daemon's fields (``stopped`` when it is not
+        running, the counters of its last run kept, nothing live), the outbox as the store counts it
+        now, the footage as the index says."""
+        last = self.daemon
+        out: dict[str, Any] = last.to_dict() if last is not None else {}
+        out["state"] = last.state if last is not None and self.running else RecorderState.STOPPED.value
+        out["pid"] = last.pid if last is not None and self.running else None
+        if not self.running:
+            out["current_segment"], out["alarms"] = None, []
+        out |= {"state_dir": self.state_dir, "outbox": self.outbox}
+        out |= dataclasses.asdict(self.footage)
+        return out
 
 
 def _alive(pid: int) -> bool:
@@ -45,46 +179,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_status(paths: StatePaths) -> dict[str, Any]:
-    """Everything the operator asks for, whether or not the daemon runs."""
-    daemon: dict[str, Any] = {}
+def read_daemon_status(paths: StatePaths) -> tuple[DaemonStatus | None, bool]:
+    """The last ``status.json`` (None when absent or not one) and whether the daemon that wrote it
+    still runs."""
     try:
-        daemon = json.loads(read_bounded(paths.status, MAX_STATUS_BYTES))
+        last = DaemonStatus.from_dict(json.loads(read_bounded(paths.status, MAX_STATUS_BYTES)))
     except (OSError, ValueError):
-        daemon = {}
-    running = bool(daemon.get("pid")) and _alive(int(daemon["pid"])) and daemon.get("state") != "stopped"
-    out: dict[str, Any] = {
-        "state": daemon.get("state", "stopped") if running else "stopped",
-        "pid": daemon.get("pid") if running else None,
-        "video_source": daemon.get("video_source"),
-        "audio_source": daemon.get("audio_source"),
-        "frames_encoded": daemon.get("frames_encoded", 0),
-        "frames_dropped": daemon.get("frames_dropped", 0),
-        "frames_not_stored": daemon.get("frames_not_stored", 0),
-        "current_segment": daemon.get("current_segment") if running else None,
-        "alarms": daemon.get("alarms", []) if running else [],
-        "last_error": daemon.get("last_error"),
-        "clock_synchronized": daemon.get("clock_synchronized"),
-        "updated": daemon.get("updated"),
-        "state_dir": str(paths.root),
-    }
+        return None, False
+    if last is None:
+        return None, False
+    return last, last.pid > 0 and _alive(last.pid) and last.state != RecorderState.STOPPED
+
+
+def read_report(paths: StatePaths) -> Report:
+    """Everything the operator asks for, whether or not the daemon runs."""
+    last, running = read_daemon_status(paths)
+    outbox: dict[str, int] = {}
     if paths.outbox.exists():
         from edged.upload.outbox import Outbox
 
         ob = Outbox(paths.outbox, read_only=True)
         try:
-            out["outbox"] = ob.counts()
+            outbox = ob.counts()
         finally:
             ob.close()
-    else:
-        out["outbox"] = {}
-    out["events_open"] = daemon.get("events_open", 0)
+    footage = Footage()
     if paths.index.exists():
         idx = Index(paths.index, read_only=True)
         try:
-            out.update(footage_summary(idx))
+            footage = Footage.of(idx)
         finally:
             idx.close()
-    else:
-        out.update({"segments": 0, "bytes_used": 0, "oldest_footage": None, "newest_footage": None})
-    return out
+    return Report(str(paths.root), last, running, footage, outbox)
+
+
+def read_status(paths: StatePaths) -> dict[str, Any]:
+    """``edged status --json``."""
+    return read_report(paths).to_dict()

@@ -84,23 +84,3 @@ class ServiceNotifier:
     def stopping(self, status: str = "stopping: finalising the open segment") -> None:
         self._last_status = status
         self._notify(f"STOPPING=1\nSTATUS={status}")
-
-
-def summary(status: dict) -> str:
-    """The one-line STATUS= text from the daemon's status dict."""
-    outbox = status.get("outbox") or {}
-    waiting = sum(n for state, n in outbox.items() if state not in ("delivered", "failed"))
-    parts = [status.get("state", "?")]
-    if status.get("video_source"):
-        parts.append(f"camera {status['video_source']}")
-    parts.append(f"{status.get('segments_written', 0)} segments")
-    if status.get("current_segment"):
-        parts.append(f"writing {status['current_segment']}")
-    if status.get("events_open"):
-        parts.append(f"{status['events_open']} event(s) open")
-    parts.append(f"{waiting} upload(s) waiting")
-    if outbox.get("failed"):
-        parts.append(f"{outbox['failed']} failed")
-    alarms = status.get("alarms") or []
-    parts.append("alarms: " + (", ".join(alarms) if alarms else "none"))
-    return "; ".join(parts)
