@@ -10,7 +10,8 @@ proxy sends: the footage stays held and the delivery is tried again, with an ala
 A redirect is never followed. Every reason and response leaves this module scrubbed of secrets
 (``edged.core.journal.scrub``): a server that echoes the API key cannot get it stored or shown.
 
-The alarm names the uploader raises are defined here, next to the answers that raise them.
+The alarms an answer calls for are members of ``edged.core.states.Alarm`` (one definition for the
+device); ``ALARM_*`` here are their short names.
 """
 
 from __future__ import annotations
@@ -27,27 +28,37 @@ from typing import Any
 import httpx
 
 from edged.core.journal import scrub
+from edged.core.states import Alarm
 
 #: The most of an answer's body ever read; the rest is discarded unread (the connection is closed).
 MAX_ANSWER_BYTES = 64 * 1024
 
-# --- alarms (the uploader's ``on_alarm`` names; the daemon shows them in ``edged status``) --------
+# --- alarms ----------------------------------------------------------------------------------------
+# Every alarm of the device is a member of ``edged.core.states.Alarm``; these are the upload's, by the
+# short names the tests and older callers use. The verdicts below carry the members themselves.
 
 #: A target is paused: its key or account is refused (every clip would be refused the same way).
-ALARM_PAUSED = "upload_paused"
+ALARM_PAUSED = Alarm.UPLOAD_PAUSED
 #: A part was refused for good (it is kept, marked failed).
-ALARM_FAILED = "upload_failed"
+ALARM_FAILED = Alarm.UPLOAD_FAILED
 #: A 2xx that is not the contract's answer (HTML, invalid JSON, wrong shape, too large), an HTML
 #: error page or 511: a captive portal or a proxy answered instead of the server.
-ALARM_PORTAL = "upload_captive_portal"
+ALARM_PORTAL = Alarm.UPLOAD_CAPTIVE_PORTAL
 #: Redirects (3xx) in a row: a captive portal, a proxy, or a wrong ``base_url``; never followed.
-ALARM_REDIRECTED = "upload_redirected"
+ALARM_REDIRECTED = Alarm.UPLOAD_REDIRECTED
 #: A request ran past its overall deadline: the server dripped or held back its answer.
-ALARM_STALLED = "upload_stalled"
+ALARM_STALLED = Alarm.UPLOAD_STALLED
 #: A delivery folder (directory target) is a link or not a folder: nothing is written through it.
-ALARM_FOLDER_REFUSED = "delivery_folder_refused"
+ALARM_FOLDER_REFUSED = Alarm.DELIVERY_FOLDER_REFUSED
 #: Every alarm the uploader may raise.
-ALARMS = (ALARM_PAUSED, ALARM_FAILED, ALARM_PORTAL, ALARM_REDIRECTED, ALARM_STALLED, ALARM_FOLDER_REFUSED)
+ALARMS: tuple[Alarm, ...] = (
+    Alarm.UPLOAD_PAUSED,
+    Alarm.UPLOAD_FAILED,
+    Alarm.UPLOAD_CAPTIVE_PORTAL,
+    Alarm.UPLOAD_REDIRECTED,
+    Alarm.UPLOAD_STALLED,
+    Alarm.DELIVERY_FOLDER_REFUSED,
+)
 
 
 class Kind(enum.Enum):
@@ -73,7 +84,7 @@ class Verdict:
     status: int | None = None
     urls: list[str] = field(default_factory=list)
     #: The alarm this answer calls for (one of :data:`ALARMS`), if any.
-    alarm: str | None = None
+    alarm: Alarm | None = None
     #: A delivered JSON answer, parsed (what a multi-step target reads its next step from).
     document: Any = None
 
@@ -273,8 +284,6 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
     try:
         return max(0.0, when.timestamp() - now_s)
     except (OverflowError, OSError, ValueError):
@@ -329,7 +338,7 @@ def _judge(a: Answer, contract: Contract, now_s: float) -> Verdict:
             f"HTTP {status}: redirected to {where}, not followed ({_PORTAL}, or base_url "
             "is wrong: http:// for https://?)",
             status=status,
-            alarm=ALARM_REDIRECTED,
+            alarm=Alarm.UPLOAD_REDIRECTED,
         )
     why = f"HTTP {status}: {message(status, a.content_type, a.body)}"
     retry_after = parse_retry_after(a.headers.get("retry-after"), now_s)
@@ -341,7 +350,7 @@ def _judge(a: Answer, contract: Contract, now_s: float) -> Verdict:
             Kind.RETRY,
             f"HTTP {status}: {_PORTAL} with a web page: {message(status, '', a.body)}",
             status=status,
-            alarm=ALARM_PORTAL,
+            alarm=Alarm.UPLOAD_CAPTIVE_PORTAL,
         )
     text = a.text
     if _ALLOWANCE.search(text):
@@ -362,7 +371,7 @@ def _success(a: Answer, contract: Contract) -> Verdict:
             Kind.RETRY,
             f"HTTP {a.status} but not {contract.wanted}: {what} ({_PORTAL}?)",
             status=a.status,
-            alarm=ALARM_PORTAL,
+            alarm=Alarm.UPLOAD_CAPTIVE_PORTAL,
         )
 
     if a.truncated:
@@ -399,7 +408,7 @@ def _judge_error(exc: BaseException) -> Verdict:
     if isinstance(exc, RequestCancelled):
         return Verdict(Kind.CANCELLED, f"cancelled: {exc}")
     if isinstance(exc, DeadlineExceeded):
-        return Verdict(Kind.RETRY, f"the server answered too slowly: {exc}", alarm=ALARM_STALLED)
+        return Verdict(Kind.RETRY, f"the server answered too slowly: {exc}", alarm=Alarm.UPLOAD_STALLED)
     if isinstance(exc, httpx.ConnectError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, ssl.SSLError) or "SSL" in detail or "certificate" in detail:

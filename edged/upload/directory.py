@@ -17,7 +17,8 @@ from pathlib import Path
 
 from edged.config.schema import Settings
 from edged.core.files import Folder, Refused
-from edged.upload.answers import ALARM_FOLDER_REFUSED, Kind, Verdict
+from edged.core.states import Alarm
+from edged.upload.answers import Kind, Verdict
 from edged.upload.outbox import OutboxPart
 from edged.upload.targets import Target
 
@@ -53,7 +54,9 @@ class DirectoryTarget(Target):
                 if manifest.exists():
                     folder.copy_in(manifest, manifest.name)
         except Refused as exc:  # a link or a file where a folder belongs: never written through
-            return Verdict(Kind.RETRY, f"delivery folder refused: {exc}; the clip waits", alarm=ALARM_FOLDER_REFUSED)
+            return Verdict(
+                Kind.RETRY, f"delivery folder refused: {exc}; the clip waits", alarm=Alarm.DELIVERY_FOLDER_REFUSED
+            )
         except OSError as exc:  # full, read-only or missing medium: it may come back
             return Verdict(Kind.RETRY, f"copy to {dest.parent} failed: {exc.strerror or exc}")
         return Verdict(Kind.DELIVERED, "copied", response=str(dest))

@@ -23,10 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edged.core.journal import Msg, log_event, register_secret_file, scrub
+from edged.core.states import Alarm
 from edged.core.timefmt import iso
-from edged.upload.answers import ALARM_FAILED, ALARM_PAUSED, ALARM_REDIRECTED, ALARMS, Kind, Verdict
+from edged.upload.answers import ALARM_FAILED as ALARM_FAILED  # re-exported: tests import them from here
+from edged.upload.answers import ALARM_PAUSED as ALARM_PAUSED
+from edged.upload.answers import ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.outbox import Delivery, Outbox
 from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
@@ -42,15 +46,15 @@ IDLE_WAIT_S = 60.0
 #: How long the reachability probe may take.
 PROBE_TIMEOUT_S = 2.0
 
-#: The alarms raised from answers (``answers.ALARMS``, where every name is defined; the two here
-#: are re-exported for callers that import them from this module).
-_ANSWER_ALARMS = tuple(a for a in ALARMS if a not in (ALARM_PAUSED, ALARM_FAILED))
+#: The alarms raised from answers, held per target while it does not deliver (``answers.ALARMS``
+#: less the two the uploader raises itself: a paused target, a part refused for good).
+_ANSWER_ALARMS = tuple(a for a in ALARMS if a not in (Alarm.UPLOAD_PAUSED, Alarm.UPLOAD_FAILED))
 #: Verdicts calling for an alarm needed in a row before it is raised (default 1): one redirect may
 #: be a load balancer's hiccup, repeated ones are not.
-_ALARM_AFTER = {ALARM_REDIRECTED: 2}
+_ALARM_AFTER = {Alarm.UPLOAD_REDIRECTED: 2}
 
 
-def _fields(d: Delivery, target: str) -> dict[str, object]:
+def _fields(d: Delivery, target: str) -> dict[str, Any]:
     """The journal fields naming a delivery: ``EDGED_CLIP_ID``, ``EDGED_PART``, ``EDGED_TARGET``."""
     return {"clip_id": d.part.clip_id, "part": d.part.number, "target": target, "part_id": d.part.id}
 
@@ -84,9 +88,9 @@ class _Worker(threading.Thread):
         self.last_delivered_ns = 0
         #: The delivery being sent (the operator's retry of it cancels the request).
         self.current: Delivery | None = None
-        #: Answer alarms this target holds (names of ``answers.ALARMS``), and the run of the last one.
-        self.alarms: set[str] = set()
-        self._alarm_run: tuple[str | None, int] = (None, 0)
+        #: Answer alarms this target holds (of ``answers.ALARMS``), and the run of the last one.
+        self.alarms: set[Alarm] = set()
+        self._alarm_run: tuple[Alarm | None, int] = (None, 0)
 
     # --- pause (refused key or account), persisted ----------------------------------------------
 
@@ -107,7 +111,7 @@ class _Worker(threading.Thread):
                     (self.target.name, pause.reason, pause.until_ns, pause.fingerprint),
                 )
         self.pause = pause
-        self.up.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.up.workers))
+        self.up.raise_alarm(Alarm.UPLOAD_PAUSED, any(w.pause for w in self.up.workers))
 
     def resume(self, why: str) -> None:
         if self.pause:
@@ -358,7 +362,7 @@ class _Worker(threading.Thread):
             )
         elif v.kind is Kind.FAILED:
             self.outbox.fail(d, v.reason)
-            self.up.raise_alarm(ALARM_FAILED, True)
+            self.up.raise_alarm(Alarm.UPLOAD_FAILED, True)
             log_event(
                 log,
                 Msg.UPLOAD_FAILED,
@@ -432,7 +436,7 @@ class Uploader:
                 self.interrupted,
             )
         self.outbox.on_change = self.wake
-        self.raise_alarm(ALARM_PAUSED, any(w.pause for w in self.workers))
+        self.raise_alarm(Alarm.UPLOAD_PAUSED, any(w.pause for w in self.workers))
         for name in _ANSWER_ALARMS:  # an earlier uploader's (before a new configuration) no longer hold
             self.raise_alarm(name, False)
         for w in self.workers:
@@ -467,11 +471,11 @@ class Uploader:
             w.resume("retry requested by the operator")
         return n
 
-    def raise_alarm(self, name: str, active: bool) -> None:
+    def raise_alarm(self, name: Alarm, active: bool) -> None:
         if self.on_alarm:
             self.on_alarm(name, active)
 
-    def update_alarm(self, name: str) -> None:
+    def update_alarm(self, name: Alarm) -> None:
         """An answer alarm is active while any target holds it."""
         self.raise_alarm(name, any(name in w.alarms for w in self.workers))
 
