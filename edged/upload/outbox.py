@@ -28,16 +28,34 @@ from pathlib import Path
 
 from edged.core.db import Store
 from edged.core.journal import scrub
+from edged.core.states import DeliveryState
 
 #: Lower sorts first.
 PRIORITY_MARK = 10
 PRIORITY_RECALL = 20
 
-STATES = ("queued", "sending", "delivered", "deferred", "failed")
+#: A delivery's states (``edged.core.states.DeliveryState``; the words stored in ``deliveries.state``).
+STATES = tuple(DeliveryState)
 #: States after which nothing more happens unless an operator asks for a retry.
-SETTLED = ("delivered", "failed")
+SETTLED = (DeliveryState.DELIVERED, DeliveryState.FAILED)
+#: States an operator's retry makes due again.
+_RETRIABLE = (DeliveryState.FAILED, DeliveryState.DEFERRED, DeliveryState.QUEUED)
+#: A part's state across its targets is the first of these any of its deliveries is in.
+_LEAST_ADVANCED_FIRST = (
+    DeliveryState.SENDING,
+    DeliveryState.QUEUED,
+    DeliveryState.DEFERRED,
+    DeliveryState.FAILED,
+    DeliveryState.DELIVERED,
+)
 
-_SCHEMA = """
+
+def _sql(states: Sequence[str]) -> str:
+    """States as an SQL list of literals: ``'delivered','failed'`` (the words are ours, never input)."""
+    return ",".join(f"'{s}'" for s in states)
+
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS parts (
     id            INTEGER PRIMARY KEY,
     clip_id       TEXT NOT NULL,
@@ -54,8 +72,8 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE TABLE IF NOT EXISTS deliveries (
     part_id      INTEGER NOT NULL REFERENCES parts(id),
     target       TEXT NOT NULL,
-    state        TEXT NOT NULL DEFAULT 'queued'
-                 CHECK (state IN ('queued','sending','delivered','deferred','failed')),
+    state        TEXT NOT NULL DEFAULT '{DeliveryState.QUEUED}'
+                 CHECK (state IN ({_sql(STATES)})),
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_try_ns  INTEGER NOT NULL DEFAULT 0,
     wait_net     INTEGER NOT NULL DEFAULT 0,
@@ -99,7 +117,7 @@ class OutboxPart:
 class Delivery:
     part: OutboxPart
     target: str
-    state: str
+    state: DeliveryState
     attempts: int
     next_try_ns: int
     wait_net: bool
@@ -146,7 +164,7 @@ def _delivery(row: tuple) -> Delivery:
     return Delivery(
         part,
         t,
-        state,
+        DeliveryState(state),
         attempts,
         next_try,
         bool(wait_net),
@@ -195,14 +213,14 @@ class Outbox(Store):
                     "INSERT OR IGNORE INTO deliveries (part_id, target, updated_ns) SELECT p.id, ?, ? FROM parts p"
                     " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id)"
                     " OR EXISTS (SELECT 1 FROM deliveries d WHERE d.part_id = p.id"
-                    "            AND d.state NOT IN ('delivered','failed'))",
+                    f"            AND d.state NOT IN ({_sql(SETTLED)}))",
                     (t, self.now_ns()),
                 )
             marks = ",".join("?" * len(self.targets))
             db.execute(
-                f"UPDATE deliveries SET state='failed', reason='target removed from the configuration',"
-                f" updated_ns=? WHERE state NOT IN ('delivered','failed') AND target NOT IN ({marks})",
-                (self.now_ns(), *self.targets),
+                f"UPDATE deliveries SET state=?, reason='target removed from the configuration',"
+                f" updated_ns=? WHERE state NOT IN ({_sql(SETTLED)}) AND target NOT IN ({marks})",
+                (DeliveryState.FAILED, self.now_ns(), *self.targets),
             )
 
     def enqueue(
@@ -232,8 +250,8 @@ class Outbox(Store):
         have reached the server. They go back to the queue; ``resends`` counts the possible duplicate."""
         with self.tx() as db:
             n = db.execute(
-                "UPDATE deliveries SET state='queued', resends=resends+1, reason=?, updated_ns=? WHERE state='sending'",
-                ("interrupted while sending; sent again", self.now_ns()),
+                "UPDATE deliveries SET state=?, resends=resends+1, reason=?, updated_ns=? WHERE state=?",
+                (DeliveryState.QUEUED, "interrupted while sending; sent again", self.now_ns(), DeliveryState.SENDING),
             ).rowcount
         return n
 
@@ -242,36 +260,36 @@ class Outbox(Store):
         now = self.now_ns() if now_ns is None else now_ns
         rows = self.query(
             f"SELECT {_PART_COLS}, {_DELIVERY_COLS} FROM deliveries d JOIN parts p ON p.id=d.part_id"
-            " WHERE d.target=? AND (d.state='queued' OR (d.state='deferred' AND d.next_try_ns<=?))"
-            + _ORDER
-            + " LIMIT 1",
-            (target, now),
+            " WHERE d.target=? AND (d.state=? OR (d.state=? AND d.next_try_ns<=?))" + _ORDER + " LIMIT 1",
+            (target, DeliveryState.QUEUED, DeliveryState.DEFERRED, now),
         )
         return _delivery(rows[0]) if rows else None
 
     def next_try_ns(self, target: str) -> int | None:
         """When the earliest deferred delivery of this target becomes due (None: nothing deferred)."""
-        row = self.query("SELECT MIN(next_try_ns) FROM deliveries WHERE target=? AND state='deferred'", (target,))
+        row = self.query(
+            "SELECT MIN(next_try_ns) FROM deliveries WHERE target=? AND state=?", (target, DeliveryState.DEFERRED)
+        )
         return row[0][0]
 
     def begin(self, d: Delivery) -> None:
-        self._set(d, "sending", attempts=d.attempts + 1, reason="")
+        self._set(d, DeliveryState.SENDING, attempts=d.attempts + 1, reason="")
 
     def delivered(self, d: Delivery, response: str) -> None:
-        self._set(d, "delivered", response=response, reason="", delivered_ns=self.now_ns(), wait_net=0)
+        self._set(d, DeliveryState.DELIVERED, response=response, reason="", delivered_ns=self.now_ns(), wait_net=0)
 
     def defer(self, d: Delivery, until_ns: int, reason: str, wait_net: bool = False) -> None:
-        self._set(d, "deferred", next_try_ns=until_ns, reason=reason, wait_net=int(wait_net))
+        self._set(d, DeliveryState.DEFERRED, next_try_ns=until_ns, reason=reason, wait_net=int(wait_net))
 
     def fail(self, d: Delivery, reason: str) -> None:
-        self._set(d, "failed", reason=reason, wait_net=0)
+        self._set(d, DeliveryState.FAILED, reason=reason, wait_net=0)
 
     def requeue(self, d: Delivery, reason: str) -> None:
         """A send we cut off ourselves (stop, the operator's retry) after the request may have reached
         the server: queued again, due now, and counted in ``resends`` like one cut off by a crash."""
-        self._set(d, "queued", next_try_ns=0, reason=reason, wait_net=0, resends=d.resends + 1)
+        self._set(d, DeliveryState.QUEUED, next_try_ns=0, reason=reason, wait_net=0, resends=d.resends + 1)
 
-    def _set(self, d: Delivery, state: str, **cols: object) -> None:
+    def _set(self, d: Delivery, state: DeliveryState, **cols: object) -> None:
         for text in ("reason", "response"):
             if isinstance(cols.get(text), str):
                 cols[text] = _clean(cols[text])  # type: ignore[arg-type]
@@ -286,9 +304,9 @@ class Outbox(Store):
         """Make deferred deliveries due now (a link appeared: those waiting for the network)."""
         with self.tx() as db:
             n = db.execute(
-                "UPDATE deliveries SET next_try_ns=0 WHERE target=? AND state='deferred'"
+                "UPDATE deliveries SET next_try_ns=0 WHERE target=? AND state=?"
                 + (" AND wait_net=1" if network_only else ""),
-                (target,),
+                (target, DeliveryState.DEFERRED),
             ).rowcount
         if n:
             self._changed()
@@ -300,9 +318,9 @@ class Outbox(Store):
         arg: object = int(ident) if ident.isdigit() else ident
         with self.tx() as db:
             n = db.execute(
-                "UPDATE deliveries SET state='queued', next_try_ns=0, reason='retry requested', updated_ns=?"
-                f" WHERE {where} AND state IN ('failed','deferred','queued')",
-                (self.now_ns(), arg),
+                "UPDATE deliveries SET state=?, next_try_ns=0, reason='retry requested', updated_ns=?"
+                f" WHERE {where} AND state IN ({_sql(_RETRIABLE)})",
+                (DeliveryState.QUEUED, self.now_ns(), arg),
             ).rowcount
         if n:
             self._changed()
@@ -362,22 +380,19 @@ class Outbox(Store):
             args = (clip_id,)
         return [OutboxPart(*r) for r in self.query(sql + _ORDER, args)]
 
-    def part_state(self, part_id: int) -> str:
+    def part_state(self, part_id: int) -> DeliveryState:
         """One word for a part across its targets: the least advanced delivery's state."""
         states = {s for (s,) in self.query("SELECT state FROM deliveries WHERE part_id=?", (part_id,))}
-        for s in ("sending", "queued", "deferred", "failed", "delivered"):
+        for s in _LEAST_ADVANCED_FIRST:
             if s in states:
                 return s
-        return "queued"
+        return DeliveryState.QUEUED
 
     def clip_delivered(self, clip_id: str) -> bool:
         """Every part of the clip confirmed by every configured target it was queued for (a target
         since removed from the configuration no longer counts)."""
-        sql = (
-            "SELECT COUNT(*), SUM(d.state='delivered') FROM deliveries d JOIN parts p ON p.id=d.part_id"
-            " WHERE p.clip_id=?"
-        )
-        args: tuple = (clip_id,)
+        sql = "SELECT COUNT(*), SUM(d.state=?) FROM deliveries d JOIN parts p ON p.id=d.part_id WHERE p.clip_id=?"
+        args: tuple = (DeliveryState.DELIVERED, clip_id)
         if self.targets:
             sql += f" AND d.target IN ({','.join('?' * len(self.targets))})"
             args += self.targets
