@@ -124,6 +124,10 @@ class ClipPart:
     #: errors; the footage is still used: it decoded, and it is the only copy).
     mismatched_seqs: tuple[int, ...] = ()
 
+    def renumbered(self, number: int) -> ClipPart:
+        """This part as part ``number`` of a clip joined from several builds (a recall across boots)."""
+        return dataclasses.replace(self, number=number)
+
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
@@ -186,7 +190,18 @@ class _Gop:
             self.audio_ns = max(self.audio_ns, p.end_ns - p.t_ns)
 
 
-def _to_ns(tb: Fraction) -> tuple[int, int]:
+def video_decoder(codec: str) -> av.VideoCodecContext:
+    """A single-threaded decoder for a segment's video codec."""
+    ctx = av.CodecContext.create(codec, "r")
+    if not isinstance(ctx, av.VideoCodecContext):
+        raise ClipError(f"{codec} is not a video codec")
+    ctx.thread_count = 1
+    return ctx
+
+
+def _to_ns(tb: Fraction | None) -> tuple[int, int]:
+    if tb is None:
+        raise ClipError("a stream has no time base")
     return tb.numerator * 1_000_000_000, tb.denominator
 
 
@@ -215,7 +230,7 @@ class _Sources:
                 "segment %d (%s) no longer matches its recorded sha256; using it as it is now", src.seq, src.path.name
             )
         try:
-            c = av.open(io.BytesIO(data))
+            c = av.open(io.BytesIO(data), mode="r")
         except av.FFmpegError as exc:
             raise ClipError(f"segment {src.seq} ({src.path.name}) does not open: {exc}") from exc
         keep = False
@@ -338,7 +353,7 @@ def measure(path: Path) -> Measurement:
     try:
         with av.open(str(path)) as c:
             container_ms = (c.duration or 0) / 1000  # AV_TIME_BASE (µs)
-            streams = [s for s in c.streams if s.type in ("video", "audio")]
+            streams = [s for s in c.streams if isinstance(s, av.VideoStream | av.AudioStream)]
             for s in streams:
                 s.codec_context.thread_count = 1  # the least CPU; verification is not urgent
             for p in c.demux(*streams):
@@ -384,7 +399,7 @@ class _Over(Exception):
 
 
 def _add_streams(
-    out: av.container.OutputContainer, tpl: av.container.InputContainer, video_template: av.stream.Stream | None = None
+    out: av.container.OutputContainer, tpl: av.container.InputContainer, video_template: av.VideoStream | None = None
 ):
     """Output streams with a source segment's parameters (as SegmentWriter makes them);
     ``video_template`` (an encoder's stream) replaces the video for a re-encode."""
@@ -516,7 +531,7 @@ class _Builder:
         packets: list[_Pkt],
         encoded: list[tuple[int, av.Packet]] | None,
         reencoded: bool,
-        video_template: av.stream.Stream | None = None,
+        video_template: av.VideoStream | None = None,
     ) -> ClipPart:
         """Mux, fsync, verify, rename. ``encoded`` (ms, packet) replaces the video for a re-encode."""
         number, final = self._final()
@@ -669,8 +684,7 @@ class _Builder:
             self.camera, width=width, height=height, fps=fps, bitrate=bitrate, keyframe_seconds=60.0
         )
         encoder = VideoEncoder(cam)
-        decoder = av.CodecContext.create(gop.fmt.video[0], "r")
-        decoder.thread_count = 1
+        decoder = video_decoder(gop.fmt.video[0])
         wanted = {id(p) for p in frames}
         start_ns = frames[0].t_ns
         times: list[int] = []  # encoder frame number -> ms in the part
@@ -678,7 +692,8 @@ class _Builder:
 
         def collect(out: list[av.Packet]) -> None:
             for q in out:
-                encoded.append((times[int(q.pts)], q))
+                assert q.pts is not None  # (an encoder's packet)
+                encoded.append((times[q.pts], q))
 
         try:
             last = frames[-1]

@@ -60,12 +60,14 @@ from edged.clips.builder import (
     TAG_CLIP,
     TAG_PART,
     ClipError,
+    ClipPart,
     Measurement,
     SourceSegment,
     _Pkt,
     _select,
     _Sources,
     measure,
+    video_decoder,
 )
 from edged.config.schema import CameraSettings
 from edged.core import limits
@@ -137,6 +139,21 @@ class Timelapse:
     @property
     def speed(self) -> float:
         return self.interval_ns * self.fps / 1e9
+
+    def as_part(self) -> ClipPart:
+        """The rendered file as the one part of its clip (re-encoded; its start on the timeline its
+        sources were placed on)."""
+        return ClipPart(
+            number=1,
+            path=self.path,
+            start_mono_ns=self.first_frame_ns,
+            duration_ms=self.duration_ms,
+            bytes=self.bytes,
+            sha256=self.sha256,
+            source_seqs=self.source_seqs,
+            reencoded=True,
+            mismatched_seqs=self.mismatched_seqs,
+        )
 
 
 @dataclass
@@ -279,7 +296,7 @@ def _render_once(
 ) -> tuple[_Pass, int]:
     reader = _Sources()
     p = _Pass()
-    decoder: av.CodecContext | None = None
+    decoder: av.VideoCodecContext | None = None
     decoder_fmt = None
     try:
         for src in sources:
@@ -305,8 +322,7 @@ def _render_once(
                 p.stream.codec_context.pix_fmt = "yuv420p"
                 p.stream.time_base = Fraction(1, 1000)
             if fmt != decoder_fmt:
-                decoder = av.CodecContext.create(fmt.video[0], "r")
-                decoder.thread_count = 1
+                decoder = video_decoder(fmt.video[0])
                 decoder_fmt = fmt
             assert decoder is not None
             _render_segment(p, decoder, video, src.seq)
@@ -333,7 +349,7 @@ def _render_once(
     return p, bitrate
 
 
-def _render_segment(p: _Pass, decoder: av.CodecContext, video: list[_Pkt], seq: int) -> None:
+def _render_segment(p: _Pass, decoder: av.VideoCodecContext, video: list[_Pkt], seq: int) -> None:
     """Decode what the wanted frames of one segment need; encode the wanted frames."""
     assert p.plan is not None and p.encoder is not None
     wanted: dict[int, int] = {}  # index in ``video`` -> slot
@@ -375,7 +391,8 @@ def _encode(p: _Pass, frame: av.VideoFrame, slot: int, t_ns: int, seq: int) -> N
 def _mux(p: _Pass, packets: list[av.Packet]) -> None:
     assert p.out is not None and p.stream is not None and p.plan is not None
     for q in packets:
-        ms = int(q.pts) * 1000 // p.plan.fps
+        assert q.pts is not None  # (an encoder's packet)
+        ms = q.pts * 1000 // p.plan.fps
         q.stream = p.stream
         q.time_base = Fraction(1, 1000)
         q.pts = q.dts = ms
