@@ -21,8 +21,8 @@ from edged.config.schema import Settings, api_key_path
 from edged.core.journal import register_secret_file
 from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
 from edged.upload.budget import key_fingerprint
+from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
 from edged.upload.outbox import OutboxPart
-from edged.upload.targets import HttpTarget, ThrottledFile, endpoint_of
 
 #: Room for the multipart framing and form fields around the file, for the request's deadline.
 _FORM_OVERHEAD = 4096

@@ -80,8 +80,9 @@ from edged.upload.answers import (
     message,
 )
 from edged.upload.bota import media
+from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
 from edged.upload.outbox import Outbox, OutboxPart
-from edged.upload.targets import HttpTarget, ThrottledFile, check_part, endpoint_of
+from edged.upload.targets import check_part
 
 log = logging.getLogger("edged.upload.bota")
 
