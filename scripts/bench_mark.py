@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edged.app.daemon import Daemon
 from edged.config.schema import from_mapping
-from edged.events.manager import EventStore
+from edged.events.store import EventStore
 from edged.upload.outbox import Outbox
 
 TARGET_S = 2.0

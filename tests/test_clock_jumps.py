@@ -23,7 +23,7 @@ import pytest
 from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
 from edged.core.timefmt import iso
-from edged.events.manager import EventStore
+from edged.events.store import EventStore
 from edged.footage.index import STORED, Index, Segment
 from edged.footage.timeline import footage_ranges
 from edged.recall.request import parse_time

@@ -17,7 +17,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
-from edged.events.manager import EventStore
+from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.upload.outbox import Outbox
 from tests.helpers import decode_all, packets

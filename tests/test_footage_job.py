@@ -17,8 +17,12 @@ from edged.clips.builder import ClipPart
 from edged.clips.clock import RecordingClock
 from edged.clips.job import MANIFEST, Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow, WallWindow
+from edged.core.states import EventState
+from edged.events.manager import EventManager
+from edged.events.store import Event, EventStore, Mark
 from edged.footage.index import Index
-from edged.upload.outbox import PRIORITY_MARK
+from edged.upload.outbox import PRIORITY_MARK, Outbox
+from tests.conftest import make_settings
 
 S = 1_000_000_000
 BOOT = "boot-a"
@@ -208,3 +212,35 @@ def test_sources_are_placed_on_the_timeline_or_on_the_wall_clock(tmp_path, index
     [wall] = jobs.sources([row], on_wall=True)
     assert mono.path == tmp_path / "segments" / row.name and mono.mono_start_ns == 12 * S
     assert wall.mono_start_ns == 12 * S + OFFSET and wall.sha256 == "0" * 64
+
+
+# --- the users: marks and recalls, through the same code ---------------------------------------------
+
+
+def test_an_event_cut_off_between_queuing_and_built_is_built_from_the_outbox(tmp_path, index, monkeypatch):
+    """events: a run killed after queuing a clip and before marking its event built (a958a28)."""
+    settings = make_settings(tmp_path / "state")
+    outbox = Outbox(tmp_path / "outbox.sqlite", targets=["directory"])
+    store = EventStore(tmp_path / "events.sqlite")
+    clock = Clock(now_mono_ns=500 * S)
+    jobs = FootageJobs(index, outbox, tmp_path / "clips", tmp_path / "segments", clock.recording)
+    events = EventManager(settings, store, jobs)
+    monkeypatch.setattr("edged.events.manager.build_clip", lambda *a, **k: pytest.fail("built again"))
+    cut = Event("20250615T150640Z-aaaaaa", "old-boot", 10 * S, 40 * S, 30 * S, 0, EventState.OPEN, "", 0)
+    store.open_event(cut, Mark(20 * S, 20 * S + OFFSET, True, "cli", ""))
+    outbox.enqueue(cut.id, [(1, tmp_path / "p1.webm", 10, 30_000, "0" * 64)], PRIORITY_MARK, OFFSET)
+    segment(index, 1, 15, boot="old-boot")
+
+    assert events.recover() == 1
+    assert store.get(cut.id).state == EventState.BUILT
+    assert index.get(1).held, "not delivered: its footage is held again"
+    assert len(outbox.parts(cut.id)) == 1
+
+    # Without a restart in between (recover not called), the build adopts it the same way.
+    again = Event("20250615T150641Z-bbbbbb", "old-boot", 10 * S, 40 * S, 30 * S, 0, EventState.OPEN, "", 0)
+    store.open_event(again, Mark(20 * S, 20 * S + OFFSET, True, "cli", ""))
+    outbox.enqueue(again.id, [(1, tmp_path / "p2.webm", 10, 30_000, "0" * 64)], PRIORITY_MARK, OFFSET)
+    assert events.finish_ready() == [again.id]
+    assert store.get(again.id).state == EventState.BUILT
+    store.close()
+    outbox.close()

@@ -23,11 +23,14 @@ import numpy as np
 import pytest
 
 from edged.app.daemon import Daemon
+from edged.clips.clock import RecordingClock
+from edged.clips.job import FootageJobs
 from edged.clips.timelapse import plan
 from edged.core import limits
 from edged.core.paths import StatePaths
 from edged.core.timefmt import iso
-from edged.events.manager import EventManager, EventStore
+from edged.events.manager import EventManager
+from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.footage.ring import RingBuffer
 from edged.footage.timeline import LOST, NOT_RECORDED, OVERWRITTEN, coverage
@@ -517,17 +520,17 @@ def test_recall_parts_go_after_a_mark_made_at_the_same_time(synthetic, rig_facto
     end_mono = rig.last.mono_start_ns + rig.last.duration_ns
     rig.service.submit(body(rig.first.best_wall_start_ns, 3), "recall-first")
     rig.service.process_ready()  # the recall is in the outbox first
+    clock = RecordingClock(
+        boot_id=rig.boot,
+        timeline_now_ns=lambda: end_mono,
+        wall_offset_ns=lambda: rig.offset,
+        footage_offset_ns=lambda: rig.offset,
+        clock_synced=lambda: False,
+    )
     events = EventManager(
         rig.settings,
         EventStore(rig.state / "events.sqlite"),
-        rig.index,
-        rig.outbox,
-        rig.paths.clips,
-        rig.paths.segments,
-        timeline_now_ns=lambda: end_mono,
-        wall_offset_ns=lambda: rig.offset,
-        clock_synced=lambda: False,
-        boot_id=rig.boot,
+        FootageJobs(rig.index, rig.outbox, rig.paths.clips, rig.paths.segments, clock),
     )
     mark = events.mark("cli", "same time")
     assert events.finish_ready() == [mark.event_id]

@@ -497,6 +497,6 @@ def test_a_durable_atomic_write_is_fsynced_before_the_rename(tmp_path, monkeypat
     assert (tmp_path / "manifest.json").read_bytes() == b'{"parts": []}'
     import inspect as pyinspect
 
-    from edged.events import manager as events
+    from edged.clips.job import FootageJobs  # (marks and recalls write their manifests through it)
 
-    assert "durable=True" in pyinspect.getsource(events.EventManager.build), "the manifest is written durably"
+    assert "durable=True" in pyinspect.getsource(FootageJobs.run), "the manifest is written durably"

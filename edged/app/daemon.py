@@ -106,26 +106,18 @@ class Daemon:
     def _start_event_stage(self, index) -> None:
         from edged.app.control import ControlServer
         from edged.app.gpio import Feedback, GpioError, from_settings
+        from edged.clips.clock import RecordingClock
+        from edged.clips.job import FootageJobs
         from edged.events.manager import EventManager, EventStore, EventWorker
         from edged.upload.outbox import Outbox
 
         r = self.recorder
         self.events_store = EventStore(self.paths.events)
         self.outbox = Outbox(self.paths.outbox, targets=self.settings.upload.targets)
-        self.events = EventManager(
-            self.settings,
-            self.events_store,
-            index,
-            self.outbox,
-            self.paths.clips,
-            self.paths.segments,
-            timeline_now_ns=r.timeline_now_ns,
-            wall_offset_ns=lambda: r.watch.offset_ns,
-            clock_synced=lambda: r.watch.synchronized,
-            boot_id=r.watch.boot_id,
-            request_boundary=r.request_boundary,
-        )
-        held = self.events.reassert_holds()
+        # One footage job runner for marks and recalls, on the recording's clock.
+        jobs = FootageJobs(index, self.outbox, self.paths.clips, self.paths.segments, RecordingClock.of(r))
+        self.events = EventManager(self.settings, self.events_store, jobs)
+        held = self.events.recover()
         if held:
             log.info("%d event(s) not yet delivered keep their footage protected", held)
         self._stage_stop = threading.Event()
