@@ -126,6 +126,8 @@ def measured(cmd: list[str], folder: Path) -> dict:
 
 def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> dict:
     """Answer one recall in this process, as the daemon's worker does; print what it made."""
+    from edged.clips.clock import RecordingClock
+    from edged.clips.job import FootageJobs
     from edged.core.timefmt import iso
     from edged.recall.request import RecallStore
     from edged.recall.service import RecallService
@@ -136,18 +138,20 @@ def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> di
     index = Index(work / "index.sqlite")
     rows = index.stored()
     outbox = Outbox(work / "outbox.sqlite", targets=["directory"])
+    clock = RecordingClock(  # a copy of a recording: nothing records now, the footage ends where it ends
+        boot_id="",
+        timeline_now_ns=lambda: rows[-1].best_wall_end_ns,
+        wall_offset_ns=lambda: 0,
+        footage_offset_ns=lambda: 0,
+        clock_synced=lambda: True,
+    )
     service = RecallService(
         settings,
         RecallStore(work / "recall.sqlite"),
-        index,
+        FootageJobs(index, outbox, work / "clips", state / "segments", clock),
         outbox,
-        clips_dir=work / "clips",
-        segments_dir=state / "segments",
         status_folder=work / "status",
         inbox=None,
-        now_wall_ns=lambda: rows[-1].best_wall_end_ns,
-        wall_offset_ns=lambda: 0,
-        boot_id="",
     )
     c0, w0 = time.process_time(), time.monotonic()
     answer = service.submit({"start_time": iso(start_ns), "duration": minutes, "recall_type": kind}, "bench")

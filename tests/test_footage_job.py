@@ -9,6 +9,7 @@ only, and the real stores (index, outbox, events, recalls) are SQLite files in a
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,12 @@ from edged.clips.builder import ClipPart
 from edged.clips.clock import RecordingClock
 from edged.clips.job import MANIFEST, Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow, WallWindow
-from edged.core.states import EventState
+from edged.core.states import EventState, RecallState
 from edged.events.manager import EventManager
 from edged.events.store import Event, EventStore, Mark
 from edged.footage.index import Index
+from edged.recall.request import RecallRequest, RecallStore
+from edged.recall.service import RecallService
 from edged.upload.outbox import PRIORITY_MARK, Outbox
 from tests.conftest import make_settings
 
@@ -242,5 +245,31 @@ def test_an_event_cut_off_between_queuing_and_built_is_built_from_the_outbox(tmp
     outbox.enqueue(again.id, [(1, tmp_path / "p2.webm", 10, 30_000, "0" * 64)], PRIORITY_MARK, OFFSET)
     assert events.finish_ready() == [again.id]
     assert store.get(again.id).state == EventState.BUILT
+    store.close()
+    outbox.close()
+
+
+def test_a_recall_cut_off_between_queuing_and_built_is_built_from_the_outbox(tmp_path, index):
+    """recall: the same window (449661e), through the same code."""
+    settings = make_settings(tmp_path / "state")
+    outbox = Outbox(tmp_path / "outbox.sqlite", targets=["directory"])
+    store = RecallStore(tmp_path / "recall.sqlite")
+    clock = Clock()
+    jobs = FootageJobs(index, outbox, tmp_path / "clips", tmp_path / "segments", clock.recording)
+    service = RecallService(settings, store, jobs, outbox, status_folder=tmp_path / "status", inbox=None)
+    start = time.time_ns() - 3600 * S
+    queued = RecallRequest("queued", start, 1, "regular", ("front",), "cli")
+    cut = RecallRequest("cut", start + 120 * S, 1, "regular", ("front",), "cli")
+    for req in (queued, cut):
+        store.add(req, BootWindow(BOOT, req.start_ns - OFFSET, req.end_ns - OFFSET))
+        store.update(req.id, RecallState.PROCESSING, detail={"progress": "building"})  # killed while building
+    outbox.enqueue(queued.clip_id, [(1, tmp_path / "p1.webm", 10, 60_000, "0" * 64)], 20, start)
+
+    service.recover()
+    rec = store.get("queued")
+    assert rec.status == RecallState.PROCESSING and rec.built and rec.detail["progress"] == "uploading"
+    rec = store.get("cut")
+    assert rec.status == RecallState.PENDING and not rec.built, "not queued: built again"
+    assert json.loads((tmp_path / "status" / "recall-queued.json").read_text())["status"] == "processing"
     store.close()
     outbox.close()

@@ -9,6 +9,7 @@ segments with plain PyAV (tests.helpers), independent of edged's own readers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -99,18 +100,21 @@ class Rig:
         self.first, self.last = rows[0], rows[-1]
         self.boot = rows[0].boot_id
         self.offset = rows[0].best_wall_start_ns - rows[0].mono_start_ns
+        clock = RecordingClock(  # now on the wall clock is the real time: the footage is two hours old
+            boot_id=self.boot,
+            timeline_now_ns=lambda: time.time_ns() - self.offset,
+            wall_offset_ns=lambda: self.offset,
+            footage_offset_ns=lambda: self.offset,
+            clock_synced=lambda: True,
+        )
+        self.jobs = FootageJobs(self.index, self.outbox, self.paths.clips, self.paths.segments, clock)
         self.service = RecallService(
             self.settings,
             RecallStore(store_path(self.paths)),
-            self.index,
+            self.jobs,
             self.outbox,
-            clips_dir=self.paths.clips,
-            segments_dir=self.paths.segments,
             status_folder=status_dir(self.settings),
             inbox=Inbox(inbox_dir(self.settings), settle_s=0.0),
-            now_wall_ns=time.time_ns,
-            wall_offset_ns=lambda: self.offset,
-            boot_id=self.boot,
         )
         self.uploader: Uploader | None = None
 
@@ -493,9 +497,10 @@ def test_a_window_reaching_past_the_recording_waits_and_protects_footage_not_rec
     rig = rig_factory(synthetic)
     end = rig.last.best_wall_end_ns
     now = [end]
-    rig.service._now = lambda: now[0]
-    asked = []
-    rig.service._boundary = asked.append
+    asked: list[int] = []
+    rig.jobs.clock = dataclasses.replace(
+        rig.jobs.clock, timeline_now_ns=lambda: now[0] - rig.offset, request_boundary=asked.append
+    )
     answer = rig.service.submit(body(end - 40 * S, 1), "live")  # 40 s recorded, 20 s still to come
     assert answer["status"] == "pending"
     assert asked == [parse_time(at(end - 40 * S)) + MIN - rig.offset]  # a segment starts at the window's end

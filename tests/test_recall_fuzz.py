@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edged.clips.window import BootWindow
 from edged.recall.inbox import Inbox
 from edged.recall.request import (
     DURATIONS,
@@ -209,7 +210,7 @@ def stored(store: RecallStore, req: RecallRequest) -> None:
     """The store takes it (SQLite would raise for an int past 64 bits) and reads it back unchanged."""
     req = RecallRequest(f"fuzz-{next(_ids)}", req.start_ns, req.duration_min, req.recall_type, req.cameras, req.source)
     try:
-        store.add(req, ("boot", 0, 0))
+        store.add(req, BootWindow("boot", 0, 0))
     except Exception as exc:  # noqa: BLE001 - a duplicate of an earlier example is fine: it was stored
         assert type(exc).__name__ == "DuplicateRequest", exc
         return

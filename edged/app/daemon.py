@@ -137,7 +137,8 @@ class Daemon:
         from edged.recall.service import RecallService
 
         # recall requests: inbox, status files, worker
-        self.recall = RecallService.for_daemon(self, index, on_alarm=self._alarm_setter("recall"))
+        self.recall = RecallService.open(self.settings, self.paths, jobs, self.outbox, self._alarm_setter("recall"))
+        self.recall.start()
         self.control = ControlServer(
             self.paths.control,
             {

@@ -45,9 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edged.clips.window import BootWindow
 from edged.core.db import Store
 from edged.core.ids import RECALL_CLIP_PREFIX, RECALL_ID
 from edged.core.journal import scrub, scrubbed_json
+from edged.core.states import RecallState
 from edged.core.timefmt import iso, parse_iso
 
 #: Allowed durations in minutes, per recall type (the contract's lists).
@@ -59,11 +61,9 @@ DEFAULT_TYPE = "regular"
 #: A request id is a plain file name (it names the status file and the clip folder).
 ID_PATTERN = RECALL_ID
 
-#: Status words, as the operator reads them in the status file.
-PENDING, PROCESSING, COMPLETED, FAILED, REJECTED = "pending", "processing", "completed", "failed", "rejected"
-STATES = (PENDING, PROCESSING, COMPLETED, FAILED)  # stored; REJECTED requests are answered, not stored
-#: States a new request asking for the same footage is a duplicate of.
-ACTIVE = (PENDING, PROCESSING, COMPLETED)
+#: States a new request asking for the same footage is a duplicate of (a *failed* one may be asked
+#: again; a ``rejected`` one is answered, never stored).
+ACTIVE = (RecallState.PENDING, RecallState.PROCESSING, RecallState.COMPLETED)
 
 #: Range holds in the index are owned by ``recall:<id>``.
 HOLD_PREFIX = "recall:"
@@ -440,7 +440,7 @@ class Recall:
     """A stored request and where it is."""
 
     request: RecallRequest
-    status: str
+    status: RecallState
     reason: str
     built: bool  # parts are in the outbox
     detail: dict = field(hash=False, compare=False)  # footage found, gaps, parts (JSON)
@@ -454,6 +454,11 @@ class Recall:
     def id(self) -> str:
         return self.request.id
 
+    @property
+    def hold(self) -> BootWindow:
+        """The window on the boot that was recording when the request was accepted."""
+        return BootWindow(self.hold_boot_id, self.hold_start_mono_ns, self.hold_end_mono_ns)
+
 
 _COLS = (
     "id, status, start_ns, duration_min, recall_type, cameras, source, reason, built, detail, hold_boot_id, "
@@ -463,7 +468,7 @@ _COLS = (
 
 def _recall(r: tuple) -> Recall:
     req = RecallRequest(r[0], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6])
-    return Recall(req, r[1], r[7], bool(r[8]), json.loads(r[9]), r[10], r[11], r[12], r[13], r[14])
+    return Recall(req, RecallState(r[1]), r[7], bool(r[8]), json.loads(r[9]), r[10], r[11], r[12], r[13], r[14])
 
 
 class DuplicateRequest(Exception):
@@ -490,16 +495,18 @@ class RecallStore(Store):
         rows = self.query(f"SELECT {_COLS} FROM recalls WHERE id=?", (recall_id,))
         return _recall(rows[0]) if rows else None
 
-    def recalls(self, statuses: Sequence[str] | None = None) -> list[Recall]:
-        sql, args = f"SELECT {_COLS} FROM recalls", ()
+    def recalls(self, statuses: Sequence[RecallState] | None = None) -> list[Recall]:
+        sql = f"SELECT {_COLS} FROM recalls"
+        args: tuple[str, ...] = ()
         if statuses is not None:
             sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
-            args = tuple(statuses)
+            args = tuple(str(s) for s in statuses)
         return [_recall(r) for r in self.query(sql + " ORDER BY created_ns, id", args)]
 
-    def add(self, req: RecallRequest, hold: tuple[str, int, int], now_ns: int | None = None) -> Recall:
-        """Store a new pending request; raise DuplicateRequest (checked in the same transaction), or
-        InvalidRequest for times no parsed request has (nothing past int64 reaches SQLite)."""
+    def add(self, req: RecallRequest, hold: BootWindow, now_ns: int | None = None) -> Recall:
+        """Store a new pending request with the window it holds on the recording's boot; raise
+        DuplicateRequest (checked in the same transaction), or InvalidRequest for times no parsed
+        request has (nothing past int64 reaches SQLite)."""
         check_id(req.id)
         if not (MIN_TIME_NS <= req.start_ns < MAX_TIME_NS and 0 < req.duration_min <= MAX_DURATION_MIN):
             raise InvalidRequest([f"start {req.start_ns} ns, {req.duration_min} min: out of range"])
@@ -521,13 +528,15 @@ class RecallStore(Store):
                 f"INSERT INTO recalls ({_COLS}) VALUES (?,?,?,?,?,?,?,'',0,'{{}}',?,?,?,?,?)",
                 (
                     req.id,
-                    PENDING,
+                    RecallState.PENDING,
                     req.start_ns,
                     req.duration_min,
                     req.recall_type,
                     json.dumps(list(req.cameras)),
                     scrub(req.source),
-                    *hold,
+                    hold.boot_id,
+                    hold.start_mono_ns,
+                    hold.end_mono_ns,
                     now,
                     now,
                 ),
@@ -539,7 +548,7 @@ class RecallStore(Store):
     def update(
         self,
         recall_id: str,
-        status: str,
+        status: RecallState,
         reason: str = "",
         *,
         built: bool | None = None,
@@ -549,7 +558,7 @@ class RecallStore(Store):
         """Set a request's status; the reason and the detail are stored scrubbed of secrets (an
         upload refusal may quote a key)."""
         cols: dict[str, object] = {
-            "status": status,
+            "status": RecallState(status),
             "reason": scrub(reason),
             "updated_ns": time.time_ns() if now_ns is None else now_ns,
         }

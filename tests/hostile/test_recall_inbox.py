@@ -26,11 +26,14 @@ from typing import Any
 
 import pytest
 
+from edged.clips.clock import RecordingClock
+from edged.clips.job import FootageJobs
 from edged.core import files, journal
+from edged.core.states import RecallState
 from edged.core.syncfolder import ALARM
 from edged.footage.index import Index
 from edged.recall.inbox import Inbox
-from edged.recall.request import FAILED, RecallStore
+from edged.recall.request import RecallStore
 from edged.recall.service import RecallService, status_dir
 from edged.upload.outbox import Outbox
 from tests.conftest import make_settings
@@ -452,18 +455,20 @@ def service(tmp_path):
     index = Index(state / "index.sqlite")
     outbox = Outbox(state / "outbox.sqlite", targets=["directory"])
     alarms: list[tuple[str, bool]] = []
+    clock = RecordingClock(
+        boot_id="b",
+        timeline_now_ns=time.monotonic_ns,
+        wall_offset_ns=lambda: time.time_ns() - time.monotonic_ns(),
+        footage_offset_ns=lambda: time.time_ns() - time.monotonic_ns(),
+        clock_synced=lambda: True,
+    )
     svc = RecallService(
         settings,
         RecallStore(state / "recall.sqlite"),
-        index,
+        FootageJobs(index, outbox, state / "clips", state / "segments", clock),
         outbox,
-        clips_dir=state / "clips",
-        segments_dir=state / "segments",
         status_folder=status_dir(settings),
         inbox=Inbox(tmp_path / "sync" / "recall", settle_s=0.0),
-        now_wall_ns=time.time_ns,
-        wall_offset_ns=lambda: time.time_ns() - time.monotonic_ns(),
-        boot_id="b",
         on_alarm=lambda name, active: alarms.append((name, active)),
     )
     svc.alarms = alarms  # type: ignore[attr-defined]
@@ -509,7 +514,9 @@ def test_a_key_in_a_reason_is_stored_and_written_scrubbed(service, tmp_path):
     assert service.submit(good(1), "leak")["status"] == "pending"
     rec = service.store.get("leak")
     service._set(
-        rec, FAILED, f'upload refused for good: 401 {{"error": "bad key {key}", "api_key": "other-{key[:6]}"}}'
+        rec,
+        RecallState.FAILED,
+        f'upload refused for good: 401 {{"error": "bad key {key}", "api_key": "other-{key[:6]}"}}',
     )
     service.store.close()
     for path in (tmp_path / "state").glob("recall.sqlite*"):
