@@ -19,8 +19,7 @@ from edged.config.schema import Settings
 from edged.core.files import Folder, Refused
 from edged.core.states import Alarm
 from edged.upload.answers import Kind, Verdict
-from edged.upload.outbox import OutboxPart
-from edged.upload.targets import Target
+from edged.upload.target import Parcel, Target
 
 
 class DirectoryTarget(Target):
@@ -28,6 +27,7 @@ class DirectoryTarget(Target):
     contract = False
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.root = settings.delivery_dir
 
     def fingerprint(self) -> str:
@@ -39,7 +39,8 @@ class DirectoryTarget(Target):
         root = Path(os.path.abspath(self.root))  # made absolute without resolving any link
         return Folder.open_below(root.parent, root.name, clip_id, create=True)
 
-    def send(self, part: OutboxPart) -> Verdict:
+    def send(self, parcel: Parcel) -> Verdict:
+        part = parcel.part
         src = Path(part.path)
         dest = self.root / part.clip_id / src.name
         try:

@@ -43,9 +43,9 @@ import httpcore
 import httpx
 
 from edged import __version__
-from edged.config.schema import UploadSettings
+from edged.config.schema import Settings, UploadSettings
 from edged.upload.answers import MAX_ANSWER_BYTES, Answer, DeadlineExceeded, RequestCancelled
-from edged.upload.targets import Target
+from edged.upload.target import Target
 
 #: The slowest link an upload is given time for (bytes/s, ~32 kbit/s: poor 2G) when no
 #: ``bandwidth_kbps`` cap says otherwise: a request's deadline grows by its body's size at this pace.
@@ -453,7 +453,9 @@ class Deadlines:
 class HttpTarget(Target):
     """A target speaking HTTP: its requests bounded (:meth:`exchange`) and cancellable."""
 
-    def __init__(self, u: UploadSettings) -> None:
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        u = settings.upload
         self.client = http_client(u)
         self.deadlines = Deadlines.from_settings(u)
         self.bytes_per_s = u.bandwidth_kbps * 1000 / 8

@@ -23,6 +23,7 @@ from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify
 from edged.upload.budget import key_fingerprint
 from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
 from edged.upload.outbox import OutboxPart
+from edged.upload.target import Parcel
 
 #: Room for the multipart framing and form fields around the file, for the request's deadline.
 _FORM_OVERHEAD = 4096
@@ -30,7 +31,7 @@ _FORM_OVERHEAD = 4096
 
 class _SonoranTarget(HttpTarget):
     def __init__(self, settings: Settings, base_url: str) -> None:
-        super().__init__(settings.upload)
+        super().__init__(settings)
         self.device = settings.device
         self.base_url = base_url.rstrip("/")
         self.endpoint = endpoint_of(self.base_url)
@@ -99,7 +100,8 @@ class SonoranV2Target(_SonoranTarget):
                 return {field: str(value)}
         return {}
 
-    def send(self, part: OutboxPart) -> Verdict:
+    def send(self, parcel: Parcel) -> Verdict:
+        part = parcel.part
         key = self._key()
         if not key:
             return Verdict(Kind.PAUSE, f"no API key in {self.key_path}")
@@ -123,8 +125,8 @@ class SonoranLegacyTarget(_SonoranTarget):
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self.settings).encode()).hexdigest()
 
-    def send(self, part: OutboxPart) -> Verdict:
-        lg = self.settings
+    def send(self, parcel: Parcel) -> Verdict:
+        part, lg = parcel.part, self.settings
         fields = {
             "community": lg.community,
             "account": lg.account,

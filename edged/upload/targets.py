@@ -1,101 +1,67 @@
-"""The target interface: one object per configured destination, ``send(part) -> Verdict``.
+"""Which upload targets exist: the registry, a name in ``[upload] targets`` → the class that builds it.
 
-A target knows its endpoint and its form fields; it does not retry, wait or count: that is the
-uploader's job (``uploader``), with the rules of ``answers``, ``policy`` and ``budget``. A target
-speaking HTTP builds on ``http.HttpTarget``, which keeps a server's answer from stalling or
-swamping the daemon.
+Why a registry: the uploader drives every target through one interface (``target.Target``) and
+never needs to know which ones exist; the daemon builds the configured ones from their names. This
+module is the one place that knows them all, and nothing in ``edged.upload`` imports it back: a
+target module imports only the interface (``target``) and, if it speaks HTTP, ``http``.
+
+Adding a target:
+
+1. a module (``edged/upload/<name>.py``, or a package like ``bota/``) with a ``Target`` subclass:
+   its ``name``, its ``scope`` if one upload carries a whole clip, ``__init__(settings)`` reading
+   its own settings section, and ``send(parcel) -> Verdict`` (``HttpTarget`` for HTTP, its answers
+   judged by ``answers.classify`` against a ``Contract``);
+2. its class in :data:`BUILT_IN` below;
+3. its settings section in ``edged/config/schema.py`` (its name in ``UPLOAD_TARGETS``, its table in
+   ``UploadSettings``, what ``validate`` requires of it).
+
+A target that is not part of edged (a test's, a site's own) calls :func:`register` instead of 2.
 """
 
 from __future__ import annotations
 
-import hashlib
-from abc import ABC, abstractmethod
-from pathlib import Path
+from collections.abc import Callable
 
 from edged.config.schema import Settings
-from edged.core import limits
-from edged.upload.answers import Kind, Verdict
-from edged.upload.outbox import OutboxPart
+from edged.upload.bota.target import BotaTarget
+from edged.upload.directory import DirectoryTarget
+from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
+from edged.upload.target import Target
+
+#: What builds a target: its class, or any callable taking the settings.
+TargetFactory = Callable[[Settings], Target]
+
+#: The targets edged ships, each registered under its ``name``.
+BUILT_IN: tuple[type[Target], ...] = (SonoranV2Target, SonoranLegacyTarget, BotaTarget, DirectoryTarget)
+
+#: Every known target by name.
+REGISTRY: dict[str, TargetFactory] = {t.name: t for t in BUILT_IN}
 
 
-class Target(ABC):
-    #: The name used in config and in the outbox.
-    name: str = ""
-    #: Identity of the request budget and plan allowance (None: no limits apply).
-    budget_key: str | None = None
-    plan: str | None = None
-    #: Devices sharing this budget key (each keeps to its share of the rate).
-    share: int = 1
-    #: (host, port) for the reachability probe; None: always reachable (a local folder).
-    endpoint: tuple[str, int] | None = None
-    #: Enforce the upload contract's limits before sending.
-    contract: bool = True
-
-    @abstractmethod
-    def send(self, part: OutboxPart) -> Verdict: ...
-
-    def fingerprint(self) -> str:
-        """Changes whenever what decides acceptance (settings, credentials) changes: a target paused
-        for a refused key or account resumes at once when it does."""
-        return ""
-
-    def arm(self) -> None:  # noqa: B027 - a hook: a target without requests needs none
-        """A new send begins (the uploader's thread): a cancel asked for before now is forgotten."""
-
-    def cancel(self, why: str) -> None:  # noqa: B027 - a hook: a target without requests needs none
-        """Cut off the send in progress, from any thread: its request ends at once and ``send``
-        returns a ``Kind.CANCELLED`` verdict; the send's later requests are not made. Until the
-        next :meth:`arm`."""
-
-    def close(self) -> None:  # noqa: B027 - a hook: a target holding nothing needs none
-        pass
+def register(name: str, factory: TargetFactory) -> TargetFactory:
+    """Make ``name`` a target ``build_targets`` can build. A name already taken by another factory
+    is refused (two targets sharing a name would share their outbox rows). Returns ``factory``."""
+    if not name:
+        raise ValueError("a target needs a name")
+    known = REGISTRY.get(name)
+    if known is not None and known is not factory:
+        raise ValueError(f"upload target {name!r} is already registered ({known!r})")
+    REGISTRY[name] = factory
+    return factory
 
 
-def check_part(part: OutboxPart, contract: bool) -> Verdict | None:
-    """Refuse locally what no retry can fix: a missing or changed file, or (for contract targets)
-    a part outside the documented limits. None: fine to send."""
-    path = Path(part.path)
-    try:
-        size = path.stat().st_size
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 16):
-                digest.update(block)
-    except FileNotFoundError:
-        return Verdict(Kind.FAILED, f"clip file missing: {path}")
-    except OSError as exc:
-        return Verdict(Kind.RETRY, f"clip file unreadable: {exc.strerror or exc}")
-    if digest.hexdigest() != part.sha256:
-        return Verdict(
-            Kind.FAILED,
-            f"clip file changed on disk (sha256 {digest.hexdigest()[:12]}…, "
-            f"expected {part.sha256[:12]}…); kept for inspection",
-        )
-    if contract:
-        if path.suffix != limits.UPLOAD_EXTENSION:
-            return Verdict(Kind.FAILED, f"not a {limits.UPLOAD_EXTENSION} file: {path.name}")
-        if size > limits.MAX_UPLOAD_BYTES:
-            return Verdict(Kind.FAILED, f"{size} bytes exceeds the {limits.MAX_UPLOAD_BYTES}-byte upload limit")
-        if not limits.MIN_DURATION_MS <= part.duration_ms <= limits.MAX_DURATION_MS:
-            return Verdict(
-                Kind.FAILED, f"durationMs {part.duration_ms} outside {limits.MIN_DURATION_MS}..{limits.MAX_DURATION_MS}"
-            )
-    return None
+def build_targets(settings: Settings, outbox: object = None) -> list[Target]:
+    """One target per configured name, in the configured order.
 
-
-def build_targets(settings: Settings, outbox=None) -> list[Target]:
-    """One target per configured name. ``outbox``: the daemon's, for targets that keep their own
-    progress in it (bota); without it such a target opens the state folder's outbox itself."""
-    from edged.upload.bota.target import BotaTarget
-    from edged.upload.directory import DirectoryTarget
-    from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
-
-    makers = {
-        "sonoran_v2": SonoranV2Target,
-        "sonoran_legacy": SonoranLegacyTarget,
-        "bota": BotaTarget,
-        "directory": DirectoryTarget,
-    }
-    return [
-        BotaTarget(settings, outbox) if name == "bota" else makers[name](settings) for name in settings.upload.targets
-    ]
+    ``outbox`` is not used: a target no longer holds a store, it is handed its clip's progress with
+    each send (``target.Parcel``). The parameter stays until the daemon stops passing its outbox."""
+    made: list[Target] = []
+    for name in settings.upload.targets:
+        factory = REGISTRY.get(name)
+        if factory is None:
+            raise KeyError(f"unknown upload target {name!r} (known: {', '.join(sorted(REGISTRY))})")
+        target = factory(settings)
+        if target.name != name:  # the outbox's rows are keyed by it: a mismatch would deliver nothing
+            raise ValueError(f"upload target {name!r} was built as {target.name!r}")
+        made.append(target)
+    return made

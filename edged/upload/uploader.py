@@ -2,9 +2,11 @@
 
 For each delivery, in this order: a target paused (refused key or account) or offline waits; the
 part is checked locally (file intact, within the contract); the plan's allowance and the key's
-request budget are consulted *before* the request; then the target sends, and the ``Verdict``
-decides the row's next state (``outbox``), the retry time (``policy``) and the budgets
-(``budget``). Nothing here deletes a file: a refused clip is kept and marked failed.
+request budget are consulted *before* the request; then the target sends a ``target.Parcel`` (the
+part, or for a target whose scope is the whole clip every part of it, and the clip's progress),
+and the ``Verdict`` decides the row's next state (``outbox``), the retry time (``policy``) and the
+budgets (``budget``). Every target is driven this way; none is known here by name (the registry,
+``targets``, builds them). Nothing here deletes a file: a refused clip is kept and marked failed.
 
 Waiting never spins: a worker sleeps on its wake event until its next due time, and is woken by a
 new part, an operator's retry, a link appearing (``edged.upload.network``) or stop.
@@ -34,7 +36,7 @@ from edged.upload.answers import ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.outbox import Delivery, Outbox
 from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
-from edged.upload.targets import Target, check_part
+from edged.upload.target import Parcel, Progress, Scope, Target, check_part
 
 log = logging.getLogger("edged.upload")
 
@@ -231,11 +233,18 @@ class _Worker(threading.Thread):
                 return 0.0
             self.outbox.begin(d)
             t0 = time.monotonic()
-            verdict = self.target.send(d.part)
+            verdict = self.target.send(self._parcel(d))
         finally:
             self.current = None
         self.apply(self.outbox.get(d.part.id, self.target.name), verdict, self.up.now_ns(), time.monotonic() - t0)
         return 0.0
+
+    def _parcel(self, d: Delivery) -> Parcel:
+        """What the delivery's send carries: its part, or (``Scope.CLIP``) every part of its clip;
+        and the target's progress on the clip, in this outbox."""
+        part = d.part
+        parts = (part,) if self.target.scope is Scope.PART else tuple(self.outbox.parts(part.clip_id))
+        return Parcel(part, parts, Progress(self.outbox, part.clip_id, self.target.name))
 
     def cancel(self, why: str, ident: str | None = None) -> bool:
         """Cut off the send in progress (all of them, or the one of part id / clip id ``ident``)."""

@@ -11,7 +11,8 @@ into parts within ``limits`` and its media follow the parts, each well under the
 The media are made by :mod:`edged.upload.bota.media` in a low-priority child process, into ``clips/<id>/.bota/``
 (removed once the recording is complete).
 
-Steps, each committed to the outbox's ``progress`` table (keyed by clip) before the next one:
+Steps, each committed to the clip's progress (``target.Progress``: the outbox's ``progress`` table)
+before the next one:
 
 1. ``POST {base_url}/v1/recordings`` ``{"device_id"}`` → ``recording``;
 2. per media: ``POST /v1/recordings/{id}/upload-url`` ``{type, content_type, file_size_bytes,
@@ -22,14 +23,16 @@ Steps, each committed to the outbox's ``progress`` table (keyed by clip) before 
 3. ``POST /v1/recordings/{id}/complete`` (the reference names a "Complete Upload endpoint" without
    its path; this is the assumed one) → ``completing`` before the request, ``completed`` after.
 
-Mapping onto the outbox, whose deliveries are per part: whichever bota delivery of a clip runs
-first carries the whole event; the clip's other deliveries find the recording complete and are
-delivered without a request. A kill between steps resumes at the first step not recorded: the
-recording is created once and completed once; a media whose PUT may have landed is PUT again to
-the same URL while it is valid (an idempotent overwrite). A kill *during* the create or
-upload-url request can leave an empty recording or media record behind on the server (the API
-has no idempotency key): at-least-once, like the outbox itself. A 409 to ``complete`` after a
-``completing`` was recorded means an earlier request got through: the recording is complete.
+Mapping onto the outbox, whose deliveries are per part: the target's scope is ``Scope.CLIP``, so
+the uploader hands each of the clip's bota deliveries every part of the clip and the clip's
+progress (``target.Parcel``). Whichever delivery runs first carries the whole event; the clip's
+other deliveries find the recording complete and are delivered without a request. A kill between
+steps resumes at the first step not recorded: the recording is created once and completed once; a
+media whose PUT may have landed is PUT again to the same URL while it is valid (an idempotent
+overwrite). A kill *during* the create or upload-url request can leave an empty recording or media
+record behind on the server (the API has no idempotency key): at-least-once, like the outbox
+itself. A 409 to ``complete`` after a ``completing`` was recorded means an earlier request got
+through: the recording is complete.
 
 Every answer of the Bota API goes through :mod:`edged.upload.answers` (401/403 pause the target,
 5xx back off, other 4xx fail the clip's delivery, which keeps every file), and a 2xx counts only
@@ -63,8 +66,7 @@ from typing import BinaryIO
 import httpx
 
 from edged.config.schema import Settings, token_path
-from edged.core.journal import MASK, scrub
-from edged.core.paths import StatePaths
+from edged.core.journal import MASK, register_secret_file, scrub
 from edged.core.timefmt import iso, parse_iso_ns
 from edged.upload.answers import (
     BOTA_COMPLETE,
@@ -81,8 +83,8 @@ from edged.upload.answers import (
 )
 from edged.upload.bota import media
 from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
-from edged.upload.outbox import Outbox, OutboxPart
-from edged.upload.targets import check_part
+from edged.upload.outbox import OutboxPart
+from edged.upload.target import Parcel, Progress, Scope, check_part
 
 log = logging.getLogger("edged.upload.bota")
 
@@ -135,6 +137,15 @@ def plan(parts: list[OutboxPart], manifest: dict | None) -> list[MediaItem]:
     return items
 
 
+def _derived_file(d: media.Derived, item: MediaItem) -> Path | None:
+    """The file made for ``item`` (None: a part without audio has no audio file)."""
+    if item.type == "video":
+        return d.video
+    if item.type == "audio":
+        return d.audio
+    return d.stills[item.still_ms] if item.still_ms is not None else None
+
+
 def _blocks(f: BinaryIO) -> Iterator[bytes]:
     while block := f.read(_BLOCK):
         yield block
@@ -154,10 +165,11 @@ class _Refused(Exception):
 
 class BotaTarget(HttpTarget):
     name = NAME
+    scope = Scope.CLIP  # one recording per clip
     contract = False  # media of our own making, not the WebM contract; parts are checked for sha256
 
-    def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
-        super().__init__(settings.upload)
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         b = settings.upload.bota
         self.settings = b
         self.device_id = b.device_id or settings.device.id
@@ -166,44 +178,25 @@ class BotaTarget(HttpTarget):
         self.token_path = token_path(b)
         #: clip id → {step: value} for the steps whose stored value the outbox had to scrub.
         self._secret_steps: dict[str, dict[str, str]] = {}
-        # The daemon's outbox file (a second connection; each step is its own transaction).
-        self._outbox = outbox
-        self._outbox_path = StatePaths(settings.state_dir).outbox
         if self.token_path is not None:
-            from edged.core import journal
-
-            journal.register_secret_file(self.token_path)
+            register_secret_file(self.token_path)
 
     # --- the Target interface ------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
         return hashlib.sha256(repr((self.settings, self.device_id, self._token())).encode()).hexdigest()
 
-    def close(self) -> None:
-        super().close()
-        if self._outbox is not None and self._owns_outbox:
-            self._outbox.close()
-
-    def send(self, part: OutboxPart) -> Verdict:
+    def send(self, parcel: Parcel) -> Verdict:
         token = self._token()
         if not token:
             return Verdict(Kind.PAUSE, f"no API key or device token in {self.token_path}")
-        job = _Job(self, part.clip_id, token)
+        job = _Job(self, parcel, token)
         try:
-            return job.run(part)
+            return job.run()
         except _Refused as r:
             return r.verdict
 
     # --- helpers -------------------------------------------------------------------------------------
-
-    _owns_outbox = False
-
-    @property
-    def outbox(self) -> Outbox:
-        if self._outbox is None:
-            self._outbox = Outbox(self._outbox_path)
-            self._owns_outbox = True
-        return self._outbox
 
     def _token(self) -> str:
         """Read at every use: a token rotated in its file (or credential) takes effect at once."""
@@ -216,13 +209,15 @@ class BotaTarget(HttpTarget):
 class _Job:
     """One attempt at one clip's recording, resuming from the recorded progress."""
 
-    def __init__(self, target: BotaTarget, clip_id: str, token: str) -> None:
-        self.t, self.clip_id, self.token = target, clip_id, token
-        self.outbox = target.outbox
-        self.done = {**self.outbox.progress(clip_id, NAME), **target._secret_steps.get(clip_id, {})}
+    def __init__(self, target: BotaTarget, parcel: Parcel, token: str) -> None:
+        self.t, self.token = target, token
+        self.part, self.parts = parcel.part, list(parcel.parts)
+        self.clip_id = parcel.part.clip_id
+        self.progress: Progress = parcel.progress
+        self.done = {**self.progress.steps(), **target._secret_steps.get(self.clip_id, {})}
 
     def _record(self, step: str, value: str) -> None:
-        self.outbox.record_progress(self.clip_id, NAME, step, value)  # scrubbed there
+        self.progress.record(step, value)  # scrubbed there
         self.done[step] = value
         secret = self.t._secret_steps.setdefault(self.clip_id, {})
         if scrub(value) != value:
@@ -232,7 +227,7 @@ class _Job:
 
     # the steps
 
-    def run(self, part: OutboxPart) -> Verdict:
+    def run(self) -> Verdict:
         if "completed" in self.done:
             rec = json.loads(self.done["completed"])["recording_id"]
             return Verdict(
@@ -240,19 +235,12 @@ class _Job:
                 f"in recording {rec} (sent with the clip's first delivery)",
                 response=self.done["completed"],
             )
-        parts = self.outbox.parts(self.clip_id)
-        if part.id not in {p.id for p in parts}:
-            return Verdict(
-                Kind.PAUSE,
-                f"part {part.id} of clip {self.clip_id} is not in {self.outbox.path}: "
-                "the bota target must use the daemon's outbox",
-            )
-        for p in parts:
+        for p in self.parts:
             bad = check_part(p, contract=False)
             if bad is not None:
                 return _step(bad, f"part {p.number}")
-        clip_dir = Path(part.path).parent
-        items = plan(parts, self._manifest(clip_dir))
+        clip_dir = Path(self.part.path).parent
+        items = plan(self.parts, self._manifest(clip_dir))
         files = self._media(items, clip_dir / MEDIA_DIR)
         recording = self.done.get("recording") or self._create()
         for item in items:
@@ -291,7 +279,7 @@ class _Job:
                     len(still_ms),
                 )
             for i in mine:
-                path = d.video if i.type == "video" else d.audio if i.type == "audio" else d.stills[i.still_ms]
+                path = _derived_file(d, i)
                 if path is not None:
                     files[i.key] = path
                 else:  # no audio track in this part: nothing to upload for it
