@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("edged.network")
 
@@ -100,7 +101,7 @@ class LinkWatch:
         self._seen = 0
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = os.pipe()
-        self._udev = None
+        self._udev: Any = None  # a pyudev.Monitor (pyudev has no type information)
         self._rtnl: socket.socket | None = None
         self._sources: list[str] = []
 

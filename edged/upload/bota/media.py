@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 
@@ -87,10 +88,22 @@ def outputs(part: Path, out_dir: Path, still_ms: list[int]) -> Derived:
     stem = part.stem
     return Derived(
         out_dir / f"{stem}.mp4",
-        out_dir / f"{stem}-audio.webm",
+        _audio_path(part, out_dir),
         {ms: out_dir / f"{stem}-still-{ms}ms.jpg" for ms in sorted(set(still_ms))},
         "",
     )
+
+
+def _audio_path(part: Path, out_dir: Path) -> Path:
+    """Where the audio of ``part`` goes (``outputs().audio``, which is never None there)."""
+    return out_dir / f"{part.stem}-audio.webm"
+
+
+def _ms(frame: av.AudioFrame | av.VideoFrame) -> Fraction | None:
+    """The frame's time in ms on its stream's clock, exact (None: the frame carries no time)."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return frame.pts * frame.time_base * 1000
 
 
 def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
@@ -143,9 +156,10 @@ def stills(src: Path, wanted: dict[int, Path]) -> dict[int, Path]:
             vs = inp.streams.video[0]
             vs.codec_context.thread_count = 1
             for frame in inp.decode(vs):
-                if frame.pts is None:
+                at = _ms(frame)
+                if at is None:
                     continue
-                t = float(frame.pts * frame.time_base * 1000)
+                t = float(at)
                 for ms in wanted:
                     if ms not in best or abs(t - ms) < best[ms][0]:
                         best[ms] = (abs(t - ms), frame)
@@ -204,7 +218,8 @@ def _video_stream(
     out: av.container.OutputContainer, encoder: str, vin: av.video.stream.VideoStream, bitrate: int
 ) -> av.video.stream.VideoStream:
     rate = vin.average_rate or vin.guessed_rate or Fraction(10)
-    vs = out.add_stream(encoder, rate=rate)
+    # A video encoder's name gives a video stream (the stubs type only literal names that way).
+    vs = cast(av.video.stream.VideoStream, out.add_stream(encoder, rate=rate))
     ctx = vs.codec_context
     ctx.width, ctx.height = vin.codec_context.width, vin.codec_context.height
     ctx.pix_fmt = "yuv420p"
@@ -236,14 +251,15 @@ def _encode_mp4(src: Path, dst: Path, encoder: str, bitrate: int) -> None:
             audio = _AacTrack(out, ain) if ain is not None else None
             for frame in inp.decode(*([vin] + ([ain] if ain is not None else []))):
                 if isinstance(frame, av.VideoFrame):
-                    if frame.pts is None:
+                    at = _ms(frame)
+                    if at is None:
                         continue
-                    ms = round(frame.pts * frame.time_base * 1000)
+                    ms = round(at)
                     image = frame.reformat(format="yuv420p") if frame.format.name != "yuv420p" else frame
                     image.pts, image.time_base = ms, Fraction(1, 1000)
                     image.pict_type = av.video.frame.PictureType.NONE
                     out.mux(vs.encode(image))
-                elif audio is not None:
+                elif audio is not None and isinstance(frame, av.AudioFrame):  # the only other stream decoded
                     audio.add(frame)
             out.mux(vs.encode(None))
             if audio is not None:
@@ -268,7 +284,7 @@ class _AacTrack:
         self.next_pts: int | None = None
 
     def add(self, frame: av.AudioFrame | None) -> None:
-        if frame is not None and self.next_pts is None and frame.pts is not None:
+        if frame is not None and self.next_pts is None and frame.pts is not None and frame.time_base is not None:
             self.next_pts = round(frame.pts * frame.time_base * self.rate)
         for f in self.resampler.resample(frame):
             f.pts, f.time_base = self.next_pts or 0, Fraction(1, self.rate)
@@ -290,7 +306,8 @@ def make(part: Path, out_dir: Path, still_ms: list[int], max_bytes: int = limits
     encoder = ""
     if not want.video.exists():
         encoder = to_mp4(part, want.video, max_bytes)
-    audio = want.audio if want.audio is not None and want.audio.exists() else audio_webm(part, want.audio)
+    audio_dst = _audio_path(part, out_dir)
+    audio = audio_dst if audio_dst.exists() else audio_webm(part, audio_dst)
     missing = {ms: p for ms, p in want.stills.items() if not p.exists()}
     stills(part, missing)
     for path in [want.video, audio, *want.stills.values()]:
@@ -303,13 +320,10 @@ def derive(part: Path, out_dir: Path, still_ms: list[int], timeout_s: float = DE
     """:func:`make` in a low-priority child process; nothing to do when every output exists.
     Raises MediaError (the part cannot be converted) or OSError (the child could not run or was cut off)."""
     want = outputs(part, out_dir, still_ms)
+    audio = _audio_path(part, out_dir)
     no_audio = out_dir / f".{part.stem}.no-audio"
-    if (
-        want.video.exists()
-        and all(p.exists() for p in want.stills.values())
-        and (want.audio.exists() or no_audio.exists())
-    ):
-        return Derived(want.video, want.audio if want.audio.exists() else None, want.stills, "")
+    if want.video.exists() and all(p.exists() for p in want.stills.values()) and (audio.exists() or no_audio.exists()):
+        return Derived(want.video, audio if audio.exists() else None, want.stills, "")
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
     cmd = [
