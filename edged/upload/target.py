@@ -100,9 +100,10 @@ class Target(ABC):
     endpoint: tuple[str, int] | None = None
 
     def __init__(self, settings: Settings) -> None:  # noqa: B027 - the one constructor signature
-        """Every target is built this way (``targets.build_targets``); a target reads its own
-        section of ``settings.upload``. A problem a send cannot fix (a key file that cannot be
-        registered) raises here, before the uploader starts."""
+        """Every target is built this way (``targets.build_targets``): it reads its own section of
+        ``settings.upload`` and sets up what it keeps for the run (an HTTP client, its key file
+        registered as a secret). What may change while running (a key rotated in its file) is
+        read at each send."""
 
     @abstractmethod
     def send(self, parcel: Parcel) -> Verdict:

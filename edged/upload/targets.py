@@ -3,17 +3,19 @@
 Why a registry: the uploader drives every target through one interface (``target.Target``) and
 never needs to know which ones exist; the daemon builds the configured ones from their names. This
 module is the one place that knows them all, and nothing in ``edged.upload`` imports it back: a
-target module imports only the interface (``target``) and, if it speaks HTTP, ``http``.
+target module imports the interface (``target``) and what lies under it (``http``, ``answers``,
+``outbox``), never this module, so the package's imports have no cycle
+(``tests/test_upload_targets.py`` checks both).
 
 Adding a target:
 
 1. a module (``edged/upload/<name>.py``, or a package like ``bota/``) with a ``Target`` subclass:
    its ``name``, its ``scope`` if one upload carries a whole clip, ``__init__(settings)`` reading
-   its own settings section, and ``send(parcel) -> Verdict`` (``HttpTarget`` for HTTP, its answers
-   judged by ``answers.classify`` against a ``Contract``);
-2. its class in :data:`BUILT_IN` below;
+   its own settings section, and ``send(parcel) -> Verdict`` (``http.HttpTarget`` for HTTP, its
+   answers judged by ``answers.classify`` against a ``Contract``, one of ``answers``' or its own);
+2. its class in :data:`BUILT_IN` below (one line, and its import);
 3. its settings section in ``edged/config/schema.py`` (its name in ``UPLOAD_TARGETS``, its table in
-   ``UploadSettings``, what ``validate`` requires of it).
+   ``UploadSettings``, what ``_upload_checks`` requires of it when it is configured).
 
 A target that is not part of edged (a test's, a site's own) calls :func:`register` instead of 2.
 """
