@@ -87,6 +87,9 @@ def test_retry_after_in_seconds_and_as_an_http_date():
     date = email.utils.formatdate(1000.0 + 90, usegmt=True)
     assert parse_retry_after(date, 1000.0) == pytest.approx(90, abs=1)
     assert parse_retry_after("soon", 0) is None and parse_retry_after(None, 0) is None
+    assert (
+        parse_retry_after("²", 0) is None and parse_retry_after("٣٠", 0) is None
+    )  # digits, not ASCII: found by fuzzing
     v = classify_response(429, {"retry-after": date}, "", 1000.0)
     assert v.retry_after_s == pytest.approx(90, abs=1)
 

@@ -278,7 +278,7 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit() and len(value) <= 9:
+    if value.isascii() and value.isdigit() and len(value) <= 9:  # "²" is a digit to str.isdigit
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
