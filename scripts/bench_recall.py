@@ -126,11 +126,11 @@ def measured(cmd: list[str], folder: Path) -> dict:
 
 def child(state: Path, work: Path, kind: str, start_ns: int, minutes: int) -> dict:
     """Answer one recall in this process, as the daemon's worker does; print what it made."""
-    from edged.clips.clock import RecordingClock
     from edged.clips.job import FootageJobs
     from edged.core.timefmt import iso
     from edged.recall.request import RecallStore
     from edged.recall.service import RecallService
+    from edged.recording.clock import RecordingClock
     from edged.upload.outbox import Outbox
 
     settings = from_mapping({"storage": {"dir": str(work), "min_free_bytes": 0}}, origin="bench_recall")

@@ -163,8 +163,7 @@ class Running:
 
     def stop(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + 10
-        while self.daemon.recorder is None and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.daemon.recorder is not None:
-            self.daemon.recorder.stop()
+        while not self.daemon.wait_ready(0.05) and self.thread.is_alive() and time.monotonic() < deadline:
+            pass
+        self.daemon.stop()
         self.thread.join(timeout)

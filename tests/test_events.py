@@ -34,20 +34,13 @@ class Running:
 
     def __enter__(self) -> Daemon:
         self.thread.start()
-        wait(
-            lambda: (
-                self.daemon.recorder is not None
-                and getattr(self.daemon, "control", None) is not None
-                and self.daemon.paths.control.exists()
-            ),
-            20,
-            "daemon start",
-        )
+        if not self.daemon.wait_ready(20):
+            self.__exit__()
+            raise AssertionError("the daemon did not become ready within 20 s")
         return self.daemon
 
-    def __exit__(self, *exc) -> None:
-        if self.daemon.recorder is not None:
-            self.daemon.recorder.stop()
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
         self.thread.join(timeout=60)
         assert not self.thread.is_alive(), "daemon did not stop"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from edged.clips.builder import ClipPart
-from edged.clips.clock import RecordingClock
 from edged.clips.job import MANIFEST, Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow, WallWindow
 from edged.core.states import EventState, RecallState
@@ -24,6 +23,7 @@ from edged.events.store import Event, EventStore, Mark
 from edged.footage.index import Index
 from edged.recall.request import RecallRequest, RecallStore
 from edged.recall.service import RecallService
+from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_MARK, Outbox
 from tests.conftest import make_settings
 

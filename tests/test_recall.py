@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from edged.app.daemon import Daemon
-from edged.clips.clock import RecordingClock
 from edged.clips.job import FootageJobs
 from edged.clips.timelapse import plan
 from edged.core import limits
@@ -38,6 +37,7 @@ from edged.footage.timeline import LOST, NOT_RECORDED, OVERWRITTEN, coverage
 from edged.recall.inbox import Inbox, is_temporary
 from edged.recall.request import DURATIONS, InvalidRequest, RecallStore, parse_request, parse_time
 from edged.recall.service import RecallService, inbox_dir, status_dir, store_path
+from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets

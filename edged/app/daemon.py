@@ -11,21 +11,37 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edged.app.control import ControlServer
+from edged.app.gpio import DeviceState, Feedback, GpioError, MarkButton, from_settings
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
+from edged.clips.job import FootageJobs
 from edged.config.schema import Settings, segment_bytes_estimate
+from edged.config.sync import ConfigSync, local_layer
 from edged.core.alarms import Alarms
 from edged.core.clock import Clock, SystemClock
 from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
 from edged.core.paths import StatePaths
-from edged.core.states import FAULT_ALARMS, EventState
-from edged.footage.index import IndexUnavailable
+from edged.core.states import FAULT_ALARMS, Alarm, DeliveryState, EventState, RecorderState
+from edged.events.manager import EventManager, EventWorker, MarkResult
+from edged.events.store import EventStore
+from edged.footage.index import Index, IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
+from edged.recall.service import RecallService
+from edged.recording.clock import RecordingClock
 from edged.recording.reconcile import reconcile
 from edged.recording.recorder import STALL_S, Recorder
+from edged.upload.network import LinkWatch
+from edged.upload.outbox import Outbox
+from edged.upload.policy import RetryPolicy
+from edged.upload.target import Target
+from edged.upload.targets import build_targets
+from edged.upload.uploader import Uploader
 
 log = logging.getLogger("edged.daemon")
 
@@ -71,13 +87,43 @@ def prepare_state_dir(paths: StatePaths) -> None:
             pass
 
 
+@dataclass
+class Stages:
+    """Every part of a running daemon, built together in :meth:`Daemon._build` (one place, each
+    part given what it needs) and started in :meth:`Daemon._start`; stopped in reverse order."""
+
+    index: Index
+    ring: RingBuffer
+    recorder: Recorder
+    events_store: EventStore
+    outbox: Outbox
+    jobs: FootageJobs
+    events: EventManager
+    event_worker: EventWorker
+    button: MarkButton | None
+    feedback: Feedback
+    uploader: Uploader
+    link_watch: LinkWatch
+    recall: RecallService
+    control: ControlServer
+    config_sync: ConfigSync | None
+    #: tells the event worker to stop
+    halt: threading.Event = field(default_factory=threading.Event)
+
+
 class Daemon:
+    """The process: prepares the state folder, builds the stages once, runs until stopped.
+
+    Everything that exists only while running is in :attr:`stages` (None before :meth:`run` has
+    built it); :attr:`ready` is set once every stage is built and started, which is what a caller
+    waits for (tests, benchmarks) instead of polling attributes."""
+
     def __init__(
         self,
         settings: Settings,
         clock: Clock | None = None,
         stop_after_s: float | None = None,
-        pin_factory=None,
+        pin_factory: object = None,
         notifier: ServiceNotifier | None = None,
     ) -> None:
         self.settings = settings
@@ -86,11 +132,53 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.paths = StatePaths(settings.state_dir)
         self.stop_after_s = stop_after_s
-        self.recorder: Recorder | None = None
+        self.alarms = Alarms()  # every part's alarms, one guarded set (status, LED, systemd)
+        self.stages: Stages | None = None
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
         self._lock_fd: int | None = None
         self._config_lock = threading.Lock()
-        self.recall = None
-        self.alarms = Alarms()  # every part's alarms, one guarded set (status, LED, systemd)
+
+    # --- what tests and tools read -----------------------------------------------------------------
+
+    def _running(self) -> Stages:
+        if self.stages is None:
+            raise RuntimeError("the daemon is not running (its stages are built by run())")
+        return self.stages
+
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.stages.recorder if self.stages is not None else None
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._running().outbox
+
+    @property
+    def events_store(self) -> EventStore:
+        return self._running().events_store
+
+    @property
+    def events(self) -> EventManager:
+        return self._running().events
+
+    @property
+    def recall(self) -> RecallService:
+        return self._running().recall
+
+    @property
+    def ring(self) -> RingBuffer:
+        return self._running().ring
+
+    @property
+    def uploader(self) -> Uploader:
+        return self._running().uploader
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Until every stage runs (True), or ``timeout`` passes or the run ended first (False)."""
+        return self.ready.wait(timeout)
+
+    # --- building and starting ---------------------------------------------------------------------
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -101,106 +189,11 @@ class Daemon:
             raise
         self._lock_fd = fd
 
-    # --- the event stage: marks, clips, outbox, control socket, button and LED ---------------------
-
-    def _start_event_stage(self, index) -> None:
-        from edged.app.control import ControlServer
-        from edged.app.gpio import Feedback, GpioError, from_settings
-        from edged.clips.clock import RecordingClock
-        from edged.clips.job import FootageJobs
-        from edged.events.manager import EventManager, EventStore, EventWorker
-        from edged.upload.outbox import Outbox
-
-        r = self.recorder
-        self.events_store = EventStore(self.paths.events)
-        self.outbox = Outbox(self.paths.outbox, targets=self.settings.upload.targets)
-        # One footage job runner for marks and recalls, on the recording's clock.
-        jobs = FootageJobs(index, self.outbox, self.paths.clips, self.paths.segments, RecordingClock.of(r))
-        self.events = EventManager(self.settings, self.events_store, jobs)
-        held = self.events.recover()
-        if held:
-            log.info("%d event(s) not yet delivered keep their footage protected", held)
-        self._stage_stop = threading.Event()
-        self._event_worker = EventWorker(self.events, self._stage_stop)
-        self._event_worker.start()
-        try:
-            self.button, self.feedback = from_settings(
-                self.settings.gpio, lambda: self.mark("button"), pin_factory=self.pin_factory
-            )
-        except GpioError as exc:  # recording matters more than the button: run without it, loudly
-            log.critical("GPIO unusable, running without button and LED: %s", exc)
-            r.status.alarms.add("gpio_error")
-            r.status.last_error = str(exc)
-            self.button, self.feedback = None, Feedback("", "")
-        self.events.on_mark = self.feedback.acknowledge_mark
-        self._start_uploader()
-        from edged.recall.service import RecallService
-
-        # recall requests: inbox, status files, worker
-        self.recall = RecallService.open(self.settings, self.paths, jobs, self.outbox, self._alarm_setter("recall"))
-        self.recall.start()
-        self.control = ControlServer(
-            self.paths.control,
-            {
-                "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
-                "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
-                "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
-                **self.recall.control_handlers(),
-            },
-        )
-        self.control.start()
-        if self.config_sync is not None:
-            self.config_sync.start()
-
-    def _register_secrets(self) -> None:
-        """Secrets that live in the config itself (key files are registered by their targets)."""
-        session = self.settings.upload.sonoran_legacy.session_id
-        if len(session) >= 4:
-            register_secret(session)
-
-    def _new_uploader(self, settings: Settings, targets: list):
-        from edged.upload.policy import RetryPolicy
-        from edged.upload.uploader import Uploader
-
-        return Uploader(
-            self.outbox,
-            targets,
-            RetryPolicy.from_settings(settings.upload),
-            on_delivered=self._on_delivered,
-            on_alarm=self._set_alarm,
-        )
-
-    def _on_delivered(self, clip_id: str) -> None:
-        """A clip delivered to every target: the event or recall that holds its footage lets go."""
-        self.events.release_delivered(clip_id)
-        if self.recall is not None:  # started after the uploader; its worker catches up on its own
-            self.recall.on_delivered(clip_id)
-
-    def _start_uploader(self) -> None:
-        from edged.upload.network import LinkWatch
-        from edged.upload.targets import build_targets
-
-        self._register_secrets()
-        self.uploader = self._new_uploader(self.settings, build_targets(self.settings, self.outbox))
-        self.uploader.start()
-        self.link_watch = LinkWatch(on_change=lambda what="": self.uploader.on_link_change(what))
-        self.link_watch.start()
-        log.info(
-            "uploading to %s (link events from %s)",
-            ", ".join(self.settings.upload.targets) or "nowhere",
-            self.link_watch.source,
-        )
-
-    # --- a synced config, applied while running ----------------------------------------------------
-
-    def _start_config_sync(self) -> None:
-        """With ``[sync] dir``: the settings to start with (the last good synced config over the
-        local one), then a watcher that applies what can change live."""
-        self.config_sync = None
+    def _open_config_sync(self) -> ConfigSync | None:
+        """With ``[sync] dir``: the watcher of the synced config, and the settings to start with (the
+        last good synced config over the local one) put in force; None without a synced folder."""
         if not self.settings.sync.dir:
-            return
-        from edged.config.sync import ConfigSync, local_layer
-
+            return None
         try:
             sync = ConfigSync(
                 self.settings, local_layer(self.settings), self._apply_config, on_alarm=self._alarm_setter("configsync")
@@ -208,61 +201,159 @@ class Daemon:
             self.settings = sync.startup()
         except Exception as exc:  # noqa: BLE001 - a synced folder never stops the recording
             log.error("synced config is off for this run: %s: %s", type(exc).__name__, exc)
-            return
-        self.config_sync = sync
+            return None
+        return sync
+
+    def _build(self, index: Index, ring: RingBuffer, config_sync: ConfigSync | None) -> Stages:
+        """Every stage, each handed what it needs: the recorder, the footage jobs on its clock, the
+        events and recalls that run them, the outbox and uploader, the control socket, the GPIO."""
+        s = self.settings
+        recorder = Recorder(
+            s, index, ring, self.clock, self.paths.segments, stop_after_s=self.stop_after_s, alarms=self.alarms
+        )
+        events_store = EventStore(self.paths.events)
+        outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
+        # One footage job runner for marks and recalls, on the recording's clock.
+        jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
+        events = EventManager(s, events_store, jobs)
+        try:
+            button, feedback = from_settings(s.gpio, self._button_pressed, pin_factory=self.pin_factory)
+        except GpioError as exc:  # recording matters more than the button: run without it, loudly
+            log.critical("GPIO unusable, running without button and LED: %s", exc)
+            self.alarms.add(Alarm.GPIO_ERROR)
+            recorder.status.last_error = str(exc)
+            button, feedback = None, Feedback("", "")
+        events.on_mark = feedback.acknowledge_mark
+        self._register_secrets(s)
+        uploader = self._new_uploader(outbox, s, build_targets(s))
+        link_watch = LinkWatch(on_change=self._link_changed)
+        recall = RecallService.open(s, self.paths, jobs, outbox, self._alarm_setter("recall"))
+        control = ControlServer(
+            self.paths.control,
+            {
+                "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
+                "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
+                "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
+                **recall.control_handlers(),
+            },
+        )
+        return Stages(
+            index=index,
+            ring=ring,
+            recorder=recorder,
+            events_store=events_store,
+            outbox=outbox,
+            jobs=jobs,
+            events=events,
+            event_worker=EventWorker(events, halt := threading.Event()),
+            button=button,
+            feedback=feedback,
+            uploader=uploader,
+            link_watch=link_watch,
+            recall=recall,
+            control=control,
+            config_sync=config_sync,
+            halt=halt,
+        )
+
+    def _start(self, st: Stages) -> None:
+        """The stages' threads, footage first protected again: what a crash left held stays held."""
+        held = st.events.recover()
+        if held:
+            log.info("%d event(s) not yet delivered keep their footage protected", held)
+        st.event_worker.start()
+        st.uploader.start()
+        st.link_watch.start()
+        log.info(
+            "uploading to %s (link events from %s)",
+            ", ".join(self.settings.upload.targets) or "nowhere",
+            st.link_watch.source,
+        )
+        st.recall.start()
+        st.control.start()
+        if st.config_sync is not None:
+            st.config_sync.start()
+
+    def _stop(self, st: Stages) -> None:
+        if st.config_sync is not None:
+            st.config_sync.stop()
+        st.control.stop()
+        st.recall.stop()
+        st.link_watch.stop()
+        st.uploader.stop()
+        if st.button is not None:
+            st.button.close()
+        st.feedback.close()
+        st.halt.set()
+        st.event_worker.join(timeout=10)
+        st.events.finish_ready()  # whatever became ready while stopping
+
+    @staticmethod
+    def _close_stores(st: Stages) -> None:
+        st.recall.close()
+        st.events_store.close()
+        st.outbox.close()
+        st.index.close()
+
+    def _register_secrets(self, settings: Settings) -> None:
+        """Secrets that live in the config itself (key files are registered by their targets)."""
+        session = settings.upload.sonoran_legacy.session_id
+        if len(session) >= 4:
+            register_secret(session)
+
+    def _new_uploader(self, outbox: Outbox, settings: Settings, targets: list[Target]) -> Uploader:
+        return Uploader(
+            outbox,
+            targets,
+            RetryPolicy.from_settings(settings.upload),
+            on_delivered=self._on_delivered,
+            on_alarm=self._alarm_setter("uploader"),
+        )
+
+    def _on_delivered(self, clip_id: str) -> None:
+        """A clip delivered to every target: the event or recall that holds its footage lets go."""
+        st = self._running()
+        st.events.release_delivered(clip_id)
+        st.recall.on_delivered(clip_id)
+
+    # --- a synced config, applied while running ----------------------------------------------------
 
     def _apply_config(self, running: Settings, live: list[str], restart: list[str]) -> None:
         """All or nothing (ConfigSync rejects the file if this raises): targets first, as the only
         part that can fail, then the recorder (at its next segment), the ring, clips and recall."""
-        from edged.upload.targets import build_targets
-
+        st = self._running()
         with self._config_lock:
             old = self.settings
             if running.upload != old.upload:
-                targets = build_targets(running, self.outbox)  # a bad key file raises here, before anything changed
-                self.uploader.stop()
-                self.outbox.set_targets(running.upload.targets)
-                self.uploader = self._new_uploader(running, targets)
-                self.uploader.start()
-            self.recorder.reconfigure(running)
-            self.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
-            self.events.configure(running)
-            self.recall.configure(running)
+                targets = build_targets(running)  # a bad key file raises here, before anything changed
+                st.uploader.stop()
+                st.outbox.set_targets(running.upload.targets)
+                st.uploader = self._new_uploader(st.outbox, running, targets)
+                st.uploader.start()
+            st.recorder.reconfigure(running)
+            st.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
+            st.events.configure(running)
+            st.recall.configure(running)
             self.settings = running
-            self._register_secrets()
+            self._register_secrets(running)
         if restart:
             log.warning("synced config: %s take effect at the next start", ", ".join(restart))
 
-    def _set_alarm(self, name: str, active: bool, owner: str = "uploader") -> None:
-        self.alarms.set(name, active, owner)
-
-    def _alarm_setter(self, owner: str):
+    def _alarm_setter(self, owner: str) -> Callable[[str, bool], None]:
         """An ``on_alarm(name, active)`` for one part of the daemon: the alarm stays up while any
         owner holds it (the config watcher and the recall inbox both refuse a linked status/)."""
-        return lambda name, active: self.alarms.set(name, active, owner)
 
-    def _stop_event_stage(self) -> None:
-        if self.config_sync is not None:
-            self.config_sync.stop()
-        self.control.stop()
-        self.recall.stop()
-        self.link_watch.stop()
-        self.uploader.stop()
-        if self.button is not None:
-            self.button.close()
-        self.feedback.close()
-        self._stage_stop.set()
-        self._event_worker.join(timeout=10)
-        self.events.finish_ready()  # whatever became ready while stopping
+        def on_alarm(name: str, active: bool) -> None:
+            self.alarms.set(name, active, owner)
 
-    def _close_stores(self) -> None:
-        self.recall.close()
-        self.events_store.close()
-        self.outbox.close()
+        return on_alarm
 
-    def mark(self, source: str, note: str = ""):
-        result = self.events.mark(source, note)
-        if "storage_full" in self.recorder.status.alarms:
+    # --- what the daemon answers -------------------------------------------------------------------
+
+    def mark(self, source: str, note: str = "") -> MarkResult:
+        st = self._running()
+        result = st.events.mark(source, note)
+        if Alarm.STORAGE_FULL in self.alarms:
             log_event(
                 log,
                 Msg.STORAGE_ALARM,
@@ -270,54 +361,59 @@ class Daemon:
                 "post-roll cannot be recorded until space is freed; the footage already held is kept",
                 result.event_id,
                 level=logging.CRITICAL,
-                alarm="storage_full",
+                alarm=Alarm.STORAGE_FULL,
                 event_id=result.event_id,
             )
         return result
 
+    def _button_pressed(self) -> None:
+        self.mark("button")
+
+    def _link_changed(self, what: str = "") -> None:
+        self.uploader.on_link_change(what)
+
     @staticmethod
-    def _mark_answer(result) -> dict:
+    def _mark_answer(result: MarkResult) -> dict[str, object]:
         return {"event_id": result.event_id, "extended": result.extended}
 
-    def _show_feedback(self) -> None:
-        from edged.app.gpio import DeviceState
-
-        st = self.recorder.status
-        counts = self.outbox.counts()
-        self.feedback.show(
+    def _show_feedback(self, st: Stages) -> None:
+        counts = st.outbox.counts()
+        st.feedback.show(
             DeviceState(
-                recording=st.state == "recording",
-                fault=bool(st.alarms & FAULT_ALARMS),
-                clock_synced=self.recorder.watch.synchronized,
-                uploads_pending=sum(n for state, n in counts.items() if state not in ("delivered", "failed")),
-                event_open=bool(self.events_store.events("open")),
+                recording=st.recorder.status.state == RecorderState.RECORDING,
+                fault=bool(self.alarms & FAULT_ALARMS),
+                clock_synced=st.recorder.watch.synchronized,
+                uploads_pending=sum(
+                    n for state, n in counts.items() if state not in (DeliveryState.DELIVERED, DeliveryState.FAILED)
+                ),
+                event_open=bool(st.events_store.events(EventState.OPEN)),
             )
         )
 
     def status(self) -> DaemonStatus:
         """What the daemon knows about itself now (``edged.app.status``)."""
-        r = self.recorder
-        st = r.status
+        st = self._running()
+        rs = st.recorder.status
         return DaemonStatus(
             pid=os.getpid(),
-            state=st.state,
-            video_source=st.video_source,
-            audio_source=st.audio_source,
-            frames_encoded=st.frames_encoded,
-            frames_dropped=st.frames_dropped,
-            frames_not_stored=st.frames_not_stored,
-            segments_written=st.segments_written,
-            current_segment=st.current_segment,
-            alarms=list(st.alarms),
-            last_error=st.last_error,
-            clock_synchronized=r.watch.synchronized,
+            state=rs.state,
+            video_source=rs.video_source,
+            audio_source=rs.audio_source,
+            frames_encoded=rs.frames_encoded,
+            frames_dropped=rs.frames_dropped,
+            frames_not_stored=rs.frames_not_stored,
+            segments_written=rs.segments_written,
+            current_segment=rs.current_segment,
+            alarms=list(self.alarms),
+            last_error=rs.last_error,
+            clock_synchronized=st.recorder.watch.synchronized,
             updated=time.time(),
             config=self.settings.origin,
-            events_open=len(self.events_store.events(EventState.OPEN)),
-            outbox=self.outbox.counts(),
-            outbox_resends=self.outbox.resends(),
-            uploads=self.uploader.status(),
-            synced_config=self.config_sync.last_status if self.config_sync is not None else None,
+            events_open=len(st.events_store.events(EventState.OPEN)),
+            outbox=st.outbox.counts(),
+            outbox_resends=st.outbox.resends(),
+            uploads=st.uploader.status(),
+            synced_config=st.config_sync.last_status if st.config_sync is not None else None,
         )
 
     def write_status(self) -> DaemonStatus:
@@ -328,21 +424,25 @@ class Daemon:
             log.debug("status not written: %s", exc)
         return status
 
-    def _tell_systemd(self, status: DaemonStatus) -> None:
+    def _tell_systemd(self, st: Stages, status: DaemonStatus) -> None:
         """Readiness once footage is on disk; a watchdog ping only while frames go through the
         recorder (a hung camera or a blocked disk stops them); the status line."""
-        st = self.recorder.status
+        rs = st.recorder.status
         line = scrub(status.summary())
-        if st.on_disk:
+        if rs.on_disk:
             self.notifier.ready(line)
-        if (
-            st.progress_mono is not None
-            and time.monotonic() - st.progress_mono <= STALL_S
-            and not self.recorder.stopping
-        ):
+        if rs.progress_mono is not None and time.monotonic() - rs.progress_mono <= STALL_S and not st.recorder.stopping:
             self.notifier.watchdog()
         if self.notifier.is_ready:
             self.notifier.status(line)
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask a running daemon to stop (any thread): the open segment is finished, then every stage."""
+        self._stopping.set()
+        if self.stages is not None:
+            self.stages.recorder.stop()
 
     def run(self) -> int:
         # Owner-only, with or without systemd's UMask=: footage, clips, copies and stores are
@@ -352,8 +452,10 @@ class Daemon:
             return self._run()
         finally:
             os.umask(umask)  # a daemon run in-process (tests) leaves the caller's umask as it was
+            self.ready.clear()
 
-    def _run(self) -> int:
+    def _claim_state_dir(self) -> int | None:
+        """The state folder made, proven writable and locked for this daemon; an exit code if not."""
         try:
             prepare_state_dir(self.paths)
         except StorageUnusable as exc:
@@ -364,8 +466,9 @@ class Daemon:
         except BlockingIOError:
             log.critical("another edged daemon is using %s", self.paths.root)
             return EXIT_LOCKED
+        return None
 
-        self._start_config_sync()
+    def _open_index(self) -> tuple[Index, RingBuffer] | int:
         st = self.settings.storage
         try:  # a disk left full (of our own footage) by the last run: room first, for salvage too
             index, moved = open_index_making_room(
@@ -384,8 +487,6 @@ class Daemon:
                 level=logging.CRITICAL,
                 alarm="index_unavailable",
             )
-            os.close(self._lock_fd)
-            self._lock_fd = None
             return EXIT_STORAGE
         if moved:
             log_event(
@@ -396,7 +497,7 @@ class Daemon:
                 level=logging.CRITICAL,
                 alarm="index_corrupt",
             )
-        ring = self.ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
+        ring = RingBuffer(index, self.paths.segments, st.max_bytes, st.min_free_bytes)
         try:
             ring.make_room(segment_bytes_estimate(self.settings))
         except (OSError, sqlite3.OperationalError) as exc:
@@ -412,49 +513,62 @@ class Daemon:
                     len(report.salvaged),
                     ", ".join(report.salvaged),
                 )
-        self.recorder = Recorder(
-            self.settings,
-            index,
-            ring,
-            self.clock,
-            self.paths.segments,
-            stop_after_s=self.stop_after_s,
-            alarms=self.alarms,
-        )
-        rec_thread = threading.Thread(target=self.recorder.run, name="recorder")
-        self._start_event_stage(index)
+        return index, ring
+
+    def _run(self) -> int:
+        try:
+            refused = self._claim_state_dir()
+            if refused is not None:
+                return refused
+            # Read once this daemon holds the state folder: the settings it starts on.
+            config_sync = self._open_config_sync()
+            opened = self._open_index()
+            if isinstance(opened, int):
+                return opened
+            index, ring = opened
+            st = self.stages = self._build(index, ring, config_sync)
+            return self._record(st)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _record(self, st: Stages) -> int:
+        rec_thread = threading.Thread(target=st.recorder.run, name="recorder")
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self.notifier.stopping()
-            self.recorder.stop()
+            self.stop()
 
         old = {}
         if threading.current_thread() is threading.main_thread():  # tests run daemons in threads
             old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log.debug("recording to %s (config: %s)", self.paths.segments, self.settings.origin)
-        rec_thread.start()
-        # The main loop also carries the watchdog: it ticks at least four times per WatchdogSec.
-        tick = min(1.0, self.notifier.watchdog_s / 4) if self.notifier.watchdog_s else 1.0
         try:
+            self._start(st)
+            rec_thread.start()
+            if self._stopping.is_set():  # asked to stop while being built
+                st.recorder.stop()
+            self.ready.set()
+            # The main loop also carries the watchdog: it ticks at least four times per WatchdogSec.
+            tick = min(1.0, self.notifier.watchdog_s / 4) if self.notifier.watchdog_s else 1.0
             while rec_thread.is_alive():
-                self._tell_systemd(self.write_status())
-                self._show_feedback()
+                self._tell_systemd(st, self.write_status())
+                self._show_feedback(st)
                 rec_thread.join(timeout=tick)
         finally:
-            self.recorder.stop()
-            rec_thread.join()
-            self._stop_event_stage()
+            st.recorder.stop()
+            if rec_thread.ident is not None:  # started
+                rec_thread.join()
+            self._stop(st)
             self.write_status()
-            self._close_stores()
+            self._close_stores(st)
             for s, h in old.items():
                 signal.signal(s, h)
-            index.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-        if self.recorder.crashed is not None:
+        if st.recorder.crashed is not None:
             return EXIT_SOFTWARE  # let systemd restart us; reconcile salvages what was being written
-        log.debug("stopped: %d segments written", self.recorder.status.segments_written)
+        log.debug("stopped: %d segments written", st.recorder.status.segments_written)
         return 0
 
 

@@ -370,7 +370,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 def _open_clip_stores(settings: config_mod.Settings):
     from edged.core.paths import StatePaths
-    from edged.events.manager import EventStore
+    from edged.events.store import EventStore
     from edged.upload.outbox import Outbox
 
     paths = StatePaths(settings.state_dir)
@@ -380,7 +380,7 @@ def _open_clip_stores(settings: config_mod.Settings):
 
 
 def cmd_clips_list(args: argparse.Namespace) -> int:
-    from edged.events.manager import clip_summaries
+    from edged.events.export import clip_summaries
 
     settings = _settings_or_exit(args.config)
     paths, store, outbox = _open_clip_stores(settings)
@@ -399,7 +399,7 @@ def cmd_clips_list(args: argparse.Namespace) -> int:
 
 
 def cmd_clips_export(args: argparse.Namespace) -> int:
-    from edged.events.manager import export_clip
+    from edged.events.export import export_clip
 
     settings = _settings_or_exit(args.config)
     paths, store, outbox = _open_clip_stores(settings)

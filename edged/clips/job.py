@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edged.clips.builder import ClipPart, SourceSegment
-from edged.clips.clock import RecordingClock
 from edged.clips.window import Window
 from edged.core.files import write_atomic
 from edged.core.states import SegmentState
 from edged.core.timefmt import iso
 from edged.footage.index import Index, Segment
+from edged.recording.clock import RecordingClock
 
 log = logging.getLogger("edged.clip")
 

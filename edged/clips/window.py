@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edged.clips.clock import RecordingClock
 from edged.footage.index import Index, Segment
+from edged.recording.clock import RecordingClock
 
 
 class Window(Protocol):

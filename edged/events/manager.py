@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from edged.clips.builder import ClipError, build_clip
-from edged.clips.clock import RecordingClock
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow
 from edged.config.schema import Settings
@@ -34,10 +33,9 @@ from edged.core.ids import timed_id
 from edged.core.journal import Msg, log_event
 from edged.core.states import EventState
 from edged.core.timefmt import iso
-from edged.events.export import clip_summaries as clip_summaries  # (edged.cli.main imports them from here)
-from edged.events.export import export_clip as export_clip
 from edged.events.store import HOLD_PREFIX, Event, EventStore, Mark
 from edged.footage.index import Segment
+from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_MARK
 
 log = logging.getLogger("edged.events")

@@ -31,7 +31,7 @@ inbox, the status documents and files (``status``, ``troubles``), and how a wind
 regular or timelapse (``build``). Everything a recall shares with a marked event (hold, wait for
 the window to be recorded, build, manifest, outbox, mark built, release, recover at start) is the
 footage job (``edged.clips.job.FootageJobs``), run here with the recording's clock
-(``edged.clips.clock.RecordingClock``) rather than with the daemon.
+(``edged.recording.clock.RecordingClock``) rather than with the daemon.
 
 The work runs in one background thread at a lower CPU priority (nice +10) than the recording.
 A daemon restarted mid-way re-protects the footage of every unfinished request and builds again
@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import Any
 
 from edged.clips.builder import ClipError
-from edged.clips.clock import RecordingClock
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
 from edged.clips.timelapse import Interrupted, Timelapse
 from edged.clips.window import BootWindow, WallWindow
@@ -92,6 +91,7 @@ from edged.recall.request import (
 )
 from edged.recall.status import StatusFiles, document, plain, status_dir
 from edged.recall.troubles import Troubles
+from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_RECALL, Outbox
 
 log = logging.getLogger("edged.recall")

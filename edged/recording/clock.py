@@ -1,4 +1,4 @@
-"""The recording's clock, as the stages after the recorder read it.
+"""The recording's clock, as the stages after the recorder (marks, recall, clips) read it.
 
 Marks and recalls need five things of the recording and nothing else of the daemon: this boot's
 id, where the recording is now on its monotonic timeline, the wall − monotonic offset (as the

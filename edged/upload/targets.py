@@ -52,11 +52,9 @@ def register(name: str, factory: TargetFactory) -> TargetFactory:
     return factory
 
 
-def build_targets(settings: Settings, outbox: object = None) -> list[Target]:
-    """One target per configured name, in the configured order.
-
-    ``outbox`` is not used: a target no longer holds a store, it is handed its clip's progress with
-    each send (``target.Parcel``). The parameter stays until the daemon stops passing its outbox."""
+def build_targets(settings: Settings) -> list[Target]:
+    """One target per configured name, in the configured order. A target holds no store: it is
+    handed its clip's progress with each send (``target.Parcel``)."""
     made: list[Target] = []
     for name in settings.upload.targets:
         factory = REGISTRY.get(name)

@@ -556,7 +556,7 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
     Written with sqlite directly, so the stores' own scrubbing plays no part."""
     import sqlite3
 
-    from edged.events.manager import EventStore
+    from edged.events.store import EventStore
     from edged.upload.outbox import Outbox
 
     key = "sk-live-0123456789abcdef"

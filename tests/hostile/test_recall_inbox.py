@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from edged.clips.clock import RecordingClock
 from edged.clips.job import FootageJobs
 from edged.core import files, journal
 from edged.core.states import RecallState
@@ -35,6 +34,7 @@ from edged.footage.index import Index
 from edged.recall.inbox import Inbox
 from edged.recall.request import RecallStore
 from edged.recall.service import RecallService, status_dir
+from edged.recording.clock import RecordingClock
 from edged.upload.outbox import Outbox
 from tests.conftest import make_settings
 from tests.hostile.harness import (
