@@ -5,7 +5,7 @@ The real daemon runs as a child process (``edged run``) on the synthetic camera 
 with a ring buffer a third of the footage long (so it overwrites for the last two thirds), a mark
 every ``--mark-every`` minutes of footage (through the control socket, as ``edged mark`` does), and
 every clip delivered to two targets: the directory target and the Sonoran contract server
-(tests/sonoran_server.py, run as its own process on 127.0.0.1). Once a second the benchmark reads
+(tests/contract/sonoran_server.py, run as its own process on 127.0.0.1). Once a second the benchmark reads
 from /proc: resident memory, open file descriptors (/proc/PID/fd), threads, and user+system CPU
 seconds; and from the daemon's status.json the footage recorded so far.
 
@@ -101,13 +101,13 @@ def read_status(state: Path) -> dict:
 
 
 class ContractServer:
-    """tests/sonoran_server.py as its own process (as a server on the network would be)."""
+    """tests/contract/sonoran_server.py as its own process (as a server on the network would be)."""
 
     def __init__(self, store: Path) -> None:
         self.proc = subprocess.Popen(
             [
                 PYTHON,
-                str(REPO / "tests" / "sonoran_server.py"),
+                str(REPO / "tests" / "contract" / "sonoran_server.py"),
                 "--port",
                 "0",
                 "--key",

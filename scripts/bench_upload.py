@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fleet upload benchmark: N edged uploaders sharing one API key drain their backlogs through the
-contract server (tests/sonoran_server.py, 30 requests per rolling minute per key).
+contract server (tests/contract/sonoran_server.py, 30 requests per rolling minute per key).
 
 Side by side:
   naive     a client without a budget that retries a 429 after Retry-After (what most
@@ -42,8 +42,8 @@ from edged.upload.outbox import PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
-from tests.sonoran_server import SonoranServer
-from tests.test_upload import ACCOUNT, ScaledClock, make_webm
+from tests.contract.sonoran_server import SonoranServer
+from tests.contract.test_upload import ACCOUNT, ScaledClock, make_webm
 
 
 def edged_fleet(

@@ -1,7 +1,7 @@
 """The crash matrix's invariants, read straight from the daemon's files (SQLite read-only, PyAV).
 
 Nothing here uses edged's own readers: the index, events and outbox are read with plain SQL, and
-segments are decoded with ``tests.helpers.decode_all``, so a bug in edged's readers cannot hide a
+segments are decoded with ``tests.support.decode_all``, so a bug in edged's readers cannot hide a
 bug in its writers.
 
 * ``folder_problems``: the index matches the folder (every stored row has its file, of its size and
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.core.files import sha256_file
-from tests.helpers import decode_all
+from tests.support import decode_all
 
 STORED = ("final", "salvaged")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Crash matrix: the real daemon, killed at random moments, many times; the invariants after each restart.
 
-Each trial starts a fresh state folder, the contract server (tests/sonoran_server.py, in this
+Each trial starts a fresh state folder, the contract server (tests/contract/sonoran_server.py, in this
 process so every upload it accepts is counted) and the real ``edged run`` as a subprocess
 (synthetic camera and tone, paced, so marks and kills are on the wall clock: footage lost is
 measured against the moment of the kill). Uploads go to ``sonoran_v2`` and the ``directory`` target.
@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 from edged.app.control import ControlError, request
 from scripts import crash_checks as checks
 from scripts.crash_disk import DiskUnavailable, make_disk, remove_tree
-from tests.sonoran_server import SonoranServer
+from tests.contract.sonoran_server import SonoranServer
 
 KEY = "crash-matrix-key"
 ACCOUNT = "9d0c7a52-3f0e-4c61-8d7b-6a1f2e3b4c5d"

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGED_SHARED", REPO.parent / "shared"))
 FOOTAGE = SHARED / "footage"
 
-sys.path.insert(0, str(REPO))  # tests.fakes, scripts.shake
+sys.path.insert(0, str(REPO))  # tests.support.fakes, scripts.shake
 
 
 def make_settings(state_dir: Path, **sections: dict[str, Any]) -> config.Settings:

@@ -5,7 +5,7 @@ never needs to know which ones exist; the daemon builds the configured ones from
 module is the one place that knows them all, and nothing in ``edged.upload`` imports it back: a
 target module imports the interface (``target``) and what lies under it (``http``, ``answers``,
 ``outbox``), never this module, so the package's imports have no cycle
-(``tests/test_upload_targets.py`` checks both).
+(``tests/unit/test_upload_targets.py`` checks both).
 
 Adding a target:
 

@@ -1,4 +1,4 @@
-"""The picamera2 source, run against tests/fakes/fake_picamera2.py (no camera on CI)."""
+"""The picamera2 source, run against tests/support/fakes/fake_picamera2.py (no camera on CI)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from edged.capture.base import SourceError, SourceUnavailable
 from edged.capture.picam import PicameraVideo
-from tests.fakes import fake_picamera2 as fake
+from tests.support.fakes import fake_picamera2 as fake
 
 
 @pytest.fixture(autouse=True)

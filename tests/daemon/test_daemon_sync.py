@@ -16,7 +16,7 @@ from edged.app.daemon import Daemon
 from edged.config import sign as configsign
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
-from tests.helpers import decode_all
+from tests.support import decode_all
 
 
 def _wait(pred, timeout: float, what: str):

@@ -18,9 +18,9 @@ import pytest
 from edged import doctor
 from edged.core.clock import SystemClock
 from edged.doctor import FAIL, OK, WARN, Host
-from tests.helpers import tmpfs
+from tests.support import tmpfs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-live-0123456789abcdef"
 
 
@@ -264,7 +264,7 @@ def test_camera_required_but_absent_fails(tmp_path: Path) -> None:
 
 
 def test_picamera2_listing(tmp_path: Path) -> None:
-    from tests.fakes import fake_picamera2
+    from tests.support.fakes import fake_picamera2
 
     fake_picamera2.reset()
     host = Host(import_picamera2=lambda: fake_picamera2, video_globs=(), asound_pcm=tmp_path / "none")

@@ -1,4 +1,4 @@
-"""Store-and-forward upload against the contract server (tests/sonoran_server.py) on 127.0.0.1.
+"""Store-and-forward upload against the contract server (tests/contract/sonoran_server.py) on 127.0.0.1.
 
 Real WebM parts made with PyAV, a real HTTP server enforcing the documented Sonoran contract,
 the real uploader with its real outbox. Time-dependent rules (30 requests per rolling minute,
@@ -29,10 +29,10 @@ from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import ALARM_PAUSED, Uploader
-from tests.helpers import wait_until
-from tests.sonoran_server import SonoranServer
+from tests.contract.sonoran_server import SonoranServer
+from tests.support import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "4b1c6f2e-8f9a-4a57-9a43-2d9a3c1b0e11"
 
 
@@ -553,7 +553,7 @@ def test_kill_9_mid_upload_resends_and_counts_it(tmp_path, server):
 def test_memory_does_not_grow_with_the_file_size(tmp_path):
     # The server runs as its own process, so this process's allocations are the uploader's.
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "test-key=pro"],
+        [sys.executable, str(REPO / "tests" / "contract" / "sonoran_server.py"), "--key", "test-key=pro"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -631,7 +631,7 @@ def test_a_target_added_later_gets_the_backlog_and_a_removed_one_stops_counting(
 
 
 def test_daemon_marks_and_delivers_to_sonoran_v2_and_the_operator_sees_it(tmp_path, server):
-    from tests.test_events import SMALL, Running, timeline_s
+    from tests.daemon.test_events import SMALL, Running, timeline_s
 
     (tmp_path / "api.key").write_text("test-key\n")
     s = config.from_mapping(

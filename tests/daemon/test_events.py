@@ -20,7 +20,7 @@ from edged.core.paths import StatePaths
 from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.upload.outbox import Outbox
-from tests.helpers import decode_all, packets
+from tests.support import decode_all, packets
 
 SMALL = {"width": 320, "height": 180, "bitrate": 120_000}  # fast to encode; same pipeline
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "scripts/install-pi.sh"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -28,7 +28,7 @@ CATALOG = """-- 5f3c1e2a9b8d4c7e8f6a1b2c3d4e5f60
 Subject: edged test catalog entry
 Defined-By: edged
 
-Installed by tests/test_install.py.
+Installed by tests/system/test_install.py.
 """
 
 

@@ -27,7 +27,7 @@ from edged.config.sync import ConfigSync, local_layer, version_of
 from edged.core.files import Folder
 from edged.core.syncfolder import SyncFolder
 from tests.conftest import REPO
-from tests.helpers import wait_until
+from tests.support import wait_until
 
 POLL = 0.2
 WAIT = 5.0  # a deadline, not a speed claim: "within seconds"

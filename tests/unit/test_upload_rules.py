@@ -1,6 +1,6 @@
 """The uploader's rules, one at a time: answers classified, back-off, request budget, plan allowance.
 
-These are the pieces the end-to-end uploader tests (tests/test_upload.py) rely on; each test here
+These are the pieces the end-to-end uploader tests (tests/contract/test_upload.py) rely on; each test here
 feeds one rule the documented inputs (../shared/reference/) and checks the decision.
 """
 

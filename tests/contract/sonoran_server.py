@@ -26,7 +26,7 @@ recorded at once, the answer is held back); ``down``/``up`` stop and resume list
 port (``down`` also cuts open connections, so kept-alive ones cannot bypass it).
 
 Runnable as a process (for a network namespace):
-``python tests/sonoran_server.py --host H --port P [--store-dir D] [--key K=plan ...]``
+``python tests/contract/sonoran_server.py --host H --port P [--store-dir D] [--key K=plan ...]``
 prints ``READY http://H:P`` once listening and serves until SIGTERM.
 """
 
@@ -58,7 +58,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from edged.core import limits
 
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EDGED = REPO / "edged"
 
 #: Bottom first. A package may import the packages before it (and itself).
@@ -33,7 +33,7 @@ def layer_of(package: str) -> int:
     for n, layer in enumerate(LAYERS):
         if package in layer:
             return n
-    raise AssertionError(f"edged.{package} is in no layer of tests/test_architecture.py (nor ARCHITECTURE.md)")
+    raise AssertionError(f"edged.{package} is in no layer of tests/unit/test_architecture.py (nor ARCHITECTURE.md)")
 
 
 def package_of(module: str) -> str | None:

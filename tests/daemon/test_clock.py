@@ -10,7 +10,7 @@ from edged.app.daemon import Daemon
 from edged.core.clock import STEP_THRESHOLD_NS, ClockWatch
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
-from tests.helpers import Running, SteppableClock, wait_until
+from tests.support import Running, SteppableClock, wait_until
 
 DAY_NS = 86_400 * 10**9
 #: Two reads of the same clock are this close (the test clock's wall is exact: monotonic + offset).

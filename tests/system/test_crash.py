@@ -19,7 +19,7 @@ from edged.footage.index import Index
 from edged.recording.reconcile import reconcile
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
-from tests.helpers import decode_all, segment_files
+from tests.support import decode_all, segment_files
 
 SEED = int(os.environ.get("EDGED_TEST_SEED", random.randrange(1 << 30)))
 

@@ -19,7 +19,7 @@ from edged.footage.index import Index
 from edged.footage.ring import RingBuffer, Room, free_bytes
 from edged.recording.recorder import Recorder
 from tests.conftest import make_settings
-from tests.helpers import decode_all, tmpfs, wait_until
+from tests.support import decode_all, tmpfs, wait_until
 
 SMALL = {"width": 320, "height": 180, "bitrate": 150_000}
 

@@ -1,5 +1,5 @@
 """The bota target end to end: a real clip (recorded by the daemon from synthetic sources, two parts,
-two marks), the real uploader and outbox, the Bota API of tests/bota_server.py and a real
+two marks), the real uploader and outbox, the Bota API of tests/contract/bota_server.py and a real
 S3-compatible store (moto) behind a presigned-URL check, all on 127.0.0.1. What reached storage is
 downloaded and decoded with PyAV.
 """
@@ -34,11 +34,11 @@ from edged.upload.outbox import _SCHEMA, PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import ALARM_FAILED, ALARM_PAUSED, Uploader
-from tests.bota_server import BotaServer
 from tests.conftest import make_settings
-from tests.helpers import wait_until
+from tests.contract.bota_server import BotaServer
+from tests.support import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "sk_test_3f9c1e7a5b2d4c6e8a0b"
 DEVICE = "unit-7"
 
@@ -69,7 +69,7 @@ class Clip:
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory) -> Clip:
     """The whole daemon: records, takes two marks, builds a two-part clip and delivers it to bota."""
-    from tests.test_events import SMALL, Running, timeline_s
+    from tests.daemon.test_events import SMALL, Running, timeline_s
 
     tmp = tmp_path_factory.mktemp("bota-daemon")
     (tmp / "token").write_text(TOKEN + "\n")

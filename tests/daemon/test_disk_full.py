@@ -1,7 +1,7 @@
 """Disk full, end to end (issue 7, part 3): the real daemon records unpaced into a 256 MB ext4 image
 that another program fills, with marked clips waiting for an upload server that is down.
 
-What tests/test_storage_faults.py and tests/test_ring.py already show in small pieces (ENOSPC in
+What tests/daemon/test_storage_faults.py and tests/daemon/test_ring.py already show in small pieces (ENOSPC in
 the middle of a segment, a disk full of the daemon's own footage, artificial holds on a tmpfs) is
 put together here the way it happens on a card: the footage is protected by real marks whose clips
 are not delivered yet, someone else's file grows in steps, and the only ways out are the ones the
@@ -32,8 +32,8 @@ from edged.footage.index import STORED, Index, Segment
 from edged.footage.ring import free_bytes
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
-from tests.helpers import Running, decode_all, ext4_loop, wait_until
-from tests.sonoran_server import SonoranServer
+from tests.contract.sonoran_server import SonoranServer
+from tests.support import Running, decode_all, ext4_loop, wait_until
 
 MB = 1 << 20
 ACCOUNT = "4b1c6f2e-8f9a-4a57-9a43-2d9a3c1b0e11"

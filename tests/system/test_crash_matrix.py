@@ -167,8 +167,8 @@ def test_a_clip_queued_by_a_run_cut_off_before_it_was_marked_built_is_sent_as_qu
     daemon builds and queues a clip while the server is down, is killed, and the event is set back
     to 'open' as the kill would have left it."""
     from scripts.crash_matrix import KEY, TARGETS, DaemonProcess, write_config
-    from tests.helpers import wait_until
-    from tests.sonoran_server import SonoranServer
+    from tests.contract.sonoran_server import SonoranServer
+    from tests.support import wait_until
 
     state, logs = tmp_path / "state", tmp_path / "logs"
     state.mkdir()

@@ -17,7 +17,7 @@ from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
 from edged.recording.encode import OPUS_FRAME_MS
-from tests.helpers import decode_all, packets, segment_files
+from tests.support import decode_all, packets, segment_files
 
 
 def record(settings, seconds: float) -> Daemon:

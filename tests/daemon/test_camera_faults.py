@@ -16,7 +16,7 @@ from edged.app.daemon import Daemon
 from edged.capture import SourceUnavailable, open_video
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
-from tests.helpers import decode_all
+from tests.support import decode_all
 
 
 def _short_clip(path: Path, seconds: float = 1.0, fps: int = 10) -> Path:

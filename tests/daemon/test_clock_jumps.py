@@ -1,8 +1,8 @@
 """Clock jumps while recording (issue 7, part 4): the wall clock stepped by ±1 day through the
-clock abstraction (``Daemon(clock=...)``, the SteppableClock of tests/test_clock.py) while the real
+clock abstraction (``Daemon(clock=...)``, the SteppableClock of tests/daemon/test_clock.py) while the real
 daemon records unpaced, marks, delivers and answers recalls.
 
-tests/test_clock.py shows the index's side (steps recorded, best wall starts continuous). Here:
+tests/daemon/test_clock.py shows the index's side (steps recorded, best wall starts continuous). Here:
 
 * **retention** runs on the monotonic timeline: across a step and back, the ring overwrites its
   oldest footage one segment at a time (no mass eviction), marks are built and delivered promptly
@@ -28,7 +28,7 @@ from edged.footage.index import STORED, Index, Segment
 from edged.footage.timeline import footage_ranges
 from edged.recall.request import parse_time
 from tests.conftest import make_settings
-from tests.helpers import Running, SteppableClock, wait_until
+from tests.support import Running, SteppableClock, wait_until
 
 DAY_NS = 86_400 * 10**9
 S = 10**9

@@ -30,7 +30,7 @@ import pytest
 from edged.core import journal
 from edged.core.journal import Msg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOURNALD = Path("/lib/systemd/systemd-journald")
 
 BOX = r"""

@@ -4,7 +4,7 @@ files, and `edged recall` / `edged timeline` against a running daemon.
 
 Footage is recorded by the real daemon (unpaced, so minutes take seconds) on a clock set two hours
 back, so that it lies in the past as a recall needs; expected values are read back from the source
-segments with plain PyAV (tests.helpers), independent of edged's own readers.
+segments with plain PyAV (tests.support), independent of edged's own readers.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
 from tests.conftest import FOOTAGE, make_settings
-from tests.helpers import SteppableClock, decode_all, packets, wait_until
+from tests.support import SteppableClock, decode_all, packets, wait_until
 
 S = 1_000_000_000
 MS = 1_000_000

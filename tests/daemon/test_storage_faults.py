@@ -19,7 +19,7 @@ from edged.core.paths import StatePaths
 from edged.footage.index import Index, IndexUnavailable, open_or_rebuild
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import REPO, make_settings
-from tests.helpers import Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs, wait_until
+from tests.support import Running, SteppableClock, decode_all, ext4_loop, segment_files, tmpfs, wait_until
 
 SMALL = {"width": 320, "height": 180, "bitrate": 150_000}
 DAY_NS = 86_400 * 10**9

@@ -24,10 +24,10 @@ from edged.upload.outbox import PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
-from tests.helpers import wait_until
-from tests.test_upload import ACCOUNT, make_webm
+from tests.contract.test_upload import ACCOUNT, make_webm
+from tests.support import wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 100000}"
 
 
@@ -146,7 +146,7 @@ def test_uploads_resume_within_2_s_of_a_link_appearing(tmp_path, netns, veth):
             "exec",
             netns,
             sys.executable,
-            str(REPO / "tests" / "sonoran_server.py"),
+            str(REPO / "tests" / "contract" / "sonoran_server.py"),
             "--host",
             "0.0.0.0",
             "--port",

@@ -1,4 +1,4 @@
-"""The contract server (tests/sonoran_server.py) enforces the documented Sonoran bodycam upload rules:
+"""The contract server (tests/contract/sonoran_server.py) enforces the documented Sonoran bodycam upload rules:
 each rule refuses what it should, with the documented message, and a valid upload goes through.
 Driven with plain httpx (and raw sockets where the framing itself is the point)."""
 
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from edged.core import limits
-from tests.sonoran_server import EBML_MAGIC, LEGACY_PATH, V2_PATH, SonoranServer
+from tests.contract.sonoran_server import EBML_MAGIC, LEGACY_PATH, V2_PATH, SonoranServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "5f0c8a2e-1b7d-4c3e-9a61-2d4b8f7e0c11"
 LEGACY = {"comm-1": {"plan": "free", "accounts": {ACCOUNT: {"session": "sess-1", "username": "Officer"}}}}
 LEGACY_FIELDS = {
@@ -718,7 +718,7 @@ def test_runs_as_a_process_prints_ready_serves_and_stops_on_sigterm(tmp_path, we
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "tests" / "sonoran_server.py"),
+            str(REPO / "tests" / "contract" / "sonoran_server.py"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -771,7 +771,7 @@ def test_runs_as_a_process_prints_ready_serves_and_stops_on_sigterm(tmp_path, we
 
 def test_process_refuses_a_bad_key_option():
     r = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "sonoran_server.py"), "--key", "k1=gold"],
+        [sys.executable, str(REPO / "tests" / "contract" / "sonoran_server.py"), "--key", "k1=gold"],
         capture_output=True,
         text=True,
         timeout=30,

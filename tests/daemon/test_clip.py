@@ -1,7 +1,7 @@
 """The clip builder on real recordings: trimming, splitting within the limits, contiguity, re-encode
 fallback, gaps, verification.
 
-Expected values come from the source segments read independently (tests.helpers, plain PyAV):
+Expected values come from the source segments read independently (tests.support, plain PyAV):
 every packet is placed on the timeline as ``mono_start_ns + (pts − first video pts)`` and the
 parts must hold exactly the packets of the window, each once, at the same timeline positions.
 """
@@ -23,7 +23,7 @@ from edged.clips.builder import ClipError, ClipPart, SourceSegment, build_clip, 
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
 from tests.conftest import make_settings
-from tests.helpers import decode_all, packets
+from tests.support import decode_all, packets
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -27,7 +27,7 @@ from edged.upload.policy import RetryPolicy
 from edged.upload.target import Parcel, Scope, Target
 from edged.upload.uploader import Uploader
 from tests.conftest import REPO, make_settings
-from tests.helpers import wait_until
+from tests.support import wait_until
 
 # --- two toy targets: all a new target is ------------------------------------------------------------
 

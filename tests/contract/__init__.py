@@ -1,0 +1,1 @@
+"""Contract tests: the upload targets against servers written from the reference API documents."""
