@@ -69,7 +69,7 @@ class Clip:
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory) -> Clip:
     """The whole daemon: records, takes two marks, builds a two-part clip and delivers it to bota."""
-    from tests.daemon.test_events import SMALL, Running, timeline_s
+    from tests.support import SMALL, Running, timeline_s
 
     tmp = tmp_path_factory.mktemp("bota-daemon")
     (tmp / "token").write_text(TOKEN + "\n")

@@ -16,7 +16,7 @@ from edged.app.daemon import Daemon
 from edged.capture import SourceUnavailable, open_video
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
-from tests.support import decode_all
+from tests.support import decode_all, wait_until
 
 
 def _short_clip(path: Path, seconds: float = 1.0, fps: int = 10) -> Path:
@@ -35,15 +35,6 @@ def _short_clip(path: Path, seconds: float = 1.0, fps: int = 10) -> Path:
     return path
 
 
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settings_factory):
     clip = _short_clip(tmp_path / "camera.mkv")
     aside = tmp_path / "unplugged.mkv"
@@ -57,10 +48,10 @@ def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settin
     t.start()
     status_file = StatePaths(s.state_dir).status
     try:
-        _wait(lambda: daemon.recorder is not None and daemon.recorder.status.frames_encoded >= 15, 10, "frames")
+        wait_until(lambda: daemon.recorder is not None and daemon.recorder.status.frames_encoded >= 15, 10, "frames")
         shutil.move(clip, aside)  # unplugged: the source fails at its next reopen
-        _wait(lambda: daemon.recorder.status.state == "camera_lost", 10, "camera_lost state")
-        _wait(
+        wait_until(lambda: daemon.recorder.status.state == "camera_lost", 10, "camera_lost state")
+        wait_until(
             lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "camera_lost",
             5,
             "status.json to say camera_lost",
@@ -71,7 +62,7 @@ def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settin
         time.sleep(1.5)
         assert daemon.recorder.status.frames_encoded == frames_during_outage
         shutil.move(aside, clip)  # plugged back in
-        _wait(lambda: daemon.recorder.status.frames_encoded >= frames_during_outage + 25, 15, "recovery")
+        wait_until(lambda: daemon.recorder.status.frames_encoded >= frames_during_outage + 25, 15, "recovery")
         assert daemon.recorder.status.state == "recording"
     finally:
         daemon.recorder.stop()

@@ -16,17 +16,7 @@ from edged.app.daemon import Daemon
 from edged.config import sign as configsign
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
-from tests.support import decode_all
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support import decode_all, wait_until
 
 
 def _drop(sync_dir: Path, data: bytes) -> None:
@@ -79,7 +69,7 @@ def _run(cfg: Path):
     daemon = Daemon(config.load(cfg))
     t = threading.Thread(target=daemon.run)
     t.start()
-    _wait(lambda: daemon.recorder is not None and daemon.recorder.status.segments_written >= 1, 30, "recording")
+    wait_until(lambda: daemon.recorder is not None and daemon.recorder.status.segments_written >= 1, 30, "recording")
     return daemon, t
 
 
@@ -102,7 +92,7 @@ def test_live_keys_apply_while_recording_and_a_bad_file_keeps_the_last_good(tmp_
             b"[camera]\nbitrate = 150000\nkeyframe_seconds = 5.0\n[audio]\nbitrate = 32000\n"
             b"[clips]\npre_roll_seconds = 12.0\n[storage]\nmax_bytes = 5000000000\n",
         )
-        st = _wait(lambda: (s := _status(sync_dir)) and s["state"] == "applied" and s, 10, "applied")
+        st = wait_until(lambda: (s := _status(sync_dir)) and s["state"] == "applied" and s, 10, "applied")
         assert sorted(st["applied_keys"]) == [
             "audio.bitrate",
             "camera.bitrate",
@@ -111,22 +101,22 @@ def test_live_keys_apply_while_recording_and_a_bad_file_keeps_the_last_good(tmp_
         ]
         assert st["restart_needed"] == ["camera.keyframe_seconds"] and st["errors"] == []
         # The encoders change at the next segment start; the keyframe interval waits for a restart.
-        _wait(lambda: daemon.recorder.venc._ctx.bit_rate == 150_000, 10, "new video encoder")
+        wait_until(lambda: daemon.recorder.venc._ctx.bit_rate == 150_000, 10, "new video encoder")
         assert daemon.recorder.aenc._ctx.bit_rate == 32_000
         assert daemon.recorder.settings.camera.keyframe_seconds == 10.0
         assert daemon.ring.max_bytes == 5_000_000_000 and daemon.events.settings.clips.pre_roll_seconds == 12.0
         assert daemon.settings.clips.pre_roll_seconds == 12.0
-        _wait(lambda: daemon.recorder.status.segments_written >= seq_before + 3, 20, "segments after the change")
+        wait_until(lambda: daemon.recorder.status.segments_written >= seq_before + 3, 20, "segments after the change")
 
         # A bad file: refused, naming the key; the last good keeps running.
         _drop(sync_dir, b"[camera]\nbitrate = 5\n")
-        st = _wait(lambda: (s := _status(sync_dir)) and s["state"] == "rejected" and s, 10, "rejected")
+        st = wait_until(lambda: (s := _status(sync_dir)) and s["state"] == "rejected" and s, 10, "rejected")
         assert st["errors"][0]["key"] == "camera.bitrate"
         time.sleep(1)
         assert daemon.settings.camera.bitrate == 150_000 and daemon.recorder.venc._ctx.bit_rate == 150_000
         # Unsigned, the synced folder cannot redirect evidence.
         _drop(sync_dir, f'[upload.directory]\npath = "{tmp_path / "elsewhere"}"\n'.encode())
-        st = _wait(
+        st = wait_until(
             lambda: (s := _status(sync_dir)) and s["errors"] and s["errors"][0]["key"] == "upload.directory.path" and s,
             10,
             "refused redirect",
@@ -155,15 +145,15 @@ def test_a_signed_config_moves_uploads_to_a_new_target_folder(tmp_path):
     try:
         new_dir = tmp_path / "delivered-b"
         _drop(sync_dir, configsign.sign(f'[upload.directory]\npath = "{new_dir}"\n'.encode(), key))
-        _wait(lambda: (s := _status(sync_dir)) and s["state"] == "applied", 10, "applied")
+        wait_until(lambda: (s := _status(sync_dir)) and s["state"] == "applied", 10, "applied")
         assert daemon.settings.upload.directory.path == str(new_dir)
         result = daemon.mark("test")
-        _wait(lambda: new_dir.exists() and any(new_dir.rglob("*.webm")), 30, "clip delivered to the new folder")
+        wait_until(lambda: new_dir.exists() and any(new_dir.rglob("*.webm")), 30, "clip delivered to the new folder")
         assert not (tmp_path / "delivered-a").exists() or not any((tmp_path / "delivered-a").rglob("*.webm"))
         assert daemon.outbox.clip_delivered(result.event_id)
         # The same file unsigned would have been refused: the signature is what allowed it.
         _drop(sync_dir, f'[upload.directory]\npath = "{tmp_path / "c"}"\n'.encode())
-        st = _wait(lambda: (s := _status(sync_dir)) and s["state"] == "rejected" and s, 10, "rejected")
+        st = wait_until(lambda: (s := _status(sync_dir)) and s["state"] == "rejected" and s, 10, "rejected")
         assert st["errors"][0]["key"] == "<signature>"
     finally:
         _stop(daemon, t)

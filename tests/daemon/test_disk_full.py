@@ -34,9 +34,9 @@ from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
 from tests.contract.sonoran_server import SonoranServer
 from tests.support import Running, decode_all, ext4_loop, wait_until
+from tests.support.upload import ACCOUNT
 
 MB = 1 << 20
-ACCOUNT = "4b1c6f2e-8f9a-4a57-9a43-2d9a3c1b0e11"
 KEY = "disk-full-key"
 #: 1 Mbps at 320x180: ~270 kB per 2 s segment, so a few seconds of the test move megabytes.
 CAMERA = {"width": 320, "height": 180, "bitrate": 1_000_000}

@@ -9,7 +9,6 @@ import logging
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,47 +19,7 @@ from edged.core.paths import StatePaths
 from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.upload.outbox import Outbox
-from tests.support import decode_all, packets
-
-SMALL = {"width": 320, "height": 180, "bitrate": 120_000}  # fast to encode; same pipeline
-
-
-class Running:
-    """A daemon in a thread, stopped and joined on exit."""
-
-    def __init__(self, settings, **kw) -> None:
-        self.daemon = Daemon(settings, **kw)
-        self.thread = threading.Thread(target=self.daemon.run)
-
-    def __enter__(self) -> Daemon:
-        self.thread.start()
-        if not self.daemon.wait_ready(20):
-            self.__exit__()
-            raise AssertionError("the daemon did not become ready within 20 s")
-        return self.daemon
-
-    def __exit__(self, *exc: object) -> None:
-        self.daemon.stop()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "daemon did not stop"
-
-
-def wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def timeline_s(d: Daemon) -> float:
-    """Seconds of recording so far; 0 before the first frame (the anchor is set by it: until then
-    timeline_now_ns is the machine's monotonic clock and the difference means nothing)."""
-    r = d.recorder
-    if r is None or r.status.frames_encoded == 0 or not r._mono_anchor_ns:
-        return 0.0
-    return (r.timeline_now_ns() - r._mono_anchor_ns) / 1e9
+from tests.support import SMALL, Running, decode_all, packets, timeline_s, wait_until
 
 
 def built(d: Daemon, event_id: str) -> bool:
@@ -99,7 +58,7 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
     with Running(s) as d:
         sock = d.paths.control
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600, "control socket must be owner-only"
-        wait(lambda: timeline_s(d) > 25, 60, "25 s of footage")
+        wait_until(lambda: timeline_s(d) > 25, 60, "25 s of footage")
         out = cli(cfg, "mark", "--note", "suspect vehicle")
         assert out.returncode == 0, out.stderr
         event_id = out.stdout.split()[-1]
@@ -108,13 +67,17 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
         # Protected at once, before the post-roll exists.
         held_now = [x for x in Index(d.paths.index).stored() if x.held]
         assert held_now and held_now[0].mono_start_ns <= event.start_mono_ns
-        wait(lambda: built(d, event_id), 60, "clip built")
-        wait(lambda: any(x.attempts for x in Outbox(d.paths.outbox).deliveries(clip_id=event_id)), 30, "a first try")
+        wait_until(lambda: built(d, event_id), 60, "clip built")
+        wait_until(
+            lambda: any(x.attempts for x in Outbox(d.paths.outbox).deliveries(clip_id=event_id)), 30, "a first try"
+        )
         assert any(x.held for x in Index(d.paths.index).stored()), "held until delivered"
         blocker.unlink()  # the folder can be made now: the next try delivers
         # The directory target copies it into the folder; then its footage is released.
-        wait(lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 30, "clip delivered to the directory target")
-        wait(lambda: not any(x.held for x in Index(d.paths.index).stored()), 10, "footage released")
+        wait_until(
+            lambda: Outbox(d.paths.outbox).clip_delivered(event_id), 30, "clip delivered to the directory target"
+        )
+        wait_until(lambda: not any(x.held for x in Index(d.paths.index).stored()), 10, "footage released")
     event = EventStore(s.state_dir / "events.sqlite").get(event_id)
     assert event.state == "built", event.reason
     manifest = json.loads((s.state_dir / "clips" / event_id / "manifest.json").read_text())
@@ -161,7 +124,7 @@ def test_button_press_marks_and_presses_in_the_post_roll_extend_the_event(settin
         storage={"segment_seconds": 2.0},
     )
     with Running(s, pin_factory=factory) as d:
-        wait(lambda: timeline_s(d) > 2.5, 10, "footage")
+        wait_until(lambda: timeline_s(d) > 2.5, 10, "footage")
         pin = factory.pin(17)
         for _ in range(3):  # three quick presses: one event
             pin.drive_low()
@@ -169,12 +132,12 @@ def test_button_press_marks_and_presses_in_the_post_roll_extend_the_event(settin
             pin.drive_high()
             time.sleep(0.3)
         store = EventStore(d.paths.events)
-        wait(lambda: len(store.events()) == 1 and len(store.marks(store.events()[0].id)) == 3, 10, "3 marks")
+        wait_until(lambda: len(store.events()) == 1 and len(store.marks(store.events()[0].id)) == 3, 10, "3 marks")
         event = store.events()[0]
         marks = store.marks(event.id)
         assert all(m.source == "button" for m in marks)
         assert event.end_mono_ns == marks[-1].mono_ns + 3_000_000_000  # extended by the last press
-        wait(lambda: built(d, event.id), 60, "clip built")
+        wait_until(lambda: built(d, event.id), 60, "clip built")
     assert EventStore(s.state_dir / "events.sqlite").get(event.id).state == "built"
 
 
@@ -185,9 +148,9 @@ def test_press_right_after_boot_says_the_pre_roll_is_short(settings_factory):
         storage={"segment_seconds": 2.0},
     )
     with Running(s) as d:
-        wait(lambda: d.recorder.status.frames_encoded >= 15, 10, "first frames")
+        wait_until(lambda: d.recorder.status.frames_encoded >= 15, 10, "first frames")
         result = d.mark("cli", "right after boot")
-        wait(lambda: built(d, result.event_id), 20, "clip built")
+        wait_until(lambda: built(d, result.event_id), 20, "clip built")
     manifest = json.loads((s.state_dir / "clips" / result.event_id / "manifest.json").read_text())
     pre = manifest["pre_roll_seconds"]
     assert pre["short"] is True and pre["asked"] == 30.0 and 0.5 < pre["actual"] < 5.0
@@ -198,9 +161,9 @@ def test_ten_minute_event_is_split_into_parts_within_the_limits(settings_factory
         camera=SMALL, audio={"source": "synthetic"}, clips={"pre_roll_seconds": 0.0, "post_roll_seconds": 600.0}
     )
     with Running(s) as d:
-        wait(lambda: timeline_s(d) > 2, 30, "footage")
+        wait_until(lambda: timeline_s(d) > 2, 30, "footage")
         result = d.mark("cli", "long event")
-        wait(lambda: built(d, result.event_id), 300, "10-minute clip built")
+        wait_until(lambda: built(d, result.event_id), 300, "10-minute clip built")
     parts = Outbox(StatePaths(s.state_dir).outbox).parts(result.event_id)
     assert len(parts) >= 5
     for p in parts:
@@ -217,12 +180,12 @@ def test_restart_during_the_post_roll_finishes_the_event(settings_factory):
         storage={"segment_seconds": 2.0},
     )
     with Running(s) as d:
-        wait(lambda: d.recorder.status.frames_encoded >= 35, 15, "footage")
+        wait_until(lambda: d.recorder.status.frames_encoded >= 35, 15, "footage")
         result = d.mark("cli")
         time.sleep(1.0)
     assert EventStore(s.state_dir / "events.sqlite").get(result.event_id).state == "open"
     with Running(s) as d:
-        wait(lambda: built(d, result.event_id), 30, "event finished after restart")
+        wait_until(lambda: built(d, result.event_id), 30, "event finished after restart")
     event = EventStore(s.state_dir / "events.sqlite").get(result.event_id)
     assert event.state == "built", event.reason
     parts = Outbox(StatePaths(s.state_dir).outbox).parts(result.event_id)
@@ -247,9 +210,9 @@ def test_press_while_storage_is_full_of_protected_footage(settings_factory, capl
     )
     caplog.set_level(logging.WARNING)
     with Running(full) as d:
-        wait(lambda: "storage_full" in d.recorder.status.alarms, 20, "storage_full alarm")
+        wait_until(lambda: "storage_full" in d.recorder.status.alarms, 20, "storage_full alarm")
         result = d.mark("cli", "while full")
-        wait(lambda: built(d, result.event_id), 30, "event finished")
+        wait_until(lambda: built(d, result.event_id), 30, "event finished")
     assert "taken while storage is FULL" in caplog.text
     after = {x.name: x.sha256 for x in Index(StatePaths(s.state_dir).index).stored()}
     assert after == before, "protected footage changed"

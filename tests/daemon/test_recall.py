@@ -43,12 +43,11 @@ from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
 from tests.conftest import FOOTAGE, make_settings
-from tests.support import SteppableClock, decode_all, packets, wait_until
+from tests.support import SMALL, SteppableClock, decode_all, packets, wait_until
 
 S = 1_000_000_000
 MS = 1_000_000
 MIN = 60 * S
-SMALL = {"width": 320, "height": 180, "bitrate": 120_000}
 HOURS_BACK = 2
 
 

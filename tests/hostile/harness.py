@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from edged.app.control import ControlError, request
+from tests.support import wait_until
 
 #: Longest wait for a state the daemon should reach (a deadline, never a speed assertion).
 WAIT_S = 60.0
@@ -68,20 +68,6 @@ def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in top.items():
         out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
-
-
-def wait(pred: Callable[[], object], timeout: float, what: str, alive: Callable[[], None] | None = None) -> Any:
-    """Poll ``pred`` until it returns something true (returned); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if alive is not None:
-            alive()
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
-        time.sleep(0.05)
 
 
 class DaemonUnderTest:
@@ -147,7 +133,7 @@ class DaemonUnderTest:
             raise AssertionError(f"edged exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
 
     def wait(self, pred: Callable[[], object], timeout: float = WAIT_S, what: str = "a state") -> Any:
-        return wait(pred, timeout, what, alive=self._check_alive)
+        return wait_until(pred, timeout, what, alive=self._check_alive)
 
     def wait_recording(self, segments: int = 1) -> dict[str, Any]:
         """Until the daemon answers, records and has ``segments`` finished segments on disk."""

@@ -43,8 +43,8 @@ from tests.hostile.harness import (
     assert_stores_sound,
     evidence_snapshot,
     sha256_of,
-    wait,
 )
+from tests.support import wait_until
 
 EXAMPLES = int(os.environ.get("EDGED_FUZZ_EXAMPLES", "2000"))
 
@@ -263,7 +263,7 @@ def test_idle_connections_hold_no_threads_and_a_mark_gets_through(rig: Rig) -> N
         r = rig.cli("mark", "--note", "while 200 connections idle")
         assert r.returncode == 0 and r.stdout.startswith("marked: event"), r.stderr
         # Every idle one and the dripping one are dropped: evicted by newer ones, or at the deadline.
-        wait(lambda: all(_closed_by_server(s) for s in [*idle, drip]), WAIT_S, "idle connections dropped")
+        wait_until(lambda: all(_closed_by_server(s) for s in [*idle, drip]), WAIT_S, "idle connections dropped")
         assert rig.d.status() is not None
     finally:
         for s in [*idle, drip]:

@@ -40,10 +40,10 @@ from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
-from tests.contract.test_upload import ACCOUNT, enqueue, settings
 from tests.hostile.harness import DaemonUnderTest, assert_evidence_kept, evidence_snapshot
 from tests.hostile.hostile_server import BlackHole, HostileServer, Mode
 from tests.support import wait_until
+from tests.support.upload import ACCOUNT, enqueue, settings
 
 REPO = Path(__file__).resolve().parents[2]
 #: The API key the hostile server echoes back. Long and unusual: found only where it leaked.

@@ -1,9 +1,21 @@
-"""Helpers for reading back what edged wrote, with PyAV (independent of edged's own readers)."""
+"""What the tests share, in one place: waiting for a state, a daemon run in a thread, and reading
+back what edged wrote with PyAV (independent of edged's own readers).
+
+Upload fixtures (a real WebM, an outbox filled with it, settings naming the contract server) are in
+``tests.support.upload``; the picamera2 fake in ``tests.support.fakes``.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -52,12 +64,6 @@ def segment_files(state_dir: Path) -> list[Path]:
 
 # --- clocks, real small file systems, waiting (test_clock, test_ring, test_storage_faults) -------
 
-import os
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 
 class SteppableClock:
     """The Clock protocol (edged.core.clock.Clock) with a wall clock the test sets, as NTP does after
@@ -82,14 +88,21 @@ class SteppableClock:
         return self.synced
 
 
-def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``pred`` until true; fail naming ``what`` (a deadline, not a speed assertion)."""
+def wait_until(pred: Callable[[], object], timeout: float, what: str, alive: Callable[[], None] | None = None) -> Any:
+    """Poll ``pred`` until it returns something true, and return that; fail naming ``what``.
+
+    A deadline, not a speed assertion: the timeout only bounds a test that would otherwise hang.
+    ``alive`` is called on every round (e.g. to fail at once when a child process has died)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
+    while True:
+        if alive is not None:
+            alive()
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
 
 
 @contextmanager
@@ -139,13 +152,21 @@ def ext4_loop(path: Path, size_mb: int = 32) -> Iterator[tuple[Path, Path, Path]
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+#: A small picture: fast to encode on a loaded machine, through the same pipeline.
+SMALL = {"width": 320, "height": 180, "bitrate": 120_000}
+
+
 class Running:
-    """A Daemon run in a thread, keeping what ``run()`` returned or raised."""
+    """A Daemon run in a thread, keeping what ``run()`` returned or raised.
 
-    def __init__(self, daemon) -> None:
-        import threading
+    ``Running(daemon)`` starts it; ``stop()`` stops and joins it. As a context manager
+    (``with Running(settings, **daemon_kw) as d:``) it also waits for the daemon to be ready and
+    fails the test if it does not stop."""
 
-        self.daemon = daemon
+    def __init__(self, daemon: Any, **daemon_kw: Any) -> None:
+        from edged.app.daemon import Daemon
+
+        self.daemon: Daemon = daemon if isinstance(daemon, Daemon) else Daemon(daemon, **daemon_kw)
         self.rc: int | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="daemon-under-test", daemon=True)
@@ -167,3 +188,22 @@ class Running:
             pass
         self.daemon.stop()
         self.thread.join(timeout)
+
+    def __enter__(self) -> Any:
+        if not self.daemon.wait_ready(20):
+            self.stop()
+            raise AssertionError(f"the daemon did not become ready within 20 s (rc={self.rc}, error={self.error!r})")
+        return self.daemon
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(timeout=60)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+
+def timeline_s(d: Any) -> float:
+    """Seconds of recording so far; 0 before the first frame (the anchor is set by it: until then
+    timeline_now_ns is the machine's monotonic clock and the difference means nothing)."""
+    r = d.recorder
+    if r is None or r.status.frames_encoded == 0 or not r._mono_anchor_ns:
+        return 0.0
+    return (r.timeline_now_ns() - r._mono_anchor_ns) / 1e9

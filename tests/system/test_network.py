@@ -24,8 +24,8 @@ from edged.upload.outbox import PRIORITY_MARK, Outbox
 from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
-from tests.contract.test_upload import ACCOUNT, make_webm
 from tests.support import wait_until
+from tests.support.upload import ACCOUNT, make_webm
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 100000}"

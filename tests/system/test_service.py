@@ -30,6 +30,7 @@ from edged.core.paths import StatePaths
 from edged.footage.index import Index
 from edged.recording.recorder import STALL_S
 from tests.conftest import REPO
+from tests.support import wait_until
 
 UNIT = REPO / "systemd" / "edged.service"
 #: `systemd-analyze security --offline` exposure the unit must stay under (README, "Hardening").
@@ -285,7 +286,7 @@ def test_a_hung_camera_stops_the_watchdog_pings(tmp_path, notify_socket, monkeyp
         hang.set()
         # Frames already queued are still recorded; once none has come for STALL_S the recorder
         # says the camera stalled, and from then on (one main-loop tick) no ping may go out.
-        _wait_until(lambda: "camera_stalled" in daemon.recorder.status.alarms, 20, "camera_stalled")
+        wait_until(lambda: "camera_stalled" in daemon.recorder.status.alarms, 20, "camera_stalled")
         t_stalled = time.monotonic()
         time.sleep(4)
         late = [p for p in notify_socket.times("WATCHDOG") if p > t_stalled + 1.0]
@@ -300,14 +301,6 @@ def test_a_hung_camera_stops_the_watchdog_pings(tmp_path, notify_socket, monkeyp
         release.set()
         daemon.recorder.stop()
         t.join(timeout=30)
-
-
-def _wait_until(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _can_freeze() -> bool:
