@@ -1,7 +1,7 @@
-"""Guardrails run by the test command: the linter and the formatter agree with the tree.
+"""Guardrails run by the test command: the linter, the formatter and the type checker agree with the tree.
 
-Configured in pyproject.toml ([tool.ruff]); run them by hand with ``.venv/bin/ruff check .`` and
-``.venv/bin/ruff format .``.
+Configured in pyproject.toml ([tool.ruff], [tool.mypy]); run them by hand with ``.venv/bin/ruff
+check .``, ``.venv/bin/ruff format .`` and ``.venv/bin/mypy`` (it checks ``edged/``).
 """
 
 from __future__ import annotations
@@ -26,3 +26,8 @@ def test_ruff_finds_nothing():
 def test_the_tree_is_formatted():
     out = run(str(BIN / "ruff"), "format", "--check", ".")
     assert out.returncode == 0, "run .venv/bin/ruff format .\n" + out.stdout + out.stderr
+
+
+def test_mypy_finds_nothing():
+    out = run(sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(REPO / ".mypy_cache"))
+    assert out.returncode == 0, out.stdout + out.stderr
