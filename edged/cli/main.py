@@ -168,10 +168,19 @@ def _register_secrets(settings: config_mod.Settings) -> None:
 
 
 def _settings_or_exit(path: str | Path | None) -> config_mod.Settings:
+    """The settings a command shows: ``--config``'s, or, without it, the running daemon's or the
+    installed service's (``edged.cli.which``), said on stderr."""
+    from edged.cli import which
+
     try:
-        return _load(path)
+        if path is not None:
+            return _load(path)
+        chosen = which.choose()
     except config_mod.ConfigError as exc:
         fail(config_problem(exc), EX_CONFIG, newlines=len(exc.problems) > 1)
+    _register_secrets(chosen.settings)
+    warn(chosen.describe())
+    return chosen.settings
 
 
 def config_problem(exc: config_mod.ConfigError) -> str:
@@ -390,8 +399,10 @@ def cmd_clips_list(args: argparse.Namespace) -> int:
     else:
         for c in clips:
             parts = c["parts"]
+            # A built clip is shown by where its upload stands (delivered, sending, failed...).
+            state = c["delivery"] if c["state"] == "built" and c["delivery"] else c["state"]
             say(
-                f"{c['id']}  {c['state']:7} {len(c['marks'])} mark(s)  {len(parts)} part(s)  "
+                f"{c['id']}  {state:9} {len(c['marks'])} mark(s)  {len(parts)} part(s)  "
                 f"{c['wall_start'] or '-'} .. {c['wall_end'] or '-'}  {c['reason']}"
                 + (f"  ({c['manifest_error']})" if c.get("manifest_error") else "")
             )
@@ -420,26 +431,44 @@ def cmd_clips_export(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
+    import time
+
     from edged.core.timefmt import iso
 
     settings = _settings_or_exit(args.config)
-    _, _, outbox = _open_clip_stores(settings)
+    paths, _, outbox = _open_clip_stores(settings)
+    if outbox is None:
+        fail(f"no outbox in {paths.root}: no daemon has run with this configuration")
+    now = time.time_ns()
+    paused = outbox.paused_targets()
     rows = []
-    if outbox is not None:
-        for d in outbox.deliveries(states=[args.state] if args.state else None):
-            row = d.as_dict()
-            row["next_try"] = iso(d.next_try_ns) if d.state == "deferred" else None
-            row["delivered"] = iso(d.delivered_ns) if d.delivered_ns else None
-            del row["next_try_ns"], row["delivered_ns"]
-            rows.append(row)
+    for d in outbox.deliveries(states=[args.state] if args.state else None):
+        row = d.as_dict()
+        waiting = d.state in ("queued", "deferred")
+        pause = paused.get(d.target) if waiting else None
+        # When it is tried next: a pause outranks the row's own time; a past time means "due now".
+        if pause is not None:
+            row["next_try"] = iso(pause[1]) if pause[1] > now else None
+        else:
+            row["next_try"] = iso(d.next_try_ns) if waiting and d.next_try_ns > now else None
+        row["paused"] = pause[0] if pause is not None else None
+        row["delivered"] = iso(d.delivered_ns) if d.delivered_ns else None
+        del row["next_try_ns"], row["delivered_ns"]
+        rows.append(row)
     if args.json:
         print_json(rows)
     else:
         for r in rows:
-            when = r["next_try"] or r["delivered"] or ""
+            state = "paused" if r["paused"] else r["state"]
+            if r["paused"]:
+                when = f"paused: {r['paused']}" + (f"; tried again {r['next_try']}" if r["next_try"] else "")
+            elif r["state"] in ("queued", "deferred"):
+                when = f"next try {r['next_try']}" if r["next_try"] else "due now"
+            else:
+                when = r["delivered"] or ""
             say(
-                f"{r['id']:5} {r['clip_id']} part {r['part']:<2} {r['target']:15} {r['state']:9} "
-                f"attempts {r['attempts']:<3} {when}  {r['reason']}"
+                f"{r['id']:5} {r['clip_id']} part {r['part']:<2} {r['target']:15} {state:9} "
+                f"attempts {r['attempts']:<3} {when}  {r['reason'] if not r['paused'] else ''}".rstrip()
             )
     return 0
 

@@ -20,7 +20,7 @@ from edged.core.files import Folder, Refused
 from edged.core.ids import CLIP_ID
 from edged.core.timefmt import iso
 from edged.events.store import EventStore
-from edged.upload.outbox import Outbox
+from edged.upload.outbox import Outbox, least_advanced
 
 
 def export_clip(
@@ -96,25 +96,28 @@ def clip_summaries(store: EventStore, outbox: Outbox, clips_dir: Path) -> list[d
             k: manifest.get(k) if manifest and isinstance(manifest.get(k), str) else None
             for k in ("wall_start", "wall_end")
         }
+        parts: list[dict[str, Any]] = [
+            {
+                "number": p.number,
+                "path": p.path,
+                "bytes": p.bytes,
+                "duration_ms": p.duration_ms,
+                "sha256": p.sha256,
+                "state": outbox.part_state(p.id),
+                "deliveries": {d.target: d.state for d in outbox.deliveries(clip_id=e.id) if d.part.id == p.id},
+            }
+            for p in outbox.parts(e.id)
+        ]
         out.append(
             {
                 "id": e.id,
                 "state": e.state,
+                # Where its upload stands: its least advanced part's state (None before it is queued).
+                "delivery": least_advanced([p["state"] for p in parts]) if parts else None,
                 "reason": e.reason,
                 "marks": [asdict(m) | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
                 **span,
-                "parts": [
-                    {
-                        "number": p.number,
-                        "path": p.path,
-                        "bytes": p.bytes,
-                        "duration_ms": p.duration_ms,
-                        "sha256": p.sha256,
-                        "state": outbox.part_state(p.id),
-                        "deliveries": {d.target: d.state for d in outbox.deliveries(clip_id=e.id) if d.part.id == p.id},
-                    }
-                    for p in outbox.parts(e.id)
-                ],
+                "parts": parts,
             }
             | ({"manifest_error": problem} if problem else {})
         )

@@ -96,6 +96,14 @@ CREATE TABLE IF NOT EXISTS progress (
     updated_ns INTEGER NOT NULL,
     PRIMARY KEY (clip_id, target, step)
 );
+-- A target paused by the uploader (a refused key or account): kept across restarts, and read by
+-- `edged outbox list` so a paused delivery is not shown as due. `fingerprint` is the key's, never it.
+CREATE TABLE IF NOT EXISTS target_state (
+    name            TEXT PRIMARY KEY,
+    paused_reason   TEXT NOT NULL,
+    paused_until_ns INTEGER NOT NULL,
+    fingerprint     TEXT NOT NULL
+);
 """
 
 
@@ -179,6 +187,15 @@ def _delivery(row: tuple) -> Delivery:
 def _clean(text: str) -> str:
     """What may be stored or shown: secrets replaced by ``***``."""
     return scrub(text) if text else text
+
+
+def least_advanced(states: Sequence[str]) -> DeliveryState:
+    """One word for several deliveries (a part's targets, a clip's parts): the least advanced one's."""
+    present = set(states)
+    for s in _LEAST_ADVANCED_FIRST:
+        if s in present:
+            return s
+    return DeliveryState.QUEUED
 
 
 class Outbox(Store):
@@ -380,13 +397,19 @@ class Outbox(Store):
             args = (clip_id,)
         return [OutboxPart(*r) for r in self.query(sql + _ORDER, args)]
 
+    def paused_targets(self) -> dict[str, tuple[str, int]]:
+        """Targets the uploader paused: name → (reason, until when it tries again, ns). A file written
+        before the table existed, opened read-only, has none."""
+        if not self.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_state'"):
+            return {}
+        return {
+            name: (_clean(reason), until)
+            for name, reason, until in self.query("SELECT name, paused_reason, paused_until_ns FROM target_state")
+        }
+
     def part_state(self, part_id: int) -> DeliveryState:
         """One word for a part across its targets: the least advanced delivery's state."""
-        states = {s for (s,) in self.query("SELECT state FROM deliveries WHERE part_id=?", (part_id,))}
-        for s in _LEAST_ADVANCED_FIRST:
-            if s in states:
-                return s
-        return DeliveryState.QUEUED
+        return least_advanced([s for (s,) in self.query("SELECT state FROM deliveries WHERE part_id=?", (part_id,))])
 
     def clip_delivered(self, clip_id: str) -> bool:
         """Every part of the clip confirmed by every configured target it was queued for (a target

@@ -40,9 +40,6 @@ from edged.upload.target import Parcel, Progress, Scope, Target, check_part
 
 log = logging.getLogger("edged.upload")
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS target_state (name TEXT PRIMARY KEY, paused_reason TEXT NOT NULL,
-    paused_until_ns INTEGER NOT NULL, fingerprint TEXT NOT NULL)"""
-
 #: Longest sleep with nothing due (a safety net; wake-ups come from events).
 IDLE_WAIT_S = 60.0
 #: How long the reachability probe may take.
@@ -426,8 +423,6 @@ class Uploader:
         self.time_scale = time_scale
         self.on_delivered, self.on_alarm = on_delivered, on_alarm
         self.stopping = threading.Event()
-        with outbox.tx() as db:
-            db.execute(_SCHEMA)
         self.workers: list[_Worker] = []
         self.workers = [_Worker(self, t) for t in targets]
         for t in targets:  # a key read from a file at every use: never logged, even after rotation

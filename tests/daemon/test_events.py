@@ -103,6 +103,8 @@ def test_cli_mark_builds_a_verified_clip_with_pre_and_post_roll(settings_factory
     # `edged clips list --json` and `export` give the operator the same clip.
     listing = json.loads(cli(cfg, "clips", "list", "--json").stdout)
     assert [c["id"] for c in listing] == [event_id] and listing[0]["state"] == "built"
+    assert listing[0]["delivery"] == "delivered", listing  # built, and delivered everywhere
+    assert f"{event_id}  delivered" in cli(cfg, "clips", "list").stdout
     exported = cli(cfg, "clips", "export", event_id, str(tmp_path / "out"))
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "out" / part.name).read_bytes() == part.read_bytes()
