@@ -2,7 +2,7 @@
 
 MockPin records every state change with the time since the previous one (``pin.states``) and calls
 the device's callback synchronously from ``drive_low``/``drive_high``; it stores a bounce time but
-does not apply it, which is why MarkButton debounces by itself as well.
+does not apply it, which is why GestureButton debounces by itself as well.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from edged.app.gpio import (
     UPLOADS_PENDING,
     DeviceState,
     Feedback,
+    GestureButton,
     GpioError,
-    MarkButton,
     Timings,
     from_settings,
     mode_for,
@@ -104,72 +104,72 @@ def watch(fb: Feedback, pin, state: DeviceState, seconds: float):
 
 def test_press_marks_once_and_release_does_not(factory):
     presses = []
-    button = MarkButton("GPIO17", pull_up=True, bounce_ms=0, on_press=lambda: presses.append(1), pin_factory=factory)
+    button = GestureButton("GPIO17", pull_up=True, bounce_ms=0, on_action=presses.append, pin_factory=factory)
     pin = factory.pin(17)
     assert pin.pull == "up" and presses == []
     pin.drive_low()
     time.sleep(0.02)
-    assert presses == [1]
+    assert presses == ["mark"]
     pin.drive_high()
     time.sleep(0.02)
-    assert presses == [1]
+    assert presses == ["mark"]
     button.close()
 
 
 def test_pull_down_wiring_presses_on_high(factory):
     presses = []
-    button = MarkButton("GPIO22", pull_up=False, bounce_ms=0, on_press=lambda: presses.append(1), pin_factory=factory)
+    button = GestureButton("GPIO22", pull_up=False, bounce_ms=0, on_action=presses.append, pin_factory=factory)
     pin = factory.pin(22)
     assert pin.pull == "down"
     pin.drive_high()
     time.sleep(0.02)
-    assert presses == [1]
+    assert presses == ["mark"]
     pin.drive_low()  # release
     time.sleep(0.02)
-    assert presses == [1]
+    assert presses == ["mark"]
     button.close()
 
 
 def test_contact_bounce_makes_one_mark(factory):
     presses = []
-    button = MarkButton("GPIO17", pull_up=True, bounce_ms=50, on_press=lambda: presses.append(1), pin_factory=factory)
+    button = GestureButton("GPIO17", pull_up=True, bounce_ms=50, on_action=presses.append, pin_factory=factory)
     pin = factory.pin(17)
     assert pin.bounce == pytest.approx(0.05)  # handed to the pin driver as well
     for _ in range(3):  # press, with the contacts chattering
         pin.drive_low()
         pin.drive_high()
     pin.drive_low()
-    assert presses == [1]
+    assert presses == ["mark"]
     time.sleep(0.1)  # held
     pin.drive_high()  # release, chattering: the low in between is not a press
     pin.drive_low()
     pin.drive_high()
-    assert presses == [1]
+    assert presses == ["mark"]
     time.sleep(0.1)
     pin.drive_low()  # a real second press
-    assert presses == [1, 1]
+    assert presses == ["mark", "mark"]
     button.close()
 
 
 def test_without_bounce_time_every_edge_is_a_press(factory):
     presses = []
-    button = MarkButton("GPIO17", pull_up=True, bounce_ms=0, on_press=lambda: presses.append(1), pin_factory=factory)
+    button = GestureButton("GPIO17", pull_up=True, bounce_ms=0, on_action=presses.append, pin_factory=factory)
     pin = factory.pin(17)
     for _ in range(3):
         pin.drive_low()
         pin.drive_high()
-    assert presses == [1, 1, 1]
+    assert presses == ["mark"] * 3
     button.close()
 
 
 def test_a_failing_mark_does_not_break_the_button(factory):
     calls = []
 
-    def busy() -> None:
+    def busy(action: str) -> None:
         calls.append(1)
         raise RuntimeError("daemon busy")
 
-    button = MarkButton("GPIO17", pull_up=True, bounce_ms=0, on_press=busy, pin_factory=factory)
+    button = GestureButton("GPIO17", pull_up=True, bounce_ms=0, on_action=busy, pin_factory=factory)
     pin = factory.pin(17)
     for _ in range(2):
         pin.drive_low()
@@ -180,8 +180,10 @@ def test_a_failing_mark_does_not_break_the_button(factory):
 
 def test_board_and_lower_case_pin_names(factory):
     presses = []
-    a = MarkButton("BOARD11", pull_up=True, bounce_ms=0, on_press=lambda: presses.append("a"), pin_factory=factory)
-    b = MarkButton("gpio22", pull_up=True, bounce_ms=0, on_press=lambda: presses.append("b"), pin_factory=factory)
+    a = GestureButton(
+        "BOARD11", pull_up=True, bounce_ms=0, on_action=lambda _: presses.append("a"), pin_factory=factory
+    )
+    b = GestureButton("gpio22", pull_up=True, bounce_ms=0, on_action=lambda _: presses.append("b"), pin_factory=factory)
     factory.pin(17).drive_low()  # physical pin 11 is GPIO17
     factory.pin(22).drive_low()
     assert presses == ["a", "b"]
@@ -192,7 +194,7 @@ def test_board_and_lower_case_pin_names(factory):
 
 
 def test_close_releases_the_pin(factory):
-    button = MarkButton("GPIO17", pull_up=True, bounce_ms=0, on_press=lambda: None, pin_factory=factory)
+    button = GestureButton("GPIO17", pull_up=True, bounce_ms=0, on_action=lambda _: None, pin_factory=factory)
     button.close()
     Button("GPIO17", pin_factory=factory).close()  # would raise GPIOPinInUse if still reserved
 
@@ -352,7 +354,7 @@ def test_periodic_beep_while_an_event_is_open(factory):
 
 
 def test_absent_pins_never_touch_gpiozero(no_default_factory):
-    button, fb = from_settings(GpioSettings(), on_press=lambda: None)
+    button, fb = from_settings(GpioSettings(), on_action=lambda _: None)
     assert button is None
     fb.show(FAULTY)
     fb.acknowledge_mark()
@@ -363,7 +365,7 @@ def test_absent_pins_never_touch_gpiozero(no_default_factory):
 
 def test_bad_pin_names_the_config_key(factory):
     with pytest.raises(GpioError, match=r"^gpio\.button_pin: 'GPIO999' cannot be used: PinInvalidPin"):
-        MarkButton("GPIO999", pull_up=True, bounce_ms=0, on_press=lambda: None, pin_factory=factory)
+        GestureButton("GPIO999", pull_up=True, bounce_ms=0, on_action=lambda _: None, pin_factory=factory)
     with pytest.raises(GpioError, match=r"^gpio\.led_pin: 'NOT_A_PIN'"):
         Feedback("NOT_A_PIN", "", pin_factory=factory)
     with pytest.raises(GpioError, match=r"^gpio\.buzzer_pin: 'BOARD1' .*not a GPIO pin"):  # 3V3
@@ -372,7 +374,9 @@ def test_bad_pin_names_the_config_key(factory):
 
 def test_pin_in_use_names_the_key_and_releases_what_was_opened(factory):
     with pytest.raises(GpioError, match=r"^gpio\.led_pin: .*GPIOPinInUse"):
-        from_settings(GpioSettings(button_pin="GPIO17", led_pin="BOARD11"), on_press=lambda: None, pin_factory=factory)
+        from_settings(
+            GpioSettings(button_pin="GPIO17", led_pin="BOARD11"), on_action=lambda _: None, pin_factory=factory
+        )
     with pytest.raises(GpioError, match=r"^gpio\.buzzer_pin: .*in use"):
         Feedback("GPIO27", "GPIO27", pin_factory=factory)
     Button("GPIO17", pin_factory=factory).close()  # the button opened first was closed again
@@ -381,7 +385,7 @@ def test_pin_in_use_names_the_key_and_releases_what_was_opened(factory):
 
 def test_no_pin_factory_is_a_clear_error(no_default_factory):
     with pytest.raises(GpioError, match=r"^gpio\.button_pin: 'GPIO17' is configured but no GPIO driver"):
-        from_settings(GpioSettings(button_pin="GPIO17"), on_press=lambda: None)
+        from_settings(GpioSettings(button_pin="GPIO17"), on_action=lambda _: None)
     with pytest.raises(GpioError, match=r"^gpio\.led_pin: .*no-such-factory"):
         Feedback("GPIO27", "")
 
@@ -390,7 +394,7 @@ def test_off_a_pi_the_error_gives_gpiozeros_reasons(monkeypatch):
     monkeypatch.setattr(Device, "pin_factory", None)
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
     try:
-        button = MarkButton("GPIO17", pull_up=True, bounce_ms=0, on_press=lambda: None)
+        button = GestureButton("GPIO17", pull_up=True, bounce_ms=0, on_action=lambda _: None)
     except GpioError as exc:
         assert str(exc).startswith("gpio.button_pin: 'GPIO17' is configured but no GPIO driver")
         assert "BadPinFactory" in str(exc) and "Falling back from lgpio" in str(exc)
