@@ -12,6 +12,8 @@ the press (the pin driven low) to the mark stored and acknowledged (``EventManag
 * ``after window``: double_press = panic as well: a short press marks once no second press came
   within double_press_ms of the release: latency = hold + window.
 
+Target: the median within 50 ms of that wait (the mark itself: edge, events store, acknowledgement).
+
     .venv/bin/python scripts/bench_gestures.py [--presses 10] [--hold 0.1] [--json PATH]
 """
 
@@ -32,6 +34,9 @@ from gpiozero.pins.mock import MockFactory
 
 from edged.app.daemon import Daemon
 from edged.config.schema import from_mapping
+
+#: What the press may take beyond the wait its setting implies (hold, window): edge, store, acknowledge.
+DISPATCH_S = 0.05
 
 MODES = {  # name: (double_press, long_press)
     "at press": ("none", "none"),
@@ -116,10 +121,12 @@ def main() -> int:
             "median_s": statistics.median(lat),
             "max_s": max(lat),
             "expected_s": expected,
+            "target_s": expected + DISPATCH_S,
+            "pass": statistics.median(lat) <= expected + DISPATCH_S,
         }
         print(
             f"{name + f' ({double}, {long})':28} {min(lat) * 1000:7.1f} {statistics.median(lat) * 1000:7.1f}"
-            f" {max(lat) * 1000:7.1f}   {expected * 1000:.0f} + dispatch"
+            f" {max(lat) * 1000:7.1f}   {expected * 1000:.0f} + <= {DISPATCH_S * 1000:.0f}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
