@@ -186,7 +186,7 @@ def _pulses(n: int, on: float, gap: float) -> Pattern:
 def ack_pattern(ack: Ack, t: Timings) -> Pattern:
     """The one-shot steps of an acknowledgement, its dark pause included."""
     f = t.ack_flash
-    if ack is Ack.MARK:
+    if ack == Ack.MARK:
         steps: Pattern = (
             (True, True, f),
             (False, True, f),
@@ -194,7 +194,7 @@ def ack_pattern(ack: Ack, t: Timings) -> Pattern:
             (False, False, f),
             (True, False, f),
         )
-    elif ack is Ack.PANIC_ON:
+    elif ack == Ack.PANIC_ON:
         steps = ((True, True, t.strobe), (False, True, t.strobe)) * max(1, round(t.panic / (2 * t.strobe)))
     else:
         n, on = {
@@ -539,10 +539,10 @@ class Feedback:
         if self._thread is None:
             return
         with self._lock:
-            if ack is Ack.PANIC_ON:
+            if ack == Ack.PANIC_ON:
                 self._waiting.clear()
                 self._ack, self._ack_start = ack, time.monotonic()
-            elif ack is Ack.MARK and self._ack is Ack.PANIC_ON:
+            elif ack == Ack.MARK and self._ack == Ack.PANIC_ON:
                 return
             elif self._ack is None:
                 self._ack, self._ack_start = ack, time.monotonic()
