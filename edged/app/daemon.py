@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.app.control import ControlServer
-from edged.app.gpio import DeviceState, Feedback, GpioError, MarkButton, from_settings
+from edged.app.gpio import DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
 from edged.clips.job import FootageJobs
@@ -100,7 +100,7 @@ class Stages:
     jobs: FootageJobs
     events: EventManager
     event_worker: EventWorker
-    button: MarkButton | None
+    button: GestureButton | None
     feedback: Feedback
     uploader: Uploader
     link_watch: LinkWatch
@@ -217,7 +217,7 @@ class Daemon:
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
         events = EventManager(s, events_store, jobs)
         try:
-            button, feedback = from_settings(s.gpio, self._button_pressed, pin_factory=self.pin_factory)
+            button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)
         except GpioError as exc:  # recording matters more than the button: run without it, loudly
             log.critical("GPIO unusable, running without button and LED: %s", exc)
             self.alarms.add(Alarm.GPIO_ERROR)
@@ -366,8 +366,11 @@ class Daemon:
             )
         return result
 
-    def _button_pressed(self) -> None:
-        self.mark("button")
+    def _gesture(self, action: str) -> None:
+        """A button gesture's action (edged.app.gpio): "mark", or toggle_mute / toggle_panic, which
+        return the new state (True: muted / panic set) and raise to refuse; acknowledged by ``perform``."""
+        run = (lambda: self.mark("button")) if action == "mark" else getattr(self, f"toggle_{action}", None)
+        perform(action, run, self._running().feedback)
 
     def _link_changed(self, what: str = "") -> None:
         self.uploader.on_link_change(what)

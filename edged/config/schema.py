@@ -302,6 +302,10 @@ class ClipSettings:
     )
 
 
+#: What a button gesture may do (gpio.double_press, gpio.long_press); a short press always marks.
+GESTURE_ACTIONS = ("mark", "panic", "mute", "none")
+
+
 @dataclass(frozen=True)
 class GpioSettings:
     # The whole table is signed (Settings.gpio): a wrong button pin silently ends marking.
@@ -310,6 +314,15 @@ class GpioSettings:
     button_bounce_ms: int = _rule(50, lo=0, hi=1000)
     led_pin: str = _rule("", doc="status LED (empty: none)")
     buzzer_pin: str = _rule("", doc="buzzer or vibration motor (empty: none)")
+    # Button gestures (edged.app.gpio; the README's "Button gestures" says why these defaults).
+    double_press: str = _rule(
+        "none", choices=GESTURE_ACTIONS, doc="two presses within double_press_ms (none, mark: each press marks)"
+    )
+    long_press: str = _rule(
+        "mute", choices=GESTURE_ACTIONS, doc="a press held long_press_ms (none, mark: a held press marks)"
+    )
+    double_press_ms: int = _rule(400, lo=150, hi=1000, doc="longest release-to-press gap of a double press")
+    long_press_ms: int = _rule(2000, lo=500, hi=10_000, doc="hold time of a long press")
 
 
 UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota", "directory")
@@ -583,6 +596,10 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, problems: list[tupl
 
 
 def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
+    # An edge within the bounce time is contact bounce: a gesture timed below it could never happen.
+    for key in ("double_press_ms", "long_press_ms"):
+        if getattr(s.gpio, key) <= s.gpio.button_bounce_ms:
+            problems.append((f"gpio.{key}", f"must be longer than gpio.button_bounce_ms ({s.gpio.button_bounce_ms})"))
     if s.camera.source == "file" and not s.camera.device:
         problems.append(("camera.device", 'must name the video file when camera.source = "file"'))
     # A clip is built from whole segments: a segment must fit the upload duration limit.
