@@ -167,12 +167,15 @@ def _utc_seconds(value: Any) -> float | None:
 
 
 def fix_of(tpv: dict[str, Any]) -> Fix | None:
-    """The fix a TPV report gives: None for mode 0 or 1 (no fix); ValueError when the report is
-    not usable (a mode that is not 0-3, a fix without a valid position or time)."""
+    """The fix a TPV report gives: None for mode 0 or 1 (no fix) or a fix with no time yet;
+    ValueError when the report is not usable (a mode that is not 0-3, a fix without a valid
+    position, a time that is not one)."""
     mode = tpv.get("mode")
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 3:
         raise ValueError(f"TPV mode must be an integer 0-3, not {_shown(mode)}")
-    if mode < 2:
+    if mode < 2 or "time" not in tpv:
+        # gpsd reports a fix without a time while the receiver has not given the date yet: not a
+        # fix to keep (every Fix carries the receiver's time), nor a peer to refuse.
         return None
     lat, lon = _within(tpv.get("lat"), (-90.0, 90.0)), _within(tpv.get("lon"), (-180.0, 180.0))
     if lat is None or lon is None:
@@ -235,6 +238,7 @@ class GpsStatus:
     lat: float | None = None
     lon: float | None = None
     age_s: float | None = None  # since the current fix arrived
+    reports: int = 0  # TPV reports read so far (fix or no fix)
     refused: int = 0  # lines or reports refused so far
     sessions: int = 0  # connections made so far
     problem: str | None = None  # the last thing that went wrong, if any
@@ -311,6 +315,7 @@ class GpsdPosition:
         self._fix_mono = 0.0  # time.monotonic() when it arrived
         self._fix_rx_ns = 0  # on the recording's timeline
         self._track: collections.deque[tuple[int, Fix]] = collections.deque(maxlen=int(window_s / TRACK_STEP_S) + 2)
+        self._reports = 0
         self._refused = 0
         self._sessions = 0
         self._problem: str | None = None
@@ -351,6 +356,7 @@ class GpsdPosition:
                 lat=round(fix.lat, 7) if fix else None,
                 lon=round(fix.lon, 7) if fix else None,
                 age_s=round(time.monotonic() - self._fix_mono, 2) if fix else None,
+                reports=self._reports,
                 refused=self._refused,
                 sessions=self._sessions,
                 problem=self._problem,
@@ -483,6 +489,8 @@ class GpsdPosition:
                 self._release = release[:32] if isinstance(release, str) else None
                 self._changed.notify_all()
         elif cls == "TPV":
+            with self._lock:
+                self._reports += 1
             try:
                 fix = fix_of(doc)
             except ValueError as exc:
@@ -545,11 +553,25 @@ class GpsdPosition:
         log.info("GPS: %s", word)
 
 
+#: TPV reports without a fix after which ``probe`` says "no fix" (a receiver reports once a second).
+PROBE_NO_FIX_REPORTS = 3
+
+
 def probe(host: str, port: int, stale_s: float, wait_s: float) -> GpsStatus:
-    """Connect to gpsd as the daemon does and wait up to ``wait_s`` for a fix (``edged doctor``)."""
+    """Connect to gpsd as the daemon does and wait, at most ``wait_s``, until the answer is clear
+    (``edged doctor``): a fix; gpsd answering with reports that have none; or no gpsd (the first
+    attempt failed, or the session broke a bound)."""
+
+    def clear(s: GpsStatus) -> bool:
+        if s.fix in (GpsFix.FIX_2D, GpsFix.FIX_3D):
+            return True
+        if s.connected:
+            return s.reports >= PROBE_NO_FIX_REPORTS
+        return s.problem is not None
+
     source = GpsdPosition(host, port, stale_s, window_s=60.0)
     source.start()
     try:
-        return source.wait_for(lambda s: s.fix in (GpsFix.FIX_2D, GpsFix.FIX_3D), wait_s)
+        return source.wait_for(clear, wait_s)
     finally:
         source.stop()

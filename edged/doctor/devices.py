@@ -284,8 +284,11 @@ def check_gps(gps: GpsSettings, host: Host) -> Check:
     if status.fix in (GpsFix.FIX_2D, GpsFix.FIX_3D):
         return Check("gps", OK, f"{status.fix} fix at {status.lat:.6f},{status.lon:.6f} ({release}at {status.gpsd})")
     if status.fix == GpsFix.NO_FIX:
-        why = f"; {status.problem}" if status.problem else ""
-        return Check(
-            "gps", WARN, f"{release}at {status.gpsd} answers, but no fix within {host.gps_wait:g} s{why}", NO_FIX_FIX
+        said = (
+            f"{status.reports} position reports without a fix"
+            if status.reports
+            else f"no position report in {host.gps_wait:g} s (no receiver?)"
         )
+        why = f"; {status.problem}" if status.problem else ""
+        return Check("gps", WARN, f"{release}at {status.gpsd} answers, but no fix: {said}{why}", NO_FIX_FIX)
     return Check("gps", WARN, f"no gpsd at {status.gpsd}: {status.problem or 'no answer'}", NO_GPSD_FIX)
