@@ -28,11 +28,12 @@ Nobody waits for gpsd: the reader has its own thread, and ``latest()``, ``fix_st
 ``track()`` only read what it kept, under a lock it never holds across I/O.
 
 Times. A fix carries the receiver's own UTC time (``Fix.wall_s``) and when this device received
-it. The latter is taken on the recording's timeline (``timeline_ns``, the recorder's monotonic
-clock) and turned into a wall time only when asked, with the offset the footage is placed by at
-that moment (``wall_offset_ns``), so a track lines up with a clip's wall times even on a Pi whose
-clock had no network yet, or was synchronised after the fix arrived. The track keeps at most one
-fix a second (``TRACK_STEP_S``) for ``window_s`` seconds: bounded memory, enough for a clip.
+it (``Fix.received_wall_s``). The latter is taken on the recording's timeline (``timeline_ns``,
+the recorder's monotonic clock) and placed on the wall clock with the offset the footage is
+placed by (``wall_offset_ns``): for ``latest()`` when the fix arrived, for ``track()`` when it is
+asked, so a clip's track lines up with the clip's wall times even on a Pi whose clock had no
+network yet, or was synchronised after the fix arrived. The track keeps at most one fix a second
+(``TRACK_STEP_S``) for ``window_s`` seconds: bounded memory, enough for a clip.
 """
 
 from __future__ import annotations
@@ -313,7 +314,6 @@ class GpsdPosition:
         self._release: str | None = None
         self._fix: Fix | None = None
         self._fix_mono = 0.0  # time.monotonic() when it arrived
-        self._fix_rx_ns = 0  # on the recording's timeline
         self._track: collections.deque[tuple[int, Fix]] = collections.deque(maxlen=int(window_s / TRACK_STEP_S) + 2)
         self._reports = 0
         self._refused = 0
@@ -328,11 +328,10 @@ class GpsdPosition:
     # --- what readers ask (never blocks on gpsd) -----------------------------------------------------
 
     def latest(self) -> Fix | None:
+        """From memory only (the stamp on the picture asks once a second): ``received_wall_s`` as
+        placed when the fix arrived."""
         with self._lock:
-            fix, rx = self._current(), self._fix_rx_ns
-        if fix is None:
-            return None
-        return dataclasses.replace(fix, received_wall_s=(rx + self._wall_offset_ns()) / 1e9)
+            return self._current()
 
     def fix_status(self) -> str:
         with self._lock:
@@ -502,11 +501,16 @@ class GpsdPosition:
     # --- what the reader keeps -----------------------------------------------------------------------
 
     def _set_fix(self, fix: Fix | None) -> None:
+        rx = self._timeline_ns()
+        if fix is not None:
+            try:
+                fix = dataclasses.replace(fix, received_wall_s=(rx + self._wall_offset_ns()) / 1e9)
+            except Exception:  # the recording's clock unreadable (closing): not placed
+                log.debug("gps: the recording's wall offset is unreadable", exc_info=True)
         with self._changed:
             self._fix = fix
             if fix is not None:
                 self._fix_mono = time.monotonic()
-                rx = self._fix_rx_ns = self._timeline_ns()
                 while self._track and self._track[0][0] < rx - self.window_ns:
                     self._track.popleft()
                 if not self._track or rx - self._track[-1][0] >= TRACK_STEP_S * 1e9:

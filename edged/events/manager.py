@@ -11,7 +11,8 @@ included; the clip is built by remuxing once the recording has passed the event'
 manifest is written, the parts go to the outbox ahead of recalls, and the footage is released
 once every target has the clip. A daemon restarted during a post-roll finds the open event in the
 store and finishes it; one cut off between queuing a clip and marking it built is never built
-again.
+again. With GPS on, a mark keeps where the device was at the press and the manifest carries the
+clip's track (``edged.capture.position``; "no fix" said, never guessed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Daemon tests: the real daemon (in a thread or its own process) recording, marking, recalling."""
