@@ -283,3 +283,24 @@ def test_doctor_says_fix_no_fix_no_gpsd_and_off():
     with hostile(bad_values) as peer:
         c = check_gps(gps_settings(peer.port), host)
         assert c.status == WARN and "refused from gpsd" in c.summary, c
+
+
+def test_the_track_is_a_bounded_window():
+    def steady(conn, halt):
+        conn.sendall(tpv())
+        while not halt.wait(0.02):
+            conn.sendall(tpv())
+
+    ticks = iter(range(0, 10**15, 500_000_000))  # each fix half a second later on the timeline
+    with hostile(steady) as peer:
+        src = source(peer.port, window_s=10.0, timeline_ns=lambda: next(ticks))
+        try:
+            st = src.wait_for(lambda s: s.reports >= 100, 30)  # 50 s of timeline
+            assert st.reports >= 100, st
+            track = src.track(0, 4e9)
+            # One a second (every other fix) over the last 10 s, nothing older.
+            assert 9 <= len(track) <= 11, len(track)
+            received = [f.received_wall_s for f in track]
+            assert all(b - a == pytest.approx(1.0) for a, b in zip(received, received[1:])), received
+        finally:
+            src.stop()
