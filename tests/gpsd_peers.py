@@ -57,6 +57,7 @@ class Gpsfake:
             pytest.fail("gpsfake/gpsd not installed: scripts/setup --test installs gpsd and gpsd-clients")
         self.log, self.port, self.cycle = log, port or free_port(), cycle
         self._err = tempfile.TemporaryFile()
+        self._tmp = tempfile.mkdtemp(prefix="gpsfake-")  # its gpsd's control socket goes there
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> Gpsfake:
@@ -66,6 +67,7 @@ class Gpsfake:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             start_new_session=True,
+            env={**os.environ, "TMPDIR": self._tmp},
         )
         deadline = time.monotonic() + timeout
         while not listening(self.port):
@@ -106,6 +108,7 @@ class Gpsfake:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self._err.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 # --- hostile peers -----------------------------------------------------------------------------------

@@ -488,19 +488,16 @@ class GpsdPosition:
                 self._release = release[:32] if isinstance(release, str) else None
                 self._changed.notify_all()
         elif cls == "TPV":
-            with self._lock:
-                self._reports += 1
             try:
-                fix = fix_of(doc)
-            except ValueError as exc:
-                self._note_refused(str(exc))
-                self._set_fix(None)
-                return
-            self._set_fix(fix)
+                self._report(fix_of(doc))
+            except ValueError as exc:  # not a position: the current fix ends with it
+                self._report(None, refused=str(exc))
 
     # --- what the reader keeps -----------------------------------------------------------------------
 
-    def _set_fix(self, fix: Fix | None) -> None:
+    def _report(self, fix: Fix | None, refused: str | None = None) -> None:
+        """One TPV report taken: the fix it gives (None: none, or ``refused`` saying why), counted
+        in the same step, so whoever waits on the counts sees the fix that came with them."""
         rx = self._timeline_ns()
         if fix is not None:
             try:
@@ -508,6 +505,8 @@ class GpsdPosition:
             except Exception:  # the recording's clock unreadable (closing): not placed
                 log.debug("gps: the recording's wall offset is unreadable", exc_info=True)
         with self._changed:
+            self._reports += 1
+            first = refused is not None and self._count_refused(refused)
             self._fix = fix
             if fix is not None:
                 self._fix_mono = time.monotonic()
@@ -517,6 +516,8 @@ class GpsdPosition:
                     self._track.append((rx, fix))
             self._changed.notify_all()
             word = self._status_word()
+        if refused is not None:
+            self._log_refused(refused, first)
         self._say(word)
 
     def _connected_now(self) -> None:
@@ -539,10 +540,18 @@ class GpsdPosition:
 
     def _note_refused(self, why: str) -> None:
         with self._changed:
-            self._refused += 1
-            self._problem = f"refused from gpsd: {why}"[:MAX_PROBLEM]
-            first = self._refused == 1
+            first = self._count_refused(why)
             self._changed.notify_all()
+        self._log_refused(why, first)
+
+    def _count_refused(self, why: str) -> bool:
+        """(lock held) One more refusal; whether it is the first."""
+        self._refused += 1
+        self._problem = f"refused from gpsd: {why}"[:MAX_PROBLEM]
+        return self._refused == 1
+
+    def _log_refused(self, why: str, first: bool) -> None:
+        """The first refusal is a warning, the rest debug: a hostile peer does not flood the journal."""
         (log.warning if first else log.debug)("gpsd at %s: refused %s", self.peer, why)
 
     def _notify(self) -> None:
