@@ -19,6 +19,8 @@ from edged.app.control import ControlServer
 from edged.app.gpio import DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
+from edged.capture.gps import GpsdPosition
+from edged.capture.position import PositionSource
 from edged.clips.job import FootageJobs
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.config.sync import ConfigSync, local_layer
@@ -109,6 +111,8 @@ class Stages:
     config_sync: ConfigSync | None
     #: tells the event worker to stop
     halt: threading.Event = field(default_factory=threading.Event)
+    #: the position from gpsd (``[gps]``); None with GPS off
+    position: GpsdPosition | None = None
 
 
 class Daemon:
@@ -174,6 +178,11 @@ class Daemon:
     def uploader(self) -> Uploader:
         return self._running().uploader
 
+    @property
+    def position(self) -> PositionSource | None:
+        """Where the device is, for the stages that want it (None: GPS off, or not running)."""
+        return self.stages.position if self.stages is not None else None
+
     def wait_ready(self, timeout: float) -> bool:
         """Until every stage runs (True), or ``timeout`` passes or the run ended first (False)."""
         return self.ready.wait(timeout)
@@ -215,7 +224,19 @@ class Daemon:
         outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
         # One footage job runner for marks and recalls, on the recording's clock.
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
-        events = EventManager(s, events_store, jobs)
+        position = (  # fixes placed on the recording's clock, as a clip's wall times are
+            GpsdPosition(
+                s.gps.host,
+                s.gps.port,
+                s.gps.stale_seconds,
+                s.gps.track_seconds,
+                timeline_ns=recorder.timeline_now_ns,
+                wall_offset_ns=recorder.best_offset_ns,
+            )
+            if s.gps.enabled
+            else None
+        )
+        events = EventManager(s, events_store, jobs, position)
         try:
             button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)
         except GpioError as exc:  # recording matters more than the button: run without it, loudly
@@ -254,10 +275,13 @@ class Daemon:
             control=control,
             config_sync=config_sync,
             halt=halt,
+            position=position,
         )
 
     def _start(self, st: Stages) -> None:
         """The stages' threads, footage first protected again: what a crash left held stays held."""
+        if st.position is not None:
+            st.position.start()
         held = st.events.recover()
         if held:
             log.info("%d event(s) not yet delivered keep their footage protected", held)
@@ -287,6 +311,8 @@ class Daemon:
         st.halt.set()
         st.event_worker.join(timeout=10)
         st.events.finish_ready()  # whatever became ready while stopping
+        if st.position is not None:
+            st.position.stop()
 
     @staticmethod
     def _close_stores(st: Stages) -> None:
@@ -417,6 +443,7 @@ class Daemon:
             outbox_resends=st.outbox.resends(),
             uploads=st.uploader.status(),
             synced_config=st.config_sync.last_status if st.config_sync is not None else None,
+            gps=st.position.status().to_dict() if st.position is not None else None,
         )
 
     def write_status(self) -> DaemonStatus:

@@ -52,6 +52,9 @@ class DaemonStatus:
     uploads: dict[str, Any] = field(default_factory=dict)
     #: what became of the last synced config (status/config.json), None without a synced folder
     synced_config: dict[str, Any] | None = None
+    #: the position source's account (``edged.capture.gps.GpsStatus``: fix, position, age, gpsd,
+    #: problem); None with GPS off
+    gps: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +88,8 @@ class DaemonStatus:
         parts.append(f"{waiting} upload(s) waiting")
         if self.outbox.get(DeliveryState.FAILED):
             parts.append(f"{self.outbox[DeliveryState.FAILED]} failed")
+        if self.gps is not None:
+            parts.append(f"gps {self.gps.get('fix')}")
         parts.append("alarms: " + (", ".join(self.alarms) if self.alarms else "none"))
         return "; ".join(parts)
 
@@ -164,6 +169,7 @@ class Report:
         out["pid"] = last.pid if last is not None and self.running else None
         if not self.running:
             out["current_segment"], out["alarms"] = None, []
+            out["gps"] = None  # a position is only ever current
         out |= {"state_dir": self.state_dir, "outbox": self.outbox}
         out |= dataclasses.asdict(self.footage)
         return out

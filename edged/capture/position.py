@@ -12,7 +12,10 @@ Sonoran unit location and the status. They take a ``PositionSource`` and never a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from edged.core.states import GpsFix
+from edged.core.timefmt import iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,10 @@ class Fix:
     speed_mps: float | None = None  # ground speed
     track_deg: float | None = None  # course over ground, degrees from true north
     eph_m: float | None = None  # estimated horizontal error (95 %), when the receiver gives one
+    #: When this device received it, on the recording's wall clock (the clock a clip's and a mark's
+    #: wall times are on, which may differ from ``wall_s`` while the system clock is not synchronised);
+    #: None when the source does not know.
+    received_wall_s: float | None = None
 
 
 class PositionSource(Protocol):
@@ -41,3 +48,39 @@ class PositionSource(Protocol):
     def track(self, start_wall_s: float, end_wall_s: float) -> list[Fix]:
         """The fixes kept between two wall times, oldest first (bounded memory: a rolling window)."""
         ...
+
+
+def fix_doc(fix: Fix) -> dict[str, Any]:
+    """A fix as marks and manifests record it: the fix word ("3d", "2d"), latitude and longitude
+    (7 decimals, about a centimetre), the receiver's own time, when this device received it (the
+    clip's clock), and the optional fields the receiver gave."""
+    doc: dict[str, Any] = {
+        "fix": str(GpsFix.FIX_3D if fix.mode == 3 else GpsFix.FIX_2D),
+        "lat": round(fix.lat, 7),
+        "lon": round(fix.lon, 7),
+        "time": iso(round(fix.wall_s * 1e9)),
+    }
+    if fix.received_wall_s is not None:
+        doc["received"] = iso(round(fix.received_wall_s * 1e9))
+    for key, value in (
+        ("alt_m", fix.alt_m),
+        ("speed_mps", fix.speed_mps),
+        ("track_deg", fix.track_deg),
+        ("eph_m", fix.eph_m),
+    ):
+        if value is not None:
+            doc[key] = round(value, 2)
+    return doc
+
+
+def position_doc(source: PositionSource | None) -> dict[str, Any]:
+    """Where the device is now, as a mark records it: the fix (``fix_doc``), or only the word that
+    says why there is none ("no-fix", "no-gpsd", "off"); never a stale or guessed position."""
+    if source is None:
+        return {"fix": str(GpsFix.OFF)}
+    fix = source.latest()
+    if fix is not None:
+        return fix_doc(fix)
+    word = str(source.fix_status())
+    # A fix that arrived between the two questions is not in hand: say there is none yet.
+    return {"fix": word if word not in (GpsFix.FIX_2D, GpsFix.FIX_3D) else str(GpsFix.NO_FIX)}

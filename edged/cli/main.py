@@ -355,8 +355,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
     else:
+        from edged.capture.gps import status_line
+
         for k, v in status.items():
-            say(f"{k:20} {v}")
+            say(f"{k:20} {status_line(v) if k == 'gps' and v is not None else v}")
     return 0
 
 

@@ -450,6 +450,23 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class GpsSettings:
+    # Signed as a table (Settings.gps): where positions come from is part of the evidence (the
+    # marks' positions, the clips' tracks, the uploads' unitLocation), and a sync party pointing
+    # gps.host at its own server could place the wearer anywhere.
+    enabled: bool = _rule(False, doc="read the position from gpsd: marks, clip tracks, status, uploads' unitLocation")
+    host: str = _rule("127.0.0.1", doc="gpsd's address (gpsd listens on 127.0.0.1:2947)", max_len=253)
+    port: int = _rule(2947, lo=1, hi=65535, doc="gpsd's TCP port")
+    stale_seconds: float = _rule(5.0, lo=1.0, hi=60.0, doc="a fix older than this is no fix")
+    track_seconds: int = _rule(
+        1800,
+        lo=60,
+        hi=7200,
+        doc="track kept in memory (one fix a second); at least pre-roll + post-roll + 60 s",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
@@ -459,6 +476,7 @@ class Settings:
     gpio: GpioSettings = _rule(factory=GpioSettings, trust=SIGNED)
     upload: UploadSettings = _rule(factory=UploadSettings, live=True)
     sync: SyncSettings = _rule(factory=SyncSettings, trust=LOCAL)
+    gps: GpsSettings = _rule(factory=GpsSettings, trust=SIGNED)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
 
@@ -627,6 +645,7 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
             )
         )
     _upload_checks(s.upload, problems)
+    _gps_checks(s, problems)
     _folder_checks(s, problems)
     if s.sync.fleet_public_key:
         from edged.config.sign import KeyLoadError, load_public_key
@@ -642,6 +661,26 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
             grp.getgrnam(s.sync.status_group)
         except KeyError:
             problems.append(("sync.status_group", f"no such group: {show(s.sync.status_group)}"))
+
+
+#: Room in the GPS track beyond an event's pre- and post-roll: the wait for the clip to be built.
+GPS_TRACK_SLACK_SECONDS = 60
+
+
+def _gps_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
+    if not s.gps.enabled:
+        return
+    if not s.gps.host or any(c.isspace() for c in s.gps.host):
+        problems.append(("gps.host", f"must be a host name or address without spaces; got {show(s.gps.host)}"))
+    need = s.clips.pre_roll_seconds + s.clips.post_roll_seconds + GPS_TRACK_SLACK_SECONDS
+    if s.gps.track_seconds < need:
+        problems.append(
+            (
+                "gps.track_seconds",
+                f"must hold a clip's track: at least clips.pre_roll_seconds + clips.post_roll_seconds + "
+                f"{GPS_TRACK_SLACK_SECONDS} = {need:g}; got {s.gps.track_seconds}",
+            )
+        )
 
 
 def _real(path: str) -> str:

@@ -59,6 +59,17 @@ class DeliveryState(StrEnum):
     FAILED = "failed"  # refused for good; the file is kept
 
 
+class GpsFix(StrEnum):
+    """What the position source says of the fix (``PositionSource.fix_status``, status, doctor,
+    manifests). No fix is always one of the last three words, never a guessed position."""
+
+    FIX_3D = "3d"  # latitude, longitude and altitude
+    FIX_2D = "2d"  # latitude and longitude
+    NO_FIX = "no-fix"  # gpsd answers, but no current fix (no receiver, no sky, or the last one is stale)
+    NO_GPSD = "no-gpsd"  # gpsd cannot be reached (or broke the protocol and is being reconnected)
+    OFF = "off"  # gps.enabled = false
+
+
 class Alarm(StrEnum):
     """The device's alarms (``edged status``, ``status.json``, the LED, the journal's ``EDGED_ALARM``)."""
 

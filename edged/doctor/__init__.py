@@ -53,6 +53,8 @@ class Host:
     timedatectl: str = "timedatectl"
     systemctl: str = "systemctl"
     probe_timeout: float = 2.0
+    #: How long the GPS check waits for a fix from gpsd (a receiver reports once a second).
+    gps_wait: float = 4.0
     #: Returns the picamera2 module (None: import the real one).
     import_picamera2: Callable[[], Any] | None = None
     #: Extra environment the service would have (STATE_DIRECTORY, CREDENTIALS_DIRECTORY).
@@ -97,7 +99,8 @@ def run(config_path: Path | None, host: Host | None = None) -> list[Check]:
         if settings is None:
             needs = "not checked: the configuration does not load"
             checks += [
-                Check(name, WARN, needs, "fix the configuration first") for name in ("storage", "credentials", "gpio")
+                Check(name, WARN, needs, "fix the configuration first")
+                for name in ("storage", "credentials", "gpio", "gps")
             ]
             defaults = config_mod.Settings()
             checks += [devices.check_camera(defaults.camera, host), devices.check_microphone(defaults.audio, host)]
@@ -108,6 +111,7 @@ def run(config_path: Path | None, host: Host | None = None) -> list[Check]:
                 devices.check_camera(settings.camera, host),
                 devices.check_microphone(settings.audio, host),
                 devices.check_gpio(settings.gpio, host),
+                devices.check_gps(settings.gps, host),
             ]
         checks += [
             system.check_clock(host),

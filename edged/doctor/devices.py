@@ -1,4 +1,4 @@
-"""Doctor's checks of the hardware: camera, microphone, GPIO."""
+"""Doctor's checks of the hardware: camera, microphone, GPIO, GPS (through gpsd)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.config.schema import AudioSettings, CameraSettings, GpioSettings
+from edged.capture.gps import probe
+from edged.config.schema import AudioSettings, CameraSettings, GpioSettings, GpsSettings
+from edged.core.states import GpsFix
 from edged.doctor import FAIL, OK, WARN, Check, Host
 
 # linux/videodev2.h: VIDIOC_QUERYCAP = _IOR('V', 0, struct v4l2_capability), 104 bytes.
@@ -258,3 +260,35 @@ def check_gpio(gpio: GpioSettings, host: Host) -> Check:
             "sudo apt install python3-lgpio (the venv sees system packages)",
         )
     return Check("gpio", OK, f"{listed}: {', '.join(chips)}")
+
+
+# --- GPS ---------------------------------------------------------------------------------------
+
+NO_GPSD_FIX = (
+    'sudo apt install gpsd; name the receiver in /etc/default/gpsd (DEVICES="/dev/ttyACM0"); '
+    "sudo systemctl enable --now gpsd.socket; or set gps.host/gps.port to where gpsd listens"
+)
+NO_FIX_FIX = (
+    "check the receiver is attached and seen by gpsd (`gpspipe -w -n 5`, `cgps`) and has open sky; "
+    "a cold start takes minutes"
+)
+
+
+def check_gps(gps: GpsSettings, host: Host) -> Check:
+    """Connects to gpsd as the daemon does (``edged.capture.gps``) and waits a few seconds for a fix.
+    Warnings only: edged records without a position, saying "no fix" wherever one would be."""
+    if not gps.enabled:
+        return Check("gps", OK, "off (gps.enabled = false): marks and clips carry no position")
+    status = probe(gps.host, gps.port, gps.stale_seconds, host.gps_wait)
+    release = f"gpsd {status.release} " if status.release else "gpsd "
+    if status.fix in (GpsFix.FIX_2D, GpsFix.FIX_3D):
+        return Check("gps", OK, f"{status.fix} fix at {status.lat:.6f},{status.lon:.6f} ({release}at {status.gpsd})")
+    if status.fix == GpsFix.NO_FIX:
+        said = (
+            f"{status.reports} position reports without a fix"
+            if status.reports
+            else f"no position report in {host.gps_wait:g} s (no receiver?)"
+        )
+        why = f"; {status.problem}" if status.problem else ""
+        return Check("gps", WARN, f"{release}at {status.gpsd} answers, but no fix: {said}{why}", NO_FIX_FIX)
+    return Check("gps", WARN, f"no gpsd at {status.gpsd}: {status.problem or 'no answer'}", NO_GPSD_FIX)

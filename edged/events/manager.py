@@ -11,7 +11,8 @@ included; the clip is built by remuxing once the recording has passed the event'
 manifest is written, the parts go to the outbox ahead of recalls, and the footage is released
 once every target has the clip. A daemon restarted during a post-roll finds the open event in the
 store and finishes it; one cut off between queuing a clip and marking it built is never built
-again.
+again. With GPS on, a mark keeps where the device was at the press and the manifest carries the
+clip's track (``edged.capture.position``; "no fix" said, never guessed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from edged.capture.position import PositionSource, fix_doc, position_doc
 from edged.clips.builder import ClipError, build_clip
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow
@@ -61,10 +63,14 @@ class MarkResult:
 class EventManager:
     """Takes marks, protects footage, and turns finished events into clips in the outbox."""
 
-    def __init__(self, settings: Settings, store: EventStore, jobs: FootageJobs) -> None:
+    def __init__(
+        self, settings: Settings, store: EventStore, jobs: FootageJobs, position: PositionSource | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
+        #: Where the device is (gpsd): a position at each mark, a track in each manifest. None: GPS off.
+        self.position = position
         self._lock = threading.Lock()
         self.on_mark: Callable[[], None] | None = None  # feedback hook (LED blink, beep)
 
@@ -107,7 +113,8 @@ class EventManager:
         clips, clock = self.settings.clips, self.clock
         with self._lock:
             now = clock.timeline_now_ns()
-            mark = Mark(now, now + clock.wall_offset_ns(), clock.clock_synced(), source, note)
+            where = position_doc(self.position)  # never waits: the source answers from memory
+            mark = Mark(now, now + clock.wall_offset_ns(), clock.clock_synced(), source, note, where)
             open_events = [e for e in self.store.events(EventState.OPEN) if e.boot_id == clock.boot_id]
             current = next((e for e in open_events if e.start_mono_ns <= now <= e.end_mono_ns), None)
             post = round(clips.post_roll_seconds * 1e9)
@@ -257,12 +264,22 @@ class EventManager:
                     "source": m.source,
                     "note": m.note,
                     "clock_synchronized": m.clock_synced,
+                    **({"position": m.position} if m.position is not None else {}),
                 }
                 for m in marks
             ],
+            **self._track(first + offset, end + offset),
             "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state} for s in segs],
             "parts": [p.entry() for p in parts],
         }
+
+    def _track(self, wall_start_ns: int, wall_end_ns: int) -> dict[str, Any]:
+        """The clip's GPS track (fixes received between its first and last frame, at most one a
+        second, as the position source keeps them); nothing with GPS off. Empty when there was no
+        fix, or when the fixes were not seen by this run (the track is kept in memory only)."""
+        if self.position is None:
+            return {}
+        return {"track": [fix_doc(f) for f in self.position.track(wall_start_ns / 1e9, wall_end_ns / 1e9)]}
 
 
 class EventWorker(threading.Thread):

@@ -5,6 +5,10 @@ exactly one owner identifier, ``durationMs``, optional ``identId``, ``unitNumber
 ``unitLocation``; answers a JSON list of URLs, errors as problem+json.
 Legacy: ``POST {base_url}/upload`` with ``community``, ``account``, ``sessionId``, ``username``,
 ``type=bodycam``; errors as plain text ``Error: ...``; answers, like v2, a JSON list of URLs.
+Both define ``unitLocation`` as a free-text string and nothing more: it carries the position at the
+clip's first mark that had a GPS fix, as ``"<lat>,<lon>"`` in decimal degrees (6 places, about
+0.1 m), read from the clip's manifest; a clip with no such mark (GPS off, no fix, a recall) sends
+``device.unit_location`` when set, else no ``unitLocation`` at all.
 The file is streamed from disk (httpx reads it in 64 KiB blocks), optionally throttled. A 200 is
 a delivery only when it is that URL list (``answers.SONORAN_URLS``): a captive portal's page is not.
 """
@@ -12,12 +16,16 @@ a delivery only when it is that URL list (``answers.SONORAN_URLS``): a captive p
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import time
 from pathlib import Path
 
 import httpx
 
+from edged.clips.job import MANIFEST
 from edged.config.schema import Settings, api_key_path
+from edged.core.files import read_bounded
 from edged.core.journal import register_secret_file
 from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
 from edged.upload.budget import key_fingerprint
@@ -27,6 +35,32 @@ from edged.upload.target import Parcel
 
 #: Room for the multipart framing and form fields around the file, for the request's deadline.
 _FORM_OVERHEAD = 4096
+#: The largest manifest read for the location (a two-hour track at one fix a second is ~1 MB).
+MAX_MANIFEST_BYTES = 4 << 20
+
+
+def clip_location(clip_dir: Path) -> str | None:
+    """The position at the clip's first mark with a fix, as ``unitLocation`` carries it
+    (``"51.500700,-0.124600"``); None when no mark had one or the manifest cannot be read."""
+    try:
+        doc = json.loads(read_bounded(clip_dir / MANIFEST, MAX_MANIFEST_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    marks = doc.get("marks") if isinstance(doc, dict) else None
+    for mark in marks if isinstance(marks, list) else []:
+        pos = mark.get("position") if isinstance(mark, dict) else None
+        if not isinstance(pos, dict):
+            continue
+        lat, lon = _degrees(pos.get("lat"), 90.0), _degrees(pos.get("lon"), 180.0)
+        if lat is not None and lon is not None:
+            return f"{lat:.6f},{lon:.6f}"
+    return None
+
+
+def _degrees(value: object, limit: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and -limit <= value <= limit else None
 
 
 class _SonoranTarget(HttpTarget):
@@ -36,12 +70,13 @@ class _SonoranTarget(HttpTarget):
         self.base_url = base_url.rstrip("/")
         self.endpoint = endpoint_of(self.base_url)
 
-    def _metadata(self) -> dict[str, str]:
+    def _metadata(self, part: OutboxPart) -> dict[str, str]:
         fields = {}
         if self.device.unit_number:
             fields["unitNumber"] = self.device.unit_number
-        if self.device.unit_location:
-            fields["unitLocation"] = self.device.unit_location
+        location = clip_location(Path(part.path).parent) or self.device.unit_location
+        if location:
+            fields["unitLocation"] = location
         return fields
 
     def _post(self, url: str, fields: dict[str, str], part: OutboxPart, headers: dict[str, str]) -> Verdict:
@@ -105,7 +140,7 @@ class SonoranV2Target(_SonoranTarget):
         key = self._key()
         if not key:
             return Verdict(Kind.PAUSE, f"no API key in {self.key_path}")
-        fields = {**self._owner(), "durationMs": str(part.duration_ms), **self._metadata()}
+        fields = {**self._owner(), "durationMs": str(part.duration_ms), **self._metadata(part)}
         if self.settings.ident_id:
             fields["identId"] = str(self.settings.ident_id)
         return self._post(self.url, fields, part, {"Authorization": f"Bearer {key}"})
@@ -134,7 +169,7 @@ class SonoranLegacyTarget(_SonoranTarget):
             "username": lg.username,
             "type": "bodycam",
             "durationMs": str(part.duration_ms),
-            **self._metadata(),
+            **self._metadata(part),
         }
         if lg.ident_id:
             fields["identId"] = lg.ident_id
