@@ -57,6 +57,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
@@ -86,6 +87,18 @@ REENCODE_ATTEMPTS = 4
 MIN_REENCODE_BITRATE = 50_000
 #: Fallback frame interval when a stream does not say its rate.
 DEFAULT_FRAME_NS = 100 * MS
+
+#: Matroska clusters in what is written whole (clip parts, recall output, timelapses): the muxer
+#: starts a cluster at every video keyframe (FFmpeg does once the cluster holds 4 KiB) and, with
+#: these limits, nowhere else, so each cluster is a random access point (the first block of each
+#: track in it is a keyframe: the WebM byte stream format). Players that feed a file to Media Source
+#: Extensions need that: Firefox drops clusters that do not start so (a part cut every 5 s by
+#: FFmpeg's default limits stopped playing at 5 s). The time limit is Matroska's own: a block's
+#: time relative to its cluster is a signed 16-bit count of ms, so keyframes more than 32.767 s
+#: apart still get a cluster between them. No size limit: a cluster is at most a part, and FFmpeg
+#: holds the cluster being filled in memory as the builder holds the part's packets.
+#: Ring segments keep their short clusters (``edged.recording.segment.CLUSTER_MS``).
+WHOLE_FILE_MUX_OPTIONS = {"cluster_time_limit": "32767", "cluster_size_limit": str(2**31 - 1)}
 
 #: Matroska tags written into every part (forensic cross-reference; segments use other names).
 TAG_CLIP = "EDGED_CLIP"
@@ -420,6 +433,11 @@ def _add_streams(
     return vs, aus
 
 
+def open_whole_webm(f: BinaryIO) -> av.container.OutputContainer:
+    """A WebM muxer for a file written whole: one cluster per GOP (``WHOLE_FILE_MUX_OPTIONS``)."""
+    return av.open(f, "w", format="webm", options=WHOLE_FILE_MUX_OPTIONS)
+
+
 def _overhead(packets: int) -> int:
     return OVERHEAD_FIXED_BYTES + OVERHEAD_PER_PACKET_BYTES * packets
 
@@ -541,7 +559,7 @@ class _Builder:
         audio_n = 0
         with Folder.open(self.out_dir) as folder, folder.atomic(final.name) as tmp:
             f = tmp.file  # the muxer writes the temporary; verified before it takes the final name
-            with av.open(f, "w", format="webm") as out:
+            with open_whole_webm(f) as out:
                 out.metadata.update(
                     {
                         TAG_CLIP: self.name,

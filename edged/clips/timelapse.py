@@ -67,6 +67,7 @@ from edged.clips.builder import (
     _select,
     _Sources,
     measure,
+    open_whole_webm,
     video_decoder,
 )
 from edged.config.schema import CameraSettings
@@ -315,7 +316,7 @@ def _render_once(
                 p.size = (fmt.video[1], fmt.video[2])
                 cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps, bitrate=bitrate)
                 p.encoder = VideoEncoder(cam)
-                p.out = av.open(f, "w", format="webm")
+                p.out = open_whole_webm(f)
                 p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1", TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
                 p.stream = p.out.add_stream_from_template(p.encoder.template)
                 p.stream.codec_context.width, p.stream.codec_context.height = p.size
