@@ -31,11 +31,14 @@ the duration.
 Duration: ``duration_ms`` is what a server reading the file sees. WebM stores the Segment
 ``Duration`` (what ffprobe reports as the format duration and what a browser's ``video.duration``
 shows); FFmpeg's muxer sets it to the end of the last packet of *any* track, so it includes the
-audio's last Opus frame, which may run up to one Opus frame (60 ms) past the last video frame.
+audio's last Opus frame, which may run up to one Opus frame (60 ms) past the last video frame,
+and the audio's stored block times, which run the track's CodecDelay (the Opus pre-skip, 6.5 ms)
+ahead of the presentation times (the demuxer subtracts it; the Duration does not).
 The video-only figure (last video pts − first + one frame) would therefore under-state what the
 server measures. We take the larger of the container Duration and the packet span (earliest
 packet start to latest packet end, all tracks), rounded up to whole milliseconds. Parts start
-at 0 (their first keyframe) so the two agree; the max guards against a muxer that disagrees.
+at 0 (their first keyframe) so the two agree but for the CodecDelay; the max guards against a
+muxer that disagrees.
 
 Margins: parts are planned ``DURATION_MARGIN_MS`` (100 ms) under ``max_duration_ms`` including
 the audio's tail, and with the container overhead estimated per packet; the written file is
@@ -57,13 +60,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
 
 import av
 
 from edged.config.schema import CameraSettings
 from edged.core.files import Folder, remove_temporaries, sha256_file
 from edged.recording.encode import VideoEncoder
+from edged.recording.webm import audio_block_lead_ms, open_whole_webm, order_video
 
 log = logging.getLogger("edged.clip")
 
@@ -87,18 +90,6 @@ REENCODE_ATTEMPTS = 4
 MIN_REENCODE_BITRATE = 50_000
 #: Fallback frame interval when a stream does not say its rate.
 DEFAULT_FRAME_NS = 100 * MS
-
-#: Matroska clusters in what is written whole (clip parts, recall output, timelapses): the muxer
-#: starts a cluster at every video keyframe (FFmpeg does once the cluster holds 4 KiB) and, with
-#: these limits, nowhere else, so each cluster is a random access point (the first block of each
-#: track in it is a keyframe: the WebM byte stream format). Players that feed a file to Media Source
-#: Extensions need that: Firefox drops clusters that do not start so (a part cut every 5 s by
-#: FFmpeg's default limits stopped playing at 5 s). The time limit is Matroska's own: a block's
-#: time relative to its cluster is a signed 16-bit count of ms, so keyframes more than 32.767 s
-#: apart still get a cluster between them. No size limit: a cluster is at most a part, and FFmpeg
-#: holds the cluster being filled in memory as the builder holds the part's packets.
-#: Ring segments keep their short clusters (``edged.recording.segment.CLUSTER_MS``).
-WHOLE_FILE_MUX_OPTIONS = {"cluster_time_limit": "32767", "cluster_size_limit": str(2**31 - 1)}
 
 #: Matroska tags written into every part (forensic cross-reference; segments use other names).
 TAG_CLIP = "EDGED_CLIP"
@@ -433,11 +424,6 @@ def _add_streams(
     return vs, aus
 
 
-def open_whole_webm(f: BinaryIO) -> av.container.OutputContainer:
-    """A WebM muxer for a file written whole: one cluster per GOP (``WHOLE_FILE_MUX_OPTIONS``)."""
-    return av.open(f, "w", format="webm", options=WHOLE_FILE_MUX_OPTIONS)
-
-
 def _overhead(packets: int) -> int:
     return OVERHEAD_FIXED_BYTES + OVERHEAD_PER_PACKET_BYTES * packets
 
@@ -580,10 +566,13 @@ class _Builder:
                 if encoded is not None:
                     items += [(ms, vs, pkt) for ms, pkt in encoded]
                     items.sort(key=lambda i: (i[0], i[1] is not vs))
+                lead_ms = audio_block_lead_ms(aus)
                 for ms, stream, pkt in items:
                     pkt.stream = stream
                     pkt.time_base = Fraction(1, 1000)
                     pkt.pts = pkt.dts = ms
+                    if stream is vs:
+                        order_video(pkt, lead_ms)
                     out.mux(pkt)
                     audio_n += stream is not vs
             f.flush()

@@ -67,13 +67,13 @@ from edged.clips.builder import (
     _select,
     _Sources,
     measure,
-    open_whole_webm,
     video_decoder,
 )
 from edged.config.schema import CameraSettings
 from edged.core import limits
 from edged.core.files import Folder, sha256_file
 from edged.recording.encode import VideoEncoder
+from edged.recording.webm import open_whole_webm
 
 log = logging.getLogger("edged.timelapse")
 
