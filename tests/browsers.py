@@ -1,4 +1,4 @@
-"""Headless Chromium playing a file from a test HTTP server, for tests of what browsers see.
+"""Headless browsers playing a file from a test HTTP server, for tests of what browsers see.
 
 ``MediaServer`` serves a test page and media files on 127.0.0.1 (with byte ranges, as a browser
 seeks with them) and collects what the page reports back (a JSON POST to ``/report``).
@@ -7,6 +7,8 @@ pipe (``--remote-debugging-pipe``: file descriptors 3 and 4, NUL-separated JSON;
 extra client library); it enables the ``Media`` domain before navigating, so the media player's
 own log (``Media.playerMessagesLogged``: what chrome://media-internals shows, such as "Failed to
 reconcile encoded audio times with decoded output") is captured for the test to check.
+``Firefox`` runs Debian's ``firefox-esr`` headless on a fresh profile that allows autoplay and
+turns off what would reach out to the network; the page's report is all it gives.
 
 Everything waits for a state with a deadline; nothing sleeps a fixed time.
 """
@@ -99,7 +101,8 @@ if (mode === 'src') {
       sb.addEventListener('updateend', () => {
         r.buffered = ranges(sb.buffered);
         ms.endOfStream();
-        seekToMiddle();
+        if (r.buffered.length !== 1) report({error: 'buffered in pieces'});
+        else seekToMiddle();
       }, {once: true});
       sb.appendBuffer(data);
     } catch (e) { report({error: 'mse: ' + e}); }
@@ -283,28 +286,84 @@ class Chromium:
         os.close(self._from_browser)
 
 
+#: Firefox preferences: autoplay allowed; no update, telemetry, safe-browsing or portal checks.
+FIREFOX_PREFS = {
+    "media.autoplay.default": 0,
+    "media.autoplay.blocking_policy": 0,
+    "app.update.enabled": False,
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "toolkit.telemetry.reportingpolicy.firstRun": False,
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "app.normandy.enabled": False,
+    "extensions.update.enabled": False,
+}
+
+
+class Firefox:
+    """A headless Firefox ESR opened at ``url``."""
+
+    def __init__(self, workdir: Path, url: str) -> None:
+        exe = shutil.which("firefox-esr") or shutil.which("firefox")
+        if exe is None:
+            raise RuntimeError("Debian's firefox-esr is not installed (scripts/setup --test installs it)")
+        profile = Path(tempfile.mkdtemp(prefix="firefox-profile-", dir=workdir))
+        (profile / "user.js").write_text(
+            "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in FIREFOX_PREFS.items())
+        )
+        self.stderr_path = workdir / "firefox.stderr"
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [exe, "--headless", "--no-remote", "--profile", str(profile), url],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
 @contextmanager
 def play(
-    workdir: Path, files: dict[str, Path], file: str, mode: str, timeout: float = 90
-) -> Iterator[tuple[dict[str, Any], Chromium]]:
-    """Play ``file`` (one of ``files``) in a fresh headless Chromium; yield the page's report and
-    the browser (for its media messages)."""
+    workdir: Path, files: dict[str, Path], file: str, mode: str, browser: str = "chromium", timeout: float = 90
+) -> Iterator[tuple[dict[str, Any], Chromium | Firefox]]:
+    """Play ``file`` (one of ``files``) in a fresh headless ``browser`` (chromium or firefox);
+    yield the page's report and the browser (Chromium's holds its media messages)."""
     server = MediaServer(files)
-    browser = None
+    running: Chromium | Firefox | None = None
     try:
-        browser = Chromium(workdir)
-        browser.open_page(server.url(file, mode))
+        if browser == "chromium":
+            running = Chromium(workdir)
+            running.open_page(server.url(file, mode))
+        else:
+            running = Firefox(workdir, server.url(file, mode))
         deadline = time.monotonic() + timeout
         while not server.reports:
-            browser.drain()  # keep the pipe flowing while the page plays
-            if browser.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited with {browser.proc.returncode} (stderr: {browser.stderr_path})")
+            running.drain()  # keep the DevTools pipe flowing while the page plays
+            if running.proc.poll() is not None:
+                raise RuntimeError(f"{browser} exited with {running.proc.returncode} (stderr: {running.stderr_path})")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the page sent no report in {timeout:.0f} s")
+                raise TimeoutError(f"the page in {browser} sent no report in {timeout:.0f} s")
             with server._cond:
                 server._cond.wait_for(lambda: bool(server.reports), 0.2)
-        yield server.reports[0], browser
+        yield server.reports[0], running
     finally:
-        if browser is not None:
-            browser.close()
+        if running is not None:
+            running.close()
         server.close()
