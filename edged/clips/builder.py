@@ -31,11 +31,14 @@ the duration.
 Duration: ``duration_ms`` is what a server reading the file sees. WebM stores the Segment
 ``Duration`` (what ffprobe reports as the format duration and what a browser's ``video.duration``
 shows); FFmpeg's muxer sets it to the end of the last packet of *any* track, so it includes the
-audio's last Opus frame, which may run up to one Opus frame (60 ms) past the last video frame.
+audio's last Opus frame, which may run up to one Opus frame (60 ms) past the last video frame,
+and the audio's stored block times, which run the track's CodecDelay (the Opus pre-skip, 6.5 ms)
+ahead of the presentation times (the demuxer subtracts it; the Duration does not).
 The video-only figure (last video pts − first + one frame) would therefore under-state what the
 server measures. We take the larger of the container Duration and the packet span (earliest
 packet start to latest packet end, all tracks), rounded up to whole milliseconds. Parts start
-at 0 (their first keyframe) so the two agree; the max guards against a muxer that disagrees.
+at 0 (their first keyframe) so the two agree but for the CodecDelay; the max guards against a
+muxer that disagrees.
 
 Margins: parts are planned ``DURATION_MARGIN_MS`` (100 ms) under ``max_duration_ms`` including
 the audio's tail, and with the container overhead estimated per packet; the written file is
@@ -63,6 +66,7 @@ import av
 from edged.config.schema import CameraSettings
 from edged.core.files import Folder, remove_temporaries, sha256_file
 from edged.recording.encode import VideoEncoder
+from edged.recording.webm import audio_block_lead_ms, open_whole_webm, order_video
 
 log = logging.getLogger("edged.clip")
 
@@ -541,7 +545,7 @@ class _Builder:
         audio_n = 0
         with Folder.open(self.out_dir) as folder, folder.atomic(final.name) as tmp:
             f = tmp.file  # the muxer writes the temporary; verified before it takes the final name
-            with av.open(f, "w", format="webm") as out:
+            with open_whole_webm(f) as out:
                 out.metadata.update(
                     {
                         TAG_CLIP: self.name,
@@ -562,10 +566,13 @@ class _Builder:
                 if encoded is not None:
                     items += [(ms, vs, pkt) for ms, pkt in encoded]
                     items.sort(key=lambda i: (i[0], i[1] is not vs))
+                lead_ms = audio_block_lead_ms(aus)
                 for ms, stream, pkt in items:
                     pkt.stream = stream
                     pkt.time_base = Fraction(1, 1000)
                     pkt.pts = pkt.dts = ms
+                    if stream is vs:
+                        order_video(pkt, lead_ms)
                     out.mux(pkt)
                     audio_n += stream is not vs
             f.flush()

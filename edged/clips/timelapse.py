@@ -73,6 +73,7 @@ from edged.config.schema import CameraSettings
 from edged.core import limits
 from edged.core.files import Folder, sha256_file
 from edged.recording.encode import VideoEncoder
+from edged.recording.webm import open_whole_webm
 
 log = logging.getLogger("edged.timelapse")
 
@@ -315,7 +316,7 @@ def _render_once(
                 p.size = (fmt.video[1], fmt.video[2])
                 cam = dataclasses.replace(camera, width=p.size[0], height=p.size[1], fps=p.plan.fps, bitrate=bitrate)
                 p.encoder = VideoEncoder(cam)
-                p.out = av.open(f, "w", format="webm")
+                p.out = open_whole_webm(f)
                 p.out.metadata.update({TAG_CLIP: name, TAG_PART: "1", TAG_INTERVAL_MS: str(p.plan.interval_ns // MS)})
                 p.stream = p.out.add_stream_from_template(p.encoder.template)
                 p.stream.codec_context.width, p.stream.codec_context.height = p.size

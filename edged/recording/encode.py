@@ -60,6 +60,22 @@ def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
         raise EncoderError(f"{ctx.name} ignored options {sorted(ctx.options)}")
 
 
+def _publish_parameters(holder: av.container.OutputContainer) -> None:
+    """Copy each opened encoder's parameters into its template stream.
+
+    ``add_stream`` fills a stream's parameters when the stream is made, before its encoder is
+    opened; an encoder sets some only when it opens, among them libopus's pre-skip
+    (``initial_padding``), from which FFmpeg's WebM muxer writes the track's ``CodecDelay``.
+    ``add_stream_from_template`` copies the template's parameters, so without this every segment
+    lacked ``CodecDelay`` (browsers then mistime Opus; Chromium logs "Failed to reconcile encoded
+    audio times"). PyAV copies an open encoder's parameters into its stream
+    (``avcodec_parameters_from_context``) when the container's header is written: the holder's
+    header is written, into memory, and never used. Remuxes copy these parameters on from the
+    files' own tracks (the demuxer reads ``CodecDelay`` back into ``initial_padding``).
+    """
+    holder.start_encoding()
+
+
 class VideoEncoder:
     def __init__(self, cam: CameraSettings) -> None:
         self.fps = cam.fps
@@ -73,6 +89,7 @@ class VideoEncoder:
         ctx.bit_rate = cam.bitrate
         self.template.time_base = self.time_base
         _open_checked(ctx, vp8_options(cam))
+        _publish_parameters(self._holder)
         self._ctx = ctx
 
     def encode(self, frame: av.VideoFrame, pts: int, keyframe: bool) -> list[av.Packet]:
@@ -100,6 +117,7 @@ class AudioEncoder:
         ctx.time_base = self.time_base
         self.template.time_base = self.time_base
         _open_checked(ctx, opus_options(aud))
+        _publish_parameters(self._holder)
         self._ctx = ctx
 
     @property

@@ -16,6 +16,7 @@ import av
 
 from edged.core.files import Folder, fsync_dir
 from edged.recording.segment import PART_SUFFIX
+from edged.recording.webm import audio_block_lead_ms, order_video
 
 #: What salvage's temporary was called before edged.core.files made every temporary (still cleaned up).
 LEGACY_SALVAGE_SUFFIX = ".salvage"
@@ -69,6 +70,7 @@ def _copy_until_broken(src: av.container.InputContainer, out_file: BinaryIO) -> 
                 decoders[s.index] = av.CodecContext.create(s.codec_context.name, "r")
                 if s.codec_context.extradata:
                     decoders[s.index].extradata = s.codec_context.extradata
+        lead_ms = audio_block_lead_ms(next((o for o in mapping.values() if isinstance(o, av.AudioStream)), None))
         try:
             for packet in src.demux():
                 if packet.size == 0 or packet.stream.index not in mapping:
@@ -85,6 +87,8 @@ def _copy_until_broken(src: av.container.InputContainer, out_file: BinaryIO) -> 
                     frames += 1
                 else:
                     audio += 1
+                if packet.stream.type == "video":
+                    order_video(packet, lead_ms)
                 packet.stream = mapping[packet.stream.index]
                 out.mux(packet)
         except av.FFmpegError as exc:

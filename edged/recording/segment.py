@@ -24,6 +24,7 @@ import av
 
 from edged.core.files import fsync_dir, sha256_file
 from edged.core.timefmt import compact
+from edged.recording.webm import audio_block_lead_ms, order_video
 
 PART_SUFFIX = ".part"
 SUFFIX = ".webm"
@@ -132,6 +133,7 @@ class SegmentWriter:
                 actx.sample_rate, actx.layout = aenc.sample_rate, aenc.layout
                 actx.extradata = audio_extradata
                 self._audio.time_base = Fraction(1, 1000)
+            self._lead_ms = audio_block_lead_ms(self._audio)
         except BaseException:
             self._file.close()
             raise
@@ -154,7 +156,7 @@ class SegmentWriter:
         assert packet.pts is not None, "encoded packets carry their pts"
         self.last_video_pts = packet.pts
         packet.pts -= self._video_origin
-        packet.dts = packet.pts
+        order_video(packet, self._lead_ms)
         packet.stream = self._video
         mux.mux(packet)
         self.video_frames += 1

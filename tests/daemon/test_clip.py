@@ -29,6 +29,9 @@ S = 1_000_000_000
 MS = 1_000_000
 FRAME = 100 * MS  # 10 fps
 OPUS_FRAME_MS = 60
+#: The WebM Duration counts the audio blocks' stored times, which run CodecDelay (the Opus
+#: pre-skip, 6.5 ms: 7 in ms) ahead of the presentation times the demuxer returns.
+OPUS_CODEC_DELAY_MS = 7
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def check_parts(parts: list[ClipPart], sources, start: int, end: int, max_bytes:
         assert frames == len(tl.video)
         # The measured duration is the video plus at most one Opus frame of audio tail.
         video_ms = (tl.video[-1] - tl.video[0] + FRAME) // MS
-        assert video_ms <= p.duration_ms <= video_ms + OPUS_FRAME_MS
+        assert video_ms <= p.duration_ms <= video_ms + OPUS_FRAME_MS + OPUS_CODEC_DELAY_MS
         got_video += tl.video
         got_audio += tl.audio
     assert got_video == want_video, "each video packet of the window in exactly one part, in place"
@@ -133,7 +136,7 @@ def test_window_in_the_middle_is_one_part_from_the_keyframe_at_or_before_the_sta
     assert frames == 313  # 20.0 s .. 51.2 s at 10 fps
     last = part_timeline(p).video[-1]
     assert end - FRAME <= last < end  # ends at the wanted end (within a frame)
-    assert 31_300 <= p.duration_ms <= 31_300 + OPUS_FRAME_MS
+    assert 31_300 <= p.duration_ms <= 31_300 + OPUS_FRAME_MS + OPUS_CODEC_DELAY_MS
     assert p.source_seqs == tuple(s.seq for s in sources[4:11])  # 20 s .. 55 s
     assert not p.reencoded and p.mismatched_seqs == ()
     no_leftovers(tmp_path)

@@ -326,8 +326,9 @@ def test_regular_recall_of_real_footage_is_delivered_remuxed_bit_identical(real,
     part = Path(cam["urls"][0])
     assert part.parent == rig.settings.delivery_dir / "recall-r-real" and part.exists()
     assert (rig.paths.clips / "recall-r-real" / part.name).read_bytes() == part.read_bytes()
-    # From the keyframe 50 ms before the start to the end: 601 frames at 10 fps, 60.1 s (+ audio tail).
-    assert 60_100 <= cam["parts"][0]["duration_ms"] <= 60_100 + 60
+    # From the keyframe 50 ms before the start to the end: 601 frames at 10 fps, 60.1 s (+ audio
+    # tail: up to one 60 ms Opus frame, and the 7 ms CodecDelay the stored audio times carry).
+    assert 60_100 <= cam["parts"][0]["duration_ms"] <= 60_100 + 60 + 7
     frames, samples = decode_all(part)
     assert frames == 601 and samples > 0
     # Remux: the part's video packets are the source's, byte for byte, in order, none missing.
