@@ -33,6 +33,7 @@ from edged.events.store import EventStore
 from edged.footage.index import Index, IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
 from edged.recall.service import RecallService
+from edged.recording.audio_gate import MuteResult
 from edged.recording.clock import RecordingClock
 from edged.recording.reconcile import reconcile
 from edged.recording.recorder import STALL_S, Recorder
@@ -216,6 +217,7 @@ class Daemon:
         # One footage job runner for marks and recalls, on the recording's clock.
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
         events = EventManager(s, events_store, jobs)
+        events.audio_gate = recorder.gate
         try:
             button, feedback = from_settings(s.gpio, self._button_pressed, pin_factory=self.pin_factory)
         except GpioError as exc:  # recording matters more than the button: run without it, loudly
@@ -233,6 +235,7 @@ class Daemon:
             {
                 "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
                 "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
+                "mute": lambda req: self._mute_answer(str(req.get("set", "toggle"))),
                 "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
                 **recall.control_handlers(),
             },
@@ -330,7 +333,7 @@ class Daemon:
                 st.outbox.set_targets(running.upload.targets)
                 st.uploader = self._new_uploader(st.outbox, running, targets)
                 st.uploader.start()
-            st.recorder.reconfigure(running)
+            st.recorder.reconfigure(running)  # audio.pre_event at once, the encoders at the next segment
             st.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
             st.events.configure(running)
             st.recall.configure(running)
@@ -365,6 +368,25 @@ class Daemon:
                 event_id=result.event_id,
             )
         return result
+
+    def set_mute(self, on: bool, source: str = "cli") -> MuteResult:
+        """Mute or unmute the sound being recorded now (``edged.recording.audio_gate`` says what a
+        mute does and when it ends by itself)."""
+        result = self._running().recorder.gate.set_muted(on)
+        if result.refused:
+            log.warning("AUDIO mute (%s) not taken: %s", source, result.refused)
+        else:
+            log.warning("AUDIO %s (%s)", "MUTED" if result.muted else "unmuted", source)
+        return result
+
+    def toggle_mute(self, source: str = "button") -> MuteResult:
+        """Mute if sound is being recorded, else unmute (the button gesture "mute")."""
+        return self.set_mute(not self._running().recorder.gate.muted(), source)
+
+    def _mute_answer(self, what: str) -> dict[str, object]:
+        result = self.toggle_mute("cli") if what == "toggle" else self.set_mute(what == "on")
+        off = self._running().recorder.gate.off_now()
+        return {"muted": result.muted, "refused": result.refused, "audio": off or "recording"}
 
     def _button_pressed(self) -> None:
         self.mark("button")
@@ -410,6 +432,7 @@ class Daemon:
             updated=time.time(),
             config=self.settings.origin,
             events_open=len(st.events_store.events(EventState.OPEN)),
+            audio=(st.recorder.gate.off_now() or "recording") if rs.audio_source else None,
             outbox=st.outbox.counts(),
             outbox_resends=st.outbox.resends(),
             uploads=st.uploader.status(),
