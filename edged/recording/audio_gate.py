@@ -18,9 +18,10 @@ encoder of the recording (``encode.py`` says why it is never restarted) runs on.
 keeps the same unbroken audio track: A/V sync and segment joins stay exact, and players, the clip
 builder, the MP4 and audio-only exports need no special case. Opus spends its constant 64 kbps on
 the zeros; the ring's size does not change. (Without packets, a gap would need the encoder flushed
-and restarted, with its priming, at every switch: exactly what ``encode.py`` avoids.) A decoder
-plays the first 20-40 ms after a switch to silence as the fading tail of the sound before it (the
-codec's de-emphasis), never as sound from after the switch.
+and restarted, with its priming, at every switch: exactly what ``encode.py`` avoids.) After a
+switch to silence, a decoder plays the Opus frame holding the switch fading out the sound before
+it, then the codec's own residue below -50 dBFS, then digital silence (exact zeros) within a
+second: made from what the encoder heard before the switch, never from sound after it.
 
 **Exact instants.** An event's window is known at the press (and at each press extending it), so
 the gate opens and closes it at those sample instants itself, instead of whenever the events

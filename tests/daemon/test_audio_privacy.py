@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import av
@@ -22,6 +21,7 @@ import numpy as np
 
 from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
+from edged.core.timefmt import iso, parse_iso_ns
 from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.recording.encode import OPUS_FRAME_MS
@@ -29,12 +29,16 @@ from tests.helpers import packets, wait_until
 
 SMALL = {"width": 320, "height": 180, "bitrate": 120_000}
 MS = 1_000_000
+S = 1_000_000_000
 #: The switch lands within one 20 ms Opus frame of the press (the brief's bound).
 SWITCH_MS = 20
-#: After a switch to silence a decoder plays the codec's fading tail of the sound before it.
+#: After a switch to silence the Opus frame holding the switch fades the sound before it out.
 TAIL_MS = 60
-#: -60 dBFS: below it is silence to a listener; exact zeros are digital silence.
+#: -60 dBFS: where sound starts (an onset is searched for after digital silence).
 QUIET = 1e-3
+#: -50 dBFS: the codec's residue after the fade-out stays below it (measured: at most -59.6 dBFS)
+#: until it reaches digital silence (exact zeros) within a second.
+RESIDUE = 10 ** (-50 / 20)
 #: The synthetic tone is 440 Hz at 1/8 of full scale: far above this in every 100 ms.
 TONE = 0.05
 
@@ -150,11 +154,16 @@ def test_video_only_until_the_press_then_sound_from_its_sample(settings_factory)
         storage={"segment_seconds": 2.0},
     )
     assert s.audio.pre_event is False, "the default is video only before a press"
-    d, t = run_in_thread(s, stop_after_s=12)
+    d, t = run_in_thread(s, stop_after_s=16)
     wait_until(lambda: frames(d) >= 50, 30, "5 s of footage")
     assert d.status().audio == "pre-event"
     result = d.mark("cli")
     wait_until(lambda: d.status().audio == "recording", 5, "sound on after the press")
+    # A recall of the minute up to 1.5 s after the press says the same of its sound.
+    offset = d.recorder.best_offset_ns()
+    recall_end = d.recorder.timeline_now_ns() + offset + 1_500 * MS
+    d.recall.submit({"start_time": iso(recall_end - 60 * S), "duration": 1, "recall_type": "regular"}, "audio")
+    wait_until(lambda: (d.recall.status("audio") or {}).get("audio"), 30, "recall built")
     t.join(60)
     wait_until(lambda: built(s.state_dir, result.event_id), 1, "clip built")  # built before the stop ended
     press = EventStore(StatePaths(s.state_dir).events).marks(result.event_id)[0].mono_ns
@@ -170,7 +179,7 @@ def test_video_only_until_the_press_then_sound_from_its_sample(settings_factory)
     assert track.tone_throughout(press + SWITCH_MS * MS, end - SWITCH_MS * MS)
     # After the post-roll: the codec's tail, then silence; digital silence once it has faded.
     assert track.peak(end - 100 * MS, end - SWITCH_MS * MS) > TONE
-    assert track.peak(end + TAIL_MS * MS, end + 1_000 * MS) < QUIET
+    assert track.peak(end + TAIL_MS * MS, end + 1_000 * MS) < RESIDUE
     after = track.samples(end + 1_000 * MS, track.end)
     assert len(after) > 48_000 and not after.any(), "sound stored after the post-roll"
 
@@ -186,6 +195,14 @@ def test_video_only_until_the_press_then_sound_from_its_sample(settings_factory)
     clip_start = gaps[0].end_mono_ns - first["end_ms"] * MS  # the clip's first frame on the timeline
     assert abs(clip_start + last["start_ms"] * MS - end) <= MS
     assert audio["not_recorded_ms"] == first["end_ms"] - first["start_ms"] + last["end_ms"] - last["start_ms"]
+
+    status = json.loads((s.state_dir / "recall-status" / "recall-audio.json").read_text())
+    recalled = manifest(s.state_dir, "recall-audio")["audio"]
+    assert status["audio"]["recorded"] == recalled["recorded"] == "partial"
+    assert status["audio"]["not_recorded_ms"] == recalled["not_recorded_ms"] > 4_000
+    span = recalled["not_recorded"][0]  # from the recording's start to the press
+    assert span["reason"] == "pre-event" and span["start_ms"] == 0
+    assert abs(parse_iso_ns(span["wall_end"]) - (gaps[0].end_mono_ns + offset)) < 2 * MS
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -234,7 +251,7 @@ def test_mute_and_unmute_during_an_event(settings_factory, tmp_path):
 
     track = Track(s.state_dir)
     assert track.tone_throughout(press + SWITCH_MS * MS, mute - SWITCH_MS * MS)
-    assert track.peak(mute + TAIL_MS * MS, unmute - SWITCH_MS * MS) < QUIET
+    assert track.peak(mute + TAIL_MS * MS, unmute - SWITCH_MS * MS) < RESIDUE
     assert not track.samples(mute + 1_000 * MS, unmute - SWITCH_MS * MS).any(), "sound stored while muted"
     onset = track.first_loud(unmute - 500 * MS, unmute + 500 * MS)
     assert onset is not None and abs(onset - unmute) <= SWITCH_MS * MS, (onset, unmute)
