@@ -143,7 +143,9 @@ def test_spans_are_written_at_switches_only_and_survive_a_restart(tmp_path: Path
 
 
 def seg(seq: int, boot: str, start: int, audio_packets: int = 100) -> Segment:
-    return Segment(seq, f"{seq}.webm", "final", boot, start, start, True, 10 * S, 1, 100, audio_packets, "x", "", start, False)
+    return Segment(
+        seq, f"{seq}.webm", "final", boot, start, start, True, 10 * S, 1, 100, audio_packets, "x", "", start, False
+    )
 
 
 def part(number: int, start: int, seconds: int, seqs: tuple[int, ...], wall_offset: int = 0) -> PlacedPart:
