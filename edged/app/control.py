@@ -83,6 +83,7 @@ class Arg:
 COMMANDS: dict[str, dict[str, Arg]] = {
     "mark": {"note": Arg(str, MAX_NOTE)},
     "status": {},
+    "mute": {"set": Arg(str, pattern=re.compile("on|off|toggle"), form='"on", "off" or "toggle"')},
     "outbox_retry": {
         "id": Arg(
             str,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edged.app.control import ControlServer
-from edged.app.gpio import DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
+from edged.app.gpio import ActionRefused, DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
 from edged.capture.gps import GpsdPosition
@@ -35,6 +35,7 @@ from edged.events.store import EventStore
 from edged.footage.index import Index, IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
 from edged.recall.service import RecallService
+from edged.recording.audio_gate import MuteResult
 from edged.recording.clock import RecordingClock
 from edged.recording.reconcile import reconcile
 from edged.recording.recorder import STALL_S, Recorder
@@ -237,6 +238,7 @@ class Daemon:
             else None
         )
         events = EventManager(s, events_store, jobs, position)
+        events.audio_gate = recorder.gate
         try:
             button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)
         except GpioError as exc:  # recording matters more than the button: run without it, loudly
@@ -254,6 +256,7 @@ class Daemon:
             {
                 "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
                 "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
+                "mute": lambda req: self._mute_answer(str(req.get("set", "toggle"))),
                 "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
                 **recall.control_handlers(),
             },
@@ -356,7 +359,7 @@ class Daemon:
                 st.outbox.set_targets(running.upload.targets)
                 st.uploader = self._new_uploader(st.outbox, running, targets)
                 st.uploader.start()
-            st.recorder.reconfigure(running)
+            st.recorder.reconfigure(running)  # audio.pre_event at once, the encoders at the next segment
             st.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
             st.events.configure(running)
             st.recall.configure(running)
@@ -392,11 +395,40 @@ class Daemon:
             )
         return result
 
+    def set_mute(self, on: bool, source: str = "cli") -> MuteResult:
+        """Mute or unmute the sound being recorded now (``edged.recording.audio_gate`` says what a
+        mute does and when it ends by itself)."""
+        result = self._running().recorder.gate.set_muted(on)
+        if result.refused:
+            log.warning("AUDIO mute (%s) not taken: %s", source, result.refused)
+        else:
+            log.warning("AUDIO %s (%s)", "MUTED" if result.muted else "unmuted", source)
+        return result
+
+    def toggle_mute(self, source: str = "button") -> MuteResult:
+        """Mute if sound is being recorded, else unmute (the button gesture "mute")."""
+        return self.set_mute(not self._running().recorder.gate.muted(), source)
+
+    def _mute_answer(self, what: str) -> dict[str, object]:
+        result = self.toggle_mute("cli") if what == "toggle" else self.set_mute(what == "on")
+        off = self._running().recorder.gate.off_now()
+        return {"muted": result.muted, "refused": result.refused, "audio": off or "recording"}
+
     def _gesture(self, action: str) -> None:
-        """A button gesture's action (edged.app.gpio): "mark", or toggle_mute / toggle_panic, which
-        return the new state (True: muted / panic set) and raise to refuse; acknowledged by ``perform``."""
-        run = (lambda: self.mark("button")) if action == "mark" else getattr(self, f"toggle_{action}", None)
-        perform(action, run, self._running().feedback)
+        """A button gesture's action (edged.app.gpio), acknowledged by ``perform``: "mark"; "mute"
+        and "panic" return the new state (True: muted / panic set) and raise to refuse."""
+        actions: dict[str, Callable[[], object] | None] = {
+            "mark": lambda: self.mark("button"),
+            "mute": self._mute_by_button,
+            "panic": getattr(self, "toggle_panic", None),
+        }
+        perform(action, actions.get(action), self._running().feedback)
+
+    def _mute_by_button(self) -> bool:
+        result = self.toggle_mute("button")
+        if result.refused:
+            raise ActionRefused(result.refused)
+        return result.muted
 
     def _link_changed(self, what: str = "") -> None:
         self.uploader.on_link_change(what)
@@ -439,6 +471,7 @@ class Daemon:
             updated=time.time(),
             config=self.settings.origin,
             events_open=len(st.events_store.events(EventState.OPEN)),
+            audio=(st.recorder.gate.off_now() or "recording") if rs.audio_source else None,
             outbox=st.outbox.counts(),
             outbox_resends=st.outbox.resends(),
             uploads=st.uploader.status(),

@@ -610,6 +610,10 @@ class Feedback:
                     dev.close()
 
 
+class ActionRefused(Exception):
+    """The daemon declined a gesture's action (e.g. mute with no event open): the wearer hears "no"."""
+
+
 def perform(action: str, run: Callable[[], object] | None, feedback: Feedback) -> None:
     """Run one gesture action and acknowledge it. ``run`` is None where this build has no such
     action; for "mark" it marks (the mark acknowledges itself through ``EventManager.on_mark``, as

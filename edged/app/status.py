@@ -45,6 +45,8 @@ class DaemonStatus:
     #: where the settings in force came from
     config: str = ""
     events_open: int = 0
+    #: sound now: "recording", "pre-event" (no event, audio.pre_event off), "muted"; None: no microphone
+    audio: str | None = None
     #: deliveries per state
     outbox: dict[str, int] = field(default_factory=dict)
     outbox_resends: int = 0

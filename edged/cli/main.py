@@ -379,6 +379,21 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mute(args: argparse.Namespace) -> int:
+    from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
+
+    settings = _settings_or_exit(args.config)
+    try:
+        answer = request(StatePaths(settings.state_dir).control, {"cmd": "mute", "set": args.state or "toggle"})
+    except ControlError as exc:
+        fail(str(exc))
+    if answer.get("refused"):
+        fail(f"not muted: {answer['refused']}")
+    say(f"audio {'muted' if answer.get('muted') else 'unmuted'} (sound now: {answer.get('audio')})")
+    return 0
+
+
 def _open_clip_stores(settings: config_mod.Settings):
     from edged.core.paths import StatePaths
     from edged.events.store import EventStore
@@ -581,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(mk)
     mk.add_argument("--note", type=note_arg, help=f"free text stored with the mark (at most {MAX_NOTE} characters)")
     mk.set_defaults(func=cmd_mark)
+
+    mu = sub.add_parser("mute", help="mute or unmute the sound being recorded (no argument: toggle)")
+    _config_option(mu)
+    mu.add_argument("state", nargs="?", choices=("on", "off"), help="on: mute; off: unmute (default: toggle)")
+    mu.set_defaults(func=cmd_mute)
 
     clips = sub.add_parser("clips", help="clips built from marked events")
     clips_sub = clips.add_subparsers(dest="clips_command", required=True)

@@ -221,6 +221,13 @@ class AudioSettings:
     )
     sample_rate: int = _rule(48_000, choices=None, lo=8_000, hi=48_000, trust=TUNABLE, unsigned=SyncedBound(lo=16_000))
     channels: int = _rule(1, lo=1, hi=2, trust=TUNABLE)
+    # Signed both ways: on, it keeps bystanders' sound; off, it keeps less evidence.
+    pre_event: bool = _rule(
+        False,
+        live=True,
+        trust=SIGNED,
+        doc="record sound while no event is open (off: video only until a press, as Axon's default)",
+    )
 
 
 def _default_storage_dir() -> str:

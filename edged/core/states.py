@@ -49,6 +49,22 @@ class RecallState(StrEnum):
     REJECTED = "rejected"  # answered, never stored
 
 
+class AudioOff(StrEnum):
+    """Why a span of the recording holds no sound (``footage.index``'s ``audio_gaps``, manifests)."""
+
+    PRE_EVENT = "pre-event"  # no event open and ``audio.pre_event`` off: video only, audio from the press
+    MUTED = "muted"  # the wearer muted it (``edged mute``, a button gesture)
+
+
+class AudioRecorded(StrEnum):
+    """Whether a clip's audio was recorded (its manifest, a recall's status)."""
+
+    RECORDED = "recorded"  # sound throughout
+    PARTIAL = "partial"  # sound in parts; the manifest lists the spans without
+    NONE = "none"  # no sound at all (pre-event, muted, no microphone, a timelapse)
+    UNKNOWN = "unknown"  # footage recorded before the spans were kept (an older edged, a rebuilt index)
+
+
 class DeliveryState(StrEnum):
     """One part to one target (``outbox.sqlite``)."""
 

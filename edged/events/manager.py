@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.capture.position import PositionSource, fix_doc, position_doc
+from edged.clips.audio import audio_manifest
 from edged.clips.builder import ClipError, build_clip
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
 from edged.clips.window import BootWindow
@@ -37,6 +38,7 @@ from edged.core.states import EventState
 from edged.core.timefmt import iso
 from edged.events.store import HOLD_PREFIX, Event, EventStore, Mark
 from edged.footage.index import Segment
+from edged.recording.audio_gate import AudioGate
 from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_MARK
 
@@ -73,6 +75,8 @@ class EventManager:
         self.position = position
         self._lock = threading.Lock()
         self.on_mark: Callable[[], None] | None = None  # feedback hook (LED blink, beep)
+        #: the recorder's audio privacy gate: sound from each press to the end of its post-roll
+        self.audio_gate: AudioGate | None = None
 
     @property
     def clock(self) -> RecordingClock:
@@ -89,6 +93,8 @@ class EventManager:
         for e in self.store.events():
             job = event_job(e)
             if e.state == EventState.OPEN:
+                if self.audio_gate is not None and e.boot_id == self.clock.boot_id:  # its post-roll's sound
+                    self.audio_gate.open_event(e.start_mono_ns + e.pre_roll_ns, e.end_mono_ns)
                 self.jobs.recover(job, partial(self._built, e))
             elif e.state == EventState.BUILT and not self.jobs.delivered(job):
                 self.jobs.recover(job)
@@ -113,6 +119,8 @@ class EventManager:
         clips, clock = self.settings.clips, self.clock
         with self._lock:
             now = clock.timeline_now_ns()
+            if self.audio_gate is not None:  # first: sound from this very sample
+                self.audio_gate.open_event(now, now + round(clips.post_roll_seconds * 1e9))
             where = position_doc(self.position)  # never waits: the source answers from memory
             mark = Mark(now, now + clock.wall_offset_ns(), clock.clock_synced(), source, note, where)
             open_events = [e for e in self.store.events(EventState.OPEN) if e.boot_id == clock.boot_id]
@@ -271,6 +279,7 @@ class EventManager:
             **self._track(first + offset, end + offset),
             "source_segments": [{"name": s.name, "seq": s.seq, "sha256": s.sha256, "state": s.state} for s in segs],
             "parts": [p.entry() for p in parts],
+            "audio": audio_manifest(self.jobs.index, parts, segs),
         }
 
     def _track(self, wall_start_ns: int, wall_end_ns: int) -> dict[str, Any]:

@@ -7,6 +7,11 @@ States of a segment row:
   evicted   deleted by the ring buffer to make room (the row stays: "footage overwritten")
   lost      the file vanished or could not be recovered
 
+*Audio gaps* are the spans of a boot's timeline whose sound was not recorded (``recording.audio_gate``:
+no event open with ``audio.pre_event`` off, or muted), one row per span, written only when the
+gate switches; an open span has no end yet. *Audio kept* says from when a boot's gaps are known
+(footage before it, of an older edged or an index rebuilt from the folder, is "unknown").
+
 A *hold* protects a segment from eviction; several owners may hold the same segment (a marked
 clip, an upload waiting, a recall). A *range hold* protects every segment of a boot that overlaps
 a monotonic time range, including segments not yet recorded (an event's post-roll). Holds are
@@ -64,6 +69,18 @@ CREATE TABLE IF NOT EXISTS boot_clock (
     synced         INTEGER NOT NULL,
     updated_mono_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audio_gaps (
+    id            INTEGER PRIMARY KEY,
+    boot_id       TEXT NOT NULL,
+    start_mono_ns INTEGER NOT NULL,
+    end_mono_ns   INTEGER,
+    reason        TEXT NOT NULL CHECK (reason IN ('pre-event','muted'))
+);
+CREATE INDEX IF NOT EXISTS audio_gaps_boot ON audio_gaps(boot_id, start_mono_ns);
+CREATE TABLE IF NOT EXISTS audio_kept (
+    boot_id      TEXT PRIMARY KEY,
+    from_mono_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS clock_steps (
     id               INTEGER PRIMARY KEY,
     boot_id          TEXT NOT NULL,
@@ -116,6 +133,17 @@ class Segment:
     @property
     def best_wall_end_ns(self) -> int:
         return self.best_wall_start_ns + self.duration_ns
+
+
+@dataclass(frozen=True, slots=True)
+class AudioGap:
+    """A span of one boot's timeline recorded without sound, and why (``core.states.AudioOff``)."""
+
+    boot_id: str
+    start_mono_ns: int
+    #: None: still open (being recorded, or the run ended within it)
+    end_mono_ns: int | None
+    reason: str
 
 
 #: SQL: is segment ``s`` held, by a per-segment hold or by a time range it overlaps?
@@ -365,6 +393,47 @@ class Index(Store):
     def release_range(self, owner: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM range_holds WHERE owner=?", (owner,))
+
+    # --- audio gaps ---------------------------------------------------------------------------
+
+    def audio_kept_from(self, boot_id: str, mono_ns: int) -> None:
+        """The audio gate of ``boot_id`` runs from ``mono_ns`` (the first run of the boot counts);
+        gaps of boots with no footage left are dropped (the table stays as small as the ring)."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO audio_kept VALUES (?, ?)", (boot_id, mono_ns))
+            live = "SELECT boot_id FROM segments WHERE state IN ('writing','final','salvaged')"
+            db.execute(f"DELETE FROM audio_gaps WHERE boot_id != ? AND boot_id NOT IN ({live})", (boot_id,))
+            db.execute(f"DELETE FROM audio_kept WHERE boot_id != ? AND boot_id NOT IN ({live})", (boot_id,))
+
+    def audio_switch(self, boot_id: str, mono_ns: int, reason: str | None) -> None:
+        """At ``mono_ns`` the open gap of the boot (if any) ends and, with a ``reason``, a new one
+        begins: one transaction, written only when the gate switches."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE audio_gaps SET end_mono_ns = MAX(start_mono_ns, ?) WHERE boot_id=? AND end_mono_ns IS NULL",
+                (mono_ns, boot_id),
+            )
+            if reason is not None:
+                db.execute(
+                    "INSERT INTO audio_gaps (boot_id, start_mono_ns, end_mono_ns, reason) VALUES (?,?,NULL,?)",
+                    (boot_id, mono_ns, reason),
+                )
+
+    def audio_gaps(self, boot_id: str, start_mono_ns: int, end_mono_ns: int) -> list[AudioGap]:
+        """The boot's gaps overlapping [start, end), in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT boot_id, start_mono_ns, end_mono_ns, reason FROM audio_gaps WHERE boot_id=?"
+                " AND start_mono_ns < ? AND (end_mono_ns IS NULL OR end_mono_ns > ?) ORDER BY start_mono_ns, id",
+                (boot_id, end_mono_ns, start_mono_ns),
+            ).fetchall()
+        return [AudioGap(*r) for r in rows]
+
+    def audio_known_from(self, boot_id: str) -> int | None:
+        """From when the boot's audio gaps are known (None: not at all)."""
+        with self._lock:
+            r = self._db.execute("SELECT from_mono_ns FROM audio_kept WHERE boot_id=?", (boot_id,)).fetchone()
+        return r[0] if r else None
 
     # --- clock ------------------------------------------------------------------------------
 

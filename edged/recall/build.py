@@ -92,7 +92,9 @@ def manifest(
     parts: Sequence[PlacedPart],
     footage: dict[str, Any],
     tl: Timelapse | None,
+    audio: dict[str, Any],
 ) -> dict[str, Any]:
+    """``audio``: the clip's ``audio`` section (``edged.clips.audio``)."""
     req, dev = rec.request, settings.device
     return {
         "clip_id": req.clip_id,
@@ -117,6 +119,7 @@ def manifest(
             for s in used
         ],
         "parts": [p.entry() for p in parts],
+        "audio": audio,
     }
 
 

@@ -63,6 +63,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from edged.clips.audio import audio_manifest, timelapse_audio
 from edged.clips.builder import ClipError
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
 from edged.clips.timelapse import Interrupted, Timelapse
@@ -390,7 +391,9 @@ class RecallService:
                 self._fail(rec, f"recall not built: internal error {exc!r}", footage)
                 return None
             took.update(wall_s=round(time.monotonic() - t0, 3), thread_cpu_s=round(time.thread_time() - c0, 3))
-            return Clip(tuple(parts), build.manifest(self.settings, rec, used, parts, footage, tl), rec.created_ns)
+            audio = timelapse_audio() if tl is not None else audio_manifest(self.jobs.index, parts, used)
+            manifest = build.manifest(self.settings, rec, used, parts, footage, tl, audio)
+            return Clip(tuple(parts), manifest, rec.created_ns)
 
         def mark_built(clip: Clip | None) -> None:
             if clip is None:
@@ -401,6 +404,7 @@ class RecallService:
                 "footage": footage,
                 "build": took,
                 "timelapse": clip.manifest["timelapse"],
+                "audio": {k: v for k, v in clip.manifest["audio"].items() if k != "not_recorded"},
             }
             self._mark_built(rec, detail)
             log.warning(

@@ -66,6 +66,8 @@ def document(rec: Recall, device: DeviceSettings, outbox: Outbox) -> dict[str, A
         "progress": rec.detail.get("progress"),
     }
     doc["footage"] = rec.detail.get("footage")
+    if rec.detail.get("audio"):  # recorded / partial / none / unknown, and how long without sound
+        doc["audio"] = rec.detail["audio"]
     if rec.detail.get("timelapse"):
         doc["timelapse"] = {k: v for k, v in rec.detail["timelapse"].items() if k != "frame_offsets_ms"}
     parts, found = [], []

@@ -52,6 +52,11 @@ def opus_options(aud: AudioSettings) -> dict[str, str]:
     return {"vbr": "off", "application": "audio", "frame_duration": str(OPUS_FRAME_MS)}
 
 
+def encoder_settings(aud: AudioSettings) -> tuple[int, int, int]:
+    """What the Opus encoder is built from: a change of anything else (``pre_event``) keeps it."""
+    return (aud.bitrate, aud.sample_rate, aud.channels)
+
+
 def _open_checked(ctx: av.CodecContext, options: dict[str, str]) -> None:
     ctx.options = dict(options)
     ctx.open()

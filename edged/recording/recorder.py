@@ -30,7 +30,8 @@ from edged.core.files import sha256_file
 from edged.core.journal import Msg, log_event
 from edged.footage.index import Index
 from edged.footage.ring import RingBuffer, Room
-from edged.recording.encode import AudioEncoder, VideoEncoder
+from edged.recording.audio_gate import AudioGate, split
+from edged.recording.encode import AudioEncoder, VideoEncoder, encoder_settings
 from edged.recording.salvage import salvage
 from edged.recording.segment import SegmentStart, SegmentWriter, inspect
 
@@ -118,6 +119,9 @@ class Recorder:
         )
         self.venc = VideoEncoder(cam)
         self.aenc = AudioEncoder(aud) if afactory else None
+        #: audio privacy: what sound may be stored (``audio_gate``); the events stage and the
+        #: daemon tell it about events and mutes
+        self.gate = AudioGate(aud.pre_event, self.watch.boot_id, self.timeline_now_ns, index)
         # Media-time state.
         self._origin: float | None = None  # source time of the first frame (media t = 0)
         self._mono_anchor_ns = 0  # monotonic ns of media t = 0
@@ -222,6 +226,7 @@ class Recorder:
             self._video_thread.join(timeout=5)
             if self._audio_thread:
                 self._audio_thread.join(timeout=5)
+            self.gate.flush()
 
     def _loop(self) -> None:
         st = self.status
@@ -274,6 +279,8 @@ class Recorder:
                 if self.paced
                 else max(self.clock.monotonic_ns(), self.index.boot_end_ns(self.watch.boot_id))
             )
+            if self.aenc is not None:
+                self.gate.begin(self._mono_anchor_ns)
         n = round((v.time - self._origin) * self.fps)
         if self._last_n is not None:
             if n <= self._last_n:
@@ -357,11 +364,28 @@ class Recorder:
                     self._audio_next = None
                     continue
                 self._audio_pending = item
-            a = self._audio_pending
-            if a.time > until:
+            if not self._encode_pending(until):
                 return
-            self._audio_pending = None
-            self._encode_audio(a)
+
+    def _encode_pending(self, until: float) -> bool:
+        """Encode the pending block up to ``until`` (source time); True when all of it went.
+
+        No sample later than the frame being encoded: a press or a mute taken now lands on its own
+        sample (``audio_gate``); the rest of the block waits for the next frame."""
+        a = self._audio_pending
+        assert a is not None, "a block is pending"
+        rate = a.frame.sample_rate
+        k = round((until - a.time) * rate)
+        if k <= 0:
+            return False
+        if k < a.frame.samples:
+            head, tail = split(a.frame, k)
+            self._audio_pending = AudioSample(tail, a.time + k / rate)
+            self._encode_audio(AudioSample(head, a.time))
+            return False
+        self._audio_pending = None
+        self._encode_audio(a)
+        return True
 
     def _encode_audio(self, a: AudioSample) -> None:
         if self._origin is None or a.time < self._origin:
@@ -376,11 +400,12 @@ class Recorder:
             return
         pts = self._audio_next
         self._audio_next += a.frame.samples
+        frame = self.gate.admit(a.frame, self._mono_of(pts / rate))
         if self._cur is None and self._closing is None:
             return
         assert self.aenc is not None, "audio samples come only with an audio encoder"
         try:
-            for p in self.aenc.encode(a.frame, pts):
+            for p in self.aenc.encode(frame, pts):
                 self._route_audio(p)
         except STORAGE_ERRORS as exc:
             self._write_failed(exc)
@@ -389,7 +414,9 @@ class Recorder:
 
     def reconfigure(self, settings: Settings) -> None:
         """New live settings (a synced config): bitrates and storage limits take effect at the next
-        segment start, where the encoders are replaced (each segment starts on a keyframe anyway)."""
+        segment start, where the encoders are replaced (each segment starts on a keyframe anyway);
+        ``audio.pre_event`` at once (the audio gate's, not the encoder's)."""
+        self.gate.set_pre_event(settings.audio.pre_event)
         with self._boundary_lock:
             self._pending_settings = settings
 
@@ -403,7 +430,7 @@ class Recorder:
             for p in self.venc.flush():  # what the old encoder still holds belongs to the old segment
                 self._route_video(p)
             self.venc = VideoEncoder(new.camera)
-        if self.aenc is not None and new.audio != old.audio:
+        if self.aenc is not None and encoder_settings(new.audio) != encoder_settings(old.audio):
             for p in self.aenc.flush():
                 self._route_audio(p)
             self.aenc = AudioEncoder(new.audio)
@@ -606,6 +633,8 @@ class Recorder:
         if self._cur is None and self._closing is None:
             return
         try:
+            if self._audio_pending is not None and self._origin is not None and self._last_n is not None:
+                self._encode_pending(self._origin + (self._last_n + 1) / self.fps)  # the last frame's share
             for p in self.venc.flush():
                 self._route_video(p)
             if self.aenc:

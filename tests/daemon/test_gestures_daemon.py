@@ -2,10 +2,9 @@
 
 A short press makes a button mark in the events store, acknowledged by the mark's beep; a long press
 calls the daemon's mute action and a double press its panic action, each acknowledged on the
-buzzer by what the action answered. ``toggle_mute`` and ``toggle_panic`` are other parts of issue 13
-(audio privacy, Sonoran panic): here they are stand-ins set on the daemon, so that this test checks
-the dispatch and holds whichever build they come from; the absent-method path (refused, "not
-available") is tested in tests/unit/test_gestures.py.
+buzzer by what the action answered. The mute is the real one (the recorder's audio gate, during
+the event the short press opened); ``toggle_panic`` is a stand-in set on the daemon that refuses, so
+the refused path is seen end to end (the Sonoran panic itself is tested with its contract server).
 """
 
 from __future__ import annotations
@@ -43,16 +42,12 @@ def test_short_press_marks_a_long_press_mutes_and_a_double_press_asks_for_panic(
         pin, buzzer = factory.pin(17), factory.pin(5)
         feedback = d.stages.feedback
         calls: list[str] = []
-
-        def toggle_mute() -> bool:  # stand-in: the audio-privacy branch's, which mutes an open event
-            calls.append("mute")
-            return True
+        gate = d.stages.recorder.gate
 
         def toggle_panic() -> bool:  # stand-in: refuses as the Sonoran branch's does without a unit
             calls.append("panic")
             raise RuntimeError("no Sonoran unit configured")
 
-        d.toggle_mute = toggle_mute  # type: ignore[attr-defined]
         d.toggle_panic = toggle_panic  # type: ignore[attr-defined]
         store = EventStore(d.paths.events)
 
@@ -70,8 +65,9 @@ def test_short_press_marks_a_long_press_mutes_and_a_double_press_asks_for_panic(
             pin.drive_high()
 
         def long() -> None:
+            before = gate.muted()
             pin.drive_low()
-            wait_until(lambda: calls, 10, "the long press to act while held")
+            wait_until(lambda: gate.muted() != before, 10, "the long press to act while held")
             pin.drive_high()
 
         def double() -> None:
@@ -84,10 +80,13 @@ def test_short_press_marks_a_long_press_mutes_and_a_double_press_asks_for_panic(
         assert len(events) == 1 and [m.source for m in store.marks(events[0].id)] == ["button"]
 
         assert gesture(long) == ["M", "M"], pulse_lengths(buzzer)  # mute on
+        assert gate.muted()
+        assert gesture(long) == ["M", "M", "M"], pulse_lengths(buzzer)  # mute off
+        assert not gate.muted()
         with caplog.at_level(logging.WARNING, logger="edged.gpio"):
             assert gesture(double) == ["L"], pulse_lengths(buzzer)  # refused
         assert "panic refused: RuntimeError: no Sonoran unit configured" in caplog.text
-        assert calls == ["mute", "panic"]
+        assert calls == ["panic"]
         assert len(store.marks(events[0].id)) == 1, "neither the long nor the double press marked"
         store.close()
     finally:
