@@ -52,8 +52,8 @@ def main() -> int:
         thread.start()
         latencies: list[float] = []
         try:
-            while getattr(daemon, "control", None) is None:
-                time.sleep(0.05)
+            if not daemon.wait_ready(60):
+                raise SystemExit("bench_mark: the daemon did not become ready within 60 s")
             time.sleep(args.pre + 1)
             for _ in range(args.events):
                 result = daemon.mark("bench")
@@ -70,7 +70,7 @@ def main() -> int:
                 store.close()
                 time.sleep(1.0)
         finally:
-            daemon.recorder.stop()
+            daemon.stop()
             thread.join()
 
     figures = {
