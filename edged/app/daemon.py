@@ -237,8 +237,7 @@ class Daemon:
             if s.gps.enabled
             else None
         )
-        events = EventManager(s, events_store, jobs, position)
-        events.audio_gate = recorder.gate
+        events = EventManager(s, events_store, jobs, position, recorder.gate)
         try:
             button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)
         except GpioError as exc:  # recording matters more than the button: run without it, loudly

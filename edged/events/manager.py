@@ -66,7 +66,12 @@ class EventManager:
     """Takes marks, protects footage, and turns finished events into clips in the outbox."""
 
     def __init__(
-        self, settings: Settings, store: EventStore, jobs: FootageJobs, position: PositionSource | None = None
+        self,
+        settings: Settings,
+        store: EventStore,
+        jobs: FootageJobs,
+        position: PositionSource | None = None,
+        audio_gate: AudioGate | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -75,8 +80,8 @@ class EventManager:
         self.position = position
         self._lock = threading.Lock()
         self.on_mark: Callable[[], None] | None = None  # feedback hook (LED blink, beep)
-        #: the recorder's audio privacy gate: sound from each press to the end of its post-roll
-        self.audio_gate: AudioGate | None = None
+        #: The recorder's audio privacy gate: sound from each press to the end of its post-roll.
+        self.audio_gate = audio_gate
 
     @property
     def clock(self) -> RecordingClock:
