@@ -75,6 +75,10 @@ def test_sample_config_is_valid_and_equals_the_embedded_defaults(monkeypatch):
     text = SAMPLE.read_text()
     for dotted, _, _ in config.describe():
         assert dotted.split(".")[1] in text, f"{dotted} missing from configs/edged.toml"
+    # ... and every choice of the target list is named where the list is set.
+    (targets_line,) = [line for line in text.splitlines() if line.startswith("targets =")]
+    for name in config.UPLOAD_TARGETS:
+        assert name in targets_line, f"upload target {name} not named beside upload.targets in the sample"
 
 
 def test_sample_config_keeps_the_systemd_state_directory(monkeypatch, tmp_path):
