@@ -12,6 +12,7 @@ real-time clock, and the filter then takes many seconds to settle. Those pts are
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -139,6 +140,46 @@ class SampleClock:
 
 
 def use_system_alsa_config() -> None:
-    """Point alsa-lib at the system's configuration unless told otherwise (ALSA_CONFIG_PATH)."""
+    """Point alsa-lib at the system's configuration unless told otherwise (ALSA_CONFIG_PATH), and
+    take its error lines into our log (``route_alsa_errors``)."""
     if "ALSA_CONFIG_PATH" not in os.environ and SYSTEM_ALSA_CONFIG.is_file():
         os.environ["ALSA_CONFIG_PATH"] = str(SYSTEM_ALSA_CONFIG)
+    route_alsa_errors()
+
+
+# alsa-lib prints its own errors to stderr ("ALSA lib pcm.c:2722:(snd_pcm_open_noupdate) Unknown
+# PCM default") unless a handler is set: raw lines in the journal beside ours, and on a box with no
+# sound card at every retry. The failure itself reaches the recorder as an exception and is said
+# there once; alsa-lib's detail goes to the debug log. The handler is declared without alsa-lib's
+# trailing "..." (ctypes cannot declare a variadic callback): the fixed arguments arrive as they
+# are on Linux's calling conventions, and the format is logged unexpanded.
+_ALSA_ERROR_HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+)
+
+
+def _alsa_error(file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None) -> None:
+    def text(b: bytes | None) -> str:
+        return b.decode(errors="replace") if b else "?"
+
+    log.debug("alsa-lib: %s (%s:%d, %s)", text(fmt), text(file).rsplit("/", 1)[-1], line, text(function))
+
+
+_alsa_handler = _ALSA_ERROR_HANDLER(_alsa_error)  # kept referenced for the process's life
+_routed: set[str] = set()
+
+
+def route_alsa_errors() -> None:
+    """Set the error handler of every alsa-lib loaded in this process (PyAV's wheel carries its own
+    copy; a Pi's Debian FFmpeg uses the system's). Loaded libraries are found in /proc/self/maps."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {f[-1] for f in (line.split() for line in maps) if len(f) >= 6 and "/libasound" in f[-1]}
+    except OSError:
+        return
+    for path in sorted(p for p in paths if p.startswith("/") and p not in _routed):
+        try:
+            ctypes.CDLL(path).snd_lib_error_set_handler(_alsa_handler)
+        except (OSError, AttributeError) as exc:
+            log.debug("alsa-lib at %s: its errors stay on stderr (%s)", path, exc)
+        _routed.add(path)

@@ -167,9 +167,13 @@ def test_timestamps_on_another_clock_are_replaced(tmp_path: Path, monkeypatch: p
 # --- ALSA -------------------------------------------------------------------------------------
 
 
-def test_missing_alsa_device_is_unavailable() -> None:
+def test_missing_alsa_device_is_unavailable_and_alsa_lib_prints_nothing(capfd, caplog) -> None:
+    caplog.set_level("DEBUG", logger="edged.capture.alsa")
     with pytest.raises(SourceUnavailable, match="ALSA capture device 'hw:CARD=NoSuchCard' cannot be opened"):
         AlsaAudio("hw:CARD=NoSuchCard", RATE, 1).open()
+    # alsa-lib's own complaint goes to our debug log, never raw to stderr (fd 2, the journal's).
+    assert "ALSA lib" not in capfd.readouterr().err
+    assert "alsa-lib:" in caplog.text
 
 
 @pytest.mark.skipif(not Path("/usr/share/alsa/alsa.conf").is_file(), reason="alsa-lib configuration not installed")
