@@ -323,9 +323,9 @@ def test_storage_going_read_only_while_recording(tmp_path):
             time.sleep(0.5)
             (sysfs / "trigger_fs_error").write_text("edged test: card failed\n")
             wait_until(lambda: run.recorder.status.last_error is not None, 10, "the write error")
-            time.sleep(1.5)  # a retry or two
+            wait_until(lambda: "storage_error" in run.recorder.status.alarms, 20, "the storage_error alarm")
+            time.sleep(1.5)  # a retry or two: still alive after them
             st = run.recorder.status
-            assert "storage_error" in st.alarms
             assert "Read-only file system" in st.last_error or "I/O error" in st.last_error, st.last_error
             assert run.thread.is_alive() and run.error is None, "the daemon must not crash"
         finally:

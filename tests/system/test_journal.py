@@ -512,8 +512,10 @@ CRASH = """
     while not list(Path(state, "segments").glob("*.part")):
         assert time.monotonic() < deadline and daemon.poll() is None, "no segment started"
         time.sleep(0.05)
-    time.sleep(3.5)                          # a few clusters of the first segment are on disk
     [part] = Path(state, "segments").glob("*.part")
+    while part.stat().st_size < 40_000:      # a few clusters of the first segment are on disk
+        assert time.monotonic() < deadline + 30 and daemon.poll() is None, "the segment did not grow"
+        time.sleep(0.05)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
     print(part.name.removesuffix(".part"), daemon.pid, flush=True)

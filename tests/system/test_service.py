@@ -199,11 +199,11 @@ def test_ready_only_with_footage_on_disk_then_watchdog_status_and_stopping(tmp_p
         assert parts and max(p.stat().st_size for p in parts) > 0
         assert notify_socket.first("READY")["READY"] == "1"
         assert "recording" in notify_socket.first("READY")["STATUS"]
-        time.sleep(3)
+        wait_until(lambda: len(notify_socket.times("WATCHDOG")) >= 5, 30, "five watchdog pings")
         pings = notify_socket.times("WATCHDOG")
-        assert len(pings) >= 4, "at least two pings per second with WatchdogSec=2"
         gaps = [b - a for a, b in zip(pings, pings[1:])]
-        assert max(gaps) < 1.0, gaps  # well inside WatchdogSec=2
+        # Two pings a second when idle; inside WatchdogSec=2 with room for a loaded machine.
+        assert max(gaps) < 1.5, gaps
         assert len(notify_socket.times("READY")) == 1
         statuses = [f["STATUS"] for _, f in notify_socket.messages if "STATUS" in f]
         assert any("segments" in s and "alarms: none" in s for s in statuses), statuses
@@ -281,8 +281,7 @@ def test_a_hung_camera_stops_the_watchdog_pings(tmp_path, notify_socket, monkeyp
     t.start()
     try:
         notify_socket.wait_for("READY", 30)
-        time.sleep(1.5)
-        assert notify_socket.times("WATCHDOG")
+        wait_until(lambda: notify_socket.times("WATCHDOG"), 30, "a watchdog ping")
         hang.set()
         # Frames already queued are still recorded; once none has come for STALL_S the recorder
         # says the camera stalled, and from then on (one main-loop tick) no ping may go out.
@@ -322,8 +321,7 @@ def test_a_blocked_disk_stops_the_watchdog_pings(tmp_path, notify_socket):
     try:
         proc = _spawn(_config(tmp_path, mnt / "state"), notify_socket.path)
         notify_socket.wait_for("READY", 30)
-        time.sleep(1.5)
-        assert notify_socket.times("WATCHDOG")
+        wait_until(lambda: notify_socket.times("WATCHDOG"), 30, "a watchdog ping")
         subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)
         frozen = True
         t_freeze = time.monotonic()
