@@ -19,6 +19,7 @@ from edged.app.control import ControlServer
 from edged.app.gpio import DeviceState, Feedback, GpioError, MarkButton, from_settings
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
+from edged.capture.position import PositionSource
 from edged.clips.job import FootageJobs
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.config.sync import ConfigSync, local_layer
@@ -28,7 +29,7 @@ from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
 from edged.core.paths import StatePaths
 from edged.core.states import FAULT_ALARMS, Alarm, DeliveryState, EventState, RecorderState
-from edged.events.manager import EventManager, EventWorker, MarkResult
+from edged.events.manager import PANIC_SOURCE, EventManager, EventWorker, MarkResult
 from edged.events.store import EventStore
 from edged.footage.index import Index, IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
@@ -39,6 +40,7 @@ from edged.recording.recorder import STALL_S, Recorder
 from edged.upload.network import LinkWatch
 from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
+from edged.upload.sonoran_unit import SonoranUnit
 from edged.upload.target import Target
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
@@ -109,6 +111,8 @@ class Stages:
     config_sync: ConfigSync | None
     #: tells the event worker to stop
     halt: threading.Event = field(default_factory=threading.Event)
+    #: the Sonoran unit operations (panic, location, call notes), built by _build
+    unit: SonoranUnit | None = None
 
 
 class Daemon:
@@ -125,8 +129,10 @@ class Daemon:
         stop_after_s: float | None = None,
         pin_factory: object = None,
         notifier: ServiceNotifier | None = None,
+        position: PositionSource | None = None,
     ) -> None:
         self.settings = settings
+        self.position = position  # where the unit is (capture.position); None: no receiver
         self.notifier = notifier or ServiceNotifier()  # systemd's readiness / watchdog / status
         self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
         self.clock = clock or SystemClock()
@@ -226,6 +232,7 @@ class Daemon:
         events.on_mark = feedback.acknowledge_mark
         self._register_secrets(s)
         uploader = self._new_uploader(outbox, s, build_targets(s))
+        unit = self._new_unit(outbox, s)
         link_watch = LinkWatch(on_change=self._link_changed)
         recall = RecallService.open(s, self.paths, jobs, outbox, self._alarm_setter("recall"))
         control = ControlServer(
@@ -234,6 +241,7 @@ class Daemon:
                 "mark": lambda req: self._mark_answer(self.mark("cli", str(req.get("note", "")))),
                 "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
                 "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
+                "panic": lambda req: {"panic": self.set_panic({"on": True, "off": False}.get(str(req.get("state"))))},
                 **recall.control_handlers(),
             },
         )
@@ -254,6 +262,7 @@ class Daemon:
             control=control,
             config_sync=config_sync,
             halt=halt,
+            unit=unit,
         )
 
     def _start(self, st: Stages) -> None:
@@ -262,6 +271,8 @@ class Daemon:
         if held:
             log.info("%d event(s) not yet delivered keep their footage protected", held)
         st.event_worker.start()
+        if st.unit is not None:
+            st.unit.start()
         st.uploader.start()
         st.link_watch.start()
         log.info(
@@ -281,6 +292,8 @@ class Daemon:
         st.recall.stop()
         st.link_watch.stop()
         st.uploader.stop()
+        if st.unit is not None:
+            st.unit.stop()
         if st.button is not None:
             st.button.close()
         st.feedback.close()
@@ -308,7 +321,16 @@ class Daemon:
             RetryPolicy.from_settings(settings.upload),
             on_delivered=self._on_delivered,
             on_alarm=self._alarm_setter("uploader"),
+            on_part_delivered=self._on_part_delivered,
         )
+
+    def _new_unit(self, outbox: Outbox, settings: Settings) -> SonoranUnit:
+        return SonoranUnit(settings, outbox, self.position, on_alarm=self._alarm_setter("sonoran_unit"))
+
+    def _on_part_delivered(self, target: str, clip_id: str) -> None:
+        unit = self._running().unit
+        if unit is not None:
+            unit.on_part_delivered(target, clip_id)
 
     def _on_delivered(self, clip_id: str) -> None:
         """A clip delivered to every target: the event or recall that holds its footage lets go."""
@@ -330,6 +352,10 @@ class Daemon:
                 st.outbox.set_targets(running.upload.targets)
                 st.uploader = self._new_uploader(st.outbox, running, targets)
                 st.uploader.start()
+                if st.unit is not None:
+                    st.unit.stop()
+                st.unit = self._new_unit(st.outbox, running)
+                st.unit.start()
             st.recorder.reconfigure(running)
             st.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
             st.events.configure(running)
@@ -369,8 +395,35 @@ class Daemon:
     def _button_pressed(self) -> None:
         self.mark("button")
 
+    def toggle_panic(self) -> bool:
+        """The panic gesture: on when off, off when on. Returns the panic now wanted."""
+        return self.set_panic(None)
+
+    def set_panic(self, on: bool | None) -> bool:
+        """Set (True), clear (False) or toggle (None) the unit's panic: committed and sent to CAD
+        first (``[upload.sonoran_v2.unit] panic``), then, when on, an event opened whose clip goes
+        before every other. Returns the panic now wanted."""
+        st = self._running()
+        assert st.unit is not None
+        wanted = st.unit.set_panic(on)
+        log_event(
+            log,
+            Msg.MARK,
+            "PANIC %s%s",
+            "ON" if wanted else "OFF",
+            "" if st.unit.panic is not None else " (not sent to CAD: upload.sonoran_v2.unit.panic is off)",
+            level=logging.CRITICAL if wanted else logging.WARNING,
+            panic=int(wanted),
+        )
+        if wanted:
+            self.mark(PANIC_SOURCE, "panic")
+        return wanted
+
     def _link_changed(self, what: str = "") -> None:
         self.uploader.on_link_change(what)
+        unit = self._running().unit
+        if unit is not None:
+            unit.on_link_change()
 
     @staticmethod
     def _mark_answer(result: MarkResult) -> dict[str, object]:
@@ -413,6 +466,7 @@ class Daemon:
             outbox=st.outbox.counts(),
             outbox_resends=st.outbox.resends(),
             uploads=st.uploader.status(),
+            unit=st.unit.status() if st.unit is not None else None,
             synced_config=st.config_sync.last_status if st.config_sync is not None else None,
         )
 

@@ -52,6 +52,8 @@ class DaemonStatus:
     uploads: dict[str, Any] = field(default_factory=dict)
     #: what became of the last synced config (status/config.json), None without a synced folder
     synced_config: dict[str, Any] | None = None
+    #: the Sonoran unit: panic (wanted, acknowledged), location, call notes per state
+    unit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -368,6 +368,21 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_panic(args: argparse.Namespace) -> int:
+    from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
+
+    settings = _settings_or_exit(args.config)
+    try:
+        answer = request(StatePaths(settings.state_dir).control, {"cmd": "panic", "state": args.state or "toggle"})
+    except ControlError as exc:
+        fail(str(exc))
+    if not isinstance(answer.get("panic"), bool):
+        fail("edged answered without the panic's state")
+    say(f"panic {'ON' if answer['panic'] else 'off'}")
+    return 0
+
+
 def _open_clip_stores(settings: config_mod.Settings):
     from edged.core.paths import StatePaths
     from edged.events.store import EventStore
@@ -550,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(mk)
     mk.add_argument("--note", type=note_arg, help=f"free text stored with the mark (at most {MAX_NOTE} characters)")
     mk.set_defaults(func=cmd_mark)
+
+    pn = sub.add_parser("panic", help="set, clear or (no argument) toggle the unit's panic; on opens an event")
+    _config_option(pn)
+    pn.add_argument("state", nargs="?", choices=("on", "off"), help="on or off (default: the opposite of now)")
+    pn.set_defaults(func=cmd_panic)
 
     clips = sub.add_parser("clips", help="clips built from marked events")
     clips_sub = clips.add_subparsers(dest="clips_command", required=True)
