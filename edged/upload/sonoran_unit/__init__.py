@@ -163,6 +163,7 @@ class SonoranUnit:
             loc = self.location
             out["location"] = {
                 "fix": loc.fix,
+                "asked": loc.asked,
                 "sent": loc.sent,
                 "last_sent": iso(loc.last_sent_ns) if loc.last_sent_ns else None,
                 "reason": loc.last_reason,

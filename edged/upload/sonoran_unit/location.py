@@ -89,6 +89,7 @@ class LocationWorker(Loop):
         self._failures = 0
         #: What the status shows.
         self.sent = 0
+        self.asked = 0  # times the source was asked
         self.last_sent_ns = 0
         self.last_reason = ""
         self.fix = False
@@ -102,6 +103,7 @@ class LocationWorker(Loop):
         if mono < self._hold_until_mono:
             return self._hold_until_mono - mono
         fix = self.source.latest()
+        self.asked += 1
         self.fix = fix is not None
         if fix is None:
             return min(POLL_S, self.pacer.interval_s)
