@@ -447,6 +447,26 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
             row["delivered"] = iso(d.delivered_ns) if d.delivered_ns else None
             del row["next_try_ns"], row["delivered_ns"]
             rows.append(row)
+        from edged.upload.sonoran_unit import read_notes
+
+        for n in read_notes(outbox):  # each clip's note on the unit's Sonoran call (call notes on)
+            if args.state and n.state != args.state:
+                continue
+            rows.append(
+                {
+                    "id": "-",
+                    "clip_id": n.clip_id,
+                    "part": "-",
+                    "target": "sonoran_v2 note",
+                    "state": n.state,
+                    "attempts": n.attempts,
+                    "next_try": iso(n.next_try_ns) if n.state == "deferred" else None,
+                    "delivered": iso(n.noted_ns) if n.noted_ns else None,
+                    "reason": n.reason,
+                    "call_id": n.call_id,
+                    "resends": n.resends,
+                }
+            )
     if args.json:
         print_json(rows)
     else:

@@ -309,3 +309,11 @@ def test_a_clips_call_note_is_sent_once_across_a_kill_between_its_delivery_and_i
         assert len(srv.notes) == 1
         call, body = srv.notes[0]
         assert call == 501 and f"{srv.url}/files/{srv.uploads[0].sha256}.webm" in body["note"]
+        listing = subprocess.run(
+            [sys.executable, "-m", "edged", "outbox", "list", "--json", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        notes = [r for r in json.loads(listing.stdout) if r["target"] == "sonoran_v2 note"]
+        assert [(r["state"], r["call_id"], r["resends"]) for r in notes] == [("noted", 501, 0)]
