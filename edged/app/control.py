@@ -93,6 +93,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     },
     "recall": {"request": Arg(dict), "id": Arg(str)},  # the recall service judges the request and its id
     "recall_status": {"id": Arg(str)},
+    "panic": {"state": Arg(str, pattern=re.compile("on|off|toggle"), form="on, off or toggle")},
 }
 
 _JSON_TYPES = {str: "a string", dict: "an object", list: "a list", int: "a number", bool: "true or false"}

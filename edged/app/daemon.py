@@ -30,7 +30,7 @@ from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
 from edged.core.paths import StatePaths
 from edged.core.states import FAULT_ALARMS, Alarm, DeliveryState, EventState, RecorderState
-from edged.events.manager import EventManager, EventWorker, MarkResult
+from edged.events.manager import PANIC_SOURCE, EventManager, EventWorker, MarkResult
 from edged.events.store import EventStore
 from edged.footage.index import Index, IndexUnavailable
 from edged.footage.ring import RingBuffer, open_index_making_room
@@ -42,6 +42,7 @@ from edged.recording.recorder import STALL_S, Recorder
 from edged.upload.network import LinkWatch
 from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
+from edged.upload.sonoran_unit import SonoranUnit
 from edged.upload.target import Target
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
@@ -113,7 +114,9 @@ class Stages:
     #: tells the event worker to stop
     halt: threading.Event = field(default_factory=threading.Event)
     #: the position from gpsd (``[gps]``); None with GPS off
-    position: GpsdPosition | None = None
+    position: GpsdPosition | None = None  # gpsd, when [gps] is on and no source was given
+    #: the Sonoran unit operations (panic, location, call notes), built by _build
+    unit: SonoranUnit | None = None
 
 
 class Daemon:
@@ -130,8 +133,11 @@ class Daemon:
         stop_after_s: float | None = None,
         pin_factory: object = None,
         notifier: ServiceNotifier | None = None,
+        position: PositionSource | None = None,
     ) -> None:
         self.settings = settings
+        #: A position source given by the caller (a test's); None: gpsd when ``[gps]`` is on.
+        self._position_given = position
         self.notifier = notifier or ServiceNotifier()  # systemd's readiness / watchdog / status
         self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
         self.clock = clock or SystemClock()
@@ -182,6 +188,8 @@ class Daemon:
     @property
     def position(self) -> PositionSource | None:
         """Where the device is, for the stages that want it (None: GPS off, or not running)."""
+        if self._position_given is not None:
+            return self._position_given
         return self.stages.position if self.stages is not None else None
 
     def wait_ready(self, timeout: float) -> bool:
@@ -225,7 +233,7 @@ class Daemon:
         outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
         # One footage job runner for marks and recalls, on the recording's clock.
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
-        position = (  # fixes placed on the recording's clock, as a clip's wall times are
+        gpsd = (  # fixes placed on the recording's clock, as a clip's wall times are
             GpsdPosition(
                 s.gps.host,
                 s.gps.port,
@@ -234,9 +242,10 @@ class Daemon:
                 timeline_ns=recorder.timeline_now_ns,
                 wall_offset_ns=recorder.best_offset_ns,
             )
-            if s.gps.enabled
+            if s.gps.enabled and self._position_given is None
             else None
         )
+        position: PositionSource | None = self._position_given or gpsd
         events = EventManager(s, events_store, jobs, position, recorder.gate)
         try:
             button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)
@@ -248,6 +257,7 @@ class Daemon:
         events.on_mark = feedback.acknowledge_mark
         self._register_secrets(s)
         uploader = self._new_uploader(outbox, s, build_targets(s))
+        unit = self._new_unit(outbox, s, position)
         link_watch = LinkWatch(on_change=self._link_changed)
         recall = RecallService.open(s, self.paths, jobs, outbox, self._alarm_setter("recall"))
         control = ControlServer(
@@ -257,6 +267,7 @@ class Daemon:
                 "status": lambda req: {"status": scrub_doc(self.status().to_dict())},
                 "mute": lambda req: self._mute_answer(str(req.get("set", "toggle"))),
                 "outbox_retry": lambda req: {"retried": self.uploader.retry(str(req.get("id", "")))},
+                "panic": lambda req: {"panic": self.set_panic({"on": True, "off": False}.get(str(req.get("state"))))},
                 **recall.control_handlers(),
             },
         )
@@ -277,7 +288,8 @@ class Daemon:
             control=control,
             config_sync=config_sync,
             halt=halt,
-            position=position,
+            position=gpsd,
+            unit=unit,
         )
 
     def _start(self, st: Stages) -> None:
@@ -288,6 +300,8 @@ class Daemon:
         if held:
             log.info("%d event(s) not yet delivered keep their footage protected", held)
         st.event_worker.start()
+        if st.unit is not None:
+            st.unit.start()
         st.uploader.start()
         st.link_watch.start()
         log.info(
@@ -307,6 +321,8 @@ class Daemon:
         st.recall.stop()
         st.link_watch.stop()
         st.uploader.stop()
+        if st.unit is not None:
+            st.unit.stop()
         if st.button is not None:
             st.button.close()
         st.feedback.close()
@@ -336,7 +352,16 @@ class Daemon:
             RetryPolicy.from_settings(settings.upload),
             on_delivered=self._on_delivered,
             on_alarm=self._alarm_setter("uploader"),
+            on_part_delivered=self._on_part_delivered,
         )
+
+    def _new_unit(self, outbox: Outbox, settings: Settings, position: PositionSource | None) -> SonoranUnit:
+        return SonoranUnit(settings, outbox, position, on_alarm=self._alarm_setter("sonoran_unit"))
+
+    def _on_part_delivered(self, target: str, clip_id: str) -> None:
+        unit = self._running().unit
+        if unit is not None:
+            unit.on_part_delivered(target, clip_id)
 
     def _on_delivered(self, clip_id: str) -> None:
         """A clip delivered to every target: the event or recall that holds its footage lets go."""
@@ -358,6 +383,10 @@ class Daemon:
                 st.outbox.set_targets(running.upload.targets)
                 st.uploader = self._new_uploader(st.outbox, running, targets)
                 st.uploader.start()
+                if st.unit is not None:
+                    st.unit.stop()
+                st.unit = self._new_unit(st.outbox, running, self.position)
+                st.unit.start()
             st.recorder.reconfigure(running)  # audio.pre_event at once, the encoders at the next segment
             st.ring.configure(running.storage.max_bytes, running.storage.min_free_bytes)
             st.events.configure(running)
@@ -429,8 +458,35 @@ class Daemon:
             raise ActionRefused(result.refused)
         return result.muted
 
+    def toggle_panic(self) -> bool:
+        """The panic gesture: on when off, off when on. Returns the panic now wanted."""
+        return self.set_panic(None)
+
+    def set_panic(self, on: bool | None) -> bool:
+        """Set (True), clear (False) or toggle (None) the unit's panic: committed and sent to CAD
+        first (``[upload.sonoran_v2.unit] panic``), then, when on, an event opened whose clip goes
+        before every other. Returns the panic now wanted."""
+        st = self._running()
+        assert st.unit is not None
+        wanted = st.unit.set_panic(on)
+        log_event(
+            log,
+            Msg.MARK,
+            "PANIC %s%s",
+            "ON" if wanted else "OFF",
+            "" if st.unit.panic is not None else " (not sent to CAD: upload.sonoran_v2.unit.panic is off)",
+            level=logging.CRITICAL if wanted else logging.WARNING,
+            panic=int(wanted),
+        )
+        if wanted:
+            self.mark(PANIC_SOURCE, "panic")
+        return wanted
+
     def _link_changed(self, what: str = "") -> None:
         self.uploader.on_link_change(what)
+        unit = self._running().unit
+        if unit is not None:
+            unit.on_link_change()
 
     @staticmethod
     def _mark_answer(result: MarkResult) -> dict[str, object]:
@@ -474,6 +530,7 @@ class Daemon:
             outbox=st.outbox.counts(),
             outbox_resends=st.outbox.resends(),
             uploads=st.uploader.status(),
+            unit=st.unit.status() if st.unit is not None else None,
             synced_config=st.config_sync.last_status if st.config_sync is not None else None,
             gps=st.position.status().to_dict() if st.position is not None else None,
         )

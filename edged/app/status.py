@@ -57,6 +57,8 @@ class DaemonStatus:
     #: the position source's account (``edged.capture.gps.GpsStatus``: fix, position, age, gpsd,
     #: problem); None with GPS off
     gps: dict[str, Any] | None = None
+    #: the Sonoran unit: panic (wanted, acknowledged), location, call notes per state
+    unit: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

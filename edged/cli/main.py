@@ -394,6 +394,21 @@ def cmd_mute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_panic(args: argparse.Namespace) -> int:
+    from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
+
+    settings = _settings_or_exit(args.config)
+    try:
+        answer = request(StatePaths(settings.state_dir).control, {"cmd": "panic", "state": args.state or "toggle"})
+    except ControlError as exc:
+        fail(str(exc))
+    if not isinstance(answer.get("panic"), bool):
+        fail("edged answered without the panic's state")
+    say(f"panic {'ON' if answer['panic'] else 'off'}")
+    return 0
+
+
 def _open_clip_stores(settings: config_mod.Settings):
     from edged.core.paths import StatePaths
     from edged.events.store import EventStore
@@ -472,6 +487,27 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
         row["delivered"] = iso(d.delivered_ns) if d.delivered_ns else None
         del row["next_try_ns"], row["delivered_ns"]
         rows.append(row)
+    from edged.upload.sonoran_unit import read_notes
+
+    for n in read_notes(outbox):  # each clip's note on the unit's Sonoran call (call notes on)
+        if args.state and n.state != args.state:
+            continue
+        rows.append(
+            {
+                "id": "-",
+                "clip_id": n.clip_id,
+                "part": "-",
+                "target": "sonoran_v2 note",
+                "state": n.state,
+                "attempts": n.attempts,
+                "next_try": iso(n.next_try_ns) if n.state == "deferred" and n.next_try_ns > now else None,
+                "paused": None,
+                "delivered": iso(n.noted_ns) if n.noted_ns else None,
+                "reason": n.reason,
+                "call_id": n.call_id,
+                "resends": n.resends,
+            }
+        )
     if args.json:
         print_json(rows)
     else:
@@ -601,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(mu)
     mu.add_argument("state", nargs="?", choices=("on", "off"), help="on: mute; off: unmute (default: toggle)")
     mu.set_defaults(func=cmd_mute)
+
+    pn = sub.add_parser("panic", help="set, clear or (no argument) toggle the unit's panic; on opens an event")
+    _config_option(pn)
+    pn.add_argument("state", nargs="?", choices=("on", "off"), help="on or off (default: the opposite of now)")
+    pn.set_defaults(func=cmd_panic)
 
     clips = sub.add_parser("clips", help="clips built from marked events")
     clips_sub = clips.add_subparsers(dest="clips_command", required=True)

@@ -52,7 +52,7 @@ DEFAULT_CONFIG_PATH = Path("configs/edged.toml")
 
 #: The largest config file read (local or synced); the sample is about 4 KB.
 MAX_FILE_BYTES = 256 * 1024
-#: Deepest nesting of tables and arrays accepted (the schema needs 3: upload.sonoran_v2.key).
+#: Deepest nesting of tables and arrays accepted (the schema needs 4: upload.sonoran_v2.unit.key).
 MAX_DEPTH = 16
 #: Longest list value (``upload.targets`` has four possible entries).
 MAX_LIST = 16
@@ -336,6 +336,35 @@ UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota", "directory")
 
 
 @dataclass(frozen=True)
+class SonoranUnitSettings:
+    # Signed with its table (the unit's identity, where its panic goes, what is linked to calls);
+    # how often the position is sent is tunable. Requests share the v2 key's budget.
+    server_id: int = _rule(1, lo=1, hi=2**31 - 1, doc="the Sonoran CAD server ID (serverId) of the unit operations")
+    community_user_id: str = _rule(
+        "", doc="the unit in panic and location requests (empty: upload.sonoran_v2.community_user_id)"
+    )
+    account_uuid: str = _rule(
+        "", doc="the account whose current call gets the clip notes (empty: upload.sonoran_v2.account_uuid)"
+    )
+    panic: bool = _rule(False, doc="a panic gesture or `edged panic` sets and clears the unit's panic in CAD")
+    location: bool = _rule(False, doc="send the unit's position to CAD while it moves")
+    location_interval_seconds: float = _rule(
+        30.0, lo=5.0, hi=3600.0, trust=TUNABLE, doc="at most one position per this long (and as the budget allows)"
+    )
+    location_min_distance_m: float = _rule(
+        25.0, lo=0.0, hi=100_000.0, trust=TUNABLE, doc="moving: this far from the last position sent..."
+    )
+    location_min_speed_mps: float = _rule(
+        1.0, lo=0.0, hi=100.0, trust=TUNABLE, doc="...or at least this ground speed (0 and 0: every interval)"
+    )
+    call_notes: bool = _rule(False, doc="a clip delivered to sonoran_v2 is noted, with its URLs, on the current call")
+    call_note_max_age_minutes: float = _rule(
+        60.0, lo=1.0, hi=1440.0, trust=TUNABLE, doc="a clip older than this when delivered is not linked"
+    )
+    note_label: str = _rule("Bodycam", max_len=64, doc="the label of the call notes")
+
+
+@dataclass(frozen=True)
 class SonoranV2Settings:
     # Signed as a table (UploadSettings.sonoran_v2): URL, key file, account identity, plan.
     base_url: str = _rule("https://api.sonorancad.com", max_len=2048)
@@ -351,6 +380,7 @@ class SonoranV2Settings:
     devices_sharing_key: int = _rule(
         1, lo=1, hi=1000, doc="devices uploading with this API key; each keeps to its share of the rate"
     )
+    unit: SonoranUnitSettings = _rule(factory=SonoranUnitSettings)
 
 
 @dataclass(frozen=True)
@@ -779,9 +809,12 @@ def _check_credential(key: str, path: Path | None, credential: str, what: str, p
 def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
     if u.retry_cap_seconds < u.retry_base_seconds:
         problems.append(("upload.retry_cap_seconds", "must not be below upload.retry_base_seconds"))
-    if "sonoran_v2" in u.targets:
-        v2 = u.sonoran_v2
+    v2, unit = u.sonoran_v2, u.sonoran_v2.unit
+    if "sonoran_v2" in u.targets or unit.panic or unit.location or unit.call_notes:
         _check_url("upload.sonoran_v2.base_url", v2.base_url, problems)
+        _check_credential("upload.sonoran_v2.api_key_file", api_key_path(v2), "sonoran_api_key", "API key", problems)
+    _unit_checks(u, problems)
+    if "sonoran_v2" in u.targets:
         ids = {
             "account_uuid": v2.account_uuid,
             "community_user_id": v2.community_user_id,
@@ -797,7 +830,6 @@ def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
                     + (f" (got {', '.join(given)})" if given else ""),
                 )
             )
-        _check_credential("upload.sonoran_v2.api_key_file", api_key_path(v2), "sonoran_api_key", "API key", problems)
     if "sonoran_legacy" in u.targets:
         lg = u.sonoran_legacy
         _check_url("upload.sonoran_legacy.base_url", lg.base_url, problems)
@@ -809,6 +841,30 @@ def _upload_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
         _check_credential(
             "upload.bota.token_file", token_path(u.bota), "bota_token", "API key or device token", problems
         )
+
+
+def _unit_checks(u: UploadSettings, problems: list[tuple[str, str]]) -> None:
+    """What each Sonoran unit operation needs: its identity (the OpenAPI names the unit by
+    communityUserId, the current call by accountUuid) and, for notes, clips delivered to v2."""
+    v2, unit = u.sonoran_v2, u.sonoran_v2.unit
+    key = "upload.sonoran_v2.unit."
+    if (unit.panic or unit.location) and not (unit.community_user_id or v2.community_user_id):
+        problems.append(
+            (
+                key + "community_user_id",
+                "panic and location name the unit by its communityUserId: set it "
+                "(or upload.sonoran_v2.community_user_id)",
+            )
+        )
+    if unit.call_notes and not (unit.account_uuid or v2.account_uuid):
+        problems.append(
+            (
+                key + "account_uuid",
+                "call notes look up the current call of an accountUuid: set it (or upload.sonoran_v2.account_uuid)",
+            )
+        )
+    if unit.call_notes and "sonoran_v2" not in u.targets:
+        problems.append((key + "call_notes", "notes link clips delivered to sonoran_v2: add it to upload.targets"))
 
 
 def _check_url(key: str, url: str, problems: list[tuple[str, str]]) -> None:

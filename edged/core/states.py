@@ -86,6 +86,18 @@ class GpsFix(StrEnum):
     OFF = "off"  # gps.enabled = false
 
 
+class CallNoteState(StrEnum):
+    """A clip's note on the unit's current Sonoran call (``call_notes`` in ``outbox.sqlite``)."""
+
+    QUEUED = "queued"  # the clip is delivered to Sonoran v2; its note is due
+    SENDING = "sending"  # the note may have reached the server (a restart sends it again, counted)
+    DEFERRED = "deferred"  # waits for a time (back-off, Retry-After, a refused key)
+    NOTED = "noted"  # the note is on the call (its call id kept)
+    NO_CALL = "no_call"  # the unit had no current call: nothing sent
+    TOO_OLD = "too_old"  # the clip is older than the link window: the current call is not its call
+    FAILED = "failed"  # refused for good (the server's reason kept)
+
+
 class Alarm(StrEnum):
     """The device's alarms (``edged status``, ``status.json``, the LED, the journal's ``EDGED_ALARM``)."""
 
@@ -103,6 +115,8 @@ class Alarm(StrEnum):
     UPLOAD_REDIRECTED = "upload_redirected"  # redirects in a row; never followed
     UPLOAD_STALLED = "upload_stalled"  # a request ran past its overall deadline
     DELIVERY_FOLDER_REFUSED = "delivery_folder_refused"  # a link where a delivery folder belongs
+    # the Sonoran unit
+    PANIC_NOT_SENT = "panic_not_sent"  # the server refused the unit's panic for good (key, body): not in CAD
     # the synced folder
     SYNC_FOLDER_REFUSED = "sync_folder_refused"  # a link (or worse) where status/, recall/ belongs
 
@@ -110,5 +124,12 @@ class Alarm(StrEnum):
 #: Alarms the LED shows as a fault: evidence is not being kept or cannot leave the device. (A refused
 #: synced folder is the fleet's to fix, not the wearer's: status and journal only.)
 FAULT_ALARMS = frozenset(
-    {Alarm.STORAGE_FULL, Alarm.STORAGE_ERROR, Alarm.CAMERA_LOST, Alarm.CAMERA_STALLED, Alarm.UPLOAD_PAUSED}
+    {
+        Alarm.STORAGE_FULL,
+        Alarm.STORAGE_ERROR,
+        Alarm.CAMERA_LOST,
+        Alarm.CAMERA_STALLED,
+        Alarm.UPLOAD_PAUSED,
+        Alarm.PANIC_NOT_SENT,
+    }
 )

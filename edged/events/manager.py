@@ -40,18 +40,21 @@ from edged.events.store import HOLD_PREFIX, Event, EventStore, Mark
 from edged.footage.index import Segment
 from edged.recording.audio_gate import AudioGate
 from edged.recording.clock import RecordingClock
-from edged.upload.outbox import PRIORITY_MARK
+from edged.upload.outbox import PRIORITY_MARK, PRIORITY_PANIC
 
 log = logging.getLogger("edged.events")
 
+#: The source of a panic gesture's mark: its event's clip goes before every other (``PRIORITY_PANIC``).
+PANIC_SOURCE = "panic"
 
-def job_of(event_id: str, window: BootWindow) -> Job:
+
+def job_of(event_id: str, window: BootWindow, priority: int = PRIORITY_MARK) -> Job:
     """An event's footage job: its clip is named after it; marks go before recalls."""
-    return Job(event_id, HOLD_PREFIX + event_id, window, PRIORITY_MARK)
+    return Job(event_id, HOLD_PREFIX + event_id, window, priority)
 
 
-def event_job(event: Event) -> Job:
-    return job_of(event.id, BootWindow(event.boot_id, event.start_mono_ns, event.end_mono_ns))
+def event_job(event: Event, priority: int = PRIORITY_MARK) -> Job:
+    return job_of(event.id, BootWindow(event.boot_id, event.start_mono_ns, event.end_mono_ns), priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +186,9 @@ class EventManager:
         durably, then the parts queued, then the event marked built). False when it failed (the
         event is stored as failed, with the reason)."""
         t0 = time.monotonic()
+        panic = any(m.source == PANIC_SOURCE for m in self.store.marks(event.id))
         return self.jobs.run(
-            event_job(event),
+            event_job(event, PRIORITY_PANIC if panic else PRIORITY_MARK),
             lambda folder: self._build(event, folder),
             lambda clip: self._built(event, clip, time.monotonic() - t0),
         )

@@ -198,6 +198,32 @@ def _storage_put(_: Any, a: Answer) -> str | None:
     return None
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def _unit_update(doc: Any, a: Answer) -> str | None:
+    problem = _any_object(doc, a)
+    if problem:
+        return problem
+    if "updated" in doc and not _is_count(doc["updated"]):
+        return "updated not a count"
+    if "isPanic" in doc and not isinstance(doc["isPanic"], bool):
+        return "isPanic not true or false"
+    return None
+
+
+def _current_call(doc: Any, a: Answer) -> str | None:
+    problem = _any_object(doc, a)
+    if problem:
+        return problem
+    for name in ("CallId", "IdentId"):
+        value = doc.get(name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53):
+            return f"{name} not a number"
+    return None
+
+
 #: Sonoran v2 and legacy (sonoran-v2-openapi.md, sonoran-legacy-bodycam-upload.md): 200, the URL list.
 SONORAN_URLS = Contract("sonoran", "a JSON list of URL strings", _url_list)
 #: Bota ``POST /v1/recordings``: the recording, with its ``id``.
@@ -206,6 +232,13 @@ BOTA_RECORDING = Contract("bota recording", "a JSON object with an id", _object_
 BOTA_UPLOAD_URL = Contract("bota upload-url", "a JSON object with media_id, upload_url and headers", _upload_url)
 #: Bota ``POST /v1/recordings/{id}/complete`` (path and answer undocumented: an object, or 204).
 BOTA_COMPLETE = Contract("bota complete", "a JSON object", _complete)
+#: Sonoran v2 ``PATCH .../units/panic`` and ``.../unit-locations``: an object, ``updated`` a count.
+SONORAN_UNIT_UPDATE = Contract("sonoran unit update", "a JSON object with updated a count", _unit_update)
+#: Sonoran v2 ``GET /v2/emergency/accounts/{accountUuid}/current-call``: ``{IdentId, CallId}``
+#: (CallId null or absent: no current call).
+SONORAN_CURRENT_CALL = Contract("sonoran current call", "a JSON object with CallId a number or null", _current_call)
+#: Sonoran v2 ``POST .../dispatch-calls/{callId}/notes``: an object (``{callId, note}``).
+SONORAN_CALL_NOTE = Contract("sonoran call note", "a JSON object", _any_object)
 #: A presigned S3 ``PUT``: 200 with an ETag and no body (S3 PutObject).
 STORAGE_PUT = Contract("storage", "an empty answer with an ETag", _storage_put, json=False)
 

@@ -12,6 +12,12 @@ few refusals (scripts/bench_upload.py).
 ``PlanAllowance``: uploaded minutes per rolling 24 h per community (free 10, standard 100, pro
 1000). A part that would exceed the window waits until enough earlier uploads age out.
 
+Every request on a key asks as a :class:`Claim`, so the unit operations share the key's window
+with the uploads in order of urgency: a panic may use the whole window at once (one slot of it,
+``reserve``, is never taken by anything else while the unit's panic is on), uploads and call notes
+are paced and leave the reserve alone, and location updates only go while half of what is left is
+free (they yield to uploads). The server's own "wait" (a 429's Retry-After) holds every claim.
+
 Both live in the outbox's SQLite file (one store per device, ``synchronous=FULL``), keyed by a
 fingerprint of the API key (never the key itself) or the legacy community id.
 """
@@ -22,6 +28,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable
+from enum import IntEnum
 
 from edged.core import limits
 from edged.core.db import Store
@@ -40,6 +47,18 @@ CREATE INDEX IF NOT EXISTS allowance_used_key ON allowance_used(key, at_ns);
 WINDOW_MARGIN_S = 1.0
 #: Full windows of success between two one-request-per-minute increases of the rate.
 PROBE_WINDOWS = 10
+
+
+#: Slots of a key's window kept for a panic while the unit's panic is on (uploads never take them).
+PANIC_RESERVE = 1
+
+
+class Claim(IntEnum):
+    """Who asks for a request on a key (lower goes first)."""
+
+    PANIC = 0  # the whole window, not paced: only the server's own wait (429) holds it back
+    DELIVERY = 1  # uploads and call notes: paced at the rate, never into the panic's reserve
+    BACKGROUND = 2  # location updates: not paced here (their own interval), at most half of what is left
 
 
 def key_fingerprint(secret: str) -> str:
@@ -62,9 +81,12 @@ class RequestBudget:
         window_s: float = limits.RATE_WINDOW_S,
         now_ns: Callable[[], int] | None = None,
         rng: random.Random | None = None,
+        reserve: int = 0,
     ) -> None:
+        """``reserve``: slots of the window only a :attr:`Claim.PANIC` may take (``PANIC_RESERVE``
+        when the unit's panic is on); every instance on the same key must be given the same."""
         install(store)
-        self.store, self.key = store, key
+        self.store, self.key, self.reserve = store, key, max(0, reserve)
         self.ceiling = max(1.0, limit / share)
         self.window_ns = int((window_s + WINDOW_MARGIN_S) * 1e9)
         self.rng = rng or random.Random()
@@ -80,9 +102,17 @@ class RequestBudget:
         with self.store.tx() as db:
             return self._state(db)[0]
 
-    def try_take(self, now_ns: int) -> float:
+    def _cap(self, allowed: int, claim: Claim) -> int:
+        """Requests of the window this claim may find already taken and still go."""
+        if claim is Claim.PANIC:
+            return allowed
+        delivery = max(1, allowed - self.reserve)  # a rate of 1 after a 429 storm still delivers
+        return delivery if claim is Claim.DELIVERY else (allowed - self.reserve) // 2
+
+    def try_take(self, now_ns: int, claim: Claim = Claim.DELIVERY) -> float:
         """Reserve one request now and return 0, or return the seconds to wait before asking again.
-        A reserved request is recorded at once (a crash after it still counts it)."""
+        A reserved request is recorded at once (a crash after it still counts it). Only a
+        :attr:`Claim.DELIVERY` is paced (and moves the pace); see the module docstring."""
         with self.store.tx() as db:
             rate, blocked, next_ns = self._state(db)
             db.execute("DELETE FROM rate_requests WHERE key=? AND at_ns<=?", (self.key, now_ns - self.window_ns))
@@ -94,18 +124,22 @@ class RequestBudget:
                     "SELECT at_ns FROM rate_requests WHERE key=? AND at_ns<=? ORDER BY at_ns", (self.key, now_ns)
                 )
             ]
-            allowed = max(1, math.floor(rate))
+            cap = self._cap(max(1, math.floor(rate)), claim)
+            if cap <= 0:  # no room for this claim at this rate: look again in a while
+                return self.window_ns / 1e9 / 4
             waits = []
-            if len(times) >= allowed:  # the window is full: wait for its oldest request to age out
-                waits.append(times[len(times) - allowed] + self.window_ns - now_ns)
+            if len(times) >= cap:  # its share of the window is full: wait for the oldest to age out
+                waits.append(times[len(times) - cap] + self.window_ns - now_ns)
             # Paced: one request every window/rate. ``next_ns`` is when the next may go; a clock
             # stepped backwards (next far ahead) does not block for longer than one spacing.
             spacing = int(self.window_ns / rate)
-            if now_ns < next_ns <= now_ns + 2 * spacing:
+            if claim is Claim.DELIVERY and now_ns < next_ns <= now_ns + 2 * spacing:
                 waits.append(next_ns - now_ns)
             if waits:
                 return max(waits) / 1e9
             db.execute("INSERT INTO rate_requests (key, at_ns) VALUES (?,?)", (self.key, now_ns))
+            if claim is not Claim.DELIVERY:
+                return 0.0
             # Random phase for the next slot: devices sharing a key do not stay in lock-step.
             jitter = int(self.rng.uniform(-0.25, 0.25) * spacing)
             db.execute("UPDATE rate_state SET next_ns=? WHERE key=?", (now_ns + spacing + jitter, self.key))

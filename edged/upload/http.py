@@ -18,9 +18,10 @@ and which contract the answer must meet (``answers``):
 - redirects are never followed and ``HTTP(S)_PROXY`` is not honoured (:func:`http_client`);
 - the optional bandwidth cap paces the body (:class:`ThrottledFile`) without outliving a cancel.
 
-:class:`HttpTarget` is the base of the HTTP targets: the :class:`~edged.upload.target.Target`
-hooks ``arm`` and ``cancel`` wired to the request in flight, and :meth:`HttpTarget.exchange`, the
-one way its requests are made.
+:class:`HttpSession` holds that: :meth:`HttpSession.exchange`, the one way a request is made, and
+``arm``/``cancel`` wired to the request in flight. :class:`HttpTarget`, the base of the HTTP
+targets, is a session that is also a :class:`~edged.upload.target.Target`; the Sonoran unit
+operations (``sonoran_unit``) use sessions of their own.
 """
 
 from __future__ import annotations
@@ -450,12 +451,12 @@ class Deadlines:
         return self.connect_s + size / self.bytes_per_s + self.answer_s
 
 
-class HttpTarget(Target):
-    """A target speaking HTTP: its requests bounded (:meth:`exchange`) and cancellable."""
+class HttpSession:
+    """Requests bounded (:meth:`exchange`) and cancellable (:meth:`cancel` from another thread): the
+    HTTP targets are built on it, and so is anything else of ``upload`` that speaks HTTP (the
+    Sonoran unit operations), each with its own client and connections."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        u = settings.upload
+    def __init__(self, u: UploadSettings) -> None:
         self.client = http_client(u)
         self.deadlines = Deadlines.from_settings(u)
         self.bytes_per_s = u.bandwidth_kbps * 1000 / 8
@@ -494,6 +495,15 @@ class HttpTarget(Target):
 
     def close(self) -> None:
         self.client.close()
+
+
+class HttpTarget(HttpSession, Target):
+    """A target speaking HTTP: its requests bounded (:meth:`exchange`) and cancellable (the
+    :class:`~edged.upload.target.Target` hooks ``arm``, ``cancel`` and ``close`` are the session's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        Target.__init__(self, settings)
+        HttpSession.__init__(self, settings.upload)
 
 
 class ThrottledFile:

@@ -30,7 +30,8 @@ from edged.core.db import Store
 from edged.core.journal import scrub
 from edged.core.states import DeliveryState
 
-#: Lower sorts first.
+#: Lower sorts first: a panic's clip before everything, marks before recalls.
+PRIORITY_PANIC = 0
 PRIORITY_MARK = 10
 PRIORITY_RECALL = 20
 

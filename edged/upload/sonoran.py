@@ -28,7 +28,7 @@ from edged.config.schema import Settings, api_key_path
 from edged.core.files import read_bounded
 from edged.core.journal import register_secret_file
 from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
-from edged.upload.budget import key_fingerprint
+from edged.upload.budget import PANIC_RESERVE, key_fingerprint
 from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
 from edged.upload.outbox import OutboxPart
 from edged.upload.target import Parcel
@@ -61,6 +61,19 @@ def _degrees(value: object, limit: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) and -limit <= value <= limit else None
+
+
+def read_key(path: Path | None) -> str:
+    """The v2 API key, read at every use: a key rotated in its file (or credential) takes effect at once."""
+    try:
+        return path.read_text().strip() if path else ""
+    except OSError:
+        return ""
+
+
+def panic_reserve(settings: Settings) -> int:
+    """Slots of the v2 key's request window kept for the unit's panic (``budget.Claim``)."""
+    return PANIC_RESERVE if settings.upload.sonoran_v2.unit.panic else 0
 
 
 class _SonoranTarget(HttpTarget):
@@ -111,14 +124,11 @@ class SonoranV2Target(_SonoranTarget):
         if self.key_path is not None:  # never logged nor stored, even when a server echoes it
             register_secret_file(self.key_path)
         self.plan, self.share = v2.plan, v2.devices_sharing_key
+        self.reserve = panic_reserve(settings)
         self.budget_key = key_fingerprint(self._key())
 
     def _key(self) -> str:
-        """Read at every use: a key rotated in its file (or credential) takes effect at once."""
-        try:
-            return self.key_path.read_text().strip() if self.key_path else ""
-        except OSError:
-            return ""
+        return read_key(self.key_path)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(repr((self.settings, self._key())).encode()).hexdigest()

@@ -96,6 +96,8 @@ class Target(ABC):
     plan: str | None = None
     #: Devices sharing this budget key (each keeps to its share of the rate).
     share: int = 1
+    #: Slots of the key's window this target leaves for a panic (``budget.Claim``).
+    reserve: int = 0
     #: (host, port) for the reachability probe; None: always reachable (a local folder).
     endpoint: tuple[str, int] | None = None
 

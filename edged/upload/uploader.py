@@ -74,7 +74,12 @@ class _Worker(threading.Thread):
         self.budget = allowance = None
         if target.budget_key:
             self.budget = RequestBudget(
-                self.outbox, target.budget_key, share=target.share, now_ns=up.now_ns, rng=up.policy.rng
+                self.outbox,
+                target.budget_key,
+                share=target.share,
+                now_ns=up.now_ns,
+                rng=up.policy.rng,
+                reserve=target.reserve,
             )
             if target.plan:
                 allowance = PlanAllowance(self.outbox, target.budget_key, target.plan)
@@ -314,6 +319,8 @@ class _Worker(threading.Thread):
                 attempts=d.attempts,
                 resends=d.resends,
             )
+            if self.up.on_part_delivered:
+                self.up.on_part_delivered(name, part.clip_id)
             if self.outbox.clip_delivered(part.clip_id) and self.up.on_delivered:
                 self.up.on_delivered(part.clip_id)
         elif v.kind is Kind.RATE_LIMITED:
@@ -416,12 +423,16 @@ class Uploader:
         on_delivered: Callable[[str], None] | None = None,
         on_alarm: Callable[[str, bool], None] | None = None,
         time_scale: float = 1.0,
+        on_part_delivered: Callable[[str, str], None] | None = None,
     ) -> None:
         """``now_ns``: the wall clock the outbox, budgets and allowance use. ``time_scale``: tests and
-        benchmarks run that clock faster than real time (waits shrink by the same factor)."""
+        benchmarks run that clock faster than real time (waits shrink by the same factor).
+        ``on_delivered(clip_id)``: a clip is delivered to every target; ``on_part_delivered(target,
+        clip_id)``: one of its parts to one target (committed before the call)."""
         self.outbox, self.targets, self.policy, self.now_ns = outbox, targets, policy, now_ns
         self.time_scale = time_scale
         self.on_delivered, self.on_alarm = on_delivered, on_alarm
+        self.on_part_delivered = on_part_delivered
         self.stopping = threading.Event()
         self.workers: list[_Worker] = []
         self.workers = [_Worker(self, t) for t in targets]

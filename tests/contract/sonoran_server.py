@@ -20,10 +20,27 @@ Bodies may come with Content-Length or chunked; they are parsed as they arrive (
 the Content-Type header), file parts spooled to temporary files, never held in memory.
 ``GET /files/<sha256>.webm`` serves a stored upload (with ``store_dir``); other paths answer 404.
 
-Fault knobs for tests, each for the next n upload requests: ``fail_next`` (answer so, after reading
-the body), ``reset_next`` (read some bytes, then RST), ``stall_next`` (the request is judged and
-recorded at once, the answer is held back); ``down``/``up`` stop and resume listening on the same
-port (``down`` also cuts open connections, so kept-alive ones cannot bypass it).
+The unit operations of sonoran-v2-openapi.md (each with the v2 bearer key, counted in the same
+30-per-minute window as the key's uploads; errors as problem+json; bodies JSON, at most 64 KiB):
+``PATCH /v2/emergency/servers/{serverId}/units/panic`` (setUnitPanic) ``{"communityUserIds":
+"<id>" (or a list of them), "isPanic": bool}`` → ``{"updated": n, "isPanic": bool}``, n the units
+of ``units`` (signed on) it names; ``PATCH .../servers/{serverId}/unit-locations``
+(updateUnitLocations) ``{"updates": [{"communityUserId", "location"?, "coordinates"?: {x, y, z?,
+w?}}, ...]}`` → ``{"updated": n}``; ``GET /v2/emergency/accounts/{accountUuid}/current-call``
+(getCurrentCall) → ``{"IdentId", "CallId"}`` from ``calls``; no current call, which the document
+does not show, answers ``CallId: null`` (``no_call="null"``) or 404 (``no_call="404"``); an
+account not in ``calls`` is "not found in this community" (400); ``POST .../servers/{serverId}/
+dispatch-calls/{callId}/notes`` (addCallNote) ``{"note": non-empty, "noteType"?, "label"?}`` →
+``{"callId", "note"}``, 404 for a call not open. ``serverId`` and ``callId`` are integers (400);
+a server not in ``servers`` is 404. What each received is kept (``unit_requests``; the accepted
+ones in ``panics``, ``locations``, ``notes``).
+
+Fault knobs for tests, each for the next n requests to an endpoint (``endpoint="upload"``, the
+default, is both upload paths; or ``"panic"``, ``"location"``, ``"current_call"``, ``"note"``):
+``fail_next`` (answer so, after reading the body), ``reset_next`` (read some bytes, then RST),
+``stall_next`` (the request is judged and recorded at once, the answer is held back); ``down``/``up``
+stop and resume listening on the same port (``down`` also cuts open connections, so kept-alive
+ones cannot bypass it).
 
 Runnable as a process (for a network namespace):
 ``python tests/contract/sonoran_server.py --host H --port P [--store-dir D] [--key K=plan ...]``
@@ -91,6 +108,18 @@ class Upload:
     sha256: str
     duration_ms: int
     at: float  # server clock time of acceptance
+
+
+@dataclass
+class UnitRequest:
+    """One request to a unit endpoint, as received (``body``: the parsed JSON, or None)."""
+
+    endpoint: str  # "panic" | "location" | "current_call" | "note"
+    params: dict[str, str]  # the path's parameters, as sent
+    key: str
+    body: object
+    status: int
+    at: float
 
 
 @dataclass
@@ -381,6 +410,10 @@ class SonoranServer:
         store_dir: Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        servers: set[int] | None = None,
+        units: set[str] | None = None,
+        calls: dict[str, int | None] | None = None,
+        no_call: str = "null",
     ) -> None:
         self.keys = dict(keys if keys is not None else {"test-key": "free"})
         self.accounts = set(accounts) if accounts is not None else None
@@ -396,7 +429,20 @@ class SonoranServer:
         self._lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
         self._used: dict[str, list[tuple[float, int]]] = {}
-        self._faults: deque[tuple[str, dict]] = deque()
+        self._faults: dict[str, deque[tuple[str, dict]]] = {}
+        #: The unit operations' world: configured server ids, the units signed on (communityUserId →
+        #: their panic), each account's current call (None: none) and the calls open.
+        self.servers = set(servers if servers is not None else {1})
+        self.units: dict[str, bool] = dict.fromkeys(units if units is not None else {"player-1234"}, False)
+        self.calls: dict[str, int | None] = dict(calls or {})
+        self.open_calls: set[int] = {c for c in self.calls.values() if c is not None}
+        if no_call not in ("null", "404"):
+            raise ValueError("no_call: 'null' or '404'")
+        self.no_call = no_call
+        self.unit_requests: list[UnitRequest] = []
+        self.panics: list[dict] = []
+        self.locations: list[dict] = []
+        self.notes: list[tuple[int, dict]] = []
         self._conns: set[socket.socket] = set()
         self._wake = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -452,24 +498,44 @@ class SonoranServer:
 
     # --- fault knobs ------------------------------------------------------------------------------
 
-    def fail_next(self, n: int, status: int = 503, body: str = "", headers: dict[str, str] | None = None) -> None:
-        """The next ``n`` upload requests are answered ``status``/``body``/``headers`` (after the body is read)."""
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        body: str = "",
+        headers: dict[str, str] | None = None,
+        endpoint: str = "upload",
+    ) -> None:
+        """The next ``n`` requests to ``endpoint`` are answered ``status``/``body``/``headers`` (body read first)."""
+        fault = ("fail", {"status": status, "body": body, "headers": dict(headers or {})})
         with self._lock:
-            self._faults.extend([("fail", {"status": status, "body": body, "headers": dict(headers or {})})] * n)
+            self._faults.setdefault(endpoint, deque()).extend([fault] * n)
 
-    def reset_next(self, n: int, after_bytes: int = 0) -> None:
-        """The next ``n`` upload requests: read ``after_bytes`` of the body, then reset the connection."""
+    def reset_next(self, n: int, after_bytes: int = 0, endpoint: str = "upload") -> None:
+        """The next ``n`` requests to ``endpoint``: read ``after_bytes`` of the body, then reset the connection."""
         with self._lock:
-            self._faults.extend([("reset", {"after": after_bytes})] * n)
+            self._faults.setdefault(endpoint, deque()).extend([("reset", {"after": after_bytes})] * n)
 
-    def stall_next(self, n: int, seconds: float) -> None:
-        """The next ``n`` upload requests are judged (and recorded) at once, answered ``seconds`` later."""
+    def stall_next(self, n: int, seconds: float, endpoint: str = "upload") -> None:
+        """The next ``n`` requests to ``endpoint`` are judged (and recorded) at once, answered ``seconds`` later."""
         with self._lock:
-            self._faults.extend([("stall", {"seconds": seconds})] * n)
+            self._faults.setdefault(endpoint, deque()).extend([("stall", {"seconds": seconds})] * n)
 
-    def _take_fault(self) -> tuple[str, dict] | None:
+    def clear_faults(self, endpoint: str = "upload") -> None:
+        """Forget the faults still queued for ``endpoint``."""
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            self._faults.pop(endpoint, None)
+
+    def _take_fault(self, endpoint: str = "upload") -> tuple[str, dict] | None:
+        with self._lock:
+            faults = self._faults.get(endpoint)
+            return faults.popleft() if faults else None
+
+    def in_window(self, key: str = "test-key") -> int:
+        """Requests of ``key`` in the server's rate window now (uploads and unit operations alike)."""
+        with self._lock:
+            now = self.clock()
+            return sum(1 for t in self._windows.get(key, ()) if t > now - limits.RATE_WINDOW_S)
 
     def count(self, status: int | None = None, api: str | None = None) -> int:
         with self._lock:
@@ -480,6 +546,12 @@ class SonoranServer:
     def _record(self, api: str, key: str, status: int, detail: str) -> None:
         with self._lock:
             self.requests.append(Request(api, key, status, detail, self.clock()))
+
+    def _unit_record(self, endpoint: str, params: dict[str, str], ctx: dict, status: int, detail: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self.requests.append(Request(endpoint, ctx["key"], status, detail, now))
+            self.unit_requests.append(UnitRequest(endpoint, dict(params), ctx["key"], ctx.get("body"), status, now))
 
     # --- the rules --------------------------------------------------------------------------------
 
@@ -604,6 +676,140 @@ class SonoranServer:
         finally:
             form.close()
 
+    # --- the unit operations (sonoran-v2-openapi.md) ------------------------------------------------
+
+    def judge_unit(self, endpoint: str, params: dict[str, str], headers, body: _Body, ctx: dict) -> dict:
+        """One unit request: auth, the key's window, the path, the JSON body; the answer's document."""
+        key = ctx["key"] = _bearer(headers)
+        if key not in self.keys:
+            raise _Refuse(401, "Missing or invalid API key.", {"WWW-Authenticate": "Bearer"})
+        self._rate(key, "")
+        for name in ("serverId", "callId"):
+            if name in params and not _INT.fullmatch(params[name]):
+                raise _Refuse(400, f"{name} must be an integer.")
+        if "serverId" in params and int(params["serverId"]) not in self.servers:
+            raise _Refuse(404, f"Server {params['serverId']} is not configured for this community.")
+        doc = None
+        if endpoint != "current_call":
+            doc = ctx["body"] = _json_body(headers, body)
+        judge = {
+            "panic": self._panic,
+            "location": self._locations,
+            "current_call": self._current_call,
+            "note": self._note,
+        }[endpoint]
+        return judge(params, doc)
+
+    def _panic(self, params: dict[str, str], doc: dict) -> dict:
+        ids = doc.get("communityUserIds")
+        names = [ids] if isinstance(ids, str) else ids
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise _Refuse(400, "communityUserIds must name at least one community user.")
+        if not isinstance(doc.get("isPanic"), bool):
+            raise _Refuse(400, "isPanic must be true or false.")
+        with self._lock:
+            updated = [n for n in names if n in self.units]
+            for n in updated:
+                self.units[n] = doc["isPanic"]
+            self.panics.append(doc)
+        return {"updated": len(updated), "isPanic": doc["isPanic"]}
+
+    def _locations(self, params: dict[str, str], doc: dict) -> dict:
+        updates = doc.get("updates")
+        if not isinstance(updates, list) or not updates:
+            raise _Refuse(400, "updates must be a non-empty list.")
+        for u in updates:
+            if not isinstance(u, dict) or not isinstance(u.get("communityUserId"), str) or not u["communityUserId"]:
+                raise _Refuse(400, "Each update needs a communityUserId.")
+            if "location" in u and not isinstance(u["location"], str):
+                raise _Refuse(400, "location must be a string.")
+            c = u.get("coordinates")
+            if c is not None:
+                numbers = isinstance(c, dict) and all(
+                    isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
+                    for k in ("x", "y", "z", "w")
+                    if k in c or k in ("x", "y")
+                )
+                if not numbers:
+                    raise _Refuse(400, "coordinates must have numbers x and y (and z, w if given).")
+        with self._lock:
+            self.locations.append(doc)
+            updated = sum(1 for u in updates if u["communityUserId"] in self.units)
+        return {"updated": updated}
+
+    def _current_call(self, params: dict[str, str], doc: None) -> dict:
+        account = params["accountUuid"]
+        with self._lock:
+            if account not in self.calls:
+                raise _Refuse(400, f"Account {account} was not found in this community.")
+            call = self.calls[account]
+        if call is None and self.no_call == "404":
+            raise _Refuse(404, "The account has no current call.")
+        return {"IdentId": 12, "CallId": call}
+
+    def _note(self, params: dict[str, str], doc: dict) -> dict:
+        note = doc.get("note")
+        if not isinstance(note, str) or not note.strip():
+            raise _Refuse(400, "note must be a non-empty string.")
+        for name in ("noteType", "label"):
+            if name in doc and not isinstance(doc[name], str):
+                raise _Refuse(400, f"{name} must be a string.")
+        call = int(params["callId"])
+        with self._lock:
+            if call not in self.open_calls:
+                raise _Refuse(404, f"Call {call} was not found.")
+            self.notes.append((call, doc))
+        return {"callId": call, "note": note}
+
+
+#: The unit endpoints: (method, path pattern, name); the path's groups are its parameters.
+UNIT_ROUTES = (
+    ("PATCH", re.compile(r"/v2/emergency/servers/(?P<serverId>[^/]+)/units/panic"), "panic"),
+    ("PATCH", re.compile(r"/v2/emergency/servers/(?P<serverId>[^/]+)/unit-locations"), "location"),
+    ("GET", re.compile(r"/v2/emergency/accounts/(?P<accountUuid>[^/]+)/current-call"), "current_call"),
+    (
+        "POST",
+        re.compile(r"/v2/emergency/servers/(?P<serverId>[^/]+)/dispatch-calls/(?P<callId>[^/]+)/notes"),
+        "note",
+    ),
+)
+UNIT_TITLES = {
+    "panic": "Unable to set unit panic",
+    "location": "Unable to update unit locations",
+    "current_call": "Unable to get current call",
+    "note": "Unable to add call note",
+}
+_MAX_JSON_BYTES = 64 * 1024
+
+
+def _json_body(headers, body: _Body) -> dict:
+    """The request's JSON object (the document's request bodies are all objects), bounded."""
+    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    data = bytearray()
+    while len(data) <= _MAX_JSON_BYTES and (chunk := body.read()):
+        data += chunk
+    if len(data) > _MAX_JSON_BYTES:
+        raise _Refuse(413, f"Request body over {_MAX_JSON_BYTES} bytes.")
+    if ctype != "application/json":
+        raise _Refuse(400, "Request body must be application/json.")
+    try:
+        doc = json.loads(bytes(data))
+    except (ValueError, RecursionError):
+        raise _Refuse(400, "Request body is not valid JSON.") from None
+    if not isinstance(doc, dict):
+        raise _Refuse(400, "Request body must be a JSON object.")
+    return doc
+
+
+def _unit_route(method: str, path: str) -> tuple[str, dict[str, str]] | None | str:
+    """(endpoint, path parameters) for a unit request; the endpoint's name alone when the path is
+    one but the method is not (405); None for any other path."""
+    for want, pattern, name in UNIT_ROUTES:
+        m = pattern.fullmatch(path)
+        if m:
+            return (name, m.groupdict()) if method == want else name
+    return None
+
 
 def _bearer(headers) -> str:
     scheme, _, key = (headers.get("Authorization") or "").strip().partition(" ")
@@ -653,6 +859,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _other(self) -> None:
         app = self.server.app
         path = urlsplit(self.path).path
+        route = _unit_route(self.command, path)
+        if isinstance(route, tuple):
+            return self._unit(*route)
         try:
             body = _Body(self.rfile, self.headers)
             self.close_connection = self.close_connection or not body.drain()
@@ -674,14 +883,71 @@ class _Handler(BaseHTTPRequestHandler):
             api = "v2" if path == V2_PATH else "legacy"
             app._record(api, "", 405, f"{self.command} not allowed")
             return self._send(405, "text/plain", b"Method not allowed", {"Allow": "POST"})
+        if isinstance(route, str):
+            allow = next(m for m, _, n in UNIT_ROUTES if n == route)
+            app._record(route, "", 405, f"{self.command} not allowed")
+            return self._send(405, "text/plain", b"Method not allowed", {"Allow": allow})
         app._record("", "", 404, f"{self.command} {path}")
         self._send(404, "text/plain", b"Not found")
 
     do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other  # noqa: N815
 
+    def _unit(self, endpoint: str, params: dict[str, str]) -> None:
+        """A unit operation: faults, then judged; what it received recorded, refused or not."""
+        app = self.server.app
+        try:
+            body = _Body(self.rfile, self.headers)
+        except _BadFraming as exc:
+            self.close_connection = True
+            return self._unit_answer(endpoint, _Refuse(400, str(exc)))
+        ctx: dict = {"key": _bearer(self.headers), "body": None}
+        fault = app._take_fault(endpoint)
+        if fault and fault[0] == "reset":
+            app._unit_record(endpoint, params, ctx, 0, "connection reset")
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        if fault and fault[0] == "fail":
+            self.close_connection = self.close_connection or not body.drain()
+            f = fault[1]
+            app._unit_record(endpoint, params, ctx, f["status"], f["body"])
+            headers = dict(f["headers"])
+            ctype = next((headers.pop(k) for k in list(headers) if k.lower() == "content-type"), "text/plain")
+            return self._send(f["status"], ctype, f["body"].encode(), headers)
+        doc: dict = {}
+        refusal: _Refuse | None = None
+        try:
+            doc = app.judge_unit(endpoint, params, self.headers, body, ctx)
+        except _ClientGone as exc:
+            self.close_connection = True
+            return app._unit_record(endpoint, params, ctx, 0, f"client went away: {exc}")
+        except _BadFraming as exc:
+            self.close_connection = True
+            refusal = _Refuse(400, str(exc))
+        except _Refuse as r:
+            refusal = r
+        self.close_connection = self.close_connection or not body.drain()
+        status = 200 if refusal is None else refusal.status
+        app._unit_record(endpoint, params, ctx, status, "" if refusal is None else refusal.detail)
+        if fault and fault[0] == "stall":
+            if app._wake.wait(fault[1]["seconds"]):
+                self.close_connection = True
+                return
+        if refusal is not None:
+            return self._unit_answer(endpoint, refusal)
+        self._send(200, "application/json", json.dumps(doc).encode())
+
+    def _unit_answer(self, endpoint: str, r: _Refuse) -> None:
+        doc = {"title": UNIT_TITLES[endpoint], "status": r.status, "detail": r.detail}
+        self._send(r.status, "application/problem+json", json.dumps(doc).encode(), r.headers)
+
     def _post(self) -> None:
         app = self.server.app
         path = urlsplit(self.path).path
+        route = _unit_route("POST", path)
+        if isinstance(route, tuple):
+            return self._unit(*route)
         api = {V2_PATH: "v2", LEGACY_PATH: "legacy"}.get(path)
         if api is None:
             return self._other()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tests.support import packets, wait_until
 
 from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
@@ -26,6 +25,7 @@ from edged.core.timefmt import iso, parse_iso_ns
 from edged.events.store import EventStore
 from edged.footage.index import Index
 from edged.recording.encode import OPUS_FRAME_MS
+from tests.support import packets, wait_until
 
 SMALL = {"width": 320, "height": 180, "bitrate": 120_000}
 MS = 1_000_000
