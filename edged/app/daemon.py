@@ -19,6 +19,7 @@ from edged.app.control import ControlServer
 from edged.app.gpio import DeviceState, Feedback, GpioError, MarkButton, from_settings
 from edged.app.status import DaemonStatus
 from edged.app.systemd import ServiceNotifier
+from edged.capture.position import PositionSource
 from edged.clips.job import FootageJobs
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.config.sync import ConfigSync, local_layer
@@ -125,8 +126,10 @@ class Daemon:
         stop_after_s: float | None = None,
         pin_factory: object = None,
         notifier: ServiceNotifier | None = None,
+        position: PositionSource | None = None,
     ) -> None:
         self.settings = settings
+        self.position = position  # where the device is, when a receiver is there (the stamp reads it)
         self.notifier = notifier or ServiceNotifier()  # systemd's readiness / watchdog / status
         self.pin_factory = pin_factory  # gpiozero's; tests pass a MockFactory
         self.clock = clock or SystemClock()
@@ -209,7 +212,14 @@ class Daemon:
         events and recalls that run them, the outbox and uploader, the control socket, the GPIO."""
         s = self.settings
         recorder = Recorder(
-            s, index, ring, self.clock, self.paths.segments, stop_after_s=self.stop_after_s, alarms=self.alarms
+            s,
+            index,
+            ring,
+            self.clock,
+            self.paths.segments,
+            stop_after_s=self.stop_after_s,
+            alarms=self.alarms,
+            position=self.position,
         )
         events_store = EventStore(self.paths.events)
         outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
