@@ -192,7 +192,9 @@ def burn(frame: av.VideoFrame, tile: Tile) -> None:
 
 class Stamp:
     """The recorder's stamping stage: ``apply`` each frame before it is encoded (the recorder's
-    thread); ``configure`` from any thread, in force from the next frame."""
+    thread); ``configure`` from any thread, in force from the next frame. The position source's
+    ``latest()`` is read on the recorder's thread once a second, when the text is rendered: it
+    must answer from memory (the gpsd reader keeps the latest fix), never wait on a socket."""
 
     def __init__(self, settings: Settings, position: PositionSource | None = None) -> None:
         self.position = position
