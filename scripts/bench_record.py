@@ -7,6 +7,13 @@ generated from edged's own encoder settings (``edged.recording.encode.vp8_option
 both run the same libvpx and Opus configuration; where that differs from the reference command
 (ENCODING.md's "CBR + 1 s buffer" row), the difference is printed.
 
+edged runs as configured by default, so with the time stamp burned into every frame
+(``[stamp]``); a third recorder, edged with ``stamp.enabled = false``, runs alternating with the
+other two, and the stamp's cost is the ratio of the two edged CPU figures (target: at most 3 %
+more). As that ratio is within the machine's run-to-run noise, the stamp stage is also timed
+alone, in-process, on the same frames (``edged.recording.stamp.Stamp.apply``, once per frame,
+with the wall time moving on at the frame rate so the text is rendered once a second).
+
 Printed side by side, with the targets and edged's pass/fail:
   * CPU seconds per recorded minute: user+sys of the child process (``os.wait4`` rusage),
     median of --repeat alternating runs; peak RSS (``ru_maxrss``, the largest run);
@@ -18,7 +25,7 @@ Printed side by side, with the targets and edged's pass/fail:
     4-pixel grid), every --ssim-every'th frame, streamed (two frames in memory at a time).
 
     .venv/bin/python scripts/bench_record.py [--seconds 120] [--noise 6] [--footage vtest.avi]
-        [--repeat 3] [--keep] [--only edged|ffmpeg] [--json bench-out/bench_record.json]
+        [--repeat 3] [--keep] [--only edged|ffmpeg|stamp] [--json bench-out/bench_record.json]
 """
 
 from __future__ import annotations
@@ -135,23 +142,67 @@ def run_measured(cmd: list[str], log: Path) -> Run:
     return Run(cpu_s=ru.ru_utime + ru.ru_stime, rss_mb=ru.ru_maxrss / 1024, wall_s=wall)
 
 
-def edged_config(source: Path, state_dir: Path) -> str:
+def edged_config(source: Path, state_dir: Path, stamp: bool = True) -> str:
     return (
         f'[camera]\nsource = "file"\ndevice = "{source}"\npaced = false\n'
         f'[audio]\nsource = "synthetic"\n'
         f'[storage]\ndir = "{state_dir}"\nmax_bytes = 10000000000\nmin_free_bytes = 0\n'
+        + ("" if stamp else "[stamp]\nenabled = false\n")
     )
 
 
-def edged_cmd(source: Path, seconds: float, out: Path) -> list[str]:
+def edged_cmd(source: Path, seconds: float, out: Path, stamp: bool = True) -> list[str]:
     cfg = out / "edged.toml"
-    cfg.write_text(edged_config(source, out / "edged"))
+    cfg.write_text(edged_config(source, out / "edged", stamp))
     return [edged_python(), "-m", "edged", "run", "--config", str(cfg), "--for", f"{seconds:g}"]
 
 
-def run_edged(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
-    cmd = edged_cmd(source, seconds, out)
+def run_edged(source: Path, seconds: float, out: Path, stamp: bool = True) -> tuple[Run, Path, list[str]]:
+    cmd = edged_cmd(source, seconds, out, stamp)
     return run_measured(cmd, out / "edged.log"), out / "edged" / "segments", cmd
+
+
+def run_edged_stamp_off(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
+    return run_edged(source, seconds, out, stamp=False)
+
+
+def stamp_stage_cpu(source: Path, frames: int) -> dict[str, float]:
+    """The stamp stage alone, in this process, on the benchmark's own frames: CPU seconds per
+    recorded minute of ``Stamp.apply`` (the frames read and converted as the file camera does,
+    that reading timed apart and taken off), and the tiles it rendered."""
+    import resource
+
+    from edged.capture.file import FileVideo
+    from edged.config.schema import Settings
+    from edged.recording.stamp import Stamp
+
+    def cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    settings = Settings()
+    stamp = Stamp(settings)
+    camera = FileVideo(source, CAM.width, CAM.height, CAM.fps, paced=False)
+    camera.open()
+    wall0 = 1_796_617_565 * 10**9  # any instant: the text changes once a second of media
+    reading = stamping = 0.0
+    try:
+        for n in range(frames):
+            t0 = cpu()
+            frame = camera.read().frame
+            t1 = cpu()
+            stamp.apply(frame, wall0 + n * 10**9 // CAM.fps, True)
+            t2 = cpu()
+            reading, stamping = reading + t1 - t0, stamping + t2 - t1
+    finally:
+        camera.close()
+    per_min = frames / (CAM.fps * 60)
+    return {
+        "frames": frames,
+        "renders": stamp.renders,
+        "cpu_s_per_min": stamping / per_min,
+        "us_per_frame": stamping / frames * 1e6,
+    }
 
 
 def video_flags() -> dict[str, str]:
@@ -444,7 +495,13 @@ def measure(seg_dir: Path, source: Path, seconds: float, runs: list[Run], every:
 # --- report -----------------------------------------------------------------------------------
 
 
-def checks(e: Figures, f: Figures | None) -> dict[str, tuple[float | int, bool]]:
+#: The stamp may cost at most this much more CPU than recording without it.
+STAMP_CPU_TARGET = 1.03
+#: edged recording with ``stamp.enabled = false``: the stamp's baseline.
+STAMP_OFF = "edged-stamp-off"
+
+
+def checks(e: Figures, f: Figures | None, off: Figures | None = None) -> dict[str, tuple[float | int, bool]]:
     """edged's verdicts: key -> (value, pass)."""
     target = CAM.bitrate / 1000
     out: dict[str, tuple[float | int, bool]] = {
@@ -455,6 +512,9 @@ def checks(e: Figures, f: Figures | None) -> dict[str, tuple[float | int, bool]]
     if f is not None:
         ratio = e.cpu_s_per_min / f.cpu_s_per_min
         out["cpu_s_per_min"] = (ratio, ratio <= 1.0)
+    if off is not None:
+        ratio = e.cpu_s_per_min / off.cpu_s_per_min
+        out["stamp_cpu_ratio"] = (ratio, ratio <= STAMP_CPU_TARGET)
     return out
 
 
@@ -475,13 +535,14 @@ ROWS = [  # label, Figures field, format, target
 
 
 def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bool]]) -> str:
-    e, f = results.get("edged"), results.get("ffmpeg")
+    e, f, off = results.get("edged"), results.get("ffmpeg"), results.get(STAMP_OFF)
     lines = [
-        f"{'':28} {'edged':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
-        f"{'-' * 28} {'-' * 12} {'-' * 12}   {'-' * 18} ----",
+        f"{'':28} {'edged':>12} {'no stamp':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
+        f"{'-' * 28} {'-' * 12} {'-' * 12} {'-' * 12}   {'-' * 18} ----",
     ]
     for label, key, fmt, target in ROWS:
         ev = fmt.format(getattr(e, key)) if e else "-"
+        ov = fmt.format(getattr(off, key)) if off else "-"
         fv = fmt.format(getattr(f, key)) if f else "-"
         verdict = ""
         if key in verdicts:
@@ -491,7 +552,12 @@ def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bo
                 verdict += f" ({value:.2f}x)"
         if key == "keyframes" and e:
             target = f"{e.segments} (1 per segment)"
-        lines.append(f"{label:28} {ev:>12} {fv:>12}   {target:<18} {verdict}")
+        lines.append(f"{label:28} {ev:>12} {ov:>12} {fv:>12}   {target:<18} {verdict}")
+    if "stamp_cpu_ratio" in verdicts:
+        value, ok = verdicts["stamp_cpu_ratio"]
+        target = f"<= {STAMP_CPU_TARGET:.2f}x"
+        verdict = "PASS" if ok else "FAIL"
+        lines.append(f"{'CPU, stamp on / off':28} {value:>11.3f}x {'':>12} {'':>12}   {target:<18} {verdict}")
     return "\n".join(lines)
 
 
@@ -502,19 +568,22 @@ def main() -> int:
     ap.add_argument("--noise", type=int, default=6, help="sensor noise: 6 shaky daylight, 20 low light (stress)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; CPU and wall are medians")
     ap.add_argument("--ssim-every", type=int, default=5, help="compare every Nth frame")
-    ap.add_argument("--only", choices=("edged", "ffmpeg"), help="run one recorder only")
+    ap.add_argument(
+        "--only", choices=("edged", "ffmpeg", "stamp"), help="run one recorder only (stamp: edged with and without it)"
+    )
+    ap.add_argument("--stamp-frames", type=int, default=600, help="frames the stamp stage alone is timed on")
     ap.add_argument("--keep", action="store_true", help="keep the outputs in bench-out/bench_record-runs/")
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_record.json")
     args = ap.parse_args()
 
     if not ensure_ffmpeg():
         return 2
-    names = [args.only] if args.only else ["edged", "ffmpeg"]
+    names = {None: ["edged", STAMP_OFF, "ffmpeg"], "stamp": ["edged", STAMP_OFF]}.get(args.only, [args.only])
     if "edged" in names and (problem := edged_cli_problem(edged_python())):
         print(f"bench_record: {problem}", file=sys.stderr)
         return 1
     source = shaken(args.seconds, args.noise, args.footage)
-    runners = {"edged": run_edged, "ffmpeg": run_ffmpeg}
+    runners = {"edged": run_edged, STAMP_OFF: run_edged_stamp_off, "ffmpeg": run_ffmpeg}
     work = REPO / "bench-out" / "bench_record-runs" if args.keep else Path(tempfile.mkdtemp(prefix="bench_record-"))
     shutil.rmtree(work, ignore_errors=True)
     runs: dict[str, list[Run]] = {n: [] for n in names}
@@ -535,7 +604,8 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    verdicts = checks(results["edged"], results.get("ffmpeg")) if "edged" in results else {}
+    stage = stamp_stage_cpu(source, args.stamp_frames) if "edged" in names else None
+    verdicts = checks(results["edged"], results.get("ffmpeg"), results.get(STAMP_OFF)) if "edged" in results else {}
     notes = settings_notes()
     print(
         f"\n{args.seconds:g} s of {source.name} ({args.footage} shaken, noise {args.noise}), "
@@ -543,6 +613,13 @@ def main() -> int:
         f" SSIM-Y on every {args.ssim_every}th frame\n"
     )
     print(table(results, verdicts))
+    if stage is not None:
+        share = stage["cpu_s_per_min"] / results["edged"].cpu_s_per_min
+        print(
+            f"\nstamp stage alone (in-process, {stage['frames']} frames, {stage['renders']} renders): "
+            f"{stage['cpu_s_per_min']:.3f} CPU s per recorded minute, {stage['us_per_frame']:.0f} us per frame, "
+            f"{share:.1%} of edged's recording"
+        )
     print("\nSettings (ffmpeg mirrors edged's encoder options):")
     for n in notes:
         print(f"  - {n}")
@@ -563,6 +640,8 @@ def main() -> int:
                 "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
                 "results": {n: asdict(fig) for n, fig in results.items()},
                 "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in verdicts.items()},
+                "stamp_stage": stage,
+                "stamp_cpu_target": STAMP_CPU_TARGET,
                 "all_pass": bool(verdicts) and all(ok for _, ok in verdicts.values()),
                 "commands": shown,
                 "edged_config": edged_config(source, Path("<tmp>") / "edged"),

@@ -227,7 +227,13 @@ class Daemon:
         events and recalls that run them, the outbox and uploader, the control socket, the GPIO."""
         s = self.settings
         recorder = Recorder(
-            s, index, ring, self.clock, self.paths.segments, stop_after_s=self.stop_after_s, alarms=self.alarms
+            s,
+            index,
+            ring,
+            self.clock,
+            self.paths.segments,
+            stop_after_s=self.stop_after_s,
+            alarms=self.alarms,
         )
         events_store = EventStore(self.paths.events)
         outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
@@ -246,6 +252,7 @@ class Daemon:
             else None
         )
         position: PositionSource | None = self._position_given or gpsd
+        recorder.stamp.position = position  # (built after the recorder: gpsd places fixes on its clock)
         events = EventManager(s, events_store, jobs, position, recorder.gate)
         try:
             button, feedback = from_settings(s.gpio, self._gesture, pin_factory=self.pin_factory)

@@ -486,6 +486,22 @@ class SyncSettings:
     )
 
 
+#: Where on the picture the time stamp sits.
+STAMP_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+#: Smallest stamp text that stays legible after VP8 at the target bitrate (0 is "auto").
+MIN_STAMP_TEXT_PX = 8
+
+
+@dataclass(frozen=True)
+class StampSettings:
+    # Signed as a table (Settings.stamp): the stamp is part of the evidence (a date and time on all
+    # footage); an unsigned synced file may neither turn it off nor grow it over the picture.
+    enabled: bool = _rule(True, doc="burn date, time and zone, unit and position into every frame")
+    corner: str = _rule("top-left", choices=STAMP_CORNERS, doc="where the stamp sits on the picture")
+    text_size: int = _rule(0, lo=0, hi=200, doc="text height in pixels (0: a 30th of camera.height, 18 at 540)")
+    show_position: bool = _rule(True, doc="a GPS position after the unit (NO FIX when there is none)")
+
+
 @dataclass(frozen=True)
 class GpsSettings:
     # Signed as a table (Settings.gps): where positions come from is part of the evidence (the
@@ -514,6 +530,7 @@ class Settings:
     upload: UploadSettings = _rule(factory=UploadSettings, live=True)
     sync: SyncSettings = _rule(factory=SyncSettings, trust=LOCAL)
     gps: GpsSettings = _rule(factory=GpsSettings, trust=SIGNED)
+    stamp: StampSettings = _rule(factory=StampSettings, live=True, trust=SIGNED)
     #: Where these settings came from ("<embedded defaults>" or a path); not a TOML key.
     origin: str = field(default="<embedded defaults>", compare=False)
 
@@ -681,6 +698,9 @@ def _cross_checks(s: Settings, problems: list[tuple[str, str]]) -> None:
                 "pre_roll_seconds + post_roll_seconds must be at least 1 s (an event needs footage)",
             )
         )
+    if 0 < s.stamp.text_size < MIN_STAMP_TEXT_PX:
+        reason = f"must be 0 (auto) or at least {MIN_STAMP_TEXT_PX}; got {s.stamp.text_size}"
+        problems.append(("stamp.text_size", reason))
     _upload_checks(s.upload, problems)
     _gps_checks(s, problems)
     _folder_checks(s, problems)

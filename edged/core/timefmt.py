@@ -3,6 +3,7 @@
 edged keeps time as integer nanoseconds since the epoch (UTC) and writes it as ISO 8601 with a
 ``Z`` and milliseconds (``2024-05-01T14:30:00.000Z``) in status files, manifests and the outbox;
 servers (Bota) and operators (recall requests) answer in ISO 8601 with any offset.
+On the picture (the stamp) it is local time with its offset from UTC.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ def iso(ns: int | None) -> str | None:
 def compact(ns: int) -> str:
     """``YYYYMMDDTHHMMSSZ``: the instant in a file or id name (segments, events, recalls)."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ns / 1e9))
+
+
+def local_with_offset(seconds: int) -> str:
+    """A whole second as the device's local time with its offset from UTC,
+    ``2026-12-07 04:26:05 +00:00``: what a person reads on the picture. Local (the system's zone,
+    ``TZ`` or /etc/localtime) because that is the time a witness speaks of; the offset makes it
+    unambiguous across a daylight-saving change, which an abbreviation (IST, CST) does not."""
+    tm = time.localtime(seconds)
+    off = tm.tm_gmtoff
+    sign = "-" if off < 0 else "+"
+    off = abs(off)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', tm)} {sign}{off // 3600:02d}:{off % 3600 // 60:02d}"
 
 
 def parse_iso(text: str) -> dt.datetime:

@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 
 from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
+from edged.capture.position import PositionSource
 from edged.capture.thread import LOST, CaptureThread
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.core.alarms import Alarms
@@ -34,6 +35,7 @@ from edged.recording.audio_gate import AudioGate, split
 from edged.recording.encode import AudioEncoder, VideoEncoder, encoder_settings
 from edged.recording.salvage import salvage
 from edged.recording.segment import SegmentStart, SegmentWriter, inspect
+from edged.recording.stamp import Stamp
 
 log = logging.getLogger("edged.recorder")
 
@@ -92,6 +94,7 @@ class Recorder:
         video_source_factory: Callable | None = None,
         audio_source_factory: Callable | None = None,
         alarms: Alarms | None = None,
+        position: PositionSource | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
@@ -122,6 +125,7 @@ class Recorder:
         #: audio privacy: what sound may be stored (``audio_gate``); the events stage and the
         #: daemon tell it about events and mutes
         self.gate = AudioGate(aud.pre_event, self.watch.boot_id, self.timeline_now_ns, index)
+        self.stamp = Stamp(settings, position)  # date, time, unit (and position) on every frame
         # Media-time state.
         self._origin: float | None = None  # source time of the first frame (media t = 0)
         self._mono_anchor_ns = 0  # monotonic ns of media t = 0
@@ -304,6 +308,8 @@ class Recorder:
         if self._cur is None:
             st.frames_not_stored += 1
             return
+        # The frame's own wall time: its place on the timeline, through the wall − monotonic offset.
+        self.stamp.apply(v.frame, self.watch.wall_at(self._last_frame_mono_ns), self.watch.synchronized)
         try:
             packets = self.venc.encode(v.frame, n, keyframe)
             for p in packets:
@@ -415,8 +421,9 @@ class Recorder:
     def reconfigure(self, settings: Settings) -> None:
         """New live settings (a synced config): bitrates and storage limits take effect at the next
         segment start, where the encoders are replaced (each segment starts on a keyframe anyway);
-        ``audio.pre_event`` at once (the audio gate's, not the encoder's)."""
+        ``audio.pre_event`` at once (the audio gate's, not the encoder's), the stamp from the next frame."""
         self.gate.set_pre_event(settings.audio.pre_event)
+        self.stamp.configure(settings)
         with self._boundary_lock:
             self._pending_settings = settings
 

@@ -86,6 +86,7 @@ def test_a_mark_has_the_position_its_clip_a_track_and_the_upload_a_unit_location
         try:
             wait_until(lambda: gps_of(d).get("fix") == "3d", 30, "a 3D fix from gpsd in the status")
             assert d.position is not None and d.position.fix_status() == "3d"
+            assert d.recorder.stamp.position is d.position, "the stamp on the picture reads the same fixes"
             wait_until(lambda: d.recorder.status.frames_encoded >= 40, 30, "4 s recorded (the pre-roll)")
             event_id = d.mark("cli", "with a position").event_id
             wait_until(lambda: built(d, event_id), 60, "the clip built")
