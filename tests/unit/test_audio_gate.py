@@ -41,11 +41,12 @@ def block(n: int = 4800, value: int = 1000, fmt: str = "s16", layout: str = "mon
 
 
 def loud(frame: av.AudioFrame) -> np.ndarray:
-    """Per sample: is any channel non-zero."""
-    arr = frame.to_ndarray()
+    """Per sample: is any channel louder than the silence pattern (one 16-bit step)."""
+    step = 2.0**-15 if frame.format.name.startswith("flt") else 1
+    arr = np.abs(frame.to_ndarray().astype(np.float64)) > step
     if frame.format.is_planar:
-        return (arr != 0).any(axis=0)
-    return (arr.reshape(-1, frame.layout.nb_channels) != 0).any(axis=1)
+        return arr.any(axis=0)
+    return arr.reshape(-1, frame.layout.nb_channels).any(axis=1)
 
 
 def feed(gate: AudioGate, start: int, seconds: float, n: int = 4800) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_silent_until_the_press_then_sound_from_its_sample_to_the_end():
 
 @pytest.mark.parametrize("fmt,layout", [("s16", "stereo"), ("fltp", "stereo"), ("flt", "mono"), ("s16p", "mono")])
 def test_silence_and_split_keep_every_format(fmt, layout):
-    f = block(1000, 1, fmt, layout)
+    f = block(1000, 1000, fmt, layout)
     z = silence(f, [(10, 20), (990, 1000)])
     x = loud(z)
     assert not x[10:20].any() and not x[990:].any() and x[:10].all() and x[20:990].all()
@@ -188,3 +189,14 @@ def test_mute_command_arguments_are_checked():
         out = answer(bad, handlers)
         assert not out["ok"] and "mute" in out["error"], out
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("fmt,layout", [("s16", "stereo"), ("fltp", "stereo"), ("s16p", "mono")])
+def test_silence_is_one_step_alternating_the_same_on_every_channel(fmt, layout):
+    """Not exact zeros (libopus codes those at twice the CPU of sound): +1, -1, ... 16-bit steps."""
+    z = silence(block(8, 1, fmt, layout), [(0, 8)])
+    step = 2.0**-15 if fmt.startswith("flt") else 1
+    arr = z.to_ndarray().astype(np.float64)
+    per_channel = arr if z.format.is_planar else arr.reshape(-1, z.layout.nb_channels).T
+    for channel in per_channel:
+        assert list(channel) == [step, -step] * 4
