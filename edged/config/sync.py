@@ -37,15 +37,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.config import schema as config_mod
-from edged.config import sign as configsign
 from edged.config.schema import ConfigError, Settings
 from edged.core.files import Refused, read_bounded, write_atomic
 from edged.core.journal import Msg, log_event, scrub_doc
 from edged.core.syncfolder import ALARM, CONFIG_NAME, SyncFolder
 from edged.core.timefmt import iso
+
+if TYPE_CHECKING:
+    from edged.config import sign as configsign
 
 log = logging.getLogger("edged.configsync")
 
@@ -145,7 +147,12 @@ class ConfigSync:
         self.status_path = self.folder.root / "status" / STATUS_NAME
         self.saved_path = local.state_dir / SAVED_NAME
         self.serial_path = local.state_dir / SERIAL_NAME
-        self._key = configsign.load_public_key(local.sync.fleet_public_key) if local.sync.fleet_public_key else None
+        self._key = None
+        if local.sync.fleet_public_key:
+            # Only with a fleet key: the signature code brings cryptography (~7 MB resident).
+            from edged.config import sign as configsign
+
+            self._key = configsign.load_public_key(local.sync.fleet_public_key)
         self._boot = local  # what runs for the keys that need a restart
         self._current = local  # what runs
         self._applied_version: str | None = None
@@ -358,6 +365,8 @@ class ConfigSync:
         return new, serial
 
     def _verify(self, data: bytes) -> configsign.Signed:
+        from edged.config import sign as configsign
+
         assert self._key is not None
         try:
             return configsign.verified(data, self._key)
