@@ -8,15 +8,18 @@ what ``MappedArray`` exposes): ``height * 3 / 2`` rows, each ``stride`` bytes ap
 chroma rows are ``stride / 2`` apart. The view is read once and the result owns its pixels, so the
 camera buffer can be handed back as soon as this returns.
 
-Measured per 960x540 frame (scripts/bench_yuv.py, x86-64, PyAV 18.1 wheel / Debian's PyAV 14.2):
+CPU per 960x540 frame (scripts/bench_yuv.py, x86-64; PyAV 18.1 wheel / Debian 13's PyAV 14.2):
 
-- NV12 -> yuv420p through one kept ``VideoReformatter`` (FFmpeg's swscale, SIMD de-interleave) over
-  a zero-copy wrap of the view: 50 / 36 us. numpy (Y copied, UV de-interleaved with strided slices
-  into the frame's planes): 97 / 100 us - byte-strided copies do not vectorise. A fresh reformatter
-  per frame (``frame.reformat``) costs 800-1300 us: swscale's set-up, so one is kept per stream.
-- YUV420 at the target size: the planes are copied row-block by row-block with numpy (memcpy
-  speed); swscale would return the very frame it was given, still pointing into the camera buffer.
+- NV12 through one kept ``VideoReformatter`` (FFmpeg's swscale, a SIMD de-interleave) over a
+  zero-copy wrap of the view: 78-84 / 29 us. numpy instead (Y copied, UV de-interleaved with
+  strided slices into the frame's planes): 92-97 / 92 us - byte-strided copies do not vectorise.
+  A new swscale context per frame (``frame.reformat``): 295-314 / 35 us; ``from_ndarray`` then
+  ``reformat``: 1070-1130 / 540 us. So swscale, with its context kept for the stream.
+- YUV420 at the target size: the planes are copied into the frame with numpy, 36 / 34 us (the
+  ``concatenate`` + ``from_ndarray`` edged used before: 880-910 / 220-234 us). swscale would
+  return the very frame it was given, still pointing into the camera buffer.
 - A different size (libcamera adjusted it): swscale converts and scales in the same pass.
+- picamera2's ``make_array`` would add a copy of the whole buffer first: 17-21 us.
 """
 
 from __future__ import annotations
