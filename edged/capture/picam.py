@@ -13,9 +13,11 @@ CLOCK_MONOTONIC too. The two clocks differ only by time spent in suspend, which 
 never is, so the timestamps share ``time.monotonic()``'s clock.
 
 The frame rate is asked for with ``FrameDurationLimits`` when the camera advertises that control.
-A camera that does not (the virtual one), or runs faster anyway, is thinned here: at most one frame
-per 1/fps slot of its own timestamps is kept (``FrameGate``, the recorder's numbering), and the
-extra frames go back to the camera unread, before any conversion is paid for.
+A camera that does not, or ignores it (libcamera's virtual camera takes it and runs at hundreds of
+frames a second), is thinned here: at most one frame per 1/fps slot of its own timestamps is kept
+(``FrameGate``: the recorder's numbering), and the extra frames go back to the camera unread,
+before any conversion is paid for. Each kept frame is then the first of its slot, up to half a
+period before the slot's nominal time; its timestamp says so, and the recorder places it.
 
 USB cameras, which libcamera lists too, are left to the v4l2 source.
 """
@@ -158,6 +160,11 @@ class PicameraVideo:
                 raise SourceError(
                     f"camera frames' SensorTimestamp has not advanced a frame period in {self.CAPTURE_TIMEOUT:g} s"
                 )
+
+    @property
+    def stream(self) -> dict[str, Any]:
+        """The main stream as libcamera configured it (format, size, stride), once open."""
+        return dict(self._stream)
 
     @property
     def frames_skipped(self) -> int:

@@ -189,7 +189,8 @@ def test_capture_failure_is_a_source_error() -> None:
     assert "cancel_all_and_flush" in cam.calls and not cam.is_open
 
 
-def test_a_vanished_camera_times_out_and_still_closes() -> None:
+def test_a_vanished_camera_times_out_and_still_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PicameraVideo, "CAPTURE_TIMEOUT", 0.2)
     source, cam = opened()
     source.read()
     cam.stalled = True  # cable pulled: no request completes any more
@@ -263,9 +264,20 @@ def test_a_format_edged_cannot_read_is_unavailable_and_releases_the_camera() -> 
 
 
 def test_a_camera_without_frame_duration_limits_is_configured_without_them() -> None:
+    fake.CONTROLS.pop("FrameDurationLimits")  # a camera that does not advertise it (the real library would refuse it)
+    fake.FREE_RUN_FPS = 60.0
+    source, cam = opened(320, 240, 30)
+    assert "FrameDurationLimits" not in cam.camera_config["controls"]
+    samples = [source.read() for _ in range(4)]
+    source.close()
+    assert source.frames_skipped >= 2  # the 60 frames a second are thinned to 30
+    assert all(b.time - a.time > 1 / 60 for a, b in zip(samples[1:], samples[2:]))
+
+
+def test_the_virtual_camera_takes_the_frame_rate_it_then_ignores() -> None:
     fake.virtual_camera()
     source, cam = opened(640, 480, 10)
-    assert "FrameDurationLimits" not in cam.camera_config["controls"]  # the real library would refuse it
+    assert cam.camera_config["controls"] == {"FrameDurationLimits": (100000, 100000)}
     assert cam.camera_config["main"]["format"] == "NV12"
     source.close()
 

@@ -8,9 +8,10 @@ moving gradient, one frame per frame duration, stamped as a sensor stamps it.
 
 What the real library did against libcamera's virtual camera (tests/system/test_picamera2_real.py
 runs edged against it) is reproduced by the knobs below: a camera whose pipeline delivers NV12
-only (``FORMATS``), advertises no controls and ignores the frame rate (``CONTROLS``,
-``FREE_RUN_FPS``), refuses the Raw stream role picamera2 probes in ``__init__`` (``RAW_ROLE``), or
-is held by another process (``IN_USE``).
+only (``FORMATS``), advertises FrameDurationLimits but ignores it (``CONTROLS``,
+``IGNORES_FRAME_DURATION``, ``FREE_RUN_FPS``), refuses the Raw stream role picamera2 probes in
+``__init__`` (``RAW_ROLE``), or is held by another process (``IN_USE``); ``virtual_camera()``
+sets the virtual camera's own.
 
 The fake is a module with state, like the real one (whose camera manager is a class
 attribute): tests call ``reset()``, adjust the knobs, and inspect or rig ``instances[-1]``
@@ -59,6 +60,8 @@ IMX708_CONTROLS: dict[str, tuple[Any, Any, Any]] = {
 CONTROLS: dict[str, tuple[Any, Any, Any]] = {}
 #: Frames per second when no FrameDurationLimits is in force (the virtual camera: as fast as it can).
 FREE_RUN_FPS = 30.0
+#: True: the camera takes FrameDurationLimits without complaint and runs at FREE_RUN_FPS anyway.
+IGNORES_FRAME_DURATION = False
 #: False: ``generate_configuration([StreamRole.Raw])`` returns None, as libcamera's virtual
 #: pipeline does (a camera without a raw sensor mode).
 RAW_ROLE = True
@@ -72,24 +75,26 @@ RGB_FORMATS = {"BGR888", "RGB888", "XBGR8888", "XRGB8888", "RGB161616", "BGR1616
 
 
 def reset() -> None:
-    global OPEN_ERROR, FREE_RUN_FPS, RAW_ROLE, IN_USE
+    global OPEN_ERROR, FREE_RUN_FPS, RAW_ROLE, IN_USE, IGNORES_FRAME_DURATION
     CAMERAS[:] = [dict(CSI_CAMERA)]
     OPEN_ERROR = None
     FORMATS[:] = ["YUV420", "YVU420", "NV12", "NV21", "XBGR8888", "XRGB8888", "BGR888", "RGB888"]
     CONTROLS.clear()
     CONTROLS.update(IMX708_CONTROLS)
-    FREE_RUN_FPS, RAW_ROLE, IN_USE = 30.0, True, False
+    FREE_RUN_FPS, RAW_ROLE, IN_USE, IGNORES_FRAME_DURATION = 30.0, True, False, False
     instances.clear()
 
 
 def virtual_camera() -> None:
-    """libcamera 0.4.0's virtual pipeline as the real picamera2 met it: NV12 only, no controls
-    advertised, frames as fast as it can make them (about 300 a second measured)."""
+    """libcamera 0.4.0's virtual pipeline as the real picamera2 met it: NV12 only; it advertises
+    FrameDurationLimits (and FaceDetectMode, no NoiseReductionMode) but makes frames as fast as it
+    can whatever is asked (300-800 a second measured)."""
+    global FREE_RUN_FPS, IGNORES_FRAME_DURATION
     CAMERAS[:] = [{"Location": 1, "Model": "edged-virtual", "Id": "Virtual0", "Num": 0}]
     FORMATS[:] = ["NV12"]
     CONTROLS.clear()
-    global FREE_RUN_FPS
-    FREE_RUN_FPS = 300.0
+    CONTROLS.update({"FrameDurationLimits": (33333, 100000, None), "FaceDetectMode": (0, 0, 0)})
+    FREE_RUN_FPS, IGNORES_FRAME_DURATION = 300.0, True
 
 
 reset()
@@ -410,7 +415,7 @@ class Picamera2:
     def frame_interval_s(self) -> float:
         """The sensor's frame period: the FrameDurationLimits in force, if the camera takes them."""
         limits = self.camera_config.get("controls", {}).get("FrameDurationLimits")
-        if limits is not None and "FrameDurationLimits" in CONTROLS:
+        if limits is not None and "FrameDurationLimits" in CONTROLS and not IGNORES_FRAME_DURATION:
             return limits[0] / 1e6
         return 1 / FREE_RUN_FPS
 
@@ -446,6 +451,7 @@ class Picamera2:
             if wait is None or wait is True:
                 raise AssertionError("capture_request without a timeout: the real one waits forever")
             self.pending_jobs += 1
+            time.sleep(wait)  # Job.get_result(timeout=wait): the caller waits it out
             raise TimeoutError()
         period_ns = round(self.frame_interval_s() * 1e9)
         now = time.monotonic_ns()
