@@ -29,3 +29,31 @@ class Pacer:
         if delay > 0:
             time.sleep(delay)
         return due
+
+
+class FrameGate:
+    """Keeps at most one frame per ``1 / fps`` slot of a live camera's own timestamps.
+
+    Frame *n* of a recording is the one whose time rounds to ``origin + n / fps`` (the recorder
+    numbers frames so, and skips a second frame in a slot). A camera that runs faster than asked
+    (one that ignores or does not advertise ``FrameDurationLimits``) is thinned here by the same
+    rule, so the extra frames are dropped before they are converted or queued. A frame at the
+    configured rate, give or take jitter under half a period, always passes.
+    """
+
+    def __init__(self, fps: int) -> None:
+        self.fps = fps
+        self._origin: float | None = None
+        self._last = 0
+        self.skipped = 0
+
+    def admit(self, t: float) -> bool:
+        if self._origin is None:
+            self._origin = t
+            return True
+        n = round((t - self._origin) * self.fps)
+        if n <= self._last:
+            self.skipped += 1
+            return False
+        self._last = n
+        return True
