@@ -96,6 +96,7 @@ class VideoEncoder:
         _open_checked(ctx, vp8_options(cam))
         _publish_parameters(self._holder)
         self._ctx = ctx
+        self._holder_closed = False
 
     def encode(self, frame: av.VideoFrame, pts: int, keyframe: bool) -> list[av.Packet]:
         frame.pts = pts
@@ -107,6 +108,15 @@ class VideoEncoder:
 
     def flush(self) -> list[av.Packet]:
         return self._ctx.encode(None)
+
+    def close(self) -> None:
+        """Release the encoder (after its last ``flush``). Closing the template's container frees
+        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
+        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
+        SIGSEGV at exit. Idempotent."""
+        if not self._holder_closed:
+            self._holder_closed = True
+            self._holder.close()
 
 
 class AudioEncoder:
@@ -124,6 +134,7 @@ class AudioEncoder:
         _open_checked(ctx, opus_options(aud))
         _publish_parameters(self._holder)
         self._ctx = ctx
+        self._holder_closed = False
 
     @property
     def extradata(self) -> bytes | None:
@@ -137,3 +148,12 @@ class AudioEncoder:
 
     def flush(self) -> list[av.Packet]:
         return self._ctx.encode(None)
+
+    def close(self) -> None:
+        """Release the encoder (after its last ``flush``). Closing the template's container frees
+        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
+        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
+        SIGSEGV at exit. Idempotent."""
+        if not self._holder_closed:
+            self._holder_closed = True
+            self._holder.close()

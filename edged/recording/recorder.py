@@ -211,6 +211,9 @@ class Recorder:
         finally:
             self._stop.set()
             self._finish_all()
+            self.venc.close()  # in order, now: never to the garbage collector (see VideoEncoder.close)
+            if self.aenc is not None:
+                self.aenc.close()
             self.status.state = "stopped"
             if self._origin is not None:
                 st = self.status
@@ -436,10 +439,12 @@ class Recorder:
         if new.camera != old.camera:
             for p in self.venc.flush():  # what the old encoder still holds belongs to the old segment
                 self._route_video(p)
+            self.venc.close()
             self.venc = VideoEncoder(new.camera)
         if self.aenc is not None and encoder_settings(new.audio) != encoder_settings(old.audio):
             for p in self.aenc.flush():
                 self._route_audio(p)
+            self.aenc.close()
             self.aenc = AudioEncoder(new.audio)
         self.settings = new
         self.seg_frames = max(1, round(new.storage.segment_seconds * self.fps))

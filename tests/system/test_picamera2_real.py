@@ -204,15 +204,10 @@ def test_the_daemon_records_the_real_camera_at_the_configured_rate(tmp_path: Pat
 
 
 @pytest.mark.usefixtures("picamera2_root")
-@pytest.mark.xfail(
-    strict=True,
-    reason="Debian 13's python3-av 14.2 (which a Pi's python3-picamera2 pulls in, and a venv made with "
-    "--system-site-packages uses) segfaults when the garbage collector frees edged's AudioEncoder - its "
-    "codec context's resampler filter graph - inside a reference cycle: the daemon stops cleanly, then "
-    "dies with SIGSEGV at exit. PyAV 18 does not. Fix in recording/app (drop the encoders at stop) or "
-    "require a newer av; then remove this mark.",
-)
 def test_the_daemon_exits_cleanly_on_debians_pyav(tmp_path: Path) -> None:
+    """Debian 13's python3-av 14.2 (what a Pi's python3-picamera2 brings) segfaulted at exit when the
+    garbage collector freed the Opus encoder inside a reference cycle; the recorder now closes its
+    encoders in order at stop (``AudioEncoder.close``)."""
     cfg = write_config(tmp_path)
     p = in_root("python", "-m", "edged", "run", "--config", str(cfg), "--for", "2", binds=(tmp_path,))
     assert "recording stopped (2 s of footage recorded)" in p.stderr, p.stderr[-4000:]
