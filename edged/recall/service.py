@@ -231,7 +231,10 @@ class RecallService:
 
     def _run(self) -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+            # Relative to the daemon's own niceness (never above the recorder's priority: an absolute
+            # 10 would raise a worker of a daemon started at nice 15), capped at the kernel's 19.
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         except OSError as exc:  # pragma: no cover - not Linux, or not allowed
             log.debug("recall worker keeps the daemon's priority: %s", exc)
         while not self._halt.is_set():
@@ -326,8 +329,11 @@ class RecallService:
             iso(req.start_ns),
             ", ".join(req.cameras),
         )
+        # The answer is the state at acceptance (pending), written before the worker is woken: woken
+        # first, it may already have moved a request whose footage is all recorded to processing.
+        accepted = self._write_status(req.id)
         self._wake.set()
-        return self._write_status(req.id)
+        return accepted
 
     # --- building -----------------------------------------------------------------------------------
 
