@@ -156,8 +156,15 @@ class Syncthing:
         return env
 
     def start(self, timeout: float = 60) -> Syncthing:
+        return self.launch().wait_up(timeout)
+
+    def launch(self) -> Syncthing:
+        """Start the process (``wait_up`` waits for it: many instances start side by side)."""
         with open(self.log_path, "ab") as log:
             self.proc = self._serve(log)
+        return self
+
+    def wait_up(self, timeout: float = 60) -> Syncthing:
         self.wait(self._pings, timeout, "REST API answering")
         self.api("PATCH", "/rest/config/options", LOOPBACK_OPTIONS)
         return self
@@ -189,11 +196,11 @@ class Syncthing:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the monitor and its Syncthing (their own session)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def __enter__(self) -> Syncthing:
@@ -212,14 +219,28 @@ class Syncthing:
         except OSError:
             return ""
 
+    def pids(self) -> list[int]:
+        """Every process of this instance: ``syncthing serve`` runs a monitor and the Syncthing
+        process proper, both in the session it was started in."""
+        assert self.proc is not None
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == self.proc.pid:
+                        out.append(int(entry))
+                except OSError:
+                    continue
+        return out
+
     def sockets(self) -> list[tuple[str, str, str]]:
         """(protocol, local address, peer address) of every TCP and UDP socket this instance has
         open (``ss``), to check it keeps to loopback."""
-        assert self.proc is not None
+        pids = self.pids()
         out = subprocess.run(["ss", "-H", "-tuanp"], capture_output=True, text=True, check=True).stdout
         mine = []
         for line in out.splitlines():
-            if f"pid={self.proc.pid}," in line:
+            if any(f"pid={pid}," in line for pid in pids):
                 cols = line.split()
                 mine.append((cols[0], cols[4], cols[5]))
         return mine
@@ -322,6 +343,14 @@ class Syncthing:
     def scan(self, folder_id: str) -> None:
         """Rescan now (returns once the scan is done)."""
         self.api("POST", "/rest/db/scan", folder=folder_id, timeout=120)
+
+    def set_timing(self, folder_id: str, timing: Timing) -> None:
+        """Change a folder's watcher delay and rescan interval while running."""
+        self.api(
+            "PATCH",
+            f"/rest/config/folders/{urllib.parse.quote(folder_id)}",
+            {"fsWatcherDelayS": timing.watcher_delay_s, "rescanIntervalS": timing.rescan_s},
+        )
 
     def ignores(self, folder_id: str) -> list[str]:
         return list(self.api("GET", "/rest/db/ignores", folder=folder_id).get("ignore") or [])
