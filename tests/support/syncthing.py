@@ -101,11 +101,30 @@ class Folder:
     ignore_perms: bool = True
 
 
-class Syncthing:
-    """One Syncthing instance, its home under ``root``. ``start()`` / ``stop()``; ``api()`` talks REST."""
+@dataclass(frozen=True)
+class RunAs:
+    """Run a child as another user (root only): its uid, primary gid, supplementary gids, umask."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    umask: int = 0o022
+
+    def popen_kw(self) -> dict[str, Any]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups), "umask": self.umask}
+
+
+def popen_kw(run_as: RunAs | None) -> dict[str, Any]:
+    return {} if run_as is None else run_as.popen_kw()
+
+
+class Syncthing:
+    """One Syncthing instance, its home under ``root``. ``start()`` / ``stop()``; ``api()`` talks REST.
+    ``run_as``: the user it runs as (default: this process's)."""
+
+    def __init__(self, root: Path, name: str, run_as: RunAs | None = None) -> None:
         self.name = name
+        self.run_as = run_as
         self.home = root / name
         self.home.mkdir(parents=True, exist_ok=True)
         self.gui_port = free_port()
@@ -143,6 +162,9 @@ class Syncthing:
         opts.find("crashReportingEnabled").text = "false"  # type: ignore[union-attr]
         opts.find("autoUpgradeIntervalH").text = "0"  # type: ignore[union-attr]
         tree.write(cfg)
+        if self.run_as is not None:  # its home is its own
+            for p in (self.home, *self.home.rglob("*")):
+                os.chown(p, self.run_as.uid, self.run_as.gid)
         for line in out.stdout.splitlines() + out.stderr.splitlines():
             if line.startswith("Device ID:"):
                 return line.split(":", 1)[1].strip()
@@ -185,6 +207,7 @@ class Syncthing:
             stderr=subprocess.STDOUT,
             env=self._env(),
             start_new_session=True,
+            **popen_kw(self.run_as),
         )
 
     def _pings(self) -> bool:
@@ -437,7 +460,21 @@ class EdgedChild:
     recording, its state in ``<root>/state``, ``sync.dir`` the given folder. ``sync_extra``: more
     ``[sync]`` lines (``fleet_public_key = ...``)."""
 
-    def __init__(self, root: Path, device_id: str, sync_dir: Path, *, sync_extra: str = "", fps: int = 10) -> None:
+    def __init__(
+        self,
+        root: Path,
+        device_id: str,
+        sync_dir: Path,
+        *,
+        sync_extra: str = "",
+        fps: int = 10,
+        run_as: RunAs | None = None,
+        python: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.run_as = run_as
+        self.python = list(python)
+        self.extra_env = env or {}
         self.root = root
         self.state = root / "state"
         self.delivered = root / "delivered"
@@ -476,14 +513,17 @@ dir = "{sync_dir}"
 
         repo = Path(__file__).resolve().parents[2]
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), self.extra_env.pop("PYTHONPATH", ""),
+                                                        env.get("PYTHONPATH", "")) if p)  # fmt: skip
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edged", "run", "--config", str(self.cfg)],
+                [*(self.python or [sys.executable]), "-m", "edged", "run", "--config", str(self.cfg)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=repo,
                 env=env,
+                **popen_kw(self.run_as),
             )
         return self
 
@@ -529,3 +569,39 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def python_for(run_as: RunAs) -> tuple[list[str], dict[str, str]] | str:
+    """An interpreter ``run_as`` can start with edged and its dependencies: this one when that user
+    can reach it, else the system's Python of the same version with this environment's
+    site-packages (a pyenv interpreter may live under ``/root``, which only root can enter).
+    A string says why there is none."""
+    import sys
+    import sysconfig
+
+    repo = Path(__file__).resolve().parents[2]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        ([sys.executable], {}),
+        ([f"/usr/bin/python{version}"], {"PYTHONPATH": sysconfig.get_paths()["purelib"]}),
+    ]
+    tried = []
+    for argv, extra in candidates:
+        path = os.pathsep.join(p for p in (str(repo), extra.get("PYTHONPATH", "")) if p)
+        try:
+            out = subprocess.run(
+                [*argv, "-c", "import edged.app.daemon, av, cryptography"],
+                env={**os.environ, "PYTHONPATH": path},
+                cwd="/",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                **run_as.popen_kw(),
+            )
+        except OSError as exc:
+            tried.append(f"{argv[0]}: {exc}")
+            continue
+        if out.returncode == 0:
+            return argv, extra
+        tried.append(f"{argv[0]}: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return f"no Python that uid {run_as.uid} can run with edged's dependencies ({'; '.join(tried)})"

@@ -11,11 +11,17 @@ temporaries. The daemon is ``python -m edged run`` in its own process.
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import hashlib
 import json
 import os
+import pwd
+import random
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +33,9 @@ from tests.support.syncthing import (
     DEVICE_STATUS_IGNORES,
     DeviceShare,
     EdgedChild,
+    RunAs,
     Syncthing,
+    python_for,
     read_json,
     share,
     unavailable,
@@ -252,3 +260,133 @@ def test_a_signed_config_and_a_recall_request_from_the_fleet(tmp_path: Path) -> 
         assert rig.fleet_status(f"recall-{rid}.json")["status"] == "completed"
     finally:
         rig.close()
+
+
+# --- the README's users: Syncthing and edged each their own, sharing only the sync group ------------
+
+
+def _unused_id() -> int:
+    while True:
+        n = random.randrange(61000, 65000)
+        try:
+            pwd.getpwuid(n)
+        except KeyError:
+            try:
+                grp.getgrgid(n)
+            except KeyError:
+                return n
+
+
+@pytest.fixture
+def sync_group() -> Iterator[tuple[str, int]]:
+    """A real, named group for the test (``sync.status_group`` names a group), removed after."""
+    if os.geteuid() != 0:
+        pytest.skip("running Syncthing and edged as two other users needs root")
+    name = f"edst{os.urandom(3).hex()}"
+    subprocess.run(["groupadd", "--gid", str(_unused_id()), name], check=True, capture_output=True)
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+def _owned(path: Path, uid: int, gid: int, mode: int) -> None:
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def _looks(path: Path) -> tuple[int, int, int]:
+    st = path.lstat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def test_syncthing_and_edged_as_their_own_users_sharing_only_the_sync_group(sync_group: tuple[str, int]) -> None:
+    group, gid = sync_group
+    # As on a device: Syncthing's user has the sync group as its own and runs with UMask=0007;
+    # edged's user has its own group, the sync group beside it, and edged's UMask=0077.
+    syncthing_user = RunAs(uid=_unused_id(), gid=gid, umask=0o007)
+    edged_uid = _unused_id()
+    edged_user = RunAs(uid=edged_uid, gid=edged_uid, groups=(gid,), umask=0o077)
+    python = python_for(edged_user)
+    if isinstance(python, str):
+        pytest.skip(python)
+    base = Path(tempfile.mkdtemp(prefix="edged-syncthing-users-"))
+    os.chmod(base, 0o755)  # pytest's tmp_path is root's alone
+    fleet = Syncthing(base, "fleet")
+    device = Syncthing(base, "device", run_as=syncthing_user)
+    sync = base / "sync"
+    edged = EdgedChild(
+        base / "edged",
+        DEVICE_ID,
+        sync,
+        sync_extra=f'status_group = "{group}"',
+        run_as=edged_user,
+        python=python[0],
+        env=python[1],
+    )
+    try:
+        # The README's folder set-up: sync.dir the Syncthing user's (setgid: what it makes there
+        # belongs to the sync group), status/ edged's, readable by the group; the marker and the
+        # ignore patterns put there once, as the installer does (Syncthing cannot write there).
+        sync.mkdir()
+        _owned(sync, syncthing_user.uid, gid, 0o2770)
+        (sync / "status" / ".stfolder").mkdir(parents=True)
+        (sync / "status" / ".stignore").write_text("\n".join(DEVICE_STATUS_IGNORES) + "\n")
+        _owned(sync / "status", edged_uid, gid, 0o750)
+        _owned(sync / "status" / ".stfolder", edged_uid, gid, 0o750)
+        _owned(sync / "status" / ".stignore", edged_uid, gid, 0o640)
+        _owned(base / "edged", edged_uid, edged_uid, 0o700)
+
+        fleet.start()
+        device.start()
+        s = share(fleet, device, DEVICE_ID, base / "fleet" / DEVICE_ID, sync)
+        wait_shared(fleet, device, s)
+        edged.start()
+
+        def wait(pred, what: str):
+            deadline = time.monotonic() + WAIT_S
+            while not (value := pred()):
+                for p in (fleet, device, edged):
+                    p.check_alive()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out waiting for {what}\n{edged.log()[-2000:]}\n{device.log()[-2000:]}")
+                time.sleep(0.05)
+            return value
+
+        wait(edged.recording, "edged recording as its own user")
+        data = b"[camera]\nbitrate = 150000\n"
+        save(s.fleet_dir / "edged.toml", data)
+        wait(
+            lambda: (d := read_json(s.fleet_dir / "status" / "config.json")) and d["version"] == sha256(data)
+            and d["state"] == "applied",
+            "the fleet's status/config.json saying applied",
+        )  # fmt: skip
+        rid = "users-r1"
+        save(
+            s.fleet_dir / "recall" / f"{rid}.json",
+            json.dumps({"start_time": _iso(time.time() - 62), "duration": 1}).encode(),
+        )
+        wait(
+            lambda: (d := read_json(s.fleet_dir / "status" / f"recall-{rid}.json")) and d["status"] == "completed",
+            "the fleet's status/recall-users-r1.json saying completed",
+        )
+        # Who owns what, and nothing is world-readable.
+        a = syncthing_user.uid
+        assert _looks(sync / "edged.toml") == (a, gid, 0o660)  # 0666 less UMask=0007: never world-readable
+        assert _looks(sync / "recall") == (a, gid, 0o2770)
+        assert _looks(sync / "recall" / "processed" / f"{rid}.json")[:2] == (a, gid)
+        assert _looks(sync / "recall" / "processed")[0::2] == (edged_uid, 0o2700)
+        assert _looks(sync / "status") == (edged_uid, gid, 0o750)
+        assert _looks(sync / "status" / "config.json") == (edged_uid, gid, 0o640)
+        assert _looks(sync / "status" / f"recall-{rid}.json") == (edged_uid, gid, 0o640)
+        for folder_id in s.folder_ids():
+            st = device.db_status(folder_id)
+            assert st["state"] == "idle" and not st.get("errors") and not st.get("pullErrors"), (folder_id, st)
+    finally:
+        try:
+            if edged.proc is not None:
+                assert edged.stop() == 0, edged.log()[-3000:]
+        finally:
+            fleet.stop()
+            device.stop()
+            shutil.rmtree(base, ignore_errors=True)
