@@ -603,7 +603,9 @@ def test_inbox_ignores_sync_tools_temporary_files_and_files_being_written(tmp_pa
     def look() -> int:
         return inbox.take(taken.append)
 
-    for name in (".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp"):
+    conflict = "r6.sync-conflict-20250101-120000-ABCDEFG.json"  # Syncthing's losing copy of r6.json
+    odd = (".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp", conflict)
+    for name in odd:
         (folder / name).write_text('{"start_time": "2025-01-01T00:00:00Z", "duration": 1}')
         assert is_temporary(name)
     growing = folder / "r4.json"
@@ -620,9 +622,7 @@ def test_inbox_ignores_sync_tools_temporary_files_and_files_being_written(tmp_pa
     [item] = taken
     assert item.request_id == "r4" and item.body == {"start_time": "2025-01-01T00:00:00Z", "duration": 1}
     assert (folder / "processed" / "r4.json").exists() and not growing.exists()
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [".r1.json.AbC123", ".syncthing.r2.json.tmp", "~syncthing~r3.json.tmp", "notes.txt", "r5.json.tmp", "processed"]
-    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*odd, "processed"])
 
 
 def test_inbox_requests_get_status_files_pending_processing_completed(synthetic, rig_factory):
