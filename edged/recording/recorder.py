@@ -9,6 +9,7 @@ neighbouring segments join with no lost and no duplicated samples.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import queue
@@ -41,6 +42,16 @@ log = logging.getLogger("edged.recorder")
 
 #: What a full, failing or read-only card raises: from the file, from FFmpeg, from SQLite.
 STORAGE_ERRORS = (OSError, av.FFmpegError, sqlite3.Error)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A write refused for lack of space: ENOSPC/EDQUOT from the kernel, SQLITE_FULL from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return False
+
 
 #: How long the previous segment waits for late audio after the boundary (media seconds).
 AUDIO_GRACE_S = 1.0
@@ -148,6 +159,7 @@ class Recorder:
         self._pending_settings: Settings | None = None
         self._last_frame_mono_ns = 0
         self._segment_bytes_estimate = segment_bytes_estimate(settings)
+        self._last_segment_bytes = 0  # the size of the last finished segment
         self._stop_reason = "stop requested"
 
     # --- for the event stage ------------------------------------------------------------------
@@ -554,10 +566,10 @@ class Recorder:
             w.abandon()
             self._salvage_now(w)
             return
+        size = path.stat().st_size
+        self._last_segment_bytes = size  # what one more segment will need, when the disk fills
         try:
-            self.index.finish(
-                w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets, sha256_file(path)
-            )
+            self.index.finish(w.start.seq, "final", duration_ns, size, frames, w.audio_packets, sha256_file(path))
         except STORAGE_ERRORS as exc:  # the file is safe; reconcile completes its row at the next start
             log.error("segment %s is on disk but its index row could not be completed: %s", w.start.name, exc)
             return
@@ -667,6 +679,15 @@ class Recorder:
         for seg in broken:
             seg.writer.abandon()
             self._salvage_now(seg.writer)
+        if _disk_full(exc):
+            # The ring's budget and free-space floor may both look fine to it (a segment larger than
+            # its estimate, the index's own growth): ask it for room for two segments, or it would
+            # free only the cut-off segment's few bytes (the salvage above) and the next write would
+            # hit the full disk again, a second later, again and again.
+            try:
+                self.ring.make_room(2 * max(self._last_segment_bytes, self._segment_bytes_estimate))
+            except STORAGE_ERRORS as again:
+                log.error("no room could be made on the full disk: %s", again)
         self._set_alarm("storage_error", True, "storage write error")
         self._next_room_check = time.monotonic() + 1.0
 
