@@ -30,7 +30,7 @@ from edged.core.paths import StatePaths
 from edged.footage.index import Index
 from edged.recording.recorder import STALL_S
 from tests.conftest import REPO
-from tests.support import wait_until
+from tests.support import load_factor, wait_until
 
 UNIT = REPO / "systemd" / "edged.service"
 #: `systemd-analyze security --offline` exposure the unit must stay under (README, "Hardening").
@@ -139,7 +139,7 @@ class NotifySocket:
         return next((f for _, f in list(self.messages) if key in f), None)
 
     def wait_for(self, key: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * load_factor()
         while time.monotonic() < deadline:
             t = self.times(key)
             if t:
