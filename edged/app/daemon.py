@@ -524,6 +524,7 @@ class Daemon:
             audio_source=rs.audio_source,
             frames_encoded=rs.frames_encoded,
             frames_dropped=rs.frames_dropped,
+            frames_dropped_behind=rs.frames_dropped_behind,
             frames_not_stored=rs.frames_not_stored,
             segments_written=rs.segments_written,
             current_segment=rs.current_segment,
