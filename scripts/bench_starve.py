@@ -11,11 +11,12 @@ tests/support/cgroups.py): start-up is not what is measured, a starved recording
 Per run, printed as one table:
   * frames kept: frames in the segments / frame instants of the recording's span;
   * longest gap between kept frames (an even drop pattern keeps it near need/quota periods);
-  * lag: how far behind real time the recorder is (wall time since the first frame minus frames
-    encoded and dropped over fps), the most in the second half: a backlog that grows shows here;
+  * lag: how far behind real time the recorder is (wall time since the quota minus frames encoded
+    and dropped over fps), the most in the last third against the middle third (a backlog that
+    grows shows as a difference);
   * sound: the longest gap in the audio, and the A/V offset (how far any whole segment's sound ends
     from its picture's end);
-  * RSS: the most, and the second half's median against the first's (flat);
+  * RSS: the most, and the last third's median against the middle third's (flat);
   * ``frames_dropped`` and whether the ``cpu_starved`` alarm was raised (and, after the quota is
     lifted at the end, cleared).
 Every segment is decoded (valid WebM under any load).
@@ -68,7 +69,9 @@ min_free_bytes = 0
     return cfg
 
 
-def record(label: str, seconds: float, size: str, bitrate: int, cpu: float | None, log=print) -> dict:
+def record(
+    label: str, seconds: float, size: str, bitrate: int, cpu: float | None, log=print, keep: bool = False
+) -> dict:
     """One run: start, wait for recording, (quota), record ``seconds``, (lift the quota, wait for the
     alarm to clear), stop; the figures."""
     work = Path(tempfile.mkdtemp(prefix=f"bench_starve-{label}-"))
@@ -106,6 +109,8 @@ def record(label: str, seconds: float, size: str, bitrate: int, cpu: float | Non
                 if status:
                     done = status.get("frames_encoded", 0) + status.get("frames_dropped", 0) - frames0
                     lags.append((now - t0, (now - t0) - done / FPS))
+            else:
+                lags.append((now - t0, lags[-1][1] if lags else 0.0))
                     starved_seen = starved_seen or "cpu_starved" in status.get("alarms", [])
                 time.sleep(0.5)
             cpu_used = proc_figures(daemon.pid)[3] - cpu0
@@ -127,11 +132,11 @@ def record(label: str, seconds: float, size: str, bitrate: int, cpu: float | Non
                 daemon.wait()
         segs = sorted((state / "segments").glob("*.webm"))
         f = figures(segs, FPS)
-        half = wall / 2
-        rss_first = statistics.median(r for t, r, _ in samples if t < half)
-        rss_second = statistics.median(r for t, r, _ in samples if t >= half)
-        lag_second = max((lag for t, lag in lags if t >= half), default=0.0)
-        lag_first = max((lag for t, lag in lags if t < half), default=0.0)
+        # Thirds: the first fills the bounded backlog (and the memory it takes); the last must be
+        # no worse than the middle (a backlog or memory that grows shows as a difference).
+        third = wall / 3
+        mid = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples) if third <= t < 2 * third]
+        last = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples) if t >= 2 * third]
         result = {
             "label": label,
             "quota_cpu": cpu,
@@ -142,48 +147,73 @@ def record(label: str, seconds: float, size: str, bitrate: int, cpu: float | Non
             "frames_dropped_behind": status.get("frames_dropped_behind"),
             "cpu_starved_raised": starved_seen,
             "cpu_starved_cleared": cleared if group is not None else None,
-            "lag_s_first_half": lag_first,
-            "lag_s_second_half": lag_second,
+            "lag_s_middle": max(lag for lag, _ in mid),
+            "lag_s_last": max(lag for lag, _ in last),
             "rss_mb_max": max(r for _, r, _ in samples),
-            "rss_mb_first_half": rss_first,
-            "rss_mb_second_half": rss_second,
+            "rss_mb_middle": statistics.median(r for _, r in mid),
+            "rss_mb_last": statistics.median(r for _, r in last),
             **f.doc(),
         }
         log(f"{label}: {json.dumps(result)}")
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            log(f"{label}: kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         return result
     finally:
         if group is not None:
             group.close()
 
 
-def run(seconds: float, fractions: list[float], size: str, bitrate: int, log=print) -> dict:
+def run(
+    seconds: float,
+    fractions: list[float],
+    size: str,
+    bitrate: int,
+    log=print,
+    keep: bool = False,
+    need: float | None = None,
+) -> dict:
     why = cgroups.unavailable()
     if why:
         raise SystemExit(f"bench_starve: {why}")
-    base = record("unlimited", seconds, size, bitrate, None, log)
-    need = base["cpu_fraction"]
+    base = record("unlimited", seconds, size, bitrate, None, log, keep)
+    need = need or base["cpu_fraction"]
     runs = [base]
     for frac in fractions:
-        runs.append(record(f"{frac:.0%}", seconds, size, bitrate, need * frac, log))
+        runs.append(record(f"{frac:.0%}", seconds, size, bitrate, need * frac, log, keep))
     for r, frac in zip(runs, [None, *fractions]):
         r["fraction_of_need"] = frac
-    return {"seconds": seconds, "size": size, "bitrate": bitrate, "fps": FPS, "need_cpu": need,
-            "cgroup": "v2" if cgroups.v2() else "v1", "runs": runs}
+    return {
+        "seconds": seconds,
+        "size": size,
+        "bitrate": bitrate,
+        "fps": FPS,
+        "need_cpu": need,
+        "cgroup": "v2" if cgroups.v2() else "v1",
+        "runs": runs,
+    }
 
 
 def print_report(r: dict) -> None:
-    print(f"\nstarvation: {r['size']} at {r['fps']} fps, {r['seconds']:g} s per run; recording needs "
-          f"{r['need_cpu']:.1%} of a CPU (cgroup {r['cgroup']})\n")
-    print(f"{'quota':>14} {'kept':>6} {'longest gap s':>13} {'lag s (2nd half)':>16} {'audio gap s':>11} "
-          f"{'A/V offset s':>12} {'RSS MB max':>10} {'RSS 1st→2nd half':>17} {'dropped':>7} {'alarm':>15}")
+    print(
+        f"\nstarvation: {r['size']} at {r['fps']} fps, {r['seconds']:g} s per run; recording needs "
+        f"{r['need_cpu']:.1%} of a CPU (cgroup {r['cgroup']})\n"
+    )
+    print(
+        f"{'quota':>14} {'kept':>6} {'longest gap s':>13} {'lag s (last 3rd)':>16} {'audio gap s':>11} "
+        f"{'A/V offset s':>12} {'RSS MB max':>10} {'RSS mid→last 3rd':>17} {'dropped':>7} {'alarm':>15}"
+    )
     for x in r["runs"]:
         quota = "none" if x["quota_cpu"] is None else f"{x['fraction_of_need']:.0%} ({x['quota_cpu']:.1%})"
         alarm = ("raised" if x["cpu_starved_raised"] else "-") + (
-            "/cleared" if x["cpu_starved_cleared"] else "/NOT cleared" if x["cpu_starved_cleared"] is False else "")
-        print(f"{quota:>14} {x['kept']:6.1%} {x['longest_gap_s']:13.2f} {x['lag_s_second_half']:16.2f} "
-              f"{x['longest_audio_gap_s']:11.3f} {x['av_offset_s']:12.3f} {x['rss_mb_max']:10.1f} "
-              f"{x['rss_mb_first_half']:7.1f} → {x['rss_mb_second_half']:6.1f} {x['frames_dropped']!s:>7} {alarm:>15}")
+            "/cleared" if x["cpu_starved_cleared"] else "/NOT cleared" if x["cpu_starved_cleared"] is False else ""
+        )
+        print(
+            f"{quota:>14} {x['kept']:6.1%} {x['longest_gap_s']:13.2f} {x['lag_s_last']:16.2f} "
+            f"{x['longest_audio_gap_s']:11.3f} {x['av_offset_s']:12.3f} {x['rss_mb_max']:10.1f} "
+            f"{x['rss_mb_middle']:7.1f} → {x['rss_mb_last']:6.1f} {x['frames_dropped']!s:>7} {alarm:>15}"
+        )
 
 
 def main() -> int:
@@ -192,10 +222,20 @@ def main() -> int:
     ap.add_argument("--fractions", default="0.6,0.35", help="quotas, as fractions of the measured need")
     ap.add_argument("--size", default="960x540")
     ap.add_argument("--bitrate", type=int, default=300_000)
+    ap.add_argument("--keep", action="store_true", help="keep each run's folder (segments, daemon.log)")
+    ap.add_argument("--need", type=float, help="use this need (fraction of a CPU) instead of the measured one")
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "bench_starve.json")
     args = ap.parse_args()
     fractions = [float(x) for x in args.fractions.split(",") if x]
-    r = run(args.seconds, fractions, args.size, args.bitrate, log=lambda m: print(m, file=sys.stderr, flush=True))
+    r = run(
+        args.seconds,
+        fractions,
+        args.size,
+        args.bitrate,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        keep=args.keep,
+        need=args.need,
+    )
     print_report(r)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(r, indent=1))

@@ -57,7 +57,7 @@ class Figures:
     longest_gap_s: float  # between consecutive kept frames
     audio_s: float  # sound recorded
     longest_audio_gap_s: float
-    av_offset_s: float  # the most any whole segment's sound ends away from its picture's end
+    av_offset_s: float  # the most a segment's sound starts away from its first frame (after the first)
 
     def doc(self) -> dict:
         return self.__dict__.copy()
@@ -73,18 +73,18 @@ def figures(paths: list[Path], fps: int) -> Figures:
     span = video[-1] - video[0] + 1 / fps if video else 0.0
     gaps = [b - a for a, b in zip(video, video[1:])]
     audio_gaps = [b[0] - a[1] for a, b in zip(audio, audio[1:])]
-    offsets = []
-    for s in segs[:-1]:  # the last one is cut at stop, its sound with it
-        if s.video_s and s.audio:
-            offsets.append(abs(max(e for _, e in s.audio) - (max(s.video_s) + 1 / fps)))
+    # Where each segment after the first splits the sound from the one before, against where it
+    # splits the picture (its first frame, a keyframe at its capture time): the recorder routes
+    # both by their own capture timestamps, so a sound that slid against the picture shows here.
+    offsets = [abs(s.audio[0][0] - s.video_s[0]) for s in segs[1:] if s.video_s and s.audio]
     due = max(1, round(span * fps))
     return Figures(
         segments=len(segs),
         frames=len(video),
         frames_due=due,
         kept=len(video) / due,
-        longest_gap_s=max(gaps, default=0.0),
-        audio_s=sum(e - b for b, e in audio),
-        longest_audio_gap_s=max(audio_gaps, default=0.0),
-        av_offset_s=max(offsets, default=0.0),
+        longest_gap_s=round(max(gaps, default=0.0), 3),  # to the millisecond: WebM's resolution
+        audio_s=round(sum(e - b for b, e in audio), 3),
+        longest_audio_gap_s=round(max(audio_gaps, default=0.0), 3),
+        av_offset_s=round(max(offsets, default=0.0), 3),
     )
