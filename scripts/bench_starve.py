@@ -109,8 +109,6 @@ def record(
                 if status:
                     done = status.get("frames_encoded", 0) + status.get("frames_dropped", 0) - frames0
                     lags.append((now - t0, (now - t0) - done / FPS))
-            else:
-                lags.append((now - t0, lags[-1][1] if lags else 0.0))
                     starved_seen = starved_seen or "cpu_starved" in status.get("alarms", [])
                 time.sleep(0.5)
             cpu_used = proc_figures(daemon.pid)[3] - cpu0
@@ -135,8 +133,8 @@ def record(
         # Thirds: the first fills the bounded backlog (and the memory it takes); the last must be
         # no worse than the middle (a backlog or memory that grows shows as a difference).
         third = wall / 3
-        mid = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples) if third <= t < 2 * third]
-        last = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples) if t >= 2 * third]
+        mid = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples, strict=True) if third <= t < 2 * third]
+        last = [(lag, r) for (t, lag), (_, r, _) in zip(lags, samples, strict=True) if t >= 2 * third]
         result = {
             "label": label,
             "quota_cpu": cpu,
