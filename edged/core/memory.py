@@ -4,7 +4,7 @@ glibc gives each thread that contends for the heap a new arena, up to eight per 
 keeps the memory it once held. The daemon runs a dozen threads (capture, recorder, events,
 uploads, recall, control, status, GPS) that allocate little and rarely at once, so most of those
 arenas hold freed memory nobody reuses: a few MB of resident memory that a 512 MB board wants back
-(measured by scripts/bench_starve.py's unlimited run, 106 → 100 MB). Two arenas keep the recorder
+(bench_starve's unlimited run, two runs each: 104–106 → 100–101 MB). Two arenas keep the recorder
 off the others' lock without that waste. ``MALLOC_ARENA_MAX`` in the environment still wins (the
 systemd unit or a user may set it), and outside glibc this does nothing.
 """
