@@ -122,7 +122,8 @@ class VideoEncoder:
 class AudioEncoder:
     def __init__(self, aud: AudioSettings) -> None:
         self.sample_rate = 48_000  # Opus always runs at 48 kHz; PyAV resamples the input
-        self.time_base = Fraction(1, self.sample_rate)
+        self.time_base = Fraction(1, self.sample_rate)  # its packets' time base: pts counts samples
+        self._input_time_base = self.time_base  # the time base of the input frames' rate (one per rate)
         self._holder = av.open(io.BytesIO(), "w", format="webm")
         self.template = self._holder.add_stream("libopus", rate=self.sample_rate)
         ctx = self.template.codec_context
@@ -143,7 +144,9 @@ class AudioEncoder:
     def encode(self, frame: av.AudioFrame, pts: int) -> list[av.Packet]:
         """``pts`` counts samples at the frame's own rate from the recording origin."""
         frame.pts = pts
-        frame.time_base = Fraction(1, frame.sample_rate)
+        if self._input_time_base.denominator != frame.sample_rate:
+            self._input_time_base = Fraction(1, frame.sample_rate)
+        frame.time_base = self._input_time_base
         return self._ctx.encode(frame)
 
     def flush(self) -> list[av.Packet]:

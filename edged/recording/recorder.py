@@ -205,6 +205,8 @@ class Recorder:
             self._boundaries.sort()
 
     def _boundary_due(self, frame_mono_ns: int) -> bool:
+        if not self._boundaries:  # nearly every frame: no lock taken (a boundary requested now is seen next frame)
+            return False
         with self._boundary_lock:
             due = [b for b in self._boundaries if b <= frame_mono_ns]
             if not due:
@@ -376,8 +378,8 @@ class Recorder:
             target.writer.mux_video(p)
 
     def _route_audio(self, p: av.Packet) -> None:
-        assert p.pts is not None and p.time_base is not None, "encoded packets carry their pts"
-        t = float(p.pts * p.time_base)
+        assert p.pts is not None and self.aenc is not None, "encoded packets carry their pts"
+        t = p.pts / self.aenc.sample_rate  # its time base (1 / sample_rate), without a Fraction per packet
         if self._closing is not None and self._cur is not None and t >= self._cur.start_s:
             # Audio reached the boundary: the previous segment is complete.
             self._finish(self._closing)
