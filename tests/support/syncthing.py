@@ -539,9 +539,10 @@ dir = "{sync_dir}"
 
     def status(self) -> dict[str, Any] | None:
         from edged.app.control import ControlError, request
+        from edged.core.paths import StatePaths
 
         try:
-            return dict(request(self.state / "control.sock", {"cmd": "status"}, timeout=5)["status"])
+            return dict(request(StatePaths(self.state).control, {"cmd": "status"}, timeout=5)["status"])
         except (ControlError, OSError, ValueError):
             return None
 

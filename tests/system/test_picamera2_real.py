@@ -24,6 +24,7 @@ from typing import Any
 import av
 import pytest
 
+from edged.core.paths import StatePaths
 from tests.conftest import REPO
 
 ROOT = REPO / "scripts" / "picamera2-root"
@@ -199,7 +200,7 @@ def test_the_daemon_records_the_real_camera_at_the_configured_rate(tmp_path: Pat
     standard = sorted(b[0] for b in BARS)
     for luma in bars_seen:  # the camera's colour bars (VP8 keeps luma within a few levels)
         assert all(abs(a - b) <= 12 for a, b in zip(luma, standard)), luma
-    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    status = json.loads(StatePaths(tmp_path / "state").last_status.read_text())
     assert status["video_source"] == "picamera2", status
 
 
