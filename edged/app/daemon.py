@@ -28,6 +28,7 @@ from edged.core.alarms import Alarms
 from edged.core.clock import Clock, SystemClock
 from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
+from edged.core.memory import limit_malloc_arenas
 from edged.core.paths import StatePaths, default_runtime, recorded_runtime
 from edged.core.runtime import make_runtime, remove_runtime
 from edged.core.states import FAULT_ALARMS, Alarm, DeliveryState, EventState, RecorderState
@@ -527,6 +528,7 @@ class Daemon:
             audio_source=rs.audio_source,
             frames_encoded=rs.frames_encoded,
             frames_dropped=rs.frames_dropped,
+            frames_dropped_behind=rs.frames_dropped_behind,
             frames_not_stored=rs.frames_not_stored,
             segments_written=rs.segments_written,
             current_segment=rs.current_segment,
@@ -742,6 +744,7 @@ class Daemon:
 
 
 def run(settings: Settings, stop_after_s: float | None = None) -> int:
+    limit_malloc_arenas()  # the daemon's own process (``edged run``): before its threads start
     return Daemon(settings, stop_after_s=stop_after_s).run()
 
 

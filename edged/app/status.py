@@ -37,6 +37,7 @@ class DaemonStatus:
     audio_source: str | None = None
     frames_encoded: int = 0
     frames_dropped: int = 0
+    frames_dropped_behind: int = 0  # of those, dropped for lack of CPU (alarm cpu_starved)
     frames_not_stored: int = 0
     segments_written: int = 0
     current_segment: str | None = None

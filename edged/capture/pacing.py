@@ -2,11 +2,20 @@
 
 Paced: sample *n* is released at ``t0 + n * period`` on the monotonic clock and stamped with
 that time, as a camera would. Unpaced: released at once, stamped with media time ``n * period``.
+
+A paced source read more than ``MAX_LATE_S`` late (a CPU starved or throttled by a quota) skips
+the slots it missed, as a camera or a sound card does when its buffers overrun: otherwise it would
+hand out ever older samples, a backlog that grows without end, and the recording would fall
+further behind the present.
 """
 
 from __future__ import annotations
 
 import time
+
+#: How late a paced sample may be released before the missed slots are skipped (about what a
+#: camera's and a sound card's buffers hold).
+MAX_LATE_S = 0.5
 
 
 class Pacer:
@@ -15,6 +24,7 @@ class Pacer:
         self.paced = paced
         self._t0: float | None = None
         self._n = 0
+        self.skipped = 0  # slots missed by a late reader (paced only)
 
     def next_time(self) -> float:
         """Wait (when paced) until the next sample is due and return its timestamp."""
@@ -28,6 +38,11 @@ class Pacer:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        elif -delay > MAX_LATE_S:
+            missed = int(-delay / self.period)  # the slot now due is kept: its time is not in the future
+            self._n += missed
+            self.skipped += missed
+            due += missed * self.period
         return due
 
 

@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from edged.core.alarms import Alarms
 from edged.core.clock import Clock, ClockWatch
 from edged.core.files import sha256_file
 from edged.core.journal import Msg, log_event
+from edged.core.states import Alarm
 from edged.footage.index import Index
 from edged.footage.ring import RingBuffer, Room
 from edged.recording.audio_gate import AudioGate, split
@@ -59,6 +61,16 @@ AUDIO_GRACE_S = 1.0
 QUEUE_SECONDS = 3.0
 #: No frame for this long while the camera claims to stream: it is stalled.
 STALL_S = 3.0
+#: A live camera's frames waiting beyond this much media mean the recorder cannot keep up (the CPU
+#: is starved): the oldest waiting frame is dropped instead of encoded, so the backlog, the latency
+#: and the memory stay bounded and the frames kept spread evenly (at 60 % of the CPU needed, about
+#: every third frame goes, never a run of seconds). Below it a short stall (a slow fsync) is caught
+#: up with nothing lost. Unpaced sources block instead: nothing is ever dropped there.
+MAX_BEHIND_S = 1.0
+#: ``cpu_starved`` is raised when at least ``STARVED_DROPS`` frames were dropped (behind, by a full
+#: capture queue, or by the source) within ``STARVED_WINDOW_S``, and cleared after as long without one.
+STARVED_WINDOW_S = 5.0
+STARVED_DROPS = 3
 
 
 @dataclass
@@ -68,6 +80,8 @@ class RecorderStatus:
     audio_source: str | None = None
     frames_encoded: int = 0
     frames_dropped: int = 0
+    #: of those, dropped because recording fell behind the live camera (CPU starved): see MAX_BEHIND_S
+    frames_dropped_behind: int = 0
     frames_not_stored: int = 0
     audio_dropped: int = 0
     segments_written: int = 0
@@ -124,6 +138,8 @@ class Recorder:
         self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
         self._stop = threading.Event()
         self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
+        self._max_behind_frames = max(1, round(MAX_BEHIND_S * cam.fps))
+        self._recent_drops: deque[float] = deque()  # monotonic times of recent frame drops (cpu_starved)
         self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
         vfactory = video_source_factory or video_factory(cam)
         afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
@@ -270,6 +286,9 @@ class Recorder:
             ):
                 self._stop_reason = f"{self.stop_after_s:g} s of footage recorded"
                 return
+            if self.paced and self._last_n is not None and self._vq.qsize() > self._max_behind_frames:
+                self._drop_behind()
+                continue
             self._frame(item)
             st.progress_mono = time.monotonic()
             if not st.on_disk:
@@ -308,6 +327,8 @@ class Recorder:
                 return  # the camera delivered faster than the configured rate: skip the extra frame
             if n > self._last_n + 1:
                 st.frames_dropped += n - self._last_n - 1
+                now = time.monotonic()
+                self._recent_drops.extend([now] * min(n - self._last_n - 1, STARVED_DROPS))
         self._last_n = n
         st.last_frame_mono = time.monotonic()
         st.state = "recording" if st.state != "storage_full" else st.state
@@ -730,6 +751,18 @@ class Recorder:
                     reason=self._video_thread.last_error,
                     alarm=name,
                 )
+            elif name == Alarm.CPU_STARVED:
+                log_event(
+                    log,
+                    Msg.WATCHDOG,
+                    "%s (%d frame(s) dropped so far)",
+                    message,
+                    self.status.frames_dropped_behind,
+                    level=level,
+                    stall="cpu",
+                    dropped=self.status.frames_dropped_behind,
+                    alarm=name,
+                )
             elif name == "camera_stalled":
                 log_event(
                     log,
@@ -756,7 +789,9 @@ class Recorder:
                 )
         elif not on and name in alarms:
             alarms.discard(name)
-            if name in ("camera_lost", "camera_stalled"):
+            if name == Alarm.CPU_STARVED:
+                log_event(log, Msg.WATCHDOG, "cleared: %s", name, stall="cpu", alarm=name, state="cleared")
+            elif name in ("camera_lost", "camera_stalled"):
                 log_event(
                     log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name, alarm=name
                 )
@@ -765,11 +800,29 @@ class Recorder:
                     log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared", storage_dir=self.dir
                 )
 
+    def _drop_behind(self) -> None:
+        """Drop the oldest waiting frame: recording is more than ``MAX_BEHIND_S`` behind the camera.
+        The next frame kept counts the gap in ``frames_dropped`` (and its audio is encoded then)."""
+        self.status.frames_dropped_behind += 1
+
+    def _watch_starvation(self, now: float) -> None:
+        """Raise ``cpu_starved`` while frames are being dropped; clear it after a whole window
+        without a drop. A live camera streaming with gaps is a recorder (or a capture thread, or a
+        camera whose buffers the recorder did not return in time) without the CPU to keep up:
+        frames dropped here, by the capture queue or by the source's own pacing all count."""
+        while self._recent_drops and self._recent_drops[0] < now - STARVED_WINDOW_S:
+            self._recent_drops.popleft()
+        if len(self._recent_drops) >= STARVED_DROPS:
+            self._set_alarm(Alarm.CPU_STARVED, True, "recording cannot keep up with the camera: dropping frames")
+        elif not self._recent_drops:
+            self._set_alarm(Alarm.CPU_STARVED, False, "")
+
     def _look_at_clock(self) -> None:
         now = time.monotonic()
         if now < self._next_clock_look:
             return
         self._next_clock_look = now + 1.0
+        self._watch_starvation(now)
         if self.status.state == "recording":
             self._set_alarm("camera_lost", False, "")
             self._set_alarm("camera_stalled", False, "")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.core.journal import Msg, log_event, register_secret_file, scrub
+from edged.core.priority import background_thread
 from edged.core.states import Alarm
 from edged.core.timefmt import iso
 from edged.upload.answers import ALARM_FAILED as ALARM_FAILED  # re-exported: tests import them from here
@@ -171,6 +172,7 @@ class _Worker(threading.Thread):
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        background_thread(f"upload to {self.target.name}")  # an upload can wait; recording cannot
         while not self.up.stopping.is_set():
             try:
                 wait = self.step()
