@@ -14,14 +14,16 @@ from __future__ import annotations
 import time
 
 #: How late a paced sample may be released before the missed slots are skipped (about what a
-#: camera's and a sound card's buffers hold).
+#: camera's buffers hold: picamera2's four to six at 10 fps). A sound card holds more: see
+#: ``edged.capture.synthetic.SOUND_CARD_BUFFER_FRAMES``.
 MAX_LATE_S = 0.5
 
 
 class Pacer:
-    def __init__(self, period: float, paced: bool) -> None:
+    def __init__(self, period: float, paced: bool, max_late_s: float = MAX_LATE_S) -> None:
         self.period = period
         self.paced = paced
+        self.max_late_s = max_late_s
         self._t0: float | None = None
         self._n = 0
         self.skipped = 0  # slots missed by a late reader (paced only)
@@ -38,7 +40,7 @@ class Pacer:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        elif -delay > MAX_LATE_S:
+        elif -delay > self.max_late_s:
             missed = int(-delay / self.period)  # the slot now due is kept: its time is not in the future
             self._n += missed
             self.skipped += missed

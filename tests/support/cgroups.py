@@ -48,7 +48,9 @@ def own_path(controller: str) -> str:
 class Cgroup:
     """``Cgroup(name, cpu=0.05)``: 5 % of one CPU; ``Cgroup(name, memory_bytes=256 << 20)``.
 
-    Made inside this process's own cgroup (a machine's limits on us stay limits on it)."""
+    Made inside this process's own cgroup (a machine's limits on us stay limits on it). A CPU-limited
+    group also gets the largest scheduling weight, so what it runs on is its quota, not what other
+    work on a busy test machine leaves over: the condition simulated is the quota alone."""
 
     def __init__(self, name: str, cpu: float | None = None, memory_bytes: int | None = None) -> None:
         name = f"{name}-{os.getpid()}"
@@ -60,6 +62,7 @@ class Cgroup:
             self.dirs.append(d)
             if cpu is not None:
                 (d / "cpu.max").write_text(f"{max(1000, int(cpu * PERIOD_US))} {PERIOD_US}")
+                (d / "cpu.weight").write_text("10000")
             if memory_bytes is not None:
                 (d / "memory.max").write_text(str(memory_bytes))
                 if (d / "memory.swap.max").exists():
@@ -71,6 +74,7 @@ class Cgroup:
             d.mkdir(exist_ok=True)
             (d / "cpu.cfs_period_us").write_text(str(PERIOD_US))
             (d / "cpu.cfs_quota_us").write_text(str(max(1000, int(cpu * PERIOD_US))))
+            (d / "cpu.shares").write_text("262144")
             self.dirs.append(d)
         if memory_bytes is not None:
             d = ROOT / "memory" / own_path("memory") / name

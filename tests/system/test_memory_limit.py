@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from edged.app.control import ControlError, request
+from edged.core.paths import StatePaths
 from tests.conftest import REPO
 from tests.support import cgroups, wait_until
 
@@ -29,7 +30,7 @@ FPS = 10
 
 def _ask(state: Path, req: dict) -> dict:
     try:
-        return request(state / "control.sock", req, timeout=30)
+        return request(StatePaths(state).control, req, timeout=30)
     except (ControlError, OSError):
         return {}
 

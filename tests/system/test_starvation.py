@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from edged.app.control import ControlError, request
+from edged.capture.pacing import MAX_LATE_S
+from edged.core.paths import StatePaths
+from edged.recording.recorder import MAX_BEHIND_S
 from tests.conftest import REPO
 from tests.support import cgroups, decode_all, segment_files, wait_until
 from tests.support.media_timeline import figures
@@ -29,7 +32,7 @@ FPS = 10
 
 def _status(state: Path) -> dict:
     try:
-        return request(state / "control.sock", {"cmd": "status"}, timeout=30)["status"]
+        return request(StatePaths(state).control, {"cmd": "status"}, timeout=30)["status"]
     except (ControlError, OSError, KeyError):
         return {}
 
@@ -92,20 +95,29 @@ min_free_bytes = 0
         st = wait_until(
             lambda: "cpu_starved" in (s := _status(state)).get("alarms", []) and s, 90, "cpu_starved", alive
         )
-        t0, frames0, rss0 = time.monotonic(), st["frames_encoded"] + st["frames_dropped"], _rss_mb(proc.pid)
+        t0, frames0 = time.monotonic(), st["frames_encoded"] + st["frames_dropped"]
         lag0 = _lag_s(st, t0, frames0)
         segs0 = st["segments_written"]
-        lags = []
-        while (st := _status(state)).get("segments_written", 0) < segs0 + 3:  # 12 s of footage, starved
+        lags, rss = [], []
+        while (st := _status(state)).get("segments_written", 0) < segs0 + 6:  # 24 s of footage, starved
             alive()
             assert time.monotonic() - t0 < 180, f"no segment written while starved: {st}"
             if st:
                 lags.append(_lag_s(st, t0, frames0))
-        rss1 = _rss_mb(proc.pid)
+                rss.append(_rss_mb(proc.pid))
         assert st["frames_dropped_behind"] > 0, st  # the recorder itself thinned the frames
-        # no backlog that grows: the lag at the end is about the lag at the start of it
-        assert lags[-1] <= lag0 + 1.5, (lag0, lags)
-        assert rss1 <= rss0 + 10, (rss0, rss1)  # memory flat: the waiting frames are bounded
+        # No backlog that grows: the lag stays within what the recorder lets wait (MAX_BEHIND_S), what
+        # the camera holds (MAX_LATE_S) and a frame encoded on the quota; a growing backlog at 40 %
+        # would be ten seconds behind by the end. Nor does it creep up in the last third.
+        bound = lag0 + MAX_BEHIND_S + MAX_LATE_S + 1.5
+        assert max(lags) <= bound, (bound, lags)
+        head, tail = lags[: 2 * len(lags) // 3], lags[2 * len(lags) // 3 :]
+        assert max(tail) <= max(head) + 1.0, (max(head), max(tail))
+        # Memory flat: it may step up while the frames waiting reach their bound (a full queue of
+        # 960x540 frames is ~23 MB), then it stays: the last third of the window does not grow.
+        rss_head, rss_tail = rss[: 2 * len(rss) // 3], rss[2 * len(rss) // 3 :]
+        assert max(rss) - rss[0] <= 24, (rss[0], max(rss))
+        assert max(rss_tail) <= max(rss_head) + 3, (max(rss_head), max(rss_tail))
 
         # 3. The CPU comes back: the alarm clears, and no frame is dropped any more.
         group.remove(proc.pid)
@@ -134,7 +146,10 @@ min_free_bytes = 0
         assert frames > 0 and samples > 0, p
     f = figures(paths, FPS)
     assert f.frames < f.frames_due, f  # frames were dropped ...
-    assert f.longest_gap_s <= 2.0, f  # ... evenly, never a run of seconds
+    # ... evenly, never a run of seconds. The longest gap is bounded by a keyframe (a segment's first
+    # frame, several times a delta frame's CPU) encoded on the quota: at 40 % of ~11 ms a frame, ~4 ms
+    # per 100 ms period, that alone takes about a second of wall time.
+    assert f.longest_gap_s <= 3.0, f
     assert f.longest_audio_gap_s <= 0.1, f  # the sound goes on
     assert f.av_offset_s <= 0.1, f  # and stays with the picture
     assert abs(f.frames_due - f.frames - dropped) <= 2, (dropped, f)  # frames_dropped tells the truth
