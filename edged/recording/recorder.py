@@ -123,6 +123,8 @@ class Recorder:
         self.paced = cam.paced
         self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
         self._stop = threading.Event()
+        #: set with ``status.on_disk``: the daemon says READY the moment it is (not at its next tick)
+        self.footage_on_disk = threading.Event()
         self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
         self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
         vfactory = video_source_factory or video_factory(cam)
@@ -274,6 +276,8 @@ class Recorder:
             st.progress_mono = time.monotonic()
             if not st.on_disk:
                 st.on_disk = st.segments_written > 0 or (self._cur is not None and self._cur.writer.synced)
+                if st.on_disk:
+                    self.footage_on_disk.set()
 
     # --- per frame ----------------------------------------------------------------------------
 
@@ -340,7 +344,7 @@ class Recorder:
             self._closing = None
         if self._cur:
             try:
-                self._cur.writer.sync_if_due()
+                self._cur.writer.sync_if_due(first_media=not st.on_disk)
             except OSError as exc:
                 self._write_failed(exc)
 
