@@ -52,11 +52,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edged.config.schema import Settings  # noqa: E402
-from edged.recording.encode import vp8_options  # noqa: E402
-from edged.recording.segment import CLUSTER_MS  # noqa: E402
-from tests.support.ebml import VIDEO, EbmlError, parse  # noqa: E402
-from tests.support.notify import NotifySocket  # noqa: E402
+from edged.config.schema import Settings
+from edged.recording.encode import vp8_options
+from edged.recording.segment import CLUSTER_MS
+from tests.support.ebml import VIDEO, EbmlError, parse
+from tests.support.notify import NotifySocket
 
 #: Process start to READY on this machine (issue 15, part 5).
 TARGET_READY_S = 1.5
@@ -159,7 +159,9 @@ def start_once(kind: str, work: Path, hold_s: float = 0.0) -> dict[str, float]:
     try:
         frame.start()
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, env=child_env(work, run), cwd=run, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            argv, env=child_env(work, run), cwd=run, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
         try:
             if kind == "python":
                 proc.wait(timeout=60)
@@ -245,10 +247,10 @@ def main() -> int:
     e, f = doc["results"]["edged"], doc["results"]["floor"]
     print(f"\nstart-up, median of {args.runs} (s from spawn)      edged    floor")
     print(f"  first frame in a segment file            {e['first_frame_s']:7.3f}  {f['first_frame_s']:7.3f}")
-    print(f"  READY (first frame synced)               {e['ready_s']:7.3f}  {f['ready_s']:7.3f}   target <= {TARGET_READY_S}")
+    print(f"  READY (first frame synced)               {e['ready_s']:7.3f}  {f['ready_s']:7.3f}   <= {TARGET_READY_S}")
     print(f"  python -c pass                           {doc['results']['python']['exit_s']:7.3f}")
     print(f"memory after {args.rss_seconds:g} s recording, MB")
-    print(f"  RSS                                      {e['rss_mb']:7.1f}  {f['rss_mb']:7.1f}   target <= {TARGET_RSS_MB:g}")
+    print(f"  RSS                                      {e['rss_mb']:7.1f}  {f['rss_mb']:7.1f}   <= {TARGET_RSS_MB:g}")
     print(f"  peak (VmHWM)                             {e['hwm_mb']:7.1f}  {f['hwm_mb']:7.1f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1))
