@@ -727,7 +727,10 @@ class Daemon:
             while rec_thread.is_alive():
                 self._tell_systemd(st, self.write_status())
                 self._show_feedback(st)
-                rec_thread.join(timeout=tick)
+                if self.notifier.is_ready:
+                    rec_thread.join(timeout=tick)
+                else:  # READY the moment the first footage is on disk
+                    st.recorder.footage_on_disk.wait(timeout=tick)
         finally:
             st.recorder.stop()
             if rec_thread.ident is not None:  # started

@@ -29,11 +29,13 @@ import logging
 import time
 import traceback
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.capture.base import SourceError, SourceUnavailable, VideoSample
 from edged.capture.pacing import FrameGate
-from edged.capture.yuv import LAYOUTS, YuvConverter
+
+if TYPE_CHECKING:  # imported once picamera2 is (both bring numpy; a machine without it never loads it)
+    from edged.capture.yuv import YuvConverter
 
 log = logging.getLogger("edged.capture.picam")
 
@@ -101,6 +103,8 @@ class PicameraVideo:
                 raise
             raise SourceUnavailable(f"camera {model} refused the configuration ({self._asked}): {exc!r}") from exc
         width, height = self._stream["size"]
+        from edged.capture.yuv import YuvConverter
+
         self._convert = YuvConverter(self._stream["format"], width, height, self.width, self.height)
         self._gate = FrameGate(self.fps)
         self._camera = camera
@@ -130,6 +134,8 @@ class PicameraVideo:
         )
         camera.configure(config)
         stream = dict(camera.camera_configuration()["main"])  # as libcamera adjusted it
+        from edged.capture.yuv import LAYOUTS
+
         if stream["format"] not in LAYOUTS:
             raise SourceUnavailable(
                 f"camera delivers {stream['format']} where YUV420 was asked for; edged reads {', '.join(LAYOUTS)}"

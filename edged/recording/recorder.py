@@ -137,6 +137,8 @@ class Recorder:
         self.paced = cam.paced
         self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
         self._stop = threading.Event()
+        #: set with ``status.on_disk``: the daemon says READY the moment it is (not at its next tick)
+        self.footage_on_disk = threading.Event()
         self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
         self._max_behind_frames = max(1, round(MAX_BEHIND_S * cam.fps))
         self._recent_drops: deque[float] = deque()  # monotonic times of recent frame drops (cpu_starved)
@@ -293,6 +295,8 @@ class Recorder:
             st.progress_mono = time.monotonic()
             if not st.on_disk:
                 st.on_disk = st.segments_written > 0 or (self._cur is not None and self._cur.writer.synced)
+                if st.on_disk:
+                    self.footage_on_disk.set()
 
     # --- per frame ----------------------------------------------------------------------------
 
@@ -361,7 +365,7 @@ class Recorder:
             self._closing = None
         if self._cur:
             try:
-                self._cur.writer.sync_if_due()
+                self._cur.writer.sync_if_due(first_media=not st.on_disk)
             except OSError as exc:
                 self._write_failed(exc)
 

@@ -142,6 +142,7 @@ class SegmentWriter:
         self._sync_interval = sync_interval
         self._last_sync = time.monotonic()
         self.synced = False  # some media of this segment has reached the disk (fdatasync'd)
+        self._header_end: int | None = None  # where the media starts: the header goes out with the first packet
         self.video_frames = 0
         self.audio_packets = 0
         self.last_video_pts: int | None = None
@@ -159,6 +160,7 @@ class SegmentWriter:
         order_video(packet, self._lead_ms)
         packet.stream = self._video
         mux.mux(packet)
+        self._header_written()
         self.video_frames += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
@@ -170,12 +172,25 @@ class SegmentWriter:
         packet.dts = packet.pts
         packet.stream = self._audio
         mux.mux(packet)
+        self._header_written()
         self.audio_packets += 1
 
-    def sync_if_due(self) -> None:
-        """Make what the muxer has flushed durable, at most every ``sync_interval`` seconds."""
+    def _header_written(self) -> None:
+        if self._header_end is None:
+            self._header_end = self._file.tell()
+
+    def media_in_file(self) -> bool:
+        """A cluster has reached the file (the muxer writes each one whole, when it closes)."""
+        return self._header_end is not None and self._file.tell() > self._header_end
+
+    def sync_if_due(self, first_media: bool = False) -> None:
+        """Make what the muxer has flushed durable, at most every ``sync_interval`` seconds; with
+        ``first_media``, also as soon as this segment's first video is in the file (the daemon is
+        ready once footage is on disk, and the run's first segment should not keep it waiting for
+        the interval)."""
         now = time.monotonic()
-        if now - self._last_sync >= self._sync_interval:
+        first = first_media and not self.synced and self.video_frames > 0 and self.media_in_file()
+        if first or now - self._last_sync >= self._sync_interval:
             self._file.flush()
             os.fdatasync(self._file.fileno())
             self._last_sync = now
