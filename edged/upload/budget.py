@@ -54,7 +54,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 from edged.core import limits
 from edged.core.db import Store
@@ -93,9 +93,8 @@ PROBE_S = 1800.0
 #: The probe starts a random time up to this long after the level is regained (a fleet refused
 #: together does not probe together).
 PROBE_DELAY = 0.5
-#: At first contact, the rate kept is this much below what Retry-After measured (the overload a
-#: full window shows is only a lower bound).
-FIRST_MARGIN = 0.35
+#: At first contact a device keeps this much of what got through in the window (its share of it).
+FIRST_MARGIN = 0.9
 #: At first contact a window filled within less than this is taken as filled within this.
 MIN_SPAN_S = 3.0
 #: After any 429 the rate drops at least this far for a while, before it regains ``good``.
@@ -171,27 +170,36 @@ def learned_rate(s: Learned, now_ns: int, ceiling: float, window_s: float) -> fl
     return min(ceiling, good + step * (1 + (probe / PROBE_S - 1) ** 3))
 
 
+class Refusal(StrEnum):
+    """What a 429 was taken to mean (``after_refusal``)."""
+
+    BURST = "burst"  # someone else's burst after a clean window: wait it out, keep the rate
+    FIRST_CONTACT = "first contact"  # a fleet meeting the limit together: take about its share
+    OVERSHOOT = "overshoot"  # the key just over its limit, or refused again: the fleet's own doing
+
+
 def after_refusal(
-    s: Learned, now_ns: int, rate: float, retry_after_s: float | None, ceiling: float, window_s: float
-) -> tuple[float, float]:
-    """(rate, good) after a 429 at ``rate``: see the module docstring."""
+    s: Learned, now_ns: int, rate: float, retry_after_s: float | None, got: int, ceiling: float, window_s: float
+) -> tuple[Refusal, float, float]:
+    """What a 429 at ``rate`` means, the rate for a while and the level to regain (``good``), given
+    Retry-After and ``got``, the device's own requests accepted in the last window (module docstring)."""
     floor = min(MIN_RATE, ceiling)
     if retry_after_s is None:
         factor = 1 / UNKNOWN_OVERLOAD
     else:  # the key's last ``limit`` requests took ``span``: it is offered window/span times its limit
         span = min(window_s, max(1.0, window_s - retry_after_s))
         factor = span / window_s
-    if s.run_ns > 0 and now_ns - s.run_ns >= window_s * 1e9:  # after a clean window at this rate:
-        # a burst (the key offered twice its limit or more) is someone else's: regain it all;
-        # the key just over its limit is our own fleet's doing: step back
-        good = rate if factor < 0.5 else rate * BACKOFF
-    elif not s.set_ns:  # first contact (a fleet starting together): nothing known but what the server said
-        good = rate * max(factor, MIN_SPAN_S / window_s) * FIRST_MARGIN
-    else:  # refused again within a window of the last 429
-        good = rate * BACKOFF
-    good = max(floor, good)
+    clean = s.run_ns > 0 and now_ns - s.run_ns >= window_s * 1e9
+    if clean and factor < 0.5:
+        return Refusal.BURST, rate, rate
+    if not clean and not s.set_ns:
+        # what got through in the window is its share of it; what the span measured, for a device
+        # that got nothing through
+        good = max(floor, min(rate, max(got * FIRST_MARGIN, rate * max(factor, MIN_SPAN_S / window_s) / 2)))
+        return Refusal.FIRST_CONTACT, good, good
+    good = max(floor, rate * BACKOFF)
     # Below it for a while: the refused requests in the server's window must age out.
-    return max(floor, min(good, rate * min(max(factor, MAX_CUT), TEMPORARY_CUT))), good
+    return Refusal.OVERSHOOT, max(floor, min(good, rate * min(max(factor, MAX_CUT), TEMPORARY_CUT))), good
 
 
 class RequestBudget:
@@ -271,7 +279,7 @@ class RequestBudget:
                     "SELECT at_ns FROM rate_requests WHERE key=? AND at_ns<=? ORDER BY at_ns", (key, now_ns)
                 )
             ]
-            cap = self._cap(max(1, math.floor(rate)), claim)
+            cap = self._cap(max(1, math.ceil(rate - 1e-6)), claim)
             if cap <= 0:  # no room for this claim at this rate: look again in a while
                 return self.window_ns / 1e9 / 4
             waits = []
@@ -317,21 +325,36 @@ class RequestBudget:
                 " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)",
                 (key, now_ns),
             )
-            rate, good = after_refusal(learned, now_ns, now_rate, retry_after_s, self.ceiling, self.window_s)
+            got = db.execute(
+                "SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
+                (key, now_ns - self.window_ns),
+            ).fetchone()[0]
+            meaning, rate, good = after_refusal(
+                learned, now_ns, now_rate, retry_after_s, got, self.ceiling, self.window_s
+            )
             until = now_ns + int(wait_s * 1e9)
-            # The refused request took its turn: the next goes one spacing (at the cut rate, jittered)
-            # after it, and not before the wait is over. Retrying sooner would add the refusals to
-            # the key's window on top of the pace (every request counts there), and a fleet sharing
-            # the key would keep it full of refusals.
-            spacing = self.window_ns / rate
-            turn = now_ns + int(spacing * (1 + self.rng.uniform(-REPHASE, REPHASE)))
-            regain_s = REGAIN_DOUBLING_S * math.log2(max(good, rate) / rate)
-            delay = self.rng.uniform(0, PROBE_DELAY * PROBE_S)
-            probe = until + int((regain_s + delay) * 1e9)
+            if meaning is Refusal.OVERSHOOT:
+                # The refused request took its turn: the next one a spacing of the cut rate later, at a
+                # new phase. Sooner would add refusals to the pace, and as they count in the key's
+                # window a fleet would keep it full of them.
+                turn = now_ns + int(self.window_ns / rate * (1 + self.rng.uniform(-REPHASE, REPHASE)))
+            else:  # once the wait is over, at a random phase of the pace (a crowd does not return at once)
+                turn = until + int(self.rng.uniform(0, self.window_ns / rate))
+            regain_s = REGAIN_DOUBLING_S * math.log2(good / rate)
+            probe = until + int((regain_s + self.rng.uniform(0, PROBE_DELAY * PROBE_S)) * 1e9)
             db.execute(
                 "UPDATE rate_state SET rate=?, good=?, set_ns=?, run_ns=0, probe_ns=?, peak=?, blocked_until_ns=?,"
                 " next_ns=? WHERE key=?",
-                (rate, good, until, probe, now_rate if learned.set_ns else good, until, max(until, turn), key),
+                (
+                    rate,
+                    good,
+                    until,
+                    probe,
+                    now_rate if meaning is not Refusal.FIRST_CONTACT else good,
+                    until,
+                    max(until, turn),
+                    key,
+                ),
             )
         return rate
 
