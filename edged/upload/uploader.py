@@ -35,7 +35,7 @@ from edged.upload.answers import ALARM_PAUSED as ALARM_PAUSED
 from edged.upload.answers import ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.outbox import Delivery, Outbox
-from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
+from edged.upload.policy import ALLOWANCE_RECHECK_S, PAUSE_POLL_S, RetryPolicy
 from edged.upload.target import Parcel, Progress, Scope, Target, check_part
 
 log = logging.getLogger("edged.upload")
@@ -44,9 +44,6 @@ log = logging.getLogger("edged.upload")
 IDLE_WAIT_S = 60.0
 #: How long the reachability probe may take.
 PROBE_TIMEOUT_S = 2.0
-#: A paused target looks at its key and settings this often (real seconds): a corrected key resumes
-#: within it.
-PAUSE_POLL_S = 0.5
 
 #: The alarms raised from answers, held per target while it does not deliver (``answers.ALARMS``
 #: less the two the uploader raises itself: a paused target, a part refused for good).
