@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hashlib
 
 import httpx
-from tests.sonoran_server import SonoranServer
+from tests.contract.sonoran_server import SonoranServer
 
 from edged.app.daemon import Daemon
 from edged.config.schema import from_mapping
