@@ -161,20 +161,28 @@ def naive_fleet(
 
 
 def burst_client(srv: SonoranServer, clock: ScaledClock, at: float, n: int, clip_file: Path, fired: list) -> None:
-    """Another client on the key: ``n`` requests at once at clock time ``at``."""
-    while clock.now() < at:
-        time.sleep(0.01)
-    fired.append(clock.now())
+    """Another client on the key: ``n`` requests at once at clock time ``at`` (each on a connection
+    opened beforehand, released together)."""
+    clients = [httpx.Client(timeout=30) for _ in range(n)]
+    for c in clients:  # connect now, so the burst is the requests alone
+        c.get(srv.url + "/")
+    gate = threading.Barrier(n + 1)
 
     def one(k: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            post(client, srv, clip_file, f"burst-{k}.webm")
+        gate.wait()
+        post(clients[k], srv, clip_file, f"burst-{k}.webm")
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
+    while clock.now() < at:
+        time.sleep(0.01)
+    fired.append(clock.now())
+    gate.wait()
     for t in threads:
         t.join()
+    for c in clients:
+        c.close()
 
 
 def recovery_s(accepted: list[float], burst_at: float) -> float | None:
