@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from edged.core import limits
-from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload import budget as budget_rules
+from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
 from edged.upload.outbox import Outbox
 from edged.upload.policy import RetryPolicy
