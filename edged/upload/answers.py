@@ -385,10 +385,15 @@ def _success(a: Answer, contract: Contract) -> Verdict:
     )
 
 
-def classify_error(exc: BaseException) -> Verdict:
+def classify_error(exc: BaseException, body_sent: bool = False) -> Verdict:
     """A request that got no answer. Everything here is worth another try; ``offline`` says whether
-    waiting for a link (rather than a timer) is the better wake-up."""
-    return _clean(_judge_error(exc))
+    waiting for a link (rather than a timer) is the better wake-up. ``body_sent``: the request had
+    gone out whole (``http.Call.answering``) when it failed: the verdict says the answer was lost
+    (``answer_lost``), unless we cut it off ourselves (a cancel is counted where it is asked for)."""
+    v = _clean(_judge_error(exc))
+    if body_sent and v.kind is Kind.RETRY:
+        return _replace(v, answer_lost=True, reason=f"{v.reason} (after the request was sent: answer lost)")
+    return v
 
 
 def _judge_error(exc: BaseException) -> Verdict:

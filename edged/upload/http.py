@@ -45,7 +45,7 @@ import httpx
 
 from edged import __version__
 from edged.config.schema import Settings, UploadSettings
-from edged.upload.answers import MAX_ANSWER_BYTES, Answer, DeadlineExceeded, RequestCancelled
+from edged.upload.answers import MAX_ANSWER_BYTES, Answer, DeadlineExceeded, RequestCancelled, Verdict, classify_error
 from edged.upload.target import Target
 
 #: The slowest link an upload is given time for (bytes/s, ~32 kbit/s: poor 2G) when no
@@ -492,6 +492,13 @@ class HttpSession:
             with self._lock:
                 self._call = None
             self.last_call = call
+
+    def failed(self, exc: BaseException) -> Verdict:
+        """The verdict on a request of this session that raised ``exc``: ``answers.classify_error``,
+        told whether the request had gone out whole (the answer was being read: ``Call.answering``,
+        set by the first read, which httpcore makes only once the body is written)."""
+        call = self.last_call
+        return classify_error(exc, body_sent=call is not None and call.answering)
 
     def close(self) -> None:
         self.client.close()

@@ -10,7 +10,8 @@ and durable, with one *delivery* row for each configured target. A delivery move
 Every transition is one committed transaction, so ``kill -9`` or a power cut at any point leaves a
 state the next start understands: a delivery found in ``sending`` was interrupted after the request
 may have reached the server, so it goes back to ``queued`` and ``resends`` counts the possible
-duplicate (delivery is at-least-once). Marked clips go before recalls; within a priority the
+duplicate (delivery is at-least-once); so does a send whose request went out whole but whose
+answer never came (``defer(..., resent=True)``). Marked clips go before recalls; within a priority the
 oldest event first. The uploader (``edged.upload``) owns the policy; this module owns the rows.
 
 No secret is stored: every reason, response and progress value goes through the scrubber that
@@ -296,8 +297,11 @@ class Outbox(Store):
     def delivered(self, d: Delivery, response: str) -> None:
         self._set(d, DeliveryState.DELIVERED, response=response, reason="", delivered_ns=self.now_ns(), wait_net=0)
 
-    def defer(self, d: Delivery, until_ns: int, reason: str, wait_net: bool = False) -> None:
-        self._set(d, DeliveryState.DEFERRED, next_try_ns=until_ns, reason=reason, wait_net=int(wait_net))
+    def defer(self, d: Delivery, until_ns: int, reason: str, wait_net: bool = False, resent: bool = False) -> None:
+        """Tried again at ``until_ns``. ``resent``: the request went out whole and its answer was
+        lost (reset, timeout): the server may have it, so the next send is counted in ``resends``."""
+        more = {"resends": d.resends + 1} if resent else {}
+        self._set(d, DeliveryState.DEFERRED, next_try_ns=until_ns, reason=reason, wait_net=int(wait_net), **more)
 
     def fail(self, d: Delivery, reason: str) -> None:
         self._set(d, DeliveryState.FAILED, reason=reason, wait_net=0)

@@ -11,6 +11,9 @@ from edged.core import limits
 #: The server refused because of the plan's allowance but our own record shows room (other devices
 #: of the community upload too): look again after this long.
 ALLOWANCE_RECHECK_S = 15 * 60
+#: A target paused for a refused key looks at its key file and settings this often (real seconds):
+#: a corrected key resumes it within this (``keyfile``: a stat, the file read only when it changed).
+PAUSE_POLL_S = 0.5
 #: A 429 without Retry-After waits one rate window.
 DEFAULT_RETRY_AFTER_S = float(limits.RATE_WINDOW_S)
 

@@ -24,12 +24,13 @@ from pathlib import Path
 import httpx
 
 from edged.clips.job import MANIFEST
-from edged.config.schema import Settings, api_key_path
+from edged.config.schema import Settings, SonoranV2Settings, api_key_path
 from edged.core.files import read_bounded
 from edged.core.journal import register_secret_file
-from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify, classify_error
-from edged.upload.budget import PANIC_RESERVE, key_fingerprint
+from edged.upload.answers import SONORAN_URLS, Kind, Verdict, classify
+from edged.upload.budget import PANIC_RESERVE
 from edged.upload.http import HttpTarget, ThrottledFile, endpoint_of
+from edged.upload.keyfile import KeyFile
 from edged.upload.outbox import OutboxPart
 from edged.upload.target import Parcel
 
@@ -63,12 +64,24 @@ def _degrees(value: object, limit: float) -> float | None:
     return float(value) if math.isfinite(value) and -limit <= value <= limit else None
 
 
-def read_key(path: Path | None) -> str:
-    """The v2 API key, read at every use: a key rotated in its file (or credential) takes effect at once."""
-    try:
-        return path.read_text().strip() if path else ""
-    except OSError:
-        return ""
+def v2_owner(v2: SonoranV2Settings) -> dict[str, str]:
+    """The one owner identifier a v2 upload carries (accountUuid, communityUserId, roblox or discord)."""
+    for field, value in (
+        ("accountUuid", v2.account_uuid),
+        ("communityUserId", v2.community_user_id),
+        ("roblox", v2.roblox),
+        ("discord", v2.discord),
+    ):
+        if value:
+            return {field: str(value)}
+    return {}
+
+
+def v2_account(v2: SonoranV2Settings) -> str:
+    """The plan allowance's identity for v2: the server and the account the clips are filed under
+    (the v2 configuration names no community, and the key cannot stand for it: it may be rotated)."""
+    owner = "&".join(f"{k}={v}" for k, v in v2_owner(v2).items())
+    return "account:" + hashlib.sha256(f"{v2.base_url.rstrip('/')}|{owner}".encode()).hexdigest()[:16]
 
 
 def panic_reserve(settings: Settings) -> int:
@@ -106,7 +119,7 @@ class _SonoranTarget(HttpTarget):
                     headers=headers,
                 )
         except httpx.HTTPError as exc:
-            return classify_error(exc)
+            return self.failed(exc)
         except OSError as exc:
             return Verdict(Kind.RETRY, f"clip file unreadable while sending: {exc.strerror or exc}")
         return classify(answer, SONORAN_URLS, time.time())
@@ -125,32 +138,26 @@ class SonoranV2Target(_SonoranTarget):
             register_secret_file(self.key_path)
         self.plan, self.share = v2.plan, v2.devices_sharing_key
         self.reserve = panic_reserve(settings)
-        self.budget_key = key_fingerprint(self._key())
+        self.key_file = KeyFile(self.key_path)  # read before every request, again when it changes
+        self.allowance_key = v2_account(v2)
+
+    @property
+    def budget_key(self) -> str:  # type: ignore[override]
+        """The request budget of the key in use now: a key changed in its file counts under the new one."""
+        return self.key_file.fingerprint()
 
     def _key(self) -> str:
-        return read_key(self.key_path)
+        return self.key_file.read()
 
     def fingerprint(self) -> str:
         return hashlib.sha256(repr((self.settings, self._key())).encode()).hexdigest()
-
-    def _owner(self) -> dict[str, str]:
-        v2 = self.settings
-        for field, value in (
-            ("accountUuid", v2.account_uuid),
-            ("communityUserId", v2.community_user_id),
-            ("roblox", v2.roblox),
-            ("discord", v2.discord),
-        ):
-            if value:
-                return {field: str(value)}
-        return {}
 
     def send(self, parcel: Parcel) -> Verdict:
         part = parcel.part
         key = self._key()
         if not key:
             return Verdict(Kind.PAUSE, f"no API key in {self.key_path}")
-        fields = {**self._owner(), "durationMs": str(part.duration_ms), **self._metadata(part)}
+        fields = {**v2_owner(self.settings), "durationMs": str(part.duration_ms), **self._metadata(part)}
         if self.settings.ident_id:
             fields["identId"] = str(self.settings.ident_id)
         return self._post(self.url, fields, part, {"Authorization": f"Bearer {key}"})
@@ -165,7 +172,7 @@ class SonoranLegacyTarget(_SonoranTarget):
         self.settings = lg
         self.url = self.base_url + "/upload"
         self.plan = lg.plan
-        self.budget_key = "community:" + lg.community
+        self.budget_key = self.allowance_key = "community:" + lg.community
 
     def fingerprint(self) -> str:
         return hashlib.sha256(repr(self.settings).encode()).hexdigest()

@@ -91,8 +91,12 @@ class Target(ABC):
     scope: ClassVar[Scope] = Scope.PART
     #: Enforce the upload contract's limits before sending (``check_part``).
     contract: ClassVar[bool] = True
-    #: Identity of the request budget and plan allowance (None: no limits apply).
+    #: Identity of the request budget (None: no limits apply); asked for before each request, so
+    #: a target may give the key in use now (a property).
     budget_key: str | None = None
+    #: Identity of the plan allowance: the community or account whose minutes they are (never the
+    #: API key, which may be rotated); None: the budget's key.
+    allowance_key: str | None = None
     plan: str | None = None
     #: Devices sharing this budget key (each keeps to its share of the rate).
     share: int = 1

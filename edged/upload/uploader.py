@@ -33,7 +33,7 @@ from edged.core.states import Alarm
 from edged.core.timefmt import iso
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.outbox import Delivery, Outbox
-from edged.upload.policy import ALLOWANCE_RECHECK_S, RetryPolicy
+from edged.upload.policy import ALLOWANCE_RECHECK_S, PAUSE_POLL_S, RetryPolicy
 from edged.upload.target import Parcel, Progress, Scope, Target, check_part
 from edged.upload.verdict import ALARM_FAILED as ALARM_FAILED  # re-exported: tests import them from here
 from edged.upload.verdict import ALARM_PAUSED as ALARM_PAUSED
@@ -73,17 +73,20 @@ class _Worker(threading.Thread):
         self.wake = threading.Event()
         self.link_changed = threading.Event()
         self.budget = allowance = None
-        if target.budget_key:
+        key = target.budget_key
+        if key:
+            # The key in use at each request (a key changed in its file counts under the new one).
             self.budget = RequestBudget(
                 self.outbox,
-                target.budget_key,
+                lambda: target.budget_key or key,
                 share=target.share,
                 now_ns=up.now_ns,
                 rng=up.policy.rng,
                 reserve=target.reserve,
             )
-            if target.plan:
-                allowance = PlanAllowance(self.outbox, target.budget_key, target.plan)
+            if target.plan:  # the community's minutes, whichever key uploads them
+                allowance = PlanAllowance(self.outbox, target.allowance_key or key, target.plan)
+                allowance.adopt(key)  # kept under the key's fingerprint by an older edged
         self.allowance = allowance
         self.pause: _Pause | None = self._load_pause()
         self.offline = False
@@ -142,8 +145,9 @@ class _Worker(threading.Thread):
             self.resume("its configuration or credentials changed")
             return None
         if now < self.pause.until_ns:
-            # Look again within a minute: a key rotated in its file resumes without a restart.
-            return min(IDLE_WAIT_S, (self.pause.until_ns - now) / 1e9)
+            # Look again soon: a key corrected in its file resumes within PAUSE_POLL_S (a stat of
+            # the key file, ``keyfile``; a new configuration builds a new uploader, which looks at once).
+            return min(PAUSE_POLL_S * self.up.time_scale, (self.pause.until_ns - now) / 1e9)
         if now >= self.pause.until_ns:
             log.warning("upload target %s: trying again after its pause (%s)", self.target.name, self.pause.reason)
             self.pause.until_ns = now + int(self.up.policy.auth_retry_s * 1e9)  # one try; a refusal re-pauses
@@ -327,7 +331,7 @@ class _Worker(threading.Thread):
                 self.up.on_delivered(part.clip_id)
         elif v.kind is Kind.RATE_LIMITED:
             wait = self.up.policy.retry_after_s(v.retry_after_s)
-            rate = self.budget.refused(now, wait) if self.budget else 0
+            rate = self.budget.refused(now, wait, v.retry_after_s) if self.budget else 0
             self.outbox.defer(d, now + int(wait * 1e9), v.reason)
             log_event(
                 log,
@@ -393,7 +397,8 @@ class _Worker(threading.Thread):
             )
         else:
             wait = self.up.policy.backoff_s(max(1, d.attempts))
-            self.outbox.defer(d, now + int(wait * 1e9), v.reason, wait_net=v.offline)
+            # an answer lost after the request went out whole: the server may have it (a resend)
+            self.outbox.defer(d, now + int(wait * 1e9), v.reason, wait_net=v.offline, resent=v.answer_lost)
             if v.offline and self.target.endpoint is not None:
                 self.offline, self._net_failures = True, 1
                 self._net_retry_ns = now + int(wait * 1e9)
@@ -411,6 +416,7 @@ class _Worker(threading.Thread):
                 next_try=iso(now + int(wait * 1e9)),
                 attempts=d.attempts,
                 offline=int(bool(v.offline)),
+                answer_lost=int(v.answer_lost),
             )
 
 

@@ -69,3 +69,6 @@ class Verdict:
     alarm: Alarm | None = None
     #: A delivered JSON answer, parsed (what a multi-step target reads its next step from).
     document: Any = None
+    #: No answer came, but the request had gone out whole (its body sent, the answer being read
+    #: when the connection was reset or timed out): the server may have it, a resend may duplicate it.
+    answer_lost: bool = False

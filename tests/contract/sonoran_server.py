@@ -8,7 +8,9 @@ v2  ``POST /v2/general/bodycam-recordings``, in this order:
     exactly one file part, named ``file``; ≤ 6,000,000 bytes; ``.webm`` name and EBML magic;
     exactly one of accountUuid / communityUserId / roblox (integer) / discord; the account known
     (if ``accounts`` is given); durationMs an integer in 1..120000; identId an integer if given;
-    the plan's minutes per rolling 24 h per key. Errors are application/problem+json
+    the plan's minutes per rolling 24 h per community ("your community's rolling 24 hour plan
+    allowance": keys of one community, ``communities``, share it; a key alone is its own community).
+    Errors are application/problem+json
     ``{"title": "Unable to upload bodycam recording", "status": N, "detail": "..."}``.
     Success: 200, a JSON list with one URL (``<url>/files/<sha256>.webm``).
 legacy ``POST /upload``: community, account, sessionId, username, type=bodycam, durationMs (identId,
@@ -396,6 +398,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class SonoranServer:
     """The contract server. ``keys``: v2 API key → plan (default ``{"test-key": "free"}``);
+    ``communities``: v2 API key → its community (keys of one community share its allowance);
     ``accounts``: the known accountUuid/communityUserId values (None: any); ``legacy``: community id →
     ``{"plan": ..., "accounts": {account: {"session": sid, "username": name}}}``; ``clock`` drives the
     rate window and the 24 h allowance; ``store_dir`` keeps accepted files as ``<sha256>.webm``."""
@@ -414,8 +417,10 @@ class SonoranServer:
         units: set[str] | None = None,
         calls: dict[str, int | None] | None = None,
         no_call: str = "null",
+        communities: dict[str, str] | None = None,
     ) -> None:
         self.keys = dict(keys if keys is not None else {"test-key": "free"})
+        self.communities = dict(communities or {})
         self.accounts = set(accounts) if accounts is not None else None
         self.legacy = dict(legacy or {})
         for plan in [*self.keys.values(), *(c.get("plan", "free") for c in self.legacy.values())]:
@@ -649,7 +654,8 @@ class SonoranServer:
             ident = form.get("identId")
             if ident and (len(ident) > 1 or not _INT.fullmatch(ident[0].strip())):
                 raise _Refuse(400, "identId must be an integer.")
-            return self._accept("v2", key, key, self.keys[key], form, f, ms, "")
+            community = "community:" + self.communities.get(key, "key:" + key)
+            return self._accept("v2", key, community, self.keys[key], form, f, ms, "")
         finally:
             form.close()
 

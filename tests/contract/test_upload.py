@@ -23,51 +23,12 @@ import pytest
 from edged.config import schema as config
 from edged.core import limits
 from edged.upload.outbox import PRIORITY_MARK, PRIORITY_RECALL, Outbox
-from edged.upload.policy import RetryPolicy
-from edged.upload.targets import build_targets
-from edged.upload.uploader import ALARM_PAUSED, Uploader
+from edged.upload.uploader import ALARM_PAUSED
 from tests.contract.sonoran_server import SonoranServer
 from tests.support import wait_until
-from tests.support.upload import ACCOUNT, ScaledClock, enqueue, make_webm, settings
+from tests.support.upload import ACCOUNT, Rig, ScaledClock, enqueue, make_webm, settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Rig:
-    """An outbox, its uploader and the clock they share; stopped at the end of the test."""
-
-    def __init__(self, tmp_path: Path, s: config.Settings, clock: ScaledClock, seed: int = 1) -> None:
-        import random
-
-        self.settings, self.clock, self.tmp = s, clock, tmp_path
-        self.outbox = Outbox(tmp_path / "outbox.sqlite", targets=s.upload.targets, now_ns=clock.now_ns)
-        self.delivered: list[str] = []
-        self.alarms: dict[str, bool] = {}
-        self.uploader = Uploader(
-            self.outbox,
-            build_targets(s),
-            RetryPolicy.from_settings(s.upload, random.Random(seed)),
-            now_ns=clock.now_ns,
-            on_delivered=self.delivered.append,
-            on_alarm=self.alarms.__setitem__,
-            time_scale=clock.scale,
-        )
-
-    def add(self, clip_id: str, **kw) -> list[Path]:
-        return enqueue(self.outbox, self.tmp / "clips", clip_id, **kw)
-
-    def states(self, target: str | None = None) -> list[str]:
-        return [d.state for d in self.outbox.deliveries(target=target)]
-
-    def settled(self) -> bool:
-        return all(s in ("delivered", "failed") for s in self.states())
-
-    def __enter__(self) -> Rig:
-        self.uploader.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.uploader.stop()  # the outbox stays open for the test to read
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Upload fixtures shared by the contract, daemon, system and hostile tests: a real VP8 WebM made
 with PyAV, an outbox filled with such parts, settings naming the contract server, and the
 accelerated clock the uploader and the contract server share (30 requests per rolling minute and
-the 24 h allowance run on it)."""
+the 24 h allowance run on it); ``Rig``, an outbox and its uploader on that clock."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import numpy as np
 
 from edged.config import schema as config
 from edged.upload.outbox import PRIORITY_MARK, Outbox
+from edged.upload.policy import RetryPolicy
+from edged.upload.targets import build_targets
+from edged.upload.uploader import Uploader
 from tests.contract.sonoran_server import SonoranServer
 
 ACCOUNT = "4b1c6f2e-8f9a-4a57-9a43-2d9a3c1b0e11"
@@ -114,3 +117,40 @@ def settings(
         | upload,
     }
     return config.from_mapping(data, origin="<test>")
+
+
+class Rig:
+    """An outbox, its uploader and the clock they share; stopped at the end of the test."""
+
+    def __init__(self, tmp_path: Path, s: config.Settings, clock: ScaledClock, seed: int = 1) -> None:
+        import random
+
+        self.settings, self.clock, self.tmp = s, clock, tmp_path
+        self.outbox = Outbox(tmp_path / "outbox.sqlite", targets=s.upload.targets, now_ns=clock.now_ns)
+        self.delivered: list[str] = []
+        self.alarms: dict[str, bool] = {}
+        self.uploader = Uploader(
+            self.outbox,
+            build_targets(s),
+            RetryPolicy.from_settings(s.upload, random.Random(seed)),
+            now_ns=clock.now_ns,
+            on_delivered=self.delivered.append,
+            on_alarm=self.alarms.__setitem__,
+            time_scale=clock.scale,
+        )
+
+    def add(self, clip_id: str, **kw) -> list[Path]:
+        return enqueue(self.outbox, self.tmp / "clips", clip_id, **kw)
+
+    def states(self, target: str | None = None) -> list[str]:
+        return [d.state for d in self.outbox.deliveries(target=target)]
+
+    def settled(self) -> bool:
+        return all(s in ("delivered", "failed") for s in self.states())
+
+    def __enter__(self) -> Rig:
+        self.uploader.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.uploader.stop()  # the outbox stays open for the test to read

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from edged.core import limits
+from edged.upload import budget as budget_rules
 from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
 from edged.upload.outbox import Outbox
@@ -172,30 +173,95 @@ def test_budget_is_shared_by_every_target_using_the_key_and_survives_a_restart(t
     assert len(granted) + len(after) <= limits.REQUESTS_PER_MINUTE
     assert len(after) >= 12
     other = RequestBudget(s2, key_fingerprint("another key"))
-    assert other.try_take(t + 60 * 10**9) == 0, "a different key has its own budget"
+    first = take_all(other, t + 60 * 10**9, 3)  # a new key's first slot: a random phase of its pace
+    assert first and first[0] - (t + 60 * 10**9) <= 2.1e9, "a different key has its own budget"
     s2.close()
 
 
-def test_a_429_sets_the_rate_to_the_share_that_got_through_and_blocks_until_retry_after(store):
-    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(7))
-    t0 = 10**12
-    granted = take_all(b, t0, 8)  # paced: about 4-5 in 8 s
-    now = granted[-1]
-    rate = b.refused(now, 50.0)  # the last one was refused: the window was full
-    assert rate == len(granted) - 1
-    assert b.try_take(now + 10**9) == pytest.approx(49, abs=0.01)
-    assert b.try_take(now + 51 * 10**9) > 0, "our own requests of the last minute still exceed the new rate"
-    assert b.try_take(now + 61 * 10**9) == 0
+S = 10**9
 
 
-def test_the_rate_recovers_slowly_after_a_429(store):
+def run_clean(b: RequestBudget, start_ns: int, seconds: float) -> int:
+    """Take every request the pace allows for ``seconds``, each accepted; return the time after."""
+    t = start_ns
+    while t < start_ns + seconds * S:
+        if b.try_take(t) == 0:
+            b.accepted()
+        t += S // 10
+    return t
+
+
+def first_grant(b: RequestBudget, start_ns: int) -> int:
+    t = start_ns
+    while b.try_take(t) > 0:
+        t += S // 10
+    return t
+
+
+def test_first_contact_keeps_what_got_through_or_what_retry_after_measures(tmp_path):
+    """A fleet starting together: a device that got requests through keeps that share of the
+    window; one refused at once takes what Retry-After says of the key's overload."""
+    stores = [Outbox(tmp_path / f"{n}.sqlite") for n in "ab"]
+    through = RequestBudget(stores[0], key_fingerprint("k"), rng=random.Random(7))
+    t = take_all(through, 10**12, 5)  # two or three requests through, the window then full
+    rate = through.refused(t[-1], 58.5, retry_after_s=58.0)
+    assert rate == pytest.approx((len(t) - 1) * budget_rules.FIRST_MARGIN), "its share of the window"
+    refused_at_once = RequestBudget(stores[1], key_fingerprint("k"), rng=random.Random(8))
+    t0 = first_grant(refused_at_once, 10**12)
+    rate = refused_at_once.refused(t0, 60.5, retry_after_s=60.0)  # the window filled within a second
+    assert rate == pytest.approx(limits.REQUESTS_PER_MINUTE * budget_rules.MIN_SPAN_S / 61 / 2, rel=0.01)
+    assert refused_at_once.try_take(t0 + S) == pytest.approx(59.5, abs=0.01), "silent until Retry-After"
+    back = first_grant(refused_at_once, t0 + 60 * S)
+    assert t0 + 60.5 * S <= back <= t0 + 60.5 * S + 61 * S / rate, "then at a random phase of the new pace"
+    assert refused_at_once.rate(t0 + 5 * 60 * S) == pytest.approx(rate, rel=0.1), "no fast regain: nothing was good"
+    for s in stores:
+        s.close()
+
+
+def test_another_clients_burst_after_a_clean_window_is_regained_within_two_minutes(store):
+    """The issue's case: one 429 caused by another client must not leave a lone device at
+    1 request/min climbing by one every 10 minutes."""
     b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(8))
-    for _ in range(5):  # a storm with nothing getting through: halved each time, down to 1
-        b.refused(10**12, 1.0)
-    assert b.rate() == 1.0
-    for _ in range(40):
-        b.accepted()
-    assert 2.0 < b.rate() < 6.0, "additive increase: a few more per minute after 40 successes"
+    t = run_clean(b, 10**12, 90)  # alone on the key at 30/min for a minute and a half
+    assert b.rate(t) == limits.REQUESTS_PER_MINUTE
+    b.refused(t, 41.0, retry_after_s=40.0)  # someone filled the window 20 s ago
+    during = [b.rate(t + k * S) for k in range(0, 160, 5)]
+    assert min(during) >= budget_rules.MAX_CUT * limits.REQUESTS_PER_MINUTE, "never below the floor from one 429"
+    assert b.rate(t + 41 * S + 120 * S) >= 0.95 * limits.REQUESTS_PER_MINUTE, "regained within 2 min of the wait"
+
+
+def test_the_fleets_own_overshoot_steps_back_then_probes_beyond_after_a_while(store):
+    b = RequestBudget(store, key_fingerprint("k"), share=10, rng=random.Random(9))  # 3/min
+    t = run_clean(b, 10**12, 120)
+    b.refused(t, 3.0, retry_after_s=2.0)  # the key just over its limit: its last 30 took 59 s
+    kept = b.rate(t + 3 * S + 120 * S)
+    assert kept == pytest.approx(3 * budget_rules.BACKOFF, rel=0.01), "steps back to BACKOFF of its rate"
+    probe = [b.rate(t + int(k / 4 * budget_rules.PROBE_S * S)) for k in range(1, 11)]
+    assert probe == sorted(probe) and probe[0] < 3.0 and probe[-1] == 3.0, "then probes back up to the share"
+
+
+def test_what_is_learned_survives_a_restart_and_decays_back_to_the_share(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    s1 = Outbox(path)
+    b = RequestBudget(s1, key_fingerprint("k"), rng=random.Random(10))
+    t = take_all(b, 10**12, 3)[-1]
+    rate = b.refused(t, 58.5, retry_after_s=58.0)
+    s1.close()
+    s2 = Outbox(path)
+    again = RequestBudget(s2, key_fingerprint("k"))
+    assert again.rate(t + 60 * S) == pytest.approx(rate), "kept across a restart"
+    hours = [again.rate(t + h * 3600 * S) for h in (1, 2, 5)]
+    assert rate < hours[0] < hours[1] < hours[2] == limits.REQUESTS_PER_MINUTE, "decays back within hours"
+    s2.close()
+
+
+def test_a_storm_without_retry_after_still_keeps_a_floor(store):
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(11))
+    t = 10**12
+    for _ in range(30):
+        b.refused(t, 1.0)
+        t += S
+    assert b.rate(t) == pytest.approx(budget_rules.MIN_RATE), "one request every five minutes at the least"
 
 
 def test_devices_sharing_a_key_each_keep_to_their_share(store):

@@ -78,7 +78,6 @@ from edged.upload.answers import (
     Kind,
     Verdict,
     classify,
-    classify_error,
     message,
 )
 from edged.upload.bota import media
@@ -292,7 +291,7 @@ class _Job:
                 "POST", self.t.base_url + path, json=body, headers={"Authorization": f"Bearer {self.token}"}
             )
         except httpx.HTTPError as exc:
-            raise _Refused(_step(classify_error(exc), what)) from exc
+            raise _Refused(_step(self.t.failed(exc), what)) from exc
 
     def _api(self, path: str, body: dict, what: str, contract: Contract) -> tuple[Answer, dict]:
         """POST to the API; the answer's document when it is the contract's, else _Refused."""
@@ -396,7 +395,7 @@ class _Job:
                 headers = {**url["headers"], "Content-Length": str(size)}
                 r = self.t.exchange("PUT", url["upload_url"], body_bytes=size, content=_blocks(body), headers=headers)
         except httpx.HTTPError as exc:
-            raise _Refused(_step(classify_error(exc), what)) from exc
+            raise _Refused(_step(self.t.failed(exc), what)) from exc
         except OSError as exc:
             raise _Refused(Verdict(Kind.RETRY, f"{what}: media file unreadable: {exc.strerror or exc}")) from exc
         if r.status != 403:

@@ -4,7 +4,7 @@ Why a package beside ``sonoran`` (the upload target) and not more targets: these
 part delivered to a destination, which is all the uploader drives. Each is the unit's own request
 with its own timing: the panic as soon as the wearer asks (and again until acknowledged), the
 position while the unit moves, a note after a clip is delivered. What they share with the uploads
-is what matters: the v2 URL and key (``sonoran.read_key``), the per-key request budget
+is what matters: the v2 URL and key (``keyfile.KeyFile``), the per-key request budget
 (``budget.RequestBudget`` on the same outbox file, asked as a ``budget.Claim``: panic first, then
 uploads and notes, then location), the classification of every answer (``answers``), the retry
 policy (``policy``) and bounded, cancellable HTTP (``http.HttpSession``).
@@ -109,7 +109,9 @@ class SonoranUnit:
         return api
 
     def _budget(self, store: Store, api: UnitApi) -> RequestBudget:
-        return RequestBudget(store, api.budget_key, share=api.share, rng=self.policy.rng, reserve=api.reserve)
+        return RequestBudget(
+            store, lambda: api.budget_key, share=api.share, rng=self.policy.rng, reserve=api.reserve, now_ns=self.now_ns
+        )
 
     def _workers(self) -> list[Any]:
         return [w for w in (self.panic, self.notes, self.location) if w is not None]

@@ -43,11 +43,10 @@ from edged.upload.answers import (
     Kind,
     Verdict,
     classify,
-    classify_error,
 )
-from edged.upload.budget import key_fingerprint
 from edged.upload.http import HttpSession, endpoint_of
-from edged.upload.sonoran import panic_reserve, read_key
+from edged.upload.keyfile import KeyFile
+from edged.upload.sonoran import panic_reserve
 
 #: The longest note sent (the document gives no limit; a clip of several parts fits easily).
 MAX_NOTE_CHARS = 4000
@@ -82,10 +81,15 @@ class UnitApi(HttpSession):
         self.community_user_id = unit.community_user_id or v2.community_user_id
         self.account_uuid = unit.account_uuid or v2.account_uuid
         self.label = unit.note_label
-        #: The budget this key shares with the uploads (``budget.RequestBudget``'s arguments).
-        self.budget_key = key_fingerprint(read_key(self.key_path))
+        self.key_file = KeyFile(self.key_path)
         self.share = v2.devices_sharing_key
         self.reserve = panic_reserve(settings)
+
+    @property
+    def budget_key(self) -> str:
+        """The budget this key shares with the uploads (``budget.RequestBudget``'s key): the key
+        in use now, so a key changed in its file counts under the new one."""
+        return self.key_file.fingerprint()
 
     def _server(self, path: str) -> str:
         return f"{self.base_url}/v2/emergency/servers/{self.server_id}/{path}"
@@ -112,7 +116,7 @@ class UnitApi(HttpSession):
         return self._request("POST", self._server(f"dispatch-calls/{call_id}/notes"), SONORAN_CALL_NOTE, body)
 
     def _request(self, method: str, url: str, contract: Contract, body: dict[str, Any] | None = None) -> Verdict:
-        key = read_key(self.key_path)
+        key = self.key_file.read()
         if not key:
             return Verdict(Kind.PAUSE, f"no API key in {self.key_path}")
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
@@ -125,7 +129,7 @@ class UnitApi(HttpSession):
                 method, url, body_bytes=len(content), content=content if body is not None else None, headers=headers
             )
         except httpx.HTTPError as exc:
-            return classify_error(exc)
+            return self.failed(exc)
         return classify(answer, contract, time.time())
 
 

@@ -131,7 +131,7 @@ class LocationWorker(Loop):
             return 0.0
         if v.kind is Kind.RATE_LIMITED:
             hold = self.policy.retry_after_s(v.retry_after_s)
-            self.budget.refused(now, hold)
+            self.budget.refused(now, hold, v.retry_after_s)
         elif v.kind is Kind.PAUSE:
             hold = self.auth_retry_s
         else:  # RETRY, FAILED: the next fix, after the back-off (at least an interval)

@@ -157,7 +157,7 @@ class NoteWorker(Loop):
             return
         if v.kind is Kind.RATE_LIMITED:
             wait = self.policy.retry_after_s(v.retry_after_s)
-            self.budget.refused(now, wait)
+            self.budget.refused(now, wait, v.retry_after_s)
         elif v.kind is Kind.PAUSE:
             wait = self.auth_retry_s
         else:

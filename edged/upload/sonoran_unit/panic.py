@@ -111,7 +111,7 @@ class PanicWorker(Loop):
             return
         if v.kind is Kind.RATE_LIMITED:
             wait = self.policy.retry_after_s(v.retry_after_s)
-            self.budget.refused(now, wait)
+            self.budget.refused(now, wait, v.retry_after_s)
         else:  # RETRY (and ALLOWANCE, which a panic's answer cannot mean): back off, and try again
             self._failures += 1
             wait = self.policy.backoff_s(self._failures)
