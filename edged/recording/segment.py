@@ -14,8 +14,9 @@ the whole pages are fdatasynced, the rest of the cluster (under 4 KiB) follows i
 at once, and no page is synced before it is full. A kill -9 loses what it lost before (nothing
 that was written is held back in memory between the muxer's calls); a power cut keeps what was
 written up to the page boundary of the newest cluster, instead of the clusters written before the
-sync came due: at most ``sync_interval`` and under 4 KiB of footage, where it was up to
-``sync_interval`` plus a cluster.
+sync came due: what came after the last sync, about ``sync_interval`` (syncs fall on clusters,
+every other one at the default 1 s), and under 4 KiB of the cluster synced, where it was up to
+``sync_interval`` plus the cluster being filled.
 
 **Blocks reserved ahead.** Each sync of a file that grew is a file-system journal transaction;
 when the sync also allocates the new blocks it logs the block bitmap and group descriptor too
@@ -23,6 +24,7 @@ when the sync also allocates the new blocks it logs the block bitmap and group d
 are reserved when it is opened (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``: its length stays what
 was written, so salvage and the ring see the same file) and what is left unused is given back
 when it is finished: a sync then logs the inode alone (measured: a third less journal).
+
 On finish: the muxer writes its trailer (duration, cues), the file is fsynced, renamed to
 ``NAME.webm`` and the directory fsynced.
 
