@@ -519,7 +519,6 @@ class Recorder:
                 video_origin_pts=n,
                 audio_origin_pts=round(t * 48_000) if self.aenc else None,
                 sync_interval=self.settings.storage.sync_interval_seconds,
-                reserve_bytes=self._segment_bytes_estimate,
             )
         except STORAGE_ERRORS as exc:
             try:

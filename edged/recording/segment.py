@@ -18,13 +18,6 @@ sync came due: what came after the last sync, about ``sync_interval`` (syncs fal
 every other one at the default 1 s), and under 4 KiB of the cluster synced, where it was up to
 ``sync_interval`` plus the cluster being filled.
 
-**Blocks reserved ahead.** Each sync of a file that grew is a file-system journal transaction;
-when the sync also allocates the new blocks it logs the block bitmap and group descriptor too
-(ext4: 5 blocks a transaction, 20 KiB a second, against ~45 KB of footage). The segment's blocks
-are reserved when it is opened (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``: its length stays what
-was written, so salvage and the ring see the same file) and what is left unused is given back
-when it is finished: a sync then logs the inode alone (measured: a third less journal).
-
 On finish: the muxer writes its trailer (duration, cues), the file is fsynced, renamed to
 ``NAME.webm`` and the directory fsynced.
 
@@ -34,7 +27,6 @@ sync state, sequence number), so the index can be rebuilt from the folder alone.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import time
@@ -120,22 +112,6 @@ class SegmentFacts:
     sha256: str
 
 
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-def _reserve_blocks(fd: int, nbytes: int) -> None:
-    """Allocate ``nbytes`` of blocks for the file without changing its length; quietly nothing
-    where the file system cannot (the reservation only saves journal writes)."""
-    if nbytes <= 0:
-        return
-    try:
-        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes)  # ENOSPC, EOPNOTSUPP: writing allocates as it goes
-
-
 class PageAlignedFile(io.RawIOBase):
     """The file a segment's muxer writes into: what it writes reaches the file at once, except
     that a sync (:meth:`sync_whole_pages`) is made with the file cut at a page boundary.
@@ -147,13 +123,9 @@ class PageAlignedFile(io.RawIOBase):
     wrote in all, ``unsynced`` what reached the file since the last sync.
     """
 
-    def __init__(self, path: Path, reserve_bytes: int = 0) -> None:
-        """``reserve_bytes``: blocks allocated ahead (the module docstring), freed at :meth:`close`
-        past what was written."""
+    def __init__(self, path: Path) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)  # as open(path, 'wb')
-        self._reserved = reserve_bytes > 0
-        _reserve_blocks(self._fd, reserve_bytes)
         self._pos = 0  # where the muxer writes next
         self._end = 0  # bytes in the file (the held ones not counted)
         self._tail = b""  # held bytes, to go at offset _end
@@ -224,30 +196,18 @@ class PageAlignedFile(io.RawIOBase):
         self.release()
 
     def sync_all(self, data_only: bool = True) -> None:
-        """Everything written, held bytes too, made durable (``data_only=False``: ``fsync``, and the
-        blocks reserved past the end given back first)."""
+        """Everything written, held bytes too, made durable (``data_only=False``: ``fsync``)."""
         self.release()
-        if not data_only:
-            self._give_back()
         (os.fdatasync if data_only else os.fsync)(self._fd)
         self.unsynced = 0
-
-    def _give_back(self) -> None:
-        """Free the reserved blocks past the end (a truncation to the file's own length does)."""
-        if self._reserved:
-            os.ftruncate(self._fd, self._end)
-            self._reserved = False
 
     def close(self) -> None:
         if not self.closed:
             try:
                 self.release()
             finally:
-                try:
-                    self._give_back()  # on a full disk too: salvage needs the room
-                finally:
-                    os.close(self._fd)
-                    super().close()
+                os.close(self._fd)
+                super().close()
 
 
 class SegmentWriter:
@@ -263,14 +223,12 @@ class SegmentWriter:
         video_origin_pts: int,
         audio_origin_pts: int | None,
         sync_interval: float,
-        reserve_bytes: int = 0,
     ) -> None:
-        """``reserve_bytes``: about what the segment will hold, allocated ahead (module docstring)."""
         self.directory = directory
         self.start = start
         self.final_path = directory / start.name
         self.part_path = directory / (start.name + PART_SUFFIX)
-        self._file = PageAlignedFile(self.part_path, reserve_bytes)
+        self._file = PageAlignedFile(self.part_path)
         try:
             self._mux: av.container.OutputContainer | None = av.open(
                 self._file, "w", format="webm", options={"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"}
