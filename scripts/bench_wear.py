@@ -5,14 +5,20 @@ An SD card wears by what is written to it, not by what is kept. This records the
 footage (scripts/shake.py, as bench_record.py) in real time with ``edged run`` and, beside it, the
 ffmpeg CLI (``-re``, the same VP8/Opus settings, segments of the same length), each onto its own
 freshly made ext4 image loop-mounted in the work folder (default mount options, as on a Pi: a
-journal commit every 5 s). Three figures per recorder, each divided by the footage bytes it kept:
+journal commit every 5 s). The file system keeps its journal on a second loop device of its own
+(``mkfs.ext4 -J device=``): the same jbd2 writes as an internal journal, counted exactly by that
+device's own sector count (``/proc/fs/jbd2``'s figures are averages over the mount, rounded to
+whole blocks per transaction). Figures per recorder, each divided by the footage bytes it kept:
 
   process   the process's own ``write_bytes`` (``ru_oublock`` x 512 from wait4: the page-cache
-            bytes it dirtied, counted when dirtied, rewrites of a page counted again)
-  device    sectors the loop device wrote (``/sys/block/loopN/stat``), after a final ``sync``:
+            bytes it dirtied, counted when dirtied, rewrites of a page counted again), whole run
+  steady    the same from the first segment of the run finished to the last one finished before
+            the stop (``/proc/PID/io``, sampled as segments appear), over those segments' bytes:
+            an hour of recording, without the start's and the stop's one-off writes (SQLite's
+            shared-memory files, the closing checkpoint) that a 90 s run would spread thin
+  device    sectors both loop devices wrote (``/sys/block/loopN/stat``), after a final ``sync``:
             file data, metadata and the journal together, what the card would see
-  journal   the ext4 journal's share of it (``/proc/fs/jbd2/loopN-8/info``: transactions x logged
-            blocks per transaction x block size)
+  journal   the journal device's share of it
 
 edged first records ``--warm`` seconds on its image, not measured: its SQLite stores are made once
 in a device's life, not per hour (on a fresh state folder they add ~0.2x to a 90 s run).
@@ -43,26 +49,38 @@ sys.path.insert(0, str(REPO))
 from scripts.bench_record import edged_python, ensure_ffmpeg, ffmpeg_cmd
 from scripts.shake import shaken
 
-TARGET = 1.1  # process bytes written per footage byte
+TARGET = 1.1  # process bytes written per footage byte, steady (per hour of footage)
 
 
 class Ext4Image:
-    """A fresh ext4 file system in ``work/NAME.img``, loop-mounted at ``work/NAME``."""
+    """A fresh ext4 file system in ``work/NAME.img``, loop-mounted at ``work/NAME``, its journal
+    on its own loop device (``work/NAME.journal``) so that the journal's writes are counted alone."""
 
-    def __init__(self, work: Path, name: str, size_mb: int = 256) -> None:
+    def __init__(self, work: Path, name: str, size_mb: int = 256, journal_mb: int = 64) -> None:
         self.image = work / f"{name}.img"
+        self.journal = work / f"{name}.journal"
         self.mount = work / name
-        self.size_mb = size_mb
-        self.dev = ""
+        self.size_mb, self.journal_mb = size_mb, journal_mb
+        self.dev = self.journal_dev = ""
 
     def __enter__(self) -> Ext4Image:
-        with open(self.image, "wb") as f:
-            f.truncate(self.size_mb << 20)
+        for path, mb in ((self.image, self.size_mb), (self.journal, self.journal_mb)):
+            with open(path, "wb") as f:
+                f.truncate(mb << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "journal_dev", "-b", "4096", str(self.journal)], check=True)
+        loop = subprocess.run(["losetup", "--find", "--show", str(self.journal)], capture_output=True, text=True)
+        if loop.returncode != 0:
+            raise RuntimeError(f"losetup {self.journal}: {loop.stderr.strip()}")
+        self.journal_dev = loop.stdout.strip()
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.image)], check=True
-        )
+            ["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+             "-J", f"device={self.journal_dev}", str(self.image)],
+            check=True,
+        )  # fmt: skip
         self.mount.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mount)], check=True)
+        subprocess.run(
+            ["mount", "-o", f"loop,journal_path={self.journal_dev}", str(self.image), str(self.mount)], check=True
+        )
         src = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mount)], capture_output=True, text=True)
         self.dev = Path(src.stdout.strip()).name  # loopN
         os.sync()
@@ -71,17 +89,21 @@ class Ext4Image:
     def __exit__(self, *exc: object) -> None:
         if subprocess.run(["umount", str(self.mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+        if self.journal_dev:
+            subprocess.run(["losetup", "-d", self.journal_dev], capture_output=True)
         self.image.unlink(missing_ok=True)
+        self.journal.unlink(missing_ok=True)
+
+    @staticmethod
+    def _sectors(dev: str) -> int:
+        return int(Path(f"/sys/block/{Path(dev).name}/stat").read_text().split()[6])
 
     def sectors_written(self) -> int:
-        return int(Path(f"/sys/block/{self.dev}/stat").read_text().split()[6])
+        """The file system's device and its journal's, together."""
+        return self._sectors(self.dev) + self._sectors(self.journal_dev)
 
     def journal_bytes(self) -> int:
-        """Blocks the journal logged since mount (its averages x its transactions) x block size."""
-        info = Path(f"/proc/fs/jbd2/{self.dev}-8/info").read_text()
-        tx = int(re.search(r"(\d+) transactions", info).group(1))  # type: ignore[union-attr]
-        m = re.search(r"(\d+) logged blocks per transaction", info)
-        return tx * (int(m.group(1)) if m else 0) * 4096
+        return self._sectors(self.journal_dev) * 512
 
 
 @dataclass
@@ -91,10 +113,16 @@ class Wear:
     device_bytes: int
     journal_bytes: int
     seconds: float
+    steady_footage_bytes: int = 0
+    steady_process_bytes: int = 0
 
     @property
     def process_ratio(self) -> float:
         return self.process_bytes / self.footage_bytes
+
+    @property
+    def steady_ratio(self) -> float | None:
+        return self.steady_process_bytes / self.steady_footage_bytes if self.steady_footage_bytes else None
 
     @property
     def device_ratio(self) -> float:
@@ -126,15 +154,57 @@ def ffmpeg_argv(source: Path, seg_dir: Path, seconds: float) -> list[str]:
     return out
 
 
-def record(name: str, argv: list[str], disk: Ext4Image, segments: Path, log: Path) -> Wear:
+class SteadyWatch:
+    """The recorder's ``write_bytes`` (``/proc/PID/io``) as each segment of the run appears: from
+    the first to the last one finished before the stop (``STOP_S`` before the exit or earlier),
+    over the bytes of the segments finished in between."""
+
+    STOP_S = 3.0
+
+    def __init__(self, pid: int, segments: Path, earlier: set[Path]) -> None:
+        self.io = Path(f"/proc/{pid}/io")
+        self.segments, self.seen = segments, set(earlier)
+        self.points: list[tuple[float, int, int]] = []  # (when, write_bytes, bytes of the new segments)
+
+    def sample(self) -> None:
+        new = set(self.segments.glob("*.webm")) - self.seen
+        if not new:
+            return
+        try:
+            m = re.search(r"^write_bytes: (\d+)", self.io.read_text(), re.M)
+            sizes = sum(p.stat().st_size for p in new)
+        except OSError:  # it exited, or a segment is being renamed: the next sample
+            return
+        if m is not None:
+            self.seen |= new
+            self.points.append((time.monotonic(), int(m.group(1)), sizes))
+
+    def result(self, exited: float) -> tuple[int, int]:
+        """(footage bytes, process bytes) of the steady span."""
+        steady = [p for p in self.points if p[0] < exited - self.STOP_S]
+        if len(steady) < 2:
+            return 0, 0
+        return sum(p[2] for p in steady[1:]), steady[-1][1] - steady[0][1]
+
+
+def record(name: str, argv: list[str], disk: Ext4Image, segments: Path, log: Path, watch_steady: bool) -> Wear:
+    """Run one recorder to its end on ``disk``. ``watch_steady``: it writes each segment under a
+    temporary name and gives it its ``.webm`` name when finished (edged; ffmpeg writes in place)."""
     os.sync()
     earlier = set(segments.glob("*.webm"))  # a warm-up's footage is not this run's
     sectors0, journal0 = disk.sectors_written(), disk.journal_bytes()
     t0 = time.monotonic()
     with log.open("wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=REPO)
+        steady = SteadyWatch(proc.pid, segments, earlier)
+        # Not reaped (WNOWAIT) until wait4 below, which gives its rusage.
+        while watch_steady and os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            steady.sample()
+            time.sleep(0.1)
+        exited = time.monotonic()
         _, status, ru = os.wait4(proc.pid, 0)
     took = time.monotonic() - t0
+    steady_footage, steady_process = steady.result(exited)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{name} exited {os.waitstatus_to_exitcode(status)}; log {log}")
     os.sync()  # what the card would get sooner or later
@@ -145,6 +215,8 @@ def record(name: str, argv: list[str], disk: Ext4Image, segments: Path, log: Pat
         device_bytes=(disk.sectors_written() - sectors0) * 512,
         journal_bytes=disk.journal_bytes() - journal0,
         seconds=round(took, 1),
+        steady_footage_bytes=steady_footage,
+        steady_process_bytes=steady_process,
     )
 
 
@@ -191,7 +263,7 @@ def main() -> int:
             def one(name: str) -> None:  # side by side: both paced, each on its own image
                 argv, disk, seg = jobs[name]
                 try:
-                    results[name] = record(name, argv, disk, seg, work / f"{name}.log")
+                    results[name] = record(name, argv, disk, seg, work / f"{name}.log", name == "edged")
                 except Exception as exc:  # noqa: BLE001 - reported below
                     errors.append(f"{name}: {exc}")
 
@@ -207,10 +279,12 @@ def main() -> int:
     if "edged" not in results:
         return 1
     print(f"\nwear, {args.seconds:g} s of footage recorded paced (bytes written per footage byte)\n")
-    print(f"{'':8} {'footage B':>10} {'process':>8} {'device':>8} {'journal':>8}")
+    print(f"{'':8} {'footage B':>10} {'process':>8} {'steady':>8} {'device':>8} {'journal':>8}")
     for name, w in results.items():
+        steady = f"{w.steady_ratio:>7.2f}x" if w.steady_ratio is not None else f"{'-':>8}"
         print(
-            f"{name:8} {w.footage_bytes:>10,} {w.process_ratio:>7.2f}x {w.device_ratio:>7.2f}x {w.journal_ratio:>7.2f}x"
+            f"{name:8} {w.footage_bytes:>10,} {w.process_ratio:>7.2f}x {steady} {w.device_ratio:>7.2f}x"
+            f" {w.journal_ratio:>7.2f}x"
         )
     e = results["edged"]
     doc = {
@@ -218,10 +292,17 @@ def main() -> int:
         "target_process_ratio": TARGET,
         "results": {
             n: asdict(w)
-            | {"process_ratio": w.process_ratio, "device_ratio": w.device_ratio, "journal_ratio": w.journal_ratio}
+            | {
+                "process_ratio": w.process_ratio,
+                "steady_ratio": w.steady_ratio,
+                "device_ratio": w.device_ratio,
+                "journal_ratio": w.journal_ratio,
+            }
             for n, w in results.items()
         },
-        "pass": e.process_ratio <= TARGET,
+        # Judged per hour of footage (issue 15): the steady figure; the start's one-off writes
+        # (about 165 KB: SQLite's -shm files, the closing checkpoint) are 0.001x of an hour.
+        "pass": e.steady_ratio is not None and e.steady_ratio <= TARGET,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1))
