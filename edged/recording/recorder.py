@@ -37,7 +37,7 @@ from edged.footage.ring import RingBuffer, Room
 from edged.recording.audio_gate import AudioGate, split
 from edged.recording.encode import AudioEncoder, VideoEncoder, encoder_settings
 from edged.recording.salvage import salvage
-from edged.recording.segment import SegmentStart, SegmentWriter, inspect
+from edged.recording.segment import SegmentStart, SegmentWriter, SyncCadence, inspect
 from edged.recording.stamp import Stamp
 
 log = logging.getLogger("edged.recorder")
@@ -165,6 +165,7 @@ class Recorder:
         self._cur: _Open | None = None
         self._closing: _Open | None = None
         self._closing_until_s = 0.0
+        self._cadence = SyncCadence()  # the recording's sync cadence, across segment boundaries
         self._next_room_check = 0.0
         self._next_clock_look = 0.0
         self._clock_noted = False
@@ -363,11 +364,13 @@ class Recorder:
         if self._closing and t >= self._closing_until_s:
             self._finish(self._closing)
             self._closing = None
-        if self._cur:
-            try:
+        try:
+            if self._cur:
                 self._cur.writer.sync_if_due(first_media=not st.on_disk)
-            except OSError as exc:
-                self._write_failed(exc)
+            if self._closing:  # still open for late audio: durable along with the new segment
+                self._closing.writer.sync_with_recording()
+        except OSError as exc:
+            self._write_failed(exc)
 
     def _target(self, t: float) -> _Open | None:
         """The segment a packet at media time ``t`` belongs to."""
@@ -544,6 +547,7 @@ class Recorder:
                 video_origin_pts=n,
                 audio_origin_pts=round(t * 48_000) if self.aenc else None,
                 sync_interval=self.settings.storage.sync_interval_seconds,
+                cadence=self._cadence,
             )
         except STORAGE_ERRORS as exc:
             try:

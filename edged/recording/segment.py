@@ -210,6 +210,23 @@ class PageAlignedFile(io.RawIOBase):
                 super().close()
 
 
+class SyncCadence:
+    """When the recording's footage last reached the disk: shared by the segments of a recording.
+
+    The sync cadence is the recording's, not a segment's: a segment started at a boundary syncs
+    its first cluster once a sync is due since the previous segment's last one, not a whole
+    interval after its own creation, and the previous segment, kept open for late audio, is synced
+    with it (``SegmentWriter.sync_with_recording``). Timed per segment, a power cut at the end of
+    the audio grace lost the old segment's tail and the new one's first second: 2.0 s at the
+    default 1 s interval where elsewhere 1.2 s (tests/unit/test_segment_boundary_sync.py)."""
+
+    def __init__(self) -> None:
+        self.last_sync = time.monotonic()
+
+    def synced(self) -> None:
+        self.last_sync = time.monotonic()
+
+
 class SegmentWriter:
     """One segment being written. Packets arrive with recording-wide timestamps."""
 
@@ -223,6 +240,7 @@ class SegmentWriter:
         video_origin_pts: int,
         audio_origin_pts: int | None,
         sync_interval: float,
+        cadence: SyncCadence | None = None,
     ) -> None:
         self.directory = directory
         self.start = start
@@ -258,9 +276,11 @@ class SegmentWriter:
         self._audio_origin = audio_origin_pts
         self._sync_interval = sync_interval
         # Syncs are made as clusters are written (every CLUSTER_MS): from this long after the
-        # last one, so that they fall on every other cluster at the default 1 s, not late by one.
+        # recording's last one (``cadence``, whichever segment made it), so that they fall on
+        # every other cluster at the default 1 s, not late by one.
         self._sync_after = max(0.0, sync_interval - CLUSTER_MS / 2000)
-        self._last_sync = time.monotonic()
+        self._cadence = cadence if cadence is not None else SyncCadence()
+        self._own_sync = self._cadence.last_sync  # when this writer last synced (or was created)
         self.synced = False  # some media of this segment has reached the disk (fdatasync'd)
         self._sync_first = False  # sync the first cluster with video at once (see sync_if_due)
         self.video_frames = 0
@@ -295,9 +315,13 @@ class SegmentWriter:
 
     def _mux_synced(self, mux: av.container.OutputContainer, packet: av.Packet) -> None:
         """Mux a packet; if that wrote a cluster and a sync is due, sync at the cluster's last
-        page boundary (the module docstring: whole pages only)."""
-        due = time.monotonic() - self._last_sync >= self._sync_after or (
-            self._sync_first and not self.synced and self.video_frames > 0
+        page boundary (the module docstring: whole pages only). The first packet writes the
+        header alone, not a cluster: no sync there (with the recording's cadence already due at a
+        boundary, it would sync an empty file and put the new segment's first cluster off by one
+        interval)."""
+        due = self._file.received > 0 and (
+            time.monotonic() - self._cadence.last_sync >= self._sync_after
+            or (self._sync_first and not self.synced and self.video_frames > 0)
         )
         if due:
             self._file.hold()
@@ -315,12 +339,28 @@ class SegmentWriter:
         ``first_media``: the daemon has no footage on disk yet (it says READY once it has), so the
         first cluster with video is synced as soon as it is written, not at the interval."""
         self._sync_first = first_media
-        if self._file.unsynced and time.monotonic() - self._last_sync >= self._sync_interval + CLUSTER_MS / 1000:
+        if (
+            self._file.unsynced
+            and time.monotonic() - self._cadence.last_sync >= self._sync_interval + CLUSTER_MS / 1000
+        ):
+            self._sync(self._file.sync_all)
+
+    def sync_with_recording(self) -> None:
+        """For a segment no longer the current one but still open (the recorder's ``_closing``,
+        waiting for late audio after a boundary): make what it wrote durable, partial last page and
+        all, once a sync of the recording is due or the new segment synced, not only when it
+        finishes. So a power cut in the grace keeps its tail with the new segment's head, and the
+        new segment's first sync is not put off by a boundary (the old segment's clusters since its
+        last sync counted as synced). Only its last cluster, still in its muxer, waits for
+        ``finish``. Costs a partly filled page written twice at most once per boundary."""
+        due = time.monotonic() - self._cadence.last_sync >= self._sync_after
+        if self._file.unsynced and (due or self._own_sync < self._cadence.last_sync):
             self._sync(self._file.sync_all)
 
     def _sync(self, sync: Callable[[], None]) -> None:
         sync()
-        self._last_sync = time.monotonic()
+        self._cadence.synced()
+        self._own_sync = self._cadence.last_sync
         self.synced = self.synced or self.video_frames > 0
 
     def finish(self) -> Path:

@@ -10,25 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
-import numpy as np
-
 from edged.recording import segment
 from edged.recording.encode import VideoEncoder
 from edged.recording.segment import PAGE_BYTES, PageAlignedFile, SegmentStart, SegmentWriter
 from tests.conftest import make_settings
 from tests.support import decode_all
+from tests.support.noise import noisy_frames
 
 FPS = 10
-
-
-def noisy_frames(n: int, width: int, height: int) -> list[av.VideoFrame]:
-    """Noise: the encoder spends its whole bitrate, as on real footage."""
-    rng = np.random.default_rng(15)
-    return [
-        av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
-        for _ in range(n)
-    ]
 
 
 def write_segment(tmp_path: Path, seconds: float, sync_interval: float, monkeypatch) -> tuple[SegmentWriter, list]:
