@@ -81,7 +81,30 @@ def _publish_parameters(holder: av.container.OutputContainer) -> None:
     holder.start_encoding()
 
 
-class VideoEncoder:
+class _HeldEncoder:
+    """An encoder whose codec context lives in a template stream of an in-memory container (so
+    each segment's stream can copy its parameters): what both encoders share."""
+
+    _ctx: av.VideoCodecContext | av.AudioCodecContext
+    _holder: av.container.OutputContainer
+    _holder_closed: bool
+
+    def flush(self) -> list[av.Packet]:
+        return self._ctx.encode(None)
+
+    def close(self) -> None:
+        """Release the encoder (after its last ``flush``). Closing the template's container frees
+        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
+        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
+        SIGSEGV at exit. Idempotent."""
+        if not self._holder_closed:
+            self._holder_closed = True
+            self._holder.close()
+
+
+class VideoEncoder(_HeldEncoder):
+    _ctx: av.VideoCodecContext
+
     def __init__(self, cam: CameraSettings) -> None:
         self.fps = cam.fps
         self.time_base = Fraction(1, cam.fps)
@@ -106,20 +129,10 @@ class VideoEncoder:
         frame.pict_type = PictureType.I if keyframe else PictureType.NONE
         return self._ctx.encode(frame)
 
-    def flush(self) -> list[av.Packet]:
-        return self._ctx.encode(None)
 
-    def close(self) -> None:
-        """Release the encoder (after its last ``flush``). Closing the template's container frees
-        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
-        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
-        SIGSEGV at exit. Idempotent."""
-        if not self._holder_closed:
-            self._holder_closed = True
-            self._holder.close()
+class AudioEncoder(_HeldEncoder):
+    _ctx: av.AudioCodecContext
 
-
-class AudioEncoder:
     def __init__(self, aud: AudioSettings) -> None:
         self.sample_rate = 48_000  # Opus always runs at 48 kHz; PyAV resamples the input
         self.time_base = Fraction(1, self.sample_rate)  # its packets' time base: pts counts samples
@@ -148,15 +161,3 @@ class AudioEncoder:
             self._input_time_base = Fraction(1, frame.sample_rate)
         frame.time_base = self._input_time_base
         return self._ctx.encode(frame)
-
-    def flush(self) -> list[av.Packet]:
-        return self._ctx.encode(None)
-
-    def close(self) -> None:
-        """Release the encoder (after its last ``flush``). Closing the template's container frees
-        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
-        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
-        SIGSEGV at exit. Idempotent."""
-        if not self._holder_closed:
-            self._holder_closed = True
-            self._holder.close()

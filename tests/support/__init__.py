@@ -221,3 +221,15 @@ def timeline_s(d: Any) -> float:
     if r is None or r.status.frames_encoded == 0 or not r._mono_anchor_ns:
         return 0.0
     return (r.timeline_now_ns() - r._mono_anchor_ns) / 1e9
+
+
+def live_status(state: Path) -> dict:
+    """A running daemon's live status through its control socket (found through the state folder:
+    the socket lives in the runtime folder); {} while it is starting or gone."""
+    from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
+
+    try:
+        return dict(request(StatePaths(state).control, {"cmd": "status"}, timeout=30)["status"])
+    except (ControlError, OSError, KeyError):
+        return {}

@@ -21,6 +21,7 @@ from edged.app.control import ControlError, request
 from edged.core.paths import StatePaths
 from tests.conftest import REPO
 from tests.support import cgroups, wait_until
+from tests.support import live_status as _status
 
 pytestmark = pytest.mark.skipif(cgroups.unavailable() is not None, reason=str(cgroups.unavailable()))
 
@@ -33,10 +34,6 @@ def _ask(state: Path, req: dict) -> dict:
         return request(StatePaths(state).control, req, timeout=30)
     except (ControlError, OSError):
         return {}
-
-
-def _status(state: Path) -> dict:
-    return _ask(state, {"cmd": "status"}).get("status", {})
 
 
 def test_marks_uploads_and_a_timelapse_recall_complete_within_256_mb(tmp_path):

@@ -17,24 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from edged.app.control import ControlError, request
 from edged.capture.pacing import MAX_LATE_S
-from edged.core.paths import StatePaths
 from edged.recording.recorder import MAX_BEHIND_S
 from tests.conftest import REPO
 from tests.support import cgroups, decode_all, segment_files, wait_until
+from tests.support import live_status as _status
 from tests.support.media_timeline import figures
 
 pytestmark = pytest.mark.skipif(cgroups.unavailable() is not None, reason=str(cgroups.unavailable()))
 
 FPS = 10
-
-
-def _status(state: Path) -> dict:
-    try:
-        return request(StatePaths(state).control, {"cmd": "status"}, timeout=30)["status"]
-    except (ControlError, OSError, KeyError):
-        return {}
 
 
 def _cpu_s(pid: int) -> float:
