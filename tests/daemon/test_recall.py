@@ -130,6 +130,11 @@ class Rig:
     def status_file(self, rid: str) -> dict:
         return json.loads((status_dir(self.settings) / f"recall-{rid}.json").read_text())
 
+    def wait_completed(self, rid: str, timeout: float, what: str) -> None:
+        """Wait for the status *file* to say completed: the store is updated first and the file
+        written after it, so the store saying so does not mean the file does yet."""
+        wait_until(lambda: self.status_file(rid)["status"] == "completed", timeout, what)
+
     def close(self) -> None:
         if self.uploader is not None:
             self.uploader.stop()
@@ -326,7 +331,7 @@ def test_regular_recall_of_real_footage_is_delivered_remuxed_bit_identical(real,
     assert answer["status"] == "pending" and answer["start_time"] == iso(start)
     rig.upload()
     rig.service.process_ready()
-    wait_until(lambda: rig.service.status("r-real")["status"] == "completed", 30, "recall delivered")
+    rig.wait_completed("r-real", 30, "recall delivered")
     doc = rig.status_file("r-real")
     assert doc["status"] == "completed" and doc["footage"]["missing"] == []
     [cam] = doc["cameras"]
@@ -359,7 +364,7 @@ def test_three_minute_regular_recall_is_split_into_contiguous_parts_within_the_l
     rig.service.submit(body(start, 3), "three")
     rig.upload()
     rig.service.process_ready()
-    wait_until(lambda: rig.service.status("three")["status"] == "completed", 30, "3-minute recall delivered")
+    rig.wait_completed("three", 30, "3-minute recall delivered")
     doc = rig.status_file("three")
     parts = doc["cameras"][0]["parts"]
     assert len(parts) == 2 and [p["number"] for p in parts] == [1, 2]
@@ -411,7 +416,7 @@ def test_five_minute_timelapse_keeps_frames_at_an_even_interval_within_the_limit
     assert answer["status"] == "pending"
     rig.upload()
     rig.service.process_ready()
-    wait_until(lambda: rig.service.status("tl5")["status"] == "completed", 60, "timelapse delivered")
+    rig.wait_completed("tl5", 60, "timelapse delivered")
     doc = rig.status_file("tl5")
     part = Path(doc["urls"][0])
     meta = doc["cameras"][0]["parts"][0]
@@ -466,7 +471,7 @@ def test_overwritten_footage_fails_with_the_reason_and_partial_footage_is_delive
     part = rig.service.submit(body(rows[11].best_wall_start_ns, 2), "partly")
     rig.upload()
     rig.service.process_ready()
-    wait_until(lambda: rig.service.status("partly")["status"] == "completed", 30, "partial recall delivered")
+    rig.wait_completed("partly", 30, "partial recall delivered")
     doc = rig.status_file("gone")
     assert doc["status"] == "failed" and "overwritten by the ring buffer" in doc["reason"], doc
     assert rig.status_file("before")["status"] == "failed"
@@ -495,7 +500,7 @@ def test_recall_footage_is_protected_from_the_ring_until_delivered(synthetic, ri
     ring.make_room(10**6)
     assert [r.seq for r in rig.index.stored()] == wanted  # built, not delivered: still protected
     rig.upload()
-    wait_until(lambda: rig.service.status("keep")["status"] == "completed", 30, "delivered")
+    rig.wait_completed("keep", 30, "delivered")
     ring.make_room(10**6)
     assert rig.index.stored() == [], "delivered: the footage went back to the ring"
     assert rig.status_file("keep")["status"] == "completed"
@@ -555,7 +560,7 @@ def test_recall_parts_go_after_a_mark_made_at_the_same_time(synthetic, rig_facto
     assert PRIORITY_MARK < PRIORITY_RECALL
     assert rig.outbox.next_due("directory").part.clip_id == mark.event_id
     rig.upload()
-    wait_until(lambda: rig.service.status("recall-first")["status"] == "completed", 30, "both delivered")
+    rig.wait_completed("recall-first", 30, "both delivered")
     done = {d.part.clip_id: d.delivered_ns for d in rig.outbox.deliveries()}
     assert done[mark.event_id] < done["recall-recall-first"]
     events.store.close()
