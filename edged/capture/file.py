@@ -44,12 +44,16 @@ class FileVideo:
             raise SourceError(f"video file {self.path} cannot be opened: {exc}") from exc
         with container:
             stream = container.streams.video[0]
+            if stream.time_base is None:
+                raise SourceError(f"video file {self.path} has no time base")
+            # in integers, then one division (correctly rounded, as float(Fraction)): no Fraction per frame
+            num, den = stream.time_base.numerator, stream.time_base.denominator
             t_first: float | None = None
             try:
                 for frame in container.decode(stream):
-                    if frame.pts is None or stream.time_base is None:
+                    if frame.pts is None:
                         continue
-                    t = float(frame.pts * stream.time_base)
+                    t = frame.pts * num / den
                     if t_first is None:
                         t_first = t
                     yield t - t_first, frame

@@ -10,12 +10,12 @@ the latest offset observed while the clock was synchronised.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from edged.core.libc import libc as c_library
 
 #: A change of the wall-minus-monotonic offset larger than this is a step, not drift.
 STEP_THRESHOLD_NS = 500_000_000
@@ -62,16 +62,9 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5  # adjtimex() return value when the clock is not synchronised (STA_UNSYNC set)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    # Looked up once: find_library runs ldconfig in a subprocess.
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name, use_errno=True) if name else None
-
-
 def _kernel_says_synchronized() -> bool:
     """What timedatectl's "System clock synchronized" reads: adjtimex() != TIME_ERROR."""
-    libc = _libc()
+    libc = c_library()
     if libc is None:
         return False
     tx = _Timex()

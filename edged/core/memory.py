@@ -11,10 +11,10 @@ systemd unit or a user may set it), and outside glibc this does nothing.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
+
+from edged.core.libc import libc as c_library
 
 log = logging.getLogger("edged.memory")
 
@@ -27,8 +27,10 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas (call before the threads start); True when it took effect."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
+    libc = c_library()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if libc is None:
+            raise OSError("no C library found")
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError) as exc:  # not glibc
         log.debug("malloc arenas left as they are: %s", exc)

@@ -248,6 +248,10 @@ class AudioGate:
         is the recording-timeline instant of its first sample."""
         rate, n = frame.sample_rate, frame.samples
         end_ns = first_ns + n * 1_000_000_000 // rate
+        steady = self._steady_through(first_ns, end_ns)
+        if steady is not None:
+            self._write_pending()
+            return _silent_block(frame) if steady else frame
         with self._lock:
             a = first_ns if self._horizon_ns is None else max(first_ns, self._horizon_ns)
             pieces, latch = self._walk(a, max(end_ns, a + 1), self._latched)
@@ -276,6 +280,21 @@ class AudioGate:
         self._write_pending()
 
     # --- inside ------------------------------------------------------------------------------------
+
+    def _steady_through(self, first_ns: int, end_ns: int) -> bool | None:
+        """The common case, without a walk per block: nothing is scheduled (no event window, no
+        mute command) and the state is the one in force, so it holds over the whole block, as
+        :meth:`_walk` would find. Then the horizon moves past the block and the answer is whether
+        the block is silenced; None: not so, walk."""
+        with self._lock:
+            if not self._started or self._windows or self._commands:
+                return None
+            a = first_ns if self._horizon_ns is None else max(first_ns, self._horizon_ns)
+            reason = self._reason(a, self._latched)
+            if reason != self._state:
+                return None
+            self._horizon_ns = max(end_ns, a)
+            return reason is not None
 
     def _in_event(self, t: int) -> bool:
         return any(start <= t < end for start, end in self._windows)
