@@ -316,7 +316,7 @@ class RequestBudget:
         the key (module docstring) and move this device's turn. Returns the new rate."""
         key = self.key
         with self.store.tx() as db:
-            learned, _, _ = self._state(db, key)
+            learned, _, next_ns = self._state(db, key)
             devices = counted(learned, now_ns, self.share)
             db.execute(
                 "UPDATE rate_requests SET refused=1 WHERE rowid = (SELECT rowid FROM rate_requests"
@@ -334,7 +334,11 @@ class RequestBudget:
                 # window frees: the device's phase moves to the end of the crowd it met, where the
                 # window has room (every pace being equal, it still has a period later).
                 turn = now_ns + int(retry_after_s * 1e9 + spacing)
-            else:  # the pace changed (or a burst): a random phase of it after the wait, a crowd spreads
+            elif meaning is Refusal.BURST and next_ns:
+                # Someone else's: the pace and the phase are kept (the fleet's phases stay spread),
+                # from its first slot after the wait.
+                turn = next_ns + max(0, math.ceil((until - next_ns) / spacing)) * int(spacing)
+            else:  # the pace changed: a random phase of it after the wait, so a crowd spreads
                 turn = until + int(self.rng.uniform(0, spacing))
             db.execute(
                 "UPDATE rate_state SET rate=?, devices=?, set_ns=?, run_ns=0, probe_ns=?, blocked_until_ns=?,"
