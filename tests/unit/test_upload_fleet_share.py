@@ -37,3 +37,15 @@ def test_a_fleet_is_back_at_its_rate_within_two_minutes_of_another_clients_burst
     assert len(run.accepted) == 50 * 40
     recovery = run.recovery_s()
     assert recovery is not None and recovery <= 120
+
+
+@pytest.mark.xfail(strict=True, reason="known open: starts spread over 20 s storm when not told (issue 16, part 3)")
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fifty_devices_not_told_starting_over_twenty_seconds_do_not_storm(seed):
+    """Devices switched on over 20 s read first contact from a window still filling (some count 6,
+    some 20) and the per-429 corrections do not bring them together: measured 40 % refused and 2.2x
+    the ideal drain. Strict: when the budget converges this passes and the mark must go."""
+    run = run_fleet(50, 40, seed=seed, start_spread_s=20.0)
+    assert len(run.accepted) == 50 * 40
+    assert run.refused_share < 0.05, f"{run.refused} of {run.requests} refused"
+    assert run.drain_vs_ideal <= 1.5, f"{run.drain_s / 60:.1f} min against the ideal {run.ideal_s / 60:.1f}"
