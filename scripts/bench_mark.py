@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hashlib
 
 import httpx
-from tests.contract.sonoran_server import SonoranServer
 
 from edged.app.daemon import Daemon
 from edged.config.schema import from_mapping
 from edged.events.store import EventStore
 from edged.upload.outbox import PRIORITY_MARK, Outbox
+from tests.contract.sonoran_server import SonoranServer
 
 TARGET_S = 2.0
 PANIC_TARGET_S = 1.0

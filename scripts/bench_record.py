@@ -14,6 +14,14 @@ more). As that ratio is within the machine's run-to-run noise, the stamp stage i
 alone, in-process, on the same frames (``edged.recording.stamp.Stamp.apply``, once per frame,
 with the wall time moving on at the frame rate so the text is rendered once a second).
 
+The *floor* (scripts/floor_encode.py) runs alternating with them too: a bare PyAV encode of the
+same y4m frames (decoded in its loop, as edged's file camera and ffmpeg decode them: the same
+read for all, and cheap: raw frames) and the same tone, with edged's own libvpx/Opus options,
+one loop, one file. edged with the stamp off must come within 3 % of it (the floor has no
+stamp: judged against edged without it); edged is shown beside the ffmpeg CLI both ways. edged
+runs with ``audio.pre_event = true`` here, so its audio gate passes the tone through and all four
+encode the same sound (off, it would encode its cheaper silence pattern until a press).
+
 Printed side by side, with the targets and edged's pass/fail:
   * CPU seconds per recorded minute: user+sys of the child process (``os.wait4`` rusage),
     median of --repeat alternating runs; peak RSS (``ru_maxrss``, the largest run);
@@ -25,7 +33,7 @@ Printed side by side, with the targets and edged's pass/fail:
     4-pixel grid), every --ssim-every'th frame, streamed (two frames in memory at a time).
 
     .venv/bin/python scripts/bench_record.py [--seconds 120] [--noise 6] [--footage vtest.avi]
-        [--repeat 3] [--keep] [--only edged|ffmpeg|stamp] [--json bench-out/bench_record.json]
+        [--repeat 3] [--keep] [--only edged|ffmpeg|stamp|floor|cpu] [--json bench-out/bench_record.json]
 """
 
 from __future__ import annotations
@@ -113,6 +121,18 @@ def edged_python() -> str:
     return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
 
+def installed_bytecode(cache: Path) -> None:
+    """The children (this process's environment) read edged's bytecode from ``cache``, compiled
+    here once, unmeasured, as an installed package has it (``pip install`` compiles it), as
+    scripts/bench_start.py does. This machine's environment sets ``PYTHONDONTWRITEBYTECODE``:
+    without this each edged run compiled all its modules from source, 0.09 CPU s a start measured
+    (0.045 s per recorded minute at 120 s: about 1 % of the floor, which imports PyAV alone,
+    compiled) that no installed daemon pays."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    subprocess.run([edged_python(), "-m", "compileall", "-q", str(REPO / "edged")], check=True, cwd=REPO)
+
+
 def edged_cli_problem(python: str) -> str | None:
     """Why ``edged run --config CFG --for SECONDS`` cannot be used, or None."""
     try:
@@ -143,9 +163,11 @@ def run_measured(cmd: list[str], log: Path) -> Run:
 
 
 def edged_config(source: Path, state_dir: Path, stamp: bool = True) -> str:
+    # pre_event on: edged's gate passes the tone through, so every recorder encodes the same sound
+    # (off, edged would encode its cheaper silence pattern until a press: not the same work)
     return (
         f'[camera]\nsource = "file"\ndevice = "{source}"\npaced = false\n'
-        f'[audio]\nsource = "synthetic"\n'
+        f'[audio]\nsource = "synthetic"\npre_event = true\n'
         f'[storage]\ndir = "{state_dir}"\nmax_bytes = 10000000000\nmin_free_bytes = 0\n'
         + ("" if stamp else "[stamp]\nenabled = false\n")
     )
@@ -203,6 +225,35 @@ def stamp_stage_cpu(source: Path, frames: int) -> dict[str, float]:
         "cpu_s_per_min": stamping / per_min,
         "us_per_frame": stamping / frames * 1e6,
     }
+
+
+def floor_settings(source: Path, seconds: float, out_file: Path) -> dict:
+    """What scripts/floor_encode.py is told: edged's own encoder options, computed here so the
+    floor's process imports PyAV alone."""
+    return {
+        "source": str(source),
+        "out": str(out_file),
+        "seconds": seconds,
+        "width": CAM.width,
+        "height": CAM.height,
+        "fps": CAM.fps,
+        "bitrate": CAM.bitrate,
+        "vp8": vp8_options(CAM),
+        "audio_bitrate": AUD.bitrate,
+        "channels": AUD.channels,
+        "opus": opus_options(AUD),
+        "keyframe_every": max(1, round(STORE.segment_seconds * CAM.fps)),
+    }
+
+
+def run_floor(source: Path, seconds: float, out: Path) -> tuple[Run, Path, list[str]]:
+    """The floor: a bare PyAV encode of the same frames and tone with the same options, one loop,
+    one file (scripts/floor_encode.py)."""
+    seg_dir = out / "floor"
+    seg_dir.mkdir(parents=True)
+    settings = json.dumps(floor_settings(source, seconds, seg_dir / "floor.webm"))
+    cmd = [edged_python(), str(REPO / "scripts" / "floor_encode.py"), settings]
+    return run_measured(cmd, out / "floor.log"), seg_dir, cmd
 
 
 def video_flags() -> dict[str, str]:
@@ -499,9 +550,15 @@ def measure(seg_dir: Path, source: Path, seconds: float, runs: list[Run], every:
 STAMP_CPU_TARGET = 1.03
 #: edged recording with ``stamp.enabled = false``: the stamp's baseline.
 STAMP_OFF = "edged-stamp-off"
+#: The bare PyAV encode (scripts/floor_encode.py) and how close edged must come to it, stamp off
+#: (the floor has no stamp: the stamp's own cost is judged against edged without it).
+FLOOR = "floor"
+FLOOR_TARGET = 1.03
 
 
-def checks(e: Figures, f: Figures | None, off: Figures | None = None) -> dict[str, tuple[float | int, bool]]:
+def checks(
+    e: Figures, f: Figures | None, off: Figures | None = None, floor: Figures | None = None
+) -> dict[str, tuple[float | int, bool]]:
     """edged's verdicts: key -> (value, pass)."""
     target = CAM.bitrate / 1000
     out: dict[str, tuple[float | int, bool]] = {
@@ -515,6 +572,15 @@ def checks(e: Figures, f: Figures | None, off: Figures | None = None) -> dict[st
     if off is not None:
         ratio = e.cpu_s_per_min / off.cpu_s_per_min
         out["stamp_cpu_ratio"] = (ratio, ratio <= STAMP_CPU_TARGET)
+    if off is not None and f is not None:
+        ratio = off.cpu_s_per_min / f.cpu_s_per_min
+        out["stamp_off_vs_ffmpeg"] = (ratio, ratio <= 1.0)
+    if floor is not None and off is not None:
+        ratio = off.cpu_s_per_min / floor.cpu_s_per_min
+        out["stamp_off_vs_floor"] = (ratio, ratio <= FLOOR_TARGET)
+    if floor is not None:
+        ratio = e.cpu_s_per_min / floor.cpu_s_per_min
+        out["stamp_on_vs_floor"] = (ratio, ratio <= FLOOR_TARGET + STAMP_CPU_TARGET - 1)
     return out
 
 
@@ -535,15 +601,16 @@ ROWS = [  # label, Figures field, format, target
 
 
 def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bool]]) -> str:
-    e, f, off = results.get("edged"), results.get("ffmpeg"), results.get(STAMP_OFF)
+    e, f, off, fl = results.get("edged"), results.get("ffmpeg"), results.get(STAMP_OFF), results.get(FLOOR)
     lines = [
-        f"{'':28} {'edged':>12} {'no stamp':>12} {'ffmpeg CLI':>12}   {'target':<18} pass",
-        f"{'-' * 28} {'-' * 12} {'-' * 12} {'-' * 12}   {'-' * 18} ----",
+        f"{'':28} {'edged':>12} {'no stamp':>12} {'ffmpeg CLI':>12} {'floor':>12}   {'target':<18} pass",
+        f"{'-' * 28} {'-' * 12} {'-' * 12} {'-' * 12} {'-' * 12}   {'-' * 18} ----",
     ]
     for label, key, fmt, target in ROWS:
         ev = fmt.format(getattr(e, key)) if e else "-"
         ov = fmt.format(getattr(off, key)) if off else "-"
         fv = fmt.format(getattr(f, key)) if f else "-"
+        lv = fmt.format(getattr(fl, key)) if fl else "-"
         verdict = ""
         if key in verdicts:
             value, ok = verdicts[key]
@@ -552,12 +619,20 @@ def table(results: dict[str, Figures], verdicts: dict[str, tuple[float | int, bo
                 verdict += f" ({value:.2f}x)"
         if key == "keyframes" and e:
             target = f"{e.segments} (1 per segment)"
-        lines.append(f"{label:28} {ev:>12} {ov:>12} {fv:>12}   {target:<18} {verdict}")
-    if "stamp_cpu_ratio" in verdicts:
-        value, ok = verdicts["stamp_cpu_ratio"]
-        target = f"<= {STAMP_CPU_TARGET:.2f}x"
-        verdict = "PASS" if ok else "FAIL"
-        lines.append(f"{'CPU, stamp on / off':28} {value:>11.3f}x {'':>12} {'':>12}   {target:<18} {verdict}")
+        lines.append(f"{label:28} {ev:>12} {ov:>12} {fv:>12} {lv:>12}   {target:<18} {verdict}")
+    ratios = (
+        ("stamp_cpu_ratio", "CPU, stamp on / off", STAMP_CPU_TARGET),
+        ("stamp_off_vs_ffmpeg", "CPU, stamp off / ffmpeg CLI", 1.0),
+        ("stamp_off_vs_floor", "CPU, stamp off / floor", FLOOR_TARGET),
+        ("stamp_on_vs_floor", "CPU, stamp on / floor", FLOOR_TARGET + STAMP_CPU_TARGET - 1),
+    )
+    for key, label, limit in ratios:
+        if key in verdicts:
+            value, ok = verdicts[key]
+            lines.append(
+                f"{label:28} {value:>11.3f}x {'':>12} {'':>12} {'':>12}   {f'<= {limit:.2f}x':<18} "
+                f"{'PASS' if ok else 'FAIL'}"
+            )
     return "\n".join(lines)
 
 
@@ -569,7 +644,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; CPU and wall are medians")
     ap.add_argument("--ssim-every", type=int, default=5, help="compare every Nth frame")
     ap.add_argument(
-        "--only", choices=("edged", "ffmpeg", "stamp"), help="run one recorder only (stamp: edged with and without it)"
+        "--only",
+        choices=("edged", "ffmpeg", "stamp", FLOOR, "cpu"),
+        help="run one recorder only (stamp: edged with and without it; cpu: edged both ways and the floor)",
     )
     ap.add_argument("--stamp-frames", type=int, default=600, help="frames the stamp stage alone is timed on")
     ap.add_argument("--keep", action="store_true", help="keep the outputs in bench-out/bench_record-runs/")
@@ -578,14 +655,19 @@ def main() -> int:
 
     if not ensure_ffmpeg():
         return 2
-    names = {None: ["edged", STAMP_OFF, "ffmpeg"], "stamp": ["edged", STAMP_OFF]}.get(args.only, [args.only])
+    names = {
+        None: ["edged", STAMP_OFF, "ffmpeg", FLOOR],
+        "stamp": ["edged", STAMP_OFF],
+        "cpu": ["edged", STAMP_OFF, FLOOR],
+    }.get(args.only, [args.only])
     if "edged" in names and (problem := edged_cli_problem(edged_python())):
         print(f"bench_record: {problem}", file=sys.stderr)
         return 1
     source = shaken(args.seconds, args.noise, args.footage)
-    runners = {"edged": run_edged, STAMP_OFF: run_edged_stamp_off, "ffmpeg": run_ffmpeg}
+    runners = {"edged": run_edged, STAMP_OFF: run_edged_stamp_off, "ffmpeg": run_ffmpeg, FLOOR: run_floor}
     work = REPO / "bench-out" / "bench_record-runs" if args.keep else Path(tempfile.mkdtemp(prefix="bench_record-"))
     shutil.rmtree(work, ignore_errors=True)
+    installed_bytecode(work / "pycache")
     runs: dict[str, list[Run]] = {n: [] for n in names}
     results: dict[str, Figures] = {}
     shown: dict[str, list[str]] = {}
@@ -605,7 +687,11 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     stage = stamp_stage_cpu(source, args.stamp_frames) if "edged" in names else None
-    verdicts = checks(results["edged"], results.get("ffmpeg"), results.get(STAMP_OFF)) if "edged" in results else {}
+    verdicts = (
+        checks(results["edged"], results.get("ffmpeg"), results.get(STAMP_OFF), results.get(FLOOR))
+        if "edged" in results
+        else {}
+    )
     notes = settings_notes()
     print(
         f"\n{args.seconds:g} s of {source.name} ({args.footage} shaken, noise {args.noise}), "
@@ -642,6 +728,7 @@ def main() -> int:
                 "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in verdicts.items()},
                 "stamp_stage": stage,
                 "stamp_cpu_target": STAMP_CPU_TARGET,
+                "floor_target": FLOOR_TARGET,
                 "all_pass": bool(verdicts) and all(ok for _, ok in verdicts.values()),
                 "commands": shown,
                 "edged_config": edged_config(source, Path("<tmp>") / "edged"),

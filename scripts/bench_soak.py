@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edged.app.control import ControlError, request
+from edged.core.paths import StatePaths
+from tests.support import live_status
 
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -91,13 +93,9 @@ def fd_targets(pid: int) -> list[str]:
     return sorted(out)
 
 
-def read_status(state: Path) -> dict:
-    """The daemon's live status through its control socket (status.json is written once a second,
-    which is several seconds of footage when unpaced); {} while it is starting."""
-    try:
-        return request(state / "control.sock", {"cmd": "status"}, timeout=30)["status"]
-    except (ControlError, OSError, KeyError):
-        return {}
+#: The daemon's live status (status.json is written once a second, several seconds of footage
+#: when unpaced): the control socket's answer, {} while it is starting.
+read_status = live_status
 
 
 class ContractServer:
@@ -318,7 +316,7 @@ def run(
                 next_log += max(1.0, minutes / 12)
             if next_mark <= media < minutes and st:
                 try:
-                    request(state / "control.sock", {"cmd": "mark", "note": f"soak {marks}"})
+                    request(StatePaths(state).control, {"cmd": "mark", "note": f"soak {marks}"})
                     marks += 1
                 except (ControlError, OSError) as exc:
                     log(f"  mark refused: {exc}")

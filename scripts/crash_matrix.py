@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edged.app.control import ControlError, request
+from edged.core.paths import StatePaths
 from scripts import crash_checks as checks
 from scripts.crash_disk import DiskUnavailable, make_disk, remove_tree
 from tests.contract.sonoran_server import SonoranServer
@@ -143,7 +144,7 @@ class DaemonProcess:
 
     def status(self) -> dict | None:
         try:
-            return request(self.state / "control.sock", {"cmd": "status"}, timeout=5)["status"]
+            return request(StatePaths(self.state).control, {"cmd": "status"}, timeout=5)["status"]
         except (ControlError, OSError, ValueError):
             return None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edged.app.control import ControlServer
 from edged.app.gpio import ActionRefused, DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
-from edged.app.status import DaemonStatus
+from edged.app.status import DaemonStatus, StatusFile
 from edged.app.systemd import ServiceNotifier
 from edged.capture.gps import GpsdPosition
 from edged.capture.position import PositionSource
@@ -28,7 +28,9 @@ from edged.core.alarms import Alarms
 from edged.core.clock import Clock, SystemClock
 from edged.core.files import owner_only, write_atomic
 from edged.core.journal import Msg, log_event, register_secret, scrub, scrub_doc
-from edged.core.paths import StatePaths
+from edged.core.memory import limit_malloc_arenas
+from edged.core.paths import StatePaths, default_runtime, recorded_runtime
+from edged.core.runtime import make_runtime, remove_runtime
 from edged.core.states import FAULT_ALARMS, Alarm, DeliveryState, EventState, RecorderState
 from edged.events.manager import PANIC_SOURCE, EventManager, EventWorker, MarkResult
 from edged.events.store import EventStore
@@ -149,6 +151,8 @@ class Daemon:
         self._stopping = threading.Event()
         self._lock_fd: int | None = None
         self._config_lock = threading.Lock()
+        self._status_file = StatusFile(self.paths.status)
+        self._runtime_made = False  # the runtime folder is ours to remove at stop (not systemd's)
 
     # --- what tests and tools read -----------------------------------------------------------------
 
@@ -524,6 +528,7 @@ class Daemon:
             audio_source=rs.audio_source,
             frames_encoded=rs.frames_encoded,
             frames_dropped=rs.frames_dropped,
+            frames_dropped_behind=rs.frames_dropped_behind,
             frames_not_stored=rs.frames_not_stored,
             segments_written=rs.segments_written,
             current_segment=rs.current_segment,
@@ -543,12 +548,51 @@ class Daemon:
         )
 
     def write_status(self) -> DaemonStatus:
+        """The status now, written to the runtime folder when it says something new."""
         status = self.status()
         try:  # scrubbed: a server's reason may echo a key, and status.json is never to hold one
-            write_atomic(self.paths.status, json.dumps(scrub_doc(status.to_dict()), indent=1).encode())
+            self._status_file.write(scrub_doc(status.to_dict()))
         except OSError as exc:
             log.debug("status not written: %s", exc)
         return status
+
+    def _leave_status(self) -> None:
+        """At stop: the last status into the state folder (what ``edged status`` shows of a stopped
+        daemon, after a reboot too), the runtime folder emptied and, when edged made it, removed."""
+        try:
+            doc = scrub_doc(self.status().to_dict())
+            write_atomic(self.paths.last_status, json.dumps(doc, indent=1).encode())
+            if self.paths.status != self.paths.last_status:
+                self.paths.status.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("last status not written: %s", exc)
+        if self._runtime_made:
+            remove_runtime(self.paths.runtime)
+
+    def _open_runtime(self) -> None:
+        """The runtime folder for the status file and the control socket (``edged.core.paths``),
+        recorded in the state folder for readers when it differs from what is recorded there. A
+        folder that cannot be made safely is refused (said in the log) and the state folder used."""
+        root = self.paths.root
+        wanted, given = default_runtime(root)
+        try:
+            runtime = make_runtime(wanted, given)
+        except OSError as exc:
+            log.warning("runtime folder %s refused (%s): status file and control socket in %s", wanted, exc, root)
+            runtime, given = root, True
+        self._runtime_made = not given
+        pointer = self.paths.runtime_pointer
+        if recorded_runtime(pointer) != runtime:
+            try:
+                write_atomic(pointer, f"{runtime}\n".encode(), durable=True)
+            except OSError as exc:  # e.g. a full disk: no pointer then, and readers look in the state folder
+                log.warning("runtime folder not recorded in %s (%s): using the state folder", pointer, exc)
+                if self._runtime_made:
+                    remove_runtime(runtime)
+                self._runtime_made, runtime = False, root
+                pointer.unlink(missing_ok=True)
+        self.paths = StatePaths(root, runtime)
+        self._status_file = StatusFile(self.paths.status)
 
     def _tell_systemd(self, st: Stages, status: DaemonStatus) -> None:
         """Readiness once footage is on disk; a watchdog ping only while frames go through the
@@ -592,6 +636,7 @@ class Daemon:
         except BlockingIOError:
             log.critical("another edged daemon is using %s", self.paths.root)
             return EXIT_LOCKED
+        self._open_runtime()
         return None
 
     def _open_index(self) -> tuple[Index, RingBuffer] | int:
@@ -682,13 +727,16 @@ class Daemon:
             while rec_thread.is_alive():
                 self._tell_systemd(st, self.write_status())
                 self._show_feedback(st)
-                rec_thread.join(timeout=tick)
+                if self.notifier.is_ready:
+                    rec_thread.join(timeout=tick)
+                else:  # READY the moment the first footage is on disk
+                    st.recorder.footage_on_disk.wait(timeout=tick)
         finally:
             st.recorder.stop()
             if rec_thread.ident is not None:  # started
                 rec_thread.join()
             self._stop(st)
-            self.write_status()
+            self._leave_status()
             self._close_stores(st)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -699,6 +747,7 @@ class Daemon:
 
 
 def run(settings: Settings, stop_after_s: float | None = None) -> int:
+    limit_malloc_arenas()  # the daemon's own process (``edged run``): before its threads start
     return Daemon(settings, stop_after_s=stop_after_s).run()
 
 

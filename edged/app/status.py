@@ -1,8 +1,10 @@
 """The status document, typed once: what the daemon reports and what ``edged status`` shows.
 
-:class:`DaemonStatus` is what the running daemon knows about itself. It is written to
-``status.json`` every second (scrubbed, atomically), answered on the control socket, and summed up
-in systemd's ``STATUS=`` line (:meth:`DaemonStatus.summary`). :class:`Report` is what the operator
+:class:`DaemonStatus` is what the running daemon knows about itself. It is looked at every second
+and written to ``status.json`` in the runtime folder (in memory, see :mod:`edged.core.paths`) when
+it says something new (:class:`StatusFile`), answered on the control socket, and summed up in
+systemd's ``STATUS=`` line (:meth:`DaemonStatus.summary`). When the daemon stops, its last status
+is left in the state folder. :class:`Report` is what the operator
 asks for with ``edged status``: the daemon's status when it runs (read back from ``status.json``,
 a file any process may have left behind, so read bounded and tolerantly), plus what the stores
 say whether it runs or not: footage on disk and the outbox.
@@ -14,9 +16,10 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from edged.core.files import read_bounded
+from edged.core.files import read_bounded, write_atomic
 from edged.core.paths import StatePaths
 from edged.core.states import DeliveryState, RecorderState, SegmentState
 from edged.core.timefmt import iso
@@ -34,6 +37,7 @@ class DaemonStatus:
     audio_source: str | None = None
     frames_encoded: int = 0
     frames_dropped: int = 0
+    frames_dropped_behind: int = 0  # of those, dropped for lack of CPU (alarm cpu_starved)
     frames_not_stored: int = 0
     segments_written: int = 0
     current_segment: str | None = None
@@ -118,6 +122,42 @@ def _fits(value: Any, annotation: Any) -> bool:
     return isinstance(value, want)
 
 
+#: Fields that change with every look and say nothing new by themselves: when the time it was taken
+#: and the age of the GPS fix are all that changed, the file is not rewritten.
+VOLATILE_FIELDS = ("updated",)
+VOLATILE_GPS_FIELDS = ("age_s",)
+
+
+def lasting(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without its volatile fields: what tells whether the status changed."""
+    out = {k: v for k, v in doc.items() if k not in VOLATILE_FIELDS}
+    if isinstance(out.get("gps"), dict):
+        out["gps"] = {k: v for k, v in out["gps"].items() if k not in VOLATILE_GPS_FIELDS}
+    return out
+
+
+class StatusFile:
+    """``status.json``, written (atomically, not fsynced: it is in memory) only when the document
+    differs from the last one written in more than its volatile fields (:func:`lasting`). While
+    frames are being encoded the counters move, so a recording daemon still writes it about once a
+    second, to the runtime folder's tmpfs; an idle or stopped one does not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writes = 0
+        self._last: str | None = None
+
+    def write(self, doc: dict[str, Any]) -> bool:
+        """Write ``doc`` if it says something new; whether it was written. OSError propagates."""
+        key = json.dumps(lasting(doc), sort_keys=True, default=str)
+        if key == self._last:
+            return False
+        write_atomic(self.path, json.dumps(doc, indent=1).encode())
+        self._last = key
+        self.writes += 1
+        return True
+
+
 @dataclass
 class Footage:
     """What the index says about the footage on disk."""
@@ -190,12 +230,16 @@ def _alive(pid: int) -> bool:
 
 
 def read_daemon_status(paths: StatePaths) -> tuple[DaemonStatus | None, bool]:
-    """The last ``status.json`` (None when absent or not one) and whether the daemon that wrote it
-    still runs."""
-    try:
-        last = DaemonStatus.from_dict(json.loads(read_bounded(paths.status, MAX_STATUS_BYTES)))
-    except (OSError, ValueError):
-        return None, False
+    """The running daemon's ``status.json`` (in its runtime folder), else the one the last run left
+    in the state folder (None when neither is there or is one), and whether the daemon that wrote
+    it still runs."""
+    last = None
+    for where in (paths.status, paths.last_status):
+        try:
+            last = DaemonStatus.from_dict(json.loads(read_bounded(where, MAX_STATUS_BYTES)))
+        except (OSError, ValueError):
+            continue
+        break
     if last is None:
         return None, False
     return last, last.pid > 0 and _alive(last.pid) and last.state != RecorderState.STOPPED

@@ -49,6 +49,12 @@ class SyntheticVideo:
             self._container = None
 
 
+#: The capture buffer FFmpeg's ALSA input asks a sound card for, in sample frames
+#: (``ALSA_BUFFER_SIZE_MAX`` in libavdevice/alsa.h): about 1.4 s at 48 kHz. A reader late by less
+#: loses nothing; the synthetic microphone overruns where a real one would.
+SOUND_CARD_BUFFER_FRAMES = 65536
+
+
 class SyntheticAudio:
     name = "synthetic"
 
@@ -58,7 +64,7 @@ class SyntheticAudio:
     def __init__(self, sample_rate: int = 48_000, channels: int = 1, paced: bool = True) -> None:
         self.sample_rate, self.channels = sample_rate, channels
         self._samples_per_block = int(sample_rate * self.BLOCK)
-        self._pacer = Pacer(float(self.BLOCK), paced)
+        self._pacer = Pacer(float(self.BLOCK), paced, max_late_s=SOUND_CARD_BUFFER_FRAMES / sample_rate)
         self._container: av.container.InputContainer | None = None
         self._frames: Iterator[av.AudioFrame] | None = None
 

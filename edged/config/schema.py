@@ -810,17 +810,24 @@ def token_path(bota: BotaSettings) -> Path | None:
 MAX_SECRET_BYTES = 64 * 1024
 
 
-def _check_credential(key: str, path: Path | None, credential: str, what: str, problems: list[tuple[str, str]]) -> None:
-    """A secret's file must be named (or be a systemd credential), a readable regular file and not empty."""
+def read_secret(path: Path) -> bytes:
+    """A key or token file's bytes, by the one rule for secrets: the named link followed (an
+    administrator may point it at a credential store), the file itself a regular one of at most
+    ``MAX_SECRET_BYTES`` (a FIFO, a device or a huge file is refused with OSError, never waited on)."""
     from edged.core.files import read_bounded
 
+    return read_bounded(_real(str(path)), MAX_SECRET_BYTES)
+
+
+def _check_credential(key: str, path: Path | None, credential: str, what: str, problems: list[tuple[str, str]]) -> None:
+    """A secret's file must be named (or be a systemd credential), a readable regular file and not empty."""
     if path is None:
         problems.append(
             (key, f"must name the file holding the {what} (or run under systemd with a {credential} credential)")
         )
         return
     try:
-        if not read_bounded(_real(str(path)), MAX_SECRET_BYTES).strip():
+        if not read_secret(path).strip():
             problems.append((key, f"{path} is empty"))
     except OSError as exc:
         problems.append((key, f"{path} cannot be read: {exc.strerror or exc}"))

@@ -107,6 +107,7 @@ class Alarm(StrEnum):
     STORAGE_FULL = "storage_full"  # only protected footage is left: recording pauses
     STORAGE_OVER_BUDGET = "storage_over_budget"  # only protected footage is left to evict: recording goes on
     STORAGE_ERROR = "storage_error"
+    CPU_STARVED = "cpu_starved"  # recording cannot keep up with the camera: frames dropped evenly
     GPIO_ERROR = "gpio_error"
     # uploads
     UPLOAD_PAUSED = "upload_paused"  # a key or an account is refused: the target waits

@@ -57,6 +57,8 @@ class Host:
     gps_wait: float = 4.0
     #: Returns the picamera2 module (None: import the real one).
     import_picamera2: Callable[[], Any] | None = None
+    #: How long the camera check waits for a Pi camera to open and deliver its first frame.
+    camera_wait: float = 10.0
     #: Extra environment the service would have (STATE_DIRECTORY, CREDENTIALS_DIRECTORY).
     service_env: dict[str, str] = field(default_factory=dict)
 

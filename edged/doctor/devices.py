@@ -8,6 +8,8 @@ import importlib.util
 import os
 import re
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,23 +52,30 @@ def check_camera(cam: CameraSettings, host: Host) -> Check:
             'set camera.source = "auto" on a bodycam',
         )
     found: list[str] = []
+    unusable: Check | None = None  # a Pi camera that is there but cannot record
     if cam.source in ("auto", "picamera2"):
         cameras, why = picamera2_cameras(host)
         if cameras:
-            return Check(
-                "camera", OK, "Raspberry Pi camera " + ", ".join(c.get("Model", "?") for c in cameras) + " (picamera2)"
-            )
-        found.append(f"picamera2: {why}")
-        if cam.source == "picamera2":
-            return Check("camera", FAIL, f"camera.source = picamera2 but {why}", NO_CAMERA_FIX)
+            check = check_picamera2_opens(cam, host)
+            if check.status != FAIL or cam.source == "picamera2":
+                return check
+            unusable = check
+            found.append(f"picamera2: {check.summary}")
+        else:
+            found.append(f"picamera2: {why}")
+            if cam.source == "picamera2":
+                return Check("camera", FAIL, f"camera.source = picamera2 but {why}", NO_CAMERA_FIX)
     devices, denied = v4l2_capture_devices(host, cam.device if cam.source == "v4l2" and cam.device else None)
     if devices:
         path, card = devices[0]
-        return Check(
-            "camera",
-            OK,
-            f"V4L2 camera {card} at {path}" + (f" (and {len(devices) - 1} more)" if len(devices) > 1 else ""),
-        )
+        more = f" (and {len(devices) - 1} more)" if len(devices) > 1 else ""
+        if unusable is not None:
+            return Check(
+                "camera", WARN, f"V4L2 camera {card} at {path}{more} will record; {unusable.summary}", unusable.fix
+            )
+        return Check("camera", OK, f"V4L2 camera {card} at {path}{more}")
+    if unusable is not None:
+        return Check("camera", FAIL, f"{unusable.summary}: the synthetic test pattern would be recorded", unusable.fix)
     if denied:
         return Check(
             "camera",
@@ -105,6 +114,60 @@ def _import_picamera2() -> Any:
     from edged.capture.picam import _import_picamera2 as load
 
     return load()
+
+
+def check_picamera2_opens(cam: CameraSettings, host: Host) -> Check:
+    """Opens the camera as the recorder does (``PicameraVideo``: the same configuration) and waits
+    for a first frame, within ``host.camera_wait`` seconds: a camera libcamera lists may still
+    refuse the stream, be held by another process, or never deliver."""
+    from edged.capture.picam import CameraInUse, PicameraVideo
+
+    module = host.import_picamera2() if host.import_picamera2 else _import_picamera2()
+    source = PicameraVideo(cam.width, cam.height, cam.fps, picamera2_module=module)
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        t0 = time.monotonic()
+        try:
+            source.open()
+            try:
+                source.read()
+                outcome["first_frame_s"] = time.monotonic() - t0
+            finally:
+                source.close()
+        except Exception as exc:  # noqa: BLE001 - whatever the camera stack raises is the finding
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=attempt, name="doctor-camera", daemon=True)
+    worker.start()
+    worker.join(host.camera_wait)
+    asked = f"{cam.width}x{cam.height}@{cam.fps}"
+    name = f"Raspberry Pi camera {source.model} (picamera2)"
+    if worker.is_alive():
+        return Check(
+            "camera",
+            FAIL,
+            f"{name} did not open and deliver a frame at {asked} within {host.camera_wait:g} s",
+            "check the ribbon cable and `rpicam-hello -t 2000`; the camera stack hangs",
+        )
+    error = outcome.get("error")
+    if isinstance(error, CameraInUse):
+        return Check(
+            "camera",
+            WARN,
+            f"{name} is listed, but not checked: {error}",
+            "run doctor while the service is stopped (systemctl stop edged) to open the camera",
+        )
+    if error is not None:
+        return Check("camera", FAIL, f"{name} cannot record at {asked}: {error}", NO_CAMERA_FIX)
+    stream = source.stream
+    size = "x".join(str(v) for v in stream.get("size", ()))
+    return Check(
+        "camera",
+        OK,
+        f"{name}: opened as the recorder opens it, {stream.get('format')} {size} for {asked}, "
+        f"first frame in {outcome['first_frame_s'] * 1000:.0f} ms",
+    )
 
 
 def v4l2_capture_devices(host: Host, only: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:

@@ -34,6 +34,7 @@ from edged.clips.window import BootWindow
 from edged.config.schema import Settings
 from edged.core.ids import timed_id
 from edged.core.journal import Msg, log_event
+from edged.core.priority import background_thread
 from edged.core.states import EventState
 from edged.core.timefmt import iso
 from edged.events.store import HOLD_PREFIX, Event, EventStore, Mark
@@ -310,6 +311,7 @@ class EventWorker(threading.Thread):
         self.period = period
 
     def run(self) -> None:
+        background_thread("clip building")  # a clip built a moment later loses nothing; a frame does
         while not self._halt.wait(self.period):
             try:
                 self.manager.finish_ready()

@@ -6,7 +6,10 @@ picks it and finds the answer in ``status/recall-<id>.json``). The inbox is look
 
 * sync tools' temporary files are never read: anything starting with ``.`` (rsync writes
   ``.name.XXXXXX``, Syncthing ``.syncthing.name.tmp``), Syncthing's ``~syncthing~name.tmp``, any
-  ``*.tmp``, and names not ending in ``.json``;
+  ``*.tmp``, and names not ending in ``.json``; nor Syncthing's conflict copies
+  (``<id>.sync-conflict-<date>-<time>-<device>.json``: the copy that lost when two parties
+  changed ``<id>.json`` at once; the winner is ``<id>.json`` itself, and the copy taken as a
+  request of its own would be answered as a duplicate or a conflicting id, under a made-up id);
 * a file still being written is left alone: it must look the same (inode, size, modification and
   change times) at ``settle_looks`` looks in a row, spanning at least ``settle_s`` of this
   process's monotonic clock. The file's mtime is never compared with the wall clock: a Pi that
@@ -34,6 +37,7 @@ again is harmless for the same reason.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,14 +59,19 @@ SUFFIX = ".json"
 Mark = tuple[int, int, int, int, int]
 
 
+#: Syncthing's name for the losing copy of a file changed on two sides at once.
+SYNCTHING_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z0-9]{7}(\.|$)")
+
+
 def is_temporary(name: str) -> bool:
-    """A sync tool's file in transit, or anything that is not a request."""
+    """A sync tool's file in transit or its conflict copy, or anything that is not a request."""
     return (
         name.startswith(".")
         or name.startswith("~")
         or name.endswith(".tmp")
         or not name.endswith(SUFFIX)
         or name == SUFFIX
+        or SYNCTHING_CONFLICT.search(name) is not None
     )
 
 

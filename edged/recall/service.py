@@ -54,7 +54,6 @@ accepted request's answer.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -72,6 +71,7 @@ from edged.config.schema import Settings
 from edged.core.ids import timed_id
 from edged.core.journal import Msg, log_event, scrub_doc
 from edged.core.paths import StatePaths
+from edged.core.priority import background_thread
 from edged.core.states import DeliveryState, RecallState
 from edged.core.timefmt import iso
 from edged.footage.index import STORED
@@ -97,8 +97,6 @@ from edged.upload.outbox import PRIORITY_RECALL, Outbox
 
 log = logging.getLogger("edged.recall")
 
-#: The worker's niceness relative to the daemon (the recording must never wait for a timelapse).
-WORKER_NICE = 10
 #: How long ``stop`` waits for the worker (a timelapse stops at its next segment; well inside
 #: systemd's TimeoutStopSec=20 with the recorder's own stop).
 STOP_WAIT_S = 8.0
@@ -230,10 +228,7 @@ class RecallService:
         self.store.close()
 
     def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-        except OSError as exc:  # pragma: no cover - not Linux, or not allowed
-            log.debug("recall worker keeps the daemon's priority: %s", exc)
+        background_thread("recall worker")  # the recording must never wait for a timelapse
         while not self._halt.is_set():
             try:
                 self.tick()
@@ -326,8 +321,11 @@ class RecallService:
             iso(req.start_ns),
             ", ".join(req.cameras),
         )
+        # The answer is the state at acceptance (pending), written before the worker is woken: woken
+        # first, it may already have moved a request whose footage is all recorded to processing.
+        accepted = self._write_status(req.id)
         self._wake.set()
-        return self._write_status(req.id)
+        return accepted
 
     # --- building -----------------------------------------------------------------------------------
 

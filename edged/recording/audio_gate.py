@@ -43,6 +43,7 @@ write the card refuses is kept and written again.
 
 from __future__ import annotations
 
+import array
 import logging
 import sqlite3
 import threading
@@ -51,7 +52,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import av
-import numpy as np
 
 from edged.core.states import AudioOff
 from edged.footage.index import Index
@@ -69,31 +69,55 @@ class MuteResult:
     refused: str = ""
 
 
-#: One 16-bit step, the amplitude of the silence pattern, in each sample format's own units.
+#: One 16-bit step, the amplitude of the silence pattern, in each sample format's own units, and
+#: the ``array`` type code of one sample (native byte order, as FFmpeg's formats are).
 _STEP = {"s16": 1, "s32": 1 << 16, "flt": 2.0**-15, "dbl": 2.0**-15, "s64": 1 << 48}
+_CODE = {"u8": "B", "s16": "h", "s32": "i", "flt": "f", "dbl": "d", "s64": "q"}
+
+# Blocks are handled as bytes, plane by plane (``array`` and slices, no numpy): the gate is on the
+# recording's path from its first block (with ``pre_event`` off every block starts silent), and
+# numpy would cost start-up and ~11 MB of memory for a few byte copies.
 
 
-def _quiet(arr: np.ndarray, fmt: av.AudioFormat, channels: int, start: int, stop: int) -> None:
-    """Samples [start, stop) of ``arr`` (a frame's ``to_ndarray()``, written in place) made silence:
-    +1, -1, +1, ... 16-bit steps (see the module's docstring), the same on every channel. u8, whose
-    step is far louder, gets its true zero, 128."""
+def _sample_bytes(frame: av.AudioFrame) -> tuple[int, int]:
+    """(bytes per sample in a plane, samples interleaved in a plane: the channels when packed)."""
+    fmt = frame.format
+    return fmt.bytes, 1 if fmt.is_planar else frame.layout.nb_channels
+
+
+def _pattern(fmt: av.AudioFormat, start: int, stop: int, per_sample: int) -> bytes:
+    """Samples [start, stop) of silence as a plane holds them: +1, -1, +1, ... 16-bit steps counted
+    from sample 0 (see the module's docstring), the same on every channel; u8, whose step is far
+    louder, gets its true zero, 128."""
     name = fmt.name.rstrip("p")
-    # The samples [start, stop) as (rows, samples, channels): planar rows are channels already.
-    view = (
-        arr[:, start:stop, None]
-        if fmt.is_planar
-        else arr[:, start * channels : stop * channels].reshape(arr.shape[0], stop - start, channels)
-    )
+    code = _CODE[name]
     if name == "u8":
-        view[...] = 128
-        return
+        return array.array(code, [128]).tobytes() * ((stop - start) * per_sample)
     step = _STEP[name]
-    view[...] = np.where(np.arange(start, stop) % 2 == 0, step, -step).astype(arr.dtype)[None, :, None]
+    even, odd = array.array(code, [step] * per_sample).tobytes(), array.array(code, [-step] * per_sample).tobytes()
+    pair = even + odd if start % 2 == 0 else odd + even
+    return (pair * ((stop - start + 1) // 2))[: (stop - start) * len(even)]
+
+
+def _planes(frame: av.AudioFrame, start: int, stop: int) -> list[bytes]:
+    """Samples [start, stop) of each plane of ``frame``, as bytes."""
+    size, per_sample = _sample_bytes(frame)
+    width = size * per_sample
+    return [bytes(memoryview(p)[start * width : stop * width]) for p in frame.planes]
+
+
+def _frame_of(frame: av.AudioFrame, planes: Sequence[bytes], samples: int) -> av.AudioFrame:
+    """A new frame of ``frame``'s format, layout and rate, holding ``planes``."""
+    out = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=samples)
+    for plane, data in zip(out.planes, planes):
+        plane.update(data.ljust(plane.buffer_size, b"\0"))  # (a buffer may be padded past the samples)
+    out.sample_rate = frame.sample_rate
+    return out
 
 
 #: Whole silent blocks by (format, layout, samples, rate): before a press every block is silence,
 #: and a silent block made once is handed to the encoder again and again (it copies what it is
-#: given and never writes into it), instead of a copy, an array and a new frame per block.
+#: given and never writes into it), instead of a copy and a new frame per block.
 _SILENT_BLOCKS: dict[tuple[str, str, int, int], av.AudioFrame] = {}
 
 
@@ -103,9 +127,8 @@ def _silent_block(frame: av.AudioFrame) -> av.AudioFrame:
     if block is None:
         if len(_SILENT_BLOCKS) > 16:  # a source whose block size wanders: keep only the latest
             _SILENT_BLOCKS.clear()
-        arr = frame.to_ndarray().copy()
-        _quiet(arr, frame.format, frame.layout.nb_channels, 0, frame.samples)
-        block = _SILENT_BLOCKS[key] = _like(frame, arr)
+        quiet = _pattern(frame.format, 0, frame.samples, _sample_bytes(frame)[1])
+        block = _SILENT_BLOCKS[key] = _frame_of(frame, [quiet] * len(frame.planes), frame.samples)
     return block
 
 
@@ -116,27 +139,22 @@ def silence(frame: av.AudioFrame, ranges: Sequence[tuple[int, int]]) -> av.Audio
         return frame
     if ranges[0][0] <= 0 and ranges[-1][1] >= frame.samples and len(ranges) == 1:
         return _silent_block(frame)
-    fmt = frame.format
-    channels = frame.layout.nb_channels
-    arr = frame.to_ndarray().copy()
+    size, per_sample = _sample_bytes(frame)
+    width = size * per_sample
+    planes = [bytearray(p) for p in _planes(frame, 0, frame.samples)]
     for start, stop in ranges:
-        _quiet(arr, fmt, channels, start, stop)
-    return _like(frame, arr)
+        start, stop = max(0, start), min(frame.samples, stop)
+        if start < stop:
+            quiet = _pattern(frame.format, start, stop, per_sample)
+            for plane in planes:
+                plane[start * width : stop * width] = quiet
+    return _frame_of(frame, [bytes(p) for p in planes], frame.samples)
 
 
 def split(frame: av.AudioFrame, k: int) -> tuple[av.AudioFrame, av.AudioFrame]:
     """The first ``k`` samples of ``frame`` and the rest, as two frames (0 < k < samples)."""
-    channels = 1 if frame.format.is_planar else frame.layout.nb_channels
-    arr = frame.to_ndarray()
-    return _like(frame, np.ascontiguousarray(arr[:, : k * channels])), _like(
-        frame, np.ascontiguousarray(arr[:, k * channels :])
-    )
-
-
-def _like(frame: av.AudioFrame, arr: np.ndarray) -> av.AudioFrame:
-    out = av.AudioFrame.from_ndarray(arr, format=frame.format.name, layout=frame.layout.name)
-    out.sample_rate = frame.sample_rate
-    return out
+    n = frame.samples
+    return _frame_of(frame, _planes(frame, 0, k), k), _frame_of(frame, _planes(frame, k, n), n - k)
 
 
 class AudioGate:

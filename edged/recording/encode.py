@@ -81,7 +81,30 @@ def _publish_parameters(holder: av.container.OutputContainer) -> None:
     holder.start_encoding()
 
 
-class VideoEncoder:
+class _HeldEncoder:
+    """An encoder whose codec context lives in a template stream of an in-memory container (so
+    each segment's stream can copy its parameters): what both encoders share."""
+
+    _ctx: av.VideoCodecContext | av.AudioCodecContext
+    _holder: av.container.OutputContainer
+    _holder_closed: bool
+
+    def flush(self) -> list[av.Packet]:
+        return self._ctx.encode(None)
+
+    def close(self) -> None:
+        """Release the encoder (after its last ``flush``). Closing the template's container frees
+        the codec context in order; left to the garbage collector inside a reference cycle, PyAV
+        14 (Debian 13's python3-av) frees the Opus resampler wrongly and the process dies with
+        SIGSEGV at exit. Idempotent."""
+        if not self._holder_closed:
+            self._holder_closed = True
+            self._holder.close()
+
+
+class VideoEncoder(_HeldEncoder):
+    _ctx: av.VideoCodecContext
+
     def __init__(self, cam: CameraSettings) -> None:
         self.fps = cam.fps
         self.time_base = Fraction(1, cam.fps)
@@ -96,6 +119,7 @@ class VideoEncoder:
         _open_checked(ctx, vp8_options(cam))
         _publish_parameters(self._holder)
         self._ctx = ctx
+        self._holder_closed = False
 
     def encode(self, frame: av.VideoFrame, pts: int, keyframe: bool) -> list[av.Packet]:
         frame.pts = pts
@@ -105,14 +129,14 @@ class VideoEncoder:
         frame.pict_type = PictureType.I if keyframe else PictureType.NONE
         return self._ctx.encode(frame)
 
-    def flush(self) -> list[av.Packet]:
-        return self._ctx.encode(None)
 
+class AudioEncoder(_HeldEncoder):
+    _ctx: av.AudioCodecContext
 
-class AudioEncoder:
     def __init__(self, aud: AudioSettings) -> None:
         self.sample_rate = 48_000  # Opus always runs at 48 kHz; PyAV resamples the input
-        self.time_base = Fraction(1, self.sample_rate)
+        self.time_base = Fraction(1, self.sample_rate)  # its packets' time base: pts counts samples
+        self._input_time_base = self.time_base  # the time base of the input frames' rate (one per rate)
         self._holder = av.open(io.BytesIO(), "w", format="webm")
         self.template = self._holder.add_stream("libopus", rate=self.sample_rate)
         ctx = self.template.codec_context
@@ -124,6 +148,7 @@ class AudioEncoder:
         _open_checked(ctx, opus_options(aud))
         _publish_parameters(self._holder)
         self._ctx = ctx
+        self._holder_closed = False
 
     @property
     def extradata(self) -> bytes | None:
@@ -132,8 +157,7 @@ class AudioEncoder:
     def encode(self, frame: av.AudioFrame, pts: int) -> list[av.Packet]:
         """``pts`` counts samples at the frame's own rate from the recording origin."""
         frame.pts = pts
-        frame.time_base = Fraction(1, frame.sample_rate)
+        if self._input_time_base.denominator != frame.sample_rate:
+            self._input_time_base = Fraction(1, frame.sample_rate)
+        frame.time_base = self._input_time_base
         return self._ctx.encode(frame)
-
-    def flush(self) -> list[av.Packet]:
-        return self._ctx.encode(None)

@@ -9,12 +9,14 @@ neighbouring segments join with no lost and no duplicated samples.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +31,13 @@ from edged.core.alarms import Alarms
 from edged.core.clock import Clock, ClockWatch
 from edged.core.files import sha256_file
 from edged.core.journal import Msg, log_event
+from edged.core.states import Alarm
 from edged.footage.index import Index
 from edged.footage.ring import RingBuffer, Room
 from edged.recording.audio_gate import AudioGate, split
 from edged.recording.encode import AudioEncoder, VideoEncoder, encoder_settings
 from edged.recording.salvage import salvage
-from edged.recording.segment import SegmentStart, SegmentWriter, inspect
+from edged.recording.segment import SegmentStart, SegmentWriter, SyncCadence, inspect
 from edged.recording.stamp import Stamp
 
 log = logging.getLogger("edged.recorder")
@@ -42,12 +45,32 @@ log = logging.getLogger("edged.recorder")
 #: What a full, failing or read-only card raises: from the file, from FFmpeg, from SQLite.
 STORAGE_ERRORS = (OSError, av.FFmpegError, sqlite3.Error)
 
+
+def _disk_full(exc: BaseException) -> bool:
+    """A write refused for lack of space: ENOSPC/EDQUOT from the kernel, SQLITE_FULL from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return False
+
+
 #: How long the previous segment waits for late audio after the boundary (media seconds).
 AUDIO_GRACE_S = 1.0
 #: Capture queues hold this much media; beyond it a live source drops (and we count the gap).
 QUEUE_SECONDS = 3.0
 #: No frame for this long while the camera claims to stream: it is stalled.
 STALL_S = 3.0
+#: A live camera's frames waiting beyond this much media mean the recorder cannot keep up (the CPU
+#: is starved): the oldest waiting frame is dropped instead of encoded, so the backlog, the latency
+#: and the memory stay bounded and the frames kept spread evenly (at 60 % of the CPU needed, about
+#: every third frame goes, never a run of seconds). Below it a short stall (a slow fsync) is caught
+#: up with nothing lost. Unpaced sources block instead: nothing is ever dropped there.
+MAX_BEHIND_S = 1.0
+#: ``cpu_starved`` is raised when at least ``STARVED_DROPS`` frames were dropped (behind, by a full
+#: capture queue, or by the source) within ``STARVED_WINDOW_S``, and cleared after as long without one.
+STARVED_WINDOW_S = 5.0
+STARVED_DROPS = 3
 
 
 @dataclass
@@ -57,6 +80,8 @@ class RecorderStatus:
     audio_source: str | None = None
     frames_encoded: int = 0
     frames_dropped: int = 0
+    #: of those, dropped because recording fell behind the live camera (CPU starved): see MAX_BEHIND_S
+    frames_dropped_behind: int = 0
     frames_not_stored: int = 0
     audio_dropped: int = 0
     segments_written: int = 0
@@ -112,7 +137,11 @@ class Recorder:
         self.paced = cam.paced
         self.seg_frames = max(1, round(settings.storage.segment_seconds * cam.fps))
         self._stop = threading.Event()
+        #: set with ``status.on_disk``: the daemon says READY the moment it is (not at its next tick)
+        self.footage_on_disk = threading.Event()
         self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
+        self._max_behind_frames = max(1, round(MAX_BEHIND_S * cam.fps))
+        self._recent_drops: deque[float] = deque()  # monotonic times of recent frame drops (cpu_starved)
         self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
         vfactory = video_source_factory or video_factory(cam)
         afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
@@ -136,6 +165,7 @@ class Recorder:
         self._cur: _Open | None = None
         self._closing: _Open | None = None
         self._closing_until_s = 0.0
+        self._cadence = SyncCadence()  # the recording's sync cadence, across segment boundaries
         self._next_room_check = 0.0
         self._next_clock_look = 0.0
         self._clock_noted = False
@@ -148,6 +178,7 @@ class Recorder:
         self._pending_settings: Settings | None = None
         self._last_frame_mono_ns = 0
         self._segment_bytes_estimate = segment_bytes_estimate(settings)
+        self._last_segment_bytes = 0  # the size of the last finished segment
         self._stop_reason = "stop requested"
 
     # --- for the event stage ------------------------------------------------------------------
@@ -177,6 +208,8 @@ class Recorder:
             self._boundaries.sort()
 
     def _boundary_due(self, frame_mono_ns: int) -> bool:
+        if not self._boundaries:  # nearly every frame: no lock taken (a boundary requested now is seen next frame)
+            return False
         with self._boundary_lock:
             due = [b for b in self._boundaries if b <= frame_mono_ns]
             if not due:
@@ -211,6 +244,9 @@ class Recorder:
         finally:
             self._stop.set()
             self._finish_all()
+            self.venc.close()  # in order, now: never to the garbage collector (see VideoEncoder.close)
+            if self.aenc is not None:
+                self.aenc.close()
             self.status.state = "stopped"
             if self._origin is not None:
                 st = self.status
@@ -253,10 +289,15 @@ class Recorder:
             ):
                 self._stop_reason = f"{self.stop_after_s:g} s of footage recorded"
                 return
+            if self.paced and self._last_n is not None and self._vq.qsize() > self._max_behind_frames:
+                self._drop_behind()
+                continue
             self._frame(item)
             st.progress_mono = time.monotonic()
             if not st.on_disk:
                 st.on_disk = st.segments_written > 0 or (self._cur is not None and self._cur.writer.synced)
+                if st.on_disk:
+                    self.footage_on_disk.set()
 
     # --- per frame ----------------------------------------------------------------------------
 
@@ -291,6 +332,8 @@ class Recorder:
                 return  # the camera delivered faster than the configured rate: skip the extra frame
             if n > self._last_n + 1:
                 st.frames_dropped += n - self._last_n - 1
+                now = time.monotonic()
+                self._recent_drops.extend([now] * min(n - self._last_n - 1, STARVED_DROPS))
         self._last_n = n
         st.last_frame_mono = time.monotonic()
         st.state = "recording" if st.state != "storage_full" else st.state
@@ -321,11 +364,13 @@ class Recorder:
         if self._closing and t >= self._closing_until_s:
             self._finish(self._closing)
             self._closing = None
-        if self._cur:
-            try:
-                self._cur.writer.sync_if_due()
-            except OSError as exc:
-                self._write_failed(exc)
+        try:
+            if self._cur:
+                self._cur.writer.sync_if_due(first_media=not st.on_disk)
+            if self._closing:  # still open for late audio: durable along with the new segment
+                self._closing.writer.sync_with_recording()
+        except OSError as exc:
+            self._write_failed(exc)
 
     def _target(self, t: float) -> _Open | None:
         """The segment a packet at media time ``t`` belongs to."""
@@ -340,8 +385,8 @@ class Recorder:
             target.writer.mux_video(p)
 
     def _route_audio(self, p: av.Packet) -> None:
-        assert p.pts is not None and p.time_base is not None, "encoded packets carry their pts"
-        t = float(p.pts * p.time_base)
+        assert p.pts is not None and self.aenc is not None, "encoded packets carry their pts"
+        t = p.pts / self.aenc.sample_rate  # its time base (1 / sample_rate), without a Fraction per packet
         if self._closing is not None and self._cur is not None and t >= self._cur.start_s:
             # Audio reached the boundary: the previous segment is complete.
             self._finish(self._closing)
@@ -436,10 +481,12 @@ class Recorder:
         if new.camera != old.camera:
             for p in self.venc.flush():  # what the old encoder still holds belongs to the old segment
                 self._route_video(p)
+            self.venc.close()
             self.venc = VideoEncoder(new.camera)
         if self.aenc is not None and encoder_settings(new.audio) != encoder_settings(old.audio):
             for p in self.aenc.flush():
                 self._route_audio(p)
+            self.aenc.close()
             self.aenc = AudioEncoder(new.audio)
         self.settings = new
         self.seg_frames = max(1, round(new.storage.segment_seconds * self.fps))
@@ -500,6 +547,7 @@ class Recorder:
                 video_origin_pts=n,
                 audio_origin_pts=round(t * 48_000) if self.aenc else None,
                 sync_interval=self.settings.storage.sync_interval_seconds,
+                cadence=self._cadence,
             )
         except STORAGE_ERRORS as exc:
             try:
@@ -549,10 +597,10 @@ class Recorder:
             w.abandon()
             self._salvage_now(w)
             return
+        size = path.stat().st_size
+        self._last_segment_bytes = size  # what one more segment will need, when the disk fills
         try:
-            self.index.finish(
-                w.start.seq, "final", duration_ns, path.stat().st_size, frames, w.audio_packets, sha256_file(path)
-            )
+            self.index.finish(w.start.seq, "final", duration_ns, size, frames, w.audio_packets, sha256_file(path))
         except STORAGE_ERRORS as exc:  # the file is safe; reconcile completes its row at the next start
             log.error("segment %s is on disk but its index row could not be completed: %s", w.start.name, exc)
             return
@@ -662,6 +710,15 @@ class Recorder:
         for seg in broken:
             seg.writer.abandon()
             self._salvage_now(seg.writer)
+        if _disk_full(exc):
+            # The ring's budget and free-space floor may both look fine to it (a segment larger than
+            # its estimate, the index's own growth): ask it for room for two segments, or it would
+            # free only the cut-off segment's few bytes (the salvage above) and the next write would
+            # hit the full disk again, a second later, again and again.
+            try:
+                self.ring.make_room(2 * max(self._last_segment_bytes, self._segment_bytes_estimate))
+            except STORAGE_ERRORS as again:
+                log.error("no room could be made on the full disk: %s", again)
         self._set_alarm("storage_error", True, "storage write error")
         self._next_room_check = time.monotonic() + 1.0
 
@@ -702,6 +759,18 @@ class Recorder:
                     reason=self._video_thread.last_error,
                     alarm=name,
                 )
+            elif name == Alarm.CPU_STARVED:
+                log_event(
+                    log,
+                    Msg.WATCHDOG,
+                    "%s (%d frame(s) dropped so far)",
+                    message,
+                    self.status.frames_dropped_behind,
+                    level=level,
+                    stall="cpu",
+                    dropped=self.status.frames_dropped_behind,
+                    alarm=name,
+                )
             elif name == "camera_stalled":
                 log_event(
                     log,
@@ -728,7 +797,9 @@ class Recorder:
                 )
         elif not on and name in alarms:
             alarms.discard(name)
-            if name in ("camera_lost", "camera_stalled"):
+            if name == Alarm.CPU_STARVED:
+                log_event(log, Msg.WATCHDOG, "cleared: %s", name, stall="cpu", alarm=name, state="cleared")
+            elif name in ("camera_lost", "camera_stalled"):
                 log_event(
                     log, Msg.CAMERA_RESTORED, "cleared: %s", name, source=self._video_thread.source_name, alarm=name
                 )
@@ -737,11 +808,29 @@ class Recorder:
                     log, Msg.STORAGE_ALARM, "cleared: %s", name, alarm=name, state="cleared", storage_dir=self.dir
                 )
 
+    def _drop_behind(self) -> None:
+        """Drop the oldest waiting frame: recording is more than ``MAX_BEHIND_S`` behind the camera.
+        The next frame kept counts the gap in ``frames_dropped`` (and its audio is encoded then)."""
+        self.status.frames_dropped_behind += 1
+
+    def _watch_starvation(self, now: float) -> None:
+        """Raise ``cpu_starved`` while frames are being dropped; clear it after a whole window
+        without a drop. A live camera streaming with gaps is a recorder (or a capture thread, or a
+        camera whose buffers the recorder did not return in time) without the CPU to keep up:
+        frames dropped here, by the capture queue or by the source's own pacing all count."""
+        while self._recent_drops and self._recent_drops[0] < now - STARVED_WINDOW_S:
+            self._recent_drops.popleft()
+        if len(self._recent_drops) >= STARVED_DROPS:
+            self._set_alarm(Alarm.CPU_STARVED, True, "recording cannot keep up with the camera: dropping frames")
+        elif not self._recent_drops:
+            self._set_alarm(Alarm.CPU_STARVED, False, "")
+
     def _look_at_clock(self) -> None:
         now = time.monotonic()
         if now < self._next_clock_look:
             return
         self._next_clock_look = now + 1.0
+        self._watch_starvation(now)
         if self.status.state == "recording":
             self._set_alarm("camera_lost", False, "")
             self._set_alarm("camera_stalled", False, "")

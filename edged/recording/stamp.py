@@ -8,8 +8,11 @@ before the encoder, at a cost the recording does not notice:
 * the text changes once a second, so it is rendered once a second (Pillow, FreeType) into a small
   *tile*: white text on an opaque dark box, as the Y (luma) bytes to put on the picture;
 * every frame then gets that tile copied into its Y plane and the tile's 4:2:0 chroma rectangle
-  set to neutral grey, through numpy views over the frame's own plane buffers (their line strides
-  honoured): no full-frame copy, no colour conversion, only the tile's bytes move.
+  set to neutral grey, row by row through the frame's own plane buffers (their line strides
+  honoured): no full-frame copy, no colour conversion, only the tile's bytes move. Plain bytes and
+  memoryviews, not numpy: the stamp is on the recording's path from its first frame, and numpy
+  would cost start-up time and ~11 MB of a small board's memory for a few row copies. Pillow is
+  imported at the first tile, so a device with the stamp off never loads it.
 
 Why an opaque box and not a translucent one: it is legible on any background (a white wall,
 headlights at night), and stamping is idempotent: a source that hands over the same frame twice
@@ -37,16 +40,20 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import av
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from edged.capture.base import PIX_FMT
 from edged.capture.position import Fix, PositionSource
 from edged.config.schema import MIN_STAMP_TEXT_PX, DeviceSettings, Settings
 from edged.core.timefmt import local_with_offset
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import ImageFont
 
 log = logging.getLogger("edged.stamp")
 
@@ -111,6 +118,8 @@ def stamp_lines(wall_s: int, synced: bool, unit: str, position: str | None) -> t
 @functools.lru_cache(maxsize=8)
 def _font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]:
     """Pillow's built-in scalable font at ``size`` px, and its widest digit."""
+    from PIL import ImageFont
+
     font = ImageFont.load_default(size=size)
     widest = max("0123456789", key=font.getlength)
     return font, widest
@@ -126,22 +135,27 @@ def _even(n: int) -> int:
     return n - n % 2
 
 
+#: Text coverage (0..255, anti-aliased) to limited-range luma, black box to white text.
+_COVER_TO_LUMA = [BLACK_Y + (c * (WHITE_Y - BLACK_Y) + 127) // 255 for c in range(256)]
+
+
 @dataclass(frozen=True, slots=True)
 class Tile:
-    """What goes on the picture: ``luma`` (h x w, both even) at (x, y), both even so the tile
-    covers whole 2x2 chroma samples."""
+    """What goes on the picture: ``rows``, ``height`` rows of ``width`` luma bytes each (both even),
+    at (x, y), both even so the tile covers whole 2x2 chroma samples."""
 
     x: int
     y: int
-    luma: np.ndarray
+    width: int
+    height: int
+    rows: tuple[bytes, ...]
 
     @property
-    def width(self) -> int:
-        return int(self.luma.shape[1])
+    def luma(self) -> np.ndarray:
+        """The tile as a height x width array (for tests and tools; the recorder never asks)."""
+        import numpy as np
 
-    @property
-    def height(self) -> int:
-        return int(self.luma.shape[0])
+        return np.frombuffer(b"".join(self.rows), np.uint8).reshape(self.height, self.width)
 
 
 def render_tile(lines: tuple[str, ...], text_size: int, corner: str, frame_w: int, frame_h: int) -> Tile:
@@ -159,19 +173,23 @@ def render_tile(lines: tuple[str, ...], text_size: int, corner: str, frame_w: in
     x = margin if corner.endswith("left") else frame_w - margin - w
     y = margin if corner.startswith("top") else frame_h - margin - h
     x, y = _even(max(0, min(x, frame_w - w))), _even(max(0, min(y, frame_h - h)))
+    from PIL import Image, ImageDraw
+
     image = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(image)
     for i, line in enumerate(lines):
         draw.text((pad, pad + i * line_h), line, font=font, fill=255)
-    cover = np.asarray(image, dtype=np.uint16)  # text coverage 0..255, anti-aliased
-    luma = (BLACK_Y + (cover * (WHITE_Y - BLACK_Y) + 127) // 255).astype(np.uint8)
-    return Tile(x, y, luma)
+    luma = image.point(_COVER_TO_LUMA).tobytes()
+    return Tile(x, y, w, h, tuple(luma[i : i + w] for i in range(0, w * h, w)))
 
 
-def _plane(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """A writable view of a plane's buffer, rows of ``line_size`` bytes (the stride, padding included)."""
-    rows = np.frombuffer(plane, dtype=np.uint8, count=plane.line_size * plane.height)  # type: ignore[call-overload]
-    return rows.reshape(plane.height, plane.line_size)
+def _fill(plane: av.video.plane.VideoPlane, x: int, y: int, width: int, rows: Sequence[bytes]) -> None:
+    """Write ``rows`` (each ``width`` bytes) into ``plane`` from (x, y), its line stride honoured."""
+    view, stride = memoryview(plane), plane.line_size
+    at = y * stride + x
+    for row in rows:
+        view[at : at + width] = row
+        at += stride
 
 
 def burn(frame: av.VideoFrame, tile: Tile) -> None:
@@ -181,10 +199,10 @@ def burn(frame: av.VideoFrame, tile: Tile) -> None:
     # converted one) is written as it is.
     frame.make_writable()
     y_plane, u_plane, v_plane = frame.planes[:3]
-    _plane(y_plane)[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] = tile.luma
-    cy, cx, ch, cw = tile.y // 2, tile.x // 2, tile.height // 2, tile.width // 2
-    _plane(u_plane)[cy : cy + ch, cx : cx + cw] = NEUTRAL_C
-    _plane(v_plane)[cy : cy + ch, cx : cx + cw] = NEUTRAL_C
+    _fill(y_plane, tile.x, tile.y, tile.width, tile.rows)
+    grey = [bytes((NEUTRAL_C,)) * (tile.width // 2)] * (tile.height // 2)
+    _fill(u_plane, tile.x // 2, tile.y // 2, tile.width // 2, grey)
+    _fill(v_plane, tile.x // 2, tile.y // 2, tile.width // 2, grey)
 
 
 # --- the stage --------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ Firefox):
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import BinaryIO
 
@@ -49,9 +48,12 @@ def open_whole_webm(f: BinaryIO) -> av.container.OutputContainer:
 
 def _rescale(value: int, src: Fraction, dst: Fraction) -> int:
     """``value`` from time base ``src`` to ``dst``, rounded as FFmpeg's av_rescale_q rounds
-    (to the nearest, halves away from zero)."""
-    exact = value * src / dst
-    return math.floor(exact + Fraction(1, 2)) if exact >= 0 else -math.floor(-exact + Fraction(1, 2))
+    (to the nearest, halves away from zero). Integers only: it runs for every video packet
+    written, and Fraction arithmetic made a dozen objects each time."""
+    num, den = value * src.numerator * dst.denominator, src.denominator * dst.numerator
+    if den < 0:
+        num, den = -num, -den
+    return (2 * num + den) // (2 * den) if num >= 0 else -((-2 * num + den) // (2 * den))
 
 
 def audio_block_lead_ms(audio: av.AudioStream | None) -> int:

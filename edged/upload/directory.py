@@ -18,8 +18,8 @@ from pathlib import Path
 from edged.config.schema import Settings
 from edged.core.files import Folder, Refused
 from edged.core.states import Alarm
-from edged.upload.answers import Kind, Verdict
 from edged.upload.target import Parcel, Target
+from edged.upload.verdict import Kind, Verdict
 
 
 class DirectoryTarget(Target):

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from edged.config.schema import read_secret
 from edged.upload.budget import key_fingerprint
 
 #: Read again at least this often even when stat shows no change (a same-size rewrite within the
@@ -58,6 +59,6 @@ class KeyFile:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text().strip()
+        return read_secret(path).decode().strip()
     except (OSError, UnicodeDecodeError):
         return ""

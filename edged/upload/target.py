@@ -32,8 +32,8 @@ from typing import ClassVar, Protocol
 
 from edged.config.schema import Settings
 from edged.core import limits
-from edged.upload.answers import Kind, Verdict
 from edged.upload.outbox import OutboxPart
+from edged.upload.verdict import Kind, Verdict
 
 
 class Scope(StrEnum):

@@ -13,7 +13,9 @@ Adding a target:
    its ``name``, its ``scope`` if one upload carries a whole clip, ``__init__(settings)`` reading
    its own settings section, and ``send(parcel) -> Verdict`` (``http.HttpTarget`` for HTTP, its
    answers judged by ``answers.classify`` against a ``Contract``, one of ``answers``' or its own);
-2. its class in :data:`BUILT_IN` below (one line, and its import);
+2. its class in :data:`BUILT_IN` below (its name and a function importing its class: a target's
+   module is imported only when it is configured, so a device delivering to a folder never loads
+   the HTTP stack the others need);
 3. its settings section in ``edged/config/schema.py`` (its name in ``UPLOAD_TARGETS``, its table in
    ``UploadSettings``, what ``_upload_checks`` requires of it when it is configured).
 
@@ -25,19 +27,60 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edged.config.schema import Settings
-from edged.upload.bota.target import BotaTarget
-from edged.upload.directory import DirectoryTarget
-from edged.upload.sonoran import SonoranLegacyTarget, SonoranV2Target
 from edged.upload.target import Target
 
 #: What builds a target: its class, or any callable taking the settings.
 TargetFactory = Callable[[Settings], Target]
 
-#: The targets edged ships, each registered under its ``name``.
-BUILT_IN: tuple[type[Target], ...] = (SonoranV2Target, SonoranLegacyTarget, BotaTarget, DirectoryTarget)
+
+def _sonoran_v2() -> type[Target]:
+    from edged.upload.sonoran import SonoranV2Target
+
+    return SonoranV2Target
+
+
+def _sonoran_legacy() -> type[Target]:
+    from edged.upload.sonoran import SonoranLegacyTarget
+
+    return SonoranLegacyTarget
+
+
+def _bota() -> type[Target]:
+    from edged.upload.bota.target import BotaTarget
+
+    return BotaTarget
+
+
+def _directory() -> type[Target]:
+    from edged.upload.directory import DirectoryTarget
+
+    return DirectoryTarget
+
+
+#: The targets edged ships: each class's ``name`` and the function that imports it.
+BUILT_IN: dict[str, Callable[[], type[Target]]] = {
+    "sonoran_v2": _sonoran_v2,
+    "sonoran_legacy": _sonoran_legacy,
+    "bota": _bota,
+    "directory": _directory,
+}
+
+
+class _BuiltIn:
+    """A shipped target's factory: its module imported at the first build."""
+
+    def __init__(self, load: Callable[[], type[Target]]) -> None:
+        self.load = load
+
+    def __call__(self, settings: Settings) -> Target:
+        return self.load()(settings)
+
+    def __repr__(self) -> str:
+        return f"<built-in target {self.load.__name__.lstrip('_')}>"
+
 
 #: Every known target by name.
-REGISTRY: dict[str, TargetFactory] = {t.name: t for t in BUILT_IN}
+REGISTRY: dict[str, TargetFactory] = {name: _BuiltIn(load) for name, load in BUILT_IN.items()}
 
 
 def register(name: str, factory: TargetFactory) -> TargetFactory:

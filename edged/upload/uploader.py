@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.core.journal import Msg, log_event, register_secret_file, scrub
+from edged.core.priority import background_thread
 from edged.core.states import Alarm
 from edged.core.timefmt import iso
-from edged.upload.answers import ALARM_FAILED as ALARM_FAILED  # re-exported: tests import them from here
-from edged.upload.answers import ALARM_PAUSED as ALARM_PAUSED
-from edged.upload.answers import ALARMS, Kind, Verdict
 from edged.upload.budget import PlanAllowance, RequestBudget
 from edged.upload.outbox import Delivery, Outbox
 from edged.upload.policy import ALLOWANCE_RECHECK_S, PAUSE_POLL_S, RetryPolicy
 from edged.upload.target import Parcel, Progress, Scope, Target, check_part
+from edged.upload.verdict import ALARM_FAILED as ALARM_FAILED  # re-exported: tests import them from here
+from edged.upload.verdict import ALARM_PAUSED as ALARM_PAUSED
+from edged.upload.verdict import ALARMS, Kind, Verdict
 
 log = logging.getLogger("edged.upload")
 
@@ -175,6 +176,7 @@ class _Worker(threading.Thread):
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        background_thread(f"upload to {self.target.name}")  # an upload can wait; recording cannot
         while not self.up.stopping.is_set():
             try:
                 wait = self.step()

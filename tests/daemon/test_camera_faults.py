@@ -46,11 +46,11 @@ def test_camera_that_vanishes_is_retried_and_recording_recovers(tmp_path, settin
     daemon = Daemon(s)
     t = threading.Thread(target=daemon.run)
     t.start()
-    status_file = StatePaths(s.state_dir).status
     try:
         wait_until(lambda: daemon.recorder is not None and daemon.recorder.status.frames_encoded >= 15, 10, "frames")
         shutil.move(clip, aside)  # unplugged: the source fails at its next reopen
         wait_until(lambda: daemon.recorder.status.state == "camera_lost", 10, "camera_lost state")
+        status_file = daemon.paths.status  # in the runtime folder the running daemon made
         wait_until(
             lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "camera_lost",
             5,

@@ -22,7 +22,6 @@ import av
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.support import SteppableClock, segment_files, wait_until
 
 from edged.app.daemon import Daemon
 from edged.capture.synthetic import SyntheticVideo
@@ -30,6 +29,7 @@ from edged.config import schema as config
 from edged.config import sign as configsign
 from edged.recording.stamp import NO_FIX, Tile, render_tile, stamp_lines, text_size_for
 from tests.conftest import make_settings
+from tests.support import SteppableClock, segment_files, wait_until
 
 WINTER = 1796617565  # 2026-12-07 04:26:05 UTC
 UNIT = "4-ADAM-12"

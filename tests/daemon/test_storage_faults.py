@@ -103,11 +103,12 @@ def test_disk_filled_by_someone_else_mid_segment(tmp_path):
             run.stop()
         assert run.error is None and run.rc == 0
         rows = rows_of(s.state_dir)
-        hit = [r for r in rows if r.state not in ("final", "evicted")]
-        assert hit, "the full disk cut a segment off"
-        assert all(r.state in ("salvaged", "lost") for r in hit), (
-            f"the segment cut off by the full disk must end salvaged or lost, not {[(r.seq, r.state) for r in hit]}"
-        )
+        # The segment cut off ends salvaged or lost; a salvaged one may since have been evicted to make
+        # room (the ring keeps its note), which on a loaded machine happens before the test looks.
+        hit = [r for r in rows if r.state in ("salvaged", "lost") or (r.state == "evicted" and "write error" in r.note)]
+        assert hit, f"the full disk cut a segment off: {[(r.seq, r.state, r.note) for r in rows]}"
+        others = [r for r in rows if r not in hit and r.state not in ("final", "evicted")]
+        assert not others, f"the segment cut off by the full disk must end salvaged or lost, not {others}"
         assert not list((s.state_dir / "segments").glob(f"*{PART_SUFFIX}"))
         assert_stored_segments_decode(s.state_dir, rows)
 
@@ -228,7 +229,7 @@ def test_disk_full_of_own_footage_recording_resumes_by_overwriting_the_oldest(tm
             n = run.recorder.status.segments_written
             wait_until(
                 lambda: run.recorder.status.segments_written >= n + 2,
-                15,
+                30,  # a deadline: on a loaded machine recovery takes longer, never forever
                 "recording to resume after the full disk (old unheld footage is evictable)",
             )
             out = edged_status(tmp_path, s.state_dir)

@@ -19,6 +19,7 @@ from pathlib import Path
 from edged.app.daemon import Daemon
 from edged.capture.position import Fix
 from edged.config import schema as config
+from edged.core.paths import StatePaths
 from edged.core.states import CallNoteState
 from edged.events.manager import PANIC_SOURCE
 from edged.upload.budget import PANIC_RESERVE, Claim, RequestBudget, key_fingerprint
@@ -227,7 +228,7 @@ def start_daemon(cfg: Path, log: Path) -> subprocess.Popen:
 
 def status(state: Path) -> dict:
     try:
-        return json.loads((state / "status.json").read_text())
+        return json.loads(StatePaths(state).status.read_text())
     except (OSError, ValueError):
         return {}
 

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from edged.app.control import ControlError, request
+from edged.core.paths import StatePaths
 from tests.support import wait_until
 
 #: Longest wait for a state the daemon should reach (a deadline, never a speed assertion).
@@ -174,7 +175,7 @@ class DaemonUnderTest:
     # --- talking to it ------------------------------------------------------------------------
 
     def request(self, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-        return request(self.state / "control.sock", payload, timeout=timeout)
+        return request(StatePaths(self.state).control, payload, timeout=timeout)
 
     def status(self) -> dict[str, Any] | None:
         try:

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edged.cli import main as cli
+from edged.core.paths import StatePaths
 from tests.hostile.harness import (
     WAIT_S,
     DaemonUnderTest,
@@ -210,7 +211,7 @@ def test_export_never_writes_into_the_state_folder(rig: Rig, evidence: dict[str,
 def _connect(rig: Rig) -> socket.socket:
     """A connection (a blocking connect: it waits for room in the backlog, as a flood would)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(rig.d.state / "control.sock"))
+    s.connect(str(StatePaths(rig.d.state).control))
     s.settimeout(10)
     return s
 
@@ -582,7 +583,7 @@ def test_reasons_printed_from_the_stores_are_scrubbed(tmp_path: Path) -> None:
         db.execute("UPDATE deliveries SET state='failed', reason=?", (leak,))
     with sqlite3.connect(state / "events.sqlite") as db:
         db.execute("INSERT INTO events VALUES ('20240501T143000Z-1a2b3c', 'b', 0, 1, 0, 0, 'failed', ?, 0)", (leak,))
-    (state / "status.json").write_text(json.dumps({"pid": None, "last_error": leak}))
+    StatePaths(state).last_status.write_text(json.dumps({"pid": None, "last_error": leak}))
     secrets = (key, "tok-abcdef-987654", "deadbeefcafe", "AKIAXYZ")
     for argv in (
         ["outbox", "list"],

@@ -88,11 +88,22 @@ class SteppableClock:
         return self.synced
 
 
+def load_factor() -> float:
+    """How much slower than idle this machine is now: the 1-minute load average per core, at least 1."""
+    try:
+        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    except OSError:
+        return 1.0
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, alive: Callable[[], None] | None = None) -> Any:
     """Poll ``pred`` until it returns something true, and return that; fail naming ``what``.
 
-    A deadline, not a speed assertion: the timeout only bounds a test that would otherwise hang.
-    ``alive`` is called on every round (e.g. to fail at once when a child process has died)."""
+    A deadline, not a speed assertion: the timeout only bounds a test that would otherwise hang, so
+    it stretches with the machine's load (``timeout`` is what an idle machine needs; on 2 cores with
+    a load of 8 the wait may be four times as long). ``alive`` is called on every round (e.g. to
+    fail at once when a child process has died)."""
+    timeout *= load_factor()
     deadline = time.monotonic() + timeout
     while True:
         if alive is not None:
@@ -183,16 +194,19 @@ class Running:
         return self.daemon.recorder
 
     def stop(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * load_factor()
         while not self.daemon.wait_ready(0.05) and self.thread.is_alive() and time.monotonic() < deadline:
             pass
         self.daemon.stop()
-        self.thread.join(timeout)
+        self.thread.join(timeout * load_factor())
 
     def __enter__(self) -> Any:
-        if not self.daemon.wait_ready(20):
+        ready_s = 20 * load_factor()
+        if not self.daemon.wait_ready(ready_s):
             self.stop()
-            raise AssertionError(f"the daemon did not become ready within 20 s (rc={self.rc}, error={self.error!r})")
+            raise AssertionError(
+                f"the daemon did not become ready within {ready_s:.0f} s (rc={self.rc}, {self.error!r})"
+            )
         return self.daemon
 
     def __exit__(self, *exc: object) -> None:
@@ -207,3 +221,15 @@ def timeline_s(d: Any) -> float:
     if r is None or r.status.frames_encoded == 0 or not r._mono_anchor_ns:
         return 0.0
     return (r.timeline_now_ns() - r._mono_anchor_ns) / 1e9
+
+
+def live_status(state: Path) -> dict:
+    """A running daemon's live status through its control socket (found through the state folder:
+    the socket lives in the runtime folder); {} while it is starting or gone."""
+    from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
+
+    try:
+        return dict(request(StatePaths(state).control, {"cmd": "status"}, timeout=30)["status"])
+    except (ControlError, OSError, KeyError):
+        return {}

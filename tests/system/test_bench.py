@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -59,3 +60,13 @@ def test_an_unknown_benchmark_is_refused_with_the_known_ones():
     p = subprocess.run([str(REPO / "scripts" / "bench"), "--only", "nope"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "nope" in p.stderr and "record" in p.stderr and "soak" in p.stderr
+
+
+def test_every_benchmark_script_starts():
+    """The ones CI does not run in full must at least import and parse their arguments: a moved module
+    (tests.sonoran_server once) otherwise breaks them unseen until the next full benchmark run."""
+    scripts = sorted([*(REPO / "scripts").glob("bench_*.py"), REPO / "scripts" / "crash_matrix.py"])
+    assert len(scripts) >= 8
+    for script in scripts:
+        p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "usage" in p.stdout, f"{script.name}: {p.stderr[-2000:]}"

@@ -19,7 +19,7 @@ from edged.footage.index import Index
 from edged.recording.reconcile import reconcile
 from edged.recording.segment import PART_SUFFIX
 from tests.conftest import make_settings
-from tests.support import decode_all, segment_files
+from tests.support import decode_all, load_factor, segment_files
 
 SEED = int(os.environ.get("EDGED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -41,7 +41,7 @@ min_free_bytes = 0
 
 
 def _wait_for_first_segment_row(state: Path, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * load_factor()
     while time.monotonic() < deadline:
         if list((state / "segments").glob("*.part")):
             return

@@ -281,6 +281,61 @@ def test_picamera2_listing(tmp_path: Path) -> None:
     assert c.status == WARN and "only USB: HD Pro Webcam C920" in c.summary
 
 
+def _picamera2_check(tmp_path: Path, source: str = "auto", **host_kw):
+    from edged.config.schema import CameraSettings
+    from edged.doctor import devices
+    from tests.support.fakes import fake_picamera2
+
+    host = Host(import_picamera2=lambda: fake_picamera2, video_globs=(), asound_pcm=tmp_path / "none", **host_kw)
+    return devices.check_camera(CameraSettings(source=source), host)
+
+
+@pytest.fixture
+def fake_camera():
+    from tests.support.fakes import fake_picamera2
+
+    fake_picamera2.reset()
+    yield fake_picamera2
+    fake_picamera2.reset()
+
+
+def test_doctor_opens_the_pi_camera_as_the_recorder_does(tmp_path: Path, fake_camera) -> None:
+    c = _picamera2_check(tmp_path)
+    assert c.status == OK, c
+    assert "imx708 (picamera2): opened as the recorder opens it, YUV420 960x540 for 960x540@10" in c.summary
+    cam = fake_camera.instances[-1]
+    assert cam.calls[:2] == ["configure", "start"] and cam.captured == 1 and not cam.is_open  # a frame, then closed
+    fake_camera.virtual_camera()  # NV12 only: still a camera the recorder can use
+    c = _picamera2_check(tmp_path)
+    assert c.status == OK and "edged-virtual (picamera2): opened as the recorder opens it, NV12 960x540" in c.summary
+
+
+def test_doctor_fails_a_listed_camera_that_refuses_the_recorders_stream(tmp_path: Path, fake_camera) -> None:
+    fake_camera.FORMATS[:] = ["XBGR8888"]  # listed by libcamera, but no 4:2:0 stream
+    for source in ("auto", "picamera2"):
+        c = _picamera2_check(tmp_path, source)
+        assert c.status == FAIL, c
+        assert "imx708 (picamera2) cannot record at 960x540@10" in c.summary
+        assert "delivers XBGR8888 where YUV420 was asked for" in c.summary
+    assert "synthetic test pattern would be recorded" in _picamera2_check(tmp_path).summary
+
+
+def test_doctor_says_a_camera_held_by_another_process_is_in_use_not_broken(tmp_path: Path, fake_camera) -> None:
+    fake_camera.IN_USE = True
+    c = _picamera2_check(tmp_path)
+    assert c.status == WARN and "is listed, but not checked" in c.summary and "in use by another process" in c.summary
+    assert "systemctl stop edged" in c.fix
+
+
+def test_doctor_fails_a_camera_that_opens_but_never_delivers(tmp_path: Path, fake_camera, monkeypatch) -> None:
+    start = fake_camera.Picamera2.start
+    monkeypatch.setattr(
+        fake_camera.Picamera2, "start", lambda self, config=None, show_preview=False: start(self, config, None)
+    )
+    c = _picamera2_check(tmp_path, camera_wait=0.5)  # no event loop: no request ever completes
+    assert c.status == FAIL and "did not open and deliver a frame at 960x540@10 within 0.5 s" in c.summary
+
+
 PI_WITH_USB_MIC = (
     "00-00: bcm2835 Headphones : bcm2835 Headphones : playback 8\n"
     "01-00: USB Audio : USB Audio : playback 1 : capture 1\n"

@@ -423,6 +423,7 @@ DAEMON = """
     import subprocess, sys, time
     from pathlib import Path
     from edged.app.control import ControlError, request
+    from edged.core.paths import StatePaths
 
     cfg, state, key_file = sys.argv[1:4]
     daemon = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config", cfg, "--for", "8"])
@@ -430,7 +431,7 @@ DAEMON = """
     deadline = time.monotonic() + 30
     while True:
         try:
-            answer = request(Path(state) / "control.sock", {"cmd": "mark", "note": f"badge reads {key}"})
+            answer = request(StatePaths(Path(state)).control, {"cmd": "mark", "note": f"badge reads {key}"})
             break
         except ControlError:
             if time.monotonic() > deadline or daemon.poll() is not None:

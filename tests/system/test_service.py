@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from edged.footage.index import Index
 from edged.recording.recorder import STALL_S
 from tests.conftest import REPO
 from tests.support import wait_until
+from tests.support.notify import NotifySocket
 
 UNIT = REPO / "systemd" / "edged.service"
 #: `systemd-analyze security --offline` exposure the unit must stay under (README, "Hardening").
@@ -108,49 +108,6 @@ def test_unit_is_notify_with_watchdog_and_reaches_the_devices():
 
 
 # --- the protocol, on a real datagram socket ---------------------------------------------------
-
-
-class NotifySocket:
-    """What systemd listens on: an AF_UNIX datagram socket; collects every message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-
-    def times(self, key: str) -> list[float]:
-        return [t for t, f in list(self.messages) if key in f]
-
-    def first(self, key: str) -> dict[str, str] | None:
-        return next((f for _, f in list(self.messages) if key in f), None)
-
-    def wait_for(self, key: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            t = self.times(key)
-            if t:
-                return t[0]
-            time.sleep(0.05)
-        raise AssertionError(f"no {key} within {timeout} s; got {[f for _, f in self.messages]}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The picamera2 source, run against tests/support/fakes/fake_picamera2.py (no camera on CI)."""
+"""The picamera2 source, run against tests/support/fakes/fake_picamera2.py (no camera here). The
+same source against the real picamera2 and libcamera: tests/system/test_picamera2_real.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from edged.capture.base import SourceError, SourceUnavailable
-from edged.capture.picam import PicameraVideo
+from edged.capture.pacing import FrameGate
+from edged.capture.picam import CameraInUse, PicameraVideo
 from tests.support.fakes import fake_picamera2 as fake
 
 
@@ -61,7 +63,8 @@ def test_frames_are_yuv420p_at_the_configured_size_with_monotonic_times() -> Non
         assert np.array_equal(y, (xs + ys + 3 * n) % 256)
         assert u[0, 5] == (10 + n) % 256 and v[7, 0] == 78
     times = [s.time for s in samples]
-    assert before <= times[0] and times[-1] <= after
+    # SensorTimestamp: when the frame's exposure started, up to a frame period before it arrived
+    assert before - 1 / 30 <= times[0] and times[-1] <= after
     assert all(b > a for a, b in zip(times, times[1:]))
     assert all(isinstance(w, (int, float)) and w > 0 for w in cam.capture_waits)
 
@@ -96,10 +99,10 @@ def test_every_request_is_released_once() -> None:
 def test_request_is_released_when_reading_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     source, cam = opened()
 
-    def broken(self, name):
-        raise RuntimeError("Stream 'main' is not defined")
+    def broken(self):
+        raise RuntimeError("failed to find buffer")  # request.py: _MappedBuffer.__enter__
 
-    monkeypatch.setattr(fake.CompletedRequest, "make_array", broken)
+    monkeypatch.setattr(fake.MappedArray, "__enter__", broken)
     with pytest.raises(SourceError, match="unreadable"):
         source.read()
     assert (cam.captured, cam.released) == (1, 1)
@@ -140,7 +143,9 @@ def test_rejected_configuration_is_unavailable_and_releases_the_camera(monkeypat
         raise RuntimeError(f"Invalid camera configuration: {camera_config['main']}")
 
     monkeypatch.setattr(fake.Picamera2, "configure", refuse)
-    with pytest.raises(SourceUnavailable, match="cannot be configured for 640x480@30.*Invalid camera"):
+    with pytest.raises(
+        SourceUnavailable, match=r"refused the configuration \(main stream YUV420 640x480.*Invalid camera"
+    ):
         PicameraVideo(640, 480, 30, picamera2_module=fake).open()
     assert "close" in fake.instances[-1].calls
     assert not fake.instances[-1].is_open
@@ -154,7 +159,7 @@ def test_a_stream_libcamera_changed_to_another_format_is_unavailable(monkeypatch
         self.camera_config["main"]["format"] = "YUYV"
 
     monkeypatch.setattr(fake.Picamera2, "configure", to_yuyv)
-    with pytest.raises(SourceUnavailable, match="delivers YUYV, not YUV420"):
+    with pytest.raises(SourceUnavailable, match="delivers YUYV where YUV420 was asked for; edged reads YUV420, NV12"):
         PicameraVideo(640, 480, 30, picamera2_module=fake).open()
     assert not fake.instances[-1].is_open
 
@@ -184,7 +189,8 @@ def test_capture_failure_is_a_source_error() -> None:
     assert "cancel_all_and_flush" in cam.calls and not cam.is_open
 
 
-def test_a_vanished_camera_times_out_and_still_closes() -> None:
+def test_a_vanished_camera_times_out_and_still_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PicameraVideo, "CAPTURE_TIMEOUT", 0.2)
     source, cam = opened()
     source.read()
     cam.stalled = True  # cable pulled: no request completes any more
@@ -203,3 +209,157 @@ def test_close_is_safe_twice_and_before_open() -> None:
     source.close()
     assert cam.calls[:4] == ["configure", "start", "stop", "close"]
     assert cam.calls.count("close") == 1 and not cam.is_open
+
+
+# --- NV12, as libcamera's virtual camera (and other pipelines) deliver it ------------------------
+
+
+@pytest.mark.parametrize("size", [(640, 480), (200, 120)])  # 200 wide: rows of 256 bytes, 56 of padding
+def test_nv12_frames_become_yuv420p(size: tuple[int, int]) -> None:
+    fake.FORMATS[:] = ["NV12"]  # libcamera adjusts the YUV420 edged asks for to what the pipeline makes
+    width, height = size
+    source, cam = opened(width, height)
+    assert (
+        cam.camera_config["main"]["format"] == "NV12" and cam.camera_config["main"]["stride"] == -(-width // 128) * 128
+    )
+    first = source.read().frame
+    second = source.read().frame  # the first one's camera buffer is reused (overwritten) by now
+    source.close()
+    ys, xs = np.mgrid[0:height, 0:width]
+    cys, cxs = np.mgrid[0 : height // 2, 0 : width // 2]
+    for n, frame in enumerate((first, second)):
+        assert (frame.format.name, frame.width, frame.height) == ("yuv420p", width, height)
+        y, u, v = planes(frame)
+        assert np.array_equal(y, (xs + ys + 3 * n) % 256)
+        assert np.array_equal(u, (2 * cxs + n) % 256)
+        assert np.array_equal(v, (2 * cys + 64) % 256)
+    assert (cam.captured, cam.released) == (2, 2)
+
+
+def test_nv12_at_a_size_libcamera_adjusted_is_scaled_in_the_same_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.FORMATS[:] = ["NV12"]
+    configure = fake.Picamera2.configure
+
+    def to_vga(self, camera_config):
+        configure(self, dict(camera_config, main=dict(camera_config["main"], size=(640, 480))))
+
+    monkeypatch.setattr(fake.Picamera2, "configure", to_vga)
+    source, _ = opened(320, 240)
+    frame = source.read().frame
+    source.close()
+    assert (frame.format.name, frame.width, frame.height) == ("yuv420p", 320, 240)
+    y, _, v = planes(frame)
+    assert abs(int(y[10, 10]) - (20 + 20) % 256) <= 3  # luma at (20, 20) of the 640x480 frame
+    assert abs(int(v[5, 0]) - (2 * 10 + 64)) <= 3
+
+
+def test_a_format_edged_cannot_read_is_unavailable_and_releases_the_camera() -> None:
+    fake.FORMATS[:] = ["XBGR8888"]
+    with pytest.raises(SourceUnavailable, match="delivers XBGR8888 where YUV420 was asked for"):
+        PicameraVideo(640, 480, 30, picamera2_module=fake).open()
+    assert not fake.instances[-1].is_open
+
+
+# --- the frame rate: asked for where the camera takes it, kept by edged where it does not --------
+
+
+def test_a_camera_without_frame_duration_limits_is_configured_without_them() -> None:
+    fake.CONTROLS.pop("FrameDurationLimits")  # a camera that does not advertise it (the real library would refuse it)
+    fake.FREE_RUN_FPS = 60.0
+    source, cam = opened(320, 240, 30)
+    assert "FrameDurationLimits" not in cam.camera_config["controls"]
+    samples = [source.read() for _ in range(4)]
+    source.close()
+    assert source.frames_skipped >= 2  # the 60 frames a second are thinned to 30
+    assert all(b.time - a.time > 1 / 60 for a, b in zip(samples[1:], samples[2:]))
+
+
+def test_the_virtual_camera_takes_the_frame_rate_it_then_ignores() -> None:
+    fake.virtual_camera()
+    source, cam = opened(640, 480, 10)
+    assert cam.camera_config["controls"] == {"FrameDurationLimits": (100000, 100000)}
+    assert cam.camera_config["main"]["format"] == "NV12"
+    source.close()
+
+
+def test_a_camera_faster_than_asked_is_thinned_to_the_configured_rate() -> None:
+    fake.virtual_camera()  # about 300 frames a second whatever is asked
+    source, cam = opened(320, 240, 10)
+    samples = [source.read() for _ in range(6)]
+    source.close()
+    # Frame n is the first of the camera's frames whose time rounds to n / 10 s after the first
+    # (the recorder's numbering): from n = 1 on, half a period before its nominal time.
+    offsets = [(s.time - samples[0].time) * 10 - n for n, s in enumerate(samples)]
+    assert offsets[0] == 0 and all(-0.5 <= o <= -0.5 + 10 / 300 + 1e-6 for o in offsets[1:]), offsets
+    assert source.frames_skipped >= 5 * 25  # the ~29 extra frames per kept one went back unread
+    assert cam.captured == cam.released == source.frames_skipped + 6
+
+
+def test_frames_at_the_configured_rate_all_pass() -> None:
+    gate = FrameGate(30)
+    jitter = [0.0, 0.004, -0.006, 0.012, -0.015, 0.0]
+    assert all(gate.admit(100.0 + n / 30 + j) for n, j in enumerate(jitter))
+    assert not gate.admit(100.0 + 5 / 30 + 0.01) and gate.skipped == 1  # a second frame in slot 5
+    assert not gate.admit(99.0)  # time going back is never a new frame
+
+
+def test_timestamps_that_stop_advancing_are_a_source_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    source, cam = opened(320, 240, 30)
+    stuck = int(source.read().time * 1e9)
+    monkeypatch.setattr(PicameraVideo, "CAPTURE_TIMEOUT", 0.3)
+    get_metadata = fake.CompletedRequest.get_metadata
+    monkeypatch.setattr(
+        fake.CompletedRequest, "get_metadata", lambda self: get_metadata(self) | {"SensorTimestamp": stuck}
+    )
+    with pytest.raises(SourceError, match="SensorTimestamp has not advanced"):
+        source.read()
+    assert cam.captured == cam.released
+    source.close()
+
+
+# --- why a camera cannot be opened, in words that say it --------------------------------------
+
+
+def test_a_camera_held_by_another_process_is_said_to_be_in_use() -> None:
+    fake.IN_USE = True
+    with pytest.raises(CameraInUse, match=r"imx708 is in use by another process \(Failed to acquire camera: Device"):
+        PicameraVideo(640, 480, 30, picamera2_module=fake).open()
+
+
+def test_a_refused_raw_stream_is_named_not_called_busy() -> None:
+    fake.virtual_camera()
+    fake.RAW_ROLE = False  # libcamera's virtual pipeline: generate_configuration([Raw]) is None
+    with pytest.raises(SourceUnavailable) as info:
+        PicameraVideo(640, 480, 30, picamera2_module=fake).open()
+    said = str(info.value)
+    assert not isinstance(info.value, CameraInUse) and "busy" not in said
+    assert "edged-virtual cannot be opened: libcamera refused the Raw stream role picamera2 probes" in said
+    assert "'NoneType' object has no attribute 'at'" in said
+
+
+def test_another_open_failure_names_its_cause_and_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self):
+        raise ValueError("tuning file unreadable")
+
+    monkeypatch.setattr(fake.Picamera2, "_get_raw_modes", broken)
+    with pytest.raises(SourceUnavailable) as info:
+        PicameraVideo(640, 480, 30, picamera2_module=fake).open()
+    said = str(info.value)
+    assert "did not complete.: ValueError('tuning file unreadable') in picamera2's _open_camera" in said
+    assert "busy" not in said
+
+
+def test_a_missing_dependency_of_picamera2_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installed picamera2 whose import of kms++ fails, as the real one's does without python3-kms++.
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text("import pykms  # previews/drm_preview.py\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    monkeypatch.setitem(sys.modules, "pykms", None)
+    with pytest.raises(SourceUnavailable) as info:
+        PicameraVideo(640, 480, 30).open()
+    said = str(info.value)
+    assert "not installed" not in said
+    assert "picamera2 is installed but cannot be imported: its dependency pykms is missing" in said
+    assert "apt install python3-kms++" in said

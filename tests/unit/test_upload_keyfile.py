@@ -49,3 +49,16 @@ def test_a_missing_or_unreadable_key_file_is_no_key(tmp_path):
     assert k.read() == "" and k.fingerprint() == key_fingerprint("")
     (tmp_path / "absent").mkdir()  # a folder where the key should be
     assert k.read() == ""
+
+
+def test_a_key_file_that_is_a_fifo_or_huge_is_no_key_and_never_blocks(tmp_path):
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)  # nobody writes: a plain open would wait for ever
+    assert KeyFile(fifo).read() == ""
+    huge = tmp_path / "key.huge"
+    huge.write_bytes(b"k" * (1 << 20))
+    assert KeyFile(huge).read() == ""
+    link = tmp_path / "key.link"  # an administrator's link to the real file is followed
+    (tmp_path / "key.real").write_text("real-key\n")
+    link.symlink_to(tmp_path / "key.real")
+    assert KeyFile(link).read() == "real-key"

@@ -149,7 +149,8 @@ def test_a_name_is_one_target(tmp_path, registry):
 
 
 def test_every_target_the_config_knows_is_built_in_and_no_other():
-    assert {t.name for t in targets.BUILT_IN} == set(schema.UPLOAD_TARGETS)
+    assert set(targets.BUILT_IN) == set(schema.UPLOAD_TARGETS)
+    assert {name: load().name for name, load in targets.BUILT_IN.items()} == {n: n for n in targets.BUILT_IN}
 
 
 # --- the package's imports -----------------------------------------------------------------------------

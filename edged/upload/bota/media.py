@@ -34,6 +34,7 @@ import av
 
 from edged.core import limits
 from edged.core.files import atomic_path
+from edged.core.priority import idle_process
 
 MP4_TYPE = "video/mp4"
 AUDIO_TYPE = "audio/webm"
@@ -355,14 +356,7 @@ def derive(part: Path, out_dir: Path, still_ms: list[int], timeout_s: float = DE
 
 def _lower_priority() -> None:
     """The idle scheduling class: this process runs only on time nobody else wants."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.nice(19 - os.nice(0))
-    except OSError:
-        pass
+    idle_process()
 
 
 def main(argv: list[str] | None = None) -> int:

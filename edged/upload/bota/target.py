@@ -65,7 +65,7 @@ from typing import BinaryIO
 
 import httpx
 
-from edged.config.schema import Settings, token_path
+from edged.config.schema import Settings, read_secret, token_path
 from edged.core.journal import MASK, register_secret_file, scrub
 from edged.core.timefmt import iso, parse_iso_ns
 from edged.upload.answers import (
@@ -200,8 +200,8 @@ class BotaTarget(HttpTarget):
     def _token(self) -> str:
         """Read at every use: a token rotated in its file (or credential) takes effect at once."""
         try:
-            return self.token_path.read_text().strip() if self.token_path else ""
-        except OSError:
+            return read_secret(self.token_path).decode().strip() if self.token_path else ""
+        except (OSError, UnicodeDecodeError):
             return ""
 
 

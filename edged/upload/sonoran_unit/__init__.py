@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.capture.position import PositionSource
 from edged.config.schema import Settings
@@ -31,11 +31,13 @@ from edged.core.db import Store
 from edged.core.timefmt import iso
 from edged.upload.budget import RequestBudget
 from edged.upload.policy import RetryPolicy
-from edged.upload.sonoran_unit.api import UnitApi
-from edged.upload.sonoran_unit.location import LocationPacer, LocationWorker
-from edged.upload.sonoran_unit.notes import TARGET, NoteWorker
-from edged.upload.sonoran_unit.panic import PanicWorker
 from edged.upload.sonoran_unit.store import UnitStore, read_notes
+
+if TYPE_CHECKING:  # imported when the configuration turns a worker on: they bring httpx (~11 MB)
+    from edged.upload.sonoran_unit.api import UnitApi
+    from edged.upload.sonoran_unit.location import LocationWorker
+    from edged.upload.sonoran_unit.notes import NoteWorker
+    from edged.upload.sonoran_unit.panic import PanicWorker
 
 __all__ = ["SonoranUnit", "UnitStore", "read_notes"]
 
@@ -67,9 +69,13 @@ class SonoranUnit:
         self.notes: NoteWorker | None = None
         self._apis: list[UnitApi] = []
         if cfg.panic:
+            from edged.upload.sonoran_unit.panic import PanicWorker
+
             api = self._api(settings)
             self.panic = PanicWorker(api, self.store, self._budget(store, api), self.policy, self.stopping, alarm)
         if cfg.location and position is not None:
+            from edged.upload.sonoran_unit.location import LocationPacer, LocationWorker
+
             api = self._api(settings)
             pacer = LocationPacer(
                 cfg.location_interval_seconds, cfg.location_min_distance_m, cfg.location_min_speed_mps
@@ -80,6 +86,8 @@ class SonoranUnit:
         elif cfg.location:
             log.error("upload.sonoran_v2.unit.location is on but this daemon has no position source: nothing sent")
         if cfg.call_notes:
+            from edged.upload.sonoran_unit.notes import NoteWorker
+
             api = self._api(settings)
             self.notes = NoteWorker(
                 api,
@@ -94,6 +102,8 @@ class SonoranUnit:
             )
 
     def _api(self, settings: Settings) -> UnitApi:
+        from edged.upload.sonoran_unit.api import UnitApi
+
         api = UnitApi(settings)  # a session (connections) per worker: none waits behind another
         self._apis.append(api)
         return api
@@ -141,7 +151,7 @@ class SonoranUnit:
         return record is not None and record.wanted
 
     def on_part_delivered(self, target: str, clip_id: str) -> None:
-        if target == TARGET and self.notes is not None:
+        if self.notes is not None and target == self.notes.target:
             self.notes.delivered()
 
     def on_link_change(self) -> None:

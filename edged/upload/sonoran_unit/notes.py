@@ -50,6 +50,9 @@ def note_text(clip_id: str, event_wall_ns: int, unit_number: str, parts: list[tu
 
 
 class NoteWorker(Loop):
+    #: the upload target whose deliveries get a note
+    target = TARGET
+
     def __init__(
         self,
         api: UnitApi,
