@@ -19,12 +19,22 @@ the key a slot for a minute. What makes a fleet work (measured: ``tests/support/
 - **Counting the fleet from Retry-After.** Retry-After is when the oldest of the key's last 30
   requests leaves the server's window, so those 30 took ``window - Retry-After``: the key is
   offered ``window / span`` times its limit (:func:`overload`). At first contact (devices starting
-  together, each at the whole limit) that gives the fleet's size in one step; after it a 429 with
-  the key well over its limit (``OVERSHOOT_AT``), or a second 429 within ``REPEAT_S``, counts more
-  devices (at most ``MAX_STEP`` more at once). A 429 showing the key offered twice its limit or
-  more after a clean window is someone else's burst: the count
-  is kept and only the wait is the burst's. After a 429 the device comes back at a random phase of
-  its pace once the wait is over, unless the key was only crowded.
+  together, each at the whole limit) that counts the devices sending at that moment in one step.
+- **Counting until a clean window.** Devices switched on over some seconds meet the key while its
+  window is still filling: 50 devices started over 20 s each count 6 to 20, then come back at
+  that pace and storm the key (every refusal holding a slot for a minute). So a device not told
+  its number (``share`` 1) keeps counting until its count has held through a clean window (a
+  window since an accepted request with no 429): until then each 429 counts up to
+  ``COUNTING_STEP`` times the devices at once (from Retry-After, as above), never taken for a
+  crowded moment or a burst. Then the count is *settled* (kept in the store like the rest) and
+  only moves as below. A count given in the configuration is settled from the start.
+- **A settled count moves slowly.** After a clean window a 429, and every 429 within a window of
+  it (one event: a burst still arriving reads as a crowded moment first), never counts more
+  devices: with the key offered twice its limit or more it is someone else's burst (the count and
+  the phase are kept, only the wait is the burst's), else a crowded moment (the phase moves).
+  Refused again after that event with no clean window since, a device counts more: at most
+  ``MAX_STEP`` more with the key well over its limit (``OVERSHOOT_AT``), else one more within
+  ``REPEAT_S``. After a 429 that changed the count it comes back at a random phase of its new pace.
 - **Probing for room.** Every ``PROBE_STEP_S`` without a 429 the device counts one fewer (devices
   that finished or went offline leave their share), down to the configured share.
 
@@ -57,6 +67,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 from edged.core import limits
 from edged.core.db import Store
@@ -77,6 +88,8 @@ _ADDED = {
     "run_ns": "INTEGER NOT NULL DEFAULT 0",  # first request accepted since the last 429 (0: none yet)
     "probe_ns": "INTEGER NOT NULL DEFAULT 0",  # when the probe above the learned rate starts
     "devices": "INTEGER NOT NULL DEFAULT 0",  # the devices counted on the key (0: never refused)
+    "settled": "INTEGER NOT NULL DEFAULT 0",  # 1: the count has held through a clean window
+    "event_ns": "INTEGER NOT NULL DEFAULT 0",  # until then 429s are one event with the one after a clean window
 }
 
 #: Our clock and the server's see a request a little apart (latency): count our window this much longer.
@@ -98,6 +111,9 @@ MAX_STEP = 0.1
 #: A second 429 within this long (s) of the last one's wait counts one more device on the key,
 #: even with the key only just over its limit.
 REPEAT_S = 600.0
+#: While a device not told its number is still counting (its count has not yet held through a
+#: clean window since first contact), each 429 counts up to this many times the devices at once.
+COUNTING_STEP = 2.0
 #: Without a 429 for this long (s), one device fewer is counted on the key (the probe for room:
 #: devices that finished or went offline leave theirs), down to the configured share.
 PROBE_STEP_S = 600.0
@@ -144,11 +160,14 @@ class Learned:
     set_ns: int  # when the last 429's wait ended
     run_ns: int  # the first request accepted since then; 0: none yet
     probe_ns: int  # when the count starts going down again (the end of the last 429's wait)
+    settled: int = 0  # 1: the count has held through a clean window since first contact
+    event_ns: int = 0  # until then a 429 belongs to the event the first 429 after a clean window began
 
 
 def counted(s: Learned, now_ns: int, share: int) -> int:
     """The devices counted on the key now: the configured share until a 429; after one, what it
-    counted, one fewer every PROBE_STEP_S without another, never fewer than the share."""
+    counted (counting or settled alike), one fewer every PROBE_STEP_S without another, never fewer
+    than the share."""
     if not s.devices:
         return share
     if now_ns < s.set_ns - 2 * PROBE_STEP_S * 1e9:  # the clock was stepped back: what was learned is from the future
@@ -177,25 +196,46 @@ def overload(retry_after_s: float | None, window_s: float) -> float:
     return window_s / span
 
 
+class Counted(NamedTuple):
+    """What a 429 was taken to mean (``after_refusal``) and what the device counts from then."""
+
+    meaning: Refusal
+    devices: int
+    settled: bool
+    event_ns: int  # until then further 429s belong to this one's event (0: none)
+
+
 def after_refusal(
-    s: Learned, now_ns: int, devices: int, limit: float, retry_after_s: float | None, window_s: float
-) -> tuple[Refusal, int]:
-    """What a 429 means, for a device counting ``devices`` on the key, and the devices to count from
-    now (module docstring)."""
+    s: Learned, now_ns: int, devices: int, limit: float, retry_after_s: float | None, window_s: float, share: int = 1
+) -> Counted:
+    """What a 429 means, for a device counting ``devices`` on the key (``share``: as configured),
+    and what it counts from now (module docstring)."""
     over = overload(retry_after_s, window_s)
     clean = s.run_ns > 0 and now_ns - s.run_ns >= (window_s + WINDOW_MARGIN_S) * 1e9
-    if retry_after_s is not None and over >= BURST_OVERLOAD and clean:
-        return Refusal.BURST, devices
+    # Told its number, a device's count is a fact from the start; else once it held a clean window.
+    settled = share > 1 or bool(s.settled) or clean
     most = math.ceil(TARGET_LOAD * limit / MIN_RATE)
+    # Every device at this pace: the key's load is ``over`` limits of them.
+    need = math.ceil(over * limit / ladder(devices, limit) - 1e-9)
+    if settled and (clean or now_ns < s.event_ns):
+        # The count held a clean window: a 429 then, and those within a window of it, are someone
+        # else's burst (the key offered twice its limit or more) or a crowded moment; the count holds.
+        event = now_ns + int((window_s + WINDOW_MARGIN_S) * 1e9) if clean else s.event_ns
+        burst = retry_after_s is not None and over >= BURST_OVERLOAD
+        return Counted(Refusal.BURST if burst else Refusal.CROWDED, devices, True, event)
+    if not s.devices:  # first contact: the count from Retry-After, in one step
+        if over >= OVERSHOOT_AT:
+            return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, need)), settled, 0)
+        return Counted(Refusal.CROWDED, devices, settled, 0)
+    if not settled:  # still counting: what a window still filling said is only a floor
+        step = min(need, math.ceil(devices * COUNTING_STEP))
+        return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, step)), False, 0)
     if over >= OVERSHOOT_AT:
-        # Every device at this pace: the key's load is ``over`` limits of them.
-        need = math.ceil(over * limit / ladder(devices, limit) - 1e-9)
-        if s.devices:  # learned before: one 429 moves the count a step, however crowded the moment
-            need = min(need, math.ceil(devices * (1 + MAX_STEP)))
-        return Refusal.OVERSHOOT, min(most, max(devices + 1, need))
-    if s.devices and now_ns - s.set_ns < REPEAT_S * 1e9:
-        return Refusal.OVERSHOOT, min(most, devices + 1)
-    return Refusal.CROWDED, devices
+        step = min(need, math.ceil(devices * (1 + MAX_STEP)))
+        return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, step)), True, 0)
+    if now_ns - s.set_ns < REPEAT_S * 1e9:
+        return Counted(Refusal.OVERSHOOT, min(most, devices + 1), True, 0)
+    return Counted(Refusal.CROWDED, devices, True, 0)
 
 
 class RequestBudget:
@@ -231,7 +271,8 @@ class RequestBudget:
 
     def _state(self, db, key: str, now_ns: int = 0) -> tuple[Learned, int, int]:
         row = db.execute(
-            "SELECT devices, set_ns, run_ns, probe_ns, blocked_until_ns, next_ns FROM rate_state WHERE key=?",
+            "SELECT devices, set_ns, run_ns, probe_ns, settled, event_ns, blocked_until_ns, next_ns"
+            " FROM rate_state WHERE key=?",
             (key,),
         ).fetchone()
         if row is None:  # a key never used here: its first slot at a random phase of the pace
@@ -241,7 +282,7 @@ class RequestBudget:
                 (key, self.ceiling, first),
             )
             return Learned(0, 0, 0, 0), 0, first
-        return Learned(*row[:4]), row[4], row[5]
+        return Learned(*row[:6]), row[6], row[7]
 
     def _rate(self, s: Learned, now_ns: int) -> float:
         return max(min(MIN_RATE, self.ceiling), ladder(counted(s, now_ns, self.share), self.limit))
@@ -323,8 +364,8 @@ class RequestBudget:
                 " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)",
                 (key, now_ns),
             )
-            meaning, devices = after_refusal(
-                learned, now_ns, devices, self.limit, retry_after_s, self.window_s - WINDOW_MARGIN_S
+            meaning, devices, settled, event_ns = after_refusal(
+                learned, now_ns, devices, self.limit, retry_after_s, self.window_s - WINDOW_MARGIN_S, self.share
             )
             rate = max(min(MIN_RATE, self.ceiling), ladder(devices, self.limit))
             spacing = self.window_ns / rate
@@ -342,8 +383,8 @@ class RequestBudget:
                 turn = until + int(self.rng.uniform(0, spacing))
             db.execute(
                 "UPDATE rate_state SET rate=?, devices=?, set_ns=?, run_ns=0, probe_ns=?, blocked_until_ns=?,"
-                " next_ns=? WHERE key=?",
-                (rate, devices, until, until, until, max(until, turn), key),
+                " next_ns=?, settled=?, event_ns=? WHERE key=?",
+                (rate, devices, until, until, until, max(until, turn), int(settled), event_ns, key),
             )
         return rate
 

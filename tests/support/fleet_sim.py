@@ -59,6 +59,7 @@ class Device:
 @dataclass
 class FleetRun:
     accepted: list[float]  # every device's accepted requests (s from the start), sorted
+    refused_at: list[float]  # every device's refused requests (s from the start), sorted
     refused: int
     requests: int
     drain_s: float  # from the start to the last clip accepted
@@ -69,6 +70,11 @@ class FleetRun:
     @property
     def refused_share(self) -> float:
         return self.refused / max(1, self.requests)
+
+    def refused_share_after(self, start_s: float) -> float:
+        """The share of the fleet's requests answered from ``start_s`` on that were refused."""
+        refused = sum(1 for t in self.refused_at if t >= start_s)
+        return refused / max(1, refused + sum(1 for t in self.accepted if t >= start_s))
 
     @property
     def drain_vs_ideal(self) -> float:
@@ -163,6 +169,7 @@ def run_fleet(
     end = T0 + int(last * S)
     return FleetRun(
         accepted=sorted(t for d in fleet for t in d.accepted),
+        refused_at=sorted(t for d in fleet for t in d.refused),
         refused=refused,
         requests=requests,
         drain_s=last,

@@ -218,6 +218,26 @@ def test_first_contact_counts_the_fleet_from_retry_after(tmp_path):
         s.close()
 
 
+def test_a_device_not_told_its_number_keeps_counting_until_a_clean_window_then_holds(store):
+    """Switched on with the fleet, a device reads its first 429 from a window still filling (it
+    counts too few): until its count has held a clean window, a 429 counts up to twice as many at
+    once, not one step; after one, a single 429 is a crowded moment or a burst and the count holds."""
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(12))
+    per = budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
+    t0 = first_grant(b, 10**12)
+    assert b.refused(t0 + 6 * S, 54.5, retry_after_s=54.0) == pytest.approx(per / 10), "first contact: 10"
+    back = first_grant(b, t0 + 61 * S)
+    # Back at 2.7/min and refused again: the key offered 4x its limit, i.e. 45 devices at this pace.
+    assert b.refused(back, 46.0, retry_after_s=45.0) == pytest.approx(per / 20), "still counting: doubled"
+    t = run_clean(b, back + 47 * S, 200)  # then a clean window and more at 20 devices' pace
+    assert b.refused(t, 3.0, retry_after_s=2.0) == pytest.approx(per / 20), "settled: crowded, not counted"
+    t = run_clean(b, t + 4 * S, 200)
+    assert b.refused(t, 41.0, retry_after_s=40.0) == pytest.approx(per / 20), "settled: a burst, not counted"
+    assert b.refused(t + 42 * S, 26.0, retry_after_s=25.0) == pytest.approx(per / 20), "the same burst: held"
+    again = t + 70 * S  # refused again after the burst's minute, with no clean window since: a step more
+    assert b.refused(again, 26.0, retry_after_s=25.0) == pytest.approx(per / 22)
+
+
 def test_another_clients_burst_keeps_the_rate(store):
     """The issue's case: one 429 caused by another client must not leave a lone device at
     1 request/min climbing by one every 10 minutes (it took 147 s for what takes 34)."""
@@ -231,6 +251,19 @@ def test_another_clients_burst_keeps_the_rate(store):
     assert len(after) >= limits.REQUESTS_PER_MINUTE - 1, "back at the whole limit the moment the wait ends"
 
 
+def test_another_clients_burst_met_while_it_arrives_is_one_event(store):
+    """Measured (scripts/bench_upload.py): a lone device asked while the burst was still arriving
+    (Retry-After 7 s), then again after its wait (38 s); the second counted a second device and the
+    device stayed at 13.5/min for ten minutes. The 429s within a window of the first after a clean
+    window are one event: the count holds."""
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(13))
+    t = run_clean(b, 10**12, 90)
+    b.refused(t, 8.0, retry_after_s=7.0)
+    assert b.refused(t + 8 * S, 40.0, retry_after_s=38.0) == limits.REQUESTS_PER_MINUTE
+    after = take_all(b, t + 49 * S, 60)
+    assert len(after) >= limits.REQUESTS_PER_MINUTE - 1, "back at the whole limit when the wait ends"
+
+
 def test_a_crowded_key_moves_the_phase_and_a_second_429_counts_one_device_more(store):
     b = RequestBudget(store, key_fingerprint("k"), share=10, rng=random.Random(9))  # 10 devices: 2.7/min
     pace = budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 10
@@ -240,6 +273,9 @@ def test_a_crowded_key_moves_the_phase_and_a_second_429_counts_one_device_more(s
     spacing = 61 / pace
     nxt = first_grant(b, t + S)
     assert nxt == pytest.approx(t + (2.0 + spacing) * S, abs=0.2 * S), "one spacing after the window frees"
+    b.refused(nxt, 3.0, retry_after_s=2.0)  # within a window of the first: the same crowded moment
+    assert b.rate(nxt + 10 * S) == pytest.approx(pace)
+    nxt = first_grant(b, t + 62 * S)
     b.refused(nxt, 3.0, retry_after_s=2.0)  # refused again within REPEAT_S: one device more than counted
     assert b.rate(nxt + 10 * S) == pytest.approx(budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 11)
     probe = [b.rate(nxt + int((k + 0.5) * budget_rules.PROBE_STEP_S * S)) for k in range(3)]
