@@ -23,6 +23,11 @@ runs ``--scale`` times faster than real time (the limits are counted on it, so t
 those of a real-time run, compressed).
 
     .venv/bin/python scripts/bench_upload.py [--devices 50] [--clips 40] [--scale 20] [--json PATH]
+
+The README's figures: ``--devices 50 --clips 40 --modes edged+share,edged,naive --naive-gives-up 2``
+(told, not told, the naive client), and a lone device meeting another client's burst,
+``--devices 1 --clips 300 --modes edged+burst,naive+burst`` (the burst after 5 minutes: the
+complaint that started this was one such 429 leaving a device at 1 request/min for an hour).
 """
 
 from __future__ import annotations

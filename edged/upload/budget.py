@@ -1,34 +1,46 @@
 """Limits kept on our side, before the server has to say no, persisted across restarts.
 
 ``RequestBudget``: requests per rolling minute per API key (Sonoran: 30, counted per key for
-every client using it, refused requests too). Each device starts at its configured share of the
-limit (``devices_sharing_key``), at a random phase, and paces its requests evenly. When the server
-still answers 429 (other devices or clients share the key), the device is silent until
-Retry-After and learns from what the server said (:func:`after_refusal`):
+every client using it, refused requests too). A device paces its requests evenly at its rate; a
+lone device (``devices_sharing_key`` 1, the default) uses the whole limit. Devices sharing a key
+know nothing of each other; the server's 429 and its Retry-After are all they hear, and a 429 costs
+the key a slot for a minute. What makes a fleet work (measured: ``tests/support/fleet_sim.py``,
+``scripts/bench_upload.py``):
 
-- **Whose doing it is.** After a whole window without a 429 at its rate (*clean*), a device that
-  meets a 429 with the key offered twice its limit or more has met someone else's burst: it
-  regains its rate in full. With the key just over its limit it is the fleet's own doing: it keeps
-  ``BACKOFF`` of its rate; so it does when refused again within a window.
-- **How far over the key is.** Retry-After is when the oldest of the key's last 30 requests leaves
-  the server's window, so those 30 took ``span = window - Retry-After``: the key is offered about
-  ``window / span`` times what it allows. At first contact (a 429 before any clean window, never
-  refused before: a fleet starting together) a device keeps that fraction of its rate, with a
-  margin (``FIRST_MARGIN``): one step to about its share.
-- **Regained within minutes.** Whatever the level kept (``good``), the rate first drops to a
-  quarter of what it was or less for a while (``TEMPORARY_CUT``; never under ``MAX_CUT`` of it from
-  one 429 after a clean window), so the refusals in the server's window age out, then doubles every
-  ``REGAIN_DOUBLING_S`` back to ``good``: a minute or two, not a slow linear climb.
-- **The refused request took its turn.** The next goes a spacing (of the cut rate) after it, at a
-  new random phase: retrying sooner would put refusals on top of the pace, and since they count
-  in the key's window a fleet would keep it full of them.
-- **Probing for more.** Above ``good``, a cubic probe (as TCP CUBIC): back at the rate of the last
-  429 after ``PROBE_S``, slowly near it, faster beyond it, starting at a random delay.
+- **One pace for all.** A device does not learn a rate of its own: it counts the devices on the
+  key, and each of ``n`` devices takes ``TARGET_LOAD / n`` of the limit (:func:`ladder`). Devices
+  counting the same fleet have exactly the same pace, so their phases do not drift apart.
+- **Phases spread by the 429s, then kept.** Slots keep their phase (no jitter, a late request does
+  not move the next). A device refused with the key just full (*crowded*) does not retry: the
+  refused request took its turn, and the next goes one spacing after the moment Retry-After names,
+  when the key's window has room: its phase moves to the end of the crowd it met. Left at random
+  phases, devices at 90 % of the limit see about one request in four refused (the window is
+  crowded now and then, and each refusal takes a slot); phases moved this way settle in minutes.
+- **Counting the fleet from Retry-After.** Retry-After is when the oldest of the key's last 30
+  requests leaves the server's window, so those 30 took ``window - Retry-After``: the key is
+  offered ``window / span`` times its limit (:func:`overload`). At first contact (devices starting
+  together, each at the whole limit) that counts the devices sending at that moment in one step.
+- **Counting until a clean window.** Devices switched on over some seconds meet the key while its
+  window is still filling: 50 devices started over 20 s each count 6 to 20, then come back at
+  that pace and storm the key (every refusal holding a slot for a minute). So a device not told
+  its number (``share`` 1) keeps counting until its count has held through a clean window (a
+  window since an accepted request with no 429): until then each 429 counts up to
+  ``COUNTING_STEP`` times the devices at once (from Retry-After, as above), never taken for a
+  crowded moment or a burst. Then the count is *settled* (kept in the store like the rest) and
+  only moves as below. A count given in the configuration is settled from the start.
+- **A settled count moves slowly.** After a clean window a 429, and every 429 within a window of
+  it (one event: a burst still arriving reads as a crowded moment first), never counts more
+  devices: with the key offered twice its limit or more it is someone else's burst (the count and
+  the phase are kept, only the wait is the burst's), else a crowded moment (the phase moves).
+  Refused again after that event with no clean window since, a device counts more: at most
+  ``MAX_STEP`` more with the key well over its limit (``OVERSHOOT_AT``), else one more within
+  ``REPEAT_S``. After a 429 that changed the count it comes back at a random phase of its new pace.
+- **Probing for room.** Every ``PROBE_STEP_S`` without a 429 the device counts one fewer (devices
+  that finished or went offline leave their share), down to the configured share.
 
 What is learned is kept in the store (a restart does not pay the first contact again) and decays
-by the same probe: the longer since the last 429, the higher the rate, back to the configured
-share. The rate never goes below ``MIN_RATE`` (one request every five minutes). Figures, and the
-limits of this with 50 devices on one key: ``scripts/bench_upload.py`` and the README.
+by the probe, back to the configured share. The rate never goes below ``MIN_RATE`` (one request
+every five minutes).
 
 ``PlanAllowance``: uploaded minutes per rolling 24 h per community (free 10, standard 100, pro
 1000). A part that would exceed the window waits until enough earlier uploads age out. It is
@@ -55,6 +67,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 from edged.core import limits
 from edged.core.db import Store
@@ -71,40 +84,41 @@ CREATE INDEX IF NOT EXISTS allowance_used_key ON allowance_used(key, at_ns);
 #: Columns added to ``rate_state`` after the first release (an older file gains them at the next
 #: open; its old learned rate, from a linear climb, is not carried over: ``set_ns`` 0 means none).
 _ADDED = {
-    "good": "REAL NOT NULL DEFAULT 0",  # the level regained fast after a 429
     "set_ns": "INTEGER NOT NULL DEFAULT 0",  # when the wait of the last 429 ended (0: never refused)
     "run_ns": "INTEGER NOT NULL DEFAULT 0",  # first request accepted since the last 429 (0: none yet)
-    "probe_ns": "INTEGER NOT NULL DEFAULT 0",  # when the probe above ``good`` starts
-    "peak": "REAL NOT NULL DEFAULT 0",  # the rate at the last 429
+    "probe_ns": "INTEGER NOT NULL DEFAULT 0",  # when the probe above the learned rate starts
+    "devices": "INTEGER NOT NULL DEFAULT 0",  # the devices counted on the key (0: never refused)
+    "settled": "INTEGER NOT NULL DEFAULT 0",  # 1: the count has held through a clean window
+    "event_ns": "INTEGER NOT NULL DEFAULT 0",  # until then 429s are one event with the one after a clean window
 }
 
 #: Our clock and the server's see a request a little apart (latency): count our window this much longer.
 WINDOW_MARGIN_S = 1.0
-#: The lowest rate ever learned, requests per window (one every 5 minutes).
+#: The lowest rate ever learned, requests per window (one every five minutes).
 MIN_RATE = 0.2
-#: What a 429 takes off the rate a device had (multiplicative decrease): the level it regains.
-BACKOFF = 0.85
-#: One 429 never cuts the rate below this fraction of it for its while (the sane floor).
-MAX_CUT = 0.25
-#: Below the level to regain, the rate doubles this often (seconds).
-REGAIN_DOUBLING_S = 20.0
-#: Above it, the cubic probe is back at the rate of the last 429 after this long (seconds).
-PROBE_S = 1800.0
-#: The probe starts a random time up to this long after the level is regained (a fleet refused
-#: together does not probe together).
-PROBE_DELAY = 0.5
-#: At first contact a device keeps this much of what got through in the window (its share of it).
-FIRST_MARGIN = 0.9
-#: At first contact a window filled within less than this is taken as filled within this.
-MIN_SPAN_S = 3.0
-#: After any 429 the rate drops at least this far for a while, before it regains ``good``.
-TEMPORARY_CUT = 0.25
-#: Each slot moves by up to this fraction of the spacing (devices do not stay in lock-step).
-PACE_JITTER = 0.1
-#: After a 429 the next turn moves by up to this fraction of the spacing (a new phase).
-REPHASE = 0.5
+#: Devices sharing a key aim at this fraction of its limit together: room for their phases to
+#: settle (a lone device, which sees the whole window itself, uses all of it). Simulated, 50 told
+#: devices, seeds 1-4: 0.90 gives 0.1-0.9 % refused and 1.13-1.16x the ideal drain; 0.95 gives
+#: 0.3-1.4 % and 1.09-1.12x (3.6-4.4 % with another client's burst); 0.97 gives 4-6 % with one.
+TARGET_LOAD = 0.95
 #: Without Retry-After, a 429 is taken to mean the key is offered twice what it allows.
 UNKNOWN_OVERLOAD = 2.0
+#: A 429 saying the key is offered at least this many times its limit, met after a clean window, is
+#: someone else's burst: the count is kept (only the wait is the burst's).
+BURST_OVERLOAD = 2.0
+#: A 429 saying the key is offered at least this many times its limit counts more devices on it ...
+OVERSHOOT_AT = 1.5
+#: ... by at most this fraction at once after the first contact (a crowded moment is not a rate).
+MAX_STEP = 0.1
+#: A second 429 within this long (s) of the last one's wait counts one more device on the key,
+#: even with the key only just over its limit.
+REPEAT_S = 600.0
+#: While a device not told its number is still counting (its count has not yet held through a
+#: clean window since first contact), each 429 counts up to this many times the devices at once.
+COUNTING_STEP = 2.0
+#: Without a 429 for this long (s), one device fewer is counted on the key (the probe for room:
+#: devices that finished or went offline leave theirs), down to the configured share.
+PROBE_STEP_S = 600.0
 
 
 #: Slots of a key's window kept for a panic while the unit's panic is on (uploads never take them).
@@ -133,73 +147,97 @@ def install(store: Store) -> None:
                 db.execute(f"ALTER TABLE rate_state ADD COLUMN {name} {decl}")
 
 
+def ladder(devices: int, limit: float) -> float:
+    """The rate (requests per window) of each of ``devices`` sharing a key: all of it for one, else
+    an equal part of TARGET_LOAD of it. Every device counting the same fleet has exactly the same
+    pace, so once their phases have spread they stay spread."""
+    return float(limit) if devices <= 1 else TARGET_LOAD * limit / devices
+
+
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """What a key's budget has learned (one ``rate_state`` row). Rates are requests per window."""
+    """What a key's budget has learned (one ``rate_state`` row)."""
 
-    rate: float  # the rate right after the last 429 (its wait over)
-    good: float  # the level regained fast (``REGAIN_DOUBLING_S``), then probed above (``PROBE_S``)
-    set_ns: int  # when the last 429's wait ended; 0: never refused (the configured share holds)
+    devices: int  # the devices counted on the key at the last 429; 0: never refused (the share holds)
+    set_ns: int  # when the last 429's wait ended
     run_ns: int  # the first request accepted since then; 0: none yet
-    probe_ns: int  # when probing above ``good`` starts (a random delay after regaining it)
-    peak: float = 0.0  # the rate at the last 429
+    probe_ns: int  # when the count starts going down again (the end of the last 429's wait)
+    settled: int = 0  # 1: the count has held through a clean window since first contact
+    event_ns: int = 0  # until then a 429 belongs to the event the first 429 after a clean window began
 
 
-def learned_rate(s: Learned, now_ns: int, ceiling: float, window_s: float) -> float:
-    """The rate now: the configured share until a 429; after one, ``rate`` doubling every
-    ``REGAIN_DOUBLING_S`` up to ``good``, then the cubic probe above it, within [MIN_RATE, ceiling]."""
-    floor = min(MIN_RATE, ceiling)
-    if not s.set_ns:
-        return ceiling
-    t = (now_ns - s.set_ns) / 1e9
-    if t < -2 * window_s:  # the clock was stepped back: what was learned is from the future
-        t = math.inf
-    rate, good = max(floor, s.rate), max(floor, s.rate, s.good)
-    if t <= 0:
-        return min(ceiling, rate)
-    regain_s = REGAIN_DOUBLING_S * math.log2(good / rate)
-    if t < regain_s:
-        return min(ceiling, rate * 2 ** (t / REGAIN_DOUBLING_S))
-    probe = (now_ns - s.probe_ns) / 1e9 if t != math.inf else math.inf
-    if probe <= 0:
-        return min(ceiling, good)
-    if probe > 100 * PROBE_S:
-        return ceiling
-    # cubic (as TCP CUBIC): back to the peak in PROBE_S, slowly near it, faster beyond it
-    step = max(s.peak - good, (1 - BACKOFF) * good)
-    return min(ceiling, good + step * (1 + (probe / PROBE_S - 1) ** 3))
+def counted(s: Learned, now_ns: int, share: int) -> int:
+    """The devices counted on the key now: the configured share until a 429; after one, what it
+    counted (counting or settled alike), one fewer every PROBE_STEP_S without another, never fewer
+    than the share."""
+    if not s.devices:
+        return share
+    if now_ns < s.set_ns - 2 * PROBE_STEP_S * 1e9:  # the clock was stepped back: what was learned is from the future
+        return share
+    gone = int(max(0, now_ns - s.probe_ns) // int(PROBE_STEP_S * 1e9))
+    return max(share, s.devices - gone)
 
 
 class Refusal(StrEnum):
     """What a 429 was taken to mean (``after_refusal``)."""
 
     BURST = "burst"  # someone else's burst after a clean window: wait it out, keep the rate
-    FIRST_CONTACT = "first contact"  # a fleet meeting the limit together: take about its share
-    OVERSHOOT = "overshoot"  # the key just over its limit, or refused again: the fleet's own doing
+    CROWDED = "crowded"  # the key just full where this device's turn fell: move its phase
+    OVERSHOOT = "overshoot"  # the key offered more than it allows: more devices on it than counted
+
+
+def overload(retry_after_s: float | None, window_s: float) -> float:
+    """How many times its limit the key is offered, read from a 429's Retry-After: the key's last
+    ``limit`` requests (refused ones too) leave the server's window then, so they took ``window -
+    Retry-After``. Retry-After is rounded up to whole seconds, so this is the most it can mean: at
+    first contact a fleet counted too large starts below the limit and gains; one counted too
+    small would be over it and lose slots to its own refusals."""
+    if retry_after_s is None:
+        return UNKNOWN_OVERLOAD
+    span = min(window_s, max(1.0, window_s - retry_after_s))
+    return window_s / span
+
+
+class Counted(NamedTuple):
+    """What a 429 was taken to mean (``after_refusal``) and what the device counts from then."""
+
+    meaning: Refusal
+    devices: int
+    settled: bool
+    event_ns: int  # until then further 429s belong to this one's event (0: none)
 
 
 def after_refusal(
-    s: Learned, now_ns: int, rate: float, retry_after_s: float | None, got: int, ceiling: float, window_s: float
-) -> tuple[Refusal, float, float]:
-    """What a 429 at ``rate`` means, the rate for a while and the level to regain (``good``), given
-    Retry-After and ``got``, the device's own requests accepted in the last window (module docstring)."""
-    floor = min(MIN_RATE, ceiling)
-    if retry_after_s is None:
-        factor = 1 / UNKNOWN_OVERLOAD
-    else:  # the key's last ``limit`` requests took ``span``: it is offered window/span times its limit
-        span = min(window_s, max(1.0, window_s - retry_after_s))
-        factor = span / window_s
-    clean = s.run_ns > 0 and now_ns - s.run_ns >= window_s * 1e9
-    if clean and factor < 0.5:
-        return Refusal.BURST, rate, rate
-    if not clean and not s.set_ns:
-        # what got through in the window is its share of it; what the span measured, for a device
-        # that got nothing through
-        good = max(floor, min(rate, max(got * FIRST_MARGIN, rate * max(factor, MIN_SPAN_S / window_s) / 2)))
-        return Refusal.FIRST_CONTACT, good, good
-    good = max(floor, rate * BACKOFF)
-    # Below it for a while: the refused requests in the server's window must age out.
-    return Refusal.OVERSHOOT, max(floor, min(good, rate * min(max(factor, MAX_CUT), TEMPORARY_CUT))), good
+    s: Learned, now_ns: int, devices: int, limit: float, retry_after_s: float | None, window_s: float, share: int = 1
+) -> Counted:
+    """What a 429 means, for a device counting ``devices`` on the key (``share``: as configured),
+    and what it counts from now (module docstring)."""
+    over = overload(retry_after_s, window_s)
+    clean = s.run_ns > 0 and now_ns - s.run_ns >= (window_s + WINDOW_MARGIN_S) * 1e9
+    # Told its number, a device's count is a fact from the start; else once it held a clean window.
+    settled = share > 1 or bool(s.settled) or clean
+    most = math.ceil(TARGET_LOAD * limit / MIN_RATE)
+    # Every device at this pace: the key's load is ``over`` limits of them.
+    need = math.ceil(over * limit / ladder(devices, limit) - 1e-9)
+    if settled and (clean or now_ns < s.event_ns):
+        # The count held a clean window: a 429 then, and those within a window of it, are someone
+        # else's burst (the key offered twice its limit or more) or a crowded moment; the count holds.
+        event = now_ns + int((window_s + WINDOW_MARGIN_S) * 1e9) if clean else s.event_ns
+        burst = retry_after_s is not None and over >= BURST_OVERLOAD
+        return Counted(Refusal.BURST if burst else Refusal.CROWDED, devices, True, event)
+    if not s.devices:  # first contact: the count from Retry-After, in one step
+        if over >= OVERSHOOT_AT:
+            return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, need)), settled, 0)
+        return Counted(Refusal.CROWDED, devices, settled, 0)
+    if not settled:  # still counting: what a window still filling said is only a floor
+        step = min(need, math.ceil(devices * COUNTING_STEP))
+        return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, step)), False, 0)
+    if over >= OVERSHOOT_AT:
+        step = min(need, math.ceil(devices * (1 + MAX_STEP)))
+        return Counted(Refusal.OVERSHOOT, min(most, max(devices + 1, step)), True, 0)
+    if now_ns - s.set_ns < REPEAT_S * 1e9:
+        return Counted(Refusal.OVERSHOOT, min(most, devices + 1), True, 0)
+    return Counted(Refusal.CROWDED, devices, True, 0)
 
 
 class RequestBudget:
@@ -222,7 +260,8 @@ class RequestBudget:
         install(store)
         self.store, self.reserve = store, max(0, reserve)
         self._key = key if callable(key) else (lambda: key)
-        self.ceiling = max(MIN_RATE, limit / share)
+        self.share, self.limit = max(1, share), limit
+        self.ceiling = max(MIN_RATE, ladder(self.share, limit))
         self.window_s = window_s + WINDOW_MARGIN_S
         self.window_ns = int(self.window_s * 1e9)
         self.now_ns = now_ns
@@ -234,7 +273,8 @@ class RequestBudget:
 
     def _state(self, db, key: str, now_ns: int = 0) -> tuple[Learned, int, int]:
         row = db.execute(
-            "SELECT rate, good, set_ns, run_ns, probe_ns, peak, blocked_until_ns, next_ns FROM rate_state WHERE key=?",
+            "SELECT devices, set_ns, run_ns, probe_ns, settled, event_ns, blocked_until_ns, next_ns"
+            " FROM rate_state WHERE key=?",
             (key,),
         ).fetchone()
         if row is None:  # a key never used here: its first slot at a random phase of the pace
@@ -243,11 +283,11 @@ class RequestBudget:
                 "INSERT INTO rate_state (key, rate, blocked_until_ns, next_ns) VALUES (?,?,0,?)",
                 (key, self.ceiling, first),
             )
-            return Learned(self.ceiling, 0.0, 0, 0, 0), 0, first
+            return Learned(0, 0, 0, 0), 0, first
         return Learned(*row[:6]), row[6], row[7]
 
     def _rate(self, s: Learned, now_ns: int) -> float:
-        return learned_rate(s, now_ns, self.ceiling, self.window_s)
+        return max(min(MIN_RATE, self.ceiling), ladder(counted(s, now_ns, self.share), self.limit))
 
     def rate(self, now_ns: int | None = None) -> float:
         """Requests per window now (what ``edged status`` shows)."""
@@ -295,9 +335,11 @@ class RequestBudget:
             db.execute("INSERT INTO rate_requests (key, at_ns) VALUES (?,?)", (key, now_ns))
             if claim is not Claim.DELIVERY:
                 return 0.0
-            # Random phase for the next slot: devices sharing a key do not stay in lock-step.
-            jitter = int(self.rng.uniform(-PACE_JITTER, PACE_JITTER) * spacing)
-            db.execute("UPDATE rate_state SET next_ns=? WHERE key=?", (now_ns + spacing + jitter, key))
+            # The next slot keeps this device's phase (a spacing after the slot this one was due at,
+            # if it went in time): phases that 429s have spread stay spread, however late the
+            # request itself went. A device back from idle starts a new phase now.
+            on_time = 0 < next_ns <= now_ns < next_ns + spacing // 2
+            db.execute("UPDATE rate_state SET next_ns=? WHERE key=?", ((next_ns if on_time else now_ns) + spacing, key))
             return 0.0
 
     def accepted(self) -> None:
@@ -313,48 +355,38 @@ class RequestBudget:
 
     def refused(self, now_ns: int, wait_s: float, retry_after_s: float | None = None) -> float:
         """The server answered 429 (``retry_after_s``: its Retry-After, if it gave one): block every
-        claim for ``wait_s`` (Retry-After and its jitter, ``policy``), learn the new rate and the
-        level to regain (module docstring), and start the next slot at a random phase of the
-        regained pace (a fleet refused together does not come back together). Returns the new rate."""
+        claim for ``wait_s`` (Retry-After and its jitter, ``policy``), learn how many devices share
+        the key (module docstring) and move this device's turn. Returns the new rate."""
         key = self.key
         with self.store.tx() as db:
-            learned, _, _ = self._state(db, key)
-            now_rate = self._rate(learned, now_ns)
+            learned, _, next_ns = self._state(db, key)
+            devices = counted(learned, now_ns, self.share)
             db.execute(
                 "UPDATE rate_requests SET refused=1 WHERE rowid = (SELECT rowid FROM rate_requests"
                 " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)",
                 (key, now_ns),
             )
-            got = db.execute(
-                "SELECT COUNT(*) FROM rate_requests WHERE key=? AND refused=0 AND at_ns>?",
-                (key, now_ns - self.window_ns),
-            ).fetchone()[0]
-            meaning, rate, good = after_refusal(
-                learned, now_ns, now_rate, retry_after_s, got, self.ceiling, self.window_s
+            meaning, devices, settled, event_ns = after_refusal(
+                learned, now_ns, devices, self.limit, retry_after_s, self.window_s - WINDOW_MARGIN_S, self.share
             )
+            rate = max(min(MIN_RATE, self.ceiling), ladder(devices, self.limit))
+            spacing = self.window_ns / rate
             until = now_ns + int(wait_s * 1e9)
-            if meaning is Refusal.OVERSHOOT:
-                # The refused request took its turn: the next one a spacing of the cut rate later, at a
-                # new phase. Sooner would add refusals to the pace, and as they count in the key's
-                # window a fleet would keep it full of them.
-                turn = now_ns + int(self.window_ns / rate * (1 + self.rng.uniform(-REPHASE, REPHASE)))
-            else:  # once the wait is over, at a random phase of the pace (a crowd does not return at once)
-                turn = until + int(self.rng.uniform(0, self.window_ns / rate))
-            regain_s = REGAIN_DOUBLING_S * math.log2(good / rate)
-            probe = until + int((regain_s + self.rng.uniform(0, PROBE_DELAY * PROBE_S)) * 1e9)
+            if meaning is Refusal.CROWDED and retry_after_s is not None:
+                # The refused request took this turn; the next is a spacing after the moment the key's
+                # window frees: the device's phase moves to the end of the crowd it met, where the
+                # window has room (every pace being equal, it still has a period later).
+                turn = now_ns + int(retry_after_s * 1e9 + spacing)
+            elif meaning is Refusal.BURST and next_ns:
+                # Someone else's: the pace and the phase are kept (the fleet's phases stay spread),
+                # from its first slot after the wait.
+                turn = next_ns + max(0, math.ceil((until - next_ns) / spacing)) * int(spacing)
+            else:  # the pace changed: a random phase of it after the wait, so a crowd spreads
+                turn = until + int(self.rng.uniform(0, spacing))
             db.execute(
-                "UPDATE rate_state SET rate=?, good=?, set_ns=?, run_ns=0, probe_ns=?, peak=?, blocked_until_ns=?,"
-                " next_ns=? WHERE key=?",
-                (
-                    rate,
-                    good,
-                    until,
-                    probe,
-                    now_rate if meaning is not Refusal.FIRST_CONTACT else good,
-                    until,
-                    max(until, turn),
-                    key,
-                ),
+                "UPDATE rate_state SET rate=?, devices=?, set_ns=?, run_ns=0, probe_ns=?, blocked_until_ns=?,"
+                " next_ns=?, settled=?, event_ns=? WHERE key=?",
+                (rate, devices, until, until, until, max(until, turn), int(settled), event_ns, key),
             )
         return rate
 

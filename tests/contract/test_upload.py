@@ -310,7 +310,7 @@ def test_a_429_storm_is_ridden_out_honouring_retry_after(tmp_path):
         assert len(times) == 6, "each 429 costs one request, no more"
         for a, b in zip(times[:4], times[1:5]):
             assert b - a >= 20.0, "the next request waits for Retry-After"
-        assert rig.uploader.status()["sonoran_v2"]["requests_per_min"] < 5, "slowed down on this key"
+        assert rig.uploader.status()["sonoran_v2"]["requests_per_min"] < 10, "slowed down on this key (from 30)"
 
 
 def test_the_plan_allowance_is_kept_locally_and_parts_wait_for_the_window(tmp_path):
