@@ -42,10 +42,13 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def _lag_s(st: dict, t0: float, frames0: int) -> float:
-    """How far the recorder is behind real time since ``t0`` (frames handled vs frames due)."""
+def _lag_s(st: dict, t0: float, frames0: int, asked: float | None = None) -> float:
+    """How far the recorder is behind real time since ``t0`` (frames handled vs frames due).
+    ``asked``: when the status was asked for. A starved daemon answers late (its socket thread
+    shares the quota), and its answer is no older than the question, so timing it from the
+    question does not count the answer's own delay as lag."""
     done = st["frames_encoded"] + st["frames_dropped"] - frames0
-    return (time.monotonic() - t0) - done / FPS
+    return ((time.monotonic() if asked is None else asked) - t0) - done / FPS
 
 
 def test_a_starved_recording_drops_frames_evenly_keeps_sound_in_sync_and_raises_then_clears_the_alarm(tmp_path):
@@ -91,11 +94,15 @@ min_free_bytes = 0
         lag0 = _lag_s(st, t0, frames0)
         segs0 = st["segments_written"]
         lags, rss = [], []
-        while (st := _status(state)).get("segments_written", 0) < segs0 + 6:  # 24 s of footage, starved
+        while True:
+            asked = time.monotonic()
+            st = _status(state)
+            if st.get("segments_written", 0) >= segs0 + 6:  # 24 s of footage, starved
+                break
             alive()
             assert time.monotonic() - t0 < 180, f"no segment written while starved: {st}"
             if st:
-                lags.append(_lag_s(st, t0, frames0))
+                lags.append(_lag_s(st, t0, frames0, asked))
                 rss.append(_rss_mb(proc.pid))
         assert st["frames_dropped_behind"] > 0, st  # the recorder itself thinned the frames
         # No backlog that grows: the lag stays within what the recorder lets wait (MAX_BEHIND_S), what
