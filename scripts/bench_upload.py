@@ -56,16 +56,13 @@ from edged.upload.policy import RetryPolicy
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
 from tests.contract.sonoran_server import SonoranServer
+from tests.support.fleet_sim import RECOVERY_SHARE, RECOVERY_WINDOW_S, recovery_s
 from tests.support.upload import ACCOUNT, ScaledClock, make_webm
 
 KEY = "fleet-key"
 #: Each clip's duration: 50 devices × 40 clips fit the pro plan's 1000 minutes a day, the burst too.
 CLIP_MS = 20_000
 URL_PATH = "/v2/general/bodycam-recordings"
-#: The recovery measure: accepted fleet uploads over this trailing window (s) ...
-RECOVERY_WINDOW_S = 30.0
-#: ... back at this fraction of what the key allows in it.
-RECOVERY_SHARE = 0.9
 
 
 def edged_fleet(
@@ -188,23 +185,6 @@ def burst_client(srv: SonoranServer, clock: ScaledClock, at: float, n: int, clip
         t.join()
     for c in clients:
         c.close()
-
-
-def recovery_s(accepted: list[float], burst_at: float) -> float | None:
-    """Seconds from the burst until the fleet's uploads accepted since the burst, over the trailing
-    RECOVERY_WINDOW_S, are back at RECOVERY_SHARE of what it delivered in the minute before the burst
-    (None: never). At best about a window and a half: the burst's requests hold the key's window
-    for a minute, then the trailing window must fill."""
-    before = sum(1 for t in accepted if burst_at - limits.RATE_WINDOW_S <= t < burst_at)
-    need = max(1.0, RECOVERY_SHARE * before * RECOVERY_WINDOW_S / limits.RATE_WINDOW_S)
-    after = [t for t in accepted if t >= burst_at]
-    j = 0
-    for k, t in enumerate(after):
-        while after[j] < t - RECOVERY_WINDOW_S:
-            j += 1
-        if k - j + 1 >= need:
-            return t - burst_at
-    return None
 
 
 def run(mode: str, args: argparse.Namespace, clip_file: Path) -> dict:

@@ -29,6 +29,31 @@ S = 10**9
 T0 = 10**12  # the simulation's start, ns (any fixed time: the budget only sees differences)
 
 
+#: Recovery after a burst: back at this share of the rate of the minute before, over this window (s).
+RECOVERY_SHARE = 0.9
+RECOVERY_WINDOW_S = 30.0
+
+
+def recovery_s(
+    accepted: list[float], burst_at: float, share: float = RECOVERY_SHARE, trailing_s: float = RECOVERY_WINDOW_S
+) -> float | None:
+    """Seconds from another client's burst until the fleet's requests accepted over the trailing
+    ``trailing_s`` are back at ``share`` of what it delivered in the minute before the burst
+    (None: never); the one measure of the simulator and scripts/bench_upload.py. At best about a
+    window and a half: the burst's requests hold the key's window for a minute, then the trailing
+    window must fill."""
+    before = sum(1 for t in accepted if burst_at - limits.RATE_WINDOW_S <= t < burst_at)
+    need = max(1.0, share * before * trailing_s / limits.RATE_WINDOW_S)
+    after = [t for t in accepted if t >= burst_at]
+    j = 0
+    for k, t in enumerate(after):
+        while after[j] < t - trailing_s:
+            j += 1
+        if k - j + 1 >= need:
+            return t - burst_at
+    return None
+
+
 class KeyWindow:
     """The server's rule for one key (tests/contract/sonoran_server.py ``_rate``)."""
 
@@ -80,22 +105,10 @@ class FleetRun:
     def drain_vs_ideal(self) -> float:
         return self.drain_s / self.ideal_s
 
-    def recovery_s(self, share: float = 0.9, trailing_s: float = 30.0) -> float | None:
+    def recovery_s(self, share: float = RECOVERY_SHARE, trailing_s: float = RECOVERY_WINDOW_S) -> float | None:
         """Seconds from the burst until the fleet's accepted requests over ``trailing_s`` are back at
         ``share`` of its rate of the minute before it (as scripts/bench_upload.py measures it)."""
-        if self.burst_at is None:
-            return None
-        b = self.burst_at
-        before = sum(1 for t in self.accepted if b - limits.RATE_WINDOW_S <= t < b)
-        need = max(1.0, share * before * trailing_s / limits.RATE_WINDOW_S)
-        after = [t for t in self.accepted if t >= b]
-        j = 0
-        for k, t in enumerate(after):
-            while after[j] < t - trailing_s:
-                j += 1
-            if k - j + 1 >= need:
-                return t - b
-        return None
+        return None if self.burst_at is None else recovery_s(self.accepted, self.burst_at, share, trailing_s)
 
 
 def run_fleet(
