@@ -397,15 +397,18 @@ class Recorder:
 
     # --- audio ----------------------------------------------------------------------------------
 
-    def _pump_audio(self, until: float) -> None:
-        """Encode the audio captured up to ``until`` (source time). Unpaced: wait for it."""
+    def _pump_audio(self, until: float, wait: bool | None = None) -> None:
+        """Encode the audio captured up to ``until`` (source time). ``wait`` for it (default:
+        unpaced sources wait, a live one never); at stop, what was captured is taken as it is."""
         if self._audio_thread is None or self.aenc is None:
             return
+        if wait is None:
+            wait = not self.paced
         deadline = time.monotonic() + 2.0
         while True:
             if self._audio_pending is None:
                 try:
-                    if self.paced:
+                    if not wait:
                         item = self._aq.get_nowait()
                     else:
                         item = self._aq.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -688,8 +691,8 @@ class Recorder:
         if self._cur is None and self._closing is None:
             return
         try:
-            if self._audio_pending is not None and self._origin is not None and self._last_n is not None:
-                self._encode_pending(self._origin + (self._last_n + 1) / self.fps)  # the last frame's share
+            if self._origin is not None and self._last_n is not None:  # the last frame's share of the sound
+                self._pump_audio(self._origin + (self._last_n + 1) / self.fps, wait=False)
             for p in self.venc.flush():
                 self._route_video(p)
             if self.aenc:

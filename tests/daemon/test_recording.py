@@ -174,3 +174,19 @@ def test_bitrate_follows_the_setting_on_noisy_motion(settings_factory, bitrate):
     total = sum(sum(packets(f, "video").sizes) for f in segment_files(s.state_dir))
     kbps = total * 8 / 30
     assert 0.9 * bitrate <= kbps <= 1.1 * bitrate, f"{kbps:.0f} bps for a {bitrate} target"
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["unpaced", "paced"])
+def test_a_last_segment_cut_just_after_its_first_frame_still_carries_that_frames_sound(settings_factory, paced):
+    """A stop 0.1 s into a segment (one frame) keeps the sound of that frame: the samples already
+    captured are encoded at stop, not left in the queue, so no segment is picture without sound."""
+    s = settings_factory(camera={"paced": paced}, storage={"segment_seconds": 2})
+    record(s, 4.1)  # 2 s segments: the third holds the frame at 4.0 s only
+    files = segment_files(s.state_dir)
+    assert len(files) == 3, files
+    last = files[-1]
+    v, a = packets(last, "video"), packets(last, "audio")
+    assert len(v.pts_ms) == 1, v.pts_ms
+    assert a.pts_ms, f"{last.name}: a frame without its sound"
+    assert abs(a.pts_ms[0] - v.pts_ms[0]) <= OPUS_FRAME_MS + 1
+    assert a.pts_ms[-1] + a.durations_ms[-1] >= v.pts_ms[0] + 100, (a.pts_ms, a.durations_ms)
