@@ -25,7 +25,7 @@ import av
 
 from edged.capture import AudioSample, VideoSample, audio_factory, video_factory
 from edged.capture.position import PositionSource
-from edged.capture.thread import LOST, CaptureThread
+from edged.capture.thread import LOST, CaptureThread, SampleQueue
 from edged.config.schema import Settings, segment_bytes_estimate
 from edged.core.alarms import Alarms
 from edged.core.clock import Clock, ClockWatch
@@ -139,10 +139,10 @@ class Recorder:
         self._stop = threading.Event()
         #: set with ``status.on_disk``: the daemon says READY the moment it is (not at its next tick)
         self.footage_on_disk = threading.Event()
-        self._vq: queue.Queue = queue.Queue(maxsize=max(2, int(QUEUE_SECONDS * cam.fps)))
+        self._vq = SampleQueue(max(2, int(QUEUE_SECONDS * cam.fps)))
         self._max_behind_frames = max(1, round(MAX_BEHIND_S * cam.fps))
         self._recent_drops: deque[float] = deque()  # monotonic times of recent frame drops (cpu_starved)
-        self._aq: queue.Queue = queue.Queue(maxsize=int(QUEUE_SECONDS * 50) + 10)
+        self._aq = SampleQueue(int(QUEUE_SECONDS * 50) + 10)
         vfactory = video_source_factory or video_factory(cam)
         afactory = audio_source_factory if audio_source_factory is not None else audio_factory(aud, cam.paced)
         self._video_thread = CaptureThread("camera", vfactory, self._vq, cam.paced, 1.0 / cam.fps, self._stop)
