@@ -53,6 +53,20 @@ What is learned is kept in the store (a restart does not pay the first contact a
 by the probe, back to the configured share. The rate never goes below ``MIN_RATE`` (one request
 every five minutes).
 
+**Tried and not taken** (a fleet not told its number; scripts/sim_fleet.py, 12 seeds, 50 devices
+switched on over 20 s, present rules: 13.2 % 429s mean, 14.5 % worst, drain 1.83x mean). A device
+learns only from its own 429s, so each costs a 429 at first contact (2.5 % of 50 x 40) and each
+further fleet-wide correction about one more: the start has to leave the fleet near its share.
+Starting a device with nothing learned as one of 10 and climbing 3x per clean minute does that
+(Retry-After then reads every device at one pace: 54 429s at contact, counts 46-53, their rates
+summing to 0.92 of the limit), but the counts differ by Retry-After's whole seconds, so the paces
+drift apart and crowds come back every few minutes, and a device at 0.55 a minute loses a spacing
+(about 2 min) per 429: 19.4 % mean, drain 1.69x. Counts rounded up to a grid of 2^(1/4) with the
+probe off: 5.7 % mean (10.9 % worst), drain 1.57x (no device speeds up as the others finish).
+Probe steps on the clock's whole 10 minutes (equal counts keep equal paces): 15.9 %, the fleet
+crossing the limit at once. And a lone device pays the climb: 60 clips at 2.19x the ideal (now
+1.01x), 300 with a burst at 1.37x (now 1.13x).
+
 ``PlanAllowance``: uploaded minutes per rolling 24 h per community (free 10, standard 100, pro
 1000). A part that would exceed the window waits until enough earlier uploads age out. It is
 keyed by the community or account (``Target.allowance_key``), never by the API key: the minutes
