@@ -2,7 +2,7 @@
 """The fleet simulator (tests/support/fleet_sim.py) over many seeds: the share of 429s, the drain
 against the ideal and the recovery after another client's burst, each as a mean and a worst case.
 
-Why: a rule for devices sharing a key (edged/upload/budget.py) is judged on the issue's cases (issue
+Why: a rule for devices sharing a key (edged/upload/key_share.py) is judged on the issue's cases (issue
 16, part 3) and on the fleet sizes around them, and one seed says little (the counts a fleet reaches
 at first contact vary from seed to seed). This runs the real ``RequestBudget`` of every device on a
 virtual clock, so a 50-device hour takes about a second; scripts/bench_upload.py then measures the

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edged.core import limits
-from edged.upload import budget as budget_rules
+from edged.upload import key_share as share_rules
 from edged.upload.answers import Kind, classify_error, classify_response, parse_retry_after
 from edged.upload.budget import PlanAllowance, RequestBudget, key_fingerprint
 from edged.upload.outbox import Outbox
@@ -205,14 +205,14 @@ def test_first_contact_counts_the_fleet_from_retry_after(tmp_path):
     ten = RequestBudget(stores[0], key_fingerprint("k"), rng=random.Random(7))
     t0 = first_grant(ten, 10**12)
     rate = ten.refused(t0 + 6 * S, 54.5, retry_after_s=54.0)  # 30 requests in 6 s: ten devices at 30/min
-    assert rate == pytest.approx(budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 10)
+    assert rate == pytest.approx(share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 10)
     assert ten.try_take(t0 + 7 * S) == pytest.approx(53.5, abs=0.01), "silent until Retry-After"
     back = first_grant(ten, t0 + 60 * S)
     assert t0 + 60.5 * S <= back <= t0 + 60.5 * S + 61 * S / rate, "then at a random phase of the new pace"
     crowd = RequestBudget(stores[1], key_fingerprint("k"), rng=random.Random(8))
     t1 = first_grant(crowd, 10**12)
     rate = crowd.refused(t1, 60.5, retry_after_s=59.0)  # the window filled within a second or two
-    assert rate == pytest.approx(budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 60)
+    assert rate == pytest.approx(share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 60)
     assert crowd.rate(t1 + 5 * 60 * S) == pytest.approx(rate), "held, not regained at once"
     for s in stores:
         s.close()
@@ -224,7 +224,7 @@ def test_a_device_not_told_its_number_keeps_counting_until_a_clean_window_then_h
     once, not one step; after one, a single 429 is a crowded moment or a burst and the count holds
     (a count so climbed backs off by LADDER_BACKOFF at a crowded moment, once an event: AIMD)."""
     b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(12))
-    per = budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
+    per = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
     t0 = first_grant(b, 10**12)
     assert b.refused(t0 + 6 * S, 54.5, retry_after_s=54.0) == pytest.approx(per / 10), "first contact: 10"
     back = first_grant(b, t0 + 61 * S)
@@ -257,12 +257,12 @@ def test_counts_climbed_while_counting_regain_the_same_rate_so_the_slow_catch_up
     devices the probe is the faster and goes on)."""
     stores = [Outbox(tmp_path / f"{n}.sqlite") for n in "ab"]
     fast, slow = (RequestBudget(s, key_fingerprint("k"), rng=random.Random(14)) for s in stores)
-    per = budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
+    per = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
     t = max(climb(fast, 2), climb(slow, 3))
     assert (fast.rate(t), slow.rate(t)) == pytest.approx((per / 40, per / 80))
     later = t + 20 * 60 * S
     assert slow.rate(later) == pytest.approx(per / 66), "80 devices counted: 66 twenty minutes on"
-    gain = 20 * budget_rules.LADDER_GAIN
+    gain = 20 * share_rules.LADDER_GAIN
     assert fast.rate(later) - fast.rate(t) == pytest.approx(gain, abs=0.1 * gain)
     assert slow.rate(later) - slow.rate(t) == pytest.approx(gain, abs=0.1 * gain)
     for s in stores:
@@ -297,7 +297,7 @@ def test_another_clients_burst_met_while_it_arrives_is_one_event(store):
 
 def test_a_crowded_key_moves_the_phase_and_a_second_429_counts_one_device_more(store):
     b = RequestBudget(store, key_fingerprint("k"), share=10, rng=random.Random(9))  # 10 devices: 2.7/min
-    pace = budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 10
+    pace = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 10
     t = run_clean(b, 10**12, 120)
     b.refused(t, 3.0, retry_after_s=2.0)  # the key just full: its last 30 took 58 s
     assert b.rate(t + 10 * S) == pytest.approx(pace), "a crowded moment is not a rate: the pace holds"
@@ -308,15 +308,15 @@ def test_a_crowded_key_moves_the_phase_and_a_second_429_counts_one_device_more(s
     assert b.rate(nxt + 10 * S) == pytest.approx(pace)
     nxt = first_grant(b, t + 62 * S)
     b.refused(nxt, 3.0, retry_after_s=2.0)  # refused again within REPEAT_S: one device more than counted
-    assert b.rate(nxt + 10 * S) == pytest.approx(budget_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 11)
-    probe = [b.rate(nxt + int((k + 0.5) * budget_rules.PROBE_STEP_S * S)) for k in range(3)]
+    assert b.rate(nxt + 10 * S) == pytest.approx(share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE / 11)
+    probe = [b.rate(nxt + int((k + 0.5) * share_rules.PROBE_STEP_S * S)) for k in range(3)]
     assert probe == pytest.approx([pace * 10 / 11, pace, pace]), "then one fewer per probe step, to the share"
 
 
 def test_slots_keep_their_phase_however_late_a_request_goes(store):
     """Phases spread by the 429s must stay spread: a request sent late does not move the next slot."""
     b = RequestBudget(store, key_fingerprint("k"), share=10, rng=random.Random(2))
-    spacing = int(61 / (budget_rules.TARGET_LOAD * 3) * S)
+    spacing = int(61 / (share_rules.TARGET_LOAD * 3) * S)
     t = first_grant(b, 10**12)
     late = first_grant(b, t + spacing + 7 * S)  # asked 7 s after its slot: it goes at once
     assert late == t + spacing + 7 * S
@@ -347,7 +347,7 @@ def test_a_storm_without_retry_after_still_keeps_a_floor(store):
         rates.append(b.refused(t, 1.0))
         t += S
     assert rates == sorted(rates, reverse=True) and rates[1] < rates[0], "never taken for a burst"
-    assert b.rate(t) == pytest.approx(budget_rules.MIN_RATE), "one request every five minutes at the least"
+    assert b.rate(t) == pytest.approx(share_rules.MIN_RATE), "one request every five minutes at the least"
 
 
 def test_devices_sharing_a_key_each_keep_to_their_share(store):
