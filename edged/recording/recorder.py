@@ -347,7 +347,7 @@ class Recorder:
         ):
             keyframe = self._start_segment(n, t)
         # Audio captured up to this frame goes first (routed by its own timestamps).
-        self._pump_audio(until=v.time)
+        self._pump_audio(v.time, wait=not self.paced)
         if self._cur is None:
             st.frames_not_stored += 1
             return
@@ -397,13 +397,11 @@ class Recorder:
 
     # --- audio ----------------------------------------------------------------------------------
 
-    def _pump_audio(self, until: float, wait: bool | None = None) -> None:
-        """Encode the audio captured up to ``until`` (source time). ``wait`` for it (default:
-        unpaced sources wait, a live one never); at stop, what was captured is taken as it is."""
+    def _pump_audio(self, until: float, wait: bool) -> None:
+        """Encode the audio captured up to ``until`` (source time); ``wait`` for it to be captured
+        (unpaced sources), or take what was captured (a live source, and everything at stop)."""
         if self._audio_thread is None or self.aenc is None:
             return
-        if wait is None:
-            wait = not self.paced
         deadline = time.monotonic() + 2.0
         while True:
             if self._audio_pending is None:
