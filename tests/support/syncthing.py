@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support import reachable
+
 SYNCTHING = "syncthing"
 
 #: The ``.stignore`` of the device's config folder (``sync.dir``, receive only): the status folder
@@ -572,37 +574,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def python_for(run_as: RunAs) -> tuple[list[str], dict[str, str]] | str:
-    """An interpreter ``run_as`` can start with edged and its dependencies: this one when that user
-    can reach it, else the system's Python of the same version with this environment's
-    site-packages (a pyenv interpreter may live under ``/root``, which only root can enter).
-    A string says why there is none."""
-    import sys
-    import sysconfig
-
-    repo = Path(__file__).resolve().parents[2]
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [
-        ([sys.executable], {}),
-        ([f"/usr/bin/python{version}"], {"PYTHONPATH": sysconfig.get_paths()["purelib"]}),
-    ]
-    tried = []
-    for argv, extra in candidates:
-        path = os.pathsep.join(p for p in (str(repo), extra.get("PYTHONPATH", "")) if p)
-        try:
-            out = subprocess.run(
-                [*argv, "-c", "import edged.app.daemon, av, cryptography"],
-                env={**os.environ, "PYTHONPATH": path},
-                cwd="/",
-                capture_output=True,
-                text=True,
-                timeout=60,
-                **run_as.popen_kw(),
-            )
-        except OSError as exc:
-            tried.append(f"{argv[0]}: {exc}")
-            continue
-        if out.returncode == 0:
-            return argv, extra
-        tried.append(f"{argv[0]}: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    return f"no Python that uid {run_as.uid} can run with edged's dependencies ({'; '.join(tried)})"
+def python_for(run_as: RunAs, base: Path) -> tuple[list[str], dict[str, str]] | str:
+    """An interpreter ``run_as`` can start with edged and its dependencies (see
+    ``reachable.python_for``; ``base`` is a world-enterable folder for a copy)."""
+    return reachable.python_for(base, "import edged.app.daemon, av, cryptography", run_as.popen_kw())

@@ -18,7 +18,7 @@ import pytest
 from edged import doctor
 from edged.core.clock import SystemClock
 from edged.doctor import FAIL, OK, WARN, Host
-from tests.support import tmpfs
+from tests.support import reachable, tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-live-0123456789abcdef"
@@ -521,7 +521,7 @@ print(json.dumps({c.name: c.__dict__ for c in checks}))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
     """A person checking the service's folders without sudo is told to use it, not that they are broken."""
     import tempfile
@@ -544,25 +544,19 @@ def test_run_as_an_unprivileged_user(tmp_path: Path) -> None:
         cfg.chmod(0o644)
         (shared / "run.py").write_text(UNPRIVILEGED_DOCTOR)
         (shared / "run.py").chmod(0o644)  # whatever the umask (a daemon run in-process sets 077)
-        # The checkout may sit in a folder only root can enter (a mktemp clone): the unprivileged
-        # process imports a copy of the package (the doctor needs nothing outside it).
-        shutil.copytree(REPO / "edged", shared / "edged", ignore=shutil.ignore_patterns("__pycache__"))
-        for p in [shared / "edged", *(shared / "edged").rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
+        # The checkout may sit in a folder only root can enter (a mktemp clone, /root): the
+        # unprivileged process runs a copy of the package and its dependencies.
+        nobody = {"user": 65534, "group": 65534, "extra_groups": []}
+        found = reachable.python_for(shared, "import edged.doctor, av", nobody)
+        assert not isinstance(found, str), found
+        python, extra = found
         out = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                sys.executable,
-                str(shared / "run.py"),
-                str(cfg),
-            ],
+            [*python, str(shared / "run.py"), str(cfg)],
             capture_output=True,
             text=True,
             cwd=shared,
-            env=dict(os.environ, PYTHONPATH=str(shared), CREDENTIALS_DIRECTORY=str(creds)),
+            env=dict(os.environ, **extra, CREDENTIALS_DIRECTORY=str(creds)),
+            **nobody,
         )
         assert out.returncode == 0, out.stderr
         checks = json.loads(out.stdout)

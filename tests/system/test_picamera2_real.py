@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 
 from edged.core.paths import StatePaths
 from tests.conftest import REPO
+from tests.support import reachable
 
 ROOT = REPO / "scripts" / "picamera2-root"
 PROBE = "/project/tests/support/picamera2_root/probe.py"
@@ -217,11 +219,19 @@ def test_the_daemon_exits_cleanly_on_debians_pyav(tmp_path: Path) -> None:
 
 def test_the_root_script_says_why_it_cannot_run_here() -> None:
     """What the skip above rests on: `check` names the reason (here: a user who is not root)."""
-    p = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(ROOT), "check"],
-        capture_output=True,
-        text=True,
-    )
+    # The checkout may sit in a folder only root can enter (a mktemp clone, /root): the script
+    # runs from a copy, with the files beside it that it reads as it starts.
+    base = Path(tempfile.mkdtemp(prefix="edged-picamera2-root-"))
+    try:
+        base.chmod(0o755)
+        script = reachable.script_tree(base, "scripts/picamera2-root", "tests/support/picamera2_root")
+        p = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script), "check"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        shutil.rmtree(base)
     assert (p.returncode, p.stdout.strip()) == (3, "not root (debootstrap and chroot need uid 0)"), p
 
 

@@ -307,11 +307,12 @@ def test_syncthing_and_edged_as_their_own_users_sharing_only_the_sync_group(sync
     syncthing_user = RunAs(uid=_unused_id(), gid=gid, umask=0o007)
     edged_uid = _unused_id()
     edged_user = RunAs(uid=edged_uid, gid=edged_uid, groups=(gid,), umask=0o077)
-    python = python_for(edged_user)
-    if isinstance(python, str):
-        pytest.skip(python)
     base = Path(tempfile.mkdtemp(prefix="edged-syncthing-users-"))
     os.chmod(base, 0o755)  # pytest's tmp_path is root's alone
+    python = python_for(edged_user, base)
+    if isinstance(python, str):
+        shutil.rmtree(base)
+        pytest.skip(python)
     fleet = Syncthing(base, "fleet")
     device = Syncthing(base, "device", run_as=syncthing_user)
     sync = base / "sync"
