@@ -1,11 +1,14 @@
 """Network awareness for the uploader: wake up when a link appears, never spin while offline.
 
-Two kernel sources, both event-driven (one ``select`` on their sockets and a stop pipe):
-- **pyudev** (net subsystem): interfaces appearing or vanishing — a Wi-Fi dongle, an LTE modem,
-  Ethernet plugged in. With udevd running it listens to udev's processed events, otherwise to the
-  kernel's uevents directly.
-- **rtnetlink** (stdlib ``AF_NETLINK``): links going up/down and addresses added/removed, which
-  produce no uevents (a Wi-Fi association, DHCP giving an address).
+Event-driven (one ``select`` on a kernel socket and a stop pipe):
+- **rtnetlink** (stdlib ``AF_NETLINK``): interfaces appearing or vanishing (a Wi-Fi dongle, an
+  LTE modem, Ethernet plugged in: ``RTM_NEWLINK`` / ``RTM_DELLINK``), links going up or down and
+  addresses added or removed, which produce no uevents (a Wi-Fi association, DHCP giving an
+  address). It sees everything the uploader waits for.
+- **pyudev** (net subsystem), only where rtnetlink cannot be opened: interfaces appearing or
+  vanishing. With udevd running it listens to udev's processed events, otherwise to the kernel's
+  uevents directly. Not opened beside rtnetlink: it would only repeat its interface events, and
+  importing it (ctypes, libudev, a ``subprocess`` for ``ldconfig``) was a tenth of edged's start.
 If neither can be opened (a locked-down container), it falls back to comparing
 ``/sys/class/net`` every ``POLL_S`` seconds.
 """
@@ -113,6 +116,15 @@ class LinkWatch:
         if self._force_poll:
             return
         try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
+            s.setblocking(False)
+            self._rtnl = s
+            self._sources.append("netlink")
+            return
+        except OSError as exc:
+            log.warning("network: rtnetlink unavailable (%s); trying udev", exc)
+        try:
             import pyudev
 
             ctx = pyudev.Context()
@@ -122,16 +134,8 @@ class LinkWatch:
             mon.start()
             self._udev = mon
             self._sources.append(kind)
-        except Exception as exc:  # noqa: BLE001 - no udev here: the other sources still work
+        except Exception as exc:  # noqa: BLE001 - no udev here either: the poll still works
             log.warning("network: udev events unavailable (%s)", exc)
-        try:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            s.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
-            s.setblocking(False)
-            self._rtnl = s
-            self._sources.append("netlink")
-        except OSError as exc:
-            log.warning("network: rtnetlink unavailable (%s)", exc)
 
     def start(self) -> None:
         self._open()

@@ -102,6 +102,38 @@ def test_the_watch_costs_nothing_while_idle():
     assert used_s < 0.05, f"the watch thread used {used_s:.2f} s of CPU in 2 s idle"
 
 
+def test_udev_stands_in_where_rtnetlink_cannot_be_opened(veth, monkeypatch):
+    """rtnetlink is the one source where it opens (udev would only repeat its interface events);
+    where it cannot be opened, udev's (or the kernel's) uevents still wake the watch."""
+    import edged.upload.network as network
+
+    w = LinkWatch()
+    w.start()
+    try:
+        assert w.source == "netlink"
+    finally:
+        w.stop()
+
+    real = network.socket.socket
+
+    def no_rtnetlink(family: int = -1, *args: object, **kw: object) -> socket.socket:
+        if family == socket.AF_NETLINK:
+            raise PermissionError(1, "rtnetlink refused (test)")
+        return real(family, *args, **kw)
+
+    monkeypatch.setattr(network.socket, "socket", no_rtnetlink)
+    seen: list[str] = []
+    w = LinkWatch(on_change=seen.append)
+    w.start()
+    try:
+        assert w.source in ("udev", "kernel"), w.source
+        ip("link", "add", veth[0], "type", "veth", "peer", "name", veth[1])
+        assert w.wait(2.0), "interface added: woken within 2 s"
+        wait_until(lambda: any(veth[0] in s for s in seen), 2, f"an event naming {veth[0]}: {seen}")
+    finally:
+        w.stop()
+
+
 def test_the_poll_fallback_sees_interfaces_too(veth, monkeypatch):
     import edged.upload.network as network
 
