@@ -219,17 +219,44 @@ def scrub(text: str, secrets: list[str] | None = None) -> str:
     return text
 
 
+#: Short strings already scrubbed, for the secrets they were scrubbed against: the status is
+#: scrubbed once a second and repeats the same few hundred keys and states; scrubbing each anew
+#: (every secret, every pattern) was most of the cost of writing it. Replaced, never edited, when
+#: the secrets change; bounded.
+_memo: tuple[tuple[str, ...], dict[str, str]] = ((), {})
+_MEMO_TEXT = 200
+_MEMO_ENTRIES = 4096
+
+
 def scrub_doc(doc: Any, secrets: list[str] | None = None) -> Any:
     """A JSON-shaped document (dicts, lists, strings, numbers) with every string scrubbed: what
     edged stores or shows (status files, CLI output) goes through here, not only its logs."""
+    global _memo
     if secrets is None:
         secrets = _current_secrets()
+    memo = _memo
+    if memo[0] != tuple(secrets):
+        memo = _memo = (tuple(secrets), {})
+    return _scrub_doc(doc, secrets, memo[1])
+
+
+def _scrub_doc(doc: Any, secrets: list[str], memo: dict[str, str]) -> Any:
     if isinstance(doc, str):
-        return scrub(doc, secrets)
+        if len(doc) > _MEMO_TEXT:
+            return scrub(doc, secrets)
+        done = memo.get(doc)
+        if done is None:
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            done = memo[doc] = scrub(doc, secrets)
+        return done
     if isinstance(doc, dict):
-        return {scrub(str(k), secrets) if isinstance(k, str) else k: scrub_doc(v, secrets) for k, v in doc.items()}
+        return {
+            _scrub_doc(k, secrets, memo) if isinstance(k, str) else k: _scrub_doc(v, secrets, memo)
+            for k, v in doc.items()
+        }
     if isinstance(doc, (list, tuple)):
-        return [scrub_doc(v, secrets) for v in doc]
+        return [_scrub_doc(v, secrets, memo) for v in doc]
     return doc
 
 

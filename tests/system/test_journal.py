@@ -208,6 +208,20 @@ def test_scrub_patterns():
     assert s("the key was lost, a monkey=3") == "the key was lost, a monkey=3", "ordinary words stay"
 
 
+def test_a_document_scrubbed_before_a_secret_is_known_is_scrubbed_of_it_after(tmp_path):
+    """scrub_doc remembers short strings it scrubbed; a secret learned later (a key file
+    rotated) still comes out of the same strings, in keys and values, nested."""
+    key_file = tmp_path / "key"
+    key_file.write_text("old-key-0001")
+    journal.register_secret_file(key_file)
+    doc = {"reason": "401 for new-key-0002", "new-key-0002": [{"why": "new-key-0002 refused"}], "n": 3}
+    assert journal.scrub_doc(doc) == doc, "not a secret yet: left as it is"
+    key_file.write_text("new-key-0002")
+    os.utime(key_file, ns=(1, 1))  # a different mtime, whatever the clock's grain
+    assert journal.scrub_doc(doc) == {"reason": "401 for ***", "***": [{"why": "*** refused"}], "n": 3}
+    assert journal.scrub_doc({"k": "old-key-0001 " * 40}) == {"k": "*** " * 40}, "long strings too"
+
+
 # --- a real journald ------------------------------------------------------------------------------
 
 FIELDS = """
