@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged.app.control import ControlServer
 from edged.app.gpio import ActionRefused, DeviceState, Feedback, GestureButton, GpioError, from_settings, perform
 from edged.app.status import DaemonStatus, StatusFile
 from edged.app.systemd import ServiceNotifier
-from edged.capture.gps import GpsdPosition
 from edged.capture.position import PositionSource
 from edged.clips.job import FootageJobs
 from edged.config.schema import Settings, segment_bytes_estimate
@@ -48,6 +48,9 @@ from edged.upload.sonoran_unit import SonoranUnit
 from edged.upload.target import Target
 from edged.upload.targets import build_targets
 from edged.upload.uploader import Uploader
+
+if TYPE_CHECKING:
+    from edged.capture.gps import GpsdPosition
 
 log = logging.getLogger("edged.daemon")
 
@@ -244,7 +247,7 @@ class Daemon:
         # One footage job runner for marks and recalls, on the recording's clock.
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
         gpsd = (  # fixes placed on the recording's clock, as a clip's wall times are
-            GpsdPosition(
+            _gpsd_position()(
                 s.gps.host,
                 s.gps.port,
                 s.gps.stale_seconds,
@@ -744,6 +747,14 @@ class Daemon:
             return EXIT_SOFTWARE  # let systemd restart us; reconcile salvages what was being written
         log.debug("stopped: %d segments written", st.recorder.status.segments_written)
         return 0
+
+
+def _gpsd_position() -> type[GpsdPosition]:
+    """The gpsd client, imported only where ``[gps]`` is on (off by default): a start without it
+    does not pay for its module."""
+    from edged.capture.gps import GpsdPosition
+
+    return GpsdPosition
 
 
 def run(settings: Settings, stop_after_s: float | None = None) -> int:
