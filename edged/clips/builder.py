@@ -63,6 +63,7 @@ from pathlib import Path
 
 import av
 
+from edged.clips.parts import ClipError, ClipPart, SourceSegment
 from edged.config.schema import CameraSettings
 from edged.core.files import Folder, remove_temporaries, sha256_file
 from edged.recording.encode import VideoEncoder
@@ -97,40 +98,6 @@ TAG_PART = "EDGED_PART"
 TAG_PART_MONO_START = "EDGED_PART_MONO_START_NS"
 TAG_SOURCE_SEQS = "EDGED_SOURCE_SEQS"
 TAG_REENCODED = "EDGED_REENCODED"
-
-
-class ClipError(Exception):
-    """A clip could not be built, or a part failed verification (no part is ever returned bad)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSegment:
-    """What the builder needs of one stored segment."""
-
-    path: Path
-    seq: int
-    mono_start_ns: int  # start of the segment on the recording's monotonic timeline
-    duration_ns: int
-    sha256: str  # from the index; empty: not checked
-
-
-@dataclass(frozen=True, slots=True)
-class ClipPart:
-    number: int  # 1-based
-    path: Path
-    start_mono_ns: int  # timeline position of its first frame
-    duration_ms: int  # measured from the written file: the upload's durationMs
-    bytes: int
-    sha256: str
-    source_seqs: tuple[int, ...]
-    reencoded: bool
-    #: Source segments in this part whose bytes no longer match the index's sha256 (logged as
-    #: errors; the footage is still used: it decoded, and it is the only copy).
-    mismatched_seqs: tuple[int, ...] = ()
-
-    def renumbered(self, number: int) -> ClipPart:
-        """This part as part ``number`` of a clip joined from several builds (a recall across boots)."""
-        return dataclasses.replace(self, number=number)
 
 
 @dataclass(frozen=True, slots=True)

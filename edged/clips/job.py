@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edged.clips.builder import ClipPart, SourceSegment
+from edged.clips.parts import ClipPart, SourceSegment
 from edged.clips.window import Window
 from edged.core.files import write_atomic
 from edged.core.states import SegmentState

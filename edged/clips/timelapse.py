@@ -59,16 +59,14 @@ from edged.clips.builder import (
     REENCODE_FILL,
     TAG_CLIP,
     TAG_PART,
-    ClipError,
-    ClipPart,
     Measurement,
-    SourceSegment,
     _Pkt,
     _select,
     _Sources,
     measure,
     video_decoder,
 )
+from edged.clips.parts import ClipError, ClipPart, Interrupted, SourceSegment
 from edged.config.schema import CameraSettings
 from edged.core import limits
 from edged.core.files import Folder, sha256_file
@@ -174,10 +172,6 @@ class _Pass:
     muxed: int = 0
     seqs: set[int] = dataclasses.field(default_factory=set)
     mismatched: set[int] = dataclasses.field(default_factory=set)
-
-
-class Interrupted(ClipError):
-    """Rendering was asked to stop (the daemon is stopping); nothing was left behind."""
 
 
 def render(

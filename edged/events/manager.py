@@ -28,8 +28,8 @@ from typing import Any
 
 from edged.capture.position import PositionSource, fix_doc, position_doc
 from edged.clips.audio import audio_manifest
-from edged.clips.builder import ClipError, build_clip
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
+from edged.clips.parts import ClipError
 from edged.clips.window import BootWindow
 from edged.config.schema import Settings
 from edged.core.ids import timed_id
@@ -200,6 +200,8 @@ class EventManager:
         if not segs:
             self._failed(event, "no footage recorded in the event's window")
             return None
+        from edged.clips.builder import build_clip  # on the first clip (edged.clips.parts)
+
         try:
             parts = build_clip(
                 self.jobs.sources(segs),

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edged.clips.builder import build_clip
 from edged.clips.job import FootageJobs, PlacedPart
-from edged.clips.timelapse import Timelapse, render
 from edged.config.schema import Settings
 from edged.core.timefmt import iso
 from edged.footage.index import Segment
 from edged.footage.timeline import Gap
 from edged.recall.request import Recall, RecallRequest
+
+if TYPE_CHECKING:  # the builders are imported when a recall is first built (edged.clips.parts)
+    from edged.clips.timelapse import Timelapse
 
 
 def regular(
@@ -42,6 +43,8 @@ def regular(
     for s in sorted(used, key=lambda s: s.best_wall_start_ns):
         if s.boot_id not in boots:
             boots.append(s.boot_id)
+    from edged.clips.builder import build_clip
+
     parts: list[PlacedPart] = []
     clips = settings.clips
     for i, boot in enumerate(boots):
@@ -71,6 +74,8 @@ def timelapse(
     cancelled: Callable[[], bool],
 ) -> Timelapse:
     """Render the window to one part; raises ``Interrupted`` when ``cancelled`` says so."""
+    from edged.clips.timelapse import render
+
     clips = settings.clips
     return render(
         jobs.sources(sorted(used, key=lambda s: s.best_wall_start_ns), on_wall=True),

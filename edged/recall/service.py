@@ -60,12 +60,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged.clips.audio import audio_manifest, timelapse_audio
-from edged.clips.builder import ClipError
 from edged.clips.job import Clip, FootageJobs, Job, PlacedPart
-from edged.clips.timelapse import Interrupted, Timelapse
+from edged.clips.parts import ClipError, Interrupted
 from edged.clips.window import BootWindow, WallWindow
 from edged.config.schema import Settings
 from edged.core.ids import timed_id
@@ -94,6 +93,9 @@ from edged.recall.status import StatusFiles, document, plain, status_dir
 from edged.recall.troubles import Troubles
 from edged.recording.clock import RecordingClock
 from edged.upload.outbox import PRIORITY_RECALL, Outbox
+
+if TYPE_CHECKING:
+    from edged.clips.timelapse import Timelapse
 
 log = logging.getLogger("edged.recall")
 

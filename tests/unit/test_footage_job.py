@@ -228,7 +228,7 @@ def test_an_event_cut_off_between_queuing_and_built_is_built_from_the_outbox(tmp
     clock = Clock(now_mono_ns=500 * S)
     jobs = FootageJobs(index, outbox, tmp_path / "clips", tmp_path / "segments", clock.recording)
     events = EventManager(settings, store, jobs)
-    monkeypatch.setattr("edged.events.manager.build_clip", lambda *a, **k: pytest.fail("built again"))
+    monkeypatch.setattr("edged.clips.builder.build_clip", lambda *a, **k: pytest.fail("built again"))
     cut = Event("20250615T150640Z-aaaaaa", "old-boot", 10 * S, 40 * S, 30 * S, 0, EventState.OPEN, "", 0)
     store.open_event(cut, Mark(20 * S, 20 * S + OFFSET, True, "cli", ""))
     outbox.enqueue(cut.id, [(1, tmp_path / "p1.webm", 10, 30_000, "0" * 64)], PRIORITY_MARK, OFFSET)
