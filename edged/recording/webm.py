@@ -71,8 +71,9 @@ def audio_block_lead_ms(audio: av.AudioStream | None) -> int:
 def order_video(packet: av.Packet, lead_ms: int) -> None:
     """Put a video packet in ms with a dts ``lead_ms`` before its pts (see the module docstring).
     The pts becomes exactly what the muxer would have made of it."""
-    assert packet.pts is not None and packet.time_base is not None, "packets to mux carry their time"
-    pts = _rescale(packet.pts, packet.time_base, MKV_TIME_BASE)
+    tb = packet.time_base  # (each read makes a new Fraction)
+    assert packet.pts is not None and tb is not None, "packets to mux carry their time"
+    pts = _rescale(packet.pts, tb, MKV_TIME_BASE)
     packet.time_base = MKV_TIME_BASE
     packet.pts = pts
     packet.dts = pts - lead_ms
