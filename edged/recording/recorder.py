@@ -310,10 +310,10 @@ class Recorder:
                 Msg.RECORDING_STARTED,
                 "recording started: camera %s, microphone %s, into %s",
                 self._video_thread.source_name,
-                self._audio_thread.source_name if self._audio_thread else "none",
+                self._microphone_named(),
                 self.dir,
                 source=self._video_thread.source_name,
-                audio=self._audio_thread.source_name if self._audio_thread else "none",
+                audio=self._microphone_named(),
                 storage_dir=self.dir,
                 fps=self.fps,
             )
@@ -371,6 +371,13 @@ class Recorder:
                 self._closing.writer.sync_with_recording()
         except OSError as exc:
             self._write_failed(exc)
+
+    def _microphone_named(self) -> str:
+        """The microphone for the log: its source, ``none`` without one, or ``still opening`` when
+        the first frame came before it opened (its sound follows from its first block)."""
+        if self._audio_thread is None:
+            return "none"
+        return self._audio_thread.source_name or "still opening"
 
     def _target(self, t: float) -> _Open | None:
         """The segment a packet at media time ``t`` belongs to."""

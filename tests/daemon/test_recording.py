@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -17,7 +18,7 @@ from edged.app.daemon import Daemon
 from edged.core.paths import StatePaths
 from edged.footage.index import Index
 from edged.recording.encode import OPUS_FRAME_MS
-from tests.support import decode_all, packets, segment_files
+from tests.support import decode_all, packets, segment_files, wait_until
 
 
 def record(settings, seconds: float) -> Daemon:
@@ -190,3 +191,42 @@ def test_a_last_segment_cut_just_after_its_first_frame_still_carries_that_frames
     assert a.pts_ms, f"{last.name}: a frame without its sound"
     assert abs(a.pts_ms[0] - v.pts_ms[0]) <= OPUS_FRAME_MS + 1
     assert a.pts_ms[-1] + a.durations_ms[-1] >= v.pts_ms[0] + 100, (a.pts_ms, a.durations_ms)
+
+
+def test_the_start_line_names_a_microphone_still_opening(settings_factory, monkeypatch, caplog):
+    """A first frame before the microphone opened: the journal's start line says so (it said
+    "microphone None"), and the sound follows from the microphone's first block."""
+    import threading
+
+    import edged.capture as capture
+
+    may_open = threading.Event()
+    real = capture._AUDIO["synthetic"]
+
+    def slow(aud, paced):
+        source = real(aud, paced)
+        opened = source.open
+
+        def open_later() -> None:
+            may_open.wait(30)
+            opened()
+
+        source.open = open_later
+        return source
+
+    monkeypatch.setitem(capture._AUDIO, "synthetic", slow)
+    s = settings_factory(camera={"width": 320, "height": 180, "bitrate": 120_000, "paced": True})
+    caplog.set_level(logging.INFO, logger="edged")
+    d = Daemon(s)
+    t = threading.Thread(target=d.run)
+    t.start()
+    try:
+        wait_until(lambda: any("recording started" in r.getMessage() for r in caplog.records), 30, "start line")
+        line = next(r.getMessage() for r in caplog.records if "recording started" in r.getMessage())
+        assert "microphone still opening" in line and "None" not in line, line
+        may_open.set()
+        wait_until(lambda: d.recorder is not None and d.recorder.status.audio_source == "synthetic", 30, "microphone")
+    finally:
+        may_open.set()
+        d.stop()
+        t.join(60)
