@@ -246,8 +246,11 @@ class Daemon:
         outbox = Outbox(self.paths.outbox, targets=s.upload.targets)
         # One footage job runner for marks and recalls, on the recording's clock.
         jobs = FootageJobs(index, outbox, self.paths.clips, self.paths.segments, RecordingClock.of(recorder))
-        gpsd = (  # fixes placed on the recording's clock, as a clip's wall times are
-            _gpsd_position()(
+        gpsd: GpsdPosition | None = None
+        if s.gps.enabled and self._position_given is None:
+            from edged.capture.gps import GpsdPosition  # only where [gps] is on (off by default)
+
+            gpsd = GpsdPosition(  # fixes placed on the recording's clock, as a clip's wall times are
                 s.gps.host,
                 s.gps.port,
                 s.gps.stale_seconds,
@@ -255,9 +258,6 @@ class Daemon:
                 timeline_ns=recorder.timeline_now_ns,
                 wall_offset_ns=recorder.best_offset_ns,
             )
-            if s.gps.enabled and self._position_given is None
-            else None
-        )
         position: PositionSource | None = self._position_given or gpsd
         recorder.stamp.position = position  # (built after the recorder: gpsd places fixes on its clock)
         events = EventManager(s, events_store, jobs, position, recorder.gate)
@@ -747,14 +747,6 @@ class Daemon:
             return EXIT_SOFTWARE  # let systemd restart us; reconcile salvages what was being written
         log.debug("stopped: %d segments written", st.recorder.status.segments_written)
         return 0
-
-
-def _gpsd_position() -> type[GpsdPosition]:
-    """The gpsd client, imported only where ``[gps]`` is on (off by default): a start without it
-    does not pay for its module."""
-    from edged.capture.gps import GpsdPosition
-
-    return GpsdPosition
 
 
 def run(settings: Settings, stop_after_s: float | None = None) -> int:
