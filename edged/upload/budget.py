@@ -217,8 +217,11 @@ class RequestBudget:
                 " WHERE key=? AND at_ns<=? ORDER BY at_ns DESC LIMIT 1)",
                 (key, now_ns),
             )
+            (own,) = db.execute(
+                "SELECT COUNT(*) FROM rate_requests WHERE key=? AND at_ns>?", (key, now_ns - self.window_ns)
+            ).fetchone()
             meaning, devices, settled, event_ns, laddered = after_refusal(
-                learned, now_ns, devices, self.limit, retry_after_s, self.window_s - WINDOW_MARGIN_S, self.share
+                learned, now_ns, devices, self.limit, retry_after_s, self.window_s - WINDOW_MARGIN_S, self.share, own
             )
             rate = max(min(MIN_RATE, self.ceiling), ladder(devices, self.limit))
             spacing = self.window_ns / rate

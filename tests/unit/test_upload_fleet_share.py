@@ -43,14 +43,16 @@ def test_a_fleet_is_back_at_its_rate_within_two_minutes_of_another_clients_burst
 def test_fifty_devices_not_told_starting_over_twenty_seconds_stop_refusing_after_the_first_minutes(seed):
     """Devices switched on over 20 s read first contact from a window still filling (some count 6,
     some 20). Counting on until a clean window ends the storm within minutes (before: 25-32 % of
-    the requests after the first 10 minutes refused, 40 % in all; now 2-4 % and 11-15 %, seeds
-    1-12). The counts end 1x-2.7x the fleet and unequal; evened out by AIMD (LADDER_GAIN) the
-    drain is 1.6-2.1x the ideal (was 2.2-2.9x). Not the issue's bar (README, "Sharing a key")."""
+    the requests after the first 10 minutes refused, 40 % in all; then 2-4 % and 11-15 %, seeds
+    1-12), and reading the count from the device's own share of the key in the storm
+    (OWN_SHARE_FROM) halves what it costs: 5.4-8.1 % in all (seeds 1 and 2: 12.9 % without it).
+    The counts end 1x-2.7x the fleet and unequal; evened out by AIMD (LADDER_GAIN) the drain is
+    1.7-1.9x the ideal. Not the issue's bar (README, "Sharing a key")."""
     run = run_fleet(50, 40, seed=seed, start_spread_s=20.0)
     assert len(run.accepted) == 50 * 40
     after = run.refused_share_after(10 * 60)
     assert after < 0.05, f"{after:.1%} of the requests after the first 10 minutes refused"
-    assert run.refused_share < 0.15, f"{run.refused} of {run.requests} refused"
+    assert run.refused_share < 0.09, f"{run.refused} of {run.requests} refused"
     assert run.drain_vs_ideal <= 2.2, f"{run.drain_s / 60:.1f} min against the ideal {run.ideal_s / 60:.1f}"
 
 

@@ -226,27 +226,43 @@ def test_a_device_not_told_its_number_keeps_counting_until_a_clean_window_then_h
     b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(12))
     per = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
     t0 = first_grant(b, 10**12)
+    assert b.refused(t0 + 25 * S, 36.0, retry_after_s=35.0) == pytest.approx(per / 3), "first contact: 3"
+    back = first_grant(b, t0 + 61 * S)
+    t = run_clean(b, back, 57)  # at its pace (9.5/min) for 57 s: 10 requests, no clean window yet
+    # Refused again, the key offered 4x its limit: 13 devices at its pace, 12 by its share of the
+    # window (10 of 120): a small fleet, read from its pace and at most doubled.
+    assert b.refused(t, 46.0, retry_after_s=45.0) == pytest.approx(per / 6), "still counting: doubled"
+    t = run_clean(b, t + 47 * S, 200)  # then a clean window and more at 6 devices' pace
+    assert b.refused(t, 3.0, retry_after_s=2.0) == pytest.approx(per / 8), "settled: crowded, backed off 1.25x"
+    t = run_clean(b, t + 4 * S, 200)
+    assert b.refused(t, 41.0, retry_after_s=40.0) == pytest.approx(per / 8), "settled: a burst, not counted"
+    assert b.refused(t + 42 * S, 26.0, retry_after_s=25.0) == pytest.approx(per / 8), "the same burst: held"
+    again = t + 70 * S  # refused again after the burst's minute, with no clean window since: backed off
+    assert b.refused(again, 26.0, retry_after_s=25.0) == pytest.approx(per / 10)
+
+
+def test_in_a_storm_a_counting_device_reads_the_fleet_from_its_share_of_the_key(store):
+    """In a storm each device sends about one request per Retry-After, whatever it counts, so its
+    pace reads the storm as a few devices (simulated, 50 devices switched on over 20 s: 13 % of the
+    requests refused); what share of the key's window was its own reads it as it is (6 %)."""
+    b = RequestBudget(store, key_fingerprint("k"), rng=random.Random(12))
+    per = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
+    t0 = first_grant(b, 10**12)
     assert b.refused(t0 + 6 * S, 54.5, retry_after_s=54.0) == pytest.approx(per / 10), "first contact: 10"
     back = first_grant(b, t0 + 61 * S)
-    # Back at 2.7/min and refused again: the key offered 4x its limit, i.e. 45 devices at this pace.
-    assert b.refused(back, 46.0, retry_after_s=45.0) == pytest.approx(per / 20), "still counting: doubled"
-    t = run_clean(b, back + 47 * S, 200)  # then a clean window and more at 20 devices' pace
-    assert b.refused(t, 3.0, retry_after_s=2.0) == pytest.approx(per / 25), "settled: crowded, backed off 1.25x"
-    t = run_clean(b, t + 4 * S, 200)
-    assert b.refused(t, 41.0, retry_after_s=40.0) == pytest.approx(per / 25), "settled: a burst, not counted"
-    assert b.refused(t + 42 * S, 26.0, retry_after_s=25.0) == pytest.approx(per / 25), "the same burst: held"
-    again = t + 70 * S  # refused again after the burst's minute, with no clean window since: backed off
-    assert b.refused(again, 26.0, retry_after_s=25.0) == pytest.approx(per / 32)
+    # Back from its wait and refused at once, the key offered 4x its limit: 42 devices at its pace
+    # (2.85/min), but 1 of the 120 requests in the window was its own.
+    assert b.refused(back, 46.0, retry_after_s=45.0) == pytest.approx(per / 120)
 
 
-def climb(b: RequestBudget, steps: int) -> int:
-    """First contact counting 10, then ``steps`` more 429s while still counting (each doubles it)."""
+def climb(b: RequestBudget, retry_after_s: float) -> int:
+    """First contact counting 10, then one more 429 while still counting, back from the wait (its own
+    share of the window: 1 of ``60 / (60 - retry_after_s)`` times the limit)."""
     t = first_grant(b, 10**12)
     b.refused(t + 6 * S, 54.5, retry_after_s=54.0)
-    for _ in range(steps):
-        t = first_grant(b, t + 61 * S)
-        b.refused(t, 46.0, retry_after_s=45.0)
-    return t + 46 * S
+    t = first_grant(b, t + 61 * S)
+    b.refused(t, retry_after_s + 1, retry_after_s=retry_after_s)
+    return t + int((retry_after_s + 1) * S)
 
 
 def test_counts_climbed_while_counting_regain_the_same_rate_so_the_slow_catch_up(tmp_path):
@@ -258,10 +274,10 @@ def test_counts_climbed_while_counting_regain_the_same_rate_so_the_slow_catch_up
     stores = [Outbox(tmp_path / f"{n}.sqlite") for n in "ab"]
     fast, slow = (RequestBudget(s, key_fingerprint("k"), rng=random.Random(14)) for s in stores)
     per = share_rules.TARGET_LOAD * limits.REQUESTS_PER_MINUTE
-    t = max(climb(fast, 2), climb(slow, 3))
-    assert (fast.rate(t), slow.rate(t)) == pytest.approx((per / 40, per / 80))
+    t = max(climb(fast, 15.0), climb(slow, 38.0))
+    assert (fast.rate(t), slow.rate(t)) == pytest.approx((per / 40, per / 82))
     later = t + 20 * 60 * S
-    assert slow.rate(later) == pytest.approx(per / 66), "80 devices counted: 66 twenty minutes on"
+    assert slow.rate(later) == pytest.approx(per / 67), "82 devices counted: 67 twenty minutes on"
     gain = 20 * share_rules.LADDER_GAIN
     assert fast.rate(later) - fast.rate(t) == pytest.approx(gain, abs=0.1 * gain)
     assert slow.rate(later) - slow.rate(t) == pytest.approx(gain, abs=0.1 * gain)
