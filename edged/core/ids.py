@@ -8,8 +8,8 @@ made like an event's.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from edged.core.timefmt import compact
 
@@ -24,5 +24,8 @@ CLIP_ID = re.compile(rf"{EVENT_ID.pattern}|{RECALL_CLIP_PREFIX}{RECALL_ID.patter
 
 
 def timed_id(wall_ns: int) -> str:
-    """A new id for something that happened at ``wall_ns`` (an event, a recall without a name)."""
-    return f"{compact(wall_ns)}-{uuid.uuid4().hex[:6]}"
+    """A new id for something that happened at ``wall_ns`` (an event, a recall without a name).
+
+    The 6 hex digits are 3 bytes of ``os.urandom``, as random as the first 6 of a ``uuid4`` (also
+    ``os.urandom``) without importing ``uuid``: it brings ``platform``, about 2 ms of every start."""
+    return f"{compact(wall_ns)}-{os.urandom(3).hex()}"
