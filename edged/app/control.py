@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.core.ids import CLIP_ID
 from edged.core.journal import scrub
@@ -69,8 +69,7 @@ PART_ID = re.compile(r"[0-9]{1,18}")
 MAX_NOTE = 4096
 
 
-@dataclass(frozen=True)
-class Arg:
+class Arg(NamedTuple):
     """One argument of a command: its JSON type, and for a string its longest length or its form."""
 
     type: type

@@ -37,9 +37,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from edged.clips.parts import ClipPart, SourceSegment
 from edged.clips.window import Window
@@ -66,8 +65,7 @@ class PartQueue(Protocol):
     def clip_delivered(self, clip_id: str) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """One clip to make from held footage."""
 
     clip_id: str  # the clip folder's and the outbox's name for it
@@ -76,8 +74,7 @@ class Job:
     priority: int  # in the outbox (marks before recalls)
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedPart:
+class PlacedPart(NamedTuple):
     """A built part, and the wall-clock instant of its first frame (what its manifest says)."""
 
     part: ClipPart
@@ -100,8 +97,7 @@ class PlacedPart:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Clip:
+class Clip(NamedTuple):
     """What a build made: its parts, in order, and its manifest."""
 
     parts: tuple[PlacedPart, ...]

@@ -9,9 +9,8 @@ about a tenth of edged's own start-up, and its memory).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 class ClipError(Exception):
@@ -22,8 +21,7 @@ class Interrupted(ClipError):
     """Rendering was asked to stop (the daemon is stopping); nothing was left behind."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceSegment:
+class SourceSegment(NamedTuple):
     """What the builder needs of one stored segment."""
 
     path: Path
@@ -33,8 +31,7 @@ class SourceSegment:
     sha256: str  # from the index; empty: not checked
 
 
-@dataclass(frozen=True, slots=True)
-class ClipPart:
+class ClipPart(NamedTuple):
     number: int  # 1-based
     path: Path
     start_mono_ns: int  # timeline position of its first frame
@@ -49,4 +46,4 @@ class ClipPart:
 
     def renumbered(self, number: int) -> ClipPart:
         """This part as part ``number`` of a clip joined from several builds (a recall across boots)."""
-        return dataclasses.replace(self, number=number)
+        return self._replace(number=number)

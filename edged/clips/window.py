@@ -18,8 +18,7 @@ marks and recalls always did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from edged.footage.index import Index, Segment
 from edged.recording.clock import RecordingClock
@@ -43,8 +42,7 @@ class Window(Protocol):
     def release(self, index: Index, owner: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class BootWindow:
+class BootWindow(NamedTuple):
     """[start, end) on one boot's monotonic timeline. An empty ``boot_id`` names no boot (a range
     asked of a state folder that is not recording): nothing is held through it."""
 
@@ -74,8 +72,7 @@ class BootWindow:
         index.release_range(owner)
 
 
-@dataclass(frozen=True, slots=True)
-class WallWindow:
+class WallWindow(NamedTuple):
     """[start, end) on the wall clock (segments placed by their best wall start), any boot; ``boot``
     is the same range on the boot that was recording when it was asked."""
 

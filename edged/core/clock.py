@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from edged.core.libc import libc as c_library
 
@@ -101,8 +100,7 @@ def _read_boot_id() -> str:
         return f"process-{time.time_ns()}"
 
 
-@dataclass(frozen=True, slots=True)
-class ClockStep:
+class ClockStep(NamedTuple):
     boot_id: str
     mono_ns: int
     before_offset_ns: int

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import stat
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def clip_summaries(store: EventStore, outbox: Outbox, clips_dir: Path) -> list[d
                 # Where its upload stands: its least advanced part's state (None before it is queued).
                 "delivery": least_advanced([p["state"] for p in parts]) if parts else None,
                 "reason": e.reason,
-                "marks": [asdict(m) | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
+                "marks": [m._asdict() | {"wall": iso(m.wall_ns)} for m in store.marks(e.id)],
                 **span,
                 "parts": parts,
             }

@@ -21,10 +21,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.capture.position import PositionSource, fix_doc, position_doc
 from edged.clips.audio import audio_manifest
@@ -58,8 +57,7 @@ def event_job(event: Event, priority: int = PRIORITY_MARK) -> Job:
     return job_of(event.id, BootWindow(event.boot_id, event.start_mono_ns, event.end_mono_ns), priority)
 
 
-@dataclass(frozen=True, slots=True)
-class MarkResult:
+class MarkResult(NamedTuple):
     event_id: str
     extended: bool
     start_mono_ns: int

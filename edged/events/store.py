@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.core.db import Store
 from edged.core.states import EventState
@@ -45,8 +44,7 @@ CREATE TABLE IF NOT EXISTS marks (
 HOLD_PREFIX = "event:"
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(NamedTuple):
     mono_ns: int
     wall_ns: int
     clock_synced: bool
@@ -57,8 +55,7 @@ class Mark:
     position: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     id: str
     boot_id: str
     start_mono_ns: int

@@ -25,8 +25,8 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from edged.core.clock import ClockStep
 from edged.core.db import Store
@@ -110,8 +110,7 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     seq: int
     name: str
     state: str
@@ -135,8 +134,7 @@ class Segment:
         return self.best_wall_start_ns + self.duration_ns
 
 
-@dataclass(frozen=True, slots=True)
-class AudioGap:
+class AudioGap(NamedTuple):
     """A span of one boot's timeline recorded without sound, and why (``core.states.AudioOff``)."""
 
     boot_id: str

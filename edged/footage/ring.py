@@ -16,8 +16,8 @@ import enum
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from edged.core.journal import Msg, log_event
 from edged.footage.index import Index, IndexCorrupt, IndexUnavailable, open_or_rebuild
@@ -36,8 +36,7 @@ class Room(enum.Enum):
     FULL = "storage_full"  # no room for the next segment: recording pauses
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     stored_bytes: int
     held_bytes: int
     free_bytes: int

@@ -19,7 +19,7 @@ frame, and a window's edge falls between two frames.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from edged.core.timefmt import iso
 from edged.footage.index import STORED, Segment
@@ -38,8 +38,7 @@ _CAUSES = (("evicted", OVERWRITTEN), ("lost", LOST), ("writing", RECORDING))
 Span = tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class FootageRange:
+class FootageRange(NamedTuple):
     start_ns: int
     end_ns: int
     boot_id: str
@@ -59,8 +58,7 @@ class FootageRange:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
+class Gap(NamedTuple):
     start_ns: int
     end_ns: int
     reason: str

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.core.files import Folder, Refused
 from edged.core.syncfolder import RECALL, SyncFolder
@@ -75,8 +75,7 @@ def is_temporary(name: str) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class InboxItem:
+class InboxItem(NamedTuple):
     name: str  # the file's name in recall/
     request_id: str  # the file name without .json
     body: Any  # the parsed JSON (None when ``error``)

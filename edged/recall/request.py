@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.clips.window import BootWindow
 from edged.core.db import Store
@@ -193,8 +193,7 @@ def load_request(data: bytes, max_bytes: int = MAX_REQUEST_BYTES) -> Any:
         raise InvalidRequest([f"the request is not valid JSON: {str(exc)[:200]}"]) from None
 
 
-@dataclass(frozen=True, slots=True)
-class RecallRequest:
+class RecallRequest(NamedTuple):
     id: str
     start_ns: int  # wall clock, UTC ns
     duration_min: int

@@ -49,7 +49,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import av
 
@@ -62,8 +62,7 @@ log = logging.getLogger("edged.audio")
 RETRY_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class MuteResult:
+class MuteResult(NamedTuple):
     muted: bool
     #: why a mute was not taken ("" when it was)
     refused: str = ""

@@ -7,10 +7,9 @@ demuxer fails or a packet does not decode; the result is a normal standalone seg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import av
 
@@ -22,8 +21,7 @@ from edged.recording.webm import audio_block_lead_ms, order_video
 LEGACY_SALVAGE_SUFFIX = ".salvage"
 
 
-@dataclass(frozen=True, slots=True)
-class SalvageResult:
+class SalvageResult(NamedTuple):
     path: Path | None  # the recovered segment, or None when nothing was recoverable
     video_frames: int
     audio_packets: int

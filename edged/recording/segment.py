@@ -31,9 +31,9 @@ import io
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 
@@ -62,8 +62,7 @@ TAG_SYNCED = "EDGED_CLOCK_SYNCED"
 TAG_DEVICE = "EDGED_DEVICE_ID"
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentStart:
+class SegmentStart(NamedTuple):
     """What is known of a segment when it starts."""
 
     seq: int
@@ -101,8 +100,7 @@ class SegmentStart:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentFacts:
+class SegmentFacts(NamedTuple):
     """What is measured of a finished (or salvaged) segment file."""
 
     duration_ns: int

@@ -41,8 +41,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 
@@ -139,8 +138,7 @@ def _even(n: int) -> int:
 _COVER_TO_LUMA = [BLACK_Y + (c * (WHITE_Y - BLACK_Y) + 127) // 255 for c in range(256)]
 
 
-@dataclass(frozen=True, slots=True)
-class Tile:
+class Tile(NamedTuple):
     """What goes on the picture: ``rows``, ``height`` rows of ``width`` luma bytes each (both even),
     at (x, y), both even so the tile covers whole 2x2 chroma samples."""
 

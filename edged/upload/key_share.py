@@ -80,7 +80,6 @@ slot another device holds); a stronger AIMD gain trades the refusals for the dra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -138,8 +137,7 @@ def ladder(devices: int, limit: float) -> float:
     return float(limit) if devices <= 1 else TARGET_LOAD * limit / devices
 
 
-@dataclass(frozen=True, slots=True)
-class Learned:
+class Learned(NamedTuple):
     """What a key's budget has learned (one ``rate_state`` row)."""
 
     devices: int  # the devices counted on the key at the last 429; 0: never refused (the share holds)

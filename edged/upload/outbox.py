@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from edged.core.db import Store
 from edged.core.journal import scrub
@@ -109,8 +109,7 @@ CREATE TABLE IF NOT EXISTS target_state (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxPart:
+class OutboxPart(NamedTuple):
     id: int
     clip_id: str
     number: int
@@ -123,8 +122,7 @@ class OutboxPart:
     created_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     part: OutboxPart
     target: str
     state: DeliveryState

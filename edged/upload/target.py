@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from edged.config.schema import Settings
 from edged.core import limits
@@ -51,8 +50,7 @@ class ProgressStore(Protocol):
     def record_progress(self, clip_id: str, target: str, step: str, value: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+class Progress(NamedTuple):
     """One target's recorded steps on one clip. Each :meth:`record` is committed before it returns,
     and its value is scrubbed of secrets on the way in (the store's rule)."""
 
@@ -68,8 +66,7 @@ class Progress:
         self.store.record_progress(self.clip_id, self.target, step, value)
 
 
-@dataclass(frozen=True, slots=True)
-class Parcel:
+class Parcel(NamedTuple):
     """What the uploader hands a target for one delivery."""
 
     #: The part whose delivery this is (its outbox row moves on the verdict).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -253,7 +253,7 @@ def test_an_undecodable_source_fails_the_clip_and_leaves_no_part(sources, tmp_pa
     copies = []
     for s in sources[:3]:
         shutil.copy(s.path, tmp_path / s.path.name)
-        copies.append(replace(s, path=tmp_path / s.path.name))
+        copies.append(s._replace(path=tmp_path / s.path.name))
     bad = copies[2].path  # corrupt a frame near the end: parts before it are written first
     with av.open(str(bad)) as c:
         block = [p.pos for p in c.demux(c.streams.video[0]) if p.size][40]
@@ -271,7 +271,7 @@ def test_an_undecodable_source_fails_the_clip_and_leaves_no_part(sources, tmp_pa
 
 def test_a_source_changed_since_indexing_is_reported(sources, tmp_path, caplog):
     t0 = sources[0].mono_start_ns
-    changed = [replace(s, sha256="0" * 64) if s.seq == sources[1].seq else s for s in sources]
+    changed = [s._replace(sha256="0" * 64) if s.seq == sources[1].seq else s for s in sources]
     parts = build_clip(changed, t0, t0 + 10 * S, tmp_path, "c", 6_000_000, 120_000)
     assert parts[0].mismatched_seqs == (sources[1].seq,)
     assert any(r.levelno == logging.ERROR and "sha256" in r.getMessage() for r in caplog.records)

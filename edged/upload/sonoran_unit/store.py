@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from edged.core.db import Store
 from edged.core.journal import scrub
@@ -64,8 +63,7 @@ CREATE TABLE IF NOT EXISTS unit_meta (name TEXT PRIMARY KEY, value INTEGER NOT N
 NOTE_SETTLED = (CallNoteState.NOTED, CallNoteState.NO_CALL, CallNoteState.TOO_OLD, CallNoteState.FAILED)
 
 
-@dataclass(frozen=True, slots=True)
-class PanicRecord:
+class PanicRecord(NamedTuple):
     wanted: bool
     generation: int
     wanted_ns: int
@@ -82,8 +80,7 @@ class PanicRecord:
         return self.generation != self.acked_generation and not self.given_up
 
 
-@dataclass(frozen=True, slots=True)
-class CallNote:
+class CallNote(NamedTuple):
     clip_id: str
     state: CallNoteState
     event_wall_ns: int
@@ -98,7 +95,7 @@ class CallNote:
     noted_ns: int
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
 
 _NOTE_COLS = (
