@@ -251,6 +251,8 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 @dataclass
 class _Conn:
+    """A client connection being read: its socket, when it must have asked, what it sent so far."""
+
     sock: socket.socket
     deadline: float
     buf: bytearray = field(default_factory=bytearray)

@@ -85,6 +85,8 @@ class GpioError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
+    """What the feedback pins show."""
+
     recording: bool
     fault: bool  # storage full / storage error / camera lost
     clock_synced: bool

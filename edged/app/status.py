@@ -31,6 +31,8 @@ MAX_STATUS_BYTES = 1 << 20
 
 @dataclass
 class DaemonStatus:
+    """The running daemon's account of itself: what status.json holds."""
+
     pid: int = 0
     state: str = RecorderState.STOPPED.value
     video_source: str | None = None

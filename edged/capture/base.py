@@ -29,12 +29,16 @@ class SourceUnavailable(SourceError):
 
 @dataclass(slots=True)
 class VideoSample:
+    """A captured picture and its source time (seconds)."""
+
     frame: av.VideoFrame
     time: float
 
 
 @dataclass(slots=True)
 class AudioSample:
+    """A captured block of sound and its source time (seconds)."""
+
     frame: av.AudioFrame
     time: float
 

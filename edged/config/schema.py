@@ -179,6 +179,8 @@ def _rule(
 
 @dataclass(frozen=True)
 class DeviceSettings:
+    """``[device]``: who this bodycam is."""
+
     # The id and the unit decide whose evidence a clip is (manifests, Sonoran's unitNumber):
     # signed. The location is free text beside them.
     id: str = _rule(factory=socket.gethostname, doc="device identifier written into every manifest", trust=SIGNED)
@@ -188,6 +190,8 @@ class DeviceSettings:
 
 @dataclass(frozen=True)
 class CameraSettings:
+    """``[camera]``: what is recorded, at what geometry and bitrate."""
+
     # What is recorded and at what geometry is signed: a sync party could otherwise make the
     # bodycam loop its own video (source "file") or starve the encoder (too many pixels) or the
     # footage (too few). The bitrate is tunable above a floor.
@@ -214,6 +218,8 @@ class CameraSettings:
 
 @dataclass(frozen=True)
 class AudioSettings:
+    """``[audio]``: the microphone and how its sound is encoded."""
+
     source: str = _rule("auto", choices=("auto", "alsa", "synthetic", "none"), trust=SIGNED)
     device: str = _rule("default", doc="ALSA device name", trust=SIGNED)
     bitrate: int = _rule(
@@ -243,6 +249,8 @@ MIN_FREE_FS_FRACTION = 0.10
 
 @dataclass(frozen=True)
 class StorageSettings:
+    """``[storage]``: the state folder, the ring's size and segments."""
+
     dir: str = _rule(
         factory=_default_storage_dir, doc="state folder: segments, index, status", trust=LOCAL, max_len=MAX_PATH
     )
@@ -281,6 +289,8 @@ MIN_SYNCED_ROLL_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class ClipSettings:
+    """``[clips]``: what a mark's clip holds around it."""
+
     pre_roll_seconds: float = _rule(
         30.0,
         lo=0.0,
@@ -315,6 +325,8 @@ GESTURE_ACTIONS = ("mark", "panic", "mute", "none")
 
 @dataclass(frozen=True)
 class GpioSettings:
+    """``[gpio]``: the button and the feedback pins."""
+
     # The whole table is signed (Settings.gpio): a wrong button pin silently ends marking.
     button_pin: str = _rule("", doc='mark button, e.g. "GPIO17" or "BOARD11" (empty: none)')
     button_pull_up: bool = _rule(True, doc="button wired to ground with the internal pull-up")
@@ -337,6 +349,8 @@ UPLOAD_TARGETS = ("sonoran_v2", "sonoran_legacy", "bota", "directory")
 
 @dataclass(frozen=True)
 class SonoranUnitSettings:
+    """``[upload.sonoran_v2.unit]``: the unit operations (panic, location, call notes)."""
+
     # Signed with its table (the unit's identity, where its panic goes, what is linked to calls);
     # how often the position is sent is tunable. Requests share the v2 key's budget.
     server_id: int = _rule(1, lo=1, hi=2**31 - 1, doc="the Sonoran CAD server ID (serverId) of the unit operations")
@@ -366,6 +380,8 @@ class SonoranUnitSettings:
 
 @dataclass(frozen=True)
 class SonoranV2Settings:
+    """``[upload.sonoran_v2]``: the Sonoran v2 target."""
+
     # Signed as a table (UploadSettings.sonoran_v2): URL, key file, account identity, plan.
     base_url: str = _rule("https://api.sonorancad.com", max_len=2048)
     api_key_file: str = _rule(
@@ -385,6 +401,8 @@ class SonoranV2Settings:
 
 @dataclass(frozen=True)
 class SonoranLegacySettings:
+    """``[upload.sonoran_legacy]``: the Sonoran legacy target."""
+
     base_url: str = _rule("https://api.sonorancad.com", max_len=2048)
     community: str = _rule("", doc="community id")
     account: str = _rule("", doc="the user's account UUID")
@@ -396,6 +414,8 @@ class SonoranLegacySettings:
 
 @dataclass(frozen=True)
 class BotaSettings:
+    """``[upload.bota]``: the Bota target."""
+
     base_url: str = _rule(
         "https://api.bota.dev", doc="the presigned-URL backend; paths /v1/recordings... below it", max_len=2048
     )
@@ -407,6 +427,8 @@ class BotaSettings:
 
 @dataclass(frozen=True)
 class DirectorySettings:
+    """``[upload.directory]``: the folder target."""
+
     path: str = _rule("", doc="folder clips are copied into (empty: <storage.dir>/delivered)", max_len=MAX_PATH)
 
 
@@ -416,6 +438,8 @@ MIN_SYNCED_BANDWIDTH_KBPS = 512
 
 @dataclass(frozen=True)
 class UploadSettings:
+    """``[upload]``: where clips go and how delivery is paced."""
+
     # Timings are tunable, but an unsigned file may not stretch them so far that delivery stalls.
     targets: tuple[str, ...] = _rule(
         ("directory",), choices=UPLOAD_TARGETS, trust=SIGNED, doc="where every clip goes, each target independently"
@@ -469,6 +493,8 @@ class UploadSettings:
 
 @dataclass(frozen=True)
 class SyncSettings:
+    """``[sync]``: the synced folder (config in, status out)."""
+
     # Local as a table (Settings.sync).
     dir: str = _rule(
         "",
@@ -494,6 +520,8 @@ MIN_STAMP_TEXT_PX = 8
 
 @dataclass(frozen=True)
 class StampSettings:
+    """``[stamp]``: the date and time burned into the picture."""
+
     # Signed as a table (Settings.stamp): the stamp is part of the evidence (a date and time on all
     # footage); an unsigned synced file may neither turn it off nor grow it over the picture.
     enabled: bool = _rule(True, doc="burn date, time and zone, unit and position into every frame")
@@ -504,6 +532,8 @@ class StampSettings:
 
 @dataclass(frozen=True)
 class GpsSettings:
+    """``[gps]``: where positions come from."""
+
     # Signed as a table (Settings.gps): where positions come from is part of the evidence (the
     # marks' positions, the clips' tracks, the uploads' unitLocation), and a sync party pointing
     # gps.host at its own server could place the wearer anywhere.
@@ -521,6 +551,8 @@ class GpsSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole configuration, one table per field."""
+
     device: DeviceSettings = field(default_factory=DeviceSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)

@@ -35,6 +35,8 @@ MAX_RUNTIME_PATH = 1024
 
 @dataclass(frozen=True)
 class StatePaths:
+    """Where everything lives in a state folder (``root``) and in the runtime folder."""
+
     root: Path
     #: The runtime folder, when the caller knows it (the daemon passes the one it made); None:
     #: the one the running (or last) daemon recorded in ``runtime.path``.

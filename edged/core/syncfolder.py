@@ -48,6 +48,8 @@ def group_id(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class SyncFolder:
+    """The synced folder: the config and recall requests in, status out."""
+
     root: Path
     #: ``sync.status_group``: the group a sync tool running as another user reads status/ as.
     status_group: str = ""

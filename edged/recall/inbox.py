@@ -84,6 +84,8 @@ class InboxItem(NamedTuple):
 
 @dataclass(slots=True)
 class _Seen:
+    """A request file's version as last seen, and how long it has held still."""
+
     mark: Mark
     since: float  # monotonic time this version was first seen
     looks: int  # looks in a row it was seen unchanged

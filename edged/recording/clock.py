@@ -25,6 +25,8 @@ def no_boundary(mono_ns: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class RecordingClock:
+    """The recording's timeline as clips and marks read it."""
+
     boot_id: str
     #: Now on this boot's monotonic recording timeline (an unpaced run: its last frame's).
     timeline_now_ns: Callable[[], int]

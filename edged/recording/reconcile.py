@@ -27,6 +27,8 @@ log = logging.getLogger("edged.reconcile")
 
 @dataclass
 class ReconcileReport:
+    """What reconciling the segments folder with the index did, by segment name."""
+
     salvaged: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)

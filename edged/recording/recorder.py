@@ -75,6 +75,8 @@ STARVED_DROPS = 3
 
 @dataclass
 class RecorderStatus:
+    """The recorder's counters and state, read by the daemon's status."""
+
     state: str = "starting"  # starting | recording | camera_lost | storage_full | stopped
     video_source: str | None = None
     audio_source: str | None = None

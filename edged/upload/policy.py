@@ -20,6 +20,8 @@ DEFAULT_RETRY_AFTER_S = float(limits.RATE_WINDOW_S)
 
 @dataclass
 class RetryPolicy:
+    """When a failed delivery is tried again."""
+
     base_s: float = 2.0
     cap_s: float = 600.0
     auth_retry_s: float = 1800.0

@@ -61,6 +61,8 @@ def _fields(d: Delivery, target: str) -> dict[str, Any]:
 
 @dataclass
 class _Pause:
+    """A target paused: why, until when, and its fingerprint then (a change resumes it)."""
+
     reason: str
     until_ns: int
     fingerprint: str

@@ -55,6 +55,8 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What a delivery attempt's answer means."""
+
     kind: Kind
     reason: str
     #: Seconds the server asked us to wait (Retry-After), if it said.
