@@ -576,10 +576,7 @@ def _config_option(p: argparse.ArgumentParser, help_text: str | None = None) -> 
     p.add_argument("--config", type=path_arg, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="edged", description="Bodycam daemon: record, mark, deliver.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run the daemon (records until stopped)")
     _config_option(run, f"TOML file (default {config_mod.DEFAULT_CONFIG_PATH} if present, else embedded defaults)")
     run.add_argument(
@@ -593,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
+
+def _add_config(sub: Any) -> None:
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file; non-zero exit if bad")
@@ -622,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sg.set_defaults(func=cmd_config_sign)
 
+
+def _add_doctor(sub: Any) -> None:
     dr = sub.add_parser(
         "doctor",
         help="check camera, microphone, storage, clock, network, keys, service; "
@@ -631,26 +632,36 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_doctor)
 
+
+def _add_status(sub: Any) -> None:
     st = sub.add_parser("status", help="recording state, footage held, errors")
     _config_option(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
+
+def _add_mark(sub: Any) -> None:
     mk = sub.add_parser("mark", help="mark an event now (pre-roll before, post-roll after)")
     _config_option(mk)
     mk.add_argument("--note", type=note_arg, help=f"free text stored with the mark (at most {MAX_NOTE} characters)")
     mk.set_defaults(func=cmd_mark)
 
+
+def _add_mute(sub: Any) -> None:
     mu = sub.add_parser("mute", help="mute or unmute the sound being recorded (no argument: toggle)")
     _config_option(mu)
     mu.add_argument("state", nargs="?", choices=("on", "off"), help="on: mute; off: unmute (default: toggle)")
     mu.set_defaults(func=cmd_mute)
 
+
+def _add_panic(sub: Any) -> None:
     pn = sub.add_parser("panic", help="set, clear or (no argument) toggle the unit's panic; on opens an event")
     _config_option(pn)
     pn.add_argument("state", nargs="?", choices=("on", "off"), help="on or off (default: the opposite of now)")
     pn.set_defaults(func=cmd_panic)
 
+
+def _add_clips(sub: Any) -> None:
     clips = sub.add_parser("clips", help="clips built from marked events")
     clips_sub = clips.add_subparsers(dest="clips_command", required=True)
     cl = clips_sub.add_parser("list", help="events, their clips and parts")
@@ -663,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("dir", type=path_arg, help="the folder to copy into (made if missing)")
     ce.set_defaults(func=cmd_clips_export)
 
+
+def _add_outbox(sub: Any) -> None:
     ob = sub.add_parser("outbox", help="uploads waiting, sent, refused")
     ob_sub = ob.add_subparsers(dest="outbox_command", required=True)
     ol = ob_sub.add_parser("list", help="every delivery: state, attempts, next try, last reason")
@@ -675,14 +688,46 @@ def build_parser() -> argparse.ArgumentParser:
     orr.add_argument("id", type=retry_id_arg)
     orr.set_defaults(func=cmd_outbox_retry)
 
+
+def _add_recall(sub: Any) -> None:
     from edged.cli.recall import add_parsers as add_recall_parsers
 
     add_recall_parsers(sub, _settings_or_exit)  # edged recall, edged timeline
+
+
+#: Each command's parser, by the names it adds, in the order ``edged --help`` lists them.
+_COMMANDS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
+    (("run",), _add_run),
+    (("config",), _add_config),
+    (("doctor",), _add_doctor),
+    (("status",), _add_status),
+    (("mark",), _add_mark),
+    (("mute",), _add_mute),
+    (("panic",), _add_panic),
+    (("clips",), _add_clips),
+    (("outbox",), _add_outbox),
+    (("recall", "timeline"), _add_recall),
+)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. Given the arguments, only the parser of the command they name is
+    built, when they name one (``edged run``: the daemon's start builds no other command's parser
+    and does not import ``edged.cli.recall``, about 4 ms); otherwise every command's (``--help``,
+    a typo: the usage lists them all)."""
+    p = Parser(prog="edged", description="Bodycam daemon: record, mark, deliver.")
+    sub = p.add_subparsers(dest="command", required=True)
+    named = argv[0] if argv else None
+    chosen = [add for names, add in _COMMANDS if named in names] or [add for _, add in _COMMANDS]
+    for add in chosen:
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     if args.func is cmd_run:  # the daemon logs its own failures (scrubbed, to the journal)
         return args.func(args)
     try:

@@ -91,6 +91,8 @@ def test_on_the_embedded_defaults_nothing_heavy_is_loaded_before_ready(tmp_path)
     # default) loaded Pillow at the first frame; the directory target was built without HTTP.
     assert "PIL" in top_level(modules) and "edged.recording.stamp" in modules
     assert "edged.upload.directory" in modules and "edged.upload.http" not in modules
+    # `edged run` builds its own command's parser alone: not the recall commands' (edged.cli.recall)
+    assert "edged.cli.main" in modules and "edged.cli.recall" not in modules
 
 
 def test_with_the_stamp_off_pillow_is_not_loaded_either(tmp_path):
