@@ -228,9 +228,9 @@ def test_a_device_not_told_its_number_keeps_counting_until_a_clean_window_then_h
     t0 = first_grant(b, 10**12)
     assert b.refused(t0 + 25 * S, 36.0, retry_after_s=35.0) == pytest.approx(per / 3), "first contact: 3"
     back = first_grant(b, t0 + 61 * S)
-    t = run_clean(b, back, 57)  # at its pace (9.5/min) for 57 s: 10 requests, no clean window yet
-    # Refused again, the key offered 4x its limit: 13 devices at its pace, 12 by its share of the
-    # window (10 of 120): a small fleet, read from its pace and at most doubled.
+    t = run_clean(b, back, 57)  # at its pace (9.5/min) for 57 s: 9 requests, no clean window yet
+    # Refused again, the key offered 4x its limit: 13 devices at its pace, 14 by its share of the
+    # window (9 of 120): a small fleet, read from its pace and at most doubled.
     assert b.refused(t, 46.0, retry_after_s=45.0) == pytest.approx(per / 6), "still counting: doubled"
     t = run_clean(b, t + 47 * S, 200)  # then a clean window and more at 6 devices' pace
     assert b.refused(t, 3.0, retry_after_s=2.0) == pytest.approx(per / 8), "settled: crowded, backed off 1.25x"
